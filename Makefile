@@ -29,3 +29,9 @@ test: deps $(MODULE) lint
 
 clean:
 	rm -rf ibkr lua_modules build src/*.o
+
+# ---- memory, fuzzing, threads (make check) ---------------------------------
+
+# ---- benchmarks (make bench) -------------------------------------------------
+
+# ---- demo and examples (make demo) -------------------------------------------
