@@ -1,0 +1,80 @@
+-- Client-side pacing: keeps one session inside the gateway's published limits
+-- (/tickle 1 per second, /sso/validate 1 per minute, all requests together 10 per second).
+--
+-- A pacer only does arithmetic on times given to it; it never reads a clock nor sleeps, so the
+-- session decides how to wait (sleep, yield, host sleep) and tests use plain numbers.
+-- Every attempt is booked, failed ones too: the gateway counts what reaches it.
+
+local M = {}
+
+-- Seconds between two requests to the same path (query string ignored).
+M.PATH_INTERVAL = {
+  ["/tickle"] = 1,
+  ["/sso/validate"] = 60,
+}
+M.GLOBAL_COUNT = 10     -- at most this many requests ...
+M.GLOBAL_WINDOW = 1     -- ... in any window of this many seconds
+M.MAX_WAIT = 1.5        -- a call waits up to this long; beyond, it is refused ("rate_limited")
+
+local Pacer = {}
+Pacer.__index = Pacer
+
+function M.new()
+  -- booked: sorted send times booked by recent calls (all paths); last: path -> last booked time
+  return setmetatable({ booked = {}, last = {} }, Pacer)
+end
+
+local function key_of(path)
+  return path:match("^[^?#]*")
+end
+
+-- True when one more send at `t` keeps every window of GLOBAL_WINDOW seconds at or under
+-- GLOBAL_COUNT sends: in the sorted sequence with t inserted, any GLOBAL_COUNT+1 consecutive
+-- sends must span at least GLOBAL_WINDOW.
+local function fits(booked, t)
+  local seq, placed = {}, false
+  for _, b in ipairs(booked) do
+    if not placed and t < b then seq[#seq + 1] = t; placed = true end
+    seq[#seq + 1] = b
+  end
+  if not placed then seq[#seq + 1] = t end
+  local n = M.GLOBAL_COUNT
+  for i = 1, #seq - n do
+    if seq[i + n] - seq[i] < M.GLOBAL_WINDOW - 1e-9 then return false end -- 1e-9: float slack
+  end
+  return true
+end
+
+-- Earliest time >= now at which a request to `path` may be sent. The answer is `now`, the
+-- path's own limit, or some booked send + GLOBAL_WINDOW: try those in order.
+function Pacer:earliest(path, now)
+  local booked = self.booked
+  while booked[1] and booked[1] <= now - M.GLOBAL_WINDOW do table.remove(booked, 1) end
+  local t = now
+  local key = key_of(path)
+  local interval, last = M.PATH_INTERVAL[key], self.last[key]
+  if interval and last and last + interval > t then t = last + interval end
+  if fits(booked, t) then return t end
+  for _, b in ipairs(booked) do
+    local c = b + M.GLOBAL_WINDOW
+    if c > t and fits(booked, c) then return c end
+  end
+  return t -- not reached: past the last booking + window every window has room
+end
+
+-- Books a send of `path` as early as the limits allow.
+-- Returns the seconds to wait before sending (0 = now), or nil plus the seconds after which the
+-- call may be tried again when the wait would exceed MAX_WAIT (nothing is booked then).
+-- Bookings are made at once, so concurrent callers (coroutines) see each other's reservations.
+function Pacer:reserve(path, now)
+  local t = self:earliest(path, now)
+  local wait = t - now
+  if wait > M.MAX_WAIT then return nil, wait end
+  local booked, i = self.booked, #self.booked + 1
+  while i > 1 and booked[i - 1] > t do i = i - 1 end
+  table.insert(booked, i, t)
+  self.last[key_of(path)] = t
+  return wait
+end
+
+return M
