@@ -1,0 +1,431 @@
+-- The emulated Client Portal Gateway: session state machine, endpoints under /v1/api with
+-- realistic bodies, pacing, fault injection and the request log. Synchronous: it turns one
+-- parsed request into one response descriptor (see ibkr.mock.response); all waiting (delays,
+-- slow bodies) is done by the server loop.
+local socket = require("socket")
+local json = require("ibkr.mock.json")
+local response = require("ibkr.mock.response")
+local pacing_mod = require("ibkr.mock.pacing")
+local faults_mod = require("ibkr.mock.faults")
+local http = require("ibkr.mock.http")
+
+local gateway = {}
+gateway.__index = gateway
+
+gateway.states = {
+  ready = true, unauthenticated = true, disconnected = true, competing = true, no_session = true,
+}
+
+gateway.defaults = {
+  pacing = true,        -- answer 429 like the gateway
+  idle_timeout = 300,   -- seconds without API request before ready/competing -> unauthenticated (0 = never)
+  init_delay = 0.5,     -- seconds from a successful ssodh/init to ready
+  reauth_delay = 0.5,   -- seconds from reauthenticate to ready
+  sso_window = 600,     -- seconds of the SSO window reported by ssoExpires / EXPIRES
+  log_limit = 10000,    -- request log entries kept (oldest dropped)
+}
+
+local MAC = "02:42:AC:11:00:02"
+local SERVER_INFO = { serverName = "JifN19053", serverVersion = "Build 10.25.0m, Nov 17, 2023 11:29:27 AM" }
+local USER_ID = 87654321
+local USER_NAME = "mockuser1"
+local ACCOUNT = "DU1234567"
+
+local function wall_ms()
+  return math.floor(socket.gettime() * 1000)
+end
+
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do
+    c[k] = v
+  end
+  return c
+end
+
+local function random_hex(n)
+  local out = {}
+  for i = 1, n do
+    out[i] = string.format("%x", math.random(0, 15))
+  end
+  return table.concat(out)
+end
+
+-- opts: state, config (table of gateway.defaults overrides), clock, root (scheme://host:port)
+function gateway.new(opts)
+  local self = setmetatable({}, gateway)
+  self.clock = opts.clock or socket.gettime
+  self.root = opts.root or ""
+  local config = copy(gateway.defaults)
+  for k, v in pairs(opts.config or {}) do
+    config[k] = v
+  end
+  self.initial = { state = opts.state or "ready", config = config }
+  self.pacing = pacing_mod.new()
+  self.faults = faults_mod.new()
+  self:reset()
+  return self
+end
+
+function gateway:reset()
+  self.config = copy(self.initial.config)
+  self.log = {}
+  self.seq = 0
+  self.faults:clear()
+  self.pacing:reset()
+  self.counters = { requests = 0, rate_limited = 0, faults_applied = 0, idle_expiries = 0, by_path = {} }
+  self:login(self.initial.state)
+end
+
+-- A (browser) login: a new SSO session in the given state.
+function gateway:login(state)
+  local now = self.clock()
+  self.state = state or "ready"
+  self.pending = nil
+  self.session = random_hex(32)
+  self.auth_time = wall_ms()
+  self.last_accessed = self.auth_time
+  self.sso_start = now
+  self.last_api = now
+end
+
+function gateway:set_state(state)
+  self.state = state
+  self.pending = nil
+  self.last_api = self.clock()
+end
+
+-- Schedules a transition to state after delay seconds (immediately when delay <= 0).
+function gateway:schedule(state, delay, now)
+  if not delay or delay <= 0 then
+    self.state = state
+    self.pending = nil
+    self.last_api = now
+  else
+    self.pending = { state = state, at = now + delay }
+  end
+end
+
+-- Applies due transitions: a pending ssodh/init or reauthenticate, then idle expiry.
+function gateway:tick(now)
+  local p = self.pending
+  if p and now >= p.at then
+    self.state = p.state
+    self.pending = nil
+    if self.last_api < p.at then
+      self.last_api = p.at
+    end
+  end
+  local idle = self.config.idle_timeout
+  if idle and idle > 0 and (self.state == "ready" or self.state == "competing")
+      and now - self.last_api >= idle then
+    self.state = "unauthenticated"
+    self.counters.idle_expiries = self.counters.idle_expiries + 1
+  end
+end
+
+function gateway:sso_expires_ms(now)
+  local w = self.config.sso_window
+  local left = w - ((now - self.sso_start) % w)
+  return math.floor(left * 1000)
+end
+
+---------------------------------------------------------------------------------------------
+-- Bodies
+
+function gateway:status_body()
+  local s = self.state
+  if s == "disconnected" then
+    return { authenticated = false, competing = false, connected = false, MAC = MAC }
+  end
+  local authenticated = s == "ready" or s == "competing"
+  local body = {
+    authenticated = authenticated,
+    established = authenticated,
+    competing = s == "competing",
+    connected = true,
+    message = "",
+    MAC = MAC,
+    hardware_info = "1c4558e8|" .. MAC,
+    fail = "",
+  }
+  if authenticated then
+    body.serverInfo = copy(SERVER_INFO)
+  end
+  return body
+end
+
+function gateway:tickle_body(now)
+  return {
+    session = self.session,
+    ssoExpires = self:sso_expires_ms(now),
+    collission = false,
+    userId = USER_ID,
+    hmds = { error = "no bridge" },
+    iserver = { authStatus = self:status_body() },
+  }
+end
+
+function gateway:validate_body(now, req)
+  return {
+    USER_ID = USER_ID,
+    USER_NAME = USER_NAME,
+    RESULT = true,
+    AUTH_TIME = self.auth_time,
+    SF_ENABLED = false,
+    IS_FREE_TRIAL = false,
+    CREDENTIAL = USER_NAME,
+    IP = req.peer or "127.0.0.1",
+    EXPIRES = self:sso_expires_ms(now),
+    QUALIFIED_FOR_MOBILE_AUTH = json.null,
+    LANDING_APP = "UNIVERSAL",
+    IS_MASTER = false,
+    lastAccessed = self.last_accessed,
+    LOGIN_TYPE = 2,
+    PAPER_USER_NAME = USER_NAME,
+    features = {
+      env = "PROD", wlms = true, realtime = true, bond = true, optionChains = true,
+      calendar = true, newMf = true,
+    },
+    region = "NJ",
+  }
+end
+
+local function accounts_body(self)
+  return {
+    accounts = json.array({ ACCOUNT }),
+    acctProps = {
+      [ACCOUNT] = { hasChildAccounts = false, supportsCashQty = true, supportsFractions = true },
+    },
+    aliases = { [ACCOUNT] = ACCOUNT },
+    allowFeatures = { showGFIS = true, allowCrypto = false, allowFXConv = true, allowTypeAhead = true },
+    chartPeriods = { STK = json.array({ "*" }) },
+    groups = json.array(),
+    profiles = json.array(),
+    selectedAccount = ACCOUNT,
+    serverInfo = copy(SERVER_INFO),
+    sessionId = self.session:sub(1, 8) .. "." .. self.session:sub(9, 16),
+    isFT = false,
+    isPaper = true,
+  }
+end
+
+local function portfolio_accounts_body()
+  return json.array({ {
+    id = ACCOUNT, accountId = ACCOUNT, accountVan = ACCOUNT, accountTitle = "Mock Paper Account",
+    displayName = ACCOUNT, accountAlias = json.null, accountStatus = 1644814800000, currency = "USD",
+    type = "DEMO", tradingType = "PMRGN", businessType = "IB_PROP", faclient = false,
+    clearingStatus = "O", covestor = false, noClientTrading = false, trackVirtualFXPortfolio = true,
+    parent = { mmc = json.array(), accountId = "", isMParent = false, isMChild = false, isMultiplex = false },
+    desc = ACCOUNT,
+  } })
+end
+
+---------------------------------------------------------------------------------------------
+-- Endpoints (api = path relative to /v1/api)
+
+local function no_session()
+  return response.error(401, "no session")
+end
+
+local handlers = {}
+
+handlers["/iserver/auth/status"] = function(self)
+  if self.state == "no_session" then
+    return no_session()
+  end
+  return response.json(200, self:status_body())
+end
+
+handlers["/tickle"] = function(self, _, now)
+  if self.state == "no_session" then
+    return no_session()
+  end
+  return response.json(200, self:tickle_body(now))
+end
+
+handlers["/sso/validate"] = function(self, req, now)
+  if self.state == "no_session" then
+    return no_session()
+  end
+  return response.json(200, self:validate_body(now, req))
+end
+
+handlers["/logout"] = function(self)
+  if self.state == "no_session" then
+    return no_session()
+  end
+  self.state = "no_session"
+  self.pending = nil
+  return response.json(200, { status = true })
+end
+
+handlers["/iserver/reauthenticate"] = function(self, _, now)
+  if self.state == "no_session" then
+    return no_session()
+  end
+  if self.state ~= "ready" then
+    self:schedule("ready", self.config.reauth_delay, now)
+  end
+  return response.json(200, { message = "triggered" })
+end
+
+handlers["/iserver/auth/ssodh/init"] = function(self, req, now)
+  if self.state == "no_session" then
+    return no_session()
+  end
+  local params = http.parse_query(req.query)
+  local publish, compete = params.publish == "true", params.compete == "true"
+  if req.body and req.body ~= "" then
+    local body = json.decode(req.body)
+    if type(body) ~= "table" then
+      return response.error(500, "invalid request body: expected a JSON object")
+    end
+    publish = body.publish == true
+    compete = body.compete == true
+  end
+  if not publish then
+    return response.error(500, "publish must be true")
+  end
+  local s = self.state
+  if s == "unauthenticated" or s == "disconnected" or (s == "competing" and compete) then
+    self:schedule("ready", self.config.init_delay, now)
+  end
+  return response.json(200, self:status_body())
+end
+
+handlers["/iserver/accounts"] = function(self)
+  local s = self.state
+  if s == "no_session" then
+    return no_session()
+  end
+  if s ~= "ready" and s ~= "competing" then
+    return response.json(400, { error = "Init session first", statusCode = 400 })
+  end
+  return response.json(200, accounts_body(self))
+end
+
+handlers["/portfolio/accounts"] = function(self)
+  if self.state == "no_session" then
+    return no_session()
+  end
+  return response.json(200, portfolio_accounts_body())
+end
+
+function gateway.describe_request(req)
+  return {
+    method = req.method,
+    path = req.path,
+    query = req.query,
+    headers = req.headers,
+    body = req.body or "",
+    tls = req.tls and true or false,
+    conn = req.conn_id,
+  }
+end
+
+handlers["/__mock/echo"] = function(_, req)
+  return response.json(200, gateway.describe_request(req))
+end
+
+local methods = {
+  ["/iserver/auth/status"] = { "POST", "GET" },
+  ["/tickle"] = { "POST", "GET" },
+  ["/sso/validate"] = { "GET" },
+  ["/logout"] = { "POST" },
+  ["/iserver/reauthenticate"] = { "POST" },
+  ["/iserver/auth/ssodh/init"] = { "POST" },
+  ["/iserver/accounts"] = { "GET" },
+  ["/portfolio/accounts"] = { "GET" },
+}
+
+local function allowed(api, method)
+  local list = methods[api]
+  if not list then
+    return true
+  end
+  for _, m in ipairs(list) do
+    if m == method or (m == "GET" and method == "HEAD") then
+      return true
+    end
+  end
+  return false, table.concat(list, ", ")
+end
+
+-- The regular answer to an API request (no faults).
+function gateway:api(req, api, now)
+  local h = handlers[api]
+  if not h then
+    return response.error(404, "Not Found: " .. req.path)
+  end
+  local ok, allow = allowed(api, req.method)
+  if not ok then
+    return response.error(405, "Method Not Allowed", { { "Allow", allow } })
+  end
+  if self.config.pacing and api ~= "/__mock/echo" then
+    local admitted, wait, rule = self.pacing:admit(api, now)
+    if not admitted then
+      self.counters.rate_limited = self.counters.rate_limited + 1
+      local r = pacing_mod.rules[rule]
+      return response.error(429, string.format("Too many requests: %s allows %d per %d s",
+        rule == "global" and "the gateway" or rule, r.limit, r.period),
+        { { "Retry-After", tostring(math.max(1, math.ceil(wait))) } })
+    end
+  end
+  return h(self, req, now)
+end
+
+function gateway:record(req, api)
+  self.seq = self.seq + 1
+  local entry = gateway.describe_request(req)
+  entry.seq = self.seq
+  entry.api = api
+  entry.time = socket.gettime()
+  local log = self.log
+  log[#log + 1] = entry
+  if #log > self.config.log_limit then
+    table.remove(log, 1)
+  end
+  return entry
+end
+
+local LOGIN_PAGE = "<!DOCTYPE html><html><head><title>Client Portal Gateway</title></head><body>"
+  .. "<h1>ibkr-mock-gateway</h1><p>Mock of the IBKR Client Portal Gateway. API under /v1/api, "
+  .. "control under /__mock/.</p></body></html>"
+
+-- Entry point for every non-control request.
+function gateway:handle(req)
+  local api = req.path:match("^/v1/api(/.*)$") or req.path:match("^/v1/portal(/.*)$")
+  local entry = self:record(req, api)
+  self.counters.requests = self.counters.requests + 1
+  local resp
+  if not api then
+    if req.path == "/" and (req.method == "GET" or req.method == "HEAD") then
+      resp = response.raw(200, "text/html; charset=utf-8", LOGIN_PAGE)
+    else
+      resp = response.error(404, "Not Found: " .. req.path)
+    end
+  else
+    local now = self.clock()
+    self:tick(now)
+    self.last_api = now
+    self.last_accessed = wall_ms()
+    local bp = self.counters.by_path
+    bp[api] = (bp[api] or 0) + 1
+    local fault = self.faults:take(req.method, api)
+    local function normal()
+      return self:api(req, api, now)
+    end
+    if fault then
+      self.counters.faults_applied = self.counters.faults_applied + 1
+      entry.fault = fault.kind
+      resp = faults_mod.apply(fault, normal, { root = self.root })
+    else
+      resp = normal()
+    end
+  end
+  entry.status = resp.status
+  return resp
+end
+
+return gateway

@@ -1,0 +1,614 @@
+-- The mock gateway's HTTP/1.1 server: one socket.select loop, one coroutine per connection.
+-- A connection coroutine yields ("read"|"write"|"sleep", deadline) and is resumed with "ready" or
+-- "timeout"; nothing ever blocks the loop, so a slow or hostile client only costs its own
+-- connection. An error inside a connection closes that connection only.
+local socket = require("socket")
+local http = require("ibkr.mock.http")
+
+local server = {}
+server.__index = server
+
+local function default_clock()
+  local ok, system = pcall(require, "system")
+  if ok and type(system.monotime) == "function" then
+    return system.monotime
+  end
+  return socket.gettime
+end
+
+server.defaults = {
+  head_timeout = 5,        -- a request head must be complete this long after its first byte
+  keepalive_timeout = 120, -- an idle keep-alive connection is closed after this
+  body_timeout = 10,       -- a request body must be complete this long after its head
+  write_timeout = 30,      -- a response that cannot be written for this long is dropped
+  max_head = 16 * 1024,
+  max_headers = 100,
+  max_body = 1024 * 1024,
+  max_connections = 512,
+}
+
+-- opts: host, port, ssl_context (or nil), handler(req, conn) -> response, log(fmt, ...),
+-- clock, and any of server.defaults. Returns a server or nil, err.
+function server.new(opts)
+  local self = setmetatable({}, server)
+  for k, v in pairs(server.defaults) do
+    self[k] = v
+  end
+  for k, v in pairs(opts) do
+    self[k] = v
+  end
+  self.clock = opts.clock or default_clock()
+  self.log = opts.log or function() end
+  local listener, err = socket.bind(opts.host or "127.0.0.1", opts.port or 0, 128)
+  if not listener then
+    return nil, string.format("cannot listen on %s:%s: %s", tostring(opts.host), tostring(opts.port),
+      tostring(err))
+  end
+  listener:settimeout(0)
+  self.listener = listener
+  self.address, self.port = listener:getsockname()
+  self.port = math.tointeger(tonumber(self.port))
+  self.conns = {}
+  self.by_sock = {}
+  self.nconns = 0
+  self.next_id = 0
+  self.wakers = {}
+  self.stats = { connections = 0, requests = 0, active = 0, errors = 0 }
+  return self
+end
+
+-- Something else to watch in select (an object with getfd); fn() runs when it is readable.
+function server:add_waker(obj, fn)
+  self.wakers[obj] = fn
+end
+
+---------------------------------------------------------------------------------------------
+-- Inside a connection coroutine
+
+local yield = coroutine.yield
+
+local function wait(kind, deadline)
+  return yield(kind, deadline)
+end
+
+function server:sleep(seconds)
+  if seconds and seconds > 0 then
+    wait("sleep", self.clock() + seconds)
+  end
+end
+
+-- Reads more bytes into conn.buf. Returns true, or nil and "timeout" | "closed" | error.
+local function fill(self, conn, deadline)
+  while true do
+    local data, err, partial = conn.sock:receive(65536)
+    local got = data or partial
+    if got and #got > 0 then
+      conn.buf = conn.buf .. got
+      return true
+    end
+    if err == "timeout" or err == "wantread" then
+      if wait("read", deadline) == "timeout" then
+        return nil, "timeout"
+      end
+    elseif err == "wantwrite" then
+      if wait("write", deadline) == "timeout" then
+        return nil, "timeout"
+      end
+    else
+      return nil, err or "closed"
+    end
+    if self.stopping then
+      return nil, "closed"
+    end
+  end
+end
+
+-- Writes all of data. Returns true or nil, err.
+local function send_all(self, conn, data)
+  local i, n = 1, #data
+  local deadline = self.clock() + self.write_timeout
+  while i <= n do
+    local last, err, partial = conn.sock:send(data, i)
+    if last then
+      i = last + 1
+    else
+      i = (partial or i - 1) + 1
+      if err == "timeout" or err == "wantwrite" then
+        if wait("write", deadline) == "timeout" then
+          return nil, "timeout"
+        end
+      elseif err == "wantread" then
+        if wait("read", deadline) == "timeout" then
+          return nil, "timeout"
+        end
+      else
+        return nil, err
+      end
+    end
+  end
+  return true
+end
+
+local function handshake(self, conn)
+  local deadline = self.clock() + self.head_timeout
+  while true do
+    local ok, err = conn.sock:dohandshake()
+    if ok then
+      return true
+    end
+    if err == "wantread" or err == "timeout" then
+      if wait("read", deadline) == "timeout" then
+        return nil, "handshake timeout"
+      end
+    elseif err == "wantwrite" then
+      if wait("write", deadline) == "timeout" then
+        return nil, "handshake timeout"
+      end
+    else
+      return nil, "handshake failed: " .. tostring(err)
+    end
+  end
+end
+
+-- Reads a request head. Returns the request, or nil and (status to answer with | "closed").
+local function read_head(self, conn, first)
+  local deadline = self.clock() + (first and self.head_timeout or self.keepalive_timeout)
+  local started = first
+  while true do
+    local lead = conn.buf:match("^[\r\n]+")
+    if lead then
+      conn.buf = conn.buf:sub(#lead + 1)
+    end
+    if #conn.buf > 0 then
+      if not started then
+        started = true
+        deadline = self.clock() + self.head_timeout
+      end
+      if not http.plausible_start(conn.buf) then
+        return nil, 400
+      end
+      local s, e = conn.buf:find("\r\n\r\n", 1, true)
+      if s then
+        if e > self.max_head then
+          return nil, 431
+        end
+        local head = conn.buf:sub(1, s - 1)
+        conn.buf = conn.buf:sub(e + 1)
+        return http.parse_head(head, self.max_headers)
+      end
+      local eol = conn.buf:find("\r\n", 1, true)
+      if eol then
+        local ok, status = http.parse_request_line(conn.buf:sub(1, eol - 1))
+        if not ok then
+          return nil, status
+        end
+      elseif #conn.buf > 8192 then
+        return nil, 414
+      end
+      if #conn.buf > self.max_head then
+        return nil, 431
+      end
+    end
+    local ok, err = fill(self, conn, deadline)
+    if not ok then
+      if err == "timeout" and #conn.buf > 0 then
+        return nil, 408
+      end
+      return nil, "closed"
+    end
+  end
+end
+
+local function read_exact(self, conn, n, deadline)
+  while #conn.buf < n do
+    local ok, err = fill(self, conn, deadline)
+    if not ok then
+      return nil, err
+    end
+  end
+  local data = conn.buf:sub(1, n)
+  conn.buf = conn.buf:sub(n + 1)
+  return data
+end
+
+local function read_line(self, conn, deadline, max)
+  while true do
+    local s, e = conn.buf:find("\r\n", 1, true)
+    if s then
+      local line = conn.buf:sub(1, s - 1)
+      conn.buf = conn.buf:sub(e + 1)
+      return line
+    end
+    if #conn.buf > max then
+      return nil, 400
+    end
+    local ok, err = fill(self, conn, deadline)
+    if not ok then
+      return nil, err
+    end
+  end
+end
+
+-- Reads a chunked body. Returns the body or nil, status|err.
+local function read_chunked(self, conn, deadline)
+  local parts, total = {}, 0
+  while true do
+    local line, err = read_line(self, conn, deadline, 1024)
+    if not line then
+      return nil, err
+    end
+    local hex = line:match("^(%x+)[ \t]*;?.*$")
+    if not hex or #hex > 8 then
+      return nil, 400
+    end
+    local size = tonumber(hex, 16)
+    if size == 0 then
+      -- trailers, up to the empty line
+      repeat
+        local t, terr = read_line(self, conn, deadline, 8192)
+        if not t then
+          return nil, terr
+        end
+      until t == ""
+      return table.concat(parts)
+    end
+    total = total + size
+    if total > self.max_body then
+      return nil, 413
+    end
+    local data, derr = read_exact(self, conn, size + 2, deadline)
+    if not data then
+      return nil, derr
+    end
+    if data:sub(-2) ~= "\r\n" then
+      return nil, 400
+    end
+    parts[#parts + 1] = data:sub(1, -3)
+  end
+end
+
+-- Reads the body of req (sending 100 Continue when asked). Returns true or nil, status|err.
+local function read_body(self, conn, req)
+  local h = req.headers
+  local te, cl = h["transfer-encoding"], h["content-length"]
+  local length
+  if te then
+    if cl then
+      return nil, 400
+    end
+    if te:lower() ~= "chunked" then
+      return nil, 501
+    end
+  elseif cl then
+    if not cl:find("^%d+$") or #cl > 15 then
+      return nil, 400
+    end
+    length = tonumber(cl)
+    if length > self.max_body then
+      return nil, 413
+    end
+  else
+    length = 0
+  end
+  local expect = h.expect
+  if expect then
+    if expect:lower() ~= "100-continue" then
+      return nil, 417
+    end
+    if req.minor >= 1 and (te or length > 0) and #conn.buf == 0 then
+      local ok, err = send_all(self, conn, "HTTP/1.1 100 Continue\r\n\r\n")
+      if not ok then
+        return nil, err
+      end
+    end
+  end
+  local deadline = self.clock() + self.body_timeout
+  local body, err
+  if te then
+    body, err = read_chunked(self, conn, deadline)
+  else
+    body, err = read_exact(self, conn, length, deadline)
+  end
+  if not body then
+    return nil, err == "timeout" and 408 or err
+  end
+  req.body = body
+  return true
+end
+
+-- Writes a response described by a table (see ibkr.mock.gateway for the fields).
+-- Returns true when the connection may be kept, false when it must be closed.
+local function write_response(self, conn, req, resp, keep)
+  if resp.delay and resp.delay > 0 then
+    self:sleep(resp.delay)
+  end
+  if resp.drop == "before" then
+    return false
+  end
+  local head_only = req and req.method == "HEAD"
+  local body = resp.body or ""
+  local headers = { { "Date", http.date() }, { "Server", "ibkr-mock-gateway" } }
+  for _, hv in ipairs(resp.headers or {}) do
+    headers[#headers + 1] = hv
+  end
+  local stream = resp.stream
+  if resp.chunked then
+    headers[#headers + 1] = { "Transfer-Encoding", "chunked" }
+  elseif stream then
+    headers[#headers + 1] = { "Content-Length", tostring(stream.length) }
+  elseif not resp.no_length then
+    headers[#headers + 1] = { "Content-Length", tostring(#body) }
+  end
+  if resp.close then
+    keep = false
+  end
+  if not keep then
+    headers[#headers + 1] = { "Connection", "close" }
+  elseif req and req.minor == 0 then
+    headers[#headers + 1] = { "Connection", "keep-alive" }
+  end
+  local head = http.format_head(resp.status, resp.reason, headers)
+  if head_only then
+    local ok = send_all(self, conn, head)
+    return ok and keep
+  end
+  if resp.chunked then
+    local parts, n = { head }, #body
+    local size = math.max(1, math.ceil(n / 3))
+    local i = 1
+    while i <= n do
+      parts[#parts + 1] = http.chunk(body:sub(i, i + size - 1))
+      i = i + size
+    end
+    parts[#parts + 1] = "0\r\n\r\n"
+    local ok = send_all(self, conn, table.concat(parts))
+    return ok and keep
+  end
+  if stream then
+    if not send_all(self, conn, head) then
+      return false
+    end
+    for chunk in stream.chunks() do
+      if not send_all(self, conn, chunk) then
+        return false
+      end
+    end
+    return keep
+  end
+  if resp.drop == "mid" or resp.pause_mid then
+    local half = math.floor(#body / 2)
+    if not send_all(self, conn, head .. body:sub(1, half)) then
+      return false
+    end
+    if resp.drop == "mid" then
+      return false
+    end
+    self:sleep(resp.pause_mid)
+    local ok = send_all(self, conn, body:sub(half + 1))
+    return ok and keep
+  end
+  local ok = send_all(self, conn, head .. body)
+  return ok and keep
+end
+
+-- An error answer of the server itself (bad request, too large...), then close.
+local function refuse(self, conn, status)
+  local body = '{"error":"' .. http.reason(status) .. '"}'
+  send_all(self, conn, http.format_head(status, nil, {
+    { "Date", http.date() }, { "Server", "ibkr-mock-gateway" },
+    { "Content-Type", "application/json" }, { "Content-Length", tostring(#body) },
+    { "Connection", "close" },
+  }) .. body)
+  -- Lingering close: stop sending, then drain briefly so that the peer reads the answer
+  -- instead of a reset caused by its unread bytes.
+  if conn.sock.shutdown and not conn.tls then
+    conn.sock:shutdown("send")
+    conn.buf = ""
+    local deadline = self.clock() + 1
+    local drained = 0
+    while drained < 262144 do
+      local ok = fill(self, conn, deadline)
+      if not ok then
+        break
+      end
+      drained = drained + #conn.buf
+      conn.buf = ""
+    end
+  end
+end
+
+local function serve_connection(self, conn)
+  if conn.tls then
+    local ok, err = handshake(self, conn)
+    if not ok then
+      self.log("conn %d: %s", conn.id, err)
+      return
+    end
+  end
+  local first = true
+  while not self.stopping do
+    local req, status = read_head(self, conn, first)
+    first = false
+    if not req then
+      if status ~= "closed" then
+        self.log("conn %d: refused with %s", conn.id, tostring(status))
+        refuse(self, conn, status)
+      end
+      return
+    end
+    local ok, err = read_body(self, conn, req)
+    if not ok then
+      if type(err) == "number" then
+        refuse(self, conn, err)
+      end
+      return
+    end
+    req.conn_id = conn.id
+    req.tls = conn.tls
+    req.peer = conn.peer
+    self.stats.requests = self.stats.requests + 1
+    local keep = http.wants_keepalive(req)
+    local resp = self.handler(req, conn)
+    if not write_response(self, conn, req, resp, keep) then
+      return
+    end
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- The loop
+
+function server:close_conn(conn)
+  if conn.closed then
+    return
+  end
+  conn.closed = true
+  conn.sock:close()
+  self.conns[conn] = nil
+  self.by_sock[conn.sock] = nil
+  self.nconns = self.nconns - 1
+  self.stats.active = self.nconns
+end
+
+local function resume(self, conn, ...)
+  local ok, kind, deadline = coroutine.resume(conn.co, ...)
+  if not ok then
+    self.stats.errors = self.stats.errors + 1
+    io.stderr:write(string.format("ibkr-mock-gateway: connection %d failed: %s\n", conn.id,
+      debug.traceback(conn.co, tostring(kind))))
+    self:close_conn(conn)
+    return
+  end
+  if coroutine.status(conn.co) == "dead" then
+    self:close_conn(conn)
+    return
+  end
+  conn.kind, conn.deadline = kind, deadline
+end
+
+local function accept(self)
+  for _ = 1, 64 do
+    local c = self.listener:accept()
+    if not c then
+      return
+    end
+    if self.nconns >= self.max_connections then
+      c:close()
+    else
+      c:settimeout(0)
+      c:setoption("tcp-nodelay", true)
+      self.next_id = self.next_id + 1
+      local conn = { id = self.next_id, buf = "", tls = self.ssl_context ~= nil }
+      conn.peer = c:getpeername()
+      if conn.tls then
+        local ssl = require("ssl")
+        local s, err = ssl.wrap(c, self.ssl_context)
+        if not s then
+          self.log("conn %d: ssl.wrap failed: %s", conn.id, tostring(err))
+          c:close()
+          conn = nil
+        else
+          s:settimeout(0)
+          conn.sock = s
+        end
+      else
+        conn.sock = c
+      end
+      if conn then
+        self.conns[conn] = true
+        self.by_sock[conn.sock] = conn
+        self.nconns = self.nconns + 1
+        self.stats.connections = self.stats.connections + 1
+        self.stats.active = self.nconns
+        conn.co = coroutine.create(function()
+          return serve_connection(self, conn)
+        end)
+        resume(self, conn)
+      end
+    end
+  end
+end
+
+-- Runs one round of the loop, waiting at most max_wait seconds.
+function server:step(max_wait)
+  local recvt, sendt = { self.listener }, {}
+  for obj in pairs(self.wakers) do
+    recvt[#recvt + 1] = obj
+  end
+  local now = self.clock()
+  local earliest = now + (max_wait or 1)
+  for conn in pairs(self.conns) do
+    if conn.kind == "read" then
+      recvt[#recvt + 1] = conn.sock
+    elseif conn.kind == "write" then
+      sendt[#sendt + 1] = conn.sock
+    end
+    if conn.deadline and conn.deadline < earliest then
+      earliest = conn.deadline
+    end
+  end
+  local timeout = earliest - now
+  if timeout < 0 then
+    timeout = 0
+  end
+  local r, w = socket.select(recvt, sendt, timeout)
+  local ready = {}
+  for _, list in ipairs({ r or {}, w or {} }) do
+    for _, sock in ipairs(list) do
+      if sock == self.listener then
+        accept(self)
+      elseif self.wakers[sock] then
+        self.wakers[sock]()
+      else
+        local conn = self.by_sock[sock]
+        if conn then
+          ready[#ready + 1] = conn
+        end
+      end
+    end
+  end
+  for _, conn in ipairs(ready) do
+    if not conn.closed then
+      conn.resumed = true
+      resume(self, conn, "ready")
+    end
+  end
+  now = self.clock()
+  local due = {}
+  for conn in pairs(self.conns) do
+    if not conn.resumed and conn.deadline and conn.deadline <= now then
+      due[#due + 1] = conn
+    end
+    conn.resumed = nil
+  end
+  table.sort(due, function(a, b) return a.id < b.id end)
+  for _, conn in ipairs(due) do
+    if not conn.closed then
+      resume(self, conn, "timeout")
+    end
+  end
+end
+
+function server:stop()
+  self.stopping = true
+end
+
+function server:run(max_wait)
+  while not self.stopping do
+    self:step(max_wait)
+  end
+  self:close()
+end
+
+function server:close()
+  self.stopping = true
+  for conn in pairs(self.conns) do
+    self:close_conn(conn)
+  end
+  if self.listener then
+    self.listener:close()
+    self.listener = nil
+  end
+end
+
+return server
