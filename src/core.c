@@ -86,6 +86,11 @@ static int check_base_url(lua_State *L, const char *url) {
   for (const char *p = url; *p; p++)
     if ((unsigned char)*p <= 0x20 || *p == 0x7f) why = "contains a space or control character";
   if (!why && (strchr(url, '?') || strchr(url, '#'))) why = "must not contain a query or fragment";
+  {
+    /* curl reads "http:///x" as host x; a user who wrote that forgot the host */
+    const char *sep = strstr(url, "://");
+    if (!why && sep && (sep[3] == '/' || sep[3] == '\0')) why = "has no host";
+  }
   ok = !why && curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK;
   if (!why && !ok) why = "is not a valid URL";
