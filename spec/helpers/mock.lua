@@ -209,6 +209,10 @@ function client:read_response(opts)
     resp.body = table.concat(parts)
   elseif h["content-length"] then
     local n = tonumber(h["content-length"])
+    if n == 0 then
+      resp.body = ""
+      return resp
+    end
     local data, derr, partial = sock:receive(n)
     if not data then
       resp.body = partial
@@ -294,6 +298,7 @@ function helper.start(opts)
   local errfile = os.tmpname()
   local cmd = "echo $$; exec " .. helper.command .. " " .. table.concat(args, " ")
     .. " 2>" .. shell_quote(errfile) .. " </dev/null"
+  local t0 = socket.gettime()
   local p = assert(io.popen(cmd, "r"))
   local pid = p:read("l")
   local url = p:read("l")
@@ -311,6 +316,7 @@ function helper.start(opts)
       tostring(code), msg)
   end
   self.url = url
+  self.startup_time = socket.gettime() - t0
   self.root = url:match("^(.-)/v1/api$")
   self.tls = url:sub(1, 6) == "https:"
   self.host, self.port = self.root:match("^https?://([^:/]+):(%d+)$")
@@ -453,6 +459,7 @@ function proc:reap()
   if not self.proc then
     return self.exit_how, self.exit_code
   end
+  self.stdout_rest = self.proc:read("a")
   local _, how, code = self.proc:close()
   self.proc = nil
   self.exit_how, self.exit_code = how, code
