@@ -1,0 +1,165 @@
+-- Never blocking the host: cooperative calls and the keep-alive yield while a request is in
+-- flight, and one resume stays under 1 ms even when the gateway takes seconds to answer.
+-- Real time here: the mock delays its answers, and the drivers below are host loops.
+local ibkr = require("ibkr")
+local core = require("ibkr.core")
+local mock = require("spec.helpers.mock")
+
+local STEP = 0.0100001
+
+-- Drives `co` like a host loop (sleeping what it asks) until it returns or yields a wait of at
+-- least `until_wait`; returns the longest single resume (s), the number of resumes, the values
+-- the coroutine returned (when it ended).
+local function drive(co, until_wait, limit)
+  local longest, n = 0, 0
+  local deadline = core.monotonic() + (limit or 10)
+  while core.monotonic() < deadline do
+    local t0 = core.monotonic()
+    local res = table.pack(coroutine.resume(co))
+    local d = core.monotonic() - t0
+    n = n + 1
+    if d > longest then longest = d end
+    assert(res[1], res[2])
+    if coroutine.status(co) == "dead" then return longest, n, table.unpack(res, 2, res.n) end
+    local wait = res[2]
+    assert.equal("number", type(wait))
+    if until_wait and wait >= until_wait then return longest, n end
+    core.sleep(math.min(wait, 0.05))
+  end
+  error("coroutine did not finish in time")
+end
+
+local function ms(x) return string.format("%.3f ms", x * 1000) end
+
+describe("cooperative calls", function()
+  local m
+  setup(function() m = assert(mock.start{ tls = false, pacing = false }) end)
+  teardown(function() m:stop() end)
+  before_each(function() m:reset(); m:clear_faults() end)
+
+  it("yield seconds while the request is in flight and return its result", function()
+    local s = ibkr.new{ base_url = m.url, cooperative = true }
+    m:fault{ path = "/iserver/auth/status", kind = "delay", seconds = 0.3 }
+    local co = coroutine.create(function() return s:auth_status() end)
+    local longest, n, res = drive(co)
+    assert.is_true(res.authenticated)
+    assert.is_true(n > 10, "only " .. n .. " resumes")
+    assert.is_true(longest < 0.001, "longest resume " .. ms(longest))
+    -- outside a coroutine the same session blocks
+    assert.is_true(assert(s:tickle()).iserver ~= nil)
+    s:close()
+  end)
+
+  it("block inside a coroutine when the session is not cooperative", function()
+    local s = ibkr.new{ base_url = m.url }
+    local co = coroutine.create(function() return s:auth_status() end)
+    local ok, res = coroutine.resume(co)
+    assert.is_true(ok)
+    assert.equal("dead", coroutine.status(co))
+    assert.is_true(res.authenticated)
+    s:close()
+  end)
+
+  it("yield pacing and backoff waits instead of sleeping", function()
+    local s = ibkr.new{ base_url = m.url, cooperative = true,
+      sleep = function() error("must not sleep in cooperative mode") end }
+    m:fault{ path = "/iserver/auth/status", kind = "status", status = 503 }
+    local co = coroutine.create(function()
+      assert(s:tickle())
+      assert(s:tickle())          -- paced: waits ~1 s, by yielding
+      return s:auth_status()      -- one 503, retried after a yielded backoff
+    end)
+    local waits = {}
+    while coroutine.status(co) ~= "dead" do
+      local ok, w = coroutine.resume(co)
+      assert(ok, w)
+      if coroutine.status(co) ~= "dead" then
+        assert.equal("number", type(w))
+        if w > STEP then waits[#waits + 1] = w end
+        core.sleep(w)
+      end
+    end
+    assert.is_true(#waits >= 2)
+    assert.is_true(waits[1] > 0.9 and waits[1] <= 1, "pacing wait " .. tostring(waits[1]))
+    assert.is_true(waits[2] >= 0.125 and waits[2] <= 0.25, "backoff " .. tostring(waits[2]))
+    s:close()
+  end)
+
+  it("share one session between coroutines: the second waits its turn", function()
+    local s = ibkr.new{ base_url = m.url, cooperative = true }
+    m:fault{ path = "/iserver/auth/status", kind = "delay", seconds = 0.2 }
+    local results = {}
+    local function worker(i) return coroutine.create(function() results[i] = s:auth_status() end) end
+    assert.is_true(ibkr.run({ worker(1), worker(2) }, { duration = 5 }))
+    assert.is_true(results[1].authenticated)
+    assert.is_true(results[2].authenticated)
+    s:close()
+  end)
+
+  it("end with kind 'closed' when the session is closed mid-request", function()
+    local s = ibkr.new{ base_url = m.url, cooperative = true }
+    m:fault{ path = "/iserver/auth/status", kind = "delay", seconds = 2 }
+    local co = coroutine.create(function() return s:auth_status() end)
+    local ok, wait = coroutine.resume(co)
+    assert.is_true(ok and wait <= STEP)
+    s:close()
+    local ok2, res, err = coroutine.resume(co)
+    assert.is_true(ok2)
+    assert.is_nil(res)
+    assert.equal("closed", err.kind)
+  end)
+
+  it("free the request when the coroutine is closed", function()
+    local s = ibkr.new{ base_url = m.url, cooperative = true }
+    m:fault{ path = "/iserver/auth/status", kind = "delay", seconds = 2 }
+    local co = coroutine.create(function() return s:auth_status() end)
+    coroutine.resume(co)
+    assert.is_true(s._core:busy())
+    assert.is_true(coroutine.close(co))
+    assert.is_false(s._core:busy())
+    local t0 = core.monotonic()
+    assert(s:tickle())
+    assert.is_true(core.monotonic() - t0 < 1)
+    s:close()
+  end)
+end)
+
+describe("the keep-alive's longest resume", function()
+  local function measure(tls, warm)
+    local m = assert(mock.start{ tls = tls, pacing = false })
+    local s = ibkr.new{ base_url = m.url }
+    if warm then assert(s:auth_status()) end -- connection (and TLS session) established first
+    m:fault{ path = "/tickle", kind = "delay", seconds = 2 }
+    local t0 = core.monotonic()
+    local co = s:keepalive{ interval = 60 }
+    local longest, n = drive(co, 1, 10)
+    local elapsed = core.monotonic() - t0
+    s:close()
+    m:stop()
+    assert.is_true(elapsed >= 2, "the tickle was not delayed")
+    return longest, n
+  end
+
+  it("stays under 1 ms while the mock delays tickle by 2 s (HTTP, connect included)", function()
+    local longest, n = measure(false, false)
+    print(string.format("\n[keep-alive] HTTP, 2 s tickle, connect included: longest resume %s over %d "
+      .. "resumes", ms(longest), n))
+    assert.is_true(longest < 0.001, "longest resume " .. ms(longest))
+  end)
+
+  it("stays under 1 ms while the mock delays tickle by 2 s (HTTPS, established connection)", function()
+    local longest, n = measure(true, true)
+    print(string.format("\n[keep-alive] HTTPS, 2 s tickle, warm connection: longest resume %s over %d "
+      .. "resumes", ms(longest), n))
+    assert.is_true(longest < 0.001, "longest resume " .. ms(longest))
+  end)
+
+  it("reports the longest resume when the keep-alive makes the TLS handshake itself", function()
+    local longest, n = measure(true, false)
+    print(string.format("\n[keep-alive] HTTPS, 2 s tickle, TLS handshake included: longest resume %s "
+      .. "over %d resumes (libcurl/OpenSSL handshake steps; see docs-core-requests.md)", ms(longest), n))
+    if os.getenv("IBKR_STRICT_HANDSHAKE") then
+      assert.is_true(longest < 0.001, "longest resume " .. ms(longest))
+    end
+  end)
+end)
