@@ -215,13 +215,13 @@ end
 -- failures and repairs go to stderr so stdout stays one line per change.
 function RUN.keepalive(s, o, io_)
   local out, errout = io_.stdout, io_.stderr
-  local last
+  local last, last_error
   local co = s:keepalive{
     interval = o.interval or 60,
     retry_interval = math.min(5, o.interval or 5),
     compete = o.compete == true,
     on_state = function(new, old, detail)
-      last = new
+      last, last_error = new, nil
       if o.json then
         local doc = { time = timestamp(), state = new, old = old }
         if ibkr.is_error(detail) then doc.error = plain_error(detail) else doc.detail = detail end
@@ -231,9 +231,13 @@ function RUN.keepalive(s, o, io_)
       end
       out:flush()
     end,
-    on_error = function(err)
-      errout:write(timestamp(), " error: ", tostring(err), "\n")
-      errout:flush()
+    on_error = function(err) -- the same failure every retry_interval is said once
+      local line = tostring(err)
+      if line ~= last_error then
+        last_error = line
+        errout:write(timestamp(), " error: ", line, "\n")
+        errout:flush()
+      end
     end,
     on_repair = function(action, res, err)
       errout:write(timestamp(), " repair: ", action,
