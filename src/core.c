@@ -127,6 +127,7 @@ static void session_free(session *s) {
     xfer_finish(s);
     s->inuse = 0;
   }
+  xfer_sync_free(s);
   if (s->multi) curl_multi_cleanup(s->multi);
   if (s->easy) curl_easy_cleanup(s->easy);
   s->multi = NULL;
@@ -207,6 +208,8 @@ static int core_new(lua_State *L) {
 
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);                           /* the headers table goes to index 2 */
+  if (curl_init_code != CURLE_OK)
+    return luaL_error(L, "curl_global_init failed: %s", curl_easy_strerror(curl_init_code));
   url = opt_string(L, 1, "base_url");
   if (url == NULL) return luaL_error(L, "option 'base_url' is required");
   loop = check_base_url(L, url);
@@ -250,9 +253,6 @@ static int core_new(lua_State *L) {
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, SESSION_MT);
   s->closed = 1;                              /* until fully built */
-  pthread_once(&curl_once, init_curl);
-  if (curl_init_code != CURLE_OK)
-    return luaL_error(L, "curl_global_init failed: %s", curl_easy_strerror(curl_init_code));
   ulen = strlen(url);
   while (ulen > 0 && url[ulen - 1] == '/') ulen--;
   s->base = dupstr(url, ulen);
@@ -260,6 +260,7 @@ static int core_new(lua_State *L) {
   s->max_body = (size_t)max_body;
   s->easy = curl_easy_init();
   s->multi = curl_multi_init();
+  xfer_sync_init(s);          /* without it, requests step in place */
   if (nh) s->uh = calloc((size_t)nh, sizeof(char *));
   if (!s->base || !s->easy || !s->multi || (nh && !s->uh)) return luaL_error(L, "out of memory");
   if (nh) {
@@ -379,6 +380,7 @@ static int session_start(lua_State *L) {
   r->s = s;
   r->done = 0;
   s->owner = r;
+  xfer_spawn(s);
   return 1;
 }
 
@@ -592,6 +594,8 @@ static void createmeta(lua_State *L, const char *name, const luaL_Reg *meth, con
 */
 IBKR_API int luaopen_ibkr_core(lua_State *L) {
   luaL_checkversion(L);
+  /* before any libcurl call of this state (curl_url in core.new included) */
+  pthread_once(&curl_once, init_curl);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "cjson");
   lua_call(L, 1, 1);                            /* cjson */

@@ -6,6 +6,7 @@
 #ifndef IBKR_H
 #define IBKR_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <curl/curl.h>
 #include "lua.h"
@@ -63,6 +64,13 @@ typedef struct session {
   struct curl_slist *callh;   /* per-call header list, or NULL */
   int head;                   /* the exchange is a HEAD request */
   struct request *owner;      /* non-blocking owner of the exchange, or NULL */
+  /* a worker thread runs the transfer of a non-blocking request (see request.c) */
+  pthread_t worker;
+  int threaded;               /* the worker exists and has not been joined */
+  int wdone, wabort;          /* guarded by mu */
+  int sync_init;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
   char errbuf[CURL_ERROR_SIZE];
   lua_Integer connects, exchanges;
 } session;
@@ -79,6 +87,9 @@ typedef struct request {
 int xfer_setup(session *s, char *err, size_t errlen);
 void xfer_begin(lua_State *L, session *s, const char *method, int pathidx, int optsidx,
                 const char **body, size_t *bodylen);
+int xfer_sync_init(session *s);
+void xfer_sync_free(session *s);
+int xfer_spawn(session *s);
 int xfer_step(session *s, double *wait);
 int xfer_wait(session *s, double timeout);
 void xfer_finish(session *s);

@@ -4,9 +4,11 @@
 ** paths share one connection cache), and the conversion of its outcome into
 ** a Lua value or an error object.
 */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "ibkr.h"
 
@@ -388,15 +390,124 @@ static void collect(session *s) {
   }
 }
 
+/* ------------------------------------------------------------ the worker */
+
+/*
+** A non-blocking request must never make its caller wait, but one call of
+** curl_multi_perform can take milliseconds of CPU: a TLS handshake under
+** OpenSSL 3 (new SSL_CTX, certificate decoding, signature check) costs 1-3
+** ms, loading a CA bundle more. So the transfer of a request runs on a
+** worker thread that owns the easy and multi handles until it is joined;
+** step() only looks at a flag. The worker never touches the lua_State, and
+** the caller reads what the worker wrote only after pthread_join.
+*/
+int xfer_sync_init(session *s) {
+  pthread_condattr_t ca;
+  if (pthread_mutex_init(&s->mu, NULL) != 0) return 0;
+  if (pthread_condattr_init(&ca) != 0) {
+    pthread_mutex_destroy(&s->mu);
+    return 0;
+  }
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  if (pthread_cond_init(&s->cv, &ca) != 0) {
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_destroy(&s->mu);
+    return 0;
+  }
+  pthread_condattr_destroy(&ca);
+  s->sync_init = 1;
+  return 1;
+}
+
+void xfer_sync_free(session *s) {
+  if (!s->sync_init) return;
+  pthread_cond_destroy(&s->cv);
+  pthread_mutex_destroy(&s->mu);
+  s->sync_init = 0;
+}
+
+static int flag(session *s, int *f) {
+  int v;
+  pthread_mutex_lock(&s->mu);
+  v = *f;
+  pthread_mutex_unlock(&s->mu);
+  return v;
+}
+
+static void *worker(void *ud) {
+  session *s = ud;
+  for (;;) {
+    int running;
+    if (curl_multi_perform(s->multi, &running) != CURLM_OK) {
+      s->finished = 1;
+      s->code = CURLE_OUT_OF_MEMORY;
+    } else {
+      collect(s);
+    }
+    if (s->finished || flag(s, &s->wabort)) break;
+    curl_multi_poll(s->multi, NULL, 0, 1000, NULL);
+    if (flag(s, &s->wabort)) break;
+  }
+  pthread_mutex_lock(&s->mu);
+  s->wdone = 1;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+/*
+** Hand the begun exchange to a worker thread. The worker blocks every
+** signal, so the host's handlers keep running on the host's threads.
+** Returns 0 when no thread could be made: the caller then steps in place.
+*/
+int xfer_spawn(session *s) {
+  sigset_t all, old;
+  int rc;
+  if (!s->sync_init || s->finished) return 0;
+  s->wdone = s->wabort = 0;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  rc = pthread_create(&s->worker, NULL, worker, s);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) return 0;
+  s->threaded = 1;
+  return 1;
+}
+
+static void join(session *s) {
+  pthread_join(s->worker, NULL);
+  s->threaded = 0;
+}
+
+/* stop the worker now (close, GC, abort) and wait for it: at most one pass
+** of curl_multi_perform, since curl_multi_wakeup ends its poll at once */
+static void abort_worker(session *s) {
+  if (!s->threaded) return;
+  pthread_mutex_lock(&s->mu);
+  s->wabort = 1;
+  pthread_mutex_unlock(&s->mu);
+  curl_multi_wakeup(s->multi);
+  join(s);
+}
+
 /*
 ** One non-blocking step. Returns 1 when the transfer is finished; otherwise
-** sets *wait to the seconds after which curl wants to be called again,
-** capped so that socket activity (which curl_multi_timeout cannot see) is
-** noticed soon.
+** sets *wait to the seconds after which a new step is worth making. With a
+** worker that is a cheap flag check; without one (no thread could be made)
+** the step runs curl itself, its wait capped so that socket activity, which
+** curl_multi_timeout cannot see, is noticed soon.
 */
 int xfer_step(session *s, double *wait) {
   int running;
   long ms = -1;
+  if (s->threaded) {
+    if (!flag(s, &s->wdone)) {
+      *wait = 0.005;
+      return 0;
+    }
+    join(s);
+    return 1;
+  }
   if (s->finished) return 1;
   if (curl_multi_perform(s->multi, &running) != CURLM_OK) {
     s->finished = 1;
@@ -411,31 +522,52 @@ int xfer_step(session *s, double *wait) {
   return 0;
 }
 
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
 /*
 ** Block until finished or `timeout` seconds passed (timeout < 0: no limit).
-** curl_multi_poll sleeps on the transfer's sockets, as curl_easy_perform does.
+** In place, curl_multi_poll sleeps on the transfer's sockets, as
+** curl_easy_perform does; with a worker, wait for its signal.
 */
 int xfer_wait(session *s, double timeout) {
-  double waited = 0;
+  double end = timeout >= 0 ? now() + timeout : 0;
+  if (s->threaded) {
+    struct timespec ts;
+    pthread_mutex_lock(&s->mu);
+    if (timeout >= 0) {
+      ts.tv_sec = (time_t)end;
+      ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
+    }
+    while (!s->wdone) {
+      if (timeout < 0) pthread_cond_wait(&s->cv, &s->mu);
+      else if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) != 0) break;
+    }
+    int done = s->wdone;
+    pthread_mutex_unlock(&s->mu);
+    if (!done) return 0;
+    join(s);
+    return 1;
+  }
   for (;;) {
     double w;
-    int ms;
+    int ms = 1000;
     if (xfer_step(s, &w)) return 1;
-    if (timeout >= 0 && waited >= timeout) return 0;
-    ms = 1000;
-    if (timeout >= 0 && (timeout - waited) * 1000 < ms) ms = (int)((timeout - waited) * 1000) + 1;
-    {
-      struct timespec a, b;
-      clock_gettime(CLOCK_MONOTONIC, &a);
-      curl_multi_poll(s->multi, NULL, 0, ms, NULL);
-      clock_gettime(CLOCK_MONOTONIC, &b);
-      waited += (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+    if (timeout >= 0) {
+      double left = end - now();
+      if (left <= 0) return 0;
+      if (left * 1000 < ms) ms = (int)(left * 1000) + 1;
     }
+    curl_multi_poll(s->multi, NULL, 0, ms, NULL);
   }
 }
 
 /* detach the easy handle from the multi; keeps the connection in the cache */
 void xfer_finish(session *s) {
+  abort_worker(s);
   if (s->active) {
     curl_multi_remove_handle(s->multi, s->easy);
     s->active = 0;
