@@ -37,7 +37,7 @@ deps-bench:
 	@.ci/deps $(DEPS) $(DEPS_BENCH)
 
 lint: $(MODULE)
-	luacheck --no-color -q lua spec bin examples bench
+	luacheck --no-color -q lua spec bin/* examples bench
 
 test: deps $(MODULE) lint
 	spec/run
