@@ -84,7 +84,8 @@ local responses = {
   http("200 OK", { "Content-Length: 40" }, '{"truncated":'),
   http("200 OK", {}, json),                       -- read until close
   http("429 Too Many Requests", { "Retry-After: 7", "Content-Length: 0" }, ""),
-  http("503 Service Unavailable", { "Retry-After: Wed, 21 Oct 2015 07:28:00 GMT", "Content-Length: 2" }, "{}"),
+  http("503 Service Unavailable",
+       { "Retry-After: Wed, 21 Oct 2015 07:28:00 GMT", "Content-Length: 2" }, "{}"),
   http("401 Unauthorized", { "Content-Type: application/json", "Content-Length: 26" },
        '{"error":"not authorized"}'),
   http("302 Found", { "Location: file:///etc/passwd", "Content-Length: 0" }, ""),
