@@ -58,6 +58,82 @@ help:
 	@echo "make bench    benchmarks against raw libcurl and luasocket (nginx fake gateway)"
 
 # ---- memory, fuzzing, threads (make check) ---------------------------------
+# check         test + check-memory + fuzz (smoke) + threads + longrun-short
+# check-memory  the whole busted suite under ASan+UBSan (module in build/asan, only libasan
+#               preloaded, the mock never), then valgrind memcheck over spec/c/memcheck.lua
+#               (MEMCHECK_CALLS calls covering every error kind; definite/indirect leaks fail)
+# fuzz          libFuzzer over response handling for FUZZ_TIME seconds (default 30; 600 for a
+#               long run); new inputs go to build/fuzz/new, `make fuzz-merge` minimizes them
+#               into spec/fuzz/corpus
+# threads       spec/c/threads.c (8 lua_States x 1000 calls, module loaded twice) under TSan,
+#               over HTTP and HTTPS
+# longrun       keep-alive at 10 ms for LONGRUN_TICKS (100000, ~30 min) ticks with faults; RSS and
+#               Lua heap flat. Not in CI. longrun-short (2000 ticks, ~35 s) is part of check.
+SAN_FLAGS      = -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow \
+                 -fno-sanitize-recover=undefined,float-cast-overflow
+ASAN_MODULE    = build/asan/ibkr/core.so
+TSAN_MODULE    = build/tsan/ibkr/core.so
+THREADS_BIN    = build/tsan/threads
+FUZZER         = build/fuzz/fuzz_response
+FUZZ_TIME     ?= 30
+MEMCHECK_CALLS ?= 10000
+LONGRUN_TICKS ?= 100000
+LUA_CFLAGS     = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+LIBASAN        = $(shell gcc -print-file-name=libasan.so)
+LUAENV         = LUA_PATH="lua/?.lua;lua/?/init.lua;./?.lua;;"
+VALGRIND       = valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
+                 --errors-for-leak-kinds=definite,indirect --error-exitcode=3 --keep-debuginfo=yes
+
+.PHONY: check check-memory asan valgrind fuzz fuzz-merge threads longrun longrun-short
+
+check: test check-memory fuzz threads longrun-short
+
+check-memory: asan valgrind
+
+$(ASAN_MODULE): $(SRCS) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -shared -Wl,-z,nodelete -o $@ $(SRCS) $(LIBS)
+
+asan: deps-check $(ASAN_MODULE)
+	RUNNER="env LD_PRELOAD=$(LIBASAN) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1" \
+	IBKR_MOCK_GATEWAY="env -u LD_PRELOAD lua5.4 bin/ibkr-mock-gateway" CPATH_DIR=build/asan spec/run
+
+valgrind: deps-check $(MODULE)
+	$(LUAENV) LUA_CPATH="./?.so;;" $(VALGRIND) $(LUA) spec/c/memcheck.lua $(MEMCHECK_CALLS)
+
+$(FUZZER): spec/fuzz/fuzz_response.c $(SRCS) $(HDRS)
+	@mkdir -p $(dir $@)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(WARN) $(DEFS) \
+	  -D_DEFAULT_SOURCE $(LUA_CFLAGS) -o $@ spec/fuzz/fuzz_response.c -llua5.4 -lcurl -lm -pthread
+
+fuzz: deps-check $(FUZZER)
+	@mkdir -p build/fuzz/new build/fuzz/seeds
+	-@$(LUA) spec/fuzz/mkcorpus.lua build/fuzz/seeds
+	$(FUZZER) -max_total_time=$(FUZZ_TIME) -max_len=8192 -timeout=10 -print_final_stats=1 \
+	  -artifact_prefix=build/fuzz/ build/fuzz/new spec/fuzz/corpus build/fuzz/seeds
+
+fuzz-merge: $(FUZZER)
+	$(FUZZER) -merge=1 spec/fuzz/corpus build/fuzz/new build/fuzz/seeds
+
+$(TSAN_MODULE): $(SRCS) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -g -O1 -fsanitize=thread -shared -o $@ $(SRCS) $(LIBS)
+
+$(THREADS_BIN): spec/c/threads.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c99 $(WARN) $(DEFS) -g -O1 -fsanitize=thread $(LUA_CFLAGS) -o $@ $< -llua5.4 -pthread
+
+threads: deps-check $(TSAN_MODULE) $(THREADS_BIN)
+	for tls in --no-tls --tls; do \
+	  $(LUAENV) LUA_CPATH="build/tsan/?.so;;" TSAN_OPTIONS="halt_on_error=1 exitcode=66" \
+	    spec/c/with-mock $$tls --no-pacing -- sh -c '$(THREADS_BIN) "$$IBKR_MOCK_URL" 8 1000' || exit 1; \
+	done
+
+longrun: $(MODULE)
+	$(LUAENV) LUA_CPATH="./?.so;;" $(LUA) spec/c/longrun.lua $(LONGRUN_TICKS)
+
+longrun-short: $(MODULE)
+	$(LUAENV) LUA_CPATH="./?.so;;" $(LUA) spec/c/longrun.lua 2000
 
 # ---- benchmarks (make bench) -------------------------------------------------
 

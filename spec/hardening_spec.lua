@@ -4,6 +4,7 @@
 local core = require("ibkr.core")
 local ibkr = require("ibkr")
 local socket = require("socket")
+local mock = require("spec.helpers.mock")
 
 -- Starts `method path` on session s (core) and returns the request head the server received.
 local function head_on_wire(srv, s)
@@ -67,5 +68,55 @@ describe("hardening regressions", function()
     end
     assert.are.same({ "User-Agent: probe/1" }, ua)
     for _, l in ipairs(lines) do assert.is_nil(l:lower():match("^x%-injected")) end
+  end)
+
+  describe("against the mock", function()
+    local m
+    setup(function() m = assert(mock.start{ tls = false, pacing = false }) end)
+    teardown(function() if m then m:stop() end end)
+
+    it("req:wait(math.huge) and req:wait(1e300) wait until the request is done", function()
+      -- (time_t) of inf/1e300 is undefined (float-cast-overflow); on x86 it gave a deadline in the
+      -- past, so wait() returned false at once
+      local s = core.new{ base_url = m.url }
+      for _, t in ipairs{ math.huge, 1e300 } do
+        m:fault{ path = "/tickle", kind = "delay", seconds = 0.2 }
+        local req = assert(s:start("POST", "/tickle"))
+        assert.is_true(req:wait(t))
+        assert.is_true(req:step())
+        assert(req:result())
+        req:close()
+      end
+      s:close()
+    end)
+
+    it("huge timeouts are accepted and work (no float-cast overflow into curl's long)", function()
+      -- (long)ceil(1e300 * 1000) is undefined behaviour; UBSan (make asan) reports it
+      local s = core.new{ base_url = m.url, timeout = 1e300, connect_timeout = 1e300 }
+      assert(s:perform("POST", "/tickle"))
+      s:close()
+      local u = ibkr.new{ base_url = m.url, timeout = 1e300, pacing = false }
+      assert(u:tickle())
+      u:close()
+    end)
+
+    it("a request with a body is sent once when its reused connection drops before the answer", function()
+      -- libcurl re-sends a request whose reused connection died before any response byte; for a
+      -- POST with a body (an order) that sends it twice, which the contract forbids (no retry of
+      -- non-GET/HEAD requests without retry = true)
+      local s = core.new{ base_url = m.url }
+      assert(s:perform("POST", "/tickle"))               -- the connection is now pooled
+      m:clear_log()
+      m:fault{ path = "/iserver/account/U1/orders", kind = "drop", when = "before" }
+      local r, err = s:perform("POST", "/iserver/account/U1/orders", { body = { orders = {} } })
+      local sent = 0
+      for _, e in ipairs(m:log()) do
+        if e.path == "/v1/api/iserver/account/U1/orders" then sent = sent + 1 end
+      end
+      s:close()
+      assert.is_nil(r)
+      assert.are.equal("protocol", err.kind)
+      assert.are.equal(1, sent)
+    end)
   end)
 end)
