@@ -6,8 +6,9 @@
 ** 1. One state loads ibkr.core twice (package.loaded cleared, as busted's insulation does) and
 **    uses sessions of both loads side by side.
 ** 2. THREADS threads start together; each creates its own lua_State, requires "ibkr", makes
-**    CALLS calls (tickle / auth_status / sso_validate, one session each) and one error call, and
-**    closes. Every call must succeed. Run it under TSan (module built with -fsanitize=thread)
+**    CALLS calls (tickle / auth_status / sso_validate blocking, and tickle as a cooperative call,
+**    whose transfer runs on the module's worker thread), one error call, requests aborted while
+**    their worker runs (request closed, session closed, keep-alive closed), and closes. Every call must succeed. Run it under TSan (module built with -fsanitize=thread)
 **    or helgrind.
 ** Exit 0 when every call of every thread succeeded.
 ** LUA_PATH / LUA_CPATH as usual select the Lua layer and the module build.
@@ -49,19 +50,39 @@ static const char reload_chunk[] =
 static const char thread_chunk[] =
   "local url, n, id = ...\n"
   "local ibkr = require('ibkr')\n"
+  "local core = ibkr.core\n"
   "local s = ibkr.new{ base_url = url, pacing = false, retries = 0, timeout = 30 }\n"
+  "local c = ibkr.new{ base_url = url, pacing = false, retries = 0, timeout = 30, cooperative = true }\n"
+  "local function coop(f)\n"           /* a cooperative call: start/step on the worker thread */
+  "  local co = coroutine.create(f)\n"
+  "  while true do\n"
+  "    local ok, a, b = coroutine.resume(co)\n"
+  "    assert(ok, a)\n"
+  "    if coroutine.status(co) == 'dead' then return a, b end\n"
+  "    core.sleep(math.min(a or 0, 0.001))\n"
+  "  end\n"
+  "end\n"
   "local ok = 0\n"
   "for i = 1, n do\n"
   "  local r, err\n"
-  "  if i % 3 == 0 then r, err = s:auth_status()\n"
-  "  elseif i % 3 == 1 then r, err = s:tickle()\n"
+  "  if i % 4 == 0 then r, err = s:auth_status()\n"
+  "  elseif i % 4 == 1 then r, err = s:tickle()\n"
+  "  elseif i % 4 == 2 then r, err = coop(function() return c:tickle() end)\n"
   "  else r, err = s:sso_validate() end\n"
   "  if not r then error(string.format('thread %d call %d: %s', id, i, tostring(err))) end\n"
   "  ok = ok + 1\n"
   "end\n"
   "local r, err = s:request('GET', '/no/such/endpoint')\n"
   "assert(r == nil and err.kind == 'http' and err.status == 404, tostring(err))\n"
-  "s:close()\n"
+  /* requests aborted while their worker runs: closed request, closed session, closed keep-alive */
+  "local req = c._core:start('POST', '/tickle'); req:close()\n"
+  "local t = ibkr.new{ base_url = url, pacing = false }\n"
+  "local req2 = t._core:start('POST', '/tickle'); t:close()\n"
+  "assert(req2:step() and select(2, req2:result()).kind == 'closed')\n"
+  "local ka = c:keepalive{ interval = 0.01 }\n"
+  "assert(coroutine.resume(ka)); assert(coroutine.close(ka))\n"
+  "assert(not c._core:busy())\n"
+  "s:close(); c:close()\n"
   "return ok\n";
 
 /* run chunk with (url, ncalls, id) in a fresh state; returns the integer it returns, or -1 */
