@@ -221,7 +221,8 @@ function RUN.keepalive(s, o, io_)
     retry_interval = math.min(5, o.interval or 5),
     compete = o.compete == true,
     on_state = function(new, old, detail)
-      last, last_error = new, nil
+      last = new
+      if new == "ready" then last_error = nil end
       if o.json then
         local doc = { time = timestamp(), state = new, old = old }
         if ibkr.is_error(detail) then doc.error = plain_error(detail) else doc.detail = detail end
@@ -231,7 +232,7 @@ function RUN.keepalive(s, o, io_)
       end
       out:flush()
     end,
-    on_error = function(err) -- the same failure every retry_interval is said once
+    on_error = function(err) -- the same failure every retry_interval is said once until ready
       local line = tostring(err)
       if line ~= last_error then
         last_error = line

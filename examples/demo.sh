@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# make demo: the keep-alive against the bundled mock gateway (HTTPS, self-signed like the real
+# one). The mock loses the backend connection, expires an idle session, goes competing, logs out,
+# and is killed and restarted; `ibkr-session keepalive` notices each change (one line each on
+# stdout; repairs and errors on stderr) and repairs what can be repaired. Ends by itself (< 1 min).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LUA=${LUA:-lua5.4}
+STEP=${DEMO_STEP:-4}   # seconds to watch each scene
+
+bold=$(tput bold 2>/dev/null || true); dim=$(tput dim 2>/dev/null || true); off=$(tput sgr0 2>/dev/null || true)
+say() { printf '\n%s── %s%s\n' "$bold" "$*" "$off"; }
+ctl() { "$LUA" examples/mockctl.lua "$ROOT" "$@"; }
+
+tmp=$(mktemp -d)
+mock_pid=; ka_pid=
+cleanup() {
+  [ -n "$ka_pid" ] && kill "$ka_pid" 2>/dev/null || true
+  [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# Starts the mock (extra arguments passed on) and waits for the URL it prints first.
+start_mock() {
+  : > "$tmp/url"
+  bin/ibkr-mock-gateway --idle-timeout 3 --init-delay 0.3 "$@" > "$tmp/url" 2> "$tmp/mock.err" &
+  mock_pid=$!
+  for _ in $(seq 100); do
+    URL=$(head -n 1 "$tmp/url")
+    [ -n "$URL" ] && break
+    sleep 0.1
+  done
+  [ -n "$URL" ] || { echo "demo: the mock gateway did not start:"; cat "$tmp/mock.err"; exit 1; }
+  ROOT=${URL%/v1/api}
+}
+
+start_mock
+PORT=${ROOT##*:}
+say "A mock IBKR gateway listens on $URL (HTTPS, self-signed certificate)"
+echo "${dim}ibkr-session --url $URL keepalive --interval 1 --compete${off}"
+bin/ibkr-session --url "$URL" keepalive --interval 1 --compete --duration 55 &
+ka_pid=$!
+sleep "$STEP"
+
+say "1/5 The gateway loses its connection to IBKR (disconnected): the keep-alive re-initialises it"
+ctl POST /__mock/state '{"state":"disconnected"}'
+sleep "$STEP"
+
+say "2/5 The host sleeps 5 s (SIGSTOP): nobody tickles, the gateway expires the idle session"
+kill -STOP "$ka_pid"
+sleep 5
+kill -CONT "$ka_pid"
+sleep "$STEP"
+
+say "3/5 The same user logs in elsewhere (competing): with --compete the keep-alive takes it back"
+ctl POST /__mock/state '{"state":"competing"}'
+sleep "$STEP"
+
+say "4/5 Logout: no session left — only a browser login helps, so the keep-alive reports and waits"
+ctl POST /v1/api/logout
+sleep "$STEP"
+say "    ... the user logs in again in the browser"
+ctl POST /__mock/login '{"state":"ready"}'
+sleep "$STEP"
+
+say "5/5 The gateway process is killed, then restarted on the same port"
+kill -KILL "$mock_pid"; wait "$mock_pid" 2>/dev/null || true
+sleep "$STEP"
+start_mock --port "$PORT"
+sleep "$STEP"
+
+say "Done: every change was noticed, the repairable ones repaired. Stopping."
+kill "$ka_pid" 2>/dev/null || true
+wait "$ka_pid" 2>/dev/null || true
+ka_pid=
