@@ -16,6 +16,7 @@ local plain = assert(mock.start{ tls = false, pacing = false })
 local tls = assert(mock.start{ tls = true, pacing = false })
 
 local tally, calls = {}, 0
+-- generous timeouts where a TLS handshake runs: valgrind makes it 20-50x slower
 local function expect(kind, r, err)
   calls = calls + 1
   local got = r ~= nil and "ok" or (err and err.kind or "nil")
@@ -26,8 +27,8 @@ local function expect(kind, r, err)
 end
 
 local sessions = {
-  core.new{ base_url = plain.url, timeout = 5 },
-  core.new{ base_url = tls.url, timeout = 5 },
+  core.new{ base_url = plain.url, timeout = 60, connect_timeout = 60 },
+  core.new{ base_url = tls.url, timeout = 60, connect_timeout = 60 },
 }
 local users = {
   ibkr.new{ base_url = plain.url, pacing = false, retries = 0 },
@@ -175,11 +176,12 @@ local rare = {
     m:clear_faults()
   end,
   function()
-    local s = core.new{ base_url = tls.url, verify = true }
+    local s = core.new{ base_url = tls.url, verify = true, connect_timeout = 60, timeout = 60 }
     expect("tls", s:perform("POST", "/tickle"))
   end,
   function()
-    local s = core.new{ base_url = tls.url, ca_file = "/nonexistent/ca.pem" }
+    local s = core.new{ base_url = tls.url, ca_file = "/nonexistent/ca.pem", connect_timeout = 60,
+      timeout = 60 }
     expect("tls", stepped(s, "POST", "/tickle"))
   end,
 }
