@@ -291,8 +291,10 @@ static int core_new(lua_State *L) {
     curl_easy_setopt(s->easy, CURLOPT_CAINFO, NULL);
     curl_easy_setopt(s->easy, CURLOPT_CAPATH, NULL);
   }
-  curl_easy_setopt(s->easy, CURLOPT_TIMEOUT_MS, (long)ceil(timeout * 1000));
-  curl_easy_setopt(s->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)ceil(ctimeout * 1000));
+  /* clamp before the cast: a double beyond LONG_MAX is undefined behaviour
+  ** (1e12 ms is 31 years, "no limit" for a session) */
+  curl_easy_setopt(s->easy, CURLOPT_TIMEOUT_MS, (long)ceil(fmin(timeout * 1000, 1e12)));
+  curl_easy_setopt(s->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)ceil(fmin(ctimeout * 1000, 1e12)));
   if (ua) curl_easy_setopt(s->easy, CURLOPT_USERAGENT, ua);
   else curl_easy_setopt(s->easy, CURLOPT_USERAGENT, "lua-ibkr/" IBKR_VERSION);
   curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, 4L);

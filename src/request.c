@@ -360,6 +360,12 @@ void xfer_begin(lua_State *L, session *s, const char *method, int pathidx, int o
                    (strcmp(method, "GET") == 0 || strcmp(method, "POST") == 0 || s->head)
                        ? NULL : method);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, s->callh ? s->callh : s->hl[shape]);
+  /* libcurl silently sends a request again when a reused connection turns
+  ** out dead before any answer byte. For a POST/PATCH with a body (an order)
+  ** that would be a duplicate, so those go out on a fresh connection; the
+  ** body-less session calls keep the pooled one. */
+  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT,
+                   (long)(has_body && (strcmp(method, "POST") == 0 || strcmp(method, "PATCH") == 0)));
   s->inuse = 1;
   s->finished = 0;
   s->code = CURLE_OK;
@@ -534,7 +540,9 @@ static double now(void) {
 ** curl_easy_perform does; with a worker, wait for its signal.
 */
 int xfer_wait(session *s, double timeout) {
-  double end = timeout >= 0 ? now() + timeout : 0;
+  double end;
+  if (!(timeout <= 1e9)) timeout = -1;      /* huge or NaN: no limit (and no overflowing cast) */
+  end = timeout >= 0 ? now() + timeout : 0;
   if (s->threaded) {
     struct timespec ts;
     pthread_mutex_lock(&s->mu);
