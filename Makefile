@@ -139,5 +139,14 @@ longrun-short: $(MODULE)
 	$(LUAENV) LUA_CPATH="./?.so;;" $(LUA) spec/c/longrun.lua 2000
 
 # ---- benchmarks (make bench) -------------------------------------------------
+# bench  nginx fake gateway (HTTP + HTTPS, keep-alive) on one CPU, each peer on the other: raw
+#        libcurl C, luasocket + cjson, ibkr, ibkr.core, start/step; medians of BENCH_RUNS (5) runs
+#        of BENCH_N (10000) calls; memory over BENCH_MEM_N (100000) calls; keep-alive stall
+#        against the mock. Figures only, never a gate. Table in bench/out/results.md; see
+#        bench/BENCHMARKS.md.
+.PHONY: bench
+
+bench: deps-bench $(MODULE)
+	sh bench/run.sh
 
 # ---- demo and examples (make demo) -------------------------------------------

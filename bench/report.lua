@@ -1,0 +1,103 @@
+-- Turns the raw lines of a `make bench` run into the markdown table and the target check.
+-- usage: lua5.4 bench/report.lua RESULTS_FILE
+-- Input lines: "proto=... peer=... scenario=... n=... wall_us=... cpu_us=... rss_kib=..." (one per
+-- run), "mem ..." and "stall ..." lines (copied as they are).
+
+local file = arg[1]
+if not file then
+  io.stderr:write("usage: report.lua RESULTS_FILE\n")
+  os.exit(64)
+end
+
+local PEERS = { "raw", "core", "ibkr", "step-busy", "step-sleep", "luasocket", "luasocket-close" }
+local LABEL = {
+  raw = "raw C (libcurl easy, no decoding)",
+  core = "ours: ibkr.core perform",
+  ibkr = "ours: ibkr (pacing=false)",
+  ["step-busy"] = "ours: start/step, busy-stepped",
+  ["step-sleep"] = "ours: start/step, sleeping the wait",
+  luasocket = "luasocket http.open (keep-alive) + cjson",
+  ["luasocket-close"] = "luasocket http.request (new conn/call) + cjson",
+}
+
+local runs, others = {}, {}
+for line in io.lines(file) do
+  if line:match("^proto=") then
+    local r = {}
+    for k, v in line:gmatch("([%w_]+)=(%S+)") do r[k] = tonumber(v) or v end
+    local key = r.scenario .. "/" .. r.proto .. "/" .. r.peer
+    runs[key] = runs[key] or {}
+    table.insert(runs[key], r)
+  elseif line:match("^mem ") or line:match("^stall ") then
+    others[#others + 1] = line
+  end
+end
+
+local function median(list, field)
+  local v = {}
+  for i, r in ipairs(list) do v[i] = r[field] end
+  table.sort(v)
+  local n = #v
+  if n == 0 then return nil end
+  if n % 2 == 1 then return v[(n + 1) / 2] end
+  return (v[n / 2] + v[n / 2 + 1]) / 2
+end
+
+local out = {}
+local function p(...) out[#out + 1] = string.format(...) end
+
+p("| scenario | transport | peer | µs/call | × raw | client CPU µs/call | CPU × raw | peak RSS MiB"
+  .. " | RSS − raw MiB | runs |")
+p("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+local checks = {}
+for _, scen in ipairs{ "auth", "mixed" } do
+  for _, proto in ipairs{ "http", "https" } do
+    local base = runs[scen .. "/" .. proto .. "/raw"]
+    local bw, bc, br
+    if base then bw, bc, br = median(base, "wall_us"), median(base, "cpu_us"), median(base, "rss_kib") end
+    for _, peer in ipairs(PEERS) do
+      local list = runs[scen .. "/" .. proto .. "/" .. peer]
+      if list then
+        local w, c, r = median(list, "wall_us"), median(list, "cpu_us"), median(list, "rss_kib")
+        local function ratio(a, b) return b and string.format("%.2f", a / b) or "–" end
+        p("| %s | %s | %s | %.1f | %s | %.1f | %s | %.1f | %s | %d |", scen == "auth" and "auth_status" or
+          "mixed cycle", proto, LABEL[peer], w, ratio(w, bw), c, ratio(c, bc), r / 1024,
+          br and string.format("%+.1f", (r - br) / 1024) or "–", #list)
+        if peer == "ibkr" and bw then
+          local what = (scen == "auth" and "auth_status" or "mixed cycle") .. " over " .. proto
+          checks[#checks + 1] = { what .. ": time ≤ 1.10× raw", w / bw <= 1.10,
+            string.format("%.2f×", w / bw) }
+          checks[#checks + 1] = { what .. ": client CPU ≤ 1.15× raw", c / bc <= 1.15,
+            string.format("%.2f×", c / bc) }
+          checks[#checks + 1] = { what .. ": peak RSS ≤ raw + 3 MiB", r - br <= 3 * 1024,
+            string.format("%+.1f MiB", (r - br) / 1024) }
+        end
+      end
+    end
+  end
+end
+
+for _, line in ipairs(others) do
+  local kv = {}
+  for k, v in line:gmatch("([%w_]+)=(%S+)") do kv[k] = tonumber(v) or v end
+  if line:match("^mem growth") then
+    checks[#checks + 1] = { "RSS growth 1k → N calls < 1 MiB (" .. kv.proto .. ")", kv.rss_kib < 1024,
+      string.format("%+d KiB", kv.rss_kib) }
+    checks[#checks + 1] = { "Lua heap flat 1k → N calls (" .. kv.proto .. ")", kv.live_kib < 16,
+      string.format("%+.1f KiB live", kv.live_kib) }
+  elseif line:match("^stall ") then
+    checks[#checks + 1] = { "keep-alive longest resume ≤ 1 ms while /tickle takes 2 s (" .. kv.proto .. ")",
+      kv.longest_us <= 1000, string.format("%.0f µs", kv.longest_us) }
+  end
+end
+
+p("")
+p("```")
+for _, line in ipairs(others) do p("%s", line) end
+p("```")
+p("")
+p("| target | met | measured |")
+p("|---|---|---|")
+for _, c in ipairs(checks) do p("| %s | %s | %s |", c[1], c[2] and "yes" or "**no**", c[3]) end
+
+io.write(table.concat(out, "\n"), "\n")

@@ -1,0 +1,165 @@
+#!/bin/sh
+# make bench: lua-ibkr side by side with raw libcurl and the luasocket way, against an nginx fake
+# gateway on loopback (HTTP and HTTPS, keep-alive), client and server pinned to different CPUs.
+# Prints the table (also written to bench/out/results.md); bench/BENCHMARKS.md explains it.
+#
+# Environment: BENCH_N (calls per timed run, default 10000), BENCH_RUNS (runs per peer, default 5),
+# BENCH_MEM_N (calls of the memory run, default 100000), BENCH_PEERS (subset, space-separated),
+# LUA (default lua5.4), CC (default cc).
+# Everything started here is stopped here, by pid.
+set -eu
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+LUA=${LUA:-lua5.4}
+CC=${CC:-cc}
+N=${BENCH_N:-10000}
+RUNS=${BENCH_RUNS:-5}
+MEM_N=${BENCH_MEM_N:-100000}
+PEERS=${BENCH_PEERS:-"raw core ibkr step-busy step-sleep luasocket luasocket-close"}
+OUT=$ROOT/bench/out
+export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;"
+export LUA_CPATH="$ROOT/?.so;;"
+
+for tool in nginx openssl taskset "$LUA" "$CC"; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "bench: '$tool' not found (make deps installs it)" >&2; exit 1; }
+done
+NGINX=$(command -v nginx)
+
+mkdir -p "$OUT"
+"$CC" -O2 -std=c99 -Wall -Wextra -Werror -o "$OUT/raw" bench/raw.c -lcurl
+
+# CPUs: the client on one, the servers on another (when there are two)
+if [ "$(nproc)" -ge 2 ]; then CLIENT_CPU=0; SERVER_CPU=1; else CLIENT_CPU=0; SERVER_CPU=0; fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/ibkr-bench.XXXXXX")
+NGINX_PID=
+MOCK_PID=
+cleanup() {
+  if [ -n "$NGINX_PID" ]; then
+    if [ -s "$TMP/nginx.pid" ]; then kill -QUIT "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
+    else kill "$NGINX_PID" 2>/dev/null || true; fi
+    wait "$NGINX_PID" 2>/dev/null || true
+  fi
+  if [ -n "$MOCK_PID" ]; then kill "$MOCK_PID" 2>/dev/null || true; wait "$MOCK_PID" 2>/dev/null || true; fi
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# two free loopback ports (bound then released; nginx binds them a moment later)
+set -- $("$LUA" -e 'local s = require("socket")
+  local a, b = assert(s.bind("127.0.0.1", 0)), assert(s.bind("127.0.0.1", 0))
+  local _, p1 = a:getsockname(); local _, p2 = b:getsockname(); print(p1, p2)')
+HTTP_PORT=$1
+HTTPS_PORT=$2
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+  -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
+sed -e "s|@DIR@|$TMP|g" -e "s|@HTTP_PORT@|$HTTP_PORT|g" -e "s|@HTTPS_PORT@|$HTTPS_PORT|g" \
+  bench/nginx.conf.in > "$TMP/nginx.conf"
+taskset -c "$SERVER_CPU" "$NGINX" -p "$TMP/" -c "$TMP/nginx.conf" -e "$TMP/error.log" \
+  >"$TMP/nginx.out" 2>&1 &
+NGINX_PID=$!
+
+HTTP_URL=http://127.0.0.1:$HTTP_PORT/v1/api
+HTTPS_URL=https://127.0.0.1:$HTTPS_PORT/v1/api
+i=0
+until "$LUA" -e "os.exit(require('socket').connect('127.0.0.1', $HTTPS_PORT) and 0 or 1)" 2>/dev/null; do
+  i=$((i + 1))
+  if [ $i -gt 50 ] || ! kill -0 "$NGINX_PID" 2>/dev/null; then
+    echo "bench: nginx did not start:" >&2; cat "$TMP/nginx.out" "$TMP/error.log" >&2 2>/dev/null || true
+    exit 1
+  fi
+  sleep 0.1
+done
+
+HAVE_IBKR=yes
+"$LUA" -e 'require("ibkr")' 2>/dev/null || HAVE_IBKR=no
+
+RESULTS=$TMP/results.txt
+: > "$RESULTS"
+echo "bench: nginx on CPU $SERVER_CPU ($HTTP_URL, $HTTPS_URL), clients on CPU $CLIENT_CPU;" \
+  "N=$N calls per run, $RUNS runs" >&2
+
+run_peer() { # proto url peer scenario
+  proto=$1 url=$2 peer=$3 scen=$4
+  n=$N
+  case $peer in
+    luasocket-close) n=$((N / 20)) ;;  # a new connection (and TLS handshake) per call
+    step-*) n=$((N / 50)) ;;           # ms per call: see BENCHMARKS.md (the worker thread)
+  esac
+  [ "$n" -ge 100 ] || n=100
+  n=$((n / 5 * 5))
+  case $peer in
+    raw) set -- "$OUT/raw" "$url" "$scen" "$n" ;;
+    *) set -- "$LUA" bench/peer.lua "$peer" "$url" "$scen" "$n" ;;
+  esac
+  if line=$(taskset -c "$CLIENT_CPU" "$@"); then
+    echo "proto=$proto $line" >> "$RESULTS"
+  else
+    echo "bench: $peer $scen over $proto failed" >&2
+  fi
+}
+
+r=1
+while [ $r -le "$RUNS" ]; do
+  echo "bench: run $r/$RUNS" >&2
+  for scen in auth mixed; do
+    for proto in http https; do
+      if [ $proto = http ]; then url=$HTTP_URL; else url=$HTTPS_URL; fi
+      for peer in $PEERS; do
+        if [ $peer = ibkr ] && [ $HAVE_IBKR = no ]; then continue; fi
+        run_peer $proto "$url" $peer $scen
+      done
+    done
+  done
+  r=$((r + 1))
+done
+
+if [ $HAVE_IBKR = yes ]; then
+  echo "bench: memory over $MEM_N calls" >&2
+  for proto in http https; do
+    if [ $proto = http ]; then url=$HTTP_URL; else url=$HTTPS_URL; fi
+    taskset -c "$CLIENT_CPU" "$LUA" bench/memory.lua "$url" "$MEM_N" | sed "s/\$/ proto=$proto/" >> "$RESULTS" \
+      || echo "bench: memory run over $proto failed" >&2
+  done
+
+  # keep-alive stall: the project's mock gateway delays /tickle by 2 s (fault injection)
+  if [ -f bin/ibkr-mock-gateway ]; then
+    for proto in http https; do
+      if [ $proto = http ]; then tls=--no-tls; else tls=--tls; fi
+      : > "$TMP/mock.url"
+      taskset -c "$SERVER_CPU" "$LUA" bin/ibkr-mock-gateway $tls --no-pacing --parent-pid $$ \
+        >"$TMP/mock.url" 2>"$TMP/mock.err" &
+      MOCK_PID=$!
+      i=0
+      while [ ! -s "$TMP/mock.url" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+      url=$(head -n 1 "$TMP/mock.url")
+      echo "bench: keep-alive stall over $proto ($url)" >&2
+      if [ -n "$url" ]; then
+        taskset -c "$CLIENT_CPU" "$LUA" bench/stall.lua "$url" 7 | sed "s/\$/ proto=$proto/" >> "$RESULTS" \
+          || echo "bench: stall run over $proto failed" >&2
+      else
+        echo "bench: the mock gateway did not start" >&2; cat "$TMP/mock.err" >&2
+      fi
+      kill "$MOCK_PID" 2>/dev/null || true
+      wait "$MOCK_PID" 2>/dev/null || true
+      MOCK_PID=
+    done
+  else
+    echo "bench: bin/ibkr-mock-gateway missing: no keep-alive stall figure" >&2
+  fi
+fi
+
+{
+  echo "lua-ibkr bench, $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) CPUs, Linux $(uname -r)"
+  echo "versions: $("$LUA" -v 2>&1 | head -n 1); libcurl $("$LUA" -e 'print(require("ibkr.core").curl_version())');" \
+    "$("$NGINX" -v 2>&1); lua-ibkr $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "N=$N calls per timed run (luasocket-close N/20, step-sleep N/50), medians of $RUNS runs"
+  echo
+  "$LUA" bench/report.lua "$RESULTS"
+} > "$OUT/results.md"
+cp "$RESULTS" "$OUT/results.txt"
+cat "$OUT/results.md"
