@@ -68,6 +68,7 @@ typedef struct session {
   pthread_t worker;
   int threaded;               /* the worker exists and has not been joined */
   int wdone, wabort;          /* guarded by mu */
+  double wnext;               /* the wait step() suggests next: grows from 0.2 ms to 5 ms */
   int sync_init;
   pthread_mutex_t mu;
   pthread_cond_t cv;

@@ -477,6 +477,7 @@ int xfer_spawn(session *s) {
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (rc != 0) return 0;
   s->threaded = 1;
+  s->wnext = 0.0002;
   return 1;
 }
 
@@ -508,7 +509,11 @@ int xfer_step(session *s, double *wait) {
   long ms = -1;
   if (s->threaded) {
     if (!flag(s, &s->wdone)) {
-      *wait = 0.005;
+      /* a loopback answer takes ~0.1 ms, a slow gateway seconds: ask to be
+      ** stepped soon at first, then back off, so latency stays low without
+      ** making a slow request cost thousands of resumes */
+      *wait = s->wnext;
+      if (s->wnext < 0.005) s->wnext *= 2;
       return 0;
     }
     join(s);
