@@ -513,7 +513,7 @@ static int core_curl_version(lua_State *L) {
 static int core_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
-  if (ibkr_decode(L, lua_upvalueindex(UV_DECODE), s, n)) return 1;
+  if (ibkr_decode(L, s, n)) return 1;
   {
     const char *msg = lua_tostring(L, -1);
     return ibkr_fail(L, "json", msg ? msg : "invalid JSON", 0, 0);
@@ -573,26 +573,25 @@ static const luaL_Reg request_metameth[] = {
 };
 
 /* metatable `name` with metamethods and an __index table of methods; all
-** functions get the shared upvalues found right below the top of the stack */
+** functions get the shared upvalue found at the top of the stack */
 static void createmeta(lua_State *L, const char *name, const luaL_Reg *meth, const luaL_Reg *metameth) {
-  luaL_newmetatable(L, name);                   /* up.., mt */
-  lua_pushvalue(L, -3);
-  lua_pushvalue(L, -3);                         /* up.., mt, up.. */
-  luaL_setfuncs(L, metameth, NUPVALUES);        /* up.., mt */
-  lua_newtable(L);                              /* up.., mt, methods */
-  lua_pushvalue(L, -4);
-  lua_pushvalue(L, -4);
-  luaL_setfuncs(L, meth, NUPVALUES);
-  lua_setfield(L, -2, "__index");               /* up.., mt */
+  luaL_newmetatable(L, name);                   /* up, mt */
+  lua_pushvalue(L, -2);                         /* up, mt, up */
+  luaL_setfuncs(L, metameth, NUPVALUES);        /* up, mt */
+  lua_newtable(L);                              /* up, mt, methods */
+  lua_pushvalue(L, -3);                         /* up, mt, methods, up */
+  luaL_setfuncs(L, meth, NUPVALUES);            /* up, mt, methods */
+  lua_setfield(L, -2, "__index");               /* up, mt */
   lua_pushstring(L, name);
   lua_setfield(L, -2, "__name");
-  lua_pop(L, 1);
+  lua_pop(L, 1);                                /* up */
 }
 
 /*
-** luaopen: a private cjson instance (cjson.new) keeps our decoding immune to
-** what scripts do to the global cjson's settings; its decode and encode are
-** the shared upvalues of every function.
+** luaopen: responses are decoded by decode.c; request bodies are encoded by
+** a private cjson instance (cjson.new), immune to what scripts do to the
+** global cjson's settings. Its encode is the shared upvalue of every
+** function.
 */
 IBKR_API int luaopen_ibkr_core(lua_State *L) {
   luaL_checkversion(L);
@@ -604,21 +603,12 @@ IBKR_API int luaopen_ibkr_core(lua_State *L) {
   lua_getfield(L, -1, "new");
   if (!lua_isfunction(L, -1)) return luaL_error(L, "ibkr.core needs lua-cjson with cjson.new");
   lua_call(L, 0, 1);                            /* cjson, inst */
-  lua_getfield(L, -1, "decode_max_depth");
-  lua_pushinteger(L, IBKR_MAX_DEPTH);
-  lua_call(L, 1, 0);
-  lua_getfield(L, -1, "decode_invalid_numbers");
-  if (lua_isfunction(L, -1)) {
-    lua_pushboolean(L, 0);
-    lua_call(L, 1, 0);
-  } else lua_pop(L, 1);
-  lua_getfield(L, -1, "decode");
-  lua_getfield(L, -2, "encode");                /* cjson, inst, decode, encode */
+  lua_getfield(L, -1, "encode");                /* cjson, inst, encode */
   ibkr_error_register(L);
   createmeta(L, SESSION_MT, session_meth, session_metameth);
   createmeta(L, REQUEST_MT, request_meth, request_metameth);
-  luaL_newlibtable(L, core_funcs);              /* ..., decode, encode, M */
-  lua_insert(L, -3);                            /* ..., M, decode, encode */
+  luaL_newlibtable(L, core_funcs);              /* ..., encode, M */
+  lua_insert(L, -2);                            /* ..., M, encode */
   luaL_setfuncs(L, core_funcs, NUPVALUES);      /* ..., M */
   lua_pushlightuserdata(L, NULL);
   lua_setfield(L, -2, "null");

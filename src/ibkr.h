@@ -20,10 +20,9 @@
 #define REQUEST_MT "ibkr.request"
 #define ERROR_MT   "ibkr.error"
 
-/* shared upvalues of every module function and method */
-#define UV_DECODE 1
-#define UV_ENCODE 2
-#define NUPVALUES 2
+/* shared upvalue of every module function and method: a private cjson's encode */
+#define UV_ENCODE 1
+#define NUPVALUES 1
 
 #define IBKR_BODY_CUT 4096          /* error objects keep this much of a body */
 #define IBKR_MAX_DEPTH 256          /* JSON nesting accepted by the decoder */
@@ -98,8 +97,8 @@ void xfer_release(session *s);
 int xfer_push_result(lua_State *L, session *s, int methodidx, int pathidx);
 void xfer_build_headers(lua_State *L, session *s);
 
-/* decode.c: JSON text -> normalised Lua value */
-int ibkr_decode(lua_State *L, int decodeidx, const char *s, size_t len);
+/* decode.c: JSON text -> Lua value, with the module's number and null rules */
+int ibkr_decode(lua_State *L, const char *s, size_t len);
 int ibkr_encode(lua_State *L, int encodeidx, int validx);
 
 /* error.c: error objects */

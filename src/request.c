@@ -643,7 +643,7 @@ static void add_body(lua_State *L, session *s) {
   if (n == 0) return;
   lua_pushlstring(L, s->body.p, n < IBKR_BODY_CUT ? n : IBKR_BODY_CUT);
   lua_setfield(L, -2, "body");
-  if (ibkr_decode(L, lua_upvalueindex(UV_DECODE), s->body.p, n)) lua_setfield(L, -2, "data");
+  if (ibkr_decode(L, s->body.p, n)) lua_setfield(L, -2, "data");
   else lua_pop(L, 1);
 }
 
@@ -676,7 +676,7 @@ int xfer_push_result(lua_State *L, session *s, int methodidx, int pathidx) {
   if (status >= 200 && status < 300) {
     if (s->body.n == 0 || s->head) {
       lua_newtable(L);
-    } else if (!ibkr_decode(L, lua_upvalueindex(UV_DECODE), s->body.p, s->body.n)) {
+    } else if (!ibkr_decode(L, s->body.p, s->body.n)) {
       snprintf(msg, sizeof msg, "response is not JSON: %s", lua_tostring(L, -1));
       lua_pop(L, 1);
       lua_pushnil(L);
