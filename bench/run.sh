@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 LUA=${LUA:-lua5.4}
 CC=${CC:-cc}
+MODE=${1:-bench}
 N=${BENCH_N:-10000}
 RUNS=${BENCH_RUNS:-5}
 MEM_N=${BENCH_MEM_N:-100000}
@@ -76,6 +77,32 @@ done
 
 HAVE_IBKR=yes
 "$LUA" -e 'require("ibkr")' 2>/dev/null || HAVE_IBKR=no
+
+# `sh bench/run.sh profile`: callgrind over the raw C floor and ibkr.core (and ibkr), BENCH_PROF_N
+# calls of auth_status and of the mixed cycle over HTTP and HTTPS; instruction totals per call and
+# the top functions (inclusive) go to bench/out/profile-*.txt.
+if [ "$MODE" = profile ]; then
+  PN=${BENCH_PROF_N:-2000}
+  for proto in http https; do
+    if [ $proto = http ]; then url=$HTTP_URL; else url=$HTTPS_URL; fi
+    for scen in auth mixed; do
+      for peer in raw core ibkr; do
+        case $peer in
+          raw) set -- "$OUT/raw" "$url" $scen "$PN" 50 ;;
+          *) set -- "$LUA" bench/peer.lua $peer "$url" $scen "$PN" 50 ;;
+        esac
+        cg=$OUT/callgrind.$peer.$scen.$proto
+        taskset -c "$CLIENT_CPU" valgrind --tool=callgrind --callgrind-out-file="$cg" "$@" >/dev/null 2>&1 \
+          || { echo "bench: callgrind $peer $scen $proto failed" >&2; continue; }
+        total=$(callgrind_annotate "$cg" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
+        echo "profile $peer $scen $proto: $total Ir total, $((total / PN)) Ir/call (incl. start-up)"
+        callgrind_annotate --inclusive=yes "$cg" 2>/dev/null | head -n 60 > "$OUT/profile-$peer-$scen-$proto.txt"
+        callgrind_annotate "$cg" 2>/dev/null | head -n 60 > "$OUT/profile-self-$peer-$scen-$proto.txt"
+      done
+    done
+  done
+  exit 0
+fi
 
 RESULTS=$TMP/results.txt
 : > "$RESULTS"
