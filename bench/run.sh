@@ -87,17 +87,24 @@ if [ "$MODE" = profile ]; then
     if [ $proto = http ]; then url=$HTTP_URL; else url=$HTTPS_URL; fi
     for scen in auth mixed; do
       for peer in raw core ibkr; do
-        case $peer in
-          raw) set -- "$OUT/raw" "$url" $scen "$PN" 50 ;;
-          *) set -- "$LUA" bench/peer.lua $peer "$url" $scen "$PN" 50 ;;
-        esac
         cg=$OUT/callgrind.$peer.$scen.$proto
-        taskset -c "$CLIENT_CPU" valgrind --tool=callgrind --callgrind-out-file="$cg" "$@" >/dev/null 2>&1 \
-          || { echo "bench: callgrind $peer $scen $proto failed" >&2; continue; }
-        total=$(callgrind_annotate "$cg" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
-        echo "profile $peer $scen $proto: $total Ir total, $((total / PN)) Ir/call (incl. start-up)"
-        callgrind_annotate --inclusive=yes "$cg" 2>/dev/null | head -n 60 > "$OUT/profile-$peer-$scen-$proto.txt"
-        callgrind_annotate "$cg" 2>/dev/null | head -n 60 > "$OUT/profile-self-$peer-$scen-$proto.txt"
+        # two runs (5 and PN+5 timed calls): the difference is the marginal cost, start-up excluded
+        tot=
+        for k in 5 $((PN + 5)); do
+          case $peer in
+            raw) set -- "$OUT/raw" "$url" $scen $k 50 ;;
+            *) set -- "$LUA" bench/peer.lua $peer "$url" $scen $k 50 ;;
+          esac
+          taskset -c "$CLIENT_CPU" valgrind --tool=callgrind --callgrind-out-file="$cg.$k" "$@" >/dev/null 2>&1 \
+            || echo "bench: callgrind $peer $scen $proto failed" >&2
+          tot="$tot $(callgrind_annotate "$cg.$k" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' \
+            | tr -d ,)"
+        done
+        set -- $tot
+        echo "profile $peer $scen $proto: $((($2 - $1) / PN)) Ir/call (marginal over $PN calls)"
+        callgrind_annotate --inclusive=yes "$cg.$((PN + 5))" 2>/dev/null | head -n 60 \
+          > "$OUT/profile-$peer-$scen-$proto.txt"
+        callgrind_annotate "$cg.$((PN + 5))" 2>/dev/null | head -n 60 > "$OUT/profile-self-$peer-$scen-$proto.txt"
       done
     done
   done
