@@ -46,7 +46,7 @@ cleanup() {
   rm -rf "$TMP"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP PIPE
 
 # two free loopback ports (bound then released; nginx binds them a moment later)
 set -- $("$LUA" -e 'local s = require("socket")
