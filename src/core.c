@@ -143,6 +143,7 @@ static void session_free(session *s) {
   free(s->base);
   s->base = NULL;
   ibuf_free(&s->url);
+  ibuf_free(&s->lasturl);
   ibuf_free(&s->body);
   s->closed = 1;
 }

@@ -38,9 +38,14 @@ __attribute__((noreturn)) static void fail(parser *ps, const char *what) {
   abort();   /* not reached */
 }
 
-static void skip_ws(parser *ps) {
+static void skip_ws_slow(parser *ps) {
   while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\n' || *ps->p == '\r' || *ps->p == '\t'))
     ps->p++;
+}
+
+/* most tokens are not preceded by whitespace: test one byte before looping */
+static inline void skip_ws(parser *ps) {
+  if (ps->p < ps->end && (unsigned char)*ps->p <= ' ') skip_ws_slow(ps);
 }
 
 static int hexval(int c) {
@@ -122,9 +127,9 @@ static void string_escaped(parser *ps, const char *q) {
 
 /* push the string starting at ps->p (on the opening quote) */
 static void str(parser *ps) {
-  const char *q = ++ps->p, *e = ps->p;
-  while (e < ps->end && *e != '"' && *e != '\\') e++;
-  if (e < ps->end && *e == '"') {                 /* no escapes: the common case */
+  const char *q = ++ps->p;
+  const char *e = memchr(q, '"', (size_t)(ps->end - q));
+  if (e != NULL && memchr(q, '\\', (size_t)(e - q)) == NULL) {   /* no escapes: the common case */
     lua_pushlstring(ps->L, q, (size_t)(e - q));
     ps->p = e + 1;
     return;
@@ -225,6 +230,7 @@ static void flush(lua_State *L, int tbl, int *made, int pending, int pairs, lua_
 static void object(parser *ps, int depth) {
   lua_State *L = ps->L;
   int tbl, made = 0, pending = 0;
+  luaL_checkstack(L, 2 * FLUSH + 8, "JSON object");   /* room for a chunk of members */
   lua_pushnil(L);                                 /* placeholder for the table */
   tbl = lua_gettop(L);
   ps->p++;
@@ -238,7 +244,6 @@ static void object(parser *ps, int depth) {
   for (;;) {
     skip_ws(ps);
     if (ps->p >= ps->end || *ps->p != '"') fail(ps, "expected a member name");
-    luaL_checkstack(L, 4, "JSON object");
     str(ps);
     skip_ws(ps);
     if (ps->p >= ps->end || *ps->p != ':') fail(ps, "expected ':'");
@@ -265,6 +270,7 @@ static void array(parser *ps, int depth) {
   lua_State *L = ps->L;
   int tbl, made = 0, pending = 0;
   lua_Integer next = 0;
+  luaL_checkstack(L, FLUSH + 8, "JSON array");
   lua_pushnil(L);
   tbl = lua_gettop(L);
   ps->p++;
@@ -277,7 +283,6 @@ static void array(parser *ps, int depth) {
   }
   for (;;) {
     skip_ws(ps);
-    luaL_checkstack(L, 3, "JSON array");
     value(ps, depth);
     if (++pending == FLUSH) {
       flush(L, tbl, &made, pending, 0, &next);

@@ -51,6 +51,8 @@ typedef struct session {
   char *base;                 /* base URL without trailing '/' */
   size_t baselen;
   ibuf url;                   /* URL of the current exchange */
+  ibuf lasturl;               /* the URL libcurl has now (options persist) */
+  char lastreq[20];           /* method + shape libcurl is set for; "" = unknown */
   ibuf body;                  /* response body of the current exchange */
   size_t max_body;
   int overflow;               /* the write callback refused data (> max_body) */

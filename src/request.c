@@ -346,26 +346,45 @@ void xfer_begin(lua_State *L, session *s, const char *method, int pathidx, int o
   s->overflow = 0;
   s->errbuf[0] = '\0';
   s->head = strcmp(method, "HEAD") == 0;
-  curl_easy_setopt(e, CURLOPT_URL, s->url.p);
-  curl_easy_setopt(e, CURLOPT_NOBODY, (long)s->head);
-  if (shape == HL_NOBODY) {
-    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-    if (s->head) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  } else {
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, has_body ? body : "");
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
+  /* Options persist on the easy handle: a session repeating the same call
+  ** (the keep-alive's tickle) skips the setopts that would not change. */
+  if (s->url.n != s->lasturl.n || memcmp(s->url.p, s->lasturl.p, s->url.n) != 0) {
+    ibuf t = s->lasturl;
+    curl_easy_setopt(e, CURLOPT_URL, s->url.p);
+    s->lasturl = s->url;
+    s->url = t;
   }
-  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST,
-                   (strcmp(method, "GET") == 0 || strcmp(method, "POST") == 0 || s->head)
-                       ? NULL : method);
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, s->callh ? s->callh : s->hl[shape]);
-  /* libcurl silently sends a request again when a reused connection turns
-  ** out dead before any answer byte. For a POST/PATCH with a body (an order)
-  ** that would be a duplicate, so those go out on a fresh connection; the
-  ** body-less session calls keep the pooled one. */
-  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT,
-                   (long)(has_body && (strcmp(method, "POST") == 0 || strcmp(method, "PATCH") == 0)));
+  {
+    char req[sizeof s->lastreq];
+    size_t ml = strlen(method);                   /* <= 15, checked by the caller */
+    memcpy(req, method, ml);
+    req[ml] = (char)('0' + shape);
+    req[ml + 1] = '\0';
+    if (has_body || s->callh || strcmp(req, s->lastreq) != 0) {
+      curl_easy_setopt(e, CURLOPT_NOBODY, (long)s->head);
+      if (shape == HL_NOBODY) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+        if (s->head) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+      } else {
+        curl_easy_setopt(e, CURLOPT_POST, 1L);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, has_body ? body : "");
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen);
+      }
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST,
+                       (strcmp(method, "GET") == 0 || strcmp(method, "POST") == 0 || s->head)
+                           ? NULL : method);
+      curl_easy_setopt(e, CURLOPT_HTTPHEADER, s->callh ? s->callh : s->hl[shape]);
+      /* libcurl silently sends a request again when a reused connection
+      ** turns out dead before any answer byte. For a POST/PATCH with a body
+      ** (an order) that would be a duplicate, so those go out on a fresh
+      ** connection; the body-less session calls keep the pooled one. */
+      curl_easy_setopt(e, CURLOPT_FRESH_CONNECT,
+                       (long)(has_body && (strcmp(method, "POST") == 0 || strcmp(method, "PATCH") == 0)));
+      /* a body pointer or a per-call header list is this call's only */
+      if (has_body || s->callh) s->lastreq[0] = '\0';
+      else memcpy(s->lastreq, req, sizeof req);
+    }
+  }
   s->inuse = 1;
   s->finished = 0;
   s->code = CURLE_OK;
