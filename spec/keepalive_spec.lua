@@ -306,21 +306,33 @@ describe("keep-alive", function()
     assert(s:auth_status())       -- the session is free at once
   end)
 
-  it("keepalive_loop runs inline with the host's sleep", function()
-    local slept, n = {}, 0
+  it("keepalive_loop runs inline with the host's sleep, noticing stop() within a second", function()
+    local slept = {}
     s:keepalive_loop{
       interval = 30,
       sleep = function(secs)
         slept[#slept + 1] = secs
         if secs > STEP then
-          n = n + 1
           ft.t = ft.t + secs
-          if n == 3 then s:stop() end
+          if #api_log(m, "/tickle") == 3 and ft.t >= 1065 then s:stop() end
         end
       end,
     }
     assert.equal(3, #api_log(m, "/tickle"))
-    assert.equal(30, slept[#slept])
+    assert.equal(1065, ft.t)       -- tickles at 1000, 1030, 1060; stopped during the third pause
+    for _, x in ipairs(slept) do assert.is_true(x <= 1) end
+  end)
+
+  it("keepalive_loop without sleep blocks with the session's sleep", function()
+    local s2
+    s2 = ibkr.new{ base_url = m.url, clock = ft.clock, sleep = function(secs)
+      ft.t = ft.t + secs
+      if ft.t >= 1130 then s2:stop() end
+    end }
+    s2:keepalive_loop{ interval = 60 }
+    assert.equal(3, #api_log(m, "/tickle")) -- at 1000, 1060, 1120
+    assert.equal(1130, ft.t)
+    s2:close()
   end)
 
   it("rejects bad options when created", function()

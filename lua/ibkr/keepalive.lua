@@ -15,6 +15,7 @@ local state = require("ibkr.state")
 local M = {}
 
 M.MIN_VALIDATE_INTERVAL = 60 -- the gateway allows one /sso/validate per minute
+M.LOOP_SLICE = 1             -- keepalive_loop notices stop()/close() within this many seconds
 
 local OPTS = {
   interval = "number", retry_interval = "number", init = "boolean", compete = "boolean",
@@ -127,7 +128,19 @@ local function run(s, o, w, alive)
       end
     end
 
-    w.wait(st == "ready" and o.interval or o.retry_interval)
+    local pause = st == "ready" and o.interval or o.retry_interval
+    if w.chunk then
+      -- Inline loop: the host's sleep cannot be interrupted, so sleep in slices and look at
+      -- stop()/close() between them (a coroutine just is not resumed again, or closed).
+      local wake = clock() + pause
+      while alive() do
+        local left = wake - clock()
+        if left <= 0 then break end
+        w.wait(left < w.chunk and left or w.chunk)
+      end
+    else
+      w.wait(pause)
+    end
   end
 end
 
@@ -154,9 +167,9 @@ function M.loop(s, opts)
   local alive = liveness(s)
   local w
   if o.sleep then
-    w = { wait = o.sleep, step = true, live = alive, gone = stopped_error }
+    w = { wait = o.sleep, step = true, live = alive, gone = stopped_error, chunk = M.LOOP_SLICE }
   else
-    w = { wait = s._sleep, step = false, live = alive, gone = stopped_error }
+    w = { wait = s._sleep, step = false, live = alive, gone = stopped_error, chunk = M.LOOP_SLICE }
   end
   run(s, o, w, alive)
 end

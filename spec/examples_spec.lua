@@ -1,0 +1,70 @@
+-- The examples and the demo, run as a user would, against the mock gateway (HTTPS).
+local mock = require("spec.helpers.mock")
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1; echo \"rc=$?\""))
+  local out = p:read("a")
+  p:close()
+  local body, rc = out:match("^(.-)rc=(%d+)\n$")
+  return tonumber(rc), body
+end
+
+describe("examples", function()
+  local m
+  setup(function() m = assert(mock.start{ tls = true }) end)
+  teardown(function() m:stop() end)
+
+  it("plain script", function()
+    local rc, out = sh("lua5.4 examples/plain.lua " .. q(m.url) .. " 1.5")
+    assert.equal(0, rc, out)
+    assert.equal("session (start) -> ready\n", out)
+  end)
+
+  it("luv timer host: the loop's other timer keeps beating", function()
+    local rc, out = sh("lua5.4 examples/luv_host.lua " .. q(m.url) .. " 1.5")
+    assert.equal(0, rc, out)
+    assert.matches("^session %(start%) %-> ready\nheartbeats: (%d+)\n$", out)
+    assert.is_true(tonumber(out:match("heartbeats: (%d+)")) >= 10)
+  end)
+
+  it("cqueues host", function()
+    local rc, out = sh("lua5.4 examples/cqueues_host.lua " .. q(m.url) .. " 1.5")
+    assert.equal(0, rc, out)
+    assert.matches("^session %(start%) %-> ready\nkeep%-alive ended\nheartbeats: %d+\n$", out)
+  end)
+
+  it("C program embedding Lua 5.4", function()
+    local bin = os.tmpname()
+    local flags = "$(pkg-config --cflags --libs lua5.4 2>/dev/null || echo -I/usr/include/lua5.4 -llua5.4)"
+    local rc, out = sh("cc -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -o " .. q(bin)
+      .. " examples/c_host/host.c " .. flags)
+    assert.equal(0, rc, out)
+    rc, out = sh("IBKR_ROOT=. " .. q(bin) .. " " .. q(m.url) .. " 1.5")
+    os.remove(bin)
+    assert.equal(0, rc, out)
+    assert.matches("^session %(start%) %-> ready\nframes: %d+, resumes: %d+, longest resume: [%d.]+ ms\n$",
+      out)
+    local longest = tonumber(out:match("longest resume: ([%d.]+) ms"))
+    print(string.format("\n[c_host] longest resume %.3f ms", longest))
+    assert.is_true(tonumber(out:match("frames: (%d+)")) >= 100) -- 10 ms frames were never held up
+  end)
+end)
+
+describe("make demo", function()
+  it("shows the keep-alive noticing and repairing each scene, and ends by itself", function()
+    local t0 = os.time()
+    -- (sleeps inside demo.sh are the demo's pacing for a human watcher, not synchronisation:
+    -- each scene waits for the keep-alive's 1 s tickle to notice and repair)
+    local p = assert(io.popen("DEMO_STEP=2 examples/demo.sh 2>/dev/null; echo \"rc=$?\""))
+    local out = p:read("a")
+    p:close()
+    assert.is_true(os.time() - t0 < 60)
+    assert.matches("rc=0\n$", out)
+    local states = {}
+    for st in out:gmatch("\n%d%d%d%d%-%d%d%-%d%dT[%d:]+Z ([%a_]+)") do states[#states + 1] = st end
+    assert.same({ "ready", "disconnected", "ready", "unauthenticated", "ready", "competing", "ready",
+      "no_session", "ready", "down", "ready" }, states)
+  end)
+end)
