@@ -145,6 +145,45 @@ describe("cooperative calls", function()
   end)
 end)
 
+describe("helpers in cooperative mode", function()
+  it("wait_ready yields its polls and the re-initialisation", function()
+    local m = assert(mock.start{ tls = false, pacing = false, state = "unauthenticated", init_delay = 0.3 })
+    local s = ibkr.new{ base_url = m.url, cooperative = true,
+      sleep = function() error("must not sleep in cooperative mode") end }
+    local co = coroutine.create(function() return s:wait_ready{ timeout = 20 } end)
+    local rec, st = drive(co, nil, 20)
+    assert.is_true(st.authenticated)
+    assert.is_true(rec.n > 2)
+    s:close()
+    m:stop()
+  end)
+end)
+
+describe("ibkr.run with several gateways", function()
+  it("keeps two sessions on two gateways alive from one driver", function()
+    local m1 = assert(mock.start{ tls = true, pacing = false })
+    local m2 = assert(mock.start{ tls = false, pacing = false })
+    local s1, s2 = ibkr.new{ base_url = m1.url }, ibkr.new{ base_url = m2.url }
+    local seen = {}
+    local function ka(s, name)
+      return s:keepalive{ interval = 1, on_state = function(new) seen[name] = new end }
+    end
+    local t0 = core.monotonic()
+    assert.is_false(ibkr.run({ ka(s1, "a"), ka(s2, "b") }, { duration = 2.5 }))
+    assert.is_true(core.monotonic() - t0 >= 2.5)
+    assert.same({ a = "ready", b = "ready" }, seen)
+    local function tickles(m)
+      local n = 0
+      for _, e in ipairs(m:log()) do if e.api == "/tickle" then n = n + 1 end end
+      return n
+    end
+    assert.equal(3, tickles(m1)) -- at 0, 1 and 2 s
+    assert.equal(3, tickles(m2))
+    s1:close(); s2:close()
+    m1:stop(); m2:stop()
+  end)
+end)
+
 describe("the keep-alive's longest resume", function()
   local function measure(tls, warm)
     local m = assert(mock.start{ tls = tls, pacing = false })
