@@ -57,7 +57,7 @@ describe("make demo", function()
     local t0 = os.time()
     -- (sleeps inside demo.sh are the demo's pacing for a human watcher, not synchronisation:
     -- each scene waits for the keep-alive's 1 s tickle to notice and repair)
-    local p = assert(io.popen("DEMO_STEP=2 examples/demo.sh 2>/dev/null; echo \"rc=$?\""))
+    local p = assert(io.popen("DEMO_STEP=3 examples/demo.sh 2>/dev/null; echo \"rc=$?\""))
     local out = p:read("a")
     p:close()
     assert.is_true(os.time() - t0 < 60)
