@@ -35,8 +35,9 @@ describe("ibkr.new", function()
 
   it("takes the default URL from $IBKR_BASE_URL", function()
     -- os.getenv cannot be changed in-process: run a child with the variable set
-    local cmd = [[IBKR_BASE_URL=http://10.1.2.3:5555/v1/api lua5.4 -e 'package.path="lua/?.lua;lua/?/init.lua;"..]]
-      .. [[package.path; package.cpath="./?.so;"..package.cpath; io.write(require("ibkr").new().base_url)']]
+    local cmd = [[IBKR_BASE_URL=http://10.1.2.3:5555/v1/api lua5.4 -e ']]
+      .. [[package.path="lua/?.lua;lua/?/init.lua;"..package.path; package.cpath="./?.so;"..package.cpath; ]]
+      .. [[io.write(require("ibkr").new().base_url)']]
     local p = assert(io.popen(cmd))
     local out = p:read("a")
     p:close()
