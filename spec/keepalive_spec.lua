@@ -283,6 +283,30 @@ describe("keep-alive", function()
     assert.equal(0, #k3.states)
   end)
 
+  it("ends at the next resume after s:stop() in the middle of a request, freeing it", function()
+    m:fault{ path = "/tickle", kind = "delay", seconds = 2 }
+    local k = start(s, { interval = 60 })
+    local _, wait = coroutine.resume(k.co)
+    assert.is_true(wait <= STEP)
+    assert.is_true(s._core:busy())
+    s:stop()
+    assert.is_true(coroutine.resume(k.co))
+    assert.equal("dead", coroutine.status(k.co))
+    assert.is_false(s._core:busy())
+    assert.same({}, k.errors) -- stopping is not a failure
+    assert(s:auth_status())
+  end)
+
+  it("with init = false only reports an unauthenticated session", function()
+    m:set_state("unauthenticated")
+    local k = start(s, { interval = 60, init = false })
+    assert.equal(5, turn(k.co, ft))
+    assert.equal(5, turn(k.co, ft))
+    assert.equal("unauthenticated", k.last())
+    assert.equal(0, #api_log(m, "/iserver/auth/ssodh/init"))
+    assert.equal(0, #api_log(m, "/iserver/reauthenticate"))
+  end)
+
   it("ends after s:close(), even in the middle of a request", function()
     m:fault{ path = "/tickle", kind = "delay", seconds = 2 }
     local k = start(s, { interval = 60 })
