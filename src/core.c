@@ -42,6 +42,24 @@ void ibkr_check_header(lua_State *L, const char *name, size_t nl, const char *va
       luaL_error(L, "header '%s' value contains CR, LF or NUL", name);
 }
 
+/* check every Name = value of the table at t; returns how many there are */
+static int check_header_table(lua_State *L, int t) {
+  int n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    size_t nl, vl;
+    const char *name, *val;
+    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "headers must map strings to strings");
+    name = lua_tolstring(L, -2, &nl);
+    val = lua_tolstring(L, -1, &vl);
+    ibkr_check_header(L, name, nl, val, vl);
+    n++;
+    lua_pop(L, 1);
+  }
+  return n;
+}
+
 static double opt_number(lua_State *L, int t, const char *k, double def) {
   double v;
   int t2 = lua_getfield(L, t, k);
@@ -90,9 +108,11 @@ static int check_base_url(lua_State *L, const char *url) {
     if ((unsigned char)*p <= 0x20 || *p == 0x7f) why = "contains a space or control character";
   if (!why && (strchr(url, '?') || strchr(url, '#'))) why = "must not contain a query or fragment";
   {
-    /* curl reads "http:///x" as host x; a user who wrote that forgot the host */
+    /* say what is wrong in the user's terms before curl's parser does; and
+    ** curl reads "http:///x" as host x: a user who wrote that forgot the host */
     const char *sep = strstr(url, "://");
-    if (!why && sep && (sep[3] == '/' || sep[3] == '\0')) why = "has no host";
+    if (!why && !sep) why = "must start with http:// or https://";
+    if (!why && (sep[3] == '/' || sep[3] == ':' || sep[3] == '\0')) why = "has no host";
   }
   ok = !why && curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK;
@@ -234,18 +254,7 @@ static int core_new(lua_State *L) {
   switch (lua_getfield(L, 1, "headers")) {    /* stays at index 2 */
     case LUA_TNIL: break;
     case LUA_TTABLE:
-      lua_pushnil(L);
-      while (lua_next(L, 2)) {
-        size_t nl, vl;
-        const char *n, *v;
-        if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-          return luaL_error(L, "option 'headers' must map strings to strings");
-        n = lua_tolstring(L, -2, &nl);
-        v = lua_tolstring(L, -1, &vl);
-        ibkr_check_header(L, n, nl, v, vl);
-        nh++;
-        lua_pop(L, 1);
-      }
+      nh = check_header_table(L, 2);
       break;
     default: return luaL_error(L, "option 'headers' must be a table");
   }
@@ -506,6 +515,15 @@ static int core_sleep(lua_State *L) {
   return 0;
 }
 
+/* core.check_headers(t): the header rule of core.new, for callers that want
+** to refuse bad per-call headers before anything else happens */
+static int core_check_headers(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  check_header_table(L, 1);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int core_curl_version(lua_State *L) {
   lua_pushstring(L, curl_version());
   return 1;
@@ -528,6 +546,7 @@ static const luaL_Reg core_funcs[] = {
   {"monotonic", core_monotonic},
   {"sleep", core_sleep},
   {"curl_version", core_curl_version},
+  {"check_headers", core_check_headers},
   {"decode", core_decode},
   {"null", NULL},
   {"_VERSION", NULL},

@@ -40,29 +40,12 @@ local function check_type(name, v, want, level)
   end
 end
 
-local function check_url(url, level)
-  local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
-  scheme = scheme and scheme:lower()
-  if scheme ~= "http" and scheme ~= "https" then
-    error("ibkr: base_url must start with http:// or https:// (got '" .. url .. "')", level + 1)
-  end
-  local authority = rest:match("^[^/?#]*"):gsub("^.*@", "")
-  local host = authority:match("^%[[^%]]+%]") or authority:match("^[^:]*")
-  if host == "" then error("ibkr: base_url has no host ('" .. url .. "')", level + 1) end
-end
-
-local function check_headers(h, level)
-  for k, v in pairs(h) do
-    if type(k) ~= "string" or k == "" or k:find("[%c%s:]") then
-      error("ibkr: invalid header name " .. string.format("%q", tostring(k)), level + 1)
-    end
-    if type(v) ~= "string" then
-      error("ibkr: header '" .. k .. "' must have a string value", level + 1)
-    end
-    if v:find("[\r\n%z]") then
-      error("ibkr: header '" .. k .. "' has CR, LF or NUL in its value", level + 1)
-    end
-  end
+-- The rules for URLs, headers, timeouts and max_body live in the core (core.new and
+-- core.check_headers check them, one copy); this re-raises their error at the caller's line.
+local function core_check(level, f, ...)
+  local ok, res = pcall(f, ...)
+  if not ok then error("ibkr: " .. tostring(res), level + 1) end
+  return res
 end
 
 -- Returns the resolved options (defaults applied); raises on a programmer error.
@@ -80,13 +63,7 @@ local function resolve(opts)
     local env = os.getenv("IBKR_BASE_URL")
     o.base_url = (env and env ~= "") and env or DEFAULT_URL
   end
-  check_url(o.base_url, 3)
-  for _, k in ipairs{ "timeout", "connect_timeout" } do
-    if o[k] ~= nil and (o[k] ~= o[k] or o[k] <= 0) then error("ibkr.new: '" .. k .. "' must be > 0", 3) end
-  end
-  if o.max_body ~= nil and o.max_body <= 0 then error("ibkr.new: 'max_body' must be > 0", 3) end
   if o.retries ~= nil and o.retries < 0 then error("ibkr.new: 'retries' must be >= 0", 3) end
-  if o.headers then check_headers(o.headers, 3) end
   return o
 end
 
@@ -116,11 +93,11 @@ end
 
 function M.new(opts)
   local o = resolve(opts)
-  local cs = core.new{
+  local cs = core_check(2, core.new, {
     base_url = o.base_url, verify = o.verify, ca_file = o.ca_file, timeout = o.timeout,
     connect_timeout = o.connect_timeout, user_agent = o.user_agent, headers = o.headers,
     max_body = o.max_body and math.tointeger(o.max_body),
-  }
+  })
   local s = setmetatable({
     base_url = o.base_url,
     _core = cs,
@@ -201,7 +178,7 @@ function Session:request(method, path, opts)
         error("request: '" .. k .. "' must be a " .. want, 2)
       end
     end
-    if opts.headers then check_headers(opts.headers, 2) end
+    if opts.headers then core_check(2, core.check_headers, opts.headers) end
     copts = { query = opts.query, body = opts.body, headers = opts.headers }
   end
   local allow = opts and opts.retry
