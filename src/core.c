@@ -42,24 +42,6 @@ void ibkr_check_header(lua_State *L, const char *name, size_t nl, const char *va
       luaL_error(L, "header '%s' value contains CR, LF or NUL", name);
 }
 
-/* check every Name = value of the table at t; returns how many there are */
-static int check_header_table(lua_State *L, int t) {
-  int n = 0;
-  lua_pushnil(L);
-  while (lua_next(L, t)) {
-    size_t nl, vl;
-    const char *name, *val;
-    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "headers must map strings to strings");
-    name = lua_tolstring(L, -2, &nl);
-    val = lua_tolstring(L, -1, &vl);
-    ibkr_check_header(L, name, nl, val, vl);
-    n++;
-    lua_pop(L, 1);
-  }
-  return n;
-}
-
 static double opt_number(lua_State *L, int t, const char *k, double def) {
   double v;
   int t2 = lua_getfield(L, t, k);
@@ -254,7 +236,7 @@ static int core_new(lua_State *L) {
   switch (lua_getfield(L, 1, "headers")) {    /* stays at index 2 */
     case LUA_TNIL: break;
     case LUA_TTABLE:
-      nh = check_header_table(L, 2);
+      nh = ibkr_check_headers(L, 2);
       break;
     default: return luaL_error(L, "option 'headers' must be a table");
   }
@@ -519,7 +501,7 @@ static int core_sleep(lua_State *L) {
 ** to refuse bad per-call headers before anything else happens */
 static int core_check_headers(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  check_header_table(L, 1);
+  ibkr_check_headers(L, 1);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -227,20 +227,31 @@ static void flush(lua_State *L, int tbl, int *made, int pending, int pairs, lua_
   lua_settop(L, base);
 }
 
-static void object(parser *ps, int depth) {
+/*
+** Open an object or array: room on the stack for a chunk of members and a
+** placeholder for the table. Returns the placeholder's index, or 0 for an
+** empty container, whose empty table is then already in place.
+*/
+static int open_container(parser *ps, int slots, char close) {
   lua_State *L = ps->L;
-  int tbl, made = 0, pending = 0;
-  luaL_checkstack(L, 2 * FLUSH + 8, "JSON object");   /* room for a chunk of members */
-  lua_pushnil(L);                                 /* placeholder for the table */
-  tbl = lua_gettop(L);
+  luaL_checkstack(L, slots, "JSON nesting");
+  lua_pushnil(L);
   ps->p++;
   skip_ws(ps);
-  if (ps->p < ps->end && *ps->p == '}') {
+  if (ps->p < ps->end && *ps->p == close) {
     ps->p++;
     lua_createtable(L, 0, 0);
-    lua_replace(L, tbl);
-    return;
+    lua_replace(L, -2);
+    return 0;
   }
+  return lua_gettop(L);
+}
+
+static void object(parser *ps, int depth) {
+  lua_State *L = ps->L;
+  int made = 0, pending = 0;
+  int tbl = open_container(ps, 2 * FLUSH + 8, '}');
+  if (tbl == 0) return;
   for (;;) {
     skip_ws(ps);
     if (ps->p >= ps->end || *ps->p != '"') fail(ps, "expected a member name");
@@ -268,19 +279,10 @@ static void object(parser *ps, int depth) {
 
 static void array(parser *ps, int depth) {
   lua_State *L = ps->L;
-  int tbl, made = 0, pending = 0;
+  int made = 0, pending = 0;
   lua_Integer next = 0;
-  luaL_checkstack(L, FLUSH + 8, "JSON array");
-  lua_pushnil(L);
-  tbl = lua_gettop(L);
-  ps->p++;
-  skip_ws(ps);
-  if (ps->p < ps->end && *ps->p == ']') {
-    ps->p++;
-    lua_createtable(L, 0, 0);
-    lua_replace(L, tbl);
-    return;
-  }
+  int tbl = open_container(ps, FLUSH + 8, ']');
+  if (tbl == 0) return;
   for (;;) {
     skip_ws(ps);
     value(ps, depth);

@@ -97,6 +97,10 @@ int xfer_wait(session *s, double timeout);
 void xfer_finish(session *s);
 void xfer_release(session *s);
 int xfer_push_result(lua_State *L, session *s, int methodidx, int pathidx);
+int ibkr_check_headers(lua_State *L, int t);
+
+/* core.c: one header name/value pair; raises on a programmer error */
+void ibkr_check_header(lua_State *L, const char *name, size_t nl, const char *val, size_t vl);
 void xfer_build_headers(lua_State *L, session *s);
 
 /* decode.c: JSON text -> Lua value, with the module's number and null rules */

@@ -241,8 +241,24 @@ static void check_path(lua_State *L, int idx) {
   }
 }
 
-/* validate one header name/value pair, raising on a programmer error */
-void ibkr_check_header(lua_State *L, const char *name, size_t nl, const char *val, size_t vl);
+/* check every Name = value of the table at t (raising on the first bad
+** one); returns how many there are */
+int ibkr_check_headers(lua_State *L, int t) {
+  int n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    size_t nl, vl;
+    const char *name, *val;
+    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "headers must map strings to strings");
+    name = lua_tolstring(L, -2, &nl);
+    val = lua_tolstring(L, -1, &vl);
+    ibkr_check_header(L, name, nl, val, vl);
+    n++;
+    lua_pop(L, 1);
+  }
+  return n;
+}
 
 /*
 ** Per-call headers: turn opts.headers into "Name: value" strings kept on the
@@ -251,17 +267,11 @@ void ibkr_check_header(lua_State *L, const char *name, size_t nl, const char *va
 static int collect_headers(lua_State *L, int h, char ***out) {
   int n = 0;
   char **arr;
+  ibkr_check_headers(L, h);
   lua_newtable(L);                               /* anchors */
   lua_pushnil(L);
-  while (lua_next(L, h)) {
-    size_t nl, vl;
-    const char *name, *val;
-    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "headers must map strings to strings");
-    name = lua_tolstring(L, -2, &nl);
-    val = lua_tolstring(L, -1, &vl);
-    ibkr_check_header(L, name, nl, val, vl);
-    lua_pushfstring(L, "%s: %s", name, val);
+  while (lua_next(L, h)) {                       /* k, v: checked strings */
+    lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
     lua_rawseti(L, -4, ++n);
     lua_pop(L, 1);
   }
