@@ -3,21 +3,7 @@
 local ibkr = require("ibkr")
 local mock = require("spec.helpers.mock")
 
--- A fake clock plus a sleep that only moves it (records what it was asked to sleep).
-local function fake_time()
-  local c = { t = 1000, slept = {} }
-  c.clock = function() return c.t end
-  c.sleep = function(s) c.slept[#c.slept + 1] = s; c.t = c.t + s end
-  return c
-end
-
-local function api_log(m, api)
-  local out = {}
-  for _, e in ipairs(m:log()) do
-    if not api or e.api == api then out[#out + 1] = e end
-  end
-  return out
-end
+local fake_time = require("spec.helpers.clock").new
 
 describe("session calls over HTTPS", function()
   local m, s
@@ -72,29 +58,29 @@ describe("session calls over HTTP", function()
     assert(s:tickle())
     assert(s:init_brokerage{ compete = true })
     assert(s:init_brokerage())
-    local t = api_log(m, "/tickle")[1]
+    local t = m:api_log("/tickle")[1]
     assert.equal("POST", t.method)
     assert.equal("", t.body)
     assert.equal("0", t.headers["content-length"])
     assert.is_nil(t.headers["content-type"])
     assert.matches("^application/json", t.headers["accept"])
     assert.matches("^lua%-ibkr/", t.headers["user-agent"])
-    local inits = api_log(m, "/iserver/auth/ssodh/init")
+    local inits = m:api_log("/iserver/auth/ssodh/init")
     assert.matches("^application/json", inits[1].headers["content-type"])
     assert.same({ publish = true, compete = true }, require("cjson").decode(inits[1].body))
     assert.same({ publish = true, compete = false }, require("cjson").decode(inits[2].body))
-    assert.equal("GET", (s:sso_validate() and api_log(m, "/sso/validate")[1].method))
+    assert.equal("GET", (s:sso_validate() and m:api_log("/sso/validate")[1].method))
   end)
 
   it("request: any method and path, query and body, per-call headers", function()
     local res = assert(s:request("GET", "/iserver/accounts", { query = { a = "1 2", b = "x" },
       headers = { ["X-Trace"] = "t1" } }))
     assert.equal("table", type(res.accounts))
-    local e = api_log(m, "/iserver/accounts")[1]
+    local e = m:api_log("/iserver/accounts")[1]
     assert.equal("a=1%202&b=x", e.query)
     assert.equal("t1", e.headers["x-trace"])
     assert(s:request("post", "/iserver/auth/ssodh/init", { body = '{"publish":true,"compete":false}' }))
-    assert.equal('{"publish":true,"compete":false}', api_log(m, "/iserver/auth/ssodh/init")[1].body)
+    assert.equal('{"publish":true,"compete":false}', m:api_log("/iserver/auth/ssodh/init")[1].body)
     assert.has_error(function() s:request("GET", "iserver/accounts") end)
     assert.has_error(function() s:request("GET", "/x", { nope = 1 }) end)
     assert.has_error(function() s:request("GET", "/x", { body = 1 }) end)
@@ -111,7 +97,7 @@ describe("session calls over HTTP", function()
     assert.equal("POST", err.method)
     assert.equal("/tickle", err.path)
     assert.matches("500", tostring(err))
-    assert.equal(1, #api_log(m, "/tickle")) -- 500 is not retried
+    assert.equal(1, #m:api_log("/tickle")) -- 500 is not retried
   end)
 
   it("retries 503 and 429 with backoff, honouring Retry-After", function()
@@ -120,7 +106,7 @@ describe("session calls over HTTP", function()
     m:fault{ path = AS, kind = "status", status = 429, count = 1, headers = { ["Retry-After"] = "3" } }
     local res = assert(s:auth_status())
     assert.is_true(res.authenticated)
-    assert.equal(3, #api_log(m, AS))
+    assert.equal(3, #m:api_log(AS))
     assert.equal(2, #ft.slept)
     assert.is_true(ft.slept[1] >= 0.125 and ft.slept[1] <= 0.25, "first backoff " .. ft.slept[1])
     assert.equal(3, ft.slept[2]) -- Retry-After wins over the backoff step
@@ -144,25 +130,25 @@ describe("session calls over HTTP", function()
     local res, err = s:tickle()
     assert.is_nil(res)
     assert.equal(503, err.status)
-    assert.equal(3, #api_log(m, "/tickle"))
+    assert.equal(3, #m:api_log("/tickle"))
     local s0 = ibkr.new{ base_url = m.url, retries = 0, clock = ft.clock, sleep = ft.sleep }
     assert.is_nil((s0:tickle()))
-    assert.equal(4, #api_log(m, "/tickle"))
+    assert.equal(4, #m:api_log("/tickle"))
     s0:close()
   end)
 
   it("never retries request() with an unsafe method unless retry = true", function()
     m:fault{ path = "/iserver/accounts", kind = "status", status = 503, count = 10 }
     assert.is_nil((s:request("POST", "/iserver/accounts")))
-    assert.equal(1, #api_log(m, "/iserver/accounts"))
+    assert.equal(1, #m:api_log("/iserver/accounts"))
     assert.is_nil((s:request("DELETE", "/iserver/accounts")))
-    assert.equal(2, #api_log(m, "/iserver/accounts"))
+    assert.equal(2, #m:api_log("/iserver/accounts"))
     assert.is_nil((s:request("POST", "/iserver/accounts", { retry = true })))
-    assert.equal(5, #api_log(m, "/iserver/accounts"))
+    assert.equal(5, #m:api_log("/iserver/accounts"))
     assert.is_nil((s:request("GET", "/iserver/accounts")))
-    assert.equal(8, #api_log(m, "/iserver/accounts"))
+    assert.equal(8, #m:api_log("/iserver/accounts"))
     assert.is_nil((s:request("GET", "/iserver/accounts", { retry = false })))
-    assert.equal(9, #api_log(m, "/iserver/accounts"))
+    assert.equal(9, #m:api_log("/iserver/accounts"))
   end)
 
   it("does not wait for a Retry-After longer than 10 s", function()
@@ -185,7 +171,7 @@ describe("session calls over HTTP", function()
     assert.is_nil(res)
     assert.equal("rate_limited", err.kind)
     assert.near(50, err.retry_after, 1e-6)
-    assert.equal(1, #api_log(m, "/sso/validate"))
+    assert.equal(1, #m:api_log("/sso/validate"))
     assert.equal(1, s:stats().rate_limited)
     ft.t = ft.t + 50
     assert(s:sso_validate())
@@ -232,14 +218,14 @@ describe("session calls over HTTP", function()
     m:set_state("unauthenticated")
     local st = assert(s:wait_ready{ timeout = 30 })
     assert.is_true(st.authenticated)
-    assert.equal(1, #api_log(m, "/iserver/auth/ssodh/init"))
+    assert.equal(1, #m:api_log("/iserver/auth/ssodh/init"))
   end)
 
   it("wait_ready falls back to reauthenticate when ssodh/init answers 410", function()
     m:set_state("unauthenticated")
     m:fault{ path = "/iserver/auth/ssodh/init", kind = "status", status = 410, count = 10 }
     assert(s:wait_ready{ timeout = 30 })
-    assert.equal(1, #api_log(m, "/iserver/reauthenticate"))
+    assert.equal(1, #m:api_log("/iserver/reauthenticate"))
   end)
 
   it("wait_ready leaves a competing session alone unless compete = true", function()
@@ -248,10 +234,10 @@ describe("session calls over HTTP", function()
     assert.is_nil(res)
     assert.equal("timeout", err.kind)
     assert.equal("competing", err.state)
-    assert.equal(0, #api_log(m, "/iserver/auth/ssodh/init"))
+    assert.equal(0, #m:api_log("/iserver/auth/ssodh/init"))
     assert.is_true(ft.t - 1000 >= 5)
     assert(s:wait_ready{ timeout = 5, compete = true })
-    assert.is_true(require("cjson").decode(api_log(m, "/iserver/auth/ssodh/init")[1].body).compete)
+    assert.is_true(require("cjson").decode(m:api_log("/iserver/auth/ssodh/init")[1].body).compete)
   end)
 
   it("wait_ready with init = false only polls", function()
@@ -259,6 +245,6 @@ describe("session calls over HTTP", function()
     local res, err = s:wait_ready{ timeout = 3, init = false }
     assert.is_nil(res)
     assert.equal("unauthenticated", err.state)
-    assert.equal(0, #api_log(m, "/iserver/auth/ssodh/init"))
+    assert.equal(0, #m:api_log("/iserver/auth/ssodh/init"))
   end)
 end)

@@ -8,12 +8,7 @@ local mock = require("spec.helpers.mock")
 
 local STEP = 0.0100001 -- a yield this short means "a request is in flight, resume me soon"
 
-local function fake_time()
-  local c = { t = 1000 }
-  c.clock = function() return c.t end
-  c.sleep = function(s) c.t = c.t + s end
-  return c
-end
+local fake_time = require("spec.helpers.clock").new
 
 -- Resumes the keep-alive until it asks for a wait of at least `min_wait` (one loop turn done),
 -- moving the fake clock by every wait longer than a step. Returns that wait, or nil once ended.
@@ -30,14 +25,6 @@ local function turn(co, ft, min_wait)
     end
   end
   error("the keep-alive never finished a turn")
-end
-
-local function api_log(m, api)
-  local out = {}
-  for _, e in ipairs(m:log()) do
-    if e.api == api then out[#out + 1] = e end
-  end
-  return out
 end
 
 -- A keep-alive with recorders for its callbacks.
@@ -76,7 +63,7 @@ describe("keep-alive", function()
     assert.is_true(k.states[1].detail.authenticated)
     assert.equal(60, turn(k.co, ft))
     assert.equal(60, turn(k.co, ft))
-    assert.equal(3, #api_log(m, "/tickle"))
+    assert.equal(3, #m:api_log("/tickle"))
     assert.equal(1, #k.states) -- no change, no call
     assert.same({}, k.errors)
   end)
@@ -95,8 +82,8 @@ describe("keep-alive", function()
     assert.equal(60, turn(k.co, ft))              -- repaired: back to the normal interval
     assert.equal("unauthenticated", k.states[2].new)
     assert.equal("ready", k.states[3].new)        -- from the ssodh/init answer
-    assert.equal(1, #api_log(m, "/iserver/auth/ssodh/init"))
-    assert.is_false(cjson.decode(api_log(m, "/iserver/auth/ssodh/init")[1].body).compete)
+    assert.equal(1, #m:api_log("/iserver/auth/ssodh/init"))
+    assert.is_false(cjson.decode(m:api_log("/iserver/auth/ssodh/init")[1].body).compete)
     assert.equal("init_brokerage", k.repairs[1][1])
     assert.equal(60, turn(k.co, ft))
     assert.equal("ready", k.last())
@@ -123,7 +110,7 @@ describe("keep-alive", function()
       local k = start(s, { interval = 60, retry_interval = 2 })
       turn(k.co, ft)
       assert.equal("reauthenticate", k.repairs[1][1], "status " .. status)
-      assert.equal(1, #api_log(m, "/iserver/reauthenticate"))
+      assert.equal(1, #m:api_log("/iserver/reauthenticate"))
       assert.equal(60, turn(k.co, ft))
       assert.equal("ready", k.last())
       s:stop()
@@ -139,7 +126,7 @@ describe("keep-alive", function()
     assert.equal(5, turn(k.co, ft))
     assert.same({ "ready", "competing" }, { k.states[1].new, k.states[2].new })
     assert.equal("ready", k.states[2].old)
-    assert.equal(0, #api_log(m, "/iserver/auth/ssodh/init"))
+    assert.equal(0, #m:api_log("/iserver/auth/ssodh/init"))
     m:set_state("ready") -- the other session went away
     assert.equal(60, turn(k.co, ft))
     assert.equal("ready", k.last())
@@ -150,7 +137,7 @@ describe("keep-alive", function()
     local k = start(s, { interval = 60, compete = true })
     turn(k.co, ft)
     assert.same({ "competing", "ready" }, { k.states[1].new, k.states[2].new })
-    assert.is_true(cjson.decode(api_log(m, "/iserver/auth/ssodh/init")[1].body).compete)
+    assert.is_true(cjson.decode(m:api_log("/iserver/auth/ssodh/init")[1].body).compete)
   end)
 
   it("reports a disconnected gateway and re-initialises it", function()
@@ -169,7 +156,7 @@ describe("keep-alive", function()
     assert.equal("no_session", k.last())
     assert.equal(401, k.errors[1].status)
     assert.equal(2, #k.errors)  -- on_error for every failed call
-    assert.equal(0, #api_log(m, "/iserver/auth/ssodh/init")) -- nothing to repair without a login
+    assert.equal(0, #m:api_log("/iserver/auth/ssodh/init")) -- nothing to repair without a login
     m:login("ready")
     assert.equal(60, turn(k.co, ft))
     assert.equal("ready", k.last())
@@ -195,7 +182,7 @@ describe("keep-alive", function()
     m:set_state("competing")
     turn(k.co, ft)
     assert.equal("competing", k.last())
-    assert.equal(1, #api_log(m, "/iserver/auth/status"))
+    assert.equal(1, #m:api_log("/iserver/auth/status"))
   end)
 
   it("rides out 429 and 503 with retries, and reports them when they persist", function()
@@ -264,7 +251,7 @@ describe("keep-alive", function()
   it("also validates the SSO session, never more often than once a minute", function()
     local k = start(s, { interval = 20, validate_interval = 10 })
     for _ = 1, 7 do turn(k.co, ft) end -- 140 s
-    assert.equal(2, #api_log(m, "/sso/validate"))
+    assert.equal(2, #m:api_log("/sso/validate"))
     assert.same({}, k.errors)
   end)
 
@@ -303,8 +290,8 @@ describe("keep-alive", function()
     assert.equal(5, turn(k.co, ft))
     assert.equal(5, turn(k.co, ft))
     assert.equal("unauthenticated", k.last())
-    assert.equal(0, #api_log(m, "/iserver/auth/ssodh/init"))
-    assert.equal(0, #api_log(m, "/iserver/reauthenticate"))
+    assert.equal(0, #m:api_log("/iserver/auth/ssodh/init"))
+    assert.equal(0, #m:api_log("/iserver/reauthenticate"))
   end)
 
   it("ends after s:close(), even in the middle of a request", function()
@@ -338,11 +325,11 @@ describe("keep-alive", function()
         slept[#slept + 1] = secs
         if secs > STEP then
           ft.t = ft.t + secs
-          if #api_log(m, "/tickle") == 3 and ft.t >= 1065 then s:stop() end
+          if #m:api_log("/tickle") == 3 and ft.t >= 1065 then s:stop() end
         end
       end,
     }
-    assert.equal(3, #api_log(m, "/tickle"))
+    assert.equal(3, #m:api_log("/tickle"))
     assert.equal(1065, ft.t)       -- tickles at 1000, 1030, 1060; stopped during the third pause
     for _, x in ipairs(slept) do assert.is_true(x <= 1) end
   end)
@@ -354,7 +341,7 @@ describe("keep-alive", function()
       if ft.t >= 1130 then s2:stop() end
     end }
     s2:keepalive_loop{ interval = 60 }
-    assert.equal(3, #api_log(m, "/tickle")) -- at 1000, 1060, 1120
+    assert.equal(3, #m:api_log("/tickle")) -- at 1000, 1060, 1120
     assert.equal(1130, ft.t)
     s2:close()
   end)

@@ -3,11 +3,7 @@ local cjson = require("cjson")
 local socket = require("socket")
 local mock = require("spec.helpers.mock")
 
-local function decode(body)
-  local ok, v = pcall(cjson.decode, body)
-  assert(ok, "not JSON: " .. tostring(body))
-  return v
-end
+local decode = mock.json
 
 for _, tls in ipairs({ false, true }) do
   local scheme = tls and "https" or "http"

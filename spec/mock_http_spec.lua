@@ -1,14 +1,9 @@
 -- The mock gateway as an HTTP/1.1 server: keep-alive, concurrency, request bodies, the request
 -- log, and hostile input (garbage, oversized heads and bodies, slowloris).
-local cjson = require("cjson")
 local socket = require("socket")
 local mock = require("spec.helpers.mock")
 
-local function decode(body)
-  local ok, v = pcall(cjson.decode, body)
-  assert(ok, "not JSON: " .. tostring(body))
-  return v
-end
+local decode = mock.json
 
 for _, tls in ipairs({ false, true }) do
   local scheme = tls and "https" or "http"

@@ -1,15 +1,9 @@
 -- The mock gateway's API endpoints and state machine, over HTTP and HTTPS, driven with a plain
 -- luasocket/luasec client.
-local cjson = require("cjson")
 local socket = require("socket")
 local mock = require("spec.helpers.mock")
 
-local function decode(resp)
-  assert.is_table(resp, "no response")
-  local ok, v = pcall(cjson.decode, resp.body)
-  assert(ok, "not JSON: " .. tostring(resp.body))
-  return v
-end
+local decode = mock.json
 
 -- Polls fn() until it returns a truthy value or timeout seconds pass (bounded, no fixed sleep).
 local function eventually(fn, timeout)

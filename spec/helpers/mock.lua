@@ -6,7 +6,7 @@
 --   m.url, m.root, m.pid, m.host, m.port, m.tls
 --   m:state(), m:set_state("competing" | {state=..., <config>...}), m:config{...}
 --   m:fault{kind=..., path=..., ...}, m:faults(), m:clear_faults()
---   m:log(), m:clear_log(), m:reset(), m:login(state), m:stop(), m:stderr()
+--   m:log(), m:api_log(api), m:clear_log(), m:reset(), m:login(state), m:stop(), m:stderr()
 --   m:request(method, path, opts) -- one request on a fresh connection (path from the root)
 --   m:connect(opts) -> client with :request(), :send(), :read_response(), :close()
 local socket = require("socket")
@@ -399,6 +399,23 @@ end
 
 function proc:log()
   return self:control("GET", "/__mock/log").requests
+end
+
+-- The logged requests whose API path (relative to /v1/api, no query) is `api`; all without it.
+function proc:api_log(api)
+  local out = {}
+  for _, e in ipairs(self:log()) do
+    if not api or e.api == api then out[#out + 1] = e end
+  end
+  return out
+end
+
+-- The JSON body of a response (or a body string), asserting that it is JSON.
+function helper.json(resp)
+  local body = type(resp) == "table" and resp.body or resp
+  local ok, v = pcall(cjson.decode, body)
+  assert(ok, "not JSON: " .. tostring(body))
+  return v
 end
 
 function proc:clear_log()
