@@ -91,7 +91,7 @@ LIBASAN        = $(shell gcc -print-file-name=libasan.so)
 # the normal module): they would inherit the preload and fail on their own leaks
 ASAN_SPECS     = $(filter-out spec/package_spec.lua spec/examples_spec.lua,$(wildcard spec/*_spec.lua))
 LUAENV         = LUA_PATH="lua/?.lua;lua/?/init.lua;./?.lua;;"
-VALGRIND       = valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
+VALGRIND       = valgrind -q --fair-sched=yes --leak-check=full --show-leak-kinds=definite,indirect \
                  --errors-for-leak-kinds=definite,indirect --error-exitcode=3 --keep-debuginfo=yes
 
 .PHONY: check check-memory asan valgrind fuzz fuzz-merge threads longrun longrun-short
