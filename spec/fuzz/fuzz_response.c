@@ -104,10 +104,11 @@ static int l_plug(lua_State *LL) {
   return 0;
 }
 
-/* url(session) -> the URL of the current exchange; hdrs(session) -> its header lines */
+/* url(session) -> the URL of the current exchange (the one handed to libcurl,
+** kept in lasturl); hdrs(session) -> its header lines */
 static int l_url(lua_State *LL) {
   session *s = luaL_checkudata(LL, 1, SESSION_MT);
-  lua_pushlstring(LL, s->url.p ? s->url.p : "", s->url.n);
+  lua_pushlstring(LL, s->lasturl.p ? s->lasturl.p : "", s->lasturl.n);
   return 1;
 }
 
