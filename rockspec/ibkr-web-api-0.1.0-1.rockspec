@@ -17,7 +17,9 @@ description = {
 }
 dependencies = {
   "lua >= 5.4, < 5.5",
-  "lua-cjson >= 2.1.0",
+  "lua-cjson >= 2.1.0",   -- encodes request bodies (responses are decoded by the C module)
+  "luasocket >= 3.0",     -- the mock gateway (ibkr.mock, ibkr-mock-gateway) and its tests
+  "luasec >= 1.0",        -- the mock gateway over TLS
 }
 external_dependencies = {
   CURL = { library = "curl" },
