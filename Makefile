@@ -105,7 +105,7 @@ $(ASAN_MODULE): $(SRCS) $(HDRS)
 	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -shared -Wl,-z,nodelete -o $@ $(SRCS) $(LIBS)
 
 asan: deps-check $(ASAN_MODULE)
-	RUNNER="env LD_PRELOAD=$(LIBASAN) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1" \
+	RUNNER="env LD_PRELOAD=$(LIBASAN) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 IBKR_TIME_SCALE=5" \
 	IBKR_MOCK_GATEWAY="env -u LD_PRELOAD lua5.4 bin/ibkr-mock-gateway" CPATH_DIR=build/asan \
 	  spec/run $(ASAN_SPECS)
 

@@ -32,11 +32,15 @@ end
 -- The machine runs other processes (other suites, the mock itself): the OS may take the CPU away
 -- in the middle of a resume. A resume that really blocks or costs over 1 ms does so on every run;
 -- preemption does not. So a measurement is repeated up to 3 times and the best run must pass.
+-- Sanitizer builds (make asan) run instrumented code several times slower: they set
+-- IBKR_TIME_SCALE so the bound keeps its meaning there; a plain build is held to 1 ms.
+local LIMIT = 0.001 * (tonumber(os.getenv("IBKR_TIME_SCALE")) or 1)
+
 local function best_of_3(measure)
   local runs = {}
   for i = 1, 3 do
     runs[i] = measure()
-    if runs[i].wall < 0.001 then return runs[i], runs end
+    if runs[i].wall < LIMIT then return runs[i], runs end
   end
   return runs[3], runs
 end
@@ -44,7 +48,7 @@ end
 local function assert_fast(rec, runs)
   local figures = {}
   for i, r in ipairs(runs or { rec }) do figures[i] = string.format("%.3f ms", r.wall * 1000) end
-  assert.is_true(rec.wall < 0.001, "longest resume per run: " .. table.concat(figures, ", "))
+  assert.is_true(rec.wall < LIMIT, "longest resume per run: " .. table.concat(figures, ", "))
 end
 
 local function ms(x) return string.format("%.3f ms", x * 1000) end
