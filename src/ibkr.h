@@ -70,6 +70,7 @@ typedef struct session {
   int threaded;               /* the worker exists and has not been joined */
   int wdone, wabort;          /* guarded by mu */
   double wnext;               /* the wait step() suggests next: grows from 0.2 ms to 5 ms */
+  double wdue;                /* when the caller was told to step again */
   int sync_init;
   pthread_mutex_t mu;
   pthread_cond_t cv;
