@@ -295,7 +295,7 @@ static int core_new(lua_State *L) {
 }
 
 /* method, path, opts at 2, 3, 4: check them, raising on a programmer error */
-static const char *check_call(lua_State *L, session *s) {
+static const char *check_call(lua_State *L) {
   const char *method = luaL_checkstring(L, 2);
   size_t n = strlen(method);
   luaL_checkstring(L, 3);
@@ -304,7 +304,6 @@ static const char *check_call(lua_State *L, session *s) {
   if (n == 0 || n > 15) luaL_argerror(L, 2, "invalid HTTP method");
   for (size_t i = 0; i < n; i++)
     if (method[i] < 'A' || method[i] > 'Z') luaL_argerror(L, 2, "HTTP method must be an uppercase token");
-  (void)s;
   return method;
 }
 
@@ -314,11 +313,11 @@ static const char *check_call(lua_State *L, session *s) {
 */
 static int session_perform(lua_State *L) {
   session *s = tosession(L);
-  const char *method = check_call(L, s);
+  const char *method = check_call(L);
   int n;
   if (s->closed) return ibkr_fail(L, "closed", "session is closed", 2, 3);
   if (s->inuse) return ibkr_fail(L, "busy", "a request of this session is in flight", 2, 3);
-  xfer_begin(L, s, method, 3, lua_istable(L, 4) ? 4 : 0, NULL, NULL);   /* 5 = body */
+  xfer_begin(L, s, method, 3, lua_istable(L, 4) ? 4 : 0);   /* 5 = body */
   xfer_wait(s, -1);
   xfer_finish(s);
   n = xfer_push_result(L, s, 2, 3);
@@ -355,7 +354,7 @@ static int request_gc(lua_State *L) {
 */
 static int session_start(lua_State *L) {
   session *s = tosession(L);
-  const char *method = check_call(L, s);
+  const char *method = check_call(L);
   request *r;
   if (s->closed) return ibkr_fail(L, "closed", "session is closed", 2, 3);
   if (s->inuse) return ibkr_fail(L, "busy", "a request of this session is in flight", 2, 3);
@@ -369,7 +368,7 @@ static int session_start(lua_State *L) {
   lua_setiuservalue(L, 5, RUV_METHOD);
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, 5, RUV_PATH);
-  xfer_begin(L, s, method, 3, lua_istable(L, 4) ? 4 : 0, NULL, NULL);   /* 6 = body */
+  xfer_begin(L, s, method, 3, lua_istable(L, 4) ? 4 : 0);   /* 6 = body */
   lua_setiuservalue(L, 5, RUV_BODY);          /* POSTFIELDS points into it */
   r->s = s;
   r->done = 0;

@@ -88,8 +88,7 @@ typedef struct request {
 
 /* request.c: the HTTP exchange */
 int xfer_setup(session *s, char *err, size_t errlen);
-void xfer_begin(lua_State *L, session *s, const char *method, int pathidx, int optsidx,
-                const char **body, size_t *bodylen);
+void xfer_begin(lua_State *L, session *s, const char *method, int pathidx, int optsidx);
 int xfer_sync_init(session *s);
 void xfer_sync_free(session *s);
 int xfer_spawn(session *s);

@@ -293,8 +293,7 @@ static int collect_headers(lua_State *L, int h, char ***out) {
 ** caller until the exchange is finished. Pushes exactly one value (the body
 ** string or nil).
 */
-void xfer_begin(lua_State *L, session *s, const char *method, int pathidx, int optsidx,
-                const char **bodyp, size_t *bodylenp) {
+void xfer_begin(lua_State *L, session *s, const char *method, int pathidx, int optsidx) {
   CURL *e = s->easy;
   const char *body = NULL;
   size_t bodylen = 0, pathlen;
@@ -410,8 +409,6 @@ void xfer_begin(lua_State *L, session *s, const char *method, int pathidx, int o
   lua_pushvalue(L, top);                        /* the body (or nil) */
   lua_replace(L, top - 2);
   lua_pop(L, 2);                                /* leaves body at the old query slot */
-  if (bodyp) *bodyp = body;
-  if (bodylenp) *bodylenp = bodylen;
 }
 
 /* read the finished transfer's message, if any */
