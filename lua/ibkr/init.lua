@@ -133,7 +133,10 @@ local ENDPOINTS = {
 function Session:_ep(w, name, compete)
   local ep = ENDPOINTS[name]
   local copts
-  if name == "init_brokerage" then copts = { body = { publish = true, compete = compete == true } } end
+  -- the body as the contract writes it, keys in this order (cjson's order follows the hash seed)
+  if name == "init_brokerage" then
+    copts = { body = compete and '{"publish":true,"compete":true}' or '{"publish":true,"compete":false}' }
+  end
   local res, err, status = call.run(self, w, ep[1], ep[2], copts, true)
   if res == nil then return nil, err end
   return res, nil, status
