@@ -28,7 +28,8 @@ build = {
   type = "builtin",
   modules = {
     ["ibkr.core"] = {
-      sources = { "src/core.c", "src/request.c", "src/decode.c", "src/error.c" },
+      sources = { "src/core.c", "src/session.c", "src/request.c", "src/transfer.c", "src/wire.c",
+                  "src/buf.c", "src/decode.c", "src/error.c" },
       libraries = { "curl", "pthread", "m" },
       defines = { "_POSIX_C_SOURCE=200809L" },
       incdirs = { "$(CURL_INCDIR)" },
@@ -53,6 +54,7 @@ build = {
     ["ibkr.retry"] = "lua/ibkr/retry.lua",
     ["ibkr.run"] = "lua/ibkr/run.lua",
     ["ibkr.state"] = "lua/ibkr/state.lua",
+    ["ibkr.waiter"] = "lua/ibkr/waiter.lua",
   },
   install = {
     bin = {

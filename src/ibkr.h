@@ -2,6 +2,10 @@
 ** ibkr.h -- internal interface between the files of the ibkr.core module.
 ** Only luaopen_ibkr_core (core.c) is exported from the shared object; every
 ** symbol declared here has hidden visibility.
+**
+** Who calls whom (never the other way round):
+**   core.c -> session.c -> request.c -> transfer.c -> buf.c
+**   session.c, request.c -> wire.c;  request.c -> json.c, error.c
 */
 #ifndef IBKR_H
 #define IBKR_H
@@ -27,6 +31,8 @@
 #define IBKR_BODY_CUT 4096          /* error objects keep this much of a body */
 #define IBKR_MAX_DEPTH 256          /* JSON nesting accepted by the decoder */
 
+/* ------------------------------------------------------------ buf.c */
+
 /* growable byte buffer owned by C (never a luaL_Buffer: curl callbacks fill it) */
 typedef struct ibuf {
   char *p;
@@ -36,83 +42,152 @@ typedef struct ibuf {
 int ibuf_reserve(ibuf *b, size_t need);
 int ibuf_add(ibuf *b, const char *s, size_t len);
 void ibuf_free(ibuf *b);
+char *ibkr_strndup(const char *s, size_t n);
 
-struct request;
+/* ------------------------------------------------------------ wire.c */
 
-/* The three prebuilt header lists, one per request shape. */
+/* The three prebuilt header lists of a session, one per request shape. */
 enum { HL_NOBODY, HL_POST0, HL_JSON, HL_COUNT };
 
-typedef struct session {
+/* What the caller asked for, read from the arguments and the options table
+** before the session is touched. Strings are anchored on the Lua stack. */
+typedef struct callspec {
+  const char *method, *path, *query, *body;
+  size_t mlen, plen, qlen, blen;
+  int has_body;
+  int shape;                  /* HL_*: what the header list must say */
+  const char **hv;            /* per-call headers, "Name: value" */
+  int nh;
+  double timeout;             /* seconds for this exchange; 0 = the session's */
+} callspec;
+
+int wire_base_url(lua_State *L, const char *url, char **host, long *port);
+int wire_is_loopback(const char *host);
+char *wire_redact(const char *url);
+void wire_check_header(lua_State *L, const char *name, size_t nl, const char *val, size_t vl);
+int wire_check_headers(lua_State *L, int t);
+void wire_read_call(lua_State *L, int first, callspec *cs);
+struct curl_slist *wire_header_list(char **uh, int nuh, int shape, const char **extra, int nextra);
+
+/* ------------------------------------------------------------ transfer.c */
+
+struct xhome;
+
+/*
+** One exchange. Everything libcurl writes lives here, so nothing of the
+** session is touched once the exchange is running, and a session closed
+** in the middle (by a finaliser, say) frees nothing the exchange uses.
+** The Lua thread fills it, then hands it over: while `state` is X_QUEUED or
+** X_RUNNING the engine thread owns every field below `state` (guarded by
+** the engine's mutex for `state` itself); from X_DONE on the Lua thread does.
+*/
+typedef struct xfer {
+  struct xhome *home;         /* Lua thread: the session's part, NULL once detached */
+  struct xfer *prev, *next;   /* Lua thread: the session's list of live exchanges */
+  char *url, *post;           /* malloc'd copies */
+  size_t postlen;
+  struct curl_slist *callh;   /* per-call header list, or NULL */
+  double deadline;            /* monotonic seconds */
+  int efd, wfd;               /* completion fd (readable when done) and its write end, or -1 */
+  int cancel;                 /* a cancel is queued (engine mutex) */
+  unsigned gen;               /* engine generation (fork) it was submitted in */
+  int aborted;                /* the session was closed under it */
+  int submitted;              /* Lua thread: handed to the engine and not yet seen done */
+  int state;                  /* X_*; guarded by the engine mutex while submitted */
+  struct xfer *qnext;         /* engine queues */
+  /* owned by whoever runs the transfer */
   CURL *easy;
-  CURLM *multi;
+  ibuf body;
+  size_t max_body;
+  int overflow, head;
+  CURLcode code;
+  char errbuf[CURL_ERROR_SIZE];
+  /* facts gathered when the transfer ended, so results never need `easy` */
+  long status, nconnects, header_size;
+  curl_off_t retry_after;
+  char *location;
+} xfer;
+
+enum { X_NEW, X_QUEUED, X_RUNNING, X_DONE };
+
+/* The session's part that transfer.c keeps: the handle template, a pool of
+** easy handles, the multi handle of blocking calls, live exchanges. Owned by
+** the Lua thread of the session. */
+#define XPOOL_MAX 4
+typedef struct xhome {
+  CURL *tmpl;                 /* session-wide options; duplicated into the pool */
+  struct curl_slist *resolve; /* pins "localhost" to loopback addresses */
+  CURL *pool[XPOOL_MAX];
+  int npool;
+  CURLM *multi;               /* blocking exchanges (created on first use) */
+  xfer *live;
+  int nlive;
+  unsigned gen;               /* engine generation at creation (fork) */
+  lua_Integer connects, exchanges;
+} xhome;
+
+int xfer_global_init(void);
+unsigned xfer_generation(void);
+CURL *xhome_template(xhome *h, char *err, size_t errlen);
+void xhome_close(xhome *h, int forked);
+int xfer_open(xfer *x, xhome *h, const callspec *cs, struct curl_slist *hl, long timeout_ms);
+void xfer_close(xfer *x);
+void xfer_run_inline(xfer *x);
+int xfer_submit(xfer *x);
+int xfer_done(xfer *x);
+int xfer_wait(xfer *x, double timeout);
+double ibkr_now(void);
+
+/* ------------------------------------------------------------ request.c */
+
+typedef struct sconf sconf;
+void request_open(lua_State *L);
+struct request *request_push(lua_State *L, int sessidx, int methodidx, int pathidx);
+void request_attach(lua_State *L, struct request *r, const sconf *c, xhome *h, const callspec *cs);
+xfer *request_xfer(struct request *r);
+int request_collect(lua_State *L, int ridx);
+
+/* ------------------------------------------------------------ session.c */
+
+/* Set by core.new, read-only afterwards; owned by the Lua thread. */
+struct sconf {
+  char *base;                 /* base URL without trailing '/' */
+  size_t baselen;
+  char *shown;                /* base URL without userinfo: for tostring/info */
   struct curl_slist *hl[HL_COUNT];
   char **uh;                  /* user headers, "Name: value", malloc'd */
   int nuh;
-  char *base;                 /* base URL without trailing '/' */
-  size_t baselen;
-  ibuf url;                   /* URL of the current exchange */
-  ibuf lasturl;               /* the URL libcurl has now (options persist) */
-  char lastreq[20];           /* method + shape libcurl is set for; "" = unknown */
-  ibuf body;                  /* response body of the current exchange */
+  long timeout_ms;
   size_t max_body;
-  int overflow;               /* the write callback refused data (> max_body) */
-  int closed;
-  /* the exchange in progress (at most one) */
-  int inuse;                  /* an exchange was begun and not yet collected */
-  int active;                 /* the easy handle is attached to the multi */
-  int finished;
-  CURLcode code;
-  struct curl_slist *callh;   /* per-call header list, or NULL */
-  int head;                   /* the exchange is a HEAD request */
-  struct request *owner;      /* non-blocking owner of the exchange, or NULL */
-  /* a worker thread runs the transfer of a non-blocking request (see request.c) */
-  pthread_t worker;
-  int threaded;               /* the worker exists and has not been joined */
-  int wdone, wabort;          /* guarded by mu */
-  double wnext;               /* the wait step() suggests next: grows from 0.2 ms to 5 ms */
-  double wdue;                /* when the caller was told to step again */
-  int sync_init;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  char errbuf[CURL_ERROR_SIZE];
-  lua_Integer connects, exchanges;
-} session;
+};
 
-typedef struct request {
-  session *s;                 /* NULL once detached (closed or session closed) */
-  int done;                   /* transfer finished (or aborted) */
-  int collected;              /* result() already built and cached */
-  int aborted;                /* the session was closed under us */
-  long status;
-} request;
+void session_open(lua_State *L);
 
-/* request.c: the HTTP exchange */
-int xfer_setup(session *s, char *err, size_t errlen);
-void xfer_begin(lua_State *L, session *s, const char *method, int pathidx, int optsidx);
-int xfer_sync_init(session *s);
-void xfer_sync_free(session *s);
-int xfer_spawn(session *s);
-int xfer_step(session *s, double *wait);
-int xfer_wait(session *s, double timeout);
-void xfer_finish(session *s);
-void xfer_release(session *s);
-int xfer_push_result(lua_State *L, session *s, int methodidx, int pathidx);
-int ibkr_check_headers(lua_State *L, int t);
+/* ------------------------------------------------------------ json.c, error.c */
 
-/* core.c: one header name/value pair; raises on a programmer error */
-void ibkr_check_header(lua_State *L, const char *name, size_t nl, const char *val, size_t vl);
-void xfer_build_headers(lua_State *L, session *s);
-
-/* decode.c: JSON text -> Lua value, with the module's number and null rules */
 int ibkr_decode(lua_State *L, const char *s, size_t len);
 int ibkr_encode(lua_State *L, int encodeidx, int validx);
 
-/* error.c: error objects */
 void ibkr_error_register(lua_State *L);
 int ibkr_push_error(lua_State *L, const char *kind, const char *message,
                     int methodidx, int pathidx);
 void ibkr_seti(lua_State *L, const char *k, lua_Integer v);
 void ibkr_sets(lua_State *L, const char *k, const char *v);
 int ibkr_fail(lua_State *L, const char *kind, const char *message, int methodidx, int pathidx);
+void ibkr_error_describe(lua_State *L, int idx);
+
+/* metatable `name` with metamethods and an __index table of methods; every
+** function gets the shared upvalue found at the top of the stack */
+static inline void ibkr_createmeta(lua_State *L, const char *name, const luaL_Reg *meth,
+                                   const luaL_Reg *metameth) {
+  luaL_newmetatable(L, name);                   /* up, mt */
+  lua_pushvalue(L, -2);                         /* up, mt, up */
+  luaL_setfuncs(L, metameth, NUPVALUES);        /* up, mt */
+  lua_newtable(L);                              /* up, mt, methods */
+  lua_pushvalue(L, -3);                         /* up, mt, methods, up */
+  luaL_setfuncs(L, meth, NUPVALUES);            /* up, mt, methods */
+  lua_setfield(L, -2, "__index");               /* up, mt */
+  lua_pop(L, 1);                                /* up */
+}
 
 #endif

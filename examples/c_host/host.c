@@ -67,7 +67,7 @@ int main(int argc, char **argv) {
       resumes++;
       if (d > longest) longest = d;
       if (st == LUA_YIELD) {
-        double wait = nres > 0 ? lua_tonumber(co, -1) : 0;
+        double wait = nres > 0 ? lua_tonumber(co, -nres) : 0;   /* the first value: seconds */
         lua_pop(co, nres);
         wake_at = now() + wait;
       } else if (st == LUA_OK) {

@@ -1,12 +1,6 @@
 -- One call of a session: pacing, the HTTP exchange (blocking or step by step), retries, stats.
 --
--- How a call waits is decided by a "waiter" (a table):
---   wait(seconds)  how to pass time: core.sleep / the session's sleep (blocking), coroutine.yield
---                  (cooperative, the keep-alive), or a host's sleep (cqueues.sleep, copas.pause...)
---   step           true: run the exchange with core start/step and wait() between steps;
---                  false: core perform (blocking)
---   live()         false once the work must stop (session closed, keep-alive stopped); then the
---                  call returns its `gone()` error at its next wake-up
+-- How a call waits is decided by a "waiter" (ibkr/waiter.lua).
 -- The C core does every exchange; this file never parses HTTP or JSON.
 
 local core = require("ibkr.core")
@@ -14,37 +8,26 @@ local retry = require("ibkr.retry")
 
 local M = {}
 
-local BUSY_POLL = 0.01 -- seconds between tries while another coroutine's request is in flight
-
 local function closed_error(method, path)
   return core.error{ kind = "closed", message = "session is closed", method = method, path = path }
 end
 M.closed_error = closed_error
 
--- Runs one exchange with start/step, waiting with w.wait between steps. A 4th result `true`
--- says the work was abandoned (w.live() turned false) before the exchange finished.
+-- Runs one exchange with start/step, waiting with w.wait(seconds, request) between steps: the
+-- request is a pollable whose descriptor becomes readable when the answer is there. A 4th result
+-- `true` says the work was abandoned (w.live() turned false) before the exchange finished.
+-- Requests of one session run side by side (the core never says "busy" to start()).
 -- The request is held in a to-be-closed variable: that is what frees it when the coroutine is
 -- closed while suspended here (coroutine.close runs pending to-be-closed variables), when the
--- keep-alive is stopped, or when a host's sleep raises. Without it an abandoned coroutine would
--- keep the session "busy" until the garbage collector ran, so every later call would fail.
+-- keep-alive is stopped, or when a host's sleep raises.
 local function stepped(s, w, method, path, copts)
-  local cs = s._core
-  local req, err = cs:start(method, path, copts)
-  if not req and err.kind == "busy" then
-    -- Another coroutine of this session has a request in flight: wait our turn.
-    local give_up = s._clock() + s._timeout
-    while not req and err.kind == "busy" and s._clock() < give_up do
-      w.wait(BUSY_POLL)
-      if not w.live() then return nil, w.gone(method, path), nil, true end
-      req, err = cs:start(method, path, copts)
-    end
-  end
+  local req, err = s._core:start(method, path, copts)
   if not req then return nil, err end
   local inflight <close> = req -- luacheck: ignore inflight
   while true do
     local done, secs = req:step()
     if done then return req:result() end
-    w.wait(secs or BUSY_POLL)
+    w.wait(secs, req)
     if not w.live() then return nil, w.gone(method, path), nil, true end
   end
 end

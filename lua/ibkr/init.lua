@@ -6,6 +6,7 @@ local core = require("ibkr.core")
 local call = require("ibkr.call")
 local pacing = require("ibkr.pacing")
 local state = require("ibkr.state")
+local waiter = require("ibkr.waiter")
 
 local M = {
   _VERSION = core._VERSION,
@@ -74,15 +75,11 @@ local Session = {}
 Session.__index = Session
 M.Session = Session -- for extension (add methods) and introspection
 
--- The blocking and the cooperative waiter of a session (see ibkr/call.lua).
+-- The blocking and the cooperative waiter of a session (see ibkr/waiter.lua).
 local function make_waiters(s)
   local function live() return not s._closed end
-  s._blocking = {
-    wait = function(secs) s._sleep(secs) end, step = false, live = live, gone = call.closed_error,
-  }
-  s._coop = {
-    wait = function(secs) coroutine.yield(secs) end, step = true, live = live, gone = call.closed_error,
-  }
+  s._blocking = waiter.new("block", live, call.closed_error, function(secs) s._sleep(secs) end)
+  s._coop = waiter.new("yield", live, call.closed_error)
 end
 
 -- The waiter of a call made by the user: cooperative only when asked for and possible.

@@ -11,6 +11,7 @@
 
 local core = require("ibkr.core")
 local state = require("ibkr.state")
+local waiter = require("ibkr.waiter")
 
 local M = {}
 
@@ -156,9 +157,7 @@ end
 function M.coroutine(s, opts)
   local o = check(opts, false, 3)
   local alive = liveness(s)
-  local w = {
-    wait = function(secs) coroutine.yield(secs) end, step = true, live = alive, gone = stopped_error,
-  }
+  local w = waiter.new("yield", alive, stopped_error)
   return coroutine.create(function() run(s, o, w, alive) end)
 end
 
@@ -167,9 +166,9 @@ function M.loop(s, opts)
   local alive = liveness(s)
   local w
   if o.sleep then
-    w = { wait = o.sleep, step = true, live = alive, gone = stopped_error, chunk = M.LOOP_SLICE }
+    w = waiter.new("host", alive, stopped_error, o.sleep, M.LOOP_SLICE)
   else
-    w = { wait = s._sleep, step = false, live = alive, gone = stopped_error, chunk = M.LOOP_SLICE }
+    w = waiter.new("block", alive, stopped_error, function(secs) s._sleep(secs) end, M.LOOP_SLICE)
   end
   run(s, o, w, alive)
 end

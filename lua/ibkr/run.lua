@@ -1,59 +1,104 @@
 -- ibkr.run: drives keep-alive coroutines (or any coroutine that yields "seconds until my next
--- resume") from a plain script, sleeping exactly until the earliest wake-up.
+-- resume", optionally followed by a pollable) from a plain script. It waits in poll(2) on the
+-- completion descriptors of the requests in flight, until the earliest timer: a coroutine whose
+-- answer arrived is resumed at once, without polling in small sleeps.
 
 local core = require("ibkr.core")
 
 local M = {}
 
--- When each coroutine wants its next resume, kept across run() calls so that driving again
--- later respects the schedule. Weak keys: a coroutine the user drops is not kept alive here.
+-- When each coroutine wants its next resume, and the pollable it waits on, kept across run()
+-- calls so that driving again later respects the schedule. Weak keys: a coroutine the user drops
+-- is not kept alive here.
 local wake_at = setmetatable({}, { __mode = "k" })
+local watch = setmetatable({}, { __mode = "k" })
+
+local function check(cos, opts)
+  local list = cos
+  if type(cos) == "thread" then list = { cos } end
+  if type(list) ~= "table" then error("ibkr.run: expects a coroutine or a list of coroutines", 3) end
+  for i, co in ipairs(list) do
+    if type(co) ~= "thread" then error("ibkr.run: element " .. i .. " is not a coroutine", 3) end
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("ibkr.run: options must be a table", 3) end
+  local duration = opts.duration
+  if duration ~= nil and (type(duration) ~= "number" or duration ~= duration or duration < 0) then
+    error("ibkr.run: 'duration' must be a number >= 0", 3)
+  end
+  return list, opts
+end
+
+-- the descriptor of what a coroutine yielded after its seconds, or nil
+local function pollfd(p)
+  if (type(p) == "userdata" or type(p) == "table") and p.pollfd then
+    local ok, fd = pcall(p.pollfd, p)
+    if ok and math.type(fd) == "integer" and fd >= 0 then return fd end
+  end
+end
+
+-- resumes co; records when it wants the next resume and what it waits on
+local function resume(co, clock, with_fds)
+  local ok, wait, p = coroutine.resume(co)
+  if not ok then error(wait, 0) end
+  if coroutine.status(co) == "dead" then
+    wake_at[co], watch[co] = nil, nil
+    return
+  end
+  if type(wait) ~= "number" or wait ~= wait or wait < 0 then wait = 0 end
+  local fd = with_fds and pollfd(p)
+  if fd then
+    local t = p.timeout and p:timeout()
+    if type(t) == "number" and t >= 0 then wait = t else wait = math.huge end
+    watch[co] = { p = p, fd = fd }
+  else
+    watch[co] = nil
+  end
+  wake_at[co] = clock() + wait
+end
 
 -- run(co_or_list, {duration = s, clock = fn, sleep = fn}) -> true when all ended, false when the
 -- duration passed first (those still alive stay alive and can be driven again).
 -- A coroutine that raises makes run raise that error (a keep-alive never raises).
+-- With opts.sleep (a fake or a host's sleep) descriptors are not waited on: coroutines are
+-- resumed after the seconds they yielded.
 function M.run(cos, opts)
-  local list = cos
-  if type(cos) == "thread" then list = { cos } end
-  if type(list) ~= "table" then error("ibkr.run: expects a coroutine or a list of coroutines", 2) end
-  for i, co in ipairs(list) do
-    if type(co) ~= "thread" then error("ibkr.run: element " .. i .. " is not a coroutine", 2) end
-  end
-  opts = opts or {}
-  if type(opts) ~= "table" then error("ibkr.run: options must be a table", 2) end
-  local duration = opts.duration
-  if duration ~= nil and (type(duration) ~= "number" or duration ~= duration or duration < 0) then
-    error("ibkr.run: 'duration' must be a number >= 0", 2)
-  end
+  local list
+  list, opts = check(cos, opts)
   local clock, sleep = opts.clock or core.monotonic, opts.sleep or core.sleep
-  local deadline = duration and clock() + duration
-
+  local with_fds = opts.sleep == nil
+  local deadline = opts.duration and clock() + opts.duration
+  local ready = {}
   while true do
-    local earliest
+    local earliest, fds, owners = nil, {}, {}
     for _, co in ipairs(list) do
       if coroutine.status(co) == "suspended" then
         local due = wake_at[co]
-        if not due or due <= clock() then
-          local ok, wait = coroutine.resume(co)
-          if not ok then error(wait, 0) end
-          if coroutine.status(co) == "dead" then
-            wake_at[co] = nil
-          else
-            if type(wait) ~= "number" or wait ~= wait or wait < 0 then wait = 0 end
-            due = clock() + wait
-            wake_at[co] = due
+        if not due or due <= clock() or ready[co] then resume(co, clock, with_fds) end
+        if coroutine.status(co) == "suspended" then
+          due = wake_at[co]
+          if not earliest or due < earliest then earliest = due end
+          local wt = watch[co]
+          if wt then
+            fds[#fds + 1], owners[#fds + 1] = wt.fd, co
           end
         end
-        if coroutine.status(co) == "suspended" and (not earliest or due < earliest) then earliest = due end
       end
     end
+    ready = {}
     if not earliest then return true end
     local now = clock()
-    if deadline and earliest >= deadline then
-      if deadline > now then sleep(deadline - now) end
-      return false
+    local until_ = earliest
+    if deadline and until_ > deadline then until_ = deadline end
+    if #fds > 0 then
+      local left = until_ - now
+      for _, i in ipairs(core.poll(fds, left < math.huge and math.max(left, 0) or nil)) do
+        ready[owners[i]] = true
+      end
+    elseif until_ > now then
+      sleep(until_ - now)
     end
-    if earliest > now then sleep(earliest - now) end
+    if deadline and clock() >= deadline and not next(ready) then return false end
   end
 end
 

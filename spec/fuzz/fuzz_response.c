@@ -34,7 +34,11 @@
 
 #include "../../src/error.c"
 #include "../../src/decode.c"
+#include "../../src/buf.c"
+#include "../../src/wire.c"
+#include "../../src/transfer.c"
 #include "../../src/request.c"
+#include "../../src/session.c"
 #include "../../src/core.c"
 
 static lua_State *L;
@@ -98,25 +102,25 @@ static void remove_sock(void) { unlink(sock_path); }
 /* plug(session): the session talks to the canned-response server */
 static int l_plug(lua_State *LL) {
   session *s = luaL_checkudata(LL, 1, SESSION_MT);
-  curl_easy_setopt(s->easy, CURLOPT_UNIX_SOCKET_PATH, sock_path);
-  curl_easy_setopt(s->easy, CURLOPT_FORBID_REUSE, 1L);
-  if (getenv("FUZZ_DEBUG")) curl_easy_setopt(s->easy, CURLOPT_VERBOSE, 1L);
+  curl_easy_setopt(s->home.tmpl, CURLOPT_UNIX_SOCKET_PATH, sock_path);
+  curl_easy_setopt(s->home.tmpl, CURLOPT_FORBID_REUSE, 1L);
+  if (getenv("FUZZ_DEBUG")) curl_easy_setopt(s->home.tmpl, CURLOPT_VERBOSE, 1L);
   return 0;
 }
 
-/* url(session) -> the URL of the current exchange (the one handed to libcurl,
-** kept in lasturl); hdrs(session) -> its header lines */
+/* url(request) -> the URL handed to libcurl for the request's exchange;
+** hdrs(request) -> its per-call header lines */
 static int l_url(lua_State *LL) {
-  session *s = luaL_checkudata(LL, 1, SESSION_MT);
-  lua_pushlstring(LL, s->lasturl.p ? s->lasturl.p : "", s->lasturl.n);
+  request *r = luaL_checkudata(LL, 1, REQUEST_MT);
+  lua_pushstring(LL, r->x.url ? r->x.url : "");
   return 1;
 }
 
 static int l_hdrs(lua_State *LL) {
-  session *s = luaL_checkudata(LL, 1, SESSION_MT);
+  request *r = luaL_checkudata(LL, 1, REQUEST_MT);
   int i = 0;
   lua_newtable(LL);
-  for (struct curl_slist *l = s->callh; l; l = l->next) {
+  for (struct curl_slist *l = r->x.callh; l; l = l->next) {
     lua_pushstring(LL, l->data);
     lua_rawseti(LL, -2, ++i);
   }
@@ -189,11 +193,11 @@ static const char driver[] =
   "                        { headers = { [hn] = hv }, query = { [qk] = qv } })\n"
   "  if not ok then return end\n"
   "  assert(req, 'start failed without raising')\n"
-  "  local u = url(s_build)\n"
+  "  local u = url(req)\n"
   "  local base = 'http://127.0.0.1:9/v1/api'\n"
   "  assert(u:sub(1, #base) == base, 'URL lost its base')\n"
   "  if u:find('[%z\\1-\\32\\127]') then error('control character in URL: ' .. u) end\n"
-  "  for _, h in ipairs(hdrs(s_build)) do\n"
+  "  for _, h in ipairs(hdrs(req)) do\n"
   "    if h:find('[%z\\r\\n]') then error('CR/LF/NUL in a header line') end\n"
   "  end\n"
   "  req:close()\n"
@@ -237,7 +241,7 @@ static void call(const char *name, int nargs) {
 }
 
 static void mode_accumulate(unsigned param, const uint8_t *d, size_t n) {
-  session s;
+  xfer s;
   size_t max_body = n > 0 && d[0] == 0xFF ? 8u << 20 : (size_t)(n > 1 ? ((d[0] << 4) | (d[1] & 15)) : 0) % 4096 + 1;
   size_t chunk = param % 61 + 1, fed = 0, accepted = 0;
   int refused = 0;

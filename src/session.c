@@ -1,0 +1,337 @@
+/*
+** session.c -- the session class: core.new and its options, s:perform
+** (blocking, in place), s:start (handed to the engine), close, info.
+** A session has no exchange of its own: each call gets a request with its
+** own easy handle (pooled), so calls never wait for each other here.
+*/
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "ibkr.h"
+
+/* The parts of a session, one owner each (all on the Lua thread: the engine
+** thread only ever sees xfers). */
+typedef struct session {
+  sconf conf;                 /* session.c: set by core.new, read-only afterwards */
+  xhome home;                 /* transfer.c: handles, pool, live exchanges, counters */
+  int closed;                 /* session.c */
+} session;
+
+/* core.new options, read before anything is allocated */
+typedef struct newopts {
+  const char *url, *ua, *ca, *proxy;
+  double timeout, ctimeout;
+  lua_Integer max_body;
+  int verify, nh;
+} newopts;
+
+static session *tosession(lua_State *L) {
+  return (session *)luaL_checkudata(L, 1, SESSION_MT);
+}
+
+/* the session was opened by this process (not inherited through fork()) */
+static int ours(session *s) {
+  return s->home.gen == xfer_generation();
+}
+
+/*
+** Free everything a session holds. Shared by close(), __close and __gc, so
+** it must be idempotent. Live exchanges are stopped; their requests report
+** kind "closed".
+*/
+static void session_free(session *s) {
+  sconf *c = &s->conf;
+  xhome_close(&s->home, !ours(s));
+  for (int i = 0; i < HL_COUNT; i++) {
+    curl_slist_free_all(c->hl[i]);
+    c->hl[i] = NULL;
+  }
+  for (int i = 0; i < c->nuh; i++) free(c->uh[i]);
+  free(c->uh);
+  free(c->base);
+  free(c->shown);
+  c->uh = NULL;
+  c->nuh = 0;
+  c->base = c->shown = NULL;
+  s->closed = 1;
+}
+
+static int session_close(lua_State *L) {
+  session_free(tosession(L));
+  return 0;
+}
+
+static int session_closed(lua_State *L) {
+  lua_pushboolean(L, tosession(L)->closed);
+  return 1;
+}
+
+/* whether a request of this session is in flight (never a reason to wait:
+** calls run side by side) */
+static int session_busy(lua_State *L) {
+  lua_pushboolean(L, tosession(L)->home.nlive > 0);
+  return 1;
+}
+
+static int session_tostring(lua_State *L) {
+  session *s = tosession(L);
+  if (s->closed) lua_pushliteral(L, "ibkr.session (closed)");
+  else lua_pushfstring(L, "ibkr.session (%s)", s->conf.shown);
+  return 1;
+}
+
+static int session_info(lua_State *L) {
+  session *s = tosession(L);
+  lua_createtable(L, 0, 5);
+  ibkr_seti(L, "connects", s->home.connects);
+  ibkr_seti(L, "exchanges", s->home.exchanges);
+  ibkr_seti(L, "in_flight", s->home.nlive);
+  ibkr_seti(L, "pooled", s->home.npool);
+  if (s->conf.shown) ibkr_sets(L, "base_url", s->conf.shown);
+  return 1;
+}
+
+/* ------------------------------------------------------------ core.new */
+
+static double opt_number(lua_State *L, int t, const char *k, double def) {
+  double v;
+  int ty = lua_getfield(L, t, k);
+  if (ty == LUA_TNIL) v = def;
+  else if (ty != LUA_TNUMBER) return luaL_error(L, "option '%s' must be a number", k), 0;
+  else v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (!(v > 0) || isinf(v)) luaL_error(L, "option '%s' must be a positive number", k);
+  return v;
+}
+
+/* a string option, left on the stack (which anchors it: a metamethod may
+** have made it, the options table need not hold it) */
+static const char *opt_string(lua_State *L, int t, const char *k) {
+  int ty = lua_getfield(L, t, k);
+  const char *s = NULL;
+  size_t len;
+  if (ty == LUA_TSTRING) {
+    s = lua_tolstring(L, -1, &len);
+    if (memchr(s, '\0', len)) luaL_error(L, "option '%s' contains a NUL byte", k);
+  } else if (ty != LUA_TNIL) luaL_error(L, "option '%s' must be a string", k);
+  return s;
+}
+
+/* reads the options table at 1; pushes base_url, user_agent, ca_file, proxy,
+** headers at 2..6 */
+static void read_newopts(lua_State *L, newopts *o) {
+  memset(o, 0, sizeof *o);
+  o->verify = -1;
+  o->max_body = 8 * 1024 * 1024;
+  lua_settop(L, 1);
+  o->url = opt_string(L, 1, "base_url");
+  if (o->url == NULL) luaL_error(L, "option 'base_url' is required");
+  o->ua = opt_string(L, 1, "user_agent");
+  if (o->ua) wire_check_header(L, "User-Agent", 10, o->ua, strlen(o->ua));
+  o->ca = opt_string(L, 1, "ca_file");
+  o->proxy = opt_string(L, 1, "proxy");
+  switch (lua_getfield(L, 1, "headers")) {              /* 6 */
+    case LUA_TNIL: break;
+    case LUA_TTABLE: o->nh = wire_check_headers(L, 6); break;
+    default: luaL_error(L, "option 'headers' must be a table");
+  }
+  o->timeout = opt_number(L, 1, "timeout", 10);
+  o->ctimeout = opt_number(L, 1, "connect_timeout", 3);
+  switch (lua_getfield(L, 1, "verify")) {
+    case LUA_TNIL: break;
+    case LUA_TBOOLEAN: o->verify = lua_toboolean(L, -1); break;
+    default: luaL_error(L, "option 'verify' must be a boolean");
+  }
+  if (lua_getfield(L, 1, "max_body") != LUA_TNIL) {
+    int isint;
+    o->max_body = lua_tointegerx(L, -1, &isint);
+    if (!isint || o->max_body <= 0) luaL_error(L, "option 'max_body' must be a positive integer");
+  }
+  lua_settop(L, 6);
+}
+
+/* the user headers ("Name: value", malloc'd) and the three header lists */
+static int build_headers(lua_State *L, sconf *c, int nh) {
+  if (nh && (c->uh = calloc((size_t)nh, sizeof(char *))) == NULL) return 0;
+  if (nh) {
+    lua_pushnil(L);
+    while (lua_next(L, 6)) {
+      size_t nl, vl;
+      const char *n = lua_tolstring(L, -2, &nl), *v = lua_tolstring(L, -1, &vl);
+      char *h = malloc(nl + vl + 3);
+      if (h == NULL) return 0;
+      memcpy(h, n, nl);
+      memcpy(h + nl, ": ", 2);
+      memcpy(h + nl + 2, v, vl + 1);
+      c->uh[c->nuh++] = h;
+      lua_pop(L, 1);
+    }
+  }
+  for (int i = 0; i < HL_COUNT; i++)
+    if ((c->hl[i] = wire_header_list(c->uh, c->nuh, i, NULL, 0)) == NULL) return 0;
+  return 1;
+}
+
+/*
+** Who may see the traffic, and what is checked. A loopback gateway never
+** goes through a proxy from the environment (a local proxy could answer
+** for it); "localhost" is pinned to 127.0.0.1 and ::1 so no resolver can
+** send it elsewhere. Certificate checks are off by default only for such
+** hosts, and on with a ca_file or an explicit proxy.
+*/
+static int set_route(CURL *e, xhome *h, const newopts *o, const char *host, long port) {
+  int loop = wire_is_loopback(host), verify = o->verify;
+  CURLcode c = CURLE_OK;
+  if (verify < 0) verify = o->ca != NULL || o->proxy != NULL || !loop;
+  if (o->ca) verify = 1;
+  if (strcasecmp(host, "localhost") == 0) {
+    char pin[96];
+    snprintf(pin, sizeof pin, "localhost:%ld:127.0.0.1,[::1]", port);
+    if ((h->resolve = curl_slist_append(NULL, pin)) == NULL) return 0;
+    c = curl_easy_setopt(e, CURLOPT_RESOLVE, h->resolve);
+  }
+  if (c == CURLE_OK && o->proxy) c = curl_easy_setopt(e, CURLOPT_PROXY, o->proxy);
+  else if (c == CURLE_OK && loop) c = curl_easy_setopt(e, CURLOPT_PROXY, "");
+  if (c == CURLE_OK) c = curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)verify);
+  if (c == CURLE_OK) c = curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
+  if (c == CURLE_OK && o->ca) c = curl_easy_setopt(e, CURLOPT_CAINFO, o->ca);
+  if (c == CURLE_OK && !verify) {
+    /* nothing to verify against: don't make OpenSSL parse the system CA
+    ** bundle on connect, which costs milliseconds */
+    curl_easy_setopt(e, CURLOPT_CAINFO, NULL);
+    curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+  }
+  return c == CURLE_OK;
+}
+
+/* clamp before the cast: a double beyond LONG_MAX is undefined behaviour
+** (1e12 ms is 31 years, "no limit" for a session) */
+static long to_ms(double secs) {
+  return (long)ceil(fmin(secs * 1000, 1e12));
+}
+
+static void set_template(lua_State *L, session *s, const newopts *o, const char *host, long port) {
+  char err[256];
+  CURL *e = xhome_template(&s->home, err, sizeof err);
+  if (e == NULL) luaL_error(L, "%s", err);
+  if (!set_route(e, &s->home, o, host, port)) luaL_error(L, "cannot set the TLS or proxy options");
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, to_ms(o->ctimeout));
+  curl_easy_setopt(e, CURLOPT_USERAGENT, o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION);
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body);
+}
+
+/*
+** core.new(opts). Every check that can raise runs before the session owns
+** anything, or after it is a userdata with its metatable (the newprefile
+** way), so a raise never leaks: __gc frees what exists.
+*/
+static int core_new(lua_State *L) {
+  session *s;
+  newopts o;
+  char *host = NULL;
+  long port = 0;
+  size_t ulen;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (!xfer_global_init()) return luaL_error(L, "curl_global_init failed");
+  read_newopts(L, &o);
+  s = lua_newuserdatauv(L, sizeof(session), 0);               /* 7 */
+  memset(s, 0, sizeof *s);
+  s->closed = 1;                                              /* until fully built */
+  luaL_setmetatable(L, SESSION_MT);
+  wire_base_url(L, o.url, &host, &port);
+  ulen = strlen(o.url);
+  while (ulen > 0 && o.url[ulen - 1] == '/') ulen--;
+  s->conf.base = ibkr_strndup(o.url, ulen);
+  s->conf.baselen = ulen;
+  s->conf.shown = s->conf.base ? wire_redact(s->conf.base) : NULL;
+  s->conf.max_body = (size_t)o.max_body;
+  s->conf.timeout_ms = to_ms(o.timeout);
+  if (!s->conf.base || !s->conf.shown || !build_headers(L, &s->conf, o.nh)) {
+    curl_free(host);
+    return luaL_error(L, "out of memory");
+  }
+  lua_pushstring(L, host);                                    /* anchored; host freed now */
+  curl_free(host);
+  set_template(L, s, &o, lua_tostring(L, -1), port);
+  lua_settop(L, 7);
+  s->closed = 0;
+  return 1;
+}
+
+/* ------------------------------------------------------------ calls */
+
+/* nil, err when the session cannot take a call (closed, or inherited
+** through fork()); 0 when it can */
+static int refuse(lua_State *L, session *s) {
+  if (s->closed) return ibkr_fail(L, "closed", "session is closed", 2, 3);
+  if (!ours(s)) return ibkr_fail(L, "closed", "session was opened before fork(): open a new one", 2, 3);
+  return 0;
+}
+
+/*
+** s:perform(method, path [, opts]) -- the blocking exchange, in place on
+** the caller's thread. Everything is read from the caller's values first
+** (user code may run then, even close the session); then the session is
+** checked and used without running Lua code until the exchange is over.
+*/
+static int session_perform(lua_State *L) {
+  session *s = tosession(L);
+  callspec cs;
+  struct request *r;
+  wire_read_call(L, 2, &cs);
+  r = request_push(L, 1, 2, 3);
+  if (refuse(L, s)) return 2;
+  request_attach(L, r, &s->conf, &s->home, &cs);
+  xfer_run_inline(request_xfer(r));
+  return request_collect(L, lua_gettop(L));
+}
+
+/* s:start(method, path [, opts]) -- the same exchange on the engine thread;
+** returns the request at once */
+static int session_start(lua_State *L) {
+  session *s = tosession(L);
+  callspec cs;
+  struct request *r;
+  wire_read_call(L, 2, &cs);
+  r = request_push(L, 1, 2, 3);
+  if (refuse(L, s)) return 2;
+  request_attach(L, r, &s->conf, &s->home, &cs);
+  xfer_submit(request_xfer(r));
+  return 1;
+}
+
+static const luaL_Reg session_meth[] = {
+  {"perform", session_perform},
+  {"start", session_start},
+  {"close", session_close},
+  {"closed", session_closed},
+  {"busy", session_busy},
+  {"info", session_info},
+  {NULL, NULL}
+};
+
+static const luaL_Reg session_metameth[] = {
+  {"__index", NULL},
+  {"__gc", session_close},
+#if LUA_VERSION_NUM >= 504
+  {"__close", session_close},
+#endif
+  {"__tostring", session_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg session_funcs[] = {
+  {"new", core_new},
+  {NULL, NULL}
+};
+
+/* registers the class and core.new; stack: module, shared upvalue */
+void session_open(lua_State *L) {
+  ibkr_createmeta(L, SESSION_MT, session_meth, session_metameth);
+  lua_pushvalue(L, -2);                                       /* M, up, M */
+  lua_pushvalue(L, -2);                                       /* M, up, M, up */
+  luaL_setfuncs(L, session_funcs, NUPVALUES);                 /* M, up, M */
+  lua_pop(L, 1);
+}

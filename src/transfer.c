@@ -1,0 +1,503 @@
+/*
+** transfer.c -- the transfer engine: libcurl easy handles (a pool per
+** session, made from a template), blocking exchanges run in place on the
+** caller's thread, and non-blocking ones run by one engine thread for the
+** whole process, which drives a single multi handle and makes each
+** exchange's completion fd readable when it ends.
+**
+** Why a thread: one curl_multi_perform can take milliseconds of CPU (a TLS
+** handshake under OpenSSL 3 costs 1-3 ms), and a host's resume must stay
+** under 1 ms. Why one: a thread per request or per session does not scale
+** to a thousand kept-alive sessions. Why blocking calls stay in place: a
+** hand-over to another thread costs more than the exchange on loopback.
+** The engine thread never touches a lua_State or a session: only xfers.
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/eventfd.h>
+#endif
+
+#include "ibkr.h"
+
+/* ------------------------------------------------------------ the engine */
+
+static struct engine {
+  pthread_mutex_t mu;         /* guards everything below and every submitted xfer's state */
+  pthread_cond_t cv;          /* a cancel was handled */
+  CURLM *multi;               /* owned by the engine thread once it runs */
+  pthread_t th;
+  int running, stopping;
+  xfer *addq, *cancelq;
+  unsigned gen;               /* bumped in a forked child: older xfers are dead there */
+} E = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, NULL, NULL, 1 };
+
+double ibkr_now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* what the result needs, read while the transfer's owner still holds it */
+static void gather(xfer *x, CURLcode code) {
+  const char *loc = NULL;
+  x->code = code;
+  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
+  curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &x->nconnects);
+  curl_easy_getinfo(x->easy, CURLINFO_HEADER_SIZE, &x->header_size);
+  curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &x->retry_after);
+  curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc);
+  if (loc) x->location = ibkr_strndup(loc, strlen(loc));
+}
+
+/* under E.mu: the xfer is finished; its completion fd becomes readable.
+** Written before `state`, so the fd is still open when it is written. */
+static void mark_done(xfer *x) {
+  if (x->wfd >= 0) {
+    uint64_t one = 1;
+    ssize_t w = write(x->wfd, &one, x->wfd == x->efd ? sizeof one : 1);
+    (void)w;
+  }
+  x->state = X_DONE;
+}
+
+/* under E.mu: attach the queued xfers, take back the cancelled ones */
+static void engine_take(void) {
+  while (E.addq) {
+    xfer *x = E.addq;
+    E.addq = x->qnext;
+    x->qnext = NULL;
+    if (curl_multi_add_handle(E.multi, x->easy) == CURLM_OK) {
+      x->state = X_RUNNING;
+    } else {
+      x->code = CURLE_FAILED_INIT;
+      mark_done(x);
+    }
+  }
+  while (E.cancelq) {
+    xfer *x = E.cancelq;
+    E.cancelq = x->qnext;
+    x->qnext = NULL;
+    if (x->state == X_RUNNING) {
+      curl_multi_remove_handle(E.multi, x->easy);
+      x->code = CURLE_ABORTED_BY_CALLBACK;
+      mark_done(x);
+    }
+    x->cancel = 0;
+  }
+  pthread_cond_broadcast(&E.cv);
+}
+
+static void engine_collect(void) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(E.multi, &left)) != NULL) {
+    xfer *x = NULL;
+    CURLcode code = m->data.result;
+    CURL *e = m->easy_handle;
+    if (m->msg != CURLMSG_DONE) continue;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&x);
+    curl_multi_remove_handle(E.multi, e);
+    gather(x, code);
+    pthread_mutex_lock(&E.mu);
+    mark_done(x);
+    pthread_mutex_unlock(&E.mu);
+  }
+}
+
+static void *engine_main(void *ud) {
+  (void)ud;
+  pthread_mutex_lock(&E.mu);
+  while (!E.stopping) {
+    int running;
+    engine_take();
+    pthread_mutex_unlock(&E.mu);
+    curl_multi_perform(E.multi, &running);
+    engine_collect();
+    curl_multi_poll(E.multi, NULL, 0, 1000, NULL);
+    pthread_mutex_lock(&E.mu);
+  }
+  E.running = 0;
+  for (xfer *x = E.cancelq; x; x = x->qnext) x->cancel = 0;
+  E.cancelq = NULL;
+  pthread_cond_broadcast(&E.cv);
+  pthread_mutex_unlock(&E.mu);
+  return NULL;
+}
+
+/* under E.mu. The engine blocks every signal: the host's handlers keep
+** running on the host's threads. */
+static int engine_start(void) {
+  sigset_t all, old;
+  int rc;
+  if (E.running) return 1;
+  if (E.stopping) return 0;
+  if (E.multi == NULL) {
+    E.multi = curl_multi_init();
+    if (E.multi == NULL) return 0;
+    /* every kept-alive session keeps its connection between tickles */
+    curl_multi_setopt(E.multi, CURLMOPT_MAXCONNECTS, 100000L);
+  }
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  rc = pthread_create(&E.th, NULL, engine_main, NULL);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) return 0;
+  E.running = 1;
+  return 1;
+}
+
+/*
+** Runs at exit() (and when the module is unloaded): stop the engine before
+** libcrypto's own atexit handler frees what a live TLS transfer uses. It is
+** registered after curl_global_init, so it runs before OpenSSL's handler.
+*/
+static void engine_atexit(void) {
+  int joined;
+  pthread_mutex_lock(&E.mu);
+  E.stopping = 1;
+  joined = E.running;
+  pthread_mutex_unlock(&E.mu);
+  if (!joined) return;
+  curl_multi_wakeup(E.multi);
+  pthread_join(E.th, NULL);
+}
+
+/* fork(): the child has no engine thread. Xfers of the parent stay dead in
+** the child (their generation is old), sessions of the parent refuse work
+** there and are freed without touching their curl handles, whose sockets
+** and TLS state the parent still uses. */
+static void fork_prepare(void) { pthread_mutex_lock(&E.mu); }
+static void fork_parent(void) { pthread_mutex_unlock(&E.mu); }
+static void fork_child(void) {
+  pthread_mutex_init(&E.mu, NULL);
+  pthread_cond_init(&E.cv, NULL);
+  E.multi = NULL;
+  E.running = E.stopping = 0;
+  E.addq = E.cancelq = NULL;
+  E.gen++;
+}
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static CURLcode init_code = CURLE_FAILED_INIT;
+
+static void global_init(void) {
+  init_code = curl_global_init(CURL_GLOBAL_DEFAULT);
+  if (init_code != CURLE_OK) return;
+  atexit(engine_atexit);
+  pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+/* curl_global_init is not re-entrant: once per process (busted runs luaopen
+** once per spec file, a C host may open many lua_States) */
+int xfer_global_init(void) {
+  pthread_once(&init_once, global_init);
+  return init_code == CURLE_OK;
+}
+
+unsigned xfer_generation(void) {
+  unsigned g;
+  pthread_mutex_lock(&E.mu);
+  g = E.gen;
+  pthread_mutex_unlock(&E.mu);
+  return g;
+}
+
+/* ------------------------------------------------------------ handles */
+
+/*
+** The write callback runs with libcurl on the C stack: it only touches the
+** xfer's buffer. Refusing data (returning 0) makes curl fail with
+** CURLE_WRITE_ERROR, which the result turns into kind "too_large".
+*/
+static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
+  xfer *x = ud;
+  size_t len = size * nmemb;
+  if (x->body.n + len > x->max_body || !ibuf_add(&x->body, data, len)) {
+    x->overflow = 1;
+    return 0;
+  }
+  return len;
+}
+
+/* The session's template: options every exchange shares. The session adds
+** its own (TLS, proxy, timeouts, user agent) before the first exchange. */
+CURL *xhome_template(xhome *h, char *err, size_t errlen) {
+  CURL *e;
+  CURLcode c;
+  h->gen = xfer_generation();
+  e = h->tmpl = curl_easy_init();
+  c = e ? CURLE_OK : CURLE_OUT_OF_MEMORY;
+#define SET(opt, val) if (c == CURLE_OK) c = curl_easy_setopt(e, opt, val)
+  SET(CURLOPT_NOSIGNAL, 1L);
+  SET(CURLOPT_PROTOCOLS_STR, "http,https");
+  SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  SET(CURLOPT_FOLLOWLOCATION, 0L);
+  SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+  SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+  SET(CURLOPT_ACCEPT_ENCODING, "");
+  SET(CURLOPT_WRITEFUNCTION, on_write);
+  SET(CURLOPT_TCP_KEEPALIVE, 1L);
+#undef SET
+  if (c != CURLE_OK) {
+    snprintf(err, errlen, "libcurl refused an option: %s", curl_easy_strerror(c));
+    return NULL;
+  }
+  return e;
+}
+
+static int is(const callspec *cs, const char *m) {
+  size_t n = strlen(m);
+  return cs->mlen == n && memcmp(cs->method, m, n) == 0;
+}
+
+/* the options of one exchange; every one is set each time, since a pooled
+** handle keeps what the previous exchange set */
+static void set_exchange(xfer *x, const callspec *cs, struct curl_slist *hl, long timeout_ms) {
+  CURL *e = x->easy;
+  x->head = is(cs, "HEAD");
+  curl_easy_setopt(e, CURLOPT_URL, x->url);
+  curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
+  if (cs->shape == HL_NOBODY) {
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    if (x->head) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else {
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->post ? x->post : "");
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->postlen);
+  }
+  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST,
+                   (is(cs, "GET") || is(cs, "POST") || x->head) ? NULL : cs->method);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
+  /* libcurl silently sends a request again when a reused connection turns
+  ** out dead before any answer byte. For a POST/PATCH with a body (an
+  ** order) that would be a duplicate, so those go out on a fresh connection */
+  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, (long)(cs->has_body && (is(cs, "POST") || is(cs, "PATCH"))));
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)x);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)x);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+}
+
+/*
+** Give x an easy handle of home h set for the exchange cs, and put it on
+** h's list of live exchanges. x->url/post/callh are set by the caller.
+** Returns 0 when out of memory. Runs no Lua code.
+*/
+int xfer_open(xfer *x, xhome *h, const callspec *cs, struct curl_slist *hl, long timeout_ms) {
+  x->easy = h->npool ? h->pool[--h->npool] : curl_easy_duphandle(h->tmpl);
+  if (x->easy == NULL) return 0;
+  x->home = h;
+  x->next = h->live;
+  if (h->live) h->live->prev = x;
+  h->live = x;
+  h->nlive++;
+  h->exchanges++;
+  x->deadline = ibkr_now() + (double)timeout_ms / 1000.0;
+  set_exchange(x, cs, hl, timeout_ms);
+  return 1;
+}
+
+/* ------------------------------------------------------------ running */
+
+/* blocking: drive x on the session's own multi handle until it ends, the
+** way curl_easy_perform does (the connections stay in that multi's cache) */
+void xfer_run_inline(xfer *x) {
+  xhome *h = x->home;
+  CURLMsg *m;
+  int running, left;
+  if (h->multi == NULL && (h->multi = curl_multi_init()) != NULL)
+    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, 4L);
+  if (h->multi == NULL || curl_multi_add_handle(h->multi, x->easy) != CURLM_OK) {
+    x->code = CURLE_OUT_OF_MEMORY;
+    x->state = X_DONE;
+    return;
+  }
+  for (;;) {
+    if (curl_multi_perform(h->multi, &running) != CURLM_OK) {
+      x->code = CURLE_OUT_OF_MEMORY;
+      break;
+    }
+    if ((m = curl_multi_info_read(h->multi, &left)) != NULL && m->msg == CURLMSG_DONE) {
+      gather(x, m->data.result);
+      break;
+    }
+    curl_multi_poll(h->multi, NULL, 0, 1000, NULL);
+  }
+  curl_multi_remove_handle(h->multi, x->easy);
+  x->state = X_DONE;
+}
+
+static int make_fd(xfer *x) {
+#ifdef __linux__
+  x->efd = x->wfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  return x->efd >= 0;
+#else
+  int p[2];
+  if (pipe(p) != 0) return 0;
+  for (int i = 0; i < 2; i++) {
+    fcntl(p[i], F_SETFD, FD_CLOEXEC);
+    fcntl(p[i], F_SETFL, O_NONBLOCK);
+  }
+  x->efd = p[0];
+  x->wfd = p[1];
+  return 1;
+#endif
+}
+
+/* non-blocking: hand x to the engine thread. Returns 0 when no completion
+** fd or no engine thread could be made (x stays the caller's). */
+int xfer_submit(xfer *x) {
+  int ok = make_fd(x);
+  pthread_mutex_lock(&E.mu);
+  ok = ok && engine_start();
+  if (ok) {
+    xfer **q = &E.addq;
+    while (*q) q = &(*q)->qnext;
+    *q = x;
+    x->state = X_QUEUED;
+    x->gen = E.gen;
+    x->submitted = 1;
+  }
+  pthread_mutex_unlock(&E.mu);
+  if (ok) {
+    curl_multi_wakeup(E.multi);
+  } else {
+    x->code = CURLE_FAILED_INIT;
+    snprintf(x->errbuf, sizeof x->errbuf, "cannot start the transfer engine");
+    x->state = X_DONE;
+  }
+  return ok;
+}
+
+/* whether x has ended; an xfer of the parent process seen in a forked
+** child has ended too (aborted) */
+int xfer_done(xfer *x) {
+  int st;
+  if (!x->submitted) return x->state == X_DONE || x->state == X_NEW;   /* not shared */
+  pthread_mutex_lock(&E.mu);
+  st = x->state;
+  if (st != X_DONE && x->gen != E.gen) {
+    x->state = st = X_DONE;
+    x->code = CURLE_ABORTED_BY_CALLBACK;
+    x->aborted = 1;
+  }
+  pthread_mutex_unlock(&E.mu);
+  if (st == X_DONE) x->submitted = 0;
+  return st == X_DONE;
+}
+
+/* wait until x ends or `timeout` seconds passed (< 0: no limit), sleeping
+** on its completion fd; returns whether it ended */
+int xfer_wait(xfer *x, double timeout) {
+  double end = timeout >= 0 ? ibkr_now() + timeout : 0;
+  while (!xfer_done(x)) {
+    struct pollfd p = { x->efd, POLLIN, 0 };
+    int ms = 1000;
+    if (timeout >= 0) {
+      double left = end - ibkr_now();
+      if (left <= 0) return 0;
+      if (left * 1000 < ms) ms = (int)(left * 1000) + 1;
+    }
+    if (x->efd < 0) return 0;
+    poll(&p, 1, ms);
+  }
+  return 1;
+}
+
+/* take x back from the engine, whatever it is doing; on return the engine
+** no longer touches x */
+static void cancel(xfer *x) {
+  pthread_mutex_lock(&E.mu);
+  if (x->gen == E.gen && x->state == X_QUEUED) {
+    xfer **q = &E.addq;
+    while (*q && *q != x) q = &(*q)->qnext;
+    if (*q) *q = x->qnext;
+    x->code = CURLE_ABORTED_BY_CALLBACK;
+    x->state = X_DONE;
+  } else if (x->gen == E.gen && x->state == X_RUNNING && E.running) {
+    x->cancel = 1;
+    x->qnext = E.cancelq;
+    E.cancelq = x;
+    pthread_mutex_unlock(&E.mu);
+    curl_multi_wakeup(E.multi);
+    pthread_mutex_lock(&E.mu);
+    while (x->cancel) pthread_cond_wait(&E.cv, &E.mu);
+  }
+  if (x->state != X_DONE) {                  /* engine gone (exit, fork): x is ours again */
+    x->code = CURLE_ABORTED_BY_CALLBACK;
+    x->state = X_DONE;
+    x->easy = x->gen == E.gen ? x->easy : NULL;   /* the parent's handle: never touched */
+  }
+  pthread_mutex_unlock(&E.mu);
+  x->submitted = 0;
+}
+
+static void unlink_live(xfer *x) {
+  xhome *h = x->home;
+  if (h == NULL) return;
+  if (x->prev) x->prev->next = x->next;
+  else h->live = x->next;
+  if (x->next) x->next->prev = x->prev;
+  x->prev = x->next = NULL;
+  h->nlive--;
+}
+
+/* end x: stop it if it runs, give its handle back to the pool, free its
+** memory. Idempotent. */
+void xfer_close(xfer *x) {
+  xhome *h = x->home;
+  if (x->submitted) cancel(x);
+  unlink_live(x);
+  x->home = NULL;
+  if (x->easy) {
+    if (h && h->npool < XPOOL_MAX) h->pool[h->npool++] = x->easy;
+    else curl_easy_cleanup(x->easy);
+    x->easy = NULL;
+  }
+  if (x->efd >= 0) close(x->efd);
+  if (x->wfd >= 0 && x->wfd != x->efd) close(x->wfd);
+  x->efd = x->wfd = -1;
+  free(x->url);
+  free(x->post);
+  free(x->location);
+  x->url = x->post = x->location = NULL;
+  curl_slist_free_all(x->callh);
+  x->callh = NULL;
+  ibuf_free(&x->body);
+}
+
+/*
+** The session closes: every live exchange is stopped and detached (it will
+** report kind "closed"; its buffers stay until its request is freed), then
+** the handles go. In a forked child the parent's handles are left alone.
+*/
+void xhome_close(xhome *h, int forked) {
+  while (h->live) {
+    xfer *x = h->live;
+    if (x->submitted) cancel(x);
+    unlink_live(x);
+    x->home = NULL;
+    x->aborted = 1;
+    if (x->easy && !forked) curl_easy_cleanup(x->easy);
+    x->easy = NULL;
+  }
+  while (h->npool > 0) {
+    CURL *e = h->pool[--h->npool];
+    if (!forked) curl_easy_cleanup(e);
+  }
+  if (h->multi && !forked) curl_multi_cleanup(h->multi);
+  if (h->tmpl && !forked) curl_easy_cleanup(h->tmpl);
+  curl_slist_free_all(h->resolve);
+  h->multi = NULL;
+  h->tmpl = NULL;
+  h->resolve = NULL;
+}

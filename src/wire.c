@@ -1,0 +1,396 @@
+/*
+** wire.c -- what goes on the wire, one copy of each rule: the base URL and
+** which hosts are loopback, the method, the path, the query string, header
+** names and values, the header list of each request shape. Everything a
+** call reads from the caller's values is read here, before the session is
+** touched (user code can run inside any of these reads: metamethods, and
+** finalisers on allocation).
+*/
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "ibkr.h"
+
+/* ------------------------------------------------------------ base URL */
+
+/* Loopback for certain: 127.0.0.0/8 and ::1 as literals (curl's URL parser
+** has already normalised "127.1" and friends), and "localhost", which the
+** session pins to 127.0.0.1 and ::1 with CURLOPT_RESOLVE, so no resolver and
+** no /etc/hosts entry can send it elsewhere. */
+int wire_is_loopback(const char *host) {
+  unsigned a, b, c, d;
+  char extra;
+  if (strcasecmp(host, "localhost") == 0) return 1;
+  if (strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0) return 1;
+  if (sscanf(host, "%u.%u.%u.%u%c", &a, &b, &c, &d, &extra) == 4)
+    return a == 127 && b < 256 && c < 256 && d < 256;
+  return 0;
+}
+
+static const char *url_syntax(const char *url) {
+  const char *sep = strstr(url, "://");
+  for (const char *p = url; *p; p++)
+    if ((unsigned char)*p <= 0x20 || *p == 0x7f) return "contains a space or control character";
+  if (strchr(url, '?') || strchr(url, '#')) return "must not contain a query or fragment";
+  /* say what is wrong in the user's terms before curl's parser does; and
+  ** curl reads "http:///x" as host x: a user who wrote that forgot the host */
+  if (!sep) return "must start with http:// or https://";
+  if (sep[3] == '/' || sep[3] == ':' || sep[3] == '\0') return "has no host";
+  return NULL;
+}
+
+/*
+** Check the base URL: http or https, a host, no query or fragment. Sets
+** *host to the host part (curl_free it) and *port to the port. Raises on a programmer error; the
+** message never shows userinfo.
+*/
+int wire_base_url(lua_State *L, const char *url, char **host, long *port) {
+  CURLU *u = curl_url();
+  char *scheme = NULL, *ps = NULL;
+  const char *why = url_syntax(url);
+  *host = NULL;
+  if (u == NULL) return luaL_error(L, "out of memory");
+  if (!why && (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
+               curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK))
+    why = "is not a valid URL";
+  if (!why && strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0)
+    why = "must use http or https";
+  if (!why && (curl_url_get(u, CURLUPART_HOST, host, 0) != CURLUE_OK || *host == NULL || !**host))
+    why = "has no host";
+  if (!why && curl_url_get(u, CURLUPART_PORT, &ps, CURLU_DEFAULT_PORT) == CURLUE_OK && ps)
+    *port = atol(ps);
+  curl_free(ps);
+  curl_free(scheme);
+  curl_url_cleanup(u);
+  if (why) {
+    char *shown = wire_redact(url);
+    curl_free(*host);
+    *host = NULL;
+    lua_pushfstring(L, "base_url '%s' %s", shown ? shown : "?", why);
+    free(shown);
+    return lua_error(L);
+  }
+  return 1;
+}
+
+/* a malloc'd copy of url without its userinfo ("user:secret@"), or NULL */
+char *wire_redact(const char *url) {
+  const char *sep = strstr(url, "://"), *auth, *end, *at;
+  char *out;
+  if (!sep) return ibkr_strndup(url, strlen(url));
+  auth = sep + 3;
+  end = auth + strcspn(auth, "/?#");
+  at = NULL;
+  for (const char *p = auth; p < end; p++)
+    if (*p == '@') at = p;
+  if (!at) return ibkr_strndup(url, strlen(url));
+  out = malloc(strlen(url) + 1);
+  if (out) {
+    size_t n = (size_t)(auth - url);
+    memcpy(out, url, n);
+    strcpy(out + n, at + 1);
+  }
+  return out;
+}
+
+/* ------------------------------------------------------------ headers */
+
+void wire_check_header(lua_State *L, const char *name, size_t nl, const char *val, size_t vl) {
+  if (nl == 0 || nl > 200) luaL_error(L, "invalid header name '%s'", name);
+  for (size_t i = 0; i < nl; i++) {
+    unsigned char c = (unsigned char)name[i];
+    if (c <= 0x20 || c >= 0x7f || c == ':')
+      luaL_error(L, "invalid character in header name '%s'", name);
+  }
+  for (size_t i = 0; i < vl; i++)
+    if (val[i] == '\r' || val[i] == '\n' || val[i] == '\0')
+      luaL_error(L, "header '%s' value contains CR, LF or NUL", name);
+}
+
+/* check every Name = value of the table at t (raising on the first bad
+** one); returns how many there are. lua_next runs no metamethod. */
+int wire_check_headers(lua_State *L, int t) {
+  int n = 0;
+  t = lua_absindex(L, t);
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    size_t nl, vl;
+    const char *name, *val;
+    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "headers must map strings to strings");
+    name = lua_tolstring(L, -2, &nl);
+    val = lua_tolstring(L, -1, &vl);
+    wire_check_header(L, name, nl, val, vl);
+    n++;
+    lua_pop(L, 1);
+  }
+  return n;
+}
+
+static int has_header(const char *const *list, int n, const char *name, size_t len) {
+  for (int i = 0; i < n; i++)
+    if (strncasecmp(list[i], name, len) == 0 && list[i][len] == ':') return 1;
+  return 0;
+}
+
+static struct curl_slist *append(struct curl_slist *l, const char *h, int *ok) {
+  struct curl_slist *n;
+  if (!*ok) return l;
+  n = curl_slist_append(l, h);
+  if (n == NULL) *ok = 0;
+  return n ? n : l;
+}
+
+/*
+** The header list of one request shape. Per-call headers (extra) win over
+** the session's (uh), which win over the built-in Accept and Content-Type.
+** A body-less POST must not carry the form Content-Type libcurl would add;
+** "Content-Type:" removes it. "Expect:" stops libcurl from waiting for a
+** 100-continue on larger JSON bodies. NULL when out of memory.
+*/
+struct curl_slist *wire_header_list(char **uh, int nuh, int shape, const char **extra, int nextra) {
+  struct curl_slist *l = NULL;
+  const char *const *su = (const char *const *)uh;
+  int ok = 1;
+  int user_ct = has_header(su, nuh, "Content-Type", 12) || has_header(extra, nextra, "Content-Type", 12);
+  if (!has_header(su, nuh, "Accept", 6) && !has_header(extra, nextra, "Accept", 6))
+    l = append(l, "Accept: application/json", &ok);
+  for (int i = 0; i < nuh; i++)
+    if (!has_header(extra, nextra, uh[i], (size_t)(strchr(uh[i], ':') - uh[i])))
+      l = append(l, uh[i], &ok);
+  for (int i = 0; i < nextra; i++) l = append(l, extra[i], &ok);
+  if (shape == HL_POST0 && !user_ct) l = append(l, "Content-Type:", &ok);
+  if (shape == HL_JSON) {
+    if (!user_ct) l = append(l, "Content-Type: application/json", &ok);
+    l = append(l, "Expect:", &ok);
+  }
+  if (!ok) {
+    curl_slist_free_all(l);
+    return NULL;
+  }
+  return l;
+}
+
+/* ------------------------------------------------------------ query */
+
+static int unreserved(unsigned char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+         c == '-' || c == '_' || c == '.' || c == '~';
+}
+
+/* push the percent-encoding of the string at idx */
+static void push_escaped(lua_State *L, int idx) {
+  static const char hex[] = "0123456789ABCDEF";
+  size_t n;
+  const char *p = lua_tolstring(L, idx, &n);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)p[i];
+    if (unreserved(c)) {
+      luaL_addchar(&b, (char)c);
+    } else {
+      luaL_addchar(&b, '%');
+      luaL_addchar(&b, hex[c >> 4]);
+      luaL_addchar(&b, hex[c & 15]);
+    }
+  }
+  luaL_pushresult(&b);
+}
+
+/* parts[#parts+1] = escape(key) .. "=" .. escape(value at top); pops the value */
+static void add_pair(lua_State *L, int parts, int keyidx) {
+  switch (lua_type(L, -1)) {
+    case LUA_TBOOLEAN:
+      lua_pushstring(L, lua_toboolean(L, -1) ? "true" : "false");
+      lua_replace(L, -2);
+      break;
+    case LUA_TSTRING: break;
+    case LUA_TNUMBER: lua_tolstring(L, -1, NULL); break;     /* in place: a copy, not the user's */
+    default: luaL_error(L, "query values must be strings, numbers, booleans or arrays of them");
+  }
+  push_escaped(L, keyidx);                                    /* v, k */
+  lua_pushliteral(L, "=");
+  push_escaped(L, -3);                                        /* v, k, "=", v' */
+  lua_concat(L, 3);
+  lua_rawseti(L, parts, (lua_Integer)lua_rawlen(L, parts) + 1);
+  lua_pop(L, 1);
+}
+
+static int cmp_keys(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/*
+** Push the URL-encoded query of table q: keys sorted so a URL is
+** reproducible, array values repeated as k=v1&k=v2. The keys are copied
+** into a private table first: a metamethod of a value that changes q frees
+** nothing this function still uses.
+*/
+static void push_query(lua_State *L, int q) {
+  int n = 0, top = lua_gettop(L);
+  const char **keys;
+  luaL_Buffer b;
+  lua_newtable(L);                                            /* keys table: top+1 */
+  lua_newtable(L);                                            /* parts: top+2 */
+  lua_pushnil(L);
+  while (lua_next(L, q)) {
+    if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "query keys must be strings");
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, top + 1, ++n);
+  }
+  keys = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n ? n : 1), 0);   /* top+3 */
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, top + 1, i + 1);
+    keys[i] = lua_tostring(L, -1);                            /* anchored by the keys table */
+    lua_pop(L, 1);
+  }
+  qsort(keys, (size_t)n, sizeof(char *), cmp_keys);
+  for (int i = 0; i < n; i++) {
+    lua_pushstring(L, keys[i]);                               /* k */
+    lua_pushvalue(L, -1);
+    lua_gettable(L, q);                                       /* k, v (may run __index) */
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      lua_Integer cnt = luaL_len(L, -1);
+      for (lua_Integer j = 1; j <= cnt; j++) {
+        lua_geti(L, -1, j);
+        add_pair(L, top + 2, -3);
+      }
+      lua_pop(L, 1);
+    } else {
+      add_pair(L, top + 2, -2);
+    }
+    lua_pop(L, 1);                                            /* k */
+  }
+  luaL_buffinit(L, &b);
+  for (int i = 1; i <= (int)lua_rawlen(L, top + 2); i++) {
+    if (i > 1) luaL_addchar(&b, '&');
+    lua_rawgeti(L, top + 2, i);
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+  lua_replace(L, top + 1);
+  lua_settop(L, top + 1);
+}
+
+/* ------------------------------------------------------------ the call */
+
+/* the method as given, by its Lua length: an uppercase token, or a raise */
+static const char *read_method(lua_State *L, int idx, size_t *len) {
+  const char *m = luaL_checklstring(L, idx, len);
+  if (*len == 0 || *len > 15) luaL_argerror(L, idx, "invalid HTTP method");
+  for (size_t i = 0; i < *len; i++)
+    if (m[i] < 'A' || m[i] > 'Z') luaL_argerror(L, idx, "HTTP method must be an uppercase token");
+  return m;
+}
+
+static const char *read_path(lua_State *L, int idx, size_t *len) {
+  const char *p = luaL_checklstring(L, idx, len);
+  if (*len == 0 || p[0] != '/') luaL_argerror(L, idx, "path must start with '/'");
+  for (size_t i = 0; i < *len; i++) {
+    unsigned char c = (unsigned char)p[i];
+    if (c <= 0x20 || c == 0x7f) luaL_argerror(L, idx, "path contains a control character or space");
+  }
+  return p;
+}
+
+/* per-call headers at h: "Name: value" strings anchored in a table pushed at
+** the top, and an array of pointers to them (a userdata pushed above it) */
+static void read_headers(lua_State *L, int h, callspec *cs) {
+  int n = wire_check_headers(L, h);
+  lua_newtable(L);                                            /* anchors */
+  lua_pushnil(L);
+  while (lua_next(L, h)) {
+    lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+    lua_rawseti(L, -4, ++cs->nh);
+    lua_pop(L, 1);
+  }
+  (void)n;
+  cs->hv = lua_newuserdatauv(L, sizeof(char *) * (size_t)(cs->nh ? cs->nh : 1), 0);
+  for (int i = 0; i < cs->nh; i++) {
+    lua_rawgeti(L, -2, i + 1);
+    cs->hv[i] = lua_tostring(L, -1);
+    lua_pop(L, 1);
+  }
+}
+
+static void check_opt_keys(lua_State *L, int t) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+    if (strcmp(k, "query") && strcmp(k, "headers") && strcmp(k, "body") && strcmp(k, "timeout"))
+      luaL_error(L, "unknown request option '%s'", lua_type(L, -2) == LUA_TSTRING ? k : "?");
+    lua_pop(L, 1);
+  }
+}
+
+static void read_body(lua_State *L, int idx, callspec *cs) {
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: return;
+    case LUA_TSTRING: break;
+    case LUA_TTABLE:
+      ibkr_encode(L, lua_upvalueindex(UV_ENCODE), idx);
+      lua_replace(L, idx);
+      break;
+    default: luaL_error(L, "body must be a table or a string");
+  }
+  cs->has_body = 1;
+  cs->body = lua_tolstring(L, idx, &cs->blen);
+}
+
+static double read_timeout(lua_State *L, int idx) {
+  double v;
+  if (lua_isnil(L, idx)) return 0;
+  if (lua_type(L, idx) != LUA_TNUMBER) luaL_error(L, "request option 'timeout' must be a number");
+  v = lua_tonumber(L, idx);
+  if (!(v > 0) || isinf(v)) luaL_error(L, "request option 'timeout' must be a positive number");
+  return v;
+}
+
+static int shape_of(const callspec *cs) {
+  int posty = (cs->mlen == 4 && memcmp(cs->method, "POST", 4) == 0) ||
+              (cs->mlen == 3 && memcmp(cs->method, "PUT", 3) == 0) ||
+              (cs->mlen == 5 && memcmp(cs->method, "PATCH", 5) == 0);
+  if (cs->has_body) return HL_JSON;
+  return posty ? HL_POST0 : HL_NOBODY;
+}
+
+/*
+** Read method, path and options (at first, first+1, first+2) into cs. The
+** stack is set to first+2 and gets: query string (or nil), body (or nil),
+** header anchors, header pointers. Raises on a programmer error, before
+** anything of the session is touched.
+*/
+void wire_read_call(lua_State *L, int first, callspec *cs) {
+  int o = first + 2, base;
+  memset(cs, 0, sizeof *cs);
+  cs->method = read_method(L, first, &cs->mlen);
+  cs->path = read_path(L, first + 1, &cs->plen);
+  if (!lua_isnoneornil(L, o)) luaL_checktype(L, o, LUA_TTABLE);
+  lua_settop(L, o);
+  base = o;
+  if (lua_isnil(L, o)) {
+    lua_pushnil(L);
+    lua_pushnil(L);
+  } else {
+    check_opt_keys(L, o);
+    lua_getfield(L, o, "query");                              /* base+1 */
+    if (lua_type(L, base + 1) == LUA_TTABLE) push_query(L, base + 1), lua_replace(L, base + 1);
+    else if (!lua_isnil(L, base + 1)) luaL_error(L, "query must be a table");
+    lua_getfield(L, o, "body");                               /* base+2 */
+    read_body(L, base + 2, cs);
+    lua_getfield(L, o, "timeout");
+    cs->timeout = read_timeout(L, -1);
+    lua_pop(L, 1);
+    if (lua_getfield(L, o, "headers") == LUA_TTABLE) read_headers(L, lua_gettop(L), cs);
+    else if (!lua_isnil(L, -1)) luaL_error(L, "headers must be a table");
+  }
+  if (lua_type(L, base + 1) == LUA_TSTRING) cs->query = lua_tolstring(L, base + 1, &cs->qlen);
+  if (cs->has_body && ((cs->mlen == 3 && memcmp(cs->method, "GET", 3) == 0) ||
+                       (cs->mlen == 4 && memcmp(cs->method, "HEAD", 4) == 0)))
+    luaL_error(L, "a %s request cannot carry a body (send it with POST, PUT or PATCH)", cs->method);
+  cs->shape = shape_of(cs);
+}
