@@ -284,7 +284,7 @@ static int request_events(lua_State *L) {
 static int request_timeout(lua_State *L) {
   request *r = torequest(L, 1);
   double left = r->x.deadline - ibkr_now() + 0.1;
-  if (r->closed || r->collected || r->x.state == X_DONE) left = 0;
+  if (r->closed || r->collected || xfer_done(&r->x)) left = 0;
   else if (left < 0.01) left = 0.01;
   lua_pushnumber(L, left);
   return 1;
@@ -299,7 +299,7 @@ static int request_close(lua_State *L) {
 
 static int request_tostring(lua_State *L) {
   request *r = torequest(L, 1);
-  int done = r->closed || r->collected || r->x.state == X_DONE;
+  int done = r->closed || r->collected || xfer_done(&r->x);
   lua_pushfstring(L, "ibkr.request (%s)", done ? "done" : "in flight");
   return 1;
 }

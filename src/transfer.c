@@ -12,6 +12,8 @@
 ** hand-over to another thread costs more than the exchange on loopback.
 ** The engine thread never touches a lua_State or a session: only xfers.
 */
+#define _GNU_SOURCE                  /* dladdr */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -189,9 +191,19 @@ static void fork_child(void) {
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static CURLcode init_code = CURLE_FAILED_INIT;
 
+/* The module stays mapped for the life of the process (lua_close would
+** dlclose it): the exit handler and the engine thread's code must outlive
+** every lua_State, whatever an interceptor does with DSO exit handlers. */
+static void pin_module(void) {
+  Dl_info info;
+  if (dladdr((void *)engine_atexit, &info) && info.dli_fname)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 static void global_init(void) {
   init_code = curl_global_init(CURL_GLOBAL_DEFAULT);
   if (init_code != CURLE_OK) return;
+  pin_module();
   atexit(engine_atexit);
   pthread_atfork(fork_prepare, fork_parent, fork_child);
 }

@@ -72,6 +72,16 @@ static const char thread_chunk[] =
   "  if not r then error(string.format('thread %d call %d: %s', id, i, tostring(err))) end\n"
   "  ok = ok + 1\n"
   "end\n"
+  /* one session, several coroutines at once (side by side on the engine) and blocking calls
+  ** on the same session between their resumes */
+  "local cos = {}\n"
+  "for k = 1, 4 do cos[k] = coroutine.create(function()\n"
+  "  for j = 1, 5 do local r2, e2 = c:tickle(); if not r2 then error(string.format('co %d.%d: %s', k, j, tostring(e2))) end end\n"
+  "end) end\n"
+  "cos[5] = coroutine.create(function()\n"
+  "  for _ = 1, 5 do assert(c:auth_status()); coroutine.yield(0) end\n"
+  "end)\n"
+  "while not ibkr.run(cos, { duration = 0.001 }) do assert(c:auth_status()) end\n"
   "local r, err = s:request('GET', '/no/such/endpoint')\n"
   "assert(r == nil and err.kind == 'http' and err.status == 404, tostring(err))\n"
   /* requests aborted while their worker runs: closed request, closed session, closed keep-alive */
