@@ -8,7 +8,7 @@ WARN       = -Wall -Wextra -Werror
 ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(DEFS) $(CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
 LIBS       = -lcurl -pthread -lm
-SRCS       = src/core.c src/session.c src/request.c src/transfer.c src/wire.c src/buf.c \
+SRCS       = src/core.c src/session.c src/request.c src/transfer.c src/conn.c src/wire.c src/buf.c \
              src/decode.c src/error.c
 HDRS       = src/ibkr.h
 MODULE     = ibkr/core.so

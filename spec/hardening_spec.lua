@@ -120,3 +120,251 @@ describe("hardening regressions", function()
     end)
   end)
 end)
+
+-- Issue 9: a careful review and a hostile test run. Raw servers run as separate processes
+-- (lua5.4 with luasocket) that say on stdout what they did, so the spec waits on real events.
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- Starts `script` (Lua source) as a server process; returns the pipe and the port it printed.
+local function raw_server(script, env)
+  local p = assert(io.popen((env or "") .. " lua5.4 -e " .. q(script), "r"))
+  return p, assert(tonumber(p:read("l")), "the server did not start")
+end
+
+-- Answers every request on a kept-alive connection with {"n":<count>}; after the first answer it
+-- writes an unsolicited complete response 0.3 s later, then says "stale". Ends after 3 answers.
+local STALE_SERVER = [[
+local socket = require("socket")
+local srv = assert(socket.bind("127.0.0.1", 0))
+local _, port = srv:getsockname(); print(port); io.stdout:flush()
+srv:settimeout(10)
+local n = 0
+local function answer(c, body)
+  c:send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
+end
+while true do
+  local c = srv:accept()
+  if not c then break end
+  c:settimeout(10)
+  while true do
+    local line = c:receive("*l")
+    if not line then break end
+    while line and line ~= "" do line = c:receive("*l") end
+    n = n + 1
+    answer(c, '{"n":' .. n .. '}')
+    if n == 3 then os.exit(0) end
+    if n == 1 then
+      socket.sleep(0.3)
+      answer(c, '{"n":"stale"}')
+      print("stale"); io.stdout:flush()
+    end
+  end
+  c:close()
+end
+]]
+
+-- Prints "connection" and ends at its first connection, or "done" after 1 s without one.
+local COUNTING_SERVER = [[
+local socket = require("socket")
+local srv = assert(socket.bind("127.0.0.1", 0))
+local _, port = srv:getsockname(); print(port); io.stdout:flush()
+srv:settimeout(1)
+local c = srv:accept()
+print(c and "connection" or "done")
+]]
+
+describe("issue 9 regressions (core)", function()
+  local m
+  setup(function() m = assert(mock.start{ tls = false, pacing = false }) end)
+  teardown(function() if m then m:stop() end end)
+
+  describe("kind 1: user code during a call never frees what the call uses", function()
+    for _, how in ipairs{ "perform", "start" } do
+      local function call(s, ...)
+        if how == "perform" then return s:perform(...) end
+        local req, err = s:start(...)
+        if not req then return nil, err end
+        assert(req:wait(5))
+        return req:result()
+      end
+
+      it("a query value whose __len closes the session makes " .. how .. " return closed", function()
+        local s = core.new{ base_url = m.url }
+        local v = setmetatable({}, { __len = function() s:close(); return 1 end,
+          __index = function() return "x" end })
+        local r, err = call(s, "GET", "/iserver/auth/status", { query = { k = v } })
+        assert.is_nil(r)
+        assert.are.equal("closed", err.kind)
+      end)
+
+      it("an options table whose __index closes the session makes " .. how .. " return closed", function()
+        local s = core.new{ base_url = m.url }
+        local opts = setmetatable({}, { __index = function() s:close() end })
+        local r, err = call(s, "POST", "/tickle", opts)
+        assert.is_nil(r)
+        assert.are.equal("closed", err.kind)
+        assert.is_true(s:closed())
+      end)
+
+      it("a finaliser closing the session while a large answer is decoded (" .. how .. ")", function()
+        local s = core.new{ base_url = m.url, max_body = 64 * 1024 * 1024 }
+        m:fault{ path = "/tickle", kind = "huge", bytes = 5 * 1024 * 1024 }
+        local fired = false
+        local pause = collectgarbage("setpause", 10)
+        setmetatable({}, { __gc = function() fired = true; s:close() end })
+        local r, err = call(s, "POST", "/tickle")
+        collectgarbage("setpause", pause)
+        collectgarbage()
+        assert.is_true(fired)
+        if r then -- the finaliser ran after the call ended
+          assert.are.equal(5 * 1024 * 1024 - 11, #r.data)
+        else
+          assert.are.equal("closed", err.kind)
+        end
+        assert.is_true(s:closed())
+      end)
+    end
+
+    it("a query value whose __index changes the query table frees nothing in use", function()
+      local s = core.new{ base_url = m.url }
+      local qt = {}
+      qt.a = setmetatable({}, { __len = function() for k in pairs(qt) do qt[k] = nil end
+        collectgarbage(); return 2 end, __index = function(_, i) return "v" .. i end })
+      qt[string.rep("k", 40) .. "1"] = "x"
+      qt[string.rep("k", 40) .. "2"] = "y"
+      -- the keys are the session's own copies: the second one is still read (its value is gone)
+      assert.has_error(function() s:perform("POST", "/tickle", { query = qt }) end,
+        "query values must be strings, numbers, booleans or arrays of them")
+      assert(s:perform("POST", "/tickle"))
+      s:close()
+    end)
+  end)
+
+  describe("kind 2: what goes on the wire is what the caller asked", function()
+    it("refuses a method with a NUL byte (measured by its Lua length)", function()
+      local s = core.new{ base_url = m.url }
+      assert.has_error(function() s:perform("GET\0JUNK", "/tickle") end)
+      assert.has_error(function() s:start("POST\0", "/tickle") end)
+      s:close()
+    end)
+
+    it("refuses a GET or HEAD with a body, and sends nothing", function()
+      local s = core.new{ base_url = m.url }
+      local u = ibkr.new{ base_url = m.url, pacing = false }
+      m:clear_log()
+      for _, method in ipairs{ "GET", "HEAD" } do
+        assert.has_error(function() s:perform(method, "/sso/validate", { body = "{}" }) end,
+          nil) -- any message
+        local ok, msg = pcall(s.start, s, method, "/sso/validate", { body = { a = 1 } })
+        assert.is_false(ok)
+        assert.matches("cannot carry a body", msg)
+        assert.has_error(function() u:request(method, "/sso/validate", { body = { a = 1 } }) end)
+      end
+      assert.are.equal(0, #m:log())
+      s:close()
+      u:close()
+    end)
+
+    it("accepts headers = {} in start(), and a cooperative request with it", function()
+      local s = core.new{ base_url = m.url }
+      local req = s:start("POST", "/tickle", { headers = {} })
+      assert.are.equal("ibkr.request", getmetatable(req).__name)
+      assert.is_true(req:wait(5))
+      assert(req:result())
+      s:close()
+      local u = ibkr.new{ base_url = m.url, cooperative = true, pacing = false }
+      local co = coroutine.wrap(function() return u:request("GET", "/sso/validate", { headers = {} }) end)
+      local res
+      repeat res = co() until type(res) == "table"
+      assert.is_true(res.RESULT)
+      u:close()
+    end)
+
+    it("refuses unknown per-call options and a bad per-call timeout", function()
+      local s = core.new{ base_url = m.url }
+      assert.has_error(function() s:perform("POST", "/tickle", { bdy = "{}" }) end)
+      assert.has_error(function() s:perform("POST", "/tickle", { timeout = 0 }) end)
+      assert.has_error(function() s:perform("POST", "/tickle", { timeout = "1" }) end)
+      s:close()
+    end)
+  end)
+
+  describe("kind 3: a response is never attributed to the wrong request", function()
+    for _, how in ipairs{ "perform", "start" } do
+      it("a stale unsolicited response on a kept-alive connection is not the next answer (" .. how .. ")",
+        function()
+          local p, port = raw_server(STALE_SERVER)
+          local s = core.new{ base_url = "http://127.0.0.1:" .. port }
+          local function call()
+            if how == "perform" then return s:perform("GET", "/x") end
+            local req = assert(s:start("GET", "/x"))
+            assert(req:wait(5))
+            return req:result()
+          end
+          assert.are.equal(1, assert(call()).n)
+          assert.are.equal("stale", p:read("l"))
+          assert.are.equal(2, assert(call()).n)
+          assert.are.equal(3, assert(call()).n)
+          s:close()
+          p:close()
+        end)
+    end
+  end)
+
+  describe("kind 4: traffic to a local gateway never leaves the machine", function()
+    it("ignores proxies from the environment for loopback targets", function()
+      local p, port = raw_server(COUNTING_SERVER)
+      local proxy = "http://127.0.0.1:" .. port
+      local env = "env " .. table.concat({ "http_proxy=" .. proxy, "https_proxy=" .. proxy, "HTTPS_PROXY=" .. proxy,
+        "ALL_PROXY=" .. proxy, "all_proxy=" .. proxy }, " ")
+      local script = "package.path='lua/?.lua;lua/?/init.lua;'..package.path; package.cpath='./?.so;'..package.cpath;"
+        .. "local s = require('ibkr').new{ base_url = " .. string.format("%q", m.url) .. ", pacing = false };"
+        .. "local r, e = s:auth_status(); print(r and 'ok' or tostring(e))"
+      local out = io.popen(env .. " lua5.4 -e " .. q(script) .. " 2>&1"):read("a")
+      assert.are.equal("ok\n", out)
+      assert.are.equal("done", p:read("l")) -- no "connection" line before it
+      p:close()
+    end)
+
+    it("uses an explicit proxy, with certificate checks on", function()
+      local p, port = raw_server(COUNTING_SERVER)
+      local s = core.new{ base_url = "https://127.0.0.1:9/v1/api", proxy = "http://127.0.0.1:" .. port,
+        timeout = 2 }
+      local r, err = s:perform("POST", "/tickle")
+      assert.is_nil(r)
+      assert.are.equal("connection", p:read("l"))
+      assert.is_string(err.kind)
+      s:close()
+      p:close()
+    end)
+
+    it("never shows credentials of base_url in tostring, info() or errors", function()
+      local s = core.new{ base_url = "http://alice:s3cret@127.0.0.1:9/v1/api", connect_timeout = 1 }
+      assert.is_nil(tostring(s):find("s3cret", 1, true))
+      assert.is_nil(s:info().base_url:find("s3cret", 1, true))
+      assert.are.equal("http://127.0.0.1:9/v1/api", s:info().base_url)
+      local _, err = s:perform("POST", "/tickle")
+      assert.is_nil(tostring(err):find("s3cret", 1, true))
+      s:close()
+      local ok, msg = pcall(core.new, { base_url = "ftp://alice:s3cret@127.0.0.1/" })
+      assert.is_false(ok)
+      assert.is_nil(msg:find("s3cret", 1, true))
+    end)
+  end)
+
+  describe("kind 7: the process ends as asked", function()
+    it("os.exit with HTTPS requests in flight exits cleanly", function()
+      local tm = assert(mock.start{ tls = true, pacing = false })
+      local script = "package.path='lua/?.lua;lua/?/init.lua;'..package.path; package.cpath='./?.so;'..package.cpath;"
+        .. " local core = require('ibkr.core'); local keep = {};"
+        .. " for _ = 1, 8 do local s = core.new{ base_url = " .. string.format("%q", tm.url) .. " };"
+        .. "  keep[#keep + 1] = s; keep[#keep + 1] = s:start('POST', '/tickle') end;"
+        .. " core.sleep(0.003); os.exit(0)"
+      for i = 1, 10 do
+        local ok, how, code = os.execute("lua5.4 -e " .. q(script) .. " >/tmp/ibkr-exit.log 2>&1")
+        assert.are.same({ true, "exit", 0 }, { ok, how, code }, "run " .. i)
+      end
+      tm:stop()
+    end)
+  end)
+end)

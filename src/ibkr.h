@@ -4,7 +4,7 @@
 ** symbol declared here has hidden visibility.
 **
 ** Who calls whom (never the other way round):
-**   core.c -> session.c -> request.c -> transfer.c -> buf.c
+**   core.c -> session.c -> request.c -> transfer.c -> conn.c, buf.c
 **   session.c, request.c -> wire.c;  request.c -> json.c, error.c
 */
 #ifndef IBKR_H
@@ -68,6 +68,11 @@ void wire_check_header(lua_State *L, const char *name, size_t nl, const char *va
 int wire_check_headers(lua_State *L, int t);
 void wire_read_call(lua_State *L, int first, callspec *cs);
 struct curl_slist *wire_header_list(char **uh, int nuh, int shape, const char **extra, int nextra);
+
+/* ------------------------------------------------------------ conn.c */
+
+int conn_watch(CURL *e);
+void conn_forked(void);
 
 /* ------------------------------------------------------------ transfer.c */
 

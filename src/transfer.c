@@ -186,6 +186,7 @@ static void fork_child(void) {
   E.running = E.stopping = 0;
   E.addq = E.cancelq = NULL;
   E.gen++;
+  conn_forked();
 }
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -259,6 +260,7 @@ CURL *xhome_template(xhome *h, char *err, size_t errlen) {
   SET(CURLOPT_WRITEFUNCTION, on_write);
   SET(CURLOPT_TCP_KEEPALIVE, 1L);
 #undef SET
+  if (c == CURLE_OK && !conn_watch(e)) c = CURLE_UNKNOWN_OPTION;
   if (c != CURLE_OK) {
     snprintf(err, errlen, "libcurl refused an option: %s", curl_easy_strerror(c));
     return NULL;

@@ -36,6 +36,7 @@
 #include "../../src/decode.c"
 #include "../../src/buf.c"
 #include "../../src/wire.c"
+#include "../../src/conn.c"
 #include "../../src/transfer.c"
 #include "../../src/request.c"
 #include "../../src/session.c"

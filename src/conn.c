@@ -1,0 +1,123 @@
+/*
+** conn.c -- the connections libcurl opens, watched for one fault: bytes a
+** server sent that no request asked for. libcurl (7.88) reuses a kept-alive
+** connection that has unread input, and would hand those bytes to the next
+** request as its answer, shifting every later answer by one. So every
+** socket is registered when libcurl opens it, and just before a request
+** goes out on a connection that was used before (CURLOPT_PREREQFUNCTION)
+** its socket is checked: any input there is stale. The socket is then
+** replaced, in place, by one whose peer is gone: libcurl's send fails on
+** a reused connection, which libcurl answers by sending the request again
+** on a new connection (never a duplicate: nothing was sent on the old one).
+*/
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include "ibkr.h"
+
+typedef struct sock {
+  curl_socket_t fd;
+  int lport, rport;           /* 0 until first looked up */
+  int used;                   /* a request went out on it already */
+} sock;
+
+static struct {
+  pthread_mutex_t mu;
+  sock *v;
+  int n, cap;
+} R = { PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0 };
+
+static curl_socket_t on_open(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
+  curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+  (void)ud;
+  (void)purpose;
+  if (fd == CURL_SOCKET_BAD) return fd;
+  pthread_mutex_lock(&R.mu);
+  if (R.n == R.cap) {
+    int cap = R.cap ? R.cap * 2 : 64;
+    sock *v = realloc(R.v, sizeof *v * (size_t)cap);
+    if (v) R.v = v, R.cap = cap;
+  }
+  if (R.n < R.cap) R.v[R.n++] = (sock){ fd, 0, 0, 0 };   /* untracked when out of memory */
+  pthread_mutex_unlock(&R.mu);
+  return fd;
+}
+
+static int on_close(void *ud, curl_socket_t fd) {
+  (void)ud;
+  pthread_mutex_lock(&R.mu);
+  for (int i = 0; i < R.n; i++)
+    if (R.v[i].fd == fd) {
+      R.v[i] = R.v[--R.n];
+      break;
+    }
+  pthread_mutex_unlock(&R.mu);
+  return close(fd);
+}
+
+static int port_of(curl_socket_t fd, int peer) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int rc = peer ? getpeername(fd, (struct sockaddr *)&ss, &len) : getsockname(fd, (struct sockaddr *)&ss, &len);
+  if (rc != 0) return 0;
+  if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  if (ss.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+  return 0;
+}
+
+/* under R.mu: the registered socket of the connection (lport, rport) */
+static sock *find(int lport, int rport) {
+  for (int i = 0; i < R.n; i++) {
+    sock *s = &R.v[i];
+    if (s->lport == 0) {
+      s->lport = port_of(s->fd, 0);
+      s->rport = port_of(s->fd, 1);
+    }
+    if (s->lport == lport && s->rport == rport) return s;
+  }
+  return NULL;
+}
+
+/* make fd a socket whose peer is gone: reads see EOF, writes fail */
+static void kill_fd(curl_socket_t fd) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    shutdown(fd, SHUT_RDWR);
+    return;
+  }
+  close(sv[1]);
+  dup2(sv[0], fd);
+  close(sv[0]);
+}
+
+static int on_prereq(void *ud, char *rip, char *lip, int rport, int lport) {
+  sock *s;
+  (void)ud;
+  (void)rip;
+  (void)lip;
+  pthread_mutex_lock(&R.mu);
+  s = find(lport, rport);
+  if (s && s->used++) {
+    struct pollfd p = { s->fd, POLLIN, 0 };
+    if (poll(&p, 1, 0) > 0) kill_fd(s->fd);
+  }
+  pthread_mutex_unlock(&R.mu);
+  return CURL_PREREQFUNC_OK;
+}
+
+/* the callbacks on a session's template (duplicated into every handle) */
+int conn_watch(CURL *e) {
+  return curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open) == CURLE_OK &&
+         curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close) == CURLE_OK &&
+         curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq) == CURLE_OK;
+}
+
+/* fork(): the child starts with the lock free */
+void conn_forked(void) {
+  pthread_mutex_init(&R.mu, NULL);
+}
