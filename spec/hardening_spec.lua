@@ -123,6 +123,8 @@ end)
 
 -- Issue 9: a careful review and a hostile test run. Raw servers run as separate processes
 -- (lua5.4 with luasocket) that say on stdout what they did, so the spec waits on real events.
+local PRELUDE = "package.path='lua/?.lua;lua/?/init.lua;'..package.path;"
+  .. " package.cpath='./?.so;'..package.cpath;"
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 -- Starts `script` (Lua source) as a server process; returns the pipe and the port it printed.
@@ -140,7 +142,8 @@ local _, port = srv:getsockname(); print(port); io.stdout:flush()
 srv:settimeout(10)
 local n = 0
 local function answer(c, body)
-  c:send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
+  c:send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " .. #body
+    .. "\r\n\r\n" .. body)
 end
 while true do
   local c = srv:accept()
@@ -315,9 +318,9 @@ describe("issue 9 regressions (core)", function()
     it("ignores proxies from the environment for loopback targets", function()
       local p, port = raw_server(COUNTING_SERVER)
       local proxy = "http://127.0.0.1:" .. port
-      local env = "env " .. table.concat({ "http_proxy=" .. proxy, "https_proxy=" .. proxy, "HTTPS_PROXY=" .. proxy,
-        "ALL_PROXY=" .. proxy, "all_proxy=" .. proxy }, " ")
-      local script = "package.path='lua/?.lua;lua/?/init.lua;'..package.path; package.cpath='./?.so;'..package.cpath;"
+      local env = "env " .. table.concat({ "http_proxy=" .. proxy, "https_proxy=" .. proxy,
+        "HTTPS_PROXY=" .. proxy, "ALL_PROXY=" .. proxy, "all_proxy=" .. proxy }, " ")
+      local script = PRELUDE
         .. "local s = require('ibkr').new{ base_url = " .. string.format("%q", m.url) .. ", pacing = false };"
         .. "local r, e = s:auth_status(); print(r and 'ok' or tostring(e))"
       local out = io.popen(env .. " lua5.4 -e " .. q(script) .. " 2>&1"):read("a")
@@ -355,7 +358,7 @@ describe("issue 9 regressions (core)", function()
   describe("kind 7: the process ends as asked", function()
     it("os.exit with HTTPS requests in flight exits cleanly", function()
       local tm = assert(mock.start{ tls = true, pacing = false })
-      local script = "package.path='lua/?.lua;lua/?/init.lua;'..package.path; package.cpath='./?.so;'..package.cpath;"
+      local script = PRELUDE
         .. " local core = require('ibkr.core'); local keep = {};"
         .. " for _ = 1, 8 do local s = core.new{ base_url = " .. string.format("%q", tm.url) .. " };"
         .. "  keep[#keep + 1] = s; keep[#keep + 1] = s:start('POST', '/tickle') end;"

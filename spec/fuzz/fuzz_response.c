@@ -24,6 +24,7 @@
 **           raise a programmer error or build a URL and header lines without
 **           CR, LF, NUL, space or control characters
 */
+#define _GNU_SOURCE                  /* dladdr, in transfer.c */
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/socket.h>
