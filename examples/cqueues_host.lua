@@ -1,6 +1,7 @@
--- Keep a gateway session alive inside a cqueues controller (Debian: lua-cqueues): the
--- keep-alive loop runs inline in a cqueues thread and waits with cqueues.sleep, so the
--- controller keeps serving its other threads.
+-- Keep a gateway session alive inside a cqueues controller (Debian: lua-cqueues): a cqueues
+-- thread resumes the keep-alive coroutine and waits with cqueues.poll on what it yields: the
+-- request in flight is a pollable (:pollfd(), :events(), :timeout()), so the thread wakes when
+-- the answer is there; between tickles it sleeps. The controller keeps serving its other threads.
 --   lua5.4 examples/cqueues_host.lua [BASE_URL] [SECONDS]
 local dir = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/.."
 package.path = dir .. "/lua/?.lua;" .. dir .. "/lua/?/init.lua;" .. package.path
@@ -13,11 +14,21 @@ local s = ibkr.new{ base_url = arg[1] }
 local cq = cqueues.new()
 
 cq:wrap(function()
-  s:keepalive_loop{
+  local co = s:keepalive{
     interval = 60,
-    sleep = cqueues.sleep,
     on_state = function(new, old) print(string.format("session %s -> %s", old or "(start)", new)) end,
   }
+  while true do
+    local ok, wait, req = coroutine.resume(co)
+    if not ok then error(wait) end
+    if coroutine.status(co) == "dead" then break end
+    if req then
+      cqueues.poll(req)
+      cqueues.cancel(req) -- its descriptor is closed when the keep-alive collects the answer
+    else
+      cqueues.sleep(wait)
+    end
+  end
   print("keep-alive ended")
 end)
 

@@ -6,13 +6,17 @@
  *
  * The host owns the loop (here: a fixed 10 ms "frame" that could be a game loop or a GUI's idle
  * handler). Lua gives it a keep-alive coroutine; each resume returns the seconds until the
- * coroutine wants the next resume, and never blocks (the C core runs the HTTP exchange on its own
- * thread), so a frame is never late because of the keep-alive. The longest resume is printed.
+ * coroutine wants the next resume and, while a request is in flight, the request: its pollfd()
+ * becomes readable when the answer is there. Between frames the host waits in poll(2) on that
+ * descriptor, so the answer is picked up at once, not at the next timer. A resume never blocks
+ * (the C core runs the HTTP exchange on its engine thread), so a frame is never late because of
+ * the keep-alive. The longest resume is printed.
  * IBKR_ROOT (default ".") is where lua/ and ibkr/core.so are found when not installed.
  */
 #include <lua.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -23,11 +27,30 @@ static double now(void) {
   return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-static void pause_until(double when) {
+/* Wait until `when`, or until fd (when >= 0) is readable; returns whether it is. */
+static int wait_until(double when, int fd) {
   double d = when - now();
-  if (d <= 0) return;
+  if (d <= 0) return 0;
+  if (fd >= 0) {
+    struct pollfd p = { fd, POLLIN, 0 };
+    return poll(&p, 1, (int)(d * 1000) + 1) > 0;
+  }
   struct timespec t = { (time_t)d, (long)((d - (double)(time_t)d) * 1e9) };
   nanosleep(&t, NULL);
+  return 0;
+}
+
+/* The yielded values (seconds [, request]) were moved to L's top: the request's descriptor, or
+** -1. The values stay on L's stack (they keep the request alive) until the next resume. */
+static int pollfd_of(lua_State *L, int nres) {
+  int fd = -1;
+  if (nres >= 2 && lua_isuserdata(L, -nres + 1)) {
+    lua_getfield(L, -nres + 1, "pollfd");
+    lua_pushvalue(L, -nres);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_isinteger(L, -1)) fd = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  return fd;
 }
 
 /* Builds the session and its keep-alive; leaves the coroutine on the stack. */
@@ -56,19 +79,24 @@ int main(int argc, char **argv) {
   const double frame = 0.010;
   double start = now(), wake_at = start, longest = 0;
   long frames = 0, resumes = 0;
+  int fd = -1, held = 0;                 /* descriptor of the request in flight; values on L */
   for (;;) {
     double t = now();
     if (seconds > 0 && t - start >= seconds) break;
-    if (t >= wake_at) {               /* the keep-alive is due */
+    if (t >= wake_at) {               /* the keep-alive is due, or its answer is there */
       int nres = 0;
       double t0 = now();
+      lua_pop(L, held);
+      held = 0;
       int st = lua_resume(co, L, 0, &nres);
       double d = now() - t0;
       resumes++;
       if (d > longest) longest = d;
       if (st == LUA_YIELD) {
         double wait = nres > 0 ? lua_tonumber(co, -nres) : 0;   /* the first value: seconds */
-        lua_pop(co, nres);
+        lua_xmove(co, L, nres);
+        held = nres;
+        fd = pollfd_of(L, nres);
         wake_at = now() + wait;
       } else if (st == LUA_OK) {
         puts("keep-alive ended");
@@ -79,7 +107,10 @@ int main(int argc, char **argv) {
       }
     }
     frames++;                          /* ... the host's own work for this frame ... */
-    pause_until(t + frame);
+    if (wait_until(t + frame, fd)) {   /* the answer arrived: resume at once */
+      wake_at = now();
+      fd = -1;
+    }
   }
   /* Stop: close the coroutine (frees a request in flight), then the session. */
 #if LUA_VERSION_RELEASE_NUM >= 50406
