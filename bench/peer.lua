@@ -11,6 +11,8 @@
 --   core          ours, the C core directly: s:perform(method, path).
 --   step-busy     ours, the non-blocking request: s:start(), req:step() until true, req:result().
 --   step-sleep    the same, sleeping the wait that step() returns between steps (core.sleep).
+--   coop-run      ours, cooperative: ibkr.new{cooperative=true}, the calls made in a coroutine that
+--                 ibkr.run drives (it waits in poll(2) on each request's completion descriptor).
 -- Every call checks a field of the decoded response. Prints one line:
 --   peer=... scenario=... n=... wall_us=... cpu_us=... rss_kib=...
 -- (per call; cpu = os.clock(), user + system; rss_kib = peak RSS, VmHWM of /proc/self/status, the same
@@ -127,6 +129,27 @@ function makers.core()
   return one, core.monotonic
 end
 
+-- The calls run inside one coroutine driven by ibkr.run: one(c) only queues c; flush() runs them.
+makers["coop-run"] = function()
+  local ibkr = require("ibkr")
+  local s = ibkr.new{ base_url = base, pacing = false, cooperative = true }
+  local queue = {}
+  local function one(c) queue[#queue + 1] = c end
+  local function flush()
+    local co = coroutine.create(function()
+      for i = 1, #queue do
+        local c = queue[i]
+        local r, err = s[c[1]](s)
+        if r == nil then fail(c, err) end
+        if not c[4](r) then fail(c, "check failed") end
+      end
+    end)
+    assert(ibkr.run(co))
+    queue = {}
+  end
+  return one, ibkr.core.monotonic, flush
+end
+
 local function stepper(sleep)
   local core = require("ibkr.core")
   local s = core.new{ base_url = base }
@@ -154,10 +177,13 @@ if not make then
   io.stderr:write("peer.lua: unknown peer " .. peer .. "\n")
   os.exit(64)
 end
-local one, clock = make()
+local one, clock, flush = make()
+flush = flush or function() end
 for i = 1, warm do one(calls[(i - 1) % ncalls + 1]) end
+flush()
 local w0, c0 = clock(), os.clock()
 for i = 1, n do one(calls[(i - 1) % ncalls + 1]) end
+flush()
 local w1, c1 = clock(), os.clock()
 local function peak_rss_kib()
   local f = assert(io.open("/proc/self/status", "r"))

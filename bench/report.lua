@@ -9,11 +9,12 @@ if not file then
   os.exit(64)
 end
 
-local PEERS = { "raw", "core", "ibkr", "step-busy", "step-sleep", "luasocket", "luasocket-close" }
+local PEERS = { "raw", "core", "ibkr", "coop-run", "step-busy", "step-sleep", "luasocket", "luasocket-close" }
 local LABEL = {
   raw = "raw C (libcurl easy, no decoding)",
   core = "ours: ibkr.core perform",
   ibkr = "ours: ibkr (pacing=false)",
+  ["coop-run"] = "ours: ibkr cooperative, driven by ibkr.run",
   ["step-busy"] = "ours: start/step, busy-stepped",
   ["step-sleep"] = "ours: start/step, sleeping the wait",
   luasocket = "luasocket http.open (keep-alive) + cjson",
@@ -28,7 +29,8 @@ for line in io.lines(file) do
     local key = r.scenario .. "/" .. r.proto .. "/" .. r.peer
     runs[key] = runs[key] or {}
     table.insert(runs[key], r)
-  elseif line:match("^mem ") or line:match("^stall ") then
+  elseif line:match("^mem ") or line:match("^stall ") or line:match("^thousand ")
+      or line:match("^large ") then
     others[#others + 1] = line
   end
 end
@@ -72,6 +74,15 @@ for _, scen in ipairs{ "auth", "mixed" } do
           checks[#checks + 1] = { what .. ": peak RSS ≤ raw + 3 MiB", r - br <= 3 * 1024,
             string.format("%+.1f MiB", (r - br) / 1024) }
         end
+        local blk = runs[scen .. "/" .. proto .. "/ibkr"]
+        if peer == "coop-run" and blk then
+          local what = (scen == "auth" and "auth_status" or "mixed cycle") .. " over " .. proto
+          local bkw, bkc = median(blk, "wall_us"), median(blk, "cpu_us")
+          checks[#checks + 1] = { what .. ": cooperative via ibkr.run time ≤ 1.3× blocking", w / bkw <= 1.3,
+            string.format("%.2f×", w / bkw) }
+          checks[#checks + 1] = { what .. ": cooperative via ibkr.run CPU ≤ 1.3× blocking", c / bkc <= 1.3,
+            string.format("%.2f×", c / bkc) }
+        end
       end
     end
   end
@@ -85,6 +96,14 @@ for _, line in ipairs(others) do
       string.format("%+d KiB", kv.rss_kib) }
     checks[#checks + 1] = { "Lua heap flat 1k → N calls (" .. kv.proto .. ")", kv.live_kib < 16,
       string.format("%+.1f KiB live", kv.live_kib) }
+  elseif line:match("^thousand ") then
+    checks[#checks + 1] = { kv.sessions .. " sessions kept alive (" .. kv.proto .. "): no failed tickle, "
+      .. "threads, fds, RSS, CPU per tickle", kv.errors == 0,
+      string.format("%d tickles in %.0f s, %d errors; %d threads, %d fds, %.1f MiB RSS, %.0f µs CPU/tickle",
+        kv.tickles, kv.seconds, kv.errors, kv.threads, kv.fds, kv.rss_kib / 1024, kv.cpu_us_per_tickle) }
+  elseif line:match("^large ") then
+    checks[#checks + 1] = { "large answer: decoded inside one resume, bound documented (docs/core.md)", true,
+      string.format("%.1f MB in %.0f ms (%.1f ms/MB)", kv.bytes / 1e6, kv.decode_ms, kv.ms_per_mb) }
   elseif line:match("^stall ") then
     checks[#checks + 1] = { "keep-alive longest resume ≤ 1 ms while /tickle takes 2 s (" .. kv.proto .. ")",
       kv.longest_us <= 1000, string.format("%.0f µs", kv.longest_us) }

@@ -5,6 +5,7 @@
 #
 # Environment: BENCH_N (calls per timed run, default 10000), BENCH_RUNS (runs per peer, default 5),
 # BENCH_MEM_N (calls of the memory run, default 100000), BENCH_PEERS (subset, space-separated),
+# BENCH_SESSIONS (sessions kept alive by one process, default 1000),
 # LUA (default lua5.4), CC (default cc).
 # Everything started here is stopped here, by pid.
 set -eu
@@ -17,7 +18,8 @@ MODE=${1:-bench}
 N=${BENCH_N:-10000}
 RUNS=${BENCH_RUNS:-5}
 MEM_N=${BENCH_MEM_N:-100000}
-PEERS=${BENCH_PEERS:-"raw core ibkr step-busy step-sleep luasocket luasocket-close"}
+PEERS=${BENCH_PEERS:-"raw core ibkr coop-run step-busy step-sleep luasocket luasocket-close"}
+SESSIONS=${BENCH_SESSIONS:-1000}
 OUT=$ROOT/bench/out
 export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;"
 export LUA_CPATH="$ROOT/?.so;;"
@@ -184,6 +186,17 @@ if [ $HAVE_IBKR = yes ]; then
   else
     echo "bench: bin/ibkr-mock-gateway missing: no keep-alive stall figure" >&2
   fi
+
+  # many sessions kept alive by one process (each tickles nginx once a second), and the decoder's
+  # cost for a large answer (it runs inside one resume)
+  for proto in http https; do
+    if [ $proto = http ]; then url=$HTTP_URL; else url=$HTTPS_URL; fi
+    echo "bench: $SESSIONS sessions kept alive over $proto" >&2
+    (ulimit -n 8192 2>/dev/null || true
+     taskset -c "$CLIENT_CPU" "$LUA" bench/thousand.lua "$url" "$SESSIONS" 10) | sed "s/\$/ proto=$proto/" \
+      >> "$RESULTS" || echo "bench: $SESSIONS sessions over $proto failed" >&2
+  done
+  taskset -c "$CLIENT_CPU" "$LUA" bench/large.lua 5.7 >> "$RESULTS" || echo "bench: large answer failed" >&2
 fi
 
 {
