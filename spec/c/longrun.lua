@@ -63,14 +63,14 @@ local next_fault, next_sample, nfault = 150, step, 0
 local t0 = core.monotonic()
 sample(0)
 while true do
-  local ok, wait = coroutine.resume(co)
+  local ok, wait, inflight = coroutine.resume(co) -- inflight: the request, while one runs
   if not ok or coroutine.status(co) == "dead" then
     io.stderr:write("keep-alive ended: " .. tostring(wait) .. "\n")
     os.exit(1)
   end
   local ticks = s:stats().requests
   if ticks >= TICKS then break end
-  if ticks >= next_fault and not s._core:busy() then
+  if ticks >= next_fault and not inflight then
     nfault = nfault + 1
     local f = faults[(nfault - 1) % #faults + 1]
     local spec = { path = "/tickle" }
@@ -84,7 +84,8 @@ while true do
     next_sample = next_sample + step
     if ns % 10 == 0 then m:clear_log() end
   end
-  if wait and wait > 0 then core.sleep(wait) end
+  if inflight then inflight:wait(inflight:timeout())
+  elseif wait and wait > 0 then core.sleep(wait) end
 end
 sample(TICKS)
 local elapsed = core.monotonic() - t0

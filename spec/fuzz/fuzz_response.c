@@ -19,6 +19,10 @@
 **           Transfer-Encoding, Location -- and body) from a unix-socket server
 **           thread that libcurl reaches as its connection; s:perform (param even)
 **           or start/step/result (param odd) must return a documented shape
+**   mode 4  several responses on one kept-alive connection: data split at 0xFE bytes into up to
+**           4 responses, each sent after the server read one request head on the same
+**           connection; one session makes as many calls (perform or start/step, with a per-call
+**           timeout of 0.5 s), each must return a documented shape
 **   mode 3  request building: data split at 0xFF bytes into path, header
 **           name, header value, query key, query value; s:start must either
 **           raise a programmer error or build a URL and header lines without
@@ -59,6 +63,49 @@ static char sock_path[108];
 static pthread_mutex_t pay_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint8_t *pay;
 static size_t pay_n;
+static int pay_keep;                   /* mode 4: parts served one per request head */
+static size_t part_off[5];             /* mode 4: part i is pay[part_off[i] .. part_off[i+1]-1] */
+static int nparts, next_part;
+
+/* read one request head (up to the blank line); 0 when the client closed */
+static int read_head(int c) {
+  uint32_t last = 0;
+  char ch;
+  while (recv(c, &ch, 1, 0) == 1) {
+    last = (last << 8) | (uint8_t)ch;
+    if (last == 0x0D0A0D0Au) return 1;
+  }
+  return 0;
+}
+
+static void send_all(int c, const uint8_t *p, size_t n) {
+  for (size_t off = 0; off < n;) {
+    ssize_t w = send(c, p + off, n - off, MSG_NOSIGNAL);
+    if (w <= 0) break;
+    off += (size_t)w;
+  }
+}
+
+/* mode 4 on connection c: a part per request head while parts are left */
+static void serve_keep(int c) {
+  static uint8_t out[1 << 17];
+  for (;;) {
+    size_t n = 0;
+    int more;
+    if (!read_head(c)) return;
+    pthread_mutex_lock(&pay_mu);
+    more = next_part < nparts;
+    if (more) {
+      n = part_off[next_part + 1] - 1 - part_off[next_part];
+      if (n > sizeof out) n = sizeof out;
+      memcpy(out, pay + part_off[next_part], n);
+      next_part++;
+    }
+    pthread_mutex_unlock(&pay_mu);
+    if (!more) return;
+    send_all(c, out, n);
+  }
+}
 
 static void *serve(void *ud) {
   int lfd = *(int *)ud;
@@ -66,8 +113,18 @@ static void *serve(void *ud) {
   static uint8_t out[1 << 17];
   for (;;) {
     size_t n;
-    int c = accept(lfd, NULL, NULL);
+    int c = accept(lfd, NULL, NULL), keep;
     if (c < 0) continue;
+    pthread_mutex_lock(&pay_mu);
+    keep = pay_keep;
+    pthread_mutex_unlock(&pay_mu);
+    if (keep) {
+      serve_keep(c);
+      shutdown(c, SHUT_WR);
+      while (recv(c, sink, sizeof sink, 0) > 0) {}
+      close(c);
+      continue;
+    }
     pthread_mutex_lock(&pay_mu);        /* the client waits for us: pay is this exchange's */
     n = pay_n < sizeof out ? pay_n : sizeof out;
     memcpy(out, pay, n);
@@ -105,7 +162,7 @@ static void remove_sock(void) { unlink(sock_path); }
 static int l_plug(lua_State *LL) {
   session *s = luaL_checkudata(LL, 1, SESSION_MT);
   curl_easy_setopt(s->home.tmpl, CURLOPT_UNIX_SOCKET_PATH, sock_path);
-  curl_easy_setopt(s->home.tmpl, CURLOPT_FORBID_REUSE, 1L);
+  curl_easy_setopt(s->home.tmpl, CURLOPT_FORBID_REUSE, lua_toboolean(LL, 2) ? 0L : 1L);
   if (getenv("FUZZ_DEBUG")) curl_easy_setopt(s->home.tmpl, CURLOPT_VERBOSE, 1L);
   return 0;
 }
@@ -187,6 +244,25 @@ static const char driver[] =
   "  if os.getenv('FUZZ_DEBUG') then print(method, r, e, st) end\n"
   "  check_result(r, e, st, max_body)\n"
   "  assert(not s:busy(), 'session left busy')\n"
+  "  s:close()\n"
+  "end\n"
+  "function M.keep(nparts, param, max_body)\n"
+  "  local s = core.new{ base_url = 'http://127.0.0.1:9/v1/api', timeout = 5, max_body = max_body }\n"
+  "  plug(s, true)\n"
+  "  for i = 1, nparts do\n"
+  "    local method = ({'GET', 'POST', 'HEAD', 'DELETE'})[(param >> i) % 4 + 1]\n"
+  "    local r, e, st\n"
+  "    if (param >> (i + 2)) % 2 == 0 then\n"
+  "      r, e, st = s:perform(method, '/x', { timeout = 0.5 })\n"
+  "    else\n"
+  "      local req = s:start(method, '/x', { timeout = 0.5 })\n"
+  "      while not req:step() do req:wait(0.05) end\n"
+  "      r, e, st = req:result()\n"
+  "      req:close()\n"
+  "    end\n"
+  "    check_result(r, e, st, max_body)\n"
+  "  end\n"
+  "  assert(not s:busy(), 'a request left in flight')\n"
   "  s:close()\n"
   "end\n"
   "local s_build = core.new{ base_url = 'http://127.0.0.1:9/v1/api' }\n"
@@ -284,6 +360,31 @@ static void mode_exchange(unsigned param, const uint8_t *d, size_t n) {
   pthread_mutex_unlock(&pay_mu);
 }
 
+static void mode_keep(unsigned param, const uint8_t *d, size_t n) {
+  lua_Integer max_body = (param & 0x80) ? 64 : 8 << 20;
+  pthread_mutex_lock(&pay_mu);
+  pay = (uint8_t *)d;
+  pay_n = n;
+  pay_keep = 1;
+  nparts = 0;
+  next_part = 0;
+  part_off[0] = 0;
+  for (size_t i = 0; i < n && nparts < 3; i++)
+    if (d[i] == 0xFE) part_off[++nparts] = i + 1;
+  part_off[++nparts] = n + 1;            /* the last part runs to the end (no separator) */
+  pthread_mutex_unlock(&pay_mu);
+  lua_pushinteger(L, nparts);
+  lua_pushinteger(L, param);
+  lua_pushinteger(L, max_body);
+  call("keep", 3);
+  pthread_mutex_lock(&pay_mu);
+  pay = NULL;
+  pay_n = 0;
+  pay_keep = 0;
+  nparts = next_part = 0;
+  pthread_mutex_unlock(&pay_mu);
+}
+
 static void mode_build(const uint8_t *d, size_t n) {
   const uint8_t *p = d, *end = d + n;
   for (int i = 0; i < 5; i++) {
@@ -298,7 +399,7 @@ static void mode_build(const uint8_t *d, size_t n) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   unsigned mode, param;
   if (size < 2) return 0;
-  mode = data[0] % 4;
+  mode = data[0] % 5;
   param = data[1];
   data += 2;
   size -= 2;
@@ -310,6 +411,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 1: mode_accumulate(param, data, size); break;
     case 2: mode_exchange(param, data, size); break;
     case 3: mode_build(data, size); break;
+    case 4: mode_keep(param, data, size); break;
   }
   lua_settop(L, 0);
   return 0;

@@ -111,4 +111,17 @@ for _, parts in ipairs{
 } do
   seed(3, 0, table.concat(parts, sep))
 end
+-- mode 4: several responses on one kept-alive connection (split at 0xFE), a stale extra one too
+local ok_body = '{"authenticated":true,"connected":true}'
+local one = http("200 OK", { "Content-Type: application/json", "Content-Length: " .. #ok_body }, ok_body)
+local bad = http("503 Service Unavailable", { "Content-Type: application/json", "Retry-After: 2",
+  "Content-Length: 16" }, '{"error":"busy"}')
+for i, parts in ipairs{
+  { one, one, one },
+  { one .. one, one, one },                        -- an unsolicited second response after the first
+  { one, bad, one, one },
+  { one, "HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n{}", one },
+} do
+  seed(4, i * 7, table.concat(parts, "\xfe"))
+end
 print(n .. " seeds in " .. dir)
