@@ -374,6 +374,24 @@ for _, tls in ipairs{ false, true } do
         assert.is_false(s:busy())
       end)
 
+      it("is a pollable: its descriptor becomes readable when the answer is there", function()
+        m:fault{ path = "/tickle", kind = "delay", seconds = 0.3 * (tonumber(os.getenv("IBKR_TIME_SCALE")) or 1) }
+        local req = assert(s:start("POST", "/tickle", { timeout = 4 }))
+        local fd = req:pollfd()
+        assert.is_true(math.type(fd) == "integer" and fd >= 0)
+        assert.are.equal("r", req:events())
+        local t = req:timeout()
+        assert.is_true(t > 3 and t <= 4.1, "timeout() is the exchange's own deadline: " .. t)
+        assert.are.equal(0, select("#", core.poll({ fd }, 0)))        -- not yet
+        local other = assert(s:start("POST", "/iserver/auth/status"))
+        assert.are.same({ 2 }, { core.poll({ fd, other:pollfd() }, 5) }) -- the quick one first
+        assert.are.same({ 1 }, { core.poll({ fd }, 5) })
+        assert.is_true(req:done())
+        assert(req:result())
+        assert(other:result())
+        assert.are.equal(-1, req:pollfd())                               -- collected: closed
+      end)
+
       it("is freed when the session closes under it", function()
         m:fault{ path = "/tickle", kind = "delay", seconds = 1 }
         local req = assert(s:start("POST", "/tickle"))

@@ -50,20 +50,20 @@ static int core_sleep(lua_State *L) {
 }
 
 /*
-** core.poll(fds [, timeout]) -> ready: wait until one of the descriptors in
-** the array fds is readable (or closed, or in error), or timeout seconds
-** passed (nil: no limit). Returns the array of the positions in fds that
-** are ready, empty on a timeout or a signal. What ibkr.run waits with.
+** core.poll(fds [, timeout]) -> i, ...: wait until one of the descriptors
+** in the array fds is readable (or closed, or in error), or timeout seconds
+** passed (nil: no limit). Returns the positions in fds of those that are
+** ready (nothing on a timeout or a signal). What ibkr.run waits with.
 */
 static int core_poll(lua_State *L) {
+  struct pollfd small[16], *p = small;
   lua_Integer n;
-  struct pollfd *p;
   double t = luaL_optnumber(L, 2, -1);
   int ms = -1, got, k = 0;
   luaL_checktype(L, 1, LUA_TTABLE);
   n = luaL_len(L, 1);
   if (n < 0 || n > 100000) return luaL_argerror(L, 1, "too many descriptors");
-  p = lua_newuserdatauv(L, sizeof *p * (size_t)(n ? n : 1), 0);
+  if (n > 16) p = lua_newuserdatauv(L, sizeof *p * (size_t)n, 0);
   for (lua_Integer i = 0; i < n; i++) {
     int isnum;
     lua_geti(L, 1, i + 1);
@@ -75,13 +75,13 @@ static int core_poll(lua_State *L) {
   }
   if (t >= 0) ms = t > 2e6 ? 2000000000 : (int)ceil(t * 1000);
   got = poll(p, (nfds_t)n, ms);
-  lua_createtable(L, got > 0 ? got : 0, 0);
+  if (got > 0) luaL_checkstack(L, got, "too many ready descriptors");
   for (lua_Integer i = 0; got > 0 && i < n; i++)
     if (p[i].revents) {
       lua_pushinteger(L, i + 1);
-      lua_rawseti(L, -2, ++k);
+      k++;
     }
-  return 1;
+  return k;
 }
 
 /* core.check_headers(t): the header rule of core.new, for callers that want

@@ -7,11 +7,11 @@ local core = require("ibkr.core")
 
 local M = {}
 
--- When each coroutine wants its next resume, and the pollable it waits on, kept across run()
+-- When each coroutine wants its next resume, and the descriptor it waits on, kept across run()
 -- calls so that driving again later respects the schedule. Weak keys: a coroutine the user drops
 -- is not kept alive here.
 local wake_at = setmetatable({}, { __mode = "k" })
-local watch = setmetatable({}, { __mode = "k" })
+local wait_fd = setmetatable({}, { __mode = "k" })
 
 local function check(cos, opts)
   local list = cos
@@ -29,30 +29,26 @@ local function check(cos, opts)
   return list, opts
 end
 
--- the descriptor of what a coroutine yielded after its seconds, or nil
-local function pollfd(p)
-  if (type(p) == "userdata" or type(p) == "table") and p.pollfd then
-    local ok, fd = pcall(p.pollfd, p)
-    if ok and math.type(fd) == "integer" and fd >= 0 then return fd end
-  end
-end
+local status, resume_co, huge = coroutine.status, coroutine.resume, math.huge
 
--- resumes co; records when it wants the next resume and what it waits on
+-- resumes co; records when it wants the next resume and the descriptor it waits on (the pollable
+-- yielded after the seconds: its :pollfd(), with :timeout() as the time limit)
 local function resume(co, clock, with_fds)
-  local ok, wait, p = coroutine.resume(co)
+  local ok, wait, p = resume_co(co)
   if not ok then error(wait, 0) end
-  if coroutine.status(co) == "dead" then
-    wake_at[co], watch[co] = nil, nil
+  if status(co) == "dead" then
+    wake_at[co], wait_fd[co] = nil, nil
     return
   end
   if type(wait) ~= "number" or wait ~= wait or wait < 0 then wait = 0 end
-  local fd = with_fds and pollfd(p)
-  if fd then
+  local fd = with_fds and p ~= nil and (type(p) == "userdata" or type(p) == "table") and p.pollfd
+    and p:pollfd()
+  if math.type(fd) == "integer" and fd >= 0 then
     local t = p.timeout and p:timeout()
-    if type(t) == "number" and t >= 0 then wait = t else wait = math.huge end
-    watch[co] = { p = p, fd = fd }
+    wait = type(t) == "number" and t >= 0 and t or huge
+    wait_fd[co] = fd
   else
-    watch[co] = nil
+    wait_fd[co] = nil
   end
   wake_at[co] = clock() + wait
 end
@@ -68,33 +64,35 @@ function M.run(cos, opts)
   local clock, sleep = opts.clock or core.monotonic, opts.sleep or core.sleep
   local with_fds = opts.sleep == nil
   local deadline = opts.duration and clock() + opts.duration
-  local ready = {}
+  local fds, owners, ready = {}, {}, {}
   while true do
-    local earliest, fds, owners = nil, {}, {}
-    for _, co in ipairs(list) do
-      if coroutine.status(co) == "suspended" then
+    local earliest, nfd = nil, 0
+    for i = 1, #list do
+      local co = list[i]
+      if status(co) == "suspended" then
         local due = wake_at[co]
-        if not due or due <= clock() or ready[co] then resume(co, clock, with_fds) end
-        if coroutine.status(co) == "suspended" then
+        if not due or ready[co] or due <= clock() then resume(co, clock, with_fds) end
+        if status(co) == "suspended" then
           due = wake_at[co]
           if not earliest or due < earliest then earliest = due end
-          local wt = watch[co]
-          if wt then
-            fds[#fds + 1], owners[#fds + 1] = wt.fd, co
+          local fd = wait_fd[co]
+          if fd then
+            nfd = nfd + 1
+            fds[nfd], owners[nfd] = fd, co
           end
         end
       end
     end
-    ready = {}
+    for k in pairs(ready) do ready[k] = nil end
     if not earliest then return true end
+    for i = nfd + 1, #fds do fds[i], owners[i] = nil, nil end
     local now = clock()
     local until_ = earliest
     if deadline and until_ > deadline then until_ = deadline end
-    if #fds > 0 then
+    if nfd > 0 then
       local left = until_ - now
-      for _, i in ipairs(core.poll(fds, left < math.huge and math.max(left, 0) or nil)) do
-        ready[owners[i]] = true
-      end
+      local got = { core.poll(fds, left < huge and (left > 0 and left or 0) or nil) }
+      for i = 1, #got do ready[owners[got[i]]] = true end
     elseif until_ > now then
       sleep(until_ - now)
     end
