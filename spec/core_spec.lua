@@ -375,7 +375,8 @@ for _, tls in ipairs{ false, true } do
       end)
 
       it("is a pollable: its descriptor becomes readable when the answer is there", function()
-        m:fault{ path = "/tickle", kind = "delay", seconds = 0.3 * (tonumber(os.getenv("IBKR_TIME_SCALE")) or 1) }
+        local scale = tonumber(os.getenv("IBKR_TIME_SCALE")) or 1
+        m:fault{ path = "/tickle", kind = "delay", seconds = 0.3 * scale }
         local req = assert(s:start("POST", "/tickle", { timeout = 4 }))
         local fd = req:pollfd()
         assert.is_true(math.type(fd) == "integer" and fd >= 0)
