@@ -46,7 +46,10 @@ for _, tls in ipairs{ false, true } do
         -- the main chunk's call does not wait for the slow tickles in flight
         assert.is_true(core.monotonic() - t0 < 0.25 * SCALE, "a blocking call waited for another exchange")
       end
-      ibkr.run({ blocking, coop })
+      -- the keep-alive keeps running while the workers finish, until it has seen a tickle through
+      while coroutine.status(blocking) ~= "dead" or coroutine.status(coop) ~= "dead" or done.keepalive == 0 do
+        ibkr.run({ ka, blocking, coop }, { duration = 0.1 })
+      end
       s:stop()
       ibkr.run(ka)
       assert.are.same({}, errors)
