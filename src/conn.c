@@ -100,6 +100,7 @@ static int on_prereq(void *ud, char *rip, char *lip, int rport, int lport) {
   (void)ud;
   (void)rip;
   (void)lip;
+  if (lport == 0) return CURL_PREREQFUNC_OK;      /* not TCP (a unix socket): nothing to match */
   pthread_mutex_lock(&R.mu);
   s = find(lport, rport);
   if (s && s->used++) {
