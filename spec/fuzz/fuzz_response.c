@@ -126,8 +126,8 @@ static void *serve(void *ud) {
       continue;
     }
     pthread_mutex_lock(&pay_mu);        /* the client waits for us: pay is this exchange's */
-    n = pay_n < sizeof out ? pay_n : sizeof out;
-    memcpy(out, pay, n);
+    n = pay ? (pay_n < sizeof out ? pay_n : sizeof out) : 0;   /* a late connection: nothing */
+    if (n) memcpy(out, pay, n);
     pthread_mutex_unlock(&pay_mu);
     for (size_t off = 0; off < n;) {
       ssize_t w = send(c, out + off, n - off, MSG_NOSIGNAL);
