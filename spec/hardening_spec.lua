@@ -243,6 +243,27 @@ describe("issue 9 regressions (core)", function()
     end)
   end)
 
+  describe("kind 1, out of memory", function()
+    it("an allocation failing anywhere in a call leaves the session working (spec/c/oom.c)", function()
+      local bin = os.tmpname()
+      local flags = "$(pkg-config --cflags --libs lua5.4 2>/dev/null || echo -I/usr/include/lua5.4 -llua5.4)"
+      local p = io.popen("cc -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -o " .. q(bin)
+        .. " spec/c/oom.c " .. flags .. " 2>&1")
+      local out = p:read("a")
+      assert(p:close(), out)
+      p = io.popen("env -u LD_PRELOAD " .. q(bin) .. " " .. q(m.url) .. " 2>&1")
+      out = p:read("a")
+      local ok = p:close()
+      os.remove(bin)
+      assert(ok, out)
+      local oom, answered, failures =
+        out:match("oom: (%d+) calls out of memory, (%d+) answered, (%d+) failures")
+      assert.is_true(tonumber(oom) > 10, out)
+      assert.are.equal("2", answered)
+      assert.are.equal("0", failures)
+    end)
+  end)
+
   describe("kind 2: what goes on the wire is what the caller asked", function()
     it("refuses a method with a NUL byte (measured by its Lua length)", function()
       local s = core.new{ base_url = m.url }
