@@ -133,6 +133,22 @@ local function raw_server(script, env)
   return p, assert(tonumber(p:read("l")), "the server did not start")
 end
 
+-- Builds spec/c/NAME.c and runs it with `arg`; returns whether it succeeded and its output.
+-- (cc and the program never run under a sanitizer preload: the program loads the normal module)
+local function c_program(src, arg)
+  local bin = os.tmpname()
+  local flags = "$(pkg-config --cflags --libs lua5.4 2>/dev/null || echo -I/usr/include/lua5.4 -llua5.4)"
+  local p = io.popen("env -u LD_PRELOAD cc -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -o "
+    .. q(bin) .. " " .. src .. " " .. flags .. " 2>&1")
+  local out = p:read("a")
+  if not p:close() then return false, out end
+  p = io.popen("env -u LD_PRELOAD " .. q(bin) .. " " .. q(arg) .. " 2>&1")
+  out = p:read("a")
+  local ok = p:close()
+  os.remove(bin)
+  return ok, out
+end
+
 -- Answers every request on a kept-alive connection with {"n":<count>}; after the first answer it
 -- writes an unsolicited complete response 0.3 s later, then says "stale". Ends after 3 answers.
 local STALE_SERVER = [[
@@ -245,17 +261,7 @@ describe("issue 9 regressions (core)", function()
 
   describe("kind 1, out of memory", function()
     it("an allocation failing anywhere in a call leaves the session working (spec/c/oom.c)", function()
-      local bin = os.tmpname()
-      local flags = "$(pkg-config --cflags --libs lua5.4 2>/dev/null || echo -I/usr/include/lua5.4 -llua5.4)"
-      -- (cc and the program never run under a sanitizer preload)
-      local p = io.popen("env -u LD_PRELOAD cc -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -o "
-        .. q(bin) .. " spec/c/oom.c " .. flags .. " 2>&1")
-      local out = p:read("a")
-      assert(p:close(), out)
-      p = io.popen("env -u LD_PRELOAD " .. q(bin) .. " " .. q(m.url) .. " 2>&1")
-      out = p:read("a")
-      local ok = p:close()
-      os.remove(bin)
+      local ok, out = c_program("spec/c/oom.c", m.url)
       assert(ok, out)
       local oom, answered, failures =
         out:match("oom: (%d+) calls out of memory, (%d+) answered, (%d+) failures")
@@ -404,6 +410,17 @@ describe("issue 9 regressions (core)", function()
   end)
 
   describe("kind 7: the process ends as asked", function()
+    for _, tls in ipairs{ false, true } do
+      it("fork() with sessions open and a request in flight is safe in the child (spec/c/fork.c, "
+          .. (tls and "HTTPS" or "HTTP") .. ")", function()
+        local fm = tls and assert(mock.start{ tls = true, pacing = false }) or m
+        local ok, out = c_program("spec/c/fork.c", fm.url)
+        if tls then fm:stop() end
+        assert(ok, out)
+        assert.matches("fork: ok", out)
+      end)
+    end
+
     it("os.exit with HTTPS requests in flight exits cleanly", function()
       local tm = assert(mock.start{ tls = true, pacing = false })
       local script = PRELUDE

@@ -1,0 +1,83 @@
+/*
+** fork.c BASE_URL -- fork() with sessions open and requests in flight.
+**
+** The parent opens two sessions (HTTP keep-alive connection made, one request in flight on the
+** engine thread), then forks. The child must refuse work on the parent's sessions (kind
+** "closed"), see their request in flight end as "closed", free them without touching their
+** connections, and work with a session of its own (a new engine thread). The parent then finishes
+** its request and keeps using its connection, which the child never wrote to. Exit 0 when all held.
+**   cc -o build/fork spec/c/fork.c $(pkg-config --cflags --libs lua5.4)
+*/
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+#include "lualib.h"
+
+static const char before[] =
+  "local url = ...\n"
+  "package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path\n"
+  "package.cpath = './?.so;' .. package.cpath\n"
+  "local core = require('ibkr.core')\n"
+  "S = core.new{ base_url = url }\n"
+  "assert(S:perform('POST', '/tickle'))\n"
+  "REQ = assert(S:start('POST', '/iserver/auth/status'))\n"
+  "URL = url\n";
+
+static const char child[] =
+  "local core = require('ibkr.core')\n"
+  "local r, err = S:perform('POST', '/tickle')\n"
+  "assert(r == nil and err.kind == 'closed', 'the parent session answered in the child')\n"
+  "assert(REQ:wait(5), 'the request of the parent never ended in the child')\n"
+  "local r2, err2 = REQ:result()\n"
+  "assert(r2 == nil and err2.kind == 'closed', 'the request of the parent gave ' .. tostring(err2))\n"
+  "S:close()\n"
+  "local own = core.new{ base_url = URL }\n"
+  "assert(own:perform('POST', '/tickle'))\n"
+  "local req = assert(own:start('GET', '/sso/validate'))\n"
+  "assert(req:wait(5)); assert(req:result())\n"
+  "own:close()\n";
+
+static const char after[] =
+  "assert(REQ:wait(5)); assert(REQ:result())\n"
+  "local before = S:info().connects\n"
+  "for _ = 1, 3 do assert(S:perform('POST', '/tickle')) end\n"
+  "local now = S:info().connects\n"
+  "assert(now == before, 'the parent lost its connection: ' .. (now - before) .. ' new connects')\n"
+  "S:close()\n";
+
+static int run(lua_State *L, const char *chunk, const char *name, int nargs) {
+  int base = lua_gettop(L) - nargs;
+  if (luaL_loadbuffer(L, chunk, strlen(chunk), name) != LUA_OK) goto fail;
+  lua_insert(L, base + 1);
+  if (lua_pcall(L, nargs, 0, 0) != LUA_OK) goto fail;
+  return 1;
+fail:
+  fprintf(stderr, "%s: %s\n", name, lua_tostring(L, -1));
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  lua_State *L = luaL_newstate();
+  pid_t pid;
+  int st = 0;
+  if (argc < 2) return 64;
+  luaL_openlibs(L);
+  lua_pushstring(L, argv[1]);
+  if (!run(L, before, "=before", 1)) return 1;
+  fflush(NULL);
+  pid = fork();
+  if (pid < 0) return 1;
+  if (pid == 0) _exit(run(L, child, "=child", 0) ? 0 : 1);
+  if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    fprintf(stderr, "fork: the child failed (status %d)\n", st);
+    return 1;
+  }
+  if (!run(L, after, "=after", 0)) return 1;
+  lua_close(L);
+  puts("fork: ok");
+  return 0;
+}
