@@ -103,7 +103,7 @@ int ibkr_check_headers(lua_State *L, int t);
 void ibkr_check_header(lua_State *L, const char *name, size_t nl, const char *val, size_t vl);
 void xfer_build_headers(lua_State *L, session *s);
 
-/* decode.c: JSON text -> Lua value, with the module's number and null rules */
+/* json.c: JSON text <-> Lua values, one set of rules (docs/json.md) */
 int ibkr_decode(lua_State *L, const char *s, size_t len);
 int ibkr_encode(lua_State *L, int encodeidx, int validx);
 

@@ -33,7 +33,7 @@
 #include "lualib.h"
 
 #include "../../src/error.c"
-#include "../../src/decode.c"
+#include "../../src/json.c"
 #include "../../src/request.c"
 #include "../../src/core.c"
 

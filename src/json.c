@@ -1,5 +1,5 @@
 /*
-** decode.c -- JSON text to native Lua values, in one pass.
+** json.c -- JSON text to native Lua values, in one pass.
 **
 ** Why not lua-cjson's decode: under Lua 5.4 Debian's cjson returns every
 ** number as a float and null as a truthy sentinel, so its result needs a
