@@ -17,7 +17,7 @@ description = {
 }
 dependencies = {
   "lua >= 5.4, < 5.5",
-  "lua-cjson >= 2.1.0",   -- encodes request bodies (responses are decoded by the C module)
+  "lua-cjson >= 2.1.0",   -- the mock gateway and the CLI's --json output (the C module does its own JSON)
   "luasocket >= 3.0",     -- the mock gateway (ibkr.mock, ibkr-mock-gateway) and its tests
   "luasec >= 1.0",        -- the mock gateway over TLS
 }

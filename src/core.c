@@ -1,7 +1,7 @@
 /*
 ** core.c -- the ibkr.core module: module table, the session class and the
-** non-blocking request class. Transport lives in request.c, decoding in
-** decode.c, error objects in error.c.
+** non-blocking request class. Transport lives in request.c, JSON in
+** json.c, error objects in error.c.
 */
 #include <errno.h>
 #include <math.h>
@@ -464,6 +464,7 @@ static int core_error(lua_State *L) {
   lua_getfield(L, 1, "kind");
   if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 1, "error needs a string 'kind'");
   lua_settop(L, 1);
+  ibkr_error_sanitize(L, 1);                    /* one printable, bounded line */
   luaL_setmetatable(L, ERROR_MT);
   return 1;
 }
@@ -589,22 +590,14 @@ static void createmeta(lua_State *L, const char *name, const luaL_Reg *meth, con
 }
 
 /*
-** luaopen: responses are decoded by decode.c; request bodies are encoded by
-** a private cjson instance (cjson.new), immune to what scripts do to the
-** global cjson's settings. Its encode is the shared upvalue of every
-** function.
+** luaopen: JSON both ways is json.c's (decode, encode, null, empty_array,
+** array_mt); error objects are error.c's.
 */
 IBKR_API int luaopen_ibkr_core(lua_State *L) {
   luaL_checkversion(L);
   /* before any libcurl call of this state (curl_url in core.new included) */
   pthread_once(&curl_once, init_curl);
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "cjson");
-  lua_call(L, 1, 1);                            /* cjson */
-  lua_getfield(L, -1, "new");
-  if (!lua_isfunction(L, -1)) return luaL_error(L, "ibkr.core needs lua-cjson with cjson.new");
-  lua_call(L, 0, 1);                            /* cjson, inst */
-  lua_getfield(L, -1, "encode");                /* cjson, inst, encode */
+  lua_pushnil(L);                               /* the shared upvalue (unused) */
   ibkr_error_register(L);
   createmeta(L, SESSION_MT, session_meth, session_metameth);
   createmeta(L, REQUEST_MT, request_meth, request_metameth);
@@ -615,5 +608,7 @@ IBKR_API int luaopen_ibkr_core(lua_State *L) {
   lua_setfield(L, -2, "null");
   lua_pushliteral(L, IBKR_VERSION);
   lua_setfield(L, -2, "_VERSION");
+  ibkr_json_open(L);
+  ibkr_error_open(L);
   return 1;
 }

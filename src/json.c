@@ -17,7 +17,9 @@
 **
 ** It raises (luaL_error) on bad input, so it only runs under lua_pcall.
 */
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -348,11 +350,357 @@ int ibkr_decode(lua_State *L, const char *s, size_t len) {
   return lua_pcall(L, 2, 1, 0) == LUA_OK;
 }
 
-/* encode the value at validx to JSON text with the private cjson; raises on failure */
-int ibkr_encode(lua_State *L, int encodeidx, int validx) {
-  validx = lua_absindex(L, validx);
-  lua_pushvalue(L, encodeidx);
-  lua_pushvalue(L, validx);
-  lua_call(L, 1, 1);
+/* --------------------------------------------------------------- encoding */
+
+/*
+** Lua value -> JSON text, by the request-body rules (docs/json.md):
+**   - integers as integers; floats as the shortest of %.15g/%.16g/%.17g that
+**     strtod reads back bit-identical (integral floats below 2^63 as their
+**     exact integer digits); NaN and infinities are an error;
+**   - ibkr.null is null, ibkr.empty_array is [];
+**   - a table with keys 1..n only is an array, one with string keys only an
+**     object (members sorted by key bytes, so a body is reproducible), an
+**     empty one {} -- or [] with the metatable ibkr.array_mt, which makes a
+**     table always an array; any other table is an error;
+**   - strings escaped per RFC 8259; bytes that are not UTF-8 are an error;
+**   - cycles and nesting deeper than IBKR_MAX_DEPTH are errors.
+** Tables are read raw (lua_next, lua_rawget, lua_rawgeti): no __index,
+** __pairs or __len runs, and the walk allocates nothing in Lua, so no user
+** code (finaliser included) runs during it and nothing it holds can be
+** freed. The text grows in malloc'd memory owned by ibkr_encode, which the
+** protected walk never frees: ibkr_encode does, whatever happened.
+*/
+
+static char empty_array_tag;              /* its address is ibkr.empty_array */
+#define EMPTY_ARRAY ((void *)&empty_array_tag)
+#define ARRAY_MT "ibkr.array_mt"          /* registry name of ibkr.array_mt */
+#define TWO63 9223372036854775808.0
+
+typedef struct keyref {
+  const char *s;
+  size_t n;
+  int idx;                                /* stack slot anchoring the key */
+} keyref;
+
+typedef struct encoder {
+  lua_State *L;
+  ibuf out;
+  keyref *keys;                           /* sort scratch shared by all levels (by index: it moves) */
+  size_t nkeys, capkeys;
+  int depth;                              /* containers open */
+  const void *open[IBKR_MAX_DEPTH];       /* those tables, outermost first: cycles */
+  int keyidx[IBKR_MAX_DEPTH];             /* member of each being encoded: key's stack slot... */
+  lua_Integer at[IBKR_MAX_DEPTH];         /* ...or array index (keyidx 0) -- for messages */
+} encoder;
+
+static void enc_value(encoder *e, int idx);
+
+/*
+** Raise "cannot encode as JSON: <what> at $.key[i]...", one printable
+** line. Only here does the encoder allocate in Lua: the walk is over.
+*/
+__attribute__((noreturn)) static void enc_fail(encoder *e, const char *what) {
+  lua_State *L = e->L;
+  size_t len;
+  const char *m;
+  luaL_checkstack(L, 4, NULL);
+  lua_pushfstring(L, "cannot encode as JSON: %s at $", what);
+  for (int d = 0; d < e->depth; d++) {
+    if (e->keyidx[d] == 0) {
+      lua_pushfstring(L, "[%I]", (LUAI_UACINT)e->at[d]);
+    } else {
+      m = lua_tolstring(L, e->keyidx[d], &len);
+      lua_pushliteral(L, ".");
+      ibkr_push_printable(L, m, len, 64);
+      lua_concat(L, 2);
+    }
+    lua_concat(L, 2);
+  }
+  m = lua_tolstring(L, -1, &len);
+  ibkr_push_printable(L, m, len, IBKR_MSG_MAX);
+  lua_error(L);
+  abort();   /* not reached */
+}
+
+/* room for n more bytes at the end of the text */
+static char *enc_room(encoder *e, size_t n) {
+  if (!ibuf_reserve(&e->out, e->out.n + n + 1)) luaL_error(e->L, "not enough memory");
+  return e->out.p + e->out.n;
+}
+
+static void enc_add(encoder *e, const char *s, size_t n) {
+  memcpy(enc_room(e, n), s, n);
+  e->out.n += n;
+}
+
+/*
+** A finite double as the shortest text strtod reads back bit-identical.
+** snprintf and strtod agree on the locale's decimal point; JSON's is '.',
+** so whatever the locale put there becomes one '.'.
+*/
+static void enc_float(encoder *e, double x) {
+  char buf[64], *o;
+  int n = 0;
+  if (x == floor(x) && fabs(x) < TWO63) n = snprintf(buf, sizeof buf, "%.0f", x);
+  else
+    for (int prec = 15; prec <= 17; prec++) {
+      n = snprintf(buf, sizeof buf, "%.*g", prec, x);
+      if (strtod(buf, NULL) == x) break;
+    }
+  o = enc_room(e, (size_t)n);
+  for (int i = 0; i < n; i++) {
+    char c = buf[i];
+    if ((c >= '0' && c <= '9') || c == '-' || c == '+' || c == 'e') *o++ = c;
+    else if (o == e->out.p + e->out.n || o[-1] != '.') *o++ = '.';
+  }
+  e->out.n = (size_t)(o - e->out.p);
+}
+
+static void enc_number(encoder *e, int idx) {
+  lua_State *L = e->L;
+  if (lua_isinteger(L, idx)) {
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
+    enc_add(e, buf, (size_t)n);
+  } else {
+    double x = (double)lua_tonumber(L, idx);
+    if (isnan(x)) enc_fail(e, "NaN (JSON has no NaN)");
+    if (isinf(x)) enc_fail(e, x > 0 ? "inf (JSON has no infinity)" : "-inf (JSON has no infinity)");
+    enc_float(e, x);
+  }
+}
+
+/* a string, escaped per RFC 8259: '"', '\\' and C0 controls; the rest as it
+** is once checked to be UTF-8 */
+static void enc_string(encoder *e, const char *s, size_t len) {
+  static const char hex[] = "0123456789abcdef";
+  size_t i = 0;
+  enc_add(e, "\"", 1);
+  while (i < len) {
+    size_t run = i, k;
+    unsigned cp;
+    while (i < len && (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x80 && s[i] != '"' && s[i] != '\\')
+      i++;
+    if (i > run) enc_add(e, s + run, i - run);
+    if (i == len) break;
+    unsigned char c = (unsigned char)s[i];
+    if (c >= 0x80) {
+      if ((k = ibkr_utf8_len(s + i, len - i, &cp)) == 0) enc_fail(e, "a string that is not UTF-8");
+      enc_add(e, s + i, k);
+      i += k;
+      continue;
+    }
+    {
+      char esc[6] = {'\\', 0, '0', '0', hex[c >> 4], hex[c & 15]};
+      switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default: esc[1] = 'u'; break;
+      }
+      enc_add(e, esc, esc[1] == 'u' ? 6 : 2);
+    }
+    i++;
+  }
+  enc_add(e, "\"", 1);
+}
+
+static int keycmp(const void *a, const void *b) {
+  const keyref *x = a, *y = b;
+  int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
+  return c != 0 ? c : (x->n > y->n) - (x->n < y->n);
+}
+
+/* the members of the object at idx, which has n string keys, in key order */
+static void enc_object(encoder *e, int idx, size_t n) {
+  lua_State *L = e->L;
+  int base = lua_gettop(L), d = e->depth - 1;
+  size_t kb = e->nkeys;
+  if (n > (size_t)INT_MAX - 64) enc_fail(e, "an object with too many keys");
+  luaL_checkstack(L, (int)n + 8, "JSON object too large");
+  if (kb + n > e->capkeys) {
+    size_t cap = e->capkeys ? e->capkeys * 2 : 32;
+    keyref *k;
+    while (cap < kb + n) cap *= 2;
+    if ((k = realloc(e->keys, cap * sizeof *k)) == NULL) luaL_error(L, "not enough memory");
+    e->keys = k;
+    e->capkeys = cap;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {                      /* ..., keys so far, k, v */
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);                         /* ..., keys so far, k, k: the lower one stays */
+  }
+  for (size_t i = 0; i < n; i++) {
+    keyref *k = &e->keys[kb + i];
+    k->idx = base + 1 + (int)i;
+    k->s = lua_tolstring(L, k->idx, &k->n);       /* strings: no conversion, no allocation */
+  }
+  e->nkeys = kb + n;
+  qsort(e->keys + kb, n, sizeof *e->keys, keycmp);
+  enc_add(e, "{", 1);
+  for (size_t i = 0; i < n; i++) {
+    keyref k = e->keys[kb + i];                   /* a copy: the array may move below */
+    if (i > 0) enc_add(e, ",", 1);
+    enc_string(e, k.s, k.n);
+    enc_add(e, ":", 1);
+    e->keyidx[d] = k.idx;
+    lua_pushvalue(L, k.idx);
+    lua_rawget(L, idx);
+    enc_value(e, lua_gettop(L));
+    lua_pop(L, 1);
+  }
+  enc_add(e, "}", 1);
+  e->nkeys = kb;
+  lua_settop(L, base);
+}
+
+static void enc_array(encoder *e, int idx, lua_Integer n) {
+  lua_State *L = e->L;
+  int d = e->depth - 1;
+  enc_add(e, "[", 1);
+  e->keyidx[d] = 0;
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (i > 1) enc_add(e, ",", 1);
+    e->at[d] = i;
+    lua_rawgeti(L, idx, i);
+    enc_value(e, lua_gettop(L));
+    lua_pop(L, 1);
+  }
+  enc_add(e, "]", 1);
+}
+
+static int has_array_mt(lua_State *L, int idx) {
+  int r;
+  if (!lua_getmetatable(L, idx)) return 0;
+  luaL_getmetatable(L, ARRAY_MT);
+  r = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return r;
+}
+
+/*
+** A table: count its keys (raw) to tell an array (1..n) from an object
+** (strings), refuse anything else, then write it.
+*/
+static void enc_table(encoder *e, int idx) {
+  lua_State *L = e->L;
+  const void *self = lua_topointer(L, idx);
+  lua_Integer nint = 0, max = 0;
+  size_t nstr = 0;
+  int forced = has_array_mt(L, idx);
+  for (int d = 0; d < e->depth; d++)
+    if (e->open[d] == self) enc_fail(e, "a table that contains itself (a cycle)");
+  if (e->depth >= IBKR_MAX_DEPTH) enc_fail(e, "tables nested deeper than 256");
+  luaL_checkstack(L, 8, "JSON nesting");
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING) nstr++;
+    else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0) {
+      nint++;
+      if (lua_tointeger(L, -1) > max) max = lua_tointeger(L, -1);
+    } else {
+      char what[80];
+      if (lua_isinteger(L, -1))
+        snprintf(what, sizeof what, "a table with the key " LUA_INTEGER_FMT " (arrays start at 1)",
+                 (LUAI_UACINT)lua_tointeger(L, -1));
+      else if (lua_type(L, -1) == LUA_TNUMBER)
+        snprintf(what, sizeof what, "a table with the key %.17g (not a string nor 1..n)", (double)lua_tonumber(L, -1));
+      else
+        snprintf(what, sizeof what, "a table with a %s key (not a string nor 1..n)", luaL_typename(L, -1));
+      enc_fail(e, what);
+    }
+  }
+  if (nstr > 0 && (nint > 0 || forced))
+    enc_fail(e, forced ? "an ibkr.array_mt table with string keys"
+                       : "a table with both string keys and array indices");
+  if (nint > 0 && max != nint) enc_fail(e, "a sparse array (nil holes: use ibkr.null)");
+  e->open[e->depth++] = self;
+  if (nstr > 0) enc_object(e, idx, nstr);
+  else if (nint > 0 || forced) enc_array(e, idx, nint);
+  else enc_add(e, "{}", 2);
+  e->depth--;
+}
+
+static void enc_value(encoder *e, int idx) {
+  lua_State *L = e->L;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: enc_add(e, "null", 4); break;
+    case LUA_TBOOLEAN: lua_toboolean(L, idx) ? enc_add(e, "true", 4) : enc_add(e, "false", 5); break;
+    case LUA_TNUMBER: enc_number(e, idx); break;
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      enc_string(e, s, n);
+      break;
+    }
+    case LUA_TTABLE: enc_table(e, idx); break;
+    case LUA_TLIGHTUSERDATA:
+      if (lua_touserdata(L, idx) == NULL) { enc_add(e, "null", 4); break; }
+      if (lua_touserdata(L, idx) == EMPTY_ARRAY) { enc_add(e, "[]", 2); break; }
+      /* fall through */
+    default: {
+      char what[64];
+      snprintf(what, sizeof what, "a %s", lua_typename(L, lua_type(L, idx)));
+      enc_fail(e, what);
+    }
+  }
+}
+
+/* protected part of ibkr_encode: (value, encoder) -> text */
+static int encode_p(lua_State *L) {
+  encoder *e = lua_touserdata(L, 2);
+  e->L = L;
+  enc_value(e, 1);
+  lua_pushlstring(L, e->out.p ? e->out.p : "", e->out.n);
   return 1;
+}
+
+/*
+** Encode the value at validx as JSON text (the request-body rules above) and
+** push the text. Raises a one-line error message for a value JSON cannot
+** carry exactly, after freeing what the encoding held.
+*/
+int ibkr_encode(lua_State *L, int validx) {
+  encoder e;
+  int st;
+  e.out.p = NULL;
+  e.out.n = e.out.cap = 0;
+  e.keys = NULL;
+  e.nkeys = e.capkeys = 0;
+  e.depth = 0;
+  validx = lua_absindex(L, validx);
+  lua_pushcfunction(L, encode_p);
+  lua_pushvalue(L, validx);
+  lua_pushlightuserdata(L, &e);
+  st = lua_pcall(L, 2, 1, 0);
+  ibuf_free(&e.out);
+  free(e.keys);
+  if (st != LUA_OK) lua_error(L);
+  return 1;
+}
+
+/* core.encode(value) -> JSON text; raises on a value JSON cannot carry */
+static int json_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  return ibkr_encode(L, 1);
+}
+
+/*
+** Add the JSON entries to the module table at the top: encode, empty_array
+** (a light userdata, like null) and array_mt (a metatable known by identity,
+** kept in the registry so that reloading the module keeps it).
+*/
+void ibkr_json_open(lua_State *L) {
+  lua_pushcfunction(L, json_encode);
+  lua_setfield(L, -2, "encode");
+  lua_pushlightuserdata(L, EMPTY_ARRAY);
+  lua_setfield(L, -2, "empty_array");
+  luaL_newmetatable(L, ARRAY_MT);
+  lua_setfield(L, -2, "array_mt");
 }

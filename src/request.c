@@ -318,7 +318,7 @@ void xfer_begin(lua_State *L, session *s, const char *method, int pathidx, int o
     case LUA_TNIL: break;
     case LUA_TSTRING: has_body = 1; break;
     case LUA_TTABLE:
-      ibkr_encode(L, lua_upvalueindex(UV_ENCODE), top);
+      ibkr_encode(L, top);
       lua_replace(L, top);
       has_body = 1;
       break;
@@ -734,25 +734,7 @@ int xfer_push_result(lua_State *L, session *s, int methodidx, int pathidx) {
     const char *loc = NULL;
     curl_easy_getinfo(s->easy, CURLINFO_REDIRECT_URL, &loc);
     if (loc) ibkr_sets(L, "location", loc);
-    /* message: "HTTP 401", plus the gateway's own words when it gave some */
-    lua_getfield(L, -1, "data");
-    if (lua_type(L, -1) == LUA_TTABLE) {
-      lua_getfield(L, -1, "error");
-      if (lua_type(L, -1) != LUA_TSTRING) {
-        lua_pop(L, 1);
-        lua_getfield(L, -1, "message");
-      }
-    } else {
-      lua_pushnil(L);
-    }
-    if (lua_type(L, -1) == LUA_TSTRING)
-      lua_pushfstring(L, "HTTP %d: %s", (int)status, lua_tostring(L, -1));
-    else if (loc)
-      lua_pushfstring(L, "HTTP %d redirect to %s (not followed)", (int)status, loc);
-    else
-      lua_pushfstring(L, "HTTP %d", (int)status);
-    lua_setfield(L, -4, "message");
-    lua_pop(L, 2);
   }
+  ibkr_error_describe(L, -1);                   /* the message, from what the answer holds */
   return 2;
 }
