@@ -327,11 +327,13 @@ static int push_json_text(lua_State *L, const char *s, size_t n) {
 
 /*
 ** Push the gateway's own words from the decoded JSON body (data): its
-** "error", then "message", then "fail" text, or the body itself when it is
-** a JSON string. Returns 0 (pushing nothing) when there are none.
+** "error", then "message", then "fail" text (the gateway's fields), then
+** "detail", then "title" (RFC 7807 problem details, api.ibkr.com's 401), or
+** the body itself when it is a JSON string. Returns 0 (pushing nothing)
+** when there are none.
 */
 static int push_json_words(lua_State *L, int t) {
-  static const char *const keys[] = {"error", "message", "fail", NULL};
+  static const char *const keys[] = {"error", "message", "fail", "detail", "title", NULL};
   size_t n;
   const char *s;
   lua_pushliteral(L, "data");
@@ -402,8 +404,8 @@ static void push_location(lua_State *L, const char *loc, size_t n) {
 
 /*
 ** Set the message of the error table at idx (a non-2xx answer) from its
-** fields: "HTTP <status>: <words>" with the JSON body's error/message/fail
-** text; else "HTTP <status> redirect to <location> (not followed)"; else
+** fields: "HTTP <status>: <words>" with the JSON body's error, message,
+** fail, detail or title text; else "HTTP <status> redirect to <location> (not followed)"; else
 ** "HTTP <status>: <title>" for an HTML page (or a short plain-text body);
 ** else "HTTP <status>". Reads fields raw; the message is one printable line.
 */

@@ -17,6 +17,7 @@
 **
 ** It raises (luaL_error) on bad input, so it only runs under lua_pcall.
 */
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -354,9 +355,10 @@ int ibkr_decode(lua_State *L, const char *s, size_t len) {
 
 /*
 ** Lua value -> JSON text, by the request-body rules (docs/json.md):
-**   - integers as integers; floats as the shortest of %.15g/%.16g/%.17g that
-**     strtod reads back bit-identical (integral floats below 2^63 as their
-**     exact integer digits); NaN and infinities are an error;
+**   - integers as integers; floats as the shortest %.Ng text that strtod
+**     reads back bit-identical (%.15g is the shortest that can be for a
+**     normal double; a subnormal tries from %.1g), integral floats below
+**     2^63 as their exact integer digits; NaN and infinities are errors;
 **   - ibkr.null is null, ibkr.empty_array is [];
 **   - a table with keys 1..n only is an array, one with string keys only an
 **     object (members sorted by key bytes, so a body is reproducible), an
@@ -442,8 +444,8 @@ static void enc_float(encoder *e, double x) {
   char buf[64], *o;
   int n = 0;
   if (x == floor(x) && fabs(x) < TWO63) n = snprintf(buf, sizeof buf, "%.0f", x);
-  else
-    for (int prec = 15; prec <= 17; prec++) {
+  else                    /* a subnormal has fewer digits: %.15g may not be its shortest */
+    for (int prec = fabs(x) < DBL_MIN ? 1 : 15; prec <= 17; prec++) {
       n = snprintf(buf, sizeof buf, "%.*g", prec, x);
       if (strtod(buf, NULL) == x) break;
     }
