@@ -425,12 +425,13 @@ __attribute__((noreturn)) static void enc_fail(encoder *e, const char *what) {
 }
 
 /* room for n more bytes at the end of the text */
-static char *enc_room(encoder *e, size_t n) {
-  if (!ibuf_reserve(&e->out, e->out.n + n + 1)) luaL_error(e->L, "not enough memory");
+static inline char *enc_room(encoder *e, size_t n) {
+  if (e->out.n + n >= e->out.cap && !ibuf_reserve(&e->out, e->out.n + n + 1))
+    luaL_error(e->L, "not enough memory");
   return e->out.p + e->out.n;
 }
 
-static void enc_add(encoder *e, const char *s, size_t n) {
+static inline void enc_add(encoder *e, const char *s, size_t n) {
   memcpy(enc_room(e, n), s, n);
   e->out.n += n;
 }
@@ -460,10 +461,13 @@ static void enc_float(encoder *e, double x) {
 
 static void enc_number(encoder *e, int idx) {
   lua_State *L = e->L;
-  if (lua_isinteger(L, idx)) {
-    char buf[32];
-    int n = snprintf(buf, sizeof buf, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
-    enc_add(e, buf, (size_t)n);
+  if (lua_isinteger(L, idx)) {                   /* digits backwards, without snprintf */
+    char buf[24], *p = buf + sizeof buf;
+    lua_Integer i = lua_tointeger(L, idx);
+    lua_Unsigned u = i < 0 ? 0u - (lua_Unsigned)i : (lua_Unsigned)i;
+    do *--p = (char)('0' + u % 10); while ((u /= 10) != 0);
+    if (i < 0) *--p = '-';
+    enc_add(e, p, (size_t)(buf + sizeof buf - p));
   } else {
     double x = (double)lua_tonumber(L, idx);
     if (isnan(x)) enc_fail(e, "NaN (JSON has no NaN)");
@@ -471,6 +475,16 @@ static void enc_number(encoder *e, int idx) {
     enc_float(e, x);
   }
 }
+
+/* bytes a string copies as they are: ASCII but '"', '\\' and C0 controls */
+#define ONES16 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1
+static const unsigned char plain[256] = {
+  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,                  /* 0x22 '"' */
+  ONES16, ONES16,
+  1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,                  /* 0x5C '\\' */
+  ONES16, ONES16                                                    /* 0x80-0xFF: 0, UTF-8 checked */
+};
 
 /* a string, escaped per RFC 8259: '"', '\\' and C0 controls; the rest as it
 ** is once checked to be UTF-8 */
@@ -481,8 +495,7 @@ static void enc_string(encoder *e, const char *s, size_t len) {
   while (i < len) {
     size_t run = i, k;
     unsigned cp;
-    while (i < len && (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x80 && s[i] != '"' && s[i] != '\\')
-      i++;
+    while (i < len && plain[(unsigned char)s[i]]) i++;
     if (i > run) enc_add(e, s + run, i - run);
     if (i == len) break;
     unsigned char c = (unsigned char)s[i];
@@ -517,13 +530,29 @@ static int keycmp(const void *a, const void *b) {
   return c != 0 ? c : (x->n > y->n) - (x->n < y->n);
 }
 
-/* the members of the object at idx, which has n string keys, in key order */
-static void enc_object(encoder *e, int idx, size_t n) {
+/* sort keys by bytes: insertion sort for the few keys of a usual body, qsort beyond */
+static void sort_keys(keyref *k, size_t n) {
+  if (n > 16) {
+    qsort(k, n, sizeof *k, keycmp);
+    return;
+  }
+  for (size_t i = 1; i < n; i++) {
+    keyref x = k[i];
+    size_t j = i;
+    while (j > 0 && keycmp(&k[j - 1], &x) > 0) {
+      k[j] = k[j - 1];
+      j--;
+    }
+    k[j] = x;
+  }
+}
+
+/* the members of the object at idx, whose n string keys are on the stack
+** above base, in key order */
+static void enc_object(encoder *e, int idx, int base, size_t n) {
   lua_State *L = e->L;
-  int base = lua_gettop(L), d = e->depth - 1;
+  int d = e->depth - 1;
   size_t kb = e->nkeys;
-  if (n > (size_t)INT_MAX - 64) enc_fail(e, "an object with too many keys");
-  luaL_checkstack(L, (int)n + 8, "JSON object too large");
   if (kb + n > e->capkeys) {
     size_t cap = e->capkeys ? e->capkeys * 2 : 32;
     keyref *k;
@@ -532,18 +561,13 @@ static void enc_object(encoder *e, int idx, size_t n) {
     e->keys = k;
     e->capkeys = cap;
   }
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {                      /* ..., keys so far, k, v */
-    lua_pop(L, 1);
-    lua_pushvalue(L, -1);                         /* ..., keys so far, k, k: the lower one stays */
-  }
   for (size_t i = 0; i < n; i++) {
     keyref *k = &e->keys[kb + i];
     k->idx = base + 1 + (int)i;
     k->s = lua_tolstring(L, k->idx, &k->n);       /* strings: no conversion, no allocation */
   }
   e->nkeys = kb + n;
-  qsort(e->keys + kb, n, sizeof *e->keys, keycmp);
+  sort_keys(e->keys + kb, n);
   enc_add(e, "{", 1);
   for (size_t i = 0; i < n; i++) {
     keyref k = e->keys[kb + i];                   /* a copy: the array may move below */
@@ -585,45 +609,54 @@ static int has_array_mt(lua_State *L, int idx) {
   return r;
 }
 
+/* raise for the key at the top, which is neither a string nor 1..n */
+__attribute__((noreturn)) static void bad_key(encoder *e) {
+  lua_State *L = e->L;
+  char what[96];
+  if (lua_isinteger(L, -1))
+    snprintf(what, sizeof what, "a table with the key " LUA_INTEGER_FMT " (arrays start at 1)",
+             (LUAI_UACINT)lua_tointeger(L, -1));
+  else if (lua_type(L, -1) == LUA_TNUMBER)
+    snprintf(what, sizeof what, "a table with the key %.17g (not a string nor 1..n)", (double)lua_tonumber(L, -1));
+  else
+    snprintf(what, sizeof what, "a table with a %s key (not a string nor 1..n)", luaL_typename(L, -1));
+  enc_fail(e, what);
+}
+
 /*
-** A table: count its keys (raw) to tell an array (1..n) from an object
-** (strings), refuse anything else, then write it.
+** A table: walk its keys once (raw) to tell an array (1..n) from an object
+** (strings: they stay on the stack for sorting), refuse anything else,
+** then write it.
 */
 static void enc_table(encoder *e, int idx) {
   lua_State *L = e->L;
   const void *self = lua_topointer(L, idx);
   lua_Integer nint = 0, max = 0;
   size_t nstr = 0;
-  int forced = has_array_mt(L, idx);
+  int forced = has_array_mt(L, idx), base = lua_gettop(L);
   for (int d = 0; d < e->depth; d++)
     if (e->open[d] == self) enc_fail(e, "a table that contains itself (a cycle)");
   if (e->depth >= IBKR_MAX_DEPTH) enc_fail(e, "tables nested deeper than 256");
-  luaL_checkstack(L, 8, "JSON nesting");
   lua_pushnil(L);
-  while (lua_next(L, idx)) {
+  while (luaL_checkstack(L, 4, "JSON object too large"), lua_next(L, idx)) {
     lua_pop(L, 1);
-    if (lua_type(L, -1) == LUA_TSTRING) nstr++;
-    else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0) {
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      if (nint > 0 || forced) break;              /* mixed: refused below */
+      nstr++;
+      lua_pushvalue(L, -1);                       /* ..., keys, k, k: the lower one stays */
+    } else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0) {
+      if (nstr > 0) break;
       nint++;
       if (lua_tointeger(L, -1) > max) max = lua_tointeger(L, -1);
-    } else {
-      char what[80];
-      if (lua_isinteger(L, -1))
-        snprintf(what, sizeof what, "a table with the key " LUA_INTEGER_FMT " (arrays start at 1)",
-                 (LUAI_UACINT)lua_tointeger(L, -1));
-      else if (lua_type(L, -1) == LUA_TNUMBER)
-        snprintf(what, sizeof what, "a table with the key %.17g (not a string nor 1..n)", (double)lua_tonumber(L, -1));
-      else
-        snprintf(what, sizeof what, "a table with a %s key (not a string nor 1..n)", luaL_typename(L, -1));
-      enc_fail(e, what);
-    }
+    } else
+      bad_key(e);
   }
-  if (nstr > 0 && (nint > 0 || forced))
+  if (lua_gettop(L) > base + (int)nstr)           /* the loop broke off at a key */
     enc_fail(e, forced ? "an ibkr.array_mt table with string keys"
                        : "a table with both string keys and array indices");
   if (nint > 0 && max != nint) enc_fail(e, "a sparse array (nil holes: use ibkr.null)");
   e->open[e->depth++] = self;
-  if (nstr > 0) enc_object(e, idx, nstr);
+  if (nstr > 0) enc_object(e, idx, base, nstr);
   else if (nint > 0 || forced) enc_array(e, idx, nint);
   else enc_add(e, "{}", 2);
   e->depth--;
