@@ -1,5 +1,7 @@
 /*
-** json.c -- JSON text to native Lua values, in one pass.
+** json.c -- JSON both ways, one set of rules (docs/json.md): response text
+** to native Lua values in one pass (decoding, first half), request bodies
+** to exact text (encoding, second half).
 **
 ** Why not lua-cjson's decode: under Lua 5.4 Debian's cjson returns every
 ** number as a float and null as a truthy sentinel, so its result needs a
@@ -16,6 +18,7 @@
 ** gateway's odd byte must not cost the whole response.
 **
 ** It raises (luaL_error) on bad input, so it only runs under lua_pcall.
+** (Why not cjson's encode: see the encoding half.)
 */
 #include <float.h>
 #include <limits.h>
@@ -354,7 +357,9 @@ int ibkr_decode(lua_State *L, const char *s, size_t len) {
 /* --------------------------------------------------------------- encoding */
 
 /*
-** Lua value -> JSON text, by the request-body rules (docs/json.md):
+** Lua value -> JSON text, by the request-body rules (docs/json.md). Not
+** lua-cjson's encode: Debian's 2.1.0 writes %.14g (0.1 + 0.2 went out as
+** 0.3, integers above 2^53 lost digits) and hash order.
 **   - integers as integers; floats as the shortest %.Ng text that strtod
 **     reads back bit-identical (%.15g is the shortest that can be for a
 **     normal double; a subnormal tries from %.1g), integral floats below
