@@ -24,13 +24,14 @@ local function assert_line(s, max)
   return s
 end
 
--- Starts `method path` on a core session, plays the server: reads the request head (and any
--- body), answers the raw bytes `response`, closes. Returns what the request returned.
-local function answer_raw(response, method, path)
+-- Starts POST /tickle on a core session (base URL with `userinfo` when given), plays the server:
+-- reads the request head, answers the raw bytes `response`, closes. Returns what the request
+-- returned.
+local function answer_raw(response, userinfo)
   local srv = assert(socket.bind("127.0.0.1", 0))
   local _, port = srv:getsockname()
-  local s = core.new{ base_url = "http://127.0.0.1:" .. port .. "/v1/api" }
-  local req = assert(s:start(method or "POST", path or "/tickle"))
+  local s = core.new{ base_url = "http://" .. (userinfo or "") .. "127.0.0.1:" .. port .. "/v1/api" }
+  local req = assert(s:start("POST", "/tickle"))
   srv:settimeout(0)
   local c
   local deadline = core.monotonic() + 10
@@ -248,7 +249,7 @@ describe("error messages", function()
         err2.message)
     end)
 
-    it("never shows the userinfo of a redirect target; control bytes in it are escaped", function()
+    it("never shows userinfo in a redirect target (message or field); control bytes are escaped", function()
       local loc = "Location: https://user:secret@gw.example/sso/Login\r\n"
       local _, err = answer_raw(http(302, "text/html", "", loc))
       assert.are.equal("HTTP 302 redirect to https://gw.example/sso/Login (not followed)", err.message)
@@ -256,6 +257,11 @@ describe("error messages", function()
       local _, err2 = answer_raw(http(302, "text/html", "", "Location: /sso/\27[2J\194\155x\r\n"))
       assert_line(err2.message)
       assert_line(tostring(err2))
+      -- a relative target is resolved against the request URL: the base_url's credentials stay out
+      local _, err3 = answer_raw(http(302, "text/html", "", "Location: /sso/Login?RL=1\r\n"), "me:pa55@")
+      assert.truthy(err3.message:find("^HTTP 302 redirect to http://127%.0%.0%.1:%d+/sso/Login%?RL=1 " ..
+        "%(not followed%)$"), err3.message)
+      assert.truthy(err3.location:find("^http://127%.0%.0%.1:%d+/sso/Login%?RL=1$"), err3.location)
     end)
   end)
 end)

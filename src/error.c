@@ -379,33 +379,30 @@ static int push_page_words(lua_State *L, int t) {
   return 0;
 }
 
-/* push the location field (a string at -1 is replaced) without its
-** userinfo ("user:pass@"), printable and bounded */
-static void push_location(lua_State *L, const char *loc, size_t n) {
-  const char *sep = strstr(loc, "://");
-  if (sep != NULL && (size_t)(sep - loc) < n) {
-    const char *auth = sep + 3, *p = auth, *at = NULL;
-    while (p < loc + n && *p != '/' && *p != '?' && *p != '#') {
-      if (*p == '@') at = p;
-      p++;
-    }
-    if (at != NULL) {
-      lua_pushlstring(L, loc, (size_t)(auth - loc));
-      lua_pushlstring(L, at + 1, n - (size_t)(at + 1 - loc));
-      lua_concat(L, 2);
-      loc = lua_tolstring(L, -1, &n);
-      ibkr_push_printable(L, loc, n, IBKR_MSG_MAX - 64);
-      lua_remove(L, -2);
-      return;
-    }
-  }
-  ibkr_push_printable(L, loc, n, IBKR_MSG_MAX - 64);
+/*
+** Replace the URL at the top of the stack by the same URL without userinfo
+** ("user:pass@"): libcurl resolves a relative Location against the request
+** URL, credentials of base_url included, and they must not reach an error.
+*/
+static void strip_userinfo(lua_State *L) {
+  size_t n;
+  const char *loc = lua_tolstring(L, -1, &n), *sep = strstr(loc, "://");
+  const char *auth, *p, *at = NULL;
+  if (sep == NULL || memchr(loc, '/', (size_t)(sep - loc)) != NULL) return;   /* not scheme:// */
+  for (auth = p = sep + 3; p < loc + n && *p != '/' && *p != '?' && *p != '#'; p++)
+    if (*p == '@') at = p;
+  if (at == NULL) return;
+  lua_pushlstring(L, loc, (size_t)(auth - loc));
+  lua_pushlstring(L, at + 1, n - (size_t)(at + 1 - loc));
+  lua_concat(L, 2);
+  lua_remove(L, -2);
 }
 
 /*
 ** Set the message of the error table at idx (a non-2xx answer) from its
 ** fields: "HTTP <status>: <words>" with the JSON body's error, message,
-** fail, detail or title text; else "HTTP <status> redirect to <location> (not followed)"; else
+** fail, detail or title text; else "HTTP <status> redirect to <location>
+** (not followed)", the location field losing any userinfo; else
 ** "HTTP <status>: <title>" for an HTML page (or a short plain-text body);
 ** else "HTTP <status>". Reads fields raw; the message is one printable line.
 */
@@ -419,7 +416,12 @@ void ibkr_error_describe(lua_State *L, int idx) {
   if (isint) lua_pushfstring(L, "HTTP %I", (LUAI_UACINT)status);
   else lua_pushliteral(L, "HTTP");
   lua_pushliteral(L, "location");
-  lua_rawget(L, idx);
+  if (lua_rawget(L, idx) == LUA_TSTRING) {        /* the field too loses its userinfo */
+    strip_userinfo(L);
+    lua_pushliteral(L, "location");
+    lua_pushvalue(L, -2);
+    lua_rawset(L, idx);
+  }
   if (push_json_words(L, idx)) {
     lua_pushliteral(L, ": ");
     lua_insert(L, -2);
@@ -427,7 +429,7 @@ void ibkr_error_describe(lua_State *L, int idx) {
     size_t n;
     const char *loc = lua_tolstring(L, -1, &n);
     lua_pushliteral(L, " redirect to ");
-    push_location(L, loc, n);
+    ibkr_push_printable(L, loc, n, IBKR_MSG_MAX - 64);
     lua_pushliteral(L, " (not followed)");
   } else if (push_page_words(L, idx)) {
     lua_pushliteral(L, ": ");
