@@ -273,6 +273,22 @@ describe("the JSON encoder", function()
       assert.are.equal(want, r2.body)
     end)
 
+    it("query numbers follow the same rule: exact, NaN and infinities refused", function()
+      local s = core.new{ base_url = m.url }
+      local r = assert(s:perform("GET", "/__mock/echo", { query = { price = 0.1 + 0.2,
+        conid = 123456789012345678, f = 123456789012345678.0, l = { 1.5, -0.0, 1e300 } } }))
+      assert.are.equal("conid=123456789012345678&f=123456789012345680&l=1.5&l=-0&l=1e%2B300" ..
+        "&price=0.30000000000000004", r.query)
+      m:clear_log()
+      for _, bad in ipairs{ 0 / 0, math.huge, -math.huge } do
+        local ok, msg = pcall(s.perform, s, "GET", "/__mock/echo", { query = { x = bad } })
+        assert.is_false(ok)
+        assert.truthy(tostring(msg):find("query value 'x' is NaN or infinite", 1, true))
+      end
+      assert.are.equal(0, #m:log())
+      s:close()
+    end)
+
     it("sends nothing when the body cannot be encoded, and the session stays usable", function()
       local s = core.new{ base_url = m.url }
       m:clear_log()

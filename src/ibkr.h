@@ -108,6 +108,8 @@ void xfer_build_headers(lua_State *L, session *s);
 int ibkr_decode(lua_State *L, const char *s, size_t len);
 int ibkr_encode(lua_State *L, int validx);
 void ibkr_json_open(lua_State *L);
+#define IBKR_NUMTEXT 32             /* room for ibkr_number_text's text and its NUL */
+size_t ibkr_number_text(lua_State *L, int idx, char *out);
 
 /* error.c: error objects */
 void ibkr_error_register(lua_State *L);

@@ -442,43 +442,64 @@ static inline void enc_add(encoder *e, const char *s, size_t n) {
 }
 
 /*
-** A finite double as the shortest text strtod reads back bit-identical.
-** snprintf and strtod agree on the locale's decimal point; JSON's is '.',
-** so whatever the locale put there becomes one '.'.
+** A finite double as the shortest text strtod reads back bit-identical, into
+** out (IBKR_NUMTEXT bytes); returns its length. snprintf and strtod agree on
+** the locale's decimal point; JSON's is '.', so whatever the locale put
+** there becomes one '.'.
 */
-static void enc_float(encoder *e, double x) {
-  char buf[64], *o;
+static size_t float_text(double x, char *out) {
+  char buf[64];
   int n = 0;
+  size_t o = 0;
   if (x == floor(x) && fabs(x) < TWO63) n = snprintf(buf, sizeof buf, "%.0f", x);
   else                    /* a subnormal has fewer digits: %.15g may not be its shortest */
     for (int prec = fabs(x) < DBL_MIN ? 1 : 15; prec <= 17; prec++) {
       n = snprintf(buf, sizeof buf, "%.*g", prec, x);
       if (strtod(buf, NULL) == x) break;
     }
-  o = enc_room(e, (size_t)n);
-  for (int i = 0; i < n; i++) {
+  for (int i = 0; i < n && o < IBKR_NUMTEXT - 1; i++) {
     char c = buf[i];
-    if ((c >= '0' && c <= '9') || c == '-' || c == '+' || c == 'e') *o++ = c;
-    else if (o == e->out.p + e->out.n || o[-1] != '.') *o++ = '.';
+    if ((c >= '0' && c <= '9') || c == '-' || c == '+' || c == 'e') out[o++] = c;
+    else if (o == 0 || out[o - 1] != '.') out[o++] = '.';
   }
-  e->out.n = (size_t)(o - e->out.p);
+  out[o] = '\0';
+  return o;
 }
 
-static void enc_number(encoder *e, int idx) {
-  lua_State *L = e->L;
+/*
+** The number at idx as exact text into out (IBKR_NUMTEXT bytes): an
+** integer's digits, a float's shortest round-trip text (docs/json.md).
+** Returns the length, or 0 for NaN and the infinities, which have none.
+** The one number rule of request bodies and query strings.
+*/
+size_t ibkr_number_text(lua_State *L, int idx, char *out) {
   if (lua_isinteger(L, idx)) {                   /* digits backwards, without snprintf */
     char buf[24], *p = buf + sizeof buf;
     lua_Integer i = lua_tointeger(L, idx);
     lua_Unsigned u = i < 0 ? 0u - (lua_Unsigned)i : (lua_Unsigned)i;
+    size_t n;
     do *--p = (char)('0' + u % 10); while ((u /= 10) != 0);
     if (i < 0) *--p = '-';
-    enc_add(e, p, (size_t)(buf + sizeof buf - p));
+    n = (size_t)(buf + sizeof buf - p);
+    memcpy(out, p, n);
+    out[n] = '\0';
+    return n;
   } else {
     double x = (double)lua_tonumber(L, idx);
-    if (isnan(x)) enc_fail(e, "NaN (JSON has no NaN)");
-    if (isinf(x)) enc_fail(e, x > 0 ? "inf (JSON has no infinity)" : "-inf (JSON has no infinity)");
-    enc_float(e, x);
+    if (isnan(x) || isinf(x)) return 0;
+    return float_text(x, out);
   }
+}
+
+static void enc_number(encoder *e, int idx) {
+  char buf[IBKR_NUMTEXT];
+  size_t n = ibkr_number_text(e->L, idx, buf);
+  if (n == 0) {
+    double x = (double)lua_tonumber(e->L, idx);
+    enc_fail(e, isnan(x) ? "NaN (JSON has no NaN)" : x > 0 ? "inf (JSON has no infinity)"
+                                                      : "-inf (JSON has no infinity)");
+  }
+  enc_add(e, buf, n);
 }
 
 /* bytes a string copies as they are: ASCII but '"', '\\' and C0 controls */
