@@ -659,12 +659,18 @@ static void enc_table(encoder *e, int idx) {
   const void *self = lua_topointer(L, idx);
   lua_Integer nint = 0, max = 0;
   size_t nstr = 0;
-  int forced = has_array_mt(L, idx), base = lua_gettop(L);
+  int forced, base = lua_gettop(L);
   for (int d = 0; d < e->depth; d++)
     if (e->open[d] == self) enc_fail(e, "a table that contains itself (a cycle)");
   if (e->depth >= IBKR_MAX_DEPTH) enc_fail(e, "tables nested deeper than 256");
+  luaL_checkstack(L, 8, "JSON nesting");          /* this level's own slots */
+  forced = has_array_mt(L, idx);
   lua_pushnil(L);
-  while (luaL_checkstack(L, 4, "JSON object too large"), lua_next(L, idx)) {
+  while (lua_next(L, idx)) {
+    if (!lua_checkstack(L, 4)) {                  /* keys wait on the stack: LUAI_MAXSTACK */
+      lua_settop(L, base);
+      enc_fail(e, "an object with more keys than the Lua stack holds (about a million)");
+    }
     lua_pop(L, 1);
     if (lua_type(L, -1) == LUA_TSTRING) {
       if (nint > 0 || forced) break;              /* mixed: refused below */
