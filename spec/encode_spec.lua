@@ -242,6 +242,17 @@ describe("the JSON encoder", function()
     end
   end)
 
+  it("is the module's own: ibkr.core loads and encodes with lua-cjson unavailable", function()
+    local so = package.searchpath("ibkr.core", package.cpath)
+    local script = "package.preload.cjson = function() error('cjson must not be loaded') end " ..
+      "package.cpath = '" .. so:gsub("ibkr/core%.so$", "?.so") .. "' " ..
+      "io.write(require('ibkr.core').encode{ p = 0.1 + 0.2 })"
+    local p = assert(io.popen("lua5.4 -e \"" .. script .. "\" 2>&1"))
+    local out = p:read("a")
+    p:close()
+    assert.are.equal('{"p":0.30000000000000004}', out)
+  end)
+
   it("frees what it built when it fails late (ASan: make asan)", function()
     local big = string.rep("x", 1 << 20)
     for _ = 1, 50 do
