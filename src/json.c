@@ -642,9 +642,11 @@ __attribute__((noreturn)) static void bad_key(encoder *e) {
   if (lua_isinteger(L, -1))
     snprintf(what, sizeof what, "a table with the key " LUA_INTEGER_FMT " (arrays start at 1)",
              (LUAI_UACINT)lua_tointeger(L, -1));
-  else if (lua_type(L, -1) == LUA_TNUMBER)
-    snprintf(what, sizeof what, "a table with the key %.17g (not a string nor 1..n)", (double)lua_tonumber(L, -1));
-  else
+  else if (lua_type(L, -1) == LUA_TNUMBER) {
+    char num[IBKR_NUMTEXT];
+    if (ibkr_number_text(L, -1, num) == 0) strcpy(num, lua_tonumber(L, -1) > 0 ? "inf" : "-inf");
+    snprintf(what, sizeof what, "a table with the key %s (not a string nor 1..n)", num);
+  } else
     snprintf(what, sizeof what, "a table with a %s key (not a string nor 1..n)", luaL_typename(L, -1));
   enc_fail(e, what);
 }

@@ -184,7 +184,8 @@ static void add_pair(lua_State *L, ibuf *b, const char *k, int *first) {
     case LUA_TBOOLEAN: v = lua_toboolean(L, -1) ? "true" : "false"; vlen = strlen(v); break;
     case LUA_TSTRING: v = lua_tolstring(L, -1, &vlen); break;
     case LUA_TNUMBER:                                 /* exact, as in bodies (json.c) */
-      if ((vlen = ibkr_number_text(L, -1, num)) == 0) luaL_error(L, "query value '%s' is NaN or infinite", k);
+      if ((vlen = ibkr_number_text(L, -1, num)) == 0)
+        luaL_error(L, "query value '%s' is NaN or infinite", k);
       v = num;
       break;
     default: luaL_error(L, "query values must be strings, numbers, booleans or arrays of them");
