@@ -60,7 +60,7 @@ size_t ibkr_utf8_len(const char *s, size_t avail, unsigned *cp) {
 
 /* code points a terminal must not get raw: C1 controls (NEL, CSI...), line
 ** and paragraph separators, bidirectional overrides and isolates, BOM */
-static int unsafe_cp(unsigned cp) {
+static int term_unsafe(unsigned cp) {
   return (cp >= 0x80 && cp <= 0x9F) || cp == 0x061C || cp == 0x200E || cp == 0x200F ||
          (cp >= 0x2028 && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0xFEFF;
 }
@@ -70,7 +70,7 @@ static int unsafe_cp(unsigned cp) {
 ** printable line shows for it into out (at most 15 bytes) and returns that
 ** length; *step is how many input bytes it stood for.
 */
-static size_t one_char(const char *s, size_t avail, char *out, size_t *step) {
+static size_t printable_char(const char *s, size_t avail, char *out, size_t *step) {
   unsigned char c = (unsigned char)s[0];
   unsigned cp;
   *step = 1;
@@ -80,7 +80,7 @@ static size_t one_char(const char *s, size_t avail, char *out, size_t *step) {
     *step = 1;                                    /* C0, DEL, or a byte that is not UTF-8 */
     return (size_t)snprintf(out, 16, "\\x%02X", c);
   }
-  if (unsafe_cp(cp)) return (size_t)snprintf(out, 16, "\\u{%04X}", cp);
+  if (term_unsafe(cp)) return (size_t)snprintf(out, 16, "\\u{%04X}", cp);
   memcpy(out, s, *step);
   return *step;
 }
@@ -104,7 +104,7 @@ const char *ibkr_push_printable(lua_State *L, const char *s, size_t len, size_t 
       step++;                                     /* a run of plain ASCII, copied as it is */
     if (step > 0) pn = step = step < max - out ? step : max - out;
     else {
-      pn = one_char(s + i, len - i, esc, &step);
+      pn = printable_char(s + i, len - i, esc, &step);
       piece = esc;
       if (out + pn > max) pn = 0;
     }
@@ -122,7 +122,7 @@ const char *ibkr_push_printable(lua_State *L, const char *s, size_t len, size_t 
 
 /* raw t[k] as printable text pushed on the stack, or nothing (returns 0)
 ** when it is neither a string nor a number */
-static int push_field(lua_State *L, int t, const char *k, size_t max) {
+static int push_printable_field(lua_State *L, int t, const char *k, size_t max) {
   size_t n;
   const char *s;
   lua_pushstring(L, k);
@@ -140,7 +140,7 @@ static int push_field(lua_State *L, int t, const char *k, size_t max) {
 /* make the message field of the error table at idx printable and bounded */
 void ibkr_error_sanitize(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
-  if (push_field(L, idx, "message", IBKR_MSG_MAX)) {
+  if (push_printable_field(L, idx, "message", IBKR_MSG_MAX)) {
     lua_pushliteral(L, "message");
     lua_insert(L, -2);
     lua_rawset(L, idx);
@@ -194,26 +194,26 @@ static int error_tostring(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   lua_pushliteral(L, "ibkr: ");
-  if (!push_field(L, 1, "kind", 64)) lua_pushliteral(L, "error");
+  if (!push_printable_field(L, 1, "kind", 64)) lua_pushliteral(L, "error");
   lua_pushliteral(L, ": ");
   base = lua_gettop(L);
-  if (push_field(L, 1, "method", 64)) lua_pushliteral(L, " ");
-  if (!push_field(L, 1, "path", IBKR_MSG_MAX) && lua_gettop(L) > base) lua_pop(L, 1);   /* the " " */
+  if (push_printable_field(L, 1, "method", 64)) lua_pushliteral(L, " ");
+  if (!push_printable_field(L, 1, "path", IBKR_MSG_MAX) && lua_gettop(L) > base) lua_pop(L, 1);   /* the " " */
   if (lua_gettop(L) == base) lua_pop(L, 1);       /* the ": ": no method, no path */
   lua_pushliteral(L, ": ");
-  if (!push_field(L, 1, "message", IBKR_MSG_MAX)) lua_pop(L, 1);
+  if (!push_printable_field(L, 1, "message", IBKR_MSG_MAX)) lua_pop(L, 1);
   lua_concat(L, lua_gettop(L) - 1);
   return 1;
 }
 
 /* ------------------------------------------------------- describing answers */
 
-static int is_space(int c) {
+static int html_space(int c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
 /* case-insensitive search for the ASCII word w in s[0..n); NULL if absent */
-static const char *find_ci(const char *s, size_t n, const char *w) {
+static const char *html_find(const char *s, size_t n, const char *w) {
   size_t wl = strlen(w);
   for (size_t i = 0; i + wl <= n; i++) {
     size_t j = 0;
@@ -225,7 +225,7 @@ static const char *find_ci(const char *s, size_t n, const char *w) {
 
 /* the character an HTML entity at s (on the '&') stands for, as UTF-8 in
 ** out; returns the entity's length, or 0 when it is not one we decode */
-static size_t entity(const char *s, size_t n, char *out, size_t *outn) {
+static size_t html_entity(const char *s, size_t n, char *out, size_t *outn) {
   static const char *const names[] = {"&amp;", "&", "&lt;", "<", "&gt;", ">", "&quot;", "\"",
                                       "&apos;", "'", "&nbsp;", " ", NULL};
   const char *semi = memchr(s, ';', n < 12 ? n : 12);
@@ -259,7 +259,7 @@ static size_t entity(const char *s, size_t n, char *out, size_t *outn) {
 ** printable and cut at DETAIL_MAX. Pushes it; returns 0 (pushing nothing)
 ** if nothing is left.
 */
-static int push_plain(lua_State *L, const char *s, size_t n, int html) {
+static int push_oneline(lua_State *L, const char *s, size_t n, int html) {
   luaL_Buffer b;
   size_t len;
   int space = 0, any = 0;
@@ -274,9 +274,9 @@ static int push_plain(lua_State *L, const char *s, size_t n, int html) {
       space = any;
       continue;
     }
-    if (is_space((unsigned char)s[i])) { space = any; continue; }
+    if (html_space((unsigned char)s[i])) { space = any; continue; }
     ch[0] = s[i];
-    if (html && s[i] == '&' && (skip = entity(s + i, n - i, ch, &chn)) > 0) i += skip - 1;
+    if (html && s[i] == '&' && (skip = html_entity(s + i, n - i, ch, &chn)) > 0) i += skip - 1;
     if (chn == 1 && ch[0] == ' ') { space = any; continue; }   /* &nbsp; */
     if (space) luaL_addchar(&b, ' ');
     luaL_addlstring(&b, ch, chn);
@@ -295,23 +295,23 @@ static int push_plain(lua_State *L, const char *s, size_t n, int html) {
 }
 
 /* the text of the first <tag ...>...</tag> element of an HTML page; pushes it or returns 0 */
-static int push_element(lua_State *L, const char *s, size_t n, const char *open, const char *close) {
-  const char *p = find_ci(s, n, open), *gt, *end;
+static int push_html_element(lua_State *L, const char *s, size_t n, const char *open, const char *close) {
+  const char *p = html_find(s, n, open), *gt, *end;
   if (p == NULL) return 0;
   gt = memchr(p, '>', n - (size_t)(p - s));
-  if (gt == NULL || !(is_space((unsigned char)p[strlen(open)]) || p + strlen(open) == gt)) return 0;
+  if (gt == NULL || !(html_space((unsigned char)p[strlen(open)]) || p + strlen(open) == gt)) return 0;
   gt++;
-  end = find_ci(gt, n - (size_t)(gt - s), close);
-  return push_plain(L, gt, end ? (size_t)(end - gt) : n - (size_t)(gt - s), 1);
+  end = html_find(gt, n - (size_t)(gt - s), close);
+  return push_oneline(L, gt, end ? (size_t)(end - gt) : n - (size_t)(gt - s), 1);
 }
 
 /* a body that reads as a short line of text (UTF-8, no controls but whitespace, no markup) */
-static int is_text(const char *s, size_t n) {
+static int is_short_text(const char *s, size_t n) {
   unsigned cp;
   if (n > 2 * DETAIL_MAX) return 0;
   for (size_t i = 0, k; i < n; i += k) {
     if ((k = ibkr_utf8_len(s + i, n - i, &cp)) == 0) return 0;
-    if ((cp < 0x20 && !is_space((int)cp)) || cp == 0x7F || cp == '<' || cp == '{' || cp == '[') return 0;
+    if ((cp < 0x20 && !html_space((int)cp)) || cp == 0x7F || cp == '<' || cp == '{' || cp == '[') return 0;
   }
   return 1;
 }
@@ -319,7 +319,7 @@ static int is_text(const char *s, size_t n) {
 /* a JSON text that is not blank, printable; pushes it or returns 0 */
 static int push_json_text(lua_State *L, const char *s, size_t n) {
   size_t i = 0;
-  while (i < n && is_space((unsigned char)s[i])) i++;
+  while (i < n && html_space((unsigned char)s[i])) i++;
   if (i == n) return 0;
   ibkr_push_printable(L, s, n, IBKR_MSG_MAX - 32);
   return 1;
@@ -369,8 +369,8 @@ static int push_page_words(lua_State *L, int t) {
   lua_pushliteral(L, "body");
   if (lua_rawget(L, t) == LUA_TSTRING) {
     s = lua_tolstring(L, -1, &n);
-    if (push_element(L, s, n, "<title", "</title") || push_element(L, s, n, "<h1", "</h1") ||
-        (dataless && is_text(s, n) && push_plain(L, s, n, 0))) {
+    if (push_html_element(L, s, n, "<title", "</title") || push_html_element(L, s, n, "<h1", "</h1") ||
+        (dataless && is_short_text(s, n) && push_oneline(L, s, n, 0))) {
       lua_remove(L, -2);
       return 1;
     }

@@ -447,7 +447,7 @@ static inline void enc_add(encoder *e, const char *s, size_t n) {
 ** the locale's decimal point; JSON's is '.', so whatever the locale put
 ** there becomes one '.'.
 */
-static size_t float_text(double x, char *out) {
+static size_t enc_float_text(double x, char *out) {
   char buf[64];
   int n = 0;
   size_t o = 0;
@@ -487,7 +487,7 @@ size_t ibkr_number_text(lua_State *L, int idx, char *out) {
   } else {
     double x = (double)lua_tonumber(L, idx);
     if (isnan(x) || isinf(x)) return 0;
-    return float_text(x, out);
+    return enc_float_text(x, out);
   }
 }
 
@@ -504,7 +504,7 @@ static void enc_number(encoder *e, int idx) {
 
 /* bytes a string copies as they are: ASCII but '"', '\\' and C0 controls */
 #define ONES16 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1
-static const unsigned char plain[256] = {
+static const unsigned char enc_plain[256] = {
   0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
   1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,                  /* 0x22 '"' */
   ONES16, ONES16,
@@ -521,7 +521,7 @@ static void enc_string(encoder *e, const char *s, size_t len) {
   while (i < len) {
     size_t run = i, k;
     unsigned cp;
-    while (i < len && plain[(unsigned char)s[i]]) i++;
+    while (i < len && enc_plain[(unsigned char)s[i]]) i++;
     if (i > run) enc_add(e, s + run, i - run);
     if (i == len) break;
     unsigned char c = (unsigned char)s[i];
@@ -550,22 +550,22 @@ static void enc_string(encoder *e, const char *s, size_t len) {
   enc_add(e, "\"", 1);
 }
 
-static int keycmp(const void *a, const void *b) {
+static int enc_keycmp(const void *a, const void *b) {
   const keyref *x = a, *y = b;
   int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
   return c != 0 ? c : (x->n > y->n) - (x->n < y->n);
 }
 
 /* sort keys by bytes: insertion sort for the few keys of a usual body, qsort beyond */
-static void sort_keys(keyref *k, size_t n) {
+static void enc_sort_keys(keyref *k, size_t n) {
   if (n > 16) {
-    qsort(k, n, sizeof *k, keycmp);
+    qsort(k, n, sizeof *k, enc_keycmp);
     return;
   }
   for (size_t i = 1; i < n; i++) {
     keyref x = k[i];
     size_t j = i;
-    while (j > 0 && keycmp(&k[j - 1], &x) > 0) {
+    while (j > 0 && enc_keycmp(&k[j - 1], &x) > 0) {
       k[j] = k[j - 1];
       j--;
     }
@@ -593,7 +593,7 @@ static void enc_object(encoder *e, int idx, int base, size_t n) {
     k->s = lua_tolstring(L, k->idx, &k->n);       /* strings: no conversion, no allocation */
   }
   e->nkeys = kb + n;
-  sort_keys(e->keys + kb, n);
+  enc_sort_keys(e->keys + kb, n);
   enc_add(e, "{", 1);
   for (size_t i = 0; i < n; i++) {
     keyref k = e->keys[kb + i];                   /* a copy: the array may move below */
@@ -626,7 +626,7 @@ static void enc_array(encoder *e, int idx, lua_Integer n) {
   enc_add(e, "]", 1);
 }
 
-static int has_array_mt(lua_State *L, int idx) {
+static int enc_has_array_mt(lua_State *L, int idx) {
   int r;
   if (!lua_getmetatable(L, idx)) return 0;
   luaL_getmetatable(L, ARRAY_MT);
@@ -636,7 +636,7 @@ static int has_array_mt(lua_State *L, int idx) {
 }
 
 /* raise for the key at the top, which is neither a string nor 1..n */
-__attribute__((noreturn)) static void bad_key(encoder *e) {
+__attribute__((noreturn)) static void enc_bad_key(encoder *e) {
   lua_State *L = e->L;
   char what[96];
   if (lua_isinteger(L, -1))
@@ -666,7 +666,7 @@ static void enc_table(encoder *e, int idx) {
     if (e->open[d] == self) enc_fail(e, "a table that contains itself (a cycle)");
   if (e->depth >= IBKR_MAX_DEPTH) enc_fail(e, "tables nested deeper than 256");
   luaL_checkstack(L, 8, "JSON nesting");          /* this level's own slots */
-  forced = has_array_mt(L, idx);
+  forced = enc_has_array_mt(L, idx);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     if (!lua_checkstack(L, 4)) {                  /* keys wait on the stack: LUAI_MAXSTACK */
@@ -683,7 +683,7 @@ static void enc_table(encoder *e, int idx) {
       nint++;
       if (lua_tointeger(L, -1) > max) max = lua_tointeger(L, -1);
     } else
-      bad_key(e);
+      enc_bad_key(e);
   }
   if (lua_gettop(L) > base + (int)nstr)           /* the loop broke off at a key */
     enc_fail(e, forced ? "an ibkr.array_mt table with string keys"
@@ -722,7 +722,7 @@ static void enc_value(encoder *e, int idx) {
 }
 
 /* protected part of ibkr_encode: (value, encoder) -> text */
-static int encode_p(lua_State *L) {
+static int enc_protected(lua_State *L) {
   encoder *e = lua_touserdata(L, 2);
   e->L = L;
   enc_value(e, 1);
@@ -744,7 +744,7 @@ int ibkr_encode(lua_State *L, int validx) {
   e.nkeys = e.capkeys = 0;
   e.depth = 0;
   validx = lua_absindex(L, validx);
-  lua_pushcfunction(L, encode_p);
+  lua_pushcfunction(L, enc_protected);
   lua_pushvalue(L, validx);
   lua_pushlightuserdata(L, &e);
   st = lua_pcall(L, 2, 1, 0);
@@ -755,7 +755,7 @@ int ibkr_encode(lua_State *L, int validx) {
 }
 
 /* core.encode(value) -> JSON text; raises on a value JSON cannot carry */
-static int json_encode(lua_State *L) {
+static int core_encode_fn(lua_State *L) {
   luaL_checkany(L, 1);
   return ibkr_encode(L, 1);
 }
@@ -766,7 +766,7 @@ static int json_encode(lua_State *L) {
 ** kept in the registry so that reloading the module keeps it).
 */
 void ibkr_json_open(lua_State *L) {
-  lua_pushcfunction(L, json_encode);
+  lua_pushcfunction(L, core_encode_fn);
   lua_setfield(L, -2, "encode");
   lua_pushlightuserdata(L, EMPTY_ARRAY);
   lua_setfield(L, -2, "empty_array");
