@@ -198,7 +198,8 @@ static int error_tostring(lua_State *L) {
   lua_pushliteral(L, ": ");
   base = lua_gettop(L);
   if (push_printable_field(L, 1, "method", 64)) lua_pushliteral(L, " ");
-  if (!push_printable_field(L, 1, "path", IBKR_MSG_MAX) && lua_gettop(L) > base) lua_pop(L, 1);   /* the " " */
+  if (!push_printable_field(L, 1, "path", IBKR_MSG_MAX) && lua_gettop(L) > base)
+    lua_pop(L, 1);                                /* the " " after the method */
   if (lua_gettop(L) == base) lua_pop(L, 1);       /* the ": ": no method, no path */
   lua_pushliteral(L, ": ");
   if (!push_printable_field(L, 1, "message", IBKR_MSG_MAX)) lua_pop(L, 1);
