@@ -111,6 +111,14 @@ describe("error messages", function()
       assert.are.equal("ibkr: error", tostring(e))
     end)
 
+    it("leaves the userinfo of URLs out of messages", function()
+      local e = core.error{ kind = "connect", message = "cannot reach " ..
+        "https://me:s3cret@gw.example:5000/v1/api (via http://proxyuser:pw@proxy:3128); mail x@y.example is kept" }
+      assert.are.equal("cannot reach https://gw.example:5000/v1/api (via http://proxy:3128); " ..
+        "mail x@y.example is kept", e.message)
+      assert.is_nil(tostring(e):find("s3cret", 1, true))
+    end)
+
     it("tostring prints only kind, method, path and message, and runs no metamethod", function()
       local e = core.error{ kind = "http", method = "GET", path = "/p", message = "m", status = 401,
         body = "secret-body", data = { token = "secret-data" }, location = "https://u:secret@h/",

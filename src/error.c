@@ -137,14 +137,53 @@ static int push_printable_field(lua_State *L, int t, const char *k, size_t max) 
   return 1;
 }
 
-/* make the message field of the error table at idx printable and bounded */
-void ibkr_error_sanitize(lua_State *L, int idx) {
-  idx = lua_absindex(L, idx);
-  if (push_printable_field(L, idx, "message", IBKR_MSG_MAX)) {
-    lua_pushliteral(L, "message");
-    lua_insert(L, -2);
-    lua_rawset(L, idx);
+/*
+** Push s[0..n) without the userinfo of the URLs in it ("https://u:p@host/"
+** becomes "https://host/"): libcurl resolves a relative Location against
+** the request URL, base_url credentials included, and a caller or libcurl
+** may quote a URL in a message. Credentials never reach an error.
+*/
+static void push_without_userinfo(lua_State *L, const char *s, size_t n) {
+  luaL_Buffer b;
+  const char *p = s, *end = s + n;
+  luaL_buffinit(L, &b);
+  for (const char *q = s; q + 3 <= end; q++) {
+    const char *auth, *at = NULL, *a;
+    if (q[0] != ':' || q[1] != '/' || q[2] != '/') continue;
+    auth = q + 3;
+    for (a = auth; a < end && *a != '/' && *a != '?' && *a != '#' && (unsigned char)*a > ' ' &&
+                   *a != '"' && *a != '\'' && *a != '<' && *a != '>'; a++)
+      if (*a == '@') at = a;
+    if (at == NULL) continue;
+    luaL_addlstring(&b, p, (size_t)(auth - p));
+    p = q = at + 1;
   }
+  luaL_addlstring(&b, p, (size_t)(end - p));
+  luaL_pushresult(&b);
+}
+
+/* push a message made from s[0..n): no URL userinfo, printable, bounded */
+static void push_message(lua_State *L, const char *s, size_t n) {
+  push_without_userinfo(L, s, n);
+  s = lua_tolstring(L, -1, &n);
+  ibkr_push_printable(L, s, n, IBKR_MSG_MAX);
+  lua_remove(L, -2);
+}
+
+/* make the message field of the error table at idx a message (core.error) */
+void ibkr_error_sanitize(lua_State *L, int idx) {
+  size_t n;
+  const char *s;
+  idx = lua_absindex(L, idx);
+  lua_pushliteral(L, "message");
+  lua_pushliteral(L, "message");
+  if (lua_rawget(L, idx) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
+    s = lua_tolstring(L, -1, &n);                 /* converts the copy, not the field */
+    push_message(L, s, n);
+    lua_remove(L, -2);
+    lua_rawset(L, idx);
+  } else
+    lua_pop(L, 2);
 }
 
 /* ----------------------------------------------------------- error objects */
@@ -152,7 +191,7 @@ void ibkr_error_sanitize(lua_State *L, int idx) {
 /*
 ** Push a new error table {kind=, message=, method=, path=}; method and path
 ** are copied from the given stack slots when those hold strings (0 = none).
-** The message is made printable and bounded.
+** The message is made printable and bounded, without URL userinfo.
 */
 int ibkr_push_error(lua_State *L, const char *kind, const char *message,
                     int methodidx, int pathidx) {
@@ -161,7 +200,7 @@ int ibkr_push_error(lua_State *L, const char *kind, const char *message,
   lua_createtable(L, 0, 8);
   ibkr_sets(L, "kind", kind);
   if (message) {
-    ibkr_push_printable(L, message, strlen(message), IBKR_MSG_MAX);
+    push_message(L, message, strlen(message));
     lua_setfield(L, -2, "message");
   }
   if (methodidx && lua_type(L, methodidx) == LUA_TSTRING) {
@@ -381,25 +420,6 @@ static int push_page_words(lua_State *L, int t) {
 }
 
 /*
-** Replace the URL at the top of the stack by the same URL without userinfo
-** ("user:pass@"): libcurl resolves a relative Location against the request
-** URL, credentials of base_url included, and they must not reach an error.
-*/
-static void strip_userinfo(lua_State *L) {
-  size_t n;
-  const char *loc = lua_tolstring(L, -1, &n), *sep = strstr(loc, "://");
-  const char *auth, *p, *at = NULL;
-  if (sep == NULL || memchr(loc, '/', (size_t)(sep - loc)) != NULL) return;   /* not scheme:// */
-  for (auth = p = sep + 3; p < loc + n && *p != '/' && *p != '?' && *p != '#'; p++)
-    if (*p == '@') at = p;
-  if (at == NULL) return;
-  lua_pushlstring(L, loc, (size_t)(auth - loc));
-  lua_pushlstring(L, at + 1, n - (size_t)(at + 1 - loc));
-  lua_concat(L, 2);
-  lua_remove(L, -2);
-}
-
-/*
 ** Set the message of the error table at idx (a non-2xx answer) from its
 ** fields: "HTTP <status>: <words>" with the JSON body's error, message,
 ** fail, detail or title text; else "HTTP <status> redirect to <location>
@@ -418,7 +438,10 @@ void ibkr_error_describe(lua_State *L, int idx) {
   else lua_pushliteral(L, "HTTP");
   lua_pushliteral(L, "location");
   if (lua_rawget(L, idx) == LUA_TSTRING) {        /* the field too loses its userinfo */
-    strip_userinfo(L);
+    size_t n;
+    const char *loc = lua_tolstring(L, -1, &n);
+    push_without_userinfo(L, loc, n);
+    lua_remove(L, -2);
     lua_pushliteral(L, "location");
     lua_pushvalue(L, -2);
     lua_rawset(L, idx);
