@@ -113,7 +113,8 @@ describe("error messages", function()
 
     it("leaves the userinfo of URLs out of messages", function()
       local e = core.error{ kind = "connect", message = "cannot reach " ..
-        "https://me:s3cret@gw.example:5000/v1/api (via http://proxyuser:pw@proxy:3128); mail x@y.example is kept" }
+        "https://me:s3cret@gw.example:5000/v1/api (via http://proxyuser:pw@proxy:3128); " ..
+        "mail x@y.example is kept" }
       assert.are.equal("cannot reach https://gw.example:5000/v1/api (via http://proxy:3128); " ..
         "mail x@y.example is kept", e.message)
       assert.is_nil(tostring(e):find("s3cret", 1, true))
