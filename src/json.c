@@ -372,9 +372,10 @@ int ibkr_decode(lua_State *L, const char *s, size_t len) {
 **   - strings escaped per RFC 8259; bytes that are not UTF-8 are an error;
 **   - cycles and nesting deeper than IBKR_MAX_DEPTH are errors.
 ** Tables are read raw (lua_next, lua_rawget, lua_rawgeti): no __index,
-** __pairs or __len runs, and the walk allocates nothing in Lua, so no user
-** code (finaliser included) runs during it and nothing it holds can be
-** freed. The text grows in malloc'd memory owned by ibkr_encode, which the
+** __pairs or __len runs, and the walk creates no Lua object (so no GC
+** step), so no user code (finaliser included) runs during it and nothing it
+** holds can be freed. Pushing the finished text may run a finaliser: a
+** caller holding a session re-checks it after ibkr_encode. The text grows in malloc'd memory owned by ibkr_encode, which the
 ** protected walk never frees: ibkr_encode does, whatever happened.
 */
 
@@ -404,7 +405,7 @@ static void enc_value(encoder *e, int idx);
 
 /*
 ** Raise "cannot encode as JSON: <what> at $.key[i]...", one printable
-** line. Only here does the encoder allocate in Lua: the walk is over.
+** line. Only here does the encoder create Lua objects: the walk is over.
 */
 __attribute__((noreturn)) static void enc_fail(encoder *e, const char *what) {
   lua_State *L = e->L;
