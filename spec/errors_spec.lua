@@ -94,6 +94,23 @@ describe("error messages", function()
       assert.are.equal("ab" .. ELLIPSIS, core.printable("abc", 2))
     end)
 
+    it("makes any bytes one bounded printable line, and leaves such a line as it is", function()
+      math.randomseed(5)
+      local pieces = { "a", " ", "\\", "\r", "\n", "\0", "\27", "\127", "é", "😀", "\194\133", "\226\128\168",
+        "\226\128\174", "\239\187\191", "\255", "\192", "\237\160\128", "\244\144\128\128", "\226\130" }
+      for _ = 1, 1000 do
+        local t = {}
+        for i = 1, math.random(0, 300) do
+          t[i] = math.random(4) == 1 and string.char(math.random(0, 255)) or pieces[math.random(#pieces)]
+        end
+        local raw = table.concat(t)
+        local max = math.random(1, 600)
+        local line = assert_line(core.printable(raw, max), max + 3)
+        if #line <= max then assert.are.equal(line, core.printable(line, max)) end
+        assert.are.equal(core.printable(raw), core.error{ kind = "x", message = raw }.message)
+      end
+    end)
+
     it("tostring escapes every field it prints, even of an error a user modified", function()
       local e = core.error{ kind = "http", message = "m" }
       e.kind = "http\nibkr: forged"
