@@ -375,8 +375,9 @@ int ibkr_decode(lua_State *L, const char *s, size_t len) {
 ** __pairs or __len runs, and the walk creates no Lua object (so no GC
 ** step), so no user code (finaliser included) runs during it and nothing it
 ** holds can be freed. Pushing the finished text may run a finaliser: a
-** caller holding a session re-checks it after ibkr_encode. The text grows in malloc'd memory owned by ibkr_encode, which the
-** protected walk never frees: ibkr_encode does, whatever happened.
+** caller holding a session re-checks it after ibkr_encode. The text grows
+** in malloc'd memory owned by ibkr_encode, which the protected walk never
+** frees: ibkr_encode does, whatever happened.
 */
 
 static char empty_array_tag;              /* its address is ibkr.empty_array */
