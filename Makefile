@@ -9,7 +9,7 @@ ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(DEFS) $(CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
 LIBS       = -lcurl -pthread -lm
 SRCS       = src/core.c src/session.c src/request.c src/transfer.c src/conn.c src/wire.c src/buf.c \
-             src/decode.c src/error.c
+             src/json.c src/error.c
 HDRS       = src/ibkr.h
 MODULE     = ibkr/core.so
 ROCKSPEC   = rockspec/ibkr-web-api-0.1.0-1.rockspec

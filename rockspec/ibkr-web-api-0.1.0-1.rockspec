@@ -29,7 +29,7 @@ build = {
   modules = {
     ["ibkr.core"] = {
       sources = { "src/core.c", "src/session.c", "src/request.c", "src/transfer.c", "src/conn.c", "src/wire.c",
-                  "src/buf.c", "src/decode.c", "src/error.c" },
+                  "src/buf.c", "src/json.c", "src/error.c" },
       libraries = { "curl", "pthread", "m" },
       defines = { "_POSIX_C_SOURCE=200809L" },
       incdirs = { "$(CURL_INCDIR)" },

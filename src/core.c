@@ -19,6 +19,7 @@ static int core_error(lua_State *L) {
   lua_getfield(L, 1, "kind");
   if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 1, "error needs a string 'kind'");
   lua_settop(L, 1);
+  ibkr_error_sanitize(L, 1);                    /* one printable, bounded line */
   luaL_setmetatable(L, ERROR_MT);
   return 1;
 }
@@ -137,27 +138,21 @@ static const struct {
 };
 
 /*
-** luaopen: responses are decoded by json.c; request bodies are encoded by
-** a private cjson instance (cjson.new), immune to what scripts do to the
-** global cjson's settings. Its encode is the shared upvalue of every
-** function.
+** luaopen: each part registers itself (mods[]); JSON both ways is json.c's
+** (decode, encode, null, empty_array, array_mt), error objects error.c's.
 */
 IBKR_API int luaopen_ibkr_core(lua_State *L) {
   luaL_checkversion(L);
   if (!xfer_global_init()) return luaL_error(L, "curl_global_init failed");
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "cjson");
-  lua_call(L, 1, 1);                            /* cjson */
-  lua_getfield(L, -1, "new");
-  if (!lua_isfunction(L, -1)) return luaL_error(L, "ibkr.core needs lua-cjson with cjson.new");
-  lua_call(L, 0, 1);                            /* cjson, inst */
-  luaL_newlibtable(L, core_funcs);              /* cjson, inst, M */
-  lua_getfield(L, -2, "encode");                /* cjson, inst, M, encode */
+  luaL_newlibtable(L, core_funcs);              /* M */
+  lua_pushnil(L);                               /* M, up (the shared upvalue, unused) */
   for (int i = 0; mods[i].name; i++) mods[i].open(L);
-  luaL_setfuncs(L, core_funcs, NUPVALUES);      /* cjson, inst, M */
+  luaL_setfuncs(L, core_funcs, NUPVALUES);      /* M */
   lua_pushlightuserdata(L, NULL);
   lua_setfield(L, -2, "null");
   lua_pushliteral(L, IBKR_VERSION);
   lua_setfield(L, -2, "_VERSION");
+  ibkr_json_open(L);
+  ibkr_error_open(L);
   return 1;
 }

@@ -24,12 +24,13 @@
 #define REQUEST_MT "ibkr.request"
 #define ERROR_MT   "ibkr.error"
 
-/* shared upvalue of every module function and method: a private cjson's encode */
-#define UV_ENCODE 1
+/* every module function and method has one shared upvalue (nil today: the
+** encoder is json.c's own; the slot can go when luaopen is next reworked) */
 #define NUPVALUES 1
 
 #define IBKR_BODY_CUT 4096          /* error objects keep this much of a body */
-#define IBKR_MAX_DEPTH 256          /* JSON nesting accepted by the decoder */
+#define IBKR_MAX_DEPTH 256          /* JSON nesting accepted by the decoder and the encoder */
+#define IBKR_MSG_MAX 512            /* bytes of an error message before it is cut */
 
 /* ------------------------------------------------------------ buf.c */
 
@@ -171,15 +172,22 @@ void session_open(lua_State *L);
 /* ------------------------------------------------------------ json.c, error.c */
 
 int ibkr_decode(lua_State *L, const char *s, size_t len);
-int ibkr_encode(lua_State *L, int encodeidx, int validx);
+int ibkr_encode(lua_State *L, int validx);
+void ibkr_json_open(lua_State *L);
+#define IBKR_NUMTEXT 32             /* room for ibkr_number_text's text and its NUL */
+size_t ibkr_number_text(lua_State *L, int idx, char *out);
 
 void ibkr_error_register(lua_State *L);
+void ibkr_error_open(lua_State *L);
 int ibkr_push_error(lua_State *L, const char *kind, const char *message,
                     int methodidx, int pathidx);
 void ibkr_seti(lua_State *L, const char *k, lua_Integer v);
 void ibkr_sets(lua_State *L, const char *k, const char *v);
 int ibkr_fail(lua_State *L, const char *kind, const char *message, int methodidx, int pathidx);
+void ibkr_error_sanitize(lua_State *L, int idx);
 void ibkr_error_describe(lua_State *L, int idx);
+const char *ibkr_push_printable(lua_State *L, const char *s, size_t len, size_t max);
+size_t ibkr_utf8_len(const char *s, size_t avail, unsigned *cp);
 
 /* metatable `name` with metamethods and an __index table of methods; every
 ** function gets the shared upvalue found at the top of the stack */

@@ -330,34 +330,3 @@ static const luaL_Reg request_metameth[] = {
 void request_open(lua_State *L) {
   ibkr_createmeta(L, REQUEST_MT, request_meth, request_metameth);
 }
-
-/* ------------------------------------------------------------ messages */
-
-/* replaced by error.c on merge: the "jsonerr" helper's ibkr_error_describe
-** (gateway text, HTML <title>, redirect target; bounded and printable).
-** Until then, the message this module always built: "HTTP 401", plus the
-** gateway's own words, or the redirect target. */
-void ibkr_error_describe(lua_State *L, int idx) {
-  int status;
-  idx = lua_absindex(L, idx);
-  lua_getfield(L, idx, "status");
-  status = (int)lua_tointeger(L, -1);
-  lua_getfield(L, idx, "location");
-  lua_getfield(L, idx, "data");
-  if (lua_type(L, -1) == LUA_TTABLE) {
-    if (lua_getfield(L, -1, "error") != LUA_TSTRING) {
-      lua_pop(L, 1);
-      lua_getfield(L, -1, "message");
-    }
-  } else {
-    lua_pushnil(L);
-  }
-  if (lua_type(L, -1) == LUA_TSTRING)
-    lua_pushfstring(L, "HTTP %d: %s", status, lua_tostring(L, -1));
-  else if (lua_type(L, -3) == LUA_TSTRING)
-    lua_pushfstring(L, "HTTP %d redirect to %s (not followed)", status, lua_tostring(L, -3));
-  else
-    lua_pushfstring(L, "HTTP %d", status);
-  lua_setfield(L, idx, "message");
-  lua_pop(L, 4);
-}

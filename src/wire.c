@@ -208,7 +208,14 @@ static void add_pair(lua_State *L, int parts, int keyidx) {
       lua_replace(L, -2);
       break;
     case LUA_TSTRING: break;
-    case LUA_TNUMBER: lua_tolstring(L, -1, NULL); break;     /* in place: a copy, not the user's */
+    case LUA_TNUMBER: {                                       /* exact, as in bodies (json.c) */
+      char num[IBKR_NUMTEXT];
+      size_t n = ibkr_number_text(L, -1, num);
+      if (n == 0) luaL_error(L, "query value is NaN or infinite");
+      lua_pushlstring(L, num, n);
+      lua_replace(L, -2);
+      break;
+    }
     default: luaL_error(L, "query values must be strings, numbers, booleans or arrays of them");
   }
   push_escaped(L, keyidx);                                    /* v, k */
@@ -332,7 +339,7 @@ static void read_body(lua_State *L, int idx, callspec *cs) {
     case LUA_TNIL: return;
     case LUA_TSTRING: break;
     case LUA_TTABLE:
-      ibkr_encode(L, lua_upvalueindex(UV_ENCODE), idx);
+      ibkr_encode(L, idx);
       lua_replace(L, idx);
       break;
     default: luaL_error(L, "body must be a table or a string");

@@ -11,6 +11,8 @@ local waiter = require("ibkr.waiter")
 local M = {
   _VERSION = core._VERSION,
   null = core.null,
+  empty_array = core.empty_array, -- encodes as [] (docs/json.md)
+  array_mt = core.array_mt,       -- setmetatable(t, ibkr.array_mt): t always encodes as an array
   core = core,
   is_error = core.is_error,
 }

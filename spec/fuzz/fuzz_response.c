@@ -38,7 +38,7 @@
 #include "lualib.h"
 
 #include "../../src/error.c"
-#include "../../src/decode.c"
+#include "../../src/json.c"
 #include "../../src/buf.c"
 #include "../../src/wire.c"
 #include "../../src/conn.c"
