@@ -211,7 +211,7 @@ static void add_pair(lua_State *L, int parts, int keyidx) {
     case LUA_TNUMBER: {                                       /* exact, as in bodies (json.c) */
       char num[IBKR_NUMTEXT];
       size_t n = ibkr_number_text(L, -1, num);
-      if (n == 0) luaL_error(L, "query value is NaN or infinite");
+      if (n == 0) luaL_error(L, "query value '%s' is NaN or infinite", lua_tostring(L, keyidx));
       lua_pushlstring(L, num, n);
       lua_replace(L, -2);
       break;
