@@ -8,7 +8,7 @@ WARN       = -Wall -Wextra -Werror
 ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(DEFS) $(CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
 LIBS       = -lcurl -pthread -lm
-SRCS       = src/core.c src/request.c src/decode.c src/error.c
+SRCS       = src/core.c src/request.c src/decode.c src/error.c src/signal.c
 HDRS       = src/ibkr.h
 MODULE     = ibkr/core.so
 ROCKSPEC   = rockspec/ibkr-web-api-0.1.0-1.rockspec

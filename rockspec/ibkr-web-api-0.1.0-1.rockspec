@@ -28,7 +28,7 @@ build = {
   type = "builtin",
   modules = {
     ["ibkr.core"] = {
-      sources = { "src/core.c", "src/request.c", "src/decode.c", "src/error.c" },
+      sources = { "src/core.c", "src/request.c", "src/decode.c", "src/error.c", "src/signal.c" },
       libraries = { "curl", "pthread", "m" },
       defines = { "_POSIX_C_SOURCE=200809L" },
       incdirs = { "$(CURL_INCDIR)" },

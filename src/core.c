@@ -615,5 +615,6 @@ IBKR_API int luaopen_ibkr_core(lua_State *L) {
   lua_setfield(L, -2, "null");
   lua_pushliteral(L, IBKR_VERSION);
   lua_setfield(L, -2, "_VERSION");
+  ibkr_signal_open(L);
   return 1;
 }

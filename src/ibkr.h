@@ -115,4 +115,7 @@ void ibkr_seti(lua_State *L, const char *k, lua_Integer v);
 void ibkr_sets(lua_State *L, const char *k, const char *v);
 int ibkr_fail(lua_State *L, const char *kind, const char *message, int methodidx, int pathidx);
 
+/* signal.c: signal_catch, signal_caught, signal_wait (added to the module table on the stack) */
+void ibkr_signal_open(lua_State *L);
+
 #endif
