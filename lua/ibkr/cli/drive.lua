@@ -1,0 +1,56 @@
+-- Runs one coroutine (a command's work on a cooperative session, or a keep-alive) until it
+-- ends, a deadline passes or a caught signal arrives -- whichever comes first, each noticed at
+-- once: between resumes it waits with core.signal_wait, which a caught SIGINT/SIGTERM ends.
+-- A coroutine that is cut short is closed, which frees its in-flight request.
+
+local core = require("ibkr.core")
+
+local M = {}
+
+-- What a resume yielded -> seconds to wait, and a file descriptor to wait on (or nil).
+-- A number is seconds; a pollable (cqueues' convention: :pollfd(), :timeout()) gives both.
+local function wait_of(y)
+  if type(y) == "number" then
+    if y ~= y or y < 0 then return 0 end
+    return y
+  end
+  local ok, fd = pcall(function() return y:pollfd() end)
+  local ok2, t = pcall(function() return y:timeout() end)
+  fd = ok and math.tointeger(fd) or nil
+  t = ok2 and type(t) == "number" and t or 0.01
+  return t, fd
+end
+
+-- run(co, {deadline = monotonic seconds or nil}) ->
+--   "done", results...   the coroutine returned (results packed as a table with n)
+--   "deadline"           the deadline passed first
+--   "signal", name       a caught signal arrived first ("INT", "TERM")
+-- A coroutine that raises makes run raise that error.
+function M.run(co, opts)
+  local deadline = opts and opts.deadline
+  local clock = core.monotonic
+  while true do
+    local r = table.pack(coroutine.resume(co))
+    if not r[1] then
+      error(debug.traceback(co, tostring(r[2])), 0)
+    end
+    if coroutine.status(co) == "dead" then
+      return "done", table.pack(table.unpack(r, 2, r.n))
+    end
+    local secs, fd = wait_of(r[2])
+    local sig = core.signal_caught()
+    local left = deadline and deadline - clock()
+    if not sig and left and left <= 0 then
+      coroutine.close(co)
+      return "deadline"
+    end
+    if left and secs > left then secs = left end
+    if not sig and secs > 0 then sig = core.signal_wait(secs, fd) end
+    if sig then
+      coroutine.close(co)
+      return "signal", sig
+    end
+  end
+end
+
+return M
