@@ -154,6 +154,32 @@ function M.of_error(err)
   return "error"
 end
 
+-- refusal(method, path, body, why) -> error object for a 2xx answer that judge() refused:
+-- kind "http", status 200, `data` = the body when it is a table, message "METHOD PATH: why".
+function M.refusal(method, path, body, why)
+  return core.error{ kind = "http", status = 200, method = method, path = path,
+    data = type(body) == "table" and body or nil, refused = true,
+    message = string.format("%s %s: %s", method, path, why) }
+end
+
+-- of_answer(endpoint, body) -> state or nil, why
+-- What a 2xx answer of a session endpoint says about the session: for a body judge() refuses,
+-- "no_session" ({"error":"no session"}) or "error", with judge's reason; for a good status body
+-- (auth_status, init_brokerage, a tickle carrying iserver.authStatus) its of_status(); nil when a
+-- good answer carries no status (a tickle without authStatus, validate, logout, reauthenticate).
+function M.of_answer(endpoint, body)
+  local ok, why = M.judge(endpoint, body)
+  if not ok then
+    return (is_object(body) and body.error == "no session") and "no_session" or "error", why
+  end
+  if endpoint == "auth_status" or endpoint == "init_brokerage" then return M.of_status(body) end
+  if endpoint == "tickle" then
+    local st = M.tickle_status(body)
+    if st then return M.of_status(st) end
+  end
+  return nil
+end
+
 -- The CLI's exit code for a state (contract, "The CLI"): 0 ready, 2 unreachable (down, tls),
 -- 3 login required (no_session), 1 anything else the gateway answered.
 local EXIT = { ready = 0, down = 2, tls = 2, no_session = 3 }
