@@ -16,7 +16,7 @@ TREE      ?= lua_modules
 
 # Debian 12 packages: what the tests need, and what checks/benchmarks add.
 DEPS       = gcc make pkg-config openssl lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson \
-             luarocks lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
+             luarocks lua-busted lua-check lua-socket lua-sec lua-zlib lua-luv lua-cqueues
 DEPS_CHECK = valgrind clang libclang-rt-14-dev
 DEPS_BENCH = nginx-light
 

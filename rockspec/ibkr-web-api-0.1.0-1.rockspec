@@ -20,6 +20,7 @@ dependencies = {
   "lua-cjson >= 2.1.0",   -- encodes request bodies (responses are decoded by the C module)
   "luasocket >= 3.0",     -- the mock gateway (ibkr.mock, ibkr-mock-gateway) and its tests
   "luasec >= 1.0",        -- the mock gateway over TLS
+  "lua-zlib >= 1.1",      -- the mock gateway's gzip fault
 }
 external_dependencies = {
   CURL = { library = "curl" },
@@ -49,13 +50,12 @@ build = {
     ["ibkr.mock.control"] = "lua/ibkr/mock/control.lua",
     ["ibkr.mock.faults"] = "lua/ibkr/mock/faults.lua",
     ["ibkr.mock.gateway"] = "lua/ibkr/mock/gateway.lua",
-    ["ibkr.mock.gzip"] = "lua/ibkr/mock/gzip.lua",
-    ["ibkr.mock.http"] = "lua/ibkr/mock/http.lua",
     ["ibkr.mock.json"] = "lua/ibkr/mock/json.lua",
     ["ibkr.mock.pacing"] = "lua/ibkr/mock/pacing.lua",
     ["ibkr.mock.response"] = "lua/ibkr/mock/response.lua",
-    ["ibkr.mock.server"] = "lua/ibkr/mock/server.lua",
-    ["ibkr.mock.tls"] = "lua/ibkr/mock/tls.lua",
+    ["ibkr.mock.net.http"] = "lua/ibkr/mock/net/http.lua",
+    ["ibkr.mock.net.server"] = "lua/ibkr/mock/net/server.lua",
+    ["ibkr.mock.net.tls"] = "lua/ibkr/mock/net/tls.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
     ["ibkr.retry"] = "lua/ibkr/retry.lua",
     ["ibkr.run"] = "lua/ibkr/run.lua",
