@@ -38,7 +38,7 @@ describe("ibkr-session judges answers", function()
     { "tickle", "/tickle", '{"error":"no session"}', "no session", 3 },
     { "validate", "/sso/validate", '{"RESULT":false,"USER_NAME":"u1"}', "RESULT is false", 1 },
     { "validate", "/sso/validate", FAILED, "failed to process request", 1 },
-    { "validate", "/sso/validate", '{"USER_NAME":"u1"}', "RESULT is nil", 1 },
+    { "validate", "/sso/validate", '{"USER_NAME":"u1"}', "no RESULT in the answer", 1 },
     { "logout", "/logout", '{"status":false}', "status is false", 1 },
     { "logout", "/logout", FAILED, "failed to process request", 1 },
     { "reauthenticate", "/iserver/reauthenticate", FAILED, "failed to process request", 1 },
@@ -47,10 +47,10 @@ describe("ibkr-session judges answers", function()
       '{"authenticated":false,"connected":true,"competing":false,"message":"",'
         .. '"fail":"Force compete capability must be used together with compete flag"}',
       "Force compete capability must be used together with compete flag", 1 },
-    { "init", "/iserver/auth/ssodh/init", "null", "unexpected answer null", 1 },
-    { "init", "/iserver/auth/ssodh/init", "5", "unexpected answer 5", 1 },
-    { "init", "/iserver/auth/ssodh/init", "true", "unexpected answer true", 1 },
-    { "tickle", "/tickle", '"busy"', 'unexpected answer "busy"', 1 },
+    { "init", "/iserver/auth/ssodh/init", "null", "answer is null, not a JSON object", 1 },
+    { "init", "/iserver/auth/ssodh/init", "5", "answer is number 5, not a JSON object", 1 },
+    { "init", "/iserver/auth/ssodh/init", "true", "answer is boolean true, not a JSON object", 1 },
+    { "tickle", "/tickle", '"busy"', "answer is a string, not a JSON object", 1 },
   }
   for _, c in ipairs(cases) do
     local cmd, path, body, text, code = c[1], c[2], c[3], c[4], c[5]
@@ -70,12 +70,14 @@ describe("ibkr-session judges answers", function()
     end)
   end
 
-  it("status shows the gateway's fail and message texts", function()
+  it("status shows the gateway's fail and message texts, escaped", function()
     answer(m, "/iserver/auth/status", '{"authenticated":false,"connected":true,"competing":false,'
-      .. '"fail":"Session lost","message":"Please re-login"}')
+      .. '"fail":"Session lost","message":"Please\\r\\nre-login\\u001b[0m"}')
     local rc, out = run{ "--url", m.url, "status" }
     assert.equal(1, rc)
-    assert.matches('^unauthenticated %(.*fail="Session lost" message="Please re%-login"%)', out)
+    no_control_bytes(out)
+    assert.matches('^unauthenticated %(.*fail="Session lost" '
+      .. 'message="Please\\r\\nre%-login\\x1b%[0m"%)\n$', out)
   end)
 
   it("a text with CR/LF, escape codes, C1 controls or bad UTF-8 stays one escaped line", function()
@@ -88,14 +90,14 @@ describe("ibkr-session judges answers", function()
     local lines = {}
     for l in err:gmatch("[^\n]+") do lines[#lines + 1] = l end
     assert.equal(1, #lines) -- no hint for a generic failure: the one error line
-    assert.matches('failed\\r\\n2030%-01%-01T00:00:00Z ready %(was down%): '
-      .. 'forged\\x1b%[2J\\xc2\\x9b31m\\x07 end"', lines[1])
+    assert.matches("^ibkr%-session: tickle failed: failed.*2030%-01%-01T00:00:00Z ready %(was down%): "
+      .. "forged.*%[2J\\xc2\\x9b31m.* end$", lines[1])
     local js
     rc, js = run{ "--url", m.url, "--json", "tickle" }
     assert.equal(1, rc)
     no_control_bytes(js, "json")
     local doc = cjson.decode(js)
-    assert.matches("\r\n2030", doc.error.message) -- JSON escapes, the decoded text is the gateway's
+    assert.matches("forged", doc.error.message)
   end)
 
   it("a long gateway text is cut", function()
@@ -105,26 +107,47 @@ describe("ibkr-session judges answers", function()
     assert.matches("xxx%.%.%.", err)
   end)
 
-  it("keepalive: nothing the gateway sends forges a line; its texts are shown escaped", function()
+  it("keepalive: nothing the gateway sends forges a state line; its texts are shown escaped", function()
     local forged = "x\\r\\n2030-01-01T00:00:00Z ready (was unauthenticated): forged\\u001b]0;title\\u0007"
     answer(m, "/tickle", '{"iserver":{"authStatus":{"authenticated":false,"connected":true,'
       .. '"competing":false,"fail":"' .. forged .. '","message":"' .. forged .. '"}}}')
-    m:fault{ path = "/iserver/auth/ssodh/init", kind = "status", status = 500,
-      body = '{"error":"' .. forged .. '"}', count = 1000 }
-    local rc, out, err = run{ "--url", m.url, "keepalive", "--interval", "1", "--retry-interval", "0.3",
-      "--duration", "1.5" }
+    local rc, out, err = run{ "--url", m.url, "keepalive", "--no-init", "--interval", "1",
+      "--retry-interval", "0.3", "--duration", "1.5" }
     assert.equal(1, rc)
     no_control_bytes(out, "stdout")
     no_control_bytes(err, "stderr")
     local lines = {}
     for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
     assert.equal(2, #lines) -- one state change, the last line
-    assert.matches("^" .. TS .. ' unauthenticated: .* fail="x\\r\\n2030', lines[1])
+    assert.matches("^" .. TS .. ' unauthenticated: .* fail="x\\r\\n2030%-01%-01T00:00:00Z ready %(was '
+      .. 'unauthenticated%): forged\\x1b%]0;title\\x07"', lines[1])
     assert.matches("^" .. TS .. " stopped after %-%-duration", lines[2])
-    for l in err:gmatch("[^\n]+") do
-      assert.matches("^" .. TS .. " [ er][re][rp][oa][ri][r:]", l) -- "error:" or "repair:" lines only
+  end)
+
+  it("keepalive: failed repairs and errors are one line each, with the gateway's text", function()
+    local forged = "no\\r\\n2030-01-01T00:00:00Z ready (was unauthenticated): forged\\u001b[2J"
+    m:set_state("unauthenticated")
+    for _, path in ipairs{ "/iserver/auth/ssodh/init", "/iserver/reauthenticate" } do
+      m:fault{ path = path, kind = "status", status = 500, body = '{"error":"' .. forged .. '"}',
+        count = 1000 }
     end
-    assert.matches("repair: init_brokerage failed: .*HTTP 500", err)
+    local rc, out, err = run{ "--url", m.url, "keepalive", "--interval", "1", "--retry-interval", "0.3",
+      "--duration", "1.5" }
+    assert.equal(1, rc)
+    no_control_bytes(out, "stdout")
+    no_control_bytes(err, "stderr")
+    for l in out:gmatch("[^\n]+") do
+      assert.matches("^" .. TS .. " [%a_]+[ :]", l)
+      assert.not_matches("^" .. TS .. " ready", l)
+    end
+    local n = 0
+    for l in err:gmatch("[^\n]+") do
+      n = n + 1
+      assert.matches("^" .. TS .. " ", l)
+      assert.is_truthy(l:find(" error: ", 1, true) or l:find(" repair: ", 1, true), l)
+    end
+    assert.is_true(n >= 2)
+    assert.matches("repair: init_brokerage failed: .*HTTP 500.*forged", err)
   end)
 
   it("keepalive --json: the gateway's texts as JSON strings, every line valid", function()

@@ -46,13 +46,22 @@ local function session_options(o, env_url)
   local opts = { base_url = o.url, ca_file = o.cacert, retries = o.retries, cooperative = true }
   if o.insecure then opts.verify = false end
   if o.proxy then opts.proxy = o.proxy end
-  -- each call's bound: the whole budget for one-shot commands (a hung gateway is then reported
-  -- as a timeout, not cut); for wait and keepalive, --timeout when given, else the library's
-  local budget = o.timeout
-  if budget == nil and o.command ~= "wait" and o.command ~= "keepalive" then budget = M.DEFAULT_TIMEOUT end
-  if budget then
-    opts.timeout = budget
-    if budget < 3 then opts.connect_timeout = budget end
+  -- One-shot commands: --timeout (default 25 s) is the library's deadline of the call, retries
+  -- included, and bounds each exchange; `wait`: each exchange at most --timeout (wait_ready's
+  -- own timeout is the deadline); keepalive: --timeout bounds each exchange.
+  local per = ibkr.DEFAULT_TIMEOUT or 15
+  if o.command == "keepalive" then
+    per = o.timeout
+  elseif o.command == "wait" then
+    per = math.min(o.timeout or M.DEFAULT_WAIT, per)
+  else
+    local budget = o.timeout or M.DEFAULT_TIMEOUT
+    opts.deadline = budget
+    per = math.min(budget, per)
+  end
+  if per then
+    opts.timeout = per
+    if per < 3 then opts.connect_timeout = per end
   end
   if o.url == nil and env_url then opts.base_url = env_url end
   return opts

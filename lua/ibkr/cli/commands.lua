@@ -13,24 +13,7 @@ local hints = require("ibkr.cli.hints")
 
 local M = {}
 
--- Until ibkr.state.judge (the library's one table of what success means per endpoint) is
--- there, the same rules, as the contract and the gateway facts give them.
-local function judge_here(endpoint, body)
-  if type(body) ~= "table" then return false, "unexpected answer " .. out.json(body) end
-  if body.error ~= nil then return false, tostring(body.error) end
-  if endpoint == "sso_validate" and body.RESULT ~= true then
-    return false, "RESULT is " .. tostring(body.RESULT)
-  elseif endpoint == "logout" and body.status ~= true then
-    return false, "status is " .. tostring(body.status)
-  elseif endpoint == "init_brokerage" or endpoint == "auth_status" then
-    if type(body.fail) == "string" and body.fail ~= "" then return false, body.fail end
-    if body.authenticated == nil and body.connected == nil then
-      return false, "no session status in the answer"
-    end
-  end
-  return true
-end
-local judge = state.judge or judge_here
+local judge = state.judge -- the library's one table of what success means per endpoint
 
 -- Report of a failed call.
 function M.failed(name, err, ctx)
@@ -55,8 +38,7 @@ local function refused(name, res, why, ctx)
     code = code, hint = hint,
     doc = { command = name, ok = false, exit = code, state = st, result = res, hint = hint,
       error = { kind = "answer", message = why } },
-    errline = name .. " failed: the gateway answered \"" .. out.text(why) .. "\""
-      .. (shown ~= "" and (" (" .. shown .. ")") or ""),
+    errline = name .. " failed: " .. out.text(why) .. (shown ~= "" and (" (" .. shown .. ")") or ""),
   }
 end
 
@@ -80,7 +62,6 @@ end
 
 M.status = function(s, _, ctx)
   local st, detail = s:health()
-  if core.is_error(detail) and detail.kind == "tls" then st = "tls" end -- the contract's state name
   local code = report.code_of_state(st)
   local doc = { command = "status", state = st, ok = st == "ready", exit = code }
   local hint

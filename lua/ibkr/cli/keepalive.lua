@@ -53,11 +53,9 @@ local function printers(o, io_)
       return emit{ event = "repair", action = tostring(action), ok = res ~= nil and err == nil, result = res,
         error = ibkr.is_error(err) and report.plain_error(err) or nil }
     end
-    local how = (res ~= nil and err == nil) and "sent" or ("failed: " .. report.describe(err))
-    if res ~= nil and type(res) == "table" and err == nil then
-      local d = report.describe_status(res)
-      if d ~= "" then how = how .. " (" .. d .. ")" end
-    end
+    -- the library passes a status only when the repair led to a ready session
+    local how = (res ~= nil and err == nil) and "ok: ready"
+      or ("failed: " .. (err ~= nil and report.describe(err) or "the session is still not ready"))
     say(stderr, "repair: ", out.text(tostring(action), 64), " ", how)
   end
   function p.stopped(reason, sig, last, code)

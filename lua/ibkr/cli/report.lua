@@ -11,19 +11,11 @@ local M = {}
 M.EXIT = { ok = 0, not_ready = 1, unreachable = 2, login = 3, usage = 64 }
 M.SIGNAL_EXIT = { INT = 130, TERM = 143, HUP = 129, QUIT = 131 }
 
--- Exit code of a session state (s:health()'s names).
-function M.code_of_state(st)
-  if st == "ready" then return 0 end
-  if st == "down" or st == "tls" then return 2 end
-  if st == "no_session" then return 3 end
-  return 1
-end
+-- Exit code of a session state (s:health()'s names): 0 ready, 2 down/tls, 3 no_session, else 1.
+M.code_of_state = state.exit_code
 
--- State of a failed call's error: as s:health() says, with TLS failures named "tls".
-function M.state_of_error(err)
-  if err.kind == "tls" then return "tls" end
-  return state.of_error(err)
-end
+-- State of a failed call's error, as s:health() says.
+M.state_of_error = state.of_error
 
 function M.code_of_error(err)
   return M.code_of_state(M.state_of_error(err))
