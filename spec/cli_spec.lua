@@ -107,6 +107,31 @@ describe("ibkr-session", function()
     assert.equal(0, (run{ "--url", m.url, "-k", "status" }))
   end)
 
+  -- A name for 127.0.0.1 that is not "localhost" (like a compose service name): verification is
+  -- on for it, and the mock's self-signed certificate is refused.
+  local function other_loopback_name()
+    local f = io.open("/etc/hosts")
+    if not f then return nil end
+    for line in f:lines() do
+      local addr, names = line:match("^%s*(127%.[%d.]+)%s+([^#]+)")
+      for name in (names or ""):gmatch("%S+") do
+        if addr and not name:lower():match("^localhost") then f:close() return name end
+      end
+    end
+    f:close()
+  end
+
+  it("TLS refused for a self-signed gateway reached by a non-loopback name: the hint gives the fix", function()
+    local name = other_loopback_name()
+    if not name then return pending("no other name for 127.0.0.1 in /etc/hosts") end
+    local url = m.url:gsub("127%.0%.0%.1", name)
+    local rc, out, err = run{ "--url", url, "status" }
+    assert.equal(2, rc)
+    assert.matches("^tls ", out)
+    assert.matches("hint: TLS: the gateway's certificate was refused .*%-%-cacert FILE.*%-k/%-%-insecure", err)
+    assert.equal(0, (run{ "--url", url, "-k", "status" }))
+  end)
+
   it("hints: a URL without /v1/api, http against an https gateway, https against an http one", function()
     local rc, _, err = run{ "--url", m.root, "tickle" }
     assert.equal(1, rc)
