@@ -121,14 +121,15 @@ describe("ibkr-session", function()
     f:close()
   end
 
-  it("TLS refused for a self-signed gateway reached by a non-loopback name: the hint gives the fix", function()
+  it("TLS refused for a self-signed gateway reached by a non-loopback name: the hint has the fix", function()
     local name = other_loopback_name()
     if not name then return pending("no other name for 127.0.0.1 in /etc/hosts") end
     local url = m.url:gsub("127%.0%.0%.1", name)
     local rc, out, err = run{ "--url", url, "status" }
     assert.equal(2, rc)
     assert.matches("^tls ", out)
-    assert.matches("hint: TLS: the gateway's certificate was refused .*%-%-cacert FILE.*%-k/%-%-insecure", err)
+    assert.matches("hint: TLS: the gateway's certificate was refused .*%-%-cacert FILE.*%-k/%-%-insecure",
+      err)
     assert.equal(0, (run{ "--url", url, "-k", "status" }))
   end)
 
@@ -300,5 +301,49 @@ describe("ibkr-session", function()
     assert.matches("^ibkr%-session %d+%.%d+%.%d+ ", out)
     local version = require("ibkr")._VERSION
     assert.equal(version, cjson.decode((select(2, run{ "--json", "--version" }))).version)
+  end)
+end)
+
+describe("ibkr-session --proxy", function()
+  local core = require("ibkr.core")
+  -- ibkr.core reads the `proxy` option when it checks its type
+  local supported = not pcall(core.new, { base_url = "http://127.0.0.1:1/v1/api", proxy = 5 })
+
+  local function start_proxy()
+    local p = assert(io.popen("echo $$; exec lua5.4 spec/helpers/fake_proxy.lua"))
+    local pid = assert(p:read("l"))
+    local port = assert(math.tointeger(tonumber(p:read("l"))))
+    return { port = port, url = "http://127.0.0.1:" .. port,
+      stop = function()
+        os.execute("kill " .. pid)
+        local rest = p:read("a")
+        p:close()
+        return rest
+      end }
+  end
+
+  it("sends the requests through the proxy given", function()
+    if not supported then return pending("ibkr.core has no proxy option yet (engine branch)") end
+    local proxy = start_proxy()
+    local rc, out = run{ "--proxy", proxy.url, "--url", "http://gateway.invalid:5000/v1/api", "status" }
+    local seen = proxy.stop()
+    assert.equal(0, rc)
+    assert.matches("^ready", out)
+    assert.matches("^POST http://gateway%.invalid:5000/v1/api/iserver/auth/status HTTP/1%.1\n", seen)
+  end)
+
+  it("never uses an environment proxy for a loopback gateway", function()
+    if not supported then return pending("ibkr.core has no proxy option yet (engine branch)") end
+    local m = assert(mock.start{ tls = false, pacing = false })
+    local proxy = start_proxy()
+    local env = ""
+    for _, v in ipairs{ "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY" } do
+      env = env .. v .. "=" .. proxy.url .. " "
+    end
+    local rc = run({ "--url", m.url, "status" }, env)
+    local seen = proxy.stop()
+    m:stop()
+    assert.equal(0, rc)
+    assert.equal("", seen)
   end)
 end)
