@@ -144,6 +144,8 @@ describe("ibkr-session time bounds", function()
     -- repairs and errors are JSON lines too
     m:set_state("unauthenticated")
     m:fault{ path = "/iserver/auth/ssodh/init", kind = "status", status = 500, count = 1 }
+    m:fault{ path = "/tickle", kind = "status", status = 200, body = '{"error":"failed to process request"}',
+      count = 1 }
     rc, out, err = cli.run{ "--url", m.url, "--json", "keepalive", "--interval", "1",
       "--retry-interval", "0.3", "--duration", "2" }
     assert.equal(0, rc)
@@ -157,10 +159,11 @@ describe("ibkr-session time bounds", function()
     assert.is_true(events.error >= 1)
     assert.equal(1, events.stopped)
     -- unreachable: "down", exit 2
-    rc, out = cli.run{ "--url", "http://127.0.0.1:9/v1/api", "keepalive", "--interval", "1",
+    rc, out, err = cli.run{ "--url", "http://127.0.0.1:9/v1/api", "keepalive", "--interval", "1",
       "--duration", "3.5" }
     assert.equal(2, rc)
     assert.matches(" down: ibkr: connect: ", out)
+    assert.equal("", err) -- the error is said once: in the state line it caused
   end)
 
   it("keepalive --no-init: tickles only, never ssodh/init", function()

@@ -21,7 +21,7 @@ local function wait_of(y)
   return t, fd
 end
 
--- run(co, {deadline = monotonic seconds or nil}) ->
+-- run(co, {deadline = monotonic seconds or nil, after = function called after each resume}) ->
 --   "done", results...   the coroutine returned (results packed as a table with n)
 --   "deadline"           the deadline passed first
 --   "signal", name       a caught signal arrived first ("INT", "TERM")
@@ -34,6 +34,7 @@ function M.run(co, opts)
     if not r[1] then
       error(debug.traceback(co, tostring(r[2])), 0)
     end
+    if opts and opts.after then opts.after() end
     if coroutine.status(co) == "dead" then
       return "done", table.pack(table.unpack(r, 2, r.n))
     end

@@ -68,11 +68,47 @@ local function printers(o, io_)
   return p
 end
 
+-- The keep-alive's callbacks. An error is said once: the same failure every retry_interval only
+-- until the session is ready again, and not at all when the state change it causes (reported in
+-- the same resume) or the repair it failed carries it. So errors wait in `pending` until the next event or the end of
+-- the resume (flush).
+local function callbacks(p, ka)
+  local last_error, pending
+  local function flush()
+    if pending then p.error(pending) end
+    pending = nil
+  end
+  ka.flush = flush
+  ka.on_state = function(new, old, detail)
+    if pending and ibkr.is_error(detail) and tostring(detail) == tostring(pending) then
+      pending = nil
+    end
+    flush()
+    ka.last = new
+    if new == "ready" then last_error = nil end
+    p.state(new, old, detail)
+  end
+  ka.on_error = function(err)
+    local line = tostring(err)
+    if line ~= last_error then
+      flush()
+      last_error = line
+      pending = err
+    end
+  end
+  ka.on_repair = function(action, res, err)
+    if pending and err ~= nil and tostring(err) == tostring(pending) then pending = nil end
+    flush()
+    p.repair(action, res, err)
+  end
+end
+
 -- Runs the keep-alive; returns the exit code: the last state's code after --duration,
 -- 128 + the signal's number (130 SIGINT, 143 SIGTERM) after a signal.
 function M.run(s, o, io_)
   local p = printers(o, io_)
-  local last, last_error
+  local ka = {}
+  callbacks(p, ka)
   local interval = o.interval or 60
   local co = s:keepalive{
     interval = interval,
@@ -80,21 +116,12 @@ function M.run(s, o, io_)
     validate_interval = o.validate_interval,
     init = not o.no_init,
     compete = o.compete == true,
-    on_state = function(new, old, detail)
-      last = new
-      if new == "ready" then last_error = nil end
-      p.state(new, old, detail)
-    end,
-    on_error = function(err) -- the same failure every retry_interval is said once until ready
-      local line = tostring(err)
-      if line ~= last_error then
-        last_error = line
-        p.error(err)
-      end
-    end,
-    on_repair = p.repair,
+    on_state = ka.on_state, on_error = ka.on_error, on_repair = ka.on_repair,
   }
-  local how, sig = drive.run(co, { deadline = o.duration and core.monotonic() + o.duration })
+  local how, sig = drive.run(co, { deadline = o.duration and core.monotonic() + o.duration,
+    after = ka.flush })
+  ka.flush()
+  local last = ka.last
   if coroutine.status(co) ~= "dead" then coroutine.close(co) end
   local code
   if how == "signal" then
