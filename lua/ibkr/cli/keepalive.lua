@@ -70,8 +70,8 @@ end
 
 -- The keep-alive's callbacks. An error is said once: the same failure every retry_interval only
 -- until the session is ready again, and not at all when the state change it causes (reported in
--- the same resume) or the repair it failed carries it. So errors wait in `pending` until the next event or the end of
--- the resume (flush).
+-- the same resume) or the repair it failed carries it. So errors wait in `pending` until the
+-- next event or the end of the resume (flush).
 local function callbacks(p, ka)
   local last_error, pending
   local function flush()
