@@ -270,7 +270,10 @@ describe("ibkr-session", function()
       { "--url", "ftp://x", "status" }, { "--url", "https:///v1/api", "status" },
       { "keepalive", "--duration", "-1" }, { "keepalive", "--retry-interval", "0" },
       { "request", "GET" }, { "request", "GET", "nopath" }, { "request", "G/T", "/x" },
-      { "request", "POST", "/x", "--data", "{bad" },
+      { "request", "POST", "/x", "--data", "{bad" }, { "request", "GET", "/x", "--data", "{}" },
+      { "request", "head", "/x", "--data", "{}" },
+      { "--url", "http://127.0.0.1:9/v1/api", "request", "GET", "/a b" },
+      { "--url", "http://127.0.0.1:9/v1/api", "request", "GET", "/a\r\nX: y" },
     }
     for _, args in ipairs(cases) do
       local rc, out, err = run(args)

@@ -30,12 +30,14 @@ local function wants_json(argv)
   return false
 end
 
+local USAGE_TAIL = args.USAGE:match("^[^\n]*\n")
+  .. "(ibkr-session --help lists the commands and exit codes)\n"
+
 local function usage_error(io_, msg, json)
   if json then
     io_.stdout:write(out.json{ ok = false, exit = 64, error = { kind = "usage", message = msg } }, "\n")
   else
-    io_.stderr:write("ibkr-session: ", out.text(msg), "\n", args.USAGE:match("^[^\n]*\n"),
-      "(ibkr-session --help lists the commands and exit codes)\n")
+    io_.stderr:write("ibkr-session: ", out.text(msg), "\n", USAGE_TAIL)
   end
   return 64
 end
@@ -88,6 +90,7 @@ local function print_report(r, o, io_)
   end
   if r.line then io_.stdout:write(r.line, "\n") end
   if r.errline then io_.stderr:write("ibkr-session: ", r.errline, "\n") end
+  if r.code == 64 then io_.stderr:write(USAGE_TAIL) end
   if r.hint then io_.stderr:write("hint: ", out.text(r.hint, 1000), "\n") end
 end
 

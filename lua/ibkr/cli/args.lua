@@ -133,6 +133,10 @@ local function check_combination(o)
     if #o.args ~= 2 then return nil, "request needs METHOD and PATH (e.g. request GET /iserver/accounts)" end
     if not o.args[1]:match("^%a+$") then return nil, "request: METHOD must be a name such as GET" end
     if o.args[2]:sub(1, 1) ~= "/" then return nil, "request: PATH must start with /" end
+    local m = o.args[1]:upper()
+    if o.data ~= nil and (m == "GET" or m == "HEAD") then
+      return nil, "request: --data is for methods with a body (POST, PUT...), not " .. m
+    end
   elseif #o.args > 0 then
     return nil, "unexpected argument " .. o.args[1]
   end

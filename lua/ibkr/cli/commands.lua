@@ -143,9 +143,19 @@ M.wait = function(s, o, ctx)
   }
 end
 
+-- A request the library refuses to send (a raised argument error: a path with a space or a
+-- control byte...) is a usage error.
+local function refused_usage(name, e)
+  local msg = tostring(e):gsub("^[^\n]-:%d+: ", "")
+  msg = msg:match("^bad argument #%d+ to '[^']*' %((.*)%)$") or msg
+  return { code = 64, errline = name .. ": " .. out.text(msg),
+    doc = { command = name, ok = false, exit = 64, error = { kind = "usage", message = msg } } }
+end
+
 M.request = function(s, o, ctx)
   local method, path = o.args[1]:upper(), o.args[2]
-  local res, err, status = s:request(method, path, o.data and { body = o.data } or nil)
+  local ok, res, err, status = pcall(s.request, s, method, path, o.data and { body = o.data } or nil)
+  if not ok then return refused_usage("request", res) end
   if res == nil then return M.failed("request", err, ctx) end
   return answered("request", res, out.json(res), 0, { status = status, method = method, path = path })
 end
