@@ -45,7 +45,9 @@ local function check(opts, with_sleep, level)
   }
   for _, k in ipairs{ "interval", "retry_interval", "validate_interval" } do
     local v = o[k]
-    if v ~= nil and (v ~= v or v <= 0) then error("keepalive: '" .. k .. "' must be > 0", level + 1) end
+    if v ~= nil and (v ~= v or v <= 0 or v == math.huge) then
+      error("keepalive: '" .. k .. "' must be a finite number > 0", level + 1)
+    end
   end
   if o.validate_interval and o.validate_interval < M.MIN_VALIDATE_INTERVAL then
     o.validate_interval = M.MIN_VALIDATE_INTERVAL
