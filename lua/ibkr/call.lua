@@ -121,10 +121,11 @@ end
 -- A waiter for an attempt that must end within `secs` real seconds (the part of the call's
 -- deadline that is left): the exchange runs step by step and is abandoned as a "timeout" when
 -- the time is up, whatever the core's own per-exchange timeout does. Real time, because the
--- exchange's time is real even when the session runs on an injected clock.
-local function bounded(s, w, secs)
+-- exchange's time is real even when the session runs on an injected clock; for the same reason
+-- a blocking call waits for the steps with the real core.sleep, as perform would block.
+local function bounded(w, secs)
   local stop = core.monotonic() + secs
-  local wait = w.step and w.wait or s._sleep
+  local wait = w.step and w.wait or core.sleep
   return {
     wait = wait, step = true,
     live = function() return w.live() and core.monotonic() < stop end,
@@ -157,7 +158,7 @@ function M.run(s, w, method, path, copts, allow_retry, deadline)
     local cut = left < s._timeout
     local xopts = exchange_opts(copts, cut and left or s._timeout)
     local res, err, status, aborted
-    local xw = cut and bounded(s, w, left) or w
+    local xw = cut and bounded(w, left) or w
     if xw.step then
       res, err, status, aborted = stepped(s, xw, method, path, xopts)
       if aborted and err.kind ~= "timeout" then return nil, err end -- closed or stopped mid-request

@@ -157,7 +157,7 @@ local function observed(name, res, err)
   if res ~= nil then
     return (state.of_answer(name, res)), name == "tickle" and state.tickle_status(res) or res
   end
-  if err.kind == "rate_limited" or err.kind == "closed" or err.status == 429 then return nil end
+  if err.kind == "closed" or state.says_wait(err) then return nil end
   return state.of_error(err), err
 end
 

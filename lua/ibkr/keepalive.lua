@@ -86,12 +86,6 @@ local function reporter(s, o)
   return r
 end
 
--- Whether err is the gateway (or the pacer keeping its Retry-After) saying "not now": a state
--- change would be noise, the keep-alive waits instead.
-local function held_back(err)
-  return err.kind == "rate_limited" or err.status == 429
-end
-
 -- The state after one tickle: (state, detail), or nil when the answer says nothing new (held
 -- back). A tickle answer that carries no status, or that judge() refuses without saying "no
 -- session", is followed by /iserver/auth/status.
@@ -113,7 +107,7 @@ local function observe(s, w, rep, alive)
     end
   end
   rep.error(err)
-  if held_back(err) then return nil, err end
+  if state.says_wait(err) then return nil, err end
   return state.of_error(err), err
 end
 
