@@ -128,7 +128,7 @@ end
 
 -- Repair when wanted and due (ibkr/repair.lua: escalation, backoff). Returns the new state.
 local function maybe_repair(s, w, o, rep, sched, st, alive)
-  if not (o.init and repair.wanted(st, o.compete) and sched:due(s:now())) then return st end
+  if not (o.init and repair.wanted(st, o.compete) and sched:due(s:now())) or s:held() then return st end
   local ready = repair.run(s, w, { compete = o.compete, alive = alive,
     on_repair = function(action, r, e)
       if e then rep.error(e) end
