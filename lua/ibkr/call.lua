@@ -125,9 +125,9 @@ end
 -- a blocking call waits for the steps with the real core.sleep, as perform would block.
 local function bounded(w, secs)
   local stop = core.monotonic() + secs
-  local wait = w.step and w.wait or core.sleep
+  local sleep = w.step and w.wait or core.sleep
   return {
-    wait = wait, step = true,
+    wait = function(t, pollable) sleep(t or 0.001, pollable) end, step = true,
     live = function() return w.live() and core.monotonic() < stop end,
     gone = function(method, path)
       if not w.live() then return w.gone(method, path) end
