@@ -6,7 +6,6 @@ local core = require("ibkr.core")
 local call = require("ibkr.call")
 local pacing = require("ibkr.pacing")
 local state = require("ibkr.state")
-local repair = require("ibkr.repair")
 
 local M = {
   _VERSION = core._VERSION,
@@ -14,6 +13,8 @@ local M = {
   core = core,
   is_error = core.is_error,
 }
+
+local repair = require("ibkr.repair")
 
 local DEFAULT_URL = "https://localhost:5000/v1/api"
 

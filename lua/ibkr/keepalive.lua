@@ -11,9 +11,10 @@
 
 local core = require("ibkr.core")
 local state = require("ibkr.state")
-local repair = require("ibkr.repair")
 
 local M = {}
+
+local repair = require("ibkr.repair")
 
 M.MIN_VALIDATE_INTERVAL = 60 -- the gateway allows one /sso/validate per minute
 M.LOOP_SLICE = 1             -- keepalive_loop notices stop()/close() within this many seconds
