@@ -57,6 +57,7 @@ build = {
     ["ibkr.mock.net.server"] = "lua/ibkr/mock/net/server.lua",
     ["ibkr.mock.net.tls"] = "lua/ibkr/mock/net/tls.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
+    ["ibkr.repair"] = "lua/ibkr/repair.lua",
     ["ibkr.retry"] = "lua/ibkr/retry.lua",
     ["ibkr.run"] = "lua/ibkr/run.lua",
     ["ibkr.state"] = "lua/ibkr/state.lua",

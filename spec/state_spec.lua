@@ -134,3 +134,13 @@ describe("exit_code", function()
     for st, code in pairs(want) do assert.equal(code, state.exit_code(st), st) end
   end)
 end)
+
+describe("says_wait", function()
+  it("is true for 429, 503 with Retry-After and rate_limited, false otherwise", function()
+    assert.is_true(state.says_wait(core.error{ kind = "http", status = 429, message = "x" }))
+    assert.is_true(state.says_wait(core.error{ kind = "http", status = 503, retry_after = 5, message = "x" }))
+    assert.is_true(state.says_wait(core.error{ kind = "rate_limited", retry_after = 5, message = "x" }))
+    assert.is_false(state.says_wait(core.error{ kind = "http", status = 503, message = "x" }))
+    assert.is_false(state.says_wait(core.error{ kind = "connect", message = "x" }))
+  end)
+end)

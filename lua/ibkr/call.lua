@@ -118,6 +118,25 @@ local function exchange_opts(copts, secs)
   return x
 end
 
+-- A waiter for an attempt that must end within `secs` real seconds (the part of the call's
+-- deadline that is left): the exchange runs step by step and is abandoned as a "timeout" when
+-- the time is up, whatever the core's own per-exchange timeout does. Real time, because the
+-- exchange's time is real even when the session runs on an injected clock; for the same reason
+-- a blocking call waits for the steps with the real core.sleep, as perform would block.
+local function bounded(w, secs)
+  local stop = core.monotonic() + secs
+  local sleep = w.step and w.wait or core.sleep
+  return {
+    wait = function(t, pollable) sleep(t or 0.001, pollable) end, step = true,
+    live = function() return w.live() and core.monotonic() < stop end,
+    gone = function(method, path)
+      if not w.live() then return w.gone(method, path) end
+      return core.error{ kind = "timeout", method = method, path = path,
+        message = string.format("%s %s: the call's deadline passed during the exchange", method, path) }
+    end,
+  }
+end
+
 -- Performs `method path` for session `s` with waiter `w`.
 -- allow_retry: whether retryable failures are tried again (s.retries times at most).
 -- deadline: optional absolute time (the session's clock) by which the call must end; the call's
@@ -139,9 +158,11 @@ function M.run(s, w, method, path, copts, allow_retry, deadline)
     local cut = left < s._timeout
     local xopts = exchange_opts(copts, cut and left or s._timeout)
     local res, err, status, aborted
-    if w.step then
-      res, err, status, aborted = stepped(s, w, method, path, xopts)
-      if aborted then return nil, err end -- closed or stopped mid-request: not an exchange
+    local xw = cut and bounded(w, left) or w
+    if xw.step then
+      res, err, status, aborted = stepped(s, xw, method, path, xopts)
+      if aborted and err.kind ~= "timeout" then return nil, err end -- closed or stopped mid-request
+      if aborted then return nil, last_err or err end -- out of time: what the gateway said before
     else
       res, err, status = s._core:perform(method, path, xopts)
     end

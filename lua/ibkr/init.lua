@@ -6,7 +6,6 @@ local core = require("ibkr.core")
 local call = require("ibkr.call")
 local pacing = require("ibkr.pacing")
 local state = require("ibkr.state")
-local repair = require("ibkr.repair")
 
 local M = {
   _VERSION = core._VERSION,
@@ -14,6 +13,8 @@ local M = {
   core = core,
   is_error = core.is_error,
 }
+
+local repair = require("ibkr.repair")
 
 local DEFAULT_URL = "https://localhost:5000/v1/api"
 
@@ -152,10 +153,13 @@ local ENDPOINTS = {
 
 -- What a session endpoint's answer says about the session's state, or nil when it says nothing
 -- (a rate limit, a close, an answer that carries no status).
+-- Returns state, detail (the status table or the error).
 local function observed(name, res, err)
-  if res ~= nil then return (state.of_answer(name, res)) end
-  if err.kind == "rate_limited" or err.kind == "closed" or err.status == 429 then return nil end
-  return state.of_error(err)
+  if res ~= nil then
+    return (state.of_answer(name, res)), name == "tickle" and state.tickle_status(res) or res
+  end
+  if err.kind == "closed" or state.says_wait(err) then return nil end
+  return state.of_error(err), err
 end
 
 ------------------------------------------------------------------------------------------------
@@ -182,8 +186,8 @@ function Session:endpoint(w, name, compete, deadline)
     copts = { body = compete and '{"publish":true,"compete":true}' or '{"publish":true,"compete":false}' }
   end
   local res, err, status = call.run(self, w, ep[1], ep[2], copts, true, deadline)
-  local st = observed(name, res, err)
-  if st then self:observe(st, res ~= nil and res or err) end
+  local st, detail = observed(name, res, err)
+  if st then self:observe(st, detail) end
   if res == nil then return nil, err end
   return res, nil, status
 end

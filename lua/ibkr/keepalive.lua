@@ -11,9 +11,10 @@
 
 local core = require("ibkr.core")
 local state = require("ibkr.state")
-local repair = require("ibkr.repair")
 
 local M = {}
+
+local repair = require("ibkr.repair")
 
 M.MIN_VALIDATE_INTERVAL = 60 -- the gateway allows one /sso/validate per minute
 M.LOOP_SLICE = 1             -- keepalive_loop notices stop()/close() within this many seconds
@@ -45,7 +46,9 @@ local function check(opts, with_sleep, level)
   }
   for _, k in ipairs{ "interval", "retry_interval", "validate_interval" } do
     local v = o[k]
-    if v ~= nil and (v ~= v or v <= 0) then error("keepalive: '" .. k .. "' must be > 0", level + 1) end
+    if v ~= nil and (v ~= v or v <= 0 or v == math.huge) then
+      error("keepalive: '" .. k .. "' must be a finite number > 0", level + 1)
+    end
   end
   if o.validate_interval and o.validate_interval < M.MIN_VALIDATE_INTERVAL then
     o.validate_interval = M.MIN_VALIDATE_INTERVAL
@@ -84,12 +87,6 @@ local function reporter(s, o)
   return r
 end
 
--- Whether err is the gateway (or the pacer keeping its Retry-After) saying "not now": a state
--- change would be noise, the keep-alive waits instead.
-local function held_back(err)
-  return err.kind == "rate_limited" or err.status == 429
-end
-
 -- The state after one tickle: (state, detail), or nil when the answer says nothing new (held
 -- back). A tickle answer that carries no status, or that judge() refuses without saying "no
 -- session", is followed by /iserver/auth/status.
@@ -111,7 +108,7 @@ local function observe(s, w, rep, alive)
     end
   end
   rep.error(err)
-  if held_back(err) then return nil, err end
+  if state.says_wait(err) then return nil, err end
   return state.of_error(err), err
 end
 
@@ -132,7 +129,7 @@ end
 
 -- Repair when wanted and due (ibkr/repair.lua: escalation, backoff). Returns the new state.
 local function maybe_repair(s, w, o, rep, sched, st, alive)
-  if not (o.init and repair.wanted(st, o.compete) and sched:due(s:now())) then return st end
+  if not (o.init and repair.wanted(st, o.compete) and sched:due(s:now())) or s:held() then return st end
   local ready = repair.run(s, w, { compete = o.compete, alive = alive,
     on_repair = function(action, r, e)
       if e then rep.error(e) end

@@ -42,7 +42,7 @@ local function settle(s, w, secs, limit, alive)
   if limit and limit < stop then stop = limit end
   local st, detail
   while alive() do
-    local r, e = s:endpoint(w, "auth_status", nil, stop)
+    local r, e = s:endpoint(w, "auth_status", nil, limit)
     if r ~= nil then
       local ok, why = state.judge("auth_status", r)
       st = ok and state.of_status(r) or "error"

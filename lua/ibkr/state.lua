@@ -143,6 +143,14 @@ function M.is_login_redirect(err)
     or loc:find("/sso/Dispatcher", 1, true) ~= nil)
 end
 
+-- Whether err is the gateway (or the session keeping its Retry-After) saying "not now": a 429,
+-- a 503 with Retry-After, or a call refused without sending (kind "rate_limited"). Such an answer
+-- says nothing about the session's state.
+function M.says_wait(err)
+  return err.kind == "rate_limited" or err.status == 429
+    or (err.status == 503 and err.retry_after ~= nil)
+end
+
 -- State of a failed call's error object.
 function M.of_error(err)
   local kind = err.kind
