@@ -57,7 +57,7 @@ describe("ibkr-session time bounds", function()
     local rc, _, err, secs = cli.run{ "--url", m.url, "--timeout", "2", "--retries", "3", "tickle" }
     assert.is_true(secs < 2 + SLACK, "took " .. secs)
     assert.equal(1, rc)
-    assert.matches("HTTP 503.*%(gave up after 2 s%)", err)
+    assert.matches("^ibkr%-session: tickle: ibkr: http: POST /tickle: HTTP 503", err)
   end)
 
   it("--retries N: N retries of a retryable failure, then the failure", function()
