@@ -7,18 +7,23 @@ local core = require("ibkr.core")
 
 local M = {}
 
--- What a resume yielded -> seconds to wait, and a file descriptor to wait on (or nil).
--- A number is seconds; a pollable (cqueues' convention: :pollfd(), :timeout()) gives both.
-local function wait_of(y)
-  if type(y) == "number" then
-    if y ~= y or y < 0 then return 0 end
-    return y
-  end
+-- The file descriptor of a pollable (cqueues' convention: :pollfd(), :timeout()), its timeout.
+local function poll_of(y)
+  if y == nil or type(y) == "number" then return nil end
   local ok, fd = pcall(function() return y:pollfd() end)
   local ok2, t = pcall(function() return y:timeout() end)
-  fd = ok and math.tointeger(fd) or nil
-  t = ok2 and type(t) == "number" and t or 0.01
-  return t, fd
+  return ok and math.tointeger(fd) or nil, ok2 and type(t) == "number" and t or nil
+end
+
+-- What a resume yielded -> seconds to wait, and a file descriptor to wait on (or nil):
+-- seconds, a pollable, or seconds then a pollable.
+local function wait_of(y, y2)
+  local fd, t = poll_of(y)
+  if type(y) == "number" then
+    t = (y ~= y or y < 0) and 0 or y
+    fd = poll_of(y2)
+  end
+  return t or 0.01, fd
 end
 
 -- run(co, {deadline = monotonic seconds or nil, after = function called after each resume}) ->
@@ -38,7 +43,7 @@ function M.run(co, opts)
     if coroutine.status(co) == "dead" then
       return "done", table.pack(table.unpack(r, 2, r.n))
     end
-    local secs, fd = wait_of(r[2])
+    local secs, fd = wait_of(r[2], r[3])
     local sig = core.signal_caught()
     local left = deadline and deadline - clock()
     if not sig and left and left <= 0 then
