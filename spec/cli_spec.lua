@@ -217,6 +217,22 @@ describe("ibkr-session", function()
     assert.matches("^ready", out)
   end)
 
+  it("wait --init takes a competing session over only with --compete", function()
+    m:set_state("competing")
+    m:clear_log()
+    local rc, _, err = run{ "--url", m.url, "wait", "--init", "--timeout", "1.5" }
+    assert.equal(1, rc)
+    assert.matches("state: competing", err)
+    assert.equal(0, #m:api_log("/iserver/auth/ssodh/init"))
+    local out
+    rc, out = run{ "--url", m.url, "wait", "--init", "--compete", "--timeout", "20" }
+    assert.equal(0, rc)
+    assert.matches("^ready", out)
+    local log = m:api_log("/iserver/auth/ssodh/init")
+    assert.is_true(#log >= 1)
+    assert.is_true(cjson.decode(log[1].body).compete)
+  end)
+
   it("wait: the state's exit code when the time runs out", function()
     m:set_state("unauthenticated")
     local rc, out, err = run{ "--url", m.url, "wait", "--timeout", "1.5" }
