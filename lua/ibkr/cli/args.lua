@@ -25,7 +25,9 @@ commands:
             [--compete] [--duration S]
                           keep the session alive: tickle every --interval (60 s), repair when
                           not ready (every --retry-interval, 5 s); one line per state change;
-                          runs until SIGINT/SIGTERM or --duration
+                          runs until SIGINT/SIGTERM or --duration. --no-init: tickle only, never
+                          ssodh/init (accounts that keep only the SSO session); --compete: take
+                          a competing session over; --validate-interval: GET /sso/validate too
 options:
   --url URL         gateway base URL (default: $IBKR_BASE_URL, else https://localhost:5000/v1/api)
   -k, --insecure    do not verify the TLS certificate
