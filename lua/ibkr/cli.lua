@@ -42,9 +42,17 @@ local function usage_error(io_, msg, json)
   return 64
 end
 
--- The options of ibkr.new for the command line; nil, message for a usage error.
--- (--oauth-config FILE, when it comes, adds its `oauth` table here.)
-local function session_options(o, env_url)
+-- --oauth-config FILE: a headless OAuth 1.0a session (docs/oauth.md). ibkr/oauth.lua reads the
+-- file and sets opts.oauth, and opts.base_url from the file when --url gave none. Returns nil or
+-- a usage error text.
+local function apply_oauth(opts, file)
+  local ok, oauth = pcall(require, "ibkr.oauth")
+  if not ok then return "--oauth-config: this installation has no OAuth support (module ibkr.oauth)" end
+  return oauth.cli_apply(opts, file)
+end
+
+-- The options of ibkr.new for the command line.
+local function session_options(o)
   local opts = { base_url = o.url, ca_file = o.cacert, retries = o.retries, cooperative = true }
   if o.insecure then opts.verify = false end
   if o.proxy then opts.proxy = o.proxy end
@@ -65,19 +73,25 @@ local function session_options(o, env_url)
     opts.timeout = per
     if per < 3 then opts.connect_timeout = per end
   end
-  if o.url == nil and env_url then opts.base_url = env_url end
   return opts
 end
 
--- Makes the session; a bad URL (from --url or $IBKR_BASE_URL) is a usage error naming its source.
+-- Makes the session -> session, whether its URL came from $IBKR_BASE_URL; or nil, a usage error
+-- text (a bad URL names its source: --url, the --oauth-config file or $IBKR_BASE_URL).
 local function make_session(o)
   local env = os.getenv("IBKR_BASE_URL")
   if env == "" then env = nil end
-  local opts = session_options(o, env)
+  local opts = session_options(o)
+  if o.oauth_config then
+    local cerr = apply_oauth(opts, o.oauth_config)
+    if cerr then return nil, cerr end
+  end
+  local url_from_env = opts.base_url == nil and env ~= nil
+  if url_from_env then opts.base_url = env end
   local ok, s = pcall(ibkr.new, opts)
-  if ok then return s, opts end
+  if ok then return s, url_from_env end
   local msg = tostring(s):gsub("^[^:]*:%d+: ", "")
-  if o.url == nil and env and msg:find("url", 1, true) then
+  if url_from_env and msg:find("url", 1, true) then
     msg = "$IBKR_BASE_URL (" .. env .. "): " .. msg
   end
   return nil, msg
@@ -136,8 +150,10 @@ local function check_data(o)
   return true
 end
 
--- main(argv [, io_]) -> exit code. io_ = {stdout=, stderr=} (default io).
+-- main(argv [, io_]) -> exit code. io_ = {stdout=, stderr=} (default io). Called with io_ (tests,
+-- embedding) it installs no signal handlers: SIGINT/SIGTERM keep their disposition.
 function M.main(argv, io_)
+  local embedded = io_ ~= nil
   io_ = io_ or { stdout = io.stdout, stderr = io.stderr }
   argv = argv or {}
   local json = wants_json(argv)
@@ -155,10 +171,11 @@ function M.main(argv, io_)
   end
   local okd, derr = check_data(o)
   if not okd then return usage_error(io_, derr, json) end
-  local s, serr = make_session(o)
-  if not s then return usage_error(io_, serr, json) end
-  local ctx = { url = s.base_url, cacert = o.cacert, url_from_env = o.url == nil }
-  core.signal_catch{ "INT", "TERM" }
+  local s, from_env = make_session(o)
+  if not s then return usage_error(io_, from_env, json) end
+  local ctx = { url = s.base_url, cacert = o.cacert, url_from_env = from_env }
+  -- the process's own signal handlers: only when main runs the process (not called with io_)
+  if not embedded then core.signal_catch{ "INT", "TERM" } end
   local code
   if o.command == "keepalive" then
     code = require("ibkr.cli.keepalive").run(s, o, io_)

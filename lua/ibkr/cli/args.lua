@@ -4,7 +4,7 @@ local M = {}
 
 M.USAGE = [[
 usage: ibkr-session [--url URL] [-k|--insecure | --cacert FILE] [--timeout S] [--retries N]
-                    [--proxy URL] [--json] COMMAND [command options]
+                    [--proxy URL] [--oauth-config FILE] [--json] COMMAND [command options]
        ibkr-session --version | -h | --help
 commands:
   status                  brokerage session state (exit 0 only when ready)
@@ -37,6 +37,7 @@ options:
   --retries N       retries of a failed call (connect, timeout, dropped connection, 429, 503)
   --proxy URL       send the requests through this proxy (environment proxies are never used
                     for a loopback gateway)
+  --oauth-config FILE  a headless OAuth 1.0a session instead of a gateway (docs/oauth.md)
   --json            every line printed is one JSON object (results, errors, state changes)
   --version         print the version
 exit codes:
@@ -56,12 +57,12 @@ M.COMMANDS = {
 
 -- option -> { value = takes a value?, only = commands it applies to (nil: every command),
 -- key = name in the parsed table (default: the long name without dashes, "-" -> "_") }
--- A new global option (e.g. --oauth-config FILE) is one line here plus its use in ibkr/cli.lua.
+-- A new global option is one line here plus its use in ibkr/cli.lua (session_options).
 local KEEPALIVE = { keepalive = true }
 M.OPTIONS = {
   ["--url"] = { value = true }, ["--cacert"] = { value = true },
   ["--timeout"] = { value = true }, ["--retries"] = { value = true },
-  ["--proxy"] = { value = true },
+  ["--proxy"] = { value = true }, ["--oauth-config"] = { value = true },
   ["--insecure"] = {}, ["-k"] = { key = "insecure" },
   ["--json"] = {}, ["--help"] = { key = "help" }, ["-h"] = { key = "help" }, ["--version"] = {},
   ["--compete"] = { only = { init = true, wait = true, keepalive = true } },
