@@ -8,10 +8,7 @@ cd "$(dirname "$0")/.."
 LUA=${LUA:-lua5.4}
 STEP=${DEMO_STEP:-4}   # seconds to watch each scene
 
-bold=; dim=; off=
-if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then # escape codes only for a terminal, and not with NO_COLOR
-  bold=$(tput bold 2>/dev/null || true); dim=$(tput dim 2>/dev/null || true); off=$(tput sgr0 2>/dev/null || true)
-fi
+bold=$(tput bold 2>/dev/null || true); dim=$(tput dim 2>/dev/null || true); off=$(tput sgr0 2>/dev/null || true)
 say() { printf '\n%s── %s%s\n' "$bold" "$*" "$off"; }
 ctl() { "$LUA" examples/mockctl.lua "$ROOT" "$@"; }
 
