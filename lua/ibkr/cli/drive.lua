@@ -15,15 +15,15 @@ local function poll_of(y)
   return ok and math.tointeger(fd) or nil, ok2 and type(t) == "number" and t or nil
 end
 
--- What a resume yielded -> seconds to wait, and a file descriptor to wait on (or nil):
--- seconds, a pollable, or seconds then a pollable.
+-- What a resume yielded -> seconds to wait, and a file descriptor to wait on (or nil).
+-- docs/hosts.md: seconds (always; a small hint while a request is in flight), then, while a
+-- request is in flight, the request as a pollable: then wait on its descriptor until its
+-- timeout instead of waking at every hint. A lone pollable is taken the same way.
 local function wait_of(y, y2)
-  local fd, t = poll_of(y)
-  if type(y) == "number" then
-    t = (y ~= y or y < 0) and 0 or y
-    fd = poll_of(y2)
-  end
-  return t or 0.01, fd
+  local fd, t = poll_of(type(y) == "number" and y2 or y)
+  if fd then return math.min(t or 1, 1), fd end -- (at most 1 s: a resume costs nothing)
+  if type(y) == "number" and y == y and y >= 0 then return y end
+  return 0.01
 end
 
 -- run(co, {deadline = monotonic seconds or nil, after = function called after each resume}) ->
