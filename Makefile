@@ -9,7 +9,7 @@ ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(DEFS) $(CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
 LIBS       = -lcurl -pthread -lm
 SRCS       = src/core.c src/session.c src/request.c src/transfer.c src/conn.c src/wire.c src/buf.c \
-             src/json.c src/error.c
+             src/json.c src/error.c src/signal.c
 HDRS       = src/ibkr.h
 MODULE     = ibkr/core.so
 ROCKSPEC   = rockspec/ibkr-web-api-0.1.0-1.rockspec
@@ -17,7 +17,7 @@ TREE      ?= lua_modules
 
 # Debian 12 packages: what the tests need, and what checks/benchmarks add.
 DEPS       = gcc make pkg-config openssl lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson \
-             luarocks lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
+             luarocks lua-busted lua-check lua-socket lua-sec lua-zlib lua-luv lua-cqueues
 DEPS_CHECK = valgrind clang libclang-rt-14-dev
 DEPS_BENCH = nginx-light
 

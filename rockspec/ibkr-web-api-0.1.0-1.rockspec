@@ -20,6 +20,7 @@ dependencies = {
   "lua-cjson >= 2.1.0",   -- encodes request bodies (responses are decoded by the C module)
   "luasocket >= 3.0",     -- the mock gateway (ibkr.mock, ibkr-mock-gateway) and its tests
   "luasec >= 1.0",        -- the mock gateway over TLS
+  "lua-zlib >= 1.1",      -- the mock gateway's gzip fault
 }
 external_dependencies = {
   CURL = { library = "curl" },
@@ -29,7 +30,8 @@ build = {
   modules = {
     ["ibkr.core"] = {
       sources = { "src/core.c", "src/session.c", "src/request.c", "src/transfer.c", "src/conn.c", "src/wire.c",
-                  "src/buf.c", "src/json.c", "src/error.c" },
+                  "src/buf.c", "src/json.c", "src/error.c",
+                  "src/signal.c" },
       libraries = { "curl", "pthread", "m" },
       defines = { "_POSIX_C_SOURCE=200809L" },
       incdirs = { "$(CURL_INCDIR)" },
@@ -37,20 +39,27 @@ build = {
     },
     ["ibkr.call"] = "lua/ibkr/call.lua",
     ["ibkr.cli"] = "lua/ibkr/cli.lua",
+    ["ibkr.cli.args"] = "lua/ibkr/cli/args.lua",
+    ["ibkr.cli.commands"] = "lua/ibkr/cli/commands.lua",
+    ["ibkr.cli.drive"] = "lua/ibkr/cli/drive.lua",
+    ["ibkr.cli.hints"] = "lua/ibkr/cli/hints.lua",
+    ["ibkr.cli.keepalive"] = "lua/ibkr/cli/keepalive.lua",
+    ["ibkr.cli.out"] = "lua/ibkr/cli/out.lua",
+    ["ibkr.cli.report"] = "lua/ibkr/cli/report.lua",
     ["ibkr"] = "lua/ibkr/init.lua",
     ["ibkr.keepalive"] = "lua/ibkr/keepalive.lua",
     ["ibkr.mock"] = "lua/ibkr/mock.lua",
     ["ibkr.mock.control"] = "lua/ibkr/mock/control.lua",
     ["ibkr.mock.faults"] = "lua/ibkr/mock/faults.lua",
     ["ibkr.mock.gateway"] = "lua/ibkr/mock/gateway.lua",
-    ["ibkr.mock.gzip"] = "lua/ibkr/mock/gzip.lua",
-    ["ibkr.mock.http"] = "lua/ibkr/mock/http.lua",
     ["ibkr.mock.json"] = "lua/ibkr/mock/json.lua",
     ["ibkr.mock.pacing"] = "lua/ibkr/mock/pacing.lua",
     ["ibkr.mock.response"] = "lua/ibkr/mock/response.lua",
-    ["ibkr.mock.server"] = "lua/ibkr/mock/server.lua",
-    ["ibkr.mock.tls"] = "lua/ibkr/mock/tls.lua",
+    ["ibkr.mock.net.http"] = "lua/ibkr/mock/net/http.lua",
+    ["ibkr.mock.net.server"] = "lua/ibkr/mock/net/server.lua",
+    ["ibkr.mock.net.tls"] = "lua/ibkr/mock/net/tls.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
+    ["ibkr.repair"] = "lua/ibkr/repair.lua",
     ["ibkr.retry"] = "lua/ibkr/retry.lua",
     ["ibkr.run"] = "lua/ibkr/run.lua",
     ["ibkr.state"] = "lua/ibkr/state.lua",

@@ -9,6 +9,7 @@ local mock = require("spec.helpers.mock")
 local STEP = 0.0100001 -- a yield this short means "a request is in flight, resume me soon"
 
 local fake_time = require("spec.helpers.clock").new
+local state_of = require("ibkr.state").of_status
 
 -- Resumes the keep-alive until it asks for a wait of at least `min_wait` (one loop turn done),
 -- moving the fake clock by every wait longer than a step. Returns that wait, or nil once ended.
@@ -89,16 +90,18 @@ describe("keep-alive", function()
     assert.equal("ready", k.last())
   end)
 
-  it("repairs an unauthenticated session whose init answer is not yet ready", function()
-    m:config{ init_delay = 0.001 }
+  it("repairs an unauthenticated session whose init answer is not yet ready, polling it", function()
+    m:config{ init_delay = 0.3 }
     m:set_state("unauthenticated")
-    local k = start(s, { interval = 60, retry_interval = 2 })
-    assert.equal(2, turn(k.co, ft))
-    assert.equal("unauthenticated", k.last())
-    local deadline = core.monotonic() + 5
-    while m:state().state ~= "ready" do assert(core.monotonic() < deadline) end
-    assert.equal(60, turn(k.co, ft))
-    assert.equal("ready", k.last())
+    -- real time here: the mock's delay is real, the repair polls /iserver/auth/status each second
+    local rs = ibkr.new{ base_url = m.url }
+    local k = start(rs, { interval = 60, retry_interval = 2 })
+    ibkr.run(k.co, { duration = 2.5 })
+    rs:close()
+    assert.same({ "unauthenticated", "ready" }, { k.states[1].new, k.states[2].new })
+    assert.same({ "init_brokerage" }, { k.repairs[1][1] })
+    assert.equal("ready", state_of(k.repairs[1][2]))
+    assert.is_nil(k.repairs[1][3])
   end)
 
   it("falls back to reauthenticate when ssodh/init answers 404, 405 or 410", function()
@@ -108,10 +111,13 @@ describe("keep-alive", function()
       m:set_state("unauthenticated")
       m:fault{ path = "/iserver/auth/ssodh/init", kind = "status", status = status, count = 100 }
       local k = start(s, { interval = 60, retry_interval = 2 })
-      turn(k.co, ft)
-      assert.equal("reauthenticate", k.repairs[1][1], "status " .. status)
+      assert.equal(60, turn(k.co, ft, 60))
+      assert.equal("init_brokerage", k.repairs[1][1], "status " .. status)
+      assert.is_nil(k.repairs[1][2])
+      assert.equal(status, k.repairs[1][3].status)
+      assert.equal("reauthenticate", k.repairs[2][1], "status " .. status)
+      assert.equal("ready", state_of(k.repairs[2][2]))
       assert.equal(1, #m:api_log("/iserver/reauthenticate"))
-      assert.equal(60, turn(k.co, ft))
       assert.equal("ready", k.last())
       s:stop()
       assert.is_nil(turn(k.co, ft))
@@ -192,8 +198,8 @@ describe("keep-alive", function()
     assert.equal("ready", k.last())
     assert.same({}, k.errors)
     m:fault{ path = "/tickle", kind = "status", status = 429, count = 3 }
-    assert.equal(5, turn(k.co, ft))
-    assert.equal("error", k.last())
+    assert.equal(5, turn(k.co, ft)) -- the tickle did not get through: try again soon
+    assert.equal("ready", k.last()) -- "not now" says nothing about the session: no flip
     assert.equal(429, k.errors[1].status)
     assert.equal(60, turn(k.co, ft))
     assert.equal("ready", k.last())

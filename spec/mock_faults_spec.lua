@@ -307,6 +307,175 @@ for _, tls in ipairs({ false, true }) do
       assert.same({ error = "failed to process request" }, decode(assert(tickle()).body))
     end)
 
+    it("html: takes a status and a title (the CDN's 403 Access Denied page)", function()
+      m:fault({ path = "/tickle", kind = "html", status = 403, title = "Access Denied" })
+      local r = assert(tickle())
+      assert.equals(403, r.status)
+      assert.matches("^text/html", r.headers["content-type"])
+      assert.matches("<title>Access Denied</title>", r.body, 1, true)
+    end)
+
+    it("redirect: to /sso/Dispatcher, relative, as the gateway's login loop does", function()
+      m:fault({ path = "/iserver/auth/status", kind = "redirect", location = "/sso/Dispatcher" })
+      local r = assert(c:request("POST", "/v1/api/iserver/auth/status"))
+      assert.equals(302, r.status)
+      assert.equals("/sso/Dispatcher", r.headers.location)
+    end)
+
+    it("error_body: takes another status", function()
+      m:fault({ path = "/tickle", kind = "error_body", status = 202, error = "later" })
+      local r = assert(tickle())
+      assert.equals(202, r.status)
+      assert.same({ error = "later" }, decode(r.body))
+    end)
+
+    it("modifiers on any kind: delay, chunked, close and headers (503 after a wait, empty chunked body)",
+      function()
+      m:fault({ path = "/tickle", kind = "status", status = 503, body = "", delay = 0.3, chunked = true,
+        close = true, headers = { ["x-response-time"] = "300ms" } })
+      local t0 = socket.gettime()
+      local r = assert(tickle())
+      assert.is_true(socket.gettime() - t0 >= 0.3)
+      assert.equals(503, r.status)
+      assert.equals("chunked", r.headers["transfer-encoding"])
+      assert.equals(0, r.chunks)
+      assert.equals("", r.body)
+      assert.equals("close", r.headers.connection)
+      assert.equals("300ms", r.headers["x-response-time"])
+      assert.is_true((c:is_closed(2)))
+    end)
+
+    it("backend_timeout: the gateway's 503 with an empty chunked body and Connection: close", function()
+      m:fault({ path = "/tickle", kind = "backend_timeout", seconds = 0.3 })
+      local t0 = socket.gettime()
+      local r = assert(tickle())
+      assert.is_true(socket.gettime() - t0 >= 0.3)
+      assert.equals(503, r.status)
+      assert.equals("chunked", r.headers["transfer-encoding"])
+      assert.equals("", r.body)
+      assert.is_nil(r.headers["content-type"])
+      assert.equals("close", r.headers.connection)
+      assert.equals("300ms", r.headers["x-response-time"])
+      assert.is_true((c:is_closed(2)))
+    end)
+
+    it("headers replace the answer's own (a Content-Type, a Retry-After)", function()
+      m:fault({ path = "/tickle", kind = "empty", headers = { ["Content-Type"] = "text/plain",
+        ["Retry-After"] = 3 } })
+      local r = assert(tickle())
+      assert.equals("text/plain", r.headers["content-type"])
+      assert.equals("3", r.headers["retry-after"])
+    end)
+
+    it("after: lets that many matching requests pass, then drops the next connection unanswered",
+      function()
+      m:fault({ path = "/tickle", kind = "drop", after = 2 })
+      assert.equals(200, assert(tickle()).status)
+      assert.equals(200, assert(c:request("POST", "/v1/api/iserver/auth/status")).status)
+      assert.equals(200, assert(tickle()).status)
+      local r, err = tickle()
+      assert.is_nil(r)
+      assert.equals("closed", err)
+      c = assert(m:connect())
+      assert.equals(200, assert(tickle()).status)
+      assert.same({}, m:faults())
+    end)
+
+    it("after: a fault still waiting does not hide the faults behind it", function()
+      m:fault({ path = "/tickle", kind = "status", status = 502, after = 1 })
+      m:fault({ path = "/tickle", kind = "status", status = 500 })
+      assert.equals(500, assert(tickle()).status)
+      assert.equals(502, assert(tickle()).status)
+      assert.equals(200, assert(tickle()).status)
+    end)
+
+    it("config connection_close: every API answer says Connection: close and closes", function()
+      m:config({ connection_close = true })
+      local r = assert(tickle())
+      assert.equals(200, r.status)
+      assert.equals("close", r.headers.connection)
+      assert.is_true((c:is_closed(2)))
+      m:config({ connection_close = false })
+      c = assert(m:connect())
+      assert.is_nil(assert(tickle()).headers.connection)
+      assert.equals(200, assert(tickle()).status)
+    end)
+
+    it("penalty box: every endpoint 429 Too many requests with Retry-After, each hit extending it",
+      function()
+      local box = m:control("POST", "/__mock/penalty", { seconds = 1, retry_after = 600 }).penalty
+      assert.equals(600, box.retry_after)
+      assert.is_true(box["in"] > 0.5 and box["in"] <= 1)
+      m:fault({ path = "/tickle", kind = "empty" })
+      local t0 = socket.gettime()
+      local last, outlived = t0, false
+      for _, path in ipairs({ "/tickle", "/sso/validate", "/iserver/auth/status", "/tickle", "/logout",
+        "/iserver/accounts", "/tickle" }) do
+        local method = (path == "/sso/validate" or path == "/iserver/accounts") and "GET" or "POST"
+        local r = assert(c:request(method, "/v1/api" .. path))
+        local now = socket.gettime()
+        if now - last < 1 then -- inside the (extended) box
+          assert.equals(429, r.status, path)
+          assert.same({ error = "Too many requests" }, decode(r.body))
+          assert.equals("600", r.headers["retry-after"])
+          outlived = outlived or now - t0 > 1
+        end
+        last = now
+        socket.sleep(0.25) -- the time the box is about
+      end
+      assert.is_true(outlived, "the box was not extended past its first second")
+      assert.equals("ready", m:state().state) -- logout never reached the gateway
+      assert.equals(1, #m:faults())           -- nor did the fault get used
+      socket.sleep(1.1)
+      assert.equals(cjson.null, m:state().penalty)
+      assert.equals(200, assert(tickle()).status)
+      assert.equals(7, m:state().counters.rate_limited)
+    end)
+
+    it("penalty box: extend = false keeps its end; DELETE lifts it", function()
+      m:control("POST", "/__mock/penalty", { seconds = 30, extend = false })
+      local r = assert(tickle())
+      assert.equals(429, r.status)
+      assert.equals("30", r.headers["retry-after"])
+      assert.equals(1, m:control("GET", "/__mock/penalty").penalty.hits)
+      assert.equals(1, m:control("DELETE", "/__mock/penalty").cleared)
+      assert.equals(200, assert(tickle()).status)
+      m:control("POST", "/__mock/penalty", { seconds = 30 })
+      assert.is_table(m:state().penalty)
+      m:reset()
+      assert.equals(200, assert(tickle()).status)
+    end)
+
+    it("refuses a penalty box it cannot run, with 400", function()
+      for _, bad in ipairs({ '{"seconds":0}', '{"seconds":"x"}', '{"retry_after":1.5}', '{"extend":1}',
+        '{"sconds":5}' }) do
+        local r = assert(m:request("POST", "/__mock/penalty", { body = bad }))
+        assert.equals(400, r.status, bad)
+      end
+    end)
+
+    it("refuses a fault that can never match, with a 400 that says why", function()
+      local cases = {
+        { '{"kind":"empty","path":"/v1/api/tickle"}', 'use "/tickle", not "/v1/api/tickle"' },
+        { '{"kind":"empty","path":"/v1/portal/tickle"}', 'use "/tickle"' },
+        { '{"kind":"empty","path":"/iserver/auth/ssodh/init?publish=true"}',
+          'without its query string: use "/iserver/auth/ssodh/init"' },
+        { '{"kind":"empty","paht":"/tickle"}', 'unknown key "paht"' },
+        { '{"kind":"empty","seconds":2}', 'unknown key "seconds" for a fault of kind empty' },
+        { '{"kind":"empty","method":"GE T"}', "method" },
+        { '{"kind":"empty","after":-1}', "after" },
+        { '{"kind":"empty","close":"yes"}', "close must be a boolean" },
+        { '{"kind":"empty","headers":{"Bad Name":"1"}}', "bad header" },
+        { '{"kind":"empty","headers":{"X":"a\r\nb"}}', "bad header" },
+      }
+      for _, case in ipairs(cases) do
+        local r = assert(m:request("POST", "/__mock/fault", { body = case[1] }))
+        assert.equals(400, r.status, case[1])
+        assert.matches(case[2], decode(r.body).error, 1, true)
+      end
+      assert.same({}, m:faults())
+    end)
+
     it("applies to the next `count` matching requests only, matching path and method", function()
       m:fault({ path = "/tickle", method = "GET", kind = "status", status = 500, count = 2 })
       assert.equals(200, assert(c:request("POST", "/v1/api/tickle")).status)

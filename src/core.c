@@ -154,5 +154,6 @@ IBKR_API int luaopen_ibkr_core(lua_State *L) {
   lua_setfield(L, -2, "_VERSION");
   ibkr_json_open(L);
   ibkr_error_open(L);
+  ibkr_signal_open(L);
   return 1;
 }

@@ -203,4 +203,7 @@ static inline void ibkr_createmeta(lua_State *L, const char *name, const luaL_Re
   lua_pop(L, 1);                                /* up */
 }
 
+/* signal.c: signal_catch, signal_caught, signal_wait (added to the module table on the stack) */
+void ibkr_signal_open(lua_State *L);
+
 #endif

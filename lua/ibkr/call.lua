@@ -1,4 +1,5 @@
--- One call of a session: pacing, the HTTP exchange (blocking or step by step), retries, stats.
+-- One call of a session: pacing, the HTTP exchange (blocking or step by step), retries, the
+-- call's deadline, stats.
 --
 -- How a call waits is decided by a "waiter" (ibkr/waiter.lua).
 -- The C core does every exchange; this file never parses HTTP or JSON.
@@ -45,47 +46,118 @@ local function count(s, res, err, status)
   end
 end
 
+-- A call refused without sending: kind "rate_limited" with retry_after (seconds).
+local function refused(s, method, path, again, held)
+  s._stats.rate_limited = s._stats.rate_limited + 1
+  local err = core.error{
+    kind = "rate_limited", method = method, path = path, retry_after = again,
+    message = held
+      and string.format("%s %s held back: the gateway asked to wait (Retry-After); retry in %.3g s",
+        method, path, again)
+      or string.format("%s %s would exceed the gateway's pacing limits; retry in %.3g s",
+        method, path, again),
+  }
+  s._stats.last_error = err
+  return err
+end
+
+-- The call's deadline passed before an attempt could be made.
+local function late(method, path, budget)
+  return core.error{ kind = "timeout", method = method, path = path,
+    message = string.format("%s %s: no time left of the call's %g s deadline", method, path, budget) }
+end
+
+-- Pacing before an attempt: waits when the pacer says so and the wait fits before `limit`.
+-- Returns true, or nil plus the error to return (a retry keeps its real error `last_err`).
+local function admit(s, w, method, path, last_err, limit)
+  local now = s._clock()
+  local wait, again, held = s._pacer:reserve(path, now)
+  if wait and wait > 0 and now + wait >= limit then wait, again = nil, wait end
+  if not wait then
+    if last_err then return nil, last_err end
+    return nil, refused(s, method, path, again, held)
+  end
+  if wait > 0 then
+    s._stats.paced = s._stats.paced + 1
+    w.wait(wait)
+    if not w.live() then return nil, w.gone(method, path) end
+  end
+  return true
+end
+
+-- The gateway's Retry-After on 429/503 holds back every call of the session (ibkr/pacing.lua).
+local function note_hold(s, err)
+  local ra = err.retry_after
+  if (err.status == 429 or err.status == 503) and type(ra) == "number" and ra > 0 then
+    s._pacer:hold(s._clock() + ra)
+  end
+end
+
+-- The options of one exchange: the caller's, plus the time it may take (the session's timeout,
+-- or what is left of the call's deadline when that is less).
+local function exchange_opts(copts, secs)
+  local x = { timeout = secs }
+  if copts then x.query, x.body, x.headers = copts.query, copts.body, copts.headers end
+  return x
+end
+
+-- A waiter for an attempt that must end within `secs` real seconds (the part of the call's
+-- deadline that is left): the exchange runs step by step and is abandoned as a "timeout" when
+-- the time is up, whatever the core's own per-exchange timeout does. Real time, because the
+-- exchange's time is real even when the session runs on an injected clock; for the same reason
+-- a blocking call waits for the steps with the real core.sleep, as perform would block.
+local function bounded(w, secs)
+  local stop = core.monotonic() + secs
+  local sleep = w.step and w.wait or core.sleep
+  return {
+    wait = function(t, pollable) sleep(t or 0.001, pollable) end, step = true,
+    live = function() return w.live() and core.monotonic() < stop end,
+    gone = function(method, path)
+      if not w.live() then return w.gone(method, path) end
+      return core.error{ kind = "timeout", method = method, path = path,
+        message = string.format("%s %s: the call's deadline passed during the exchange", method, path) }
+    end,
+  }
+end
+
 -- Performs `method path` for session `s` with waiter `w`.
 -- allow_retry: whether retryable failures are tried again (s.retries times at most).
+-- deadline: optional absolute time (the session's clock) by which the call must end; the call's
+-- own bound is s._deadline seconds from now: all attempts, backoff and pacing waits included.
+-- When the deadline cuts an attempt short, the previous attempt's answer is returned (what the
+-- gateway said is worth more than "timeout").
 -- Returns result, nil, status on success, or nil, err.
-function M.run(s, w, method, path, copts, allow_retry)
+function M.run(s, w, method, path, copts, allow_retry, deadline)
   if s._closed then return nil, closed_error(method, path) end
+  local limit = s._clock() + s._deadline
+  if deadline and deadline < limit then limit = deadline end
   local attempt = 0
   local last_err
   while true do
-    if s._pacer then
-      local wait, again = s._pacer:reserve(path, s._clock())
-      if not wait then
-        if last_err then return nil, last_err end -- a retry that pacing forbids: keep the real error
-        s._stats.rate_limited = s._stats.rate_limited + 1
-        local err = core.error{
-          kind = "rate_limited", method = method, path = path, retry_after = again,
-          message = string.format("%s %s would exceed the gateway's pacing limits; retry in %.3g s",
-            method, path, again),
-        }
-        s._stats.last_error = err
-        return nil, err
-      end
-      if wait > 0 then
-        s._stats.paced = s._stats.paced + 1
-        w.wait(wait)
-        if not w.live() then return nil, w.gone(method, path) end
-      end
-    end
+    local ok, perr = admit(s, w, method, path, last_err, limit)
+    if not ok then return nil, perr end
+    local left = limit - s._clock()
+    if left <= 0 then return nil, last_err or late(method, path, s._deadline) end
+    local cut = left < s._timeout
+    local xopts = exchange_opts(copts, cut and left or s._timeout)
     local res, err, status, aborted
-    if w.step then
-      res, err, status, aborted = stepped(s, w, method, path, copts)
-      if aborted then return nil, err end -- closed or stopped mid-request: not an exchange
+    local xw = cut and bounded(w, left) or w
+    if xw.step then
+      res, err, status, aborted = stepped(s, xw, method, path, xopts)
+      if aborted and err.kind ~= "timeout" then return nil, err end -- closed or stopped mid-request
+      if aborted then return nil, last_err or err end -- out of time: what the gateway said before
     else
-      res, err, status = s._core:perform(method, path, copts)
+      res, err, status = s._core:perform(method, path, xopts)
     end
+    if s._closed then return nil, closed_error(method, path) end
     count(s, res, err, status)
     if res ~= nil then return res, nil, status end
-    if s._closed then return nil, err end
+    note_hold(s, err)
+    if cut and err.kind == "timeout" and last_err then return nil, last_err end
     attempt = attempt + 1
     local delay = allow_retry and attempt <= s._retries and retry.retryable(err)
       and retry.delay(attempt, err.retry_after, s._random)
-    if not delay then return nil, err end
+    if not delay or s._clock() + delay >= limit then return nil, err end
     s._stats.retries = s._stats.retries + 1
     last_err = err
     w.wait(delay)

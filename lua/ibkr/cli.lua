@@ -1,282 +1,193 @@
 -- ibkr-session: the command-line client (bin/ibkr-session is a thin launcher of main()).
--- Exit codes: 0 success (status: the session is ready), 1 the gateway answered but the session is
--- not ready or the call failed, 2 the gateway is unreachable (connect, timeout, TLS), 64 usage.
+-- The reference is docs/cli.md. Files: cli/args.lua (usage, parsing), cli/commands.lua (the
+-- one-shot commands), cli/keepalive.lua, cli/drive.lua (runs the work until done, the deadline
+-- or a signal), cli/report.lua (exit codes, descriptions), cli/hints.lua (what to do),
+-- cli/out.lua (printable lines, JSON lines).
+--
+-- Exit codes: 0 success (status/wait: ready), 1 the gateway answered but the session is not ready
+-- or the call failed, 2 unreachable (connect, timeout, TLS), 3 login required (no_session),
+-- 64 usage, 130/143 ended by SIGINT/SIGTERM.
 
 local ibkr = require("ibkr")
-local state = require("ibkr.state")
+local core = require("ibkr.core")
+local args = require("ibkr.cli.args")
+local out = require("ibkr.cli.out")
+local report = require("ibkr.cli.report")
+local hints = require("ibkr.cli.hints")
+local drive = require("ibkr.cli.drive")
 
 local M = {}
 
-M.USAGE = [[
-usage: ibkr-session [--url URL] [--insecure | --cacert FILE] [--timeout S] [--json] COMMAND
-commands:
-  status                      brokerage session state (exit 0 only when ready)
-  tickle                      POST /tickle
-  validate                    GET /sso/validate
-  init [--compete]            POST /iserver/auth/ssodh/init
-  reauthenticate              POST /iserver/reauthenticate
-  logout                      POST /logout
-  keepalive [--interval S] [--duration S] [--compete]
-                              keep the session alive; one line per state change
-options:
-  --url URL      gateway base URL (default: $IBKR_BASE_URL, else https://localhost:5000/v1/api)
-  --insecure     do not verify the TLS certificate
-  --cacert FILE  verify the TLS certificate against this PEM file
-  --timeout S    seconds for a whole request (default 10)
-  --json         print one JSON document (keepalive: one JSON object per line)
-exit codes: 0 ok/ready, 1 not ready or call failed, 2 gateway unreachable, 64 usage error
-]]
+M.USAGE = args.USAGE
+M.parse = args.parse
 
-local COMMANDS = {
-  status = true, tickle = true, validate = true, init = true, reauthenticate = true,
-  logout = true, keepalive = true,
-}
--- option -> takes a value?, allowed with which command (nil = every command)
-local OPTIONS = {
-  ["--url"] = { value = true }, ["--cacert"] = { value = true }, ["--timeout"] = { value = true },
-  ["--insecure"] = {}, ["--json"] = {}, ["--help"] = {}, ["-h"] = {},
-  ["--compete"] = { only = { init = true, keepalive = true } },
-  ["--interval"] = { value = true, only = { keepalive = true } },
-  ["--duration"] = { value = true, only = { keepalive = true } },
-}
+M.DEFAULT_TIMEOUT = 25      -- seconds for a one-shot command: under Docker's 30 s healthcheck timeout
+M.DEFAULT_WAIT = 60         -- seconds `wait` waits when --timeout is not given
+M.CUT_SLACK = 0.25          -- the library's own deadline comes first; the command is cut this much later
 
-local function usage_error(io_, msg)
-  io_.stderr:write("ibkr-session: ", msg, "\n", M.USAGE:match("^[^\n]*\n"),
-    "(ibkr-session --help lists the commands)\n")
+local function wants_json(argv)
+  for _, a in ipairs(argv) do if a == "--json" then return true end end
+  return false
+end
+
+local USAGE_TAIL = args.USAGE:match("^[^\n]*\n")
+  .. "(ibkr-session --help lists the commands and exit codes)\n"
+
+local function usage_error(io_, msg, json)
+  if json then
+    io_.stdout:write(out.json{ ok = false, exit = 64, error = { kind = "usage", message = msg } }, "\n")
+  else
+    io_.stderr:write("ibkr-session: ", out.text(msg), "\n", USAGE_TAIL)
+  end
   return 64
 end
 
--- Parses argv into a table of options plus the command; returns nil, message on a usage error.
-function M.parse(argv)
-  local o = {}
-  local i = 1
-  while i <= #argv do
-    local a = argv[i]
-    local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
-    name = name or a
-    local spec = OPTIONS[name]
-    if spec then
-      local v = true
-      if spec.value then
-        if inline then v = inline
-        else
-          i = i + 1
-          v = argv[i]
-          if v == nil then return nil, "option " .. name .. " needs a value" end
-        end
-      elseif inline then
-        return nil, "option " .. name .. " takes no value"
-      end
-      o[name:gsub("^%-+", "")] = v
-    elseif a:sub(1, 1) == "-" then
-      return nil, "unknown option " .. a
-    elseif o.command then
-      return nil, "unexpected argument " .. a
-    elseif COMMANDS[a] then
-      o.command = a
-    else
-      return nil, "unknown command " .. a
-    end
-    i = i + 1
+-- --oauth-config FILE: a headless OAuth 1.0a session (docs/oauth.md). ibkr/oauth.lua reads the
+-- file and sets opts.oauth, and opts.base_url from the file when --url gave none. Returns nil or
+-- a usage error text.
+local function apply_oauth(opts, file)
+  local ok, oauth = pcall(require, "ibkr.oauth")
+  if not ok then return "--oauth-config: this installation has no OAuth support (module ibkr.oauth)" end
+  return oauth.cli_apply(opts, file)
+end
+
+-- The options of ibkr.new for the command line.
+local function session_options(o)
+  local opts = { base_url = o.url, ca_file = o.cacert, retries = o.retries, cooperative = true }
+  if o.insecure then opts.verify = false end
+  if o.proxy then opts.proxy = o.proxy end
+  -- One-shot commands: --timeout (default 25 s) is the library's deadline of the call, retries
+  -- included, and bounds each exchange; `wait`: each exchange at most --timeout (wait_ready's
+  -- own timeout is the deadline); keepalive: --timeout bounds each exchange.
+  local per = ibkr.DEFAULT_TIMEOUT or 15
+  if o.command == "keepalive" then
+    per = o.timeout
+  elseif o.command == "wait" then
+    per = math.min(o.timeout or M.DEFAULT_WAIT, per)
+  else
+    local budget = o.timeout or M.DEFAULT_TIMEOUT
+    opts.deadline = budget
+    per = math.min(budget, per)
   end
-  if o.help or o.h then return o end
-  if not o.command then return nil, "missing command" end
-  for name, spec in pairs(OPTIONS) do
-    if spec.only and o[name:gsub("^%-+", "")] ~= nil and not spec.only[o.command] then
-      return nil, "option " .. name .. " does not apply to " .. o.command
-    end
+  if per then
+    opts.timeout = per
+    if per < 3 then opts.connect_timeout = per end
   end
-  if o.insecure and o.cacert then return nil, "--insecure and --cacert exclude each other" end
-  for _, k in ipairs{ "timeout", "interval", "duration" } do
-    if o[k] ~= nil then
-      local n = tonumber(o[k])
-      if not n or n ~= n or n <= 0 or n == math.huge then
-        return nil, "--" .. k .. " needs a positive number of seconds"
-      end
-      o[k] = n
-    end
+  return opts
+end
+
+-- Makes the session -> session, whether its URL came from $IBKR_BASE_URL; or nil, a usage error
+-- text (a bad URL names its source: --url, the --oauth-config file or $IBKR_BASE_URL).
+local function make_session(o)
+  local env = os.getenv("IBKR_BASE_URL")
+  if env == "" then env = nil end
+  local opts = session_options(o)
+  if o.oauth_config then
+    local cerr = apply_oauth(opts, o.oauth_config)
+    if cerr then return nil, cerr end
   end
-  return o
-end
-
-------------------------------------------------------------------------------------------------
--- Output
-
-local json = require("cjson").new() -- private instance: our settings never touch the user's cjson
-json.encode_sparse_array(true)
-
--- cjson escapes every "/" as "\/"; valid JSON, but paths read badly. A "\/" pair can only come
--- from that escape (a literal backslash is written "\\"), so undoing it is safe.
-local function encode(v)
-  return (json.encode(v):gsub("\\/", "/"))
-end
-
-local function plain_error(err)
-  local t = {}
-  for _, k in ipairs{ "kind", "status", "message", "method", "path", "retry_after", "curl_code", "data" } do
-    t[k] = err[k]
+  local url_from_env = opts.base_url == nil and env ~= nil
+  if url_from_env then opts.base_url = env end
+  local ok, s = pcall(ibkr.new, opts)
+  if ok then return s, url_from_env end
+  local msg = tostring(s):gsub("^[^:]*:%d+: ", "")
+  if url_from_env and msg:find("url", 1, true) then
+    msg = "$IBKR_BASE_URL (" .. env .. "): " .. msg
   end
-  return t
+  return nil, msg
 end
 
-local function exit_code_of_error(err)
-  return state.of_error(err) == "down" and 2 or 1
-end
-
-local function describe_status(st)
-  local parts = {}
-  for _, k in ipairs{ "authenticated", "connected", "competing", "established" } do
-    if st[k] ~= nil then parts[#parts + 1] = k .. "=" .. tostring(st[k]) end
+local function print_report(r, o, io_)
+  if o.json then
+    io_.stdout:write(out.json(r.doc), "\n")
+    return
   end
-  if type(st.message) == "string" and st.message ~= "" then parts[#parts + 1] = "message=" .. st.message end
-  if type(st.error) == "string" then parts[#parts + 1] = "error=" .. st.error end
-  return table.concat(parts, " ")
+  if r.line then io_.stdout:write(r.line, "\n") end
+  if r.errline then io_.stderr:write("ibkr-session: ", r.errline, "\n") end
+  if r.code == 64 then io_.stderr:write(USAGE_TAIL) end
+  if r.hint then io_.stderr:write("hint: ", out.text(r.hint, 1000), "\n") end
 end
 
-local function describe(detail)
-  if ibkr.is_error(detail) then return tostring(detail) end
-  if type(detail) == "table" then return describe_status(detail) end
-  return tostring(detail)
-end
-
--- What each command does: returns the JSON document, the human line(s), the exit code.
-local RUN = {}
-
-function RUN.status(s)
-  local st, detail = s:health()
-  local doc = { command = "status", state = st, ok = st == "ready" }
-  if ibkr.is_error(detail) then doc.error = plain_error(detail) else doc.result = detail end
-  local code = st == "ready" and 0 or (st == "down" and 2 or 1)
-  return doc, st .. " (" .. describe(detail) .. ")", code
-end
-
-local function simple(name, fn, human, code_of)
-  RUN[name] = function(s, o)
-    local res, err = fn(s, o)
-    if res == nil then
-      return { command = name, ok = false, error = plain_error(err) }, nil, exit_code_of_error(err), err
-    end
-    local code, extra = code_of(res)
-    local doc = { command = name, ok = code == 0, result = res }
-    for k, v in pairs(extra or {}) do doc[k] = v end
-    return doc, human(res, extra), code
-  end
-end
-
-simple("tickle", function(s) return s:tickle() end,
-  function(res, extra)
-    local line = "tickle ok"
-    if extra.state then line = line .. ": " .. extra.state end
-    if res.session then line = line .. ", session " .. tostring(res.session) end
-    if math.type(res.ssoExpires) then
-      line = line .. string.format(", sso expires in %.0f s", res.ssoExpires / 1000)
-    end
-    return line
-  end,
-  function(res)
-    local st = state.tickle_status(res)
-    if st then
-      local name = state.of_status(st)
-      return name == "ready" and 0 or 1, { state = name }
-    end
-    if res.error == "no session" then return 1, { state = "no_session" } end
-    return 0, {}
-  end)
-
-simple("validate", function(s) return s:sso_validate() end,
-  function(res)
-    local line = "validate " .. (res.RESULT == false and "RESULT=false" or "ok")
-    if res.USER_NAME then line = line .. ": user " .. tostring(res.USER_NAME) end
-    if math.type(res.EXPIRES) then line = line .. string.format(", expires in %.0f s", res.EXPIRES / 1000) end
-    return line
-  end,
-  function(res) return res.RESULT == false and 1 or 0 end)
-
-simple("init", function(s, o) return s:init_brokerage{ compete = o.compete == true } end,
-  function(res, extra) return extra.state .. " (" .. describe_status(res) .. ")" end,
-  function(res)
-    local name = state.of_status(res)
-    return name == "ready" and 0 or 1, { state = name }
-  end)
-
-simple("reauthenticate", function(s) return s:reauthenticate() end,
-  function(res) return "reauthenticate: " .. tostring(res.message or "ok") end,
-  function() return 0 end)
-
-simple("logout", function(s) return s:logout() end,
-  function(res) return res.status == false and "logout: status=false" or "logged out" end,
-  function(res) return res.status == false and 1 or 0 end)
-
-local function timestamp()
-  return os.date("!%Y-%m-%dT%H:%M:%SZ")
-end
-
--- keepalive: one line per state change on stdout (flushed: the process ends by a signal);
--- failures and repairs go to stderr so stdout stays one line per change.
-function RUN.keepalive(s, o, io_)
-  local out, errout = io_.stdout, io_.stderr
-  local last, last_error
-  local co = s:keepalive{
-    interval = o.interval or 60,
-    retry_interval = math.min(5, o.interval or 5),
-    compete = o.compete == true,
-    on_state = function(new, old, detail)
-      last = new
-      if new == "ready" then last_error = nil end
-      if o.json then
-        local doc = { time = timestamp(), state = new, old = old }
-        if ibkr.is_error(detail) then doc.error = plain_error(detail) else doc.detail = detail end
-        out:write(encode(doc), "\n")
-      else
-        out:write(timestamp(), " ", new, old and (" (was " .. old .. ")") or "", ": ", describe(detail), "\n")
-      end
-      out:flush()
-    end,
-    on_error = function(err) -- the same failure every retry_interval is said once until ready
-      local line = tostring(err)
-      if line ~= last_error then
-        last_error = line
-        errout:write(timestamp(), " error: ", line, "\n")
-        errout:flush()
-      end
-    end,
-    on_repair = function(action, res, err)
-      errout:write(timestamp(), " repair: ", action,
-        res ~= nil and " ok" or (" failed: " .. tostring(err)), "\n")
-      errout:flush()
-    end,
+-- What a command cut short says: the last failure seen (the gateway's own answer, e.g. a 503),
+-- or that nothing answered within the time.
+local function cut_report(o, s, ctx, budget)
+  local last = s:stats().last_error
+  local err = core.error{
+    kind = "timeout", cause = last,
+    message = string.format("no result within %g s (--timeout)", budget),
   }
-  ibkr.run(co, { duration = o.duration })
-  if coroutine.status(co) ~= "dead" then coroutine.close(co) end
-  local code = last == "ready" and 0 or (last == "down" and 2 or 1)
-  return nil, nil, code
+  local failed = require("ibkr.cli.commands").failed
+  if not (last and last.kind ~= "timeout") then return failed(o.command, err, ctx) end
+  local r = failed(o.command, last, ctx)
+  r.errline = r.errline .. string.format(" (gave up after %g s)", budget)
+  r.doc.gave_up_after = budget
+  return r
 end
 
--- main(argv [, io_]) -> exit code. io_ = {stdout=, stderr=} (for tests; default io).
+local function signal_report(o, sig)
+  local code = report.SIGNAL_EXIT[sig] or 1
+  return { code = code, errline = o.command .. ": interrupted by SIG" .. sig,
+    doc = { command = o.command, ok = false, exit = code, signal = sig,
+      error = { kind = "interrupted", message = "interrupted by SIG" .. sig } } }
+end
+
+-- A one-shot command in a coroutine, cut at its budget or by a signal.
+local function run_command(s, o, ctx)
+  local budget = o.timeout or (o.command == "wait" and M.DEFAULT_WAIT or M.DEFAULT_TIMEOUT)
+  ctx.wait_timeout = budget
+  local fn = require("ibkr.cli.commands")[o.command]
+  local co = coroutine.create(function() return fn(s, o, ctx) end)
+  local how, res = drive.run(co, { deadline = core.monotonic() + budget + M.CUT_SLACK })
+  if how == "done" then return res[1] end
+  if how == "signal" then return signal_report(o, res) end
+  return cut_report(o, s, ctx, budget)
+end
+
+local function check_data(o)
+  if o.data == nil then return true end
+  local ok, v, err = pcall(core.decode, o.data)
+  if not ok or v == nil then return nil, "--data is not JSON: " .. tostring(err or v) end
+  return true
+end
+
+-- main(argv [, io_]) -> exit code. io_ = {stdout=, stderr=} (default io). Called with io_ (tests,
+-- embedding) it installs no signal handlers: SIGINT/SIGTERM keep their disposition.
 function M.main(argv, io_)
+  local embedded = io_ ~= nil
   io_ = io_ or { stdout = io.stdout, stderr = io.stderr }
-  local o, msg = M.parse(argv or {})
-  if not o then return usage_error(io_, msg) end
-  if o.help or o.h then
-    io_.stdout:write(M.USAGE)
+  argv = argv or {}
+  local json = wants_json(argv)
+  local o, msg = args.parse(argv)
+  if not o then return usage_error(io_, msg, json) end
+  if o.help then
+    io_.stdout:write(json and (out.json{ usage = args.USAGE } .. "\n") or args.USAGE)
     return 0
   end
-  local opts = { base_url = o.url, timeout = o.timeout, ca_file = o.cacert }
-  if o.insecure then opts.verify = false end
-  if o.timeout and o.timeout < 3 then opts.connect_timeout = o.timeout end
-  local ok, s = pcall(ibkr.new, opts)
-  if not ok then return usage_error(io_, tostring(s):gsub("^[^:]*:%d+: ", "")) end
-  local doc, human, code, err = RUN[o.command](s, o, io_)
-  if doc then
-    if o.json then
-      io_.stdout:write(encode(doc), "\n")
-    elseif human then
-      io_.stdout:write(human, "\n")
-    end
-    if err and not o.json then io_.stderr:write("ibkr-session: ", tostring(err), "\n") end
+  if o.version then
+    -- (not libcurl's version: curl_version() keeps memory it never frees, which LeakSanitizer reports)
+    local v = "ibkr-session " .. ibkr._VERSION .. " (lua-ibkr, " .. _VERSION .. ")"
+    io_.stdout:write(json and out.json{ version = ibkr._VERSION } or v, "\n")
+    return 0
+  end
+  local okd, derr = check_data(o)
+  if not okd then return usage_error(io_, derr, json) end
+  local s, from_env = make_session(o)
+  if not s then return usage_error(io_, from_env, json) end
+  local ctx = { url = s.base_url, cacert = o.cacert, url_from_env = from_env }
+  -- the process's own signal handlers: only when main runs the process (not called with io_)
+  if not embedded then core.signal_catch{ "INT", "TERM" } end
+  local code
+  if o.command == "keepalive" then
+    code = require("ibkr.cli.keepalive").run(s, o, io_)
+  else
+    local r = run_command(s, o, ctx)
+    print_report(r, o, io_)
+    code = r.code
   end
   s:close()
   return code
 end
+
+M.hints = hints -- for tests and tools
 
 return M

@@ -17,7 +17,16 @@ local M = {
   is_error = core.is_error,
 }
 
+local repair = require("ibkr.repair")
+
 local DEFAULT_URL = "https://localhost:5000/v1/api"
+
+-- Time defaults (docs/ibkr.md, "Time bounds"). The gateway answers 503 itself after 10 s when
+-- IBKR's backend is silent (field report ibeam #38): one exchange must outlast that, or the
+-- user sees our "timeout" instead of what the gateway said. The call's deadline leaves room for
+-- quick retries (refused connections, short Retry-After, pacing waits) after one full exchange.
+M.DEFAULT_TIMEOUT = 15   -- seconds for one exchange
+M.DEADLINE_EXTRA = 5     -- default deadline = timeout + this many seconds
 
 ------------------------------------------------------------------------------------------------
 -- Options
@@ -26,9 +35,12 @@ local DEFAULT_URL = "https://localhost:5000/v1/api"
 local OPTION_TYPES = {
   base_url = "string", verify = "boolean", ca_file = "string", timeout = "number",
   connect_timeout = "number", user_agent = "string", headers = "table", retries = "integer",
-  pacing = "boolean", max_body = "integer", cooperative = "boolean",
+  pacing = "boolean", max_body = "integer", cooperative = "boolean", deadline = "number",
+  proxy = "string",
   clock = "function", sleep = "function",  -- injectable time (tests, hosts with their own clock)
 }
+-- numbers that must be finite and > 0 (retries: finite and >= 0)
+local POSITIVE = { timeout = true, connect_timeout = true, deadline = true, max_body = true }
 
 local function check_type(name, v, want, level)
   local ok
@@ -40,6 +52,13 @@ local function check_type(name, v, want, level)
   if not ok then
     error(string.format("ibkr: option '%s' must be a%s %s (got %s)", name,
       want == "integer" and "n" or "", want, type(v)), level + 1)
+  end
+  if type(v) == "number" then -- NaN, infinities and negatives mean nothing here
+    local finite = v == v and v ~= math.huge and v ~= -math.huge
+    if not finite or v < 0 or (POSITIVE[name] and v == 0) then
+      error(string.format("ibkr: option '%s' must be a finite number %s (got %s)", name,
+        POSITIVE[name] and "> 0" or ">= 0", tostring(v)), level + 1)
+    end
   end
 end
 
@@ -66,7 +85,6 @@ local function resolve(opts)
     local env = os.getenv("IBKR_BASE_URL")
     o.base_url = (env and env ~= "") and env or DEFAULT_URL
   end
-  if o.retries ~= nil and o.retries < 0 then error("ibkr.new: 'retries' must be >= 0", 3) end
   return o
 end
 
@@ -92,10 +110,11 @@ end
 
 function M.new(opts)
   local o = resolve(opts)
+  local timeout = o.timeout or M.DEFAULT_TIMEOUT
   local cs = core_check(2, core.new, {
-    base_url = o.base_url, verify = o.verify, ca_file = o.ca_file, timeout = o.timeout,
+    base_url = o.base_url, verify = o.verify, ca_file = o.ca_file, timeout = timeout,
     connect_timeout = o.connect_timeout, user_agent = o.user_agent, headers = o.headers,
-    max_body = o.max_body and math.tointeger(o.max_body),
+    max_body = o.max_body and math.tointeger(o.max_body), proxy = o.proxy,
   })
   local s = setmetatable({
     base_url = o.base_url,
@@ -103,12 +122,15 @@ function M.new(opts)
     _clock = o.clock or core.monotonic,
     _sleep = o.sleep or core.sleep,
     _random = math.random,
-    _timeout = o.timeout or 10,
+    _timeout = timeout,
+    _deadline = o.deadline or (timeout + M.DEADLINE_EXTRA),
     _retries = o.retries and math.tointeger(o.retries) or 2,
-    _pacer = o.pacing ~= false and pacing.new() or nil,
+    -- always a pacer: pacing = false turns off the client's limits, not the gateway's Retry-After
+    _pacer = pacing.new{ limits = o.pacing ~= false },
     _cooperative = o.cooperative == true,
     _closed = false,
     _generation = 0, -- bumped by s:stop(); a keep-alive runs while it sees its own generation
+    _observed = nil, -- { state, detail, time }: see s:state()
     _stats = { requests = 0, failures = 0, retries = 0, rate_limited = 0, paced = 0 },
   }, Session)
   make_waiters(s)
@@ -128,25 +150,74 @@ local ENDPOINTS = {
   init_brokerage = { "POST", "/iserver/auth/ssodh/init" },
 }
 
--- Calls a named endpoint with waiter w. `compete` only for init_brokerage.
-function Session:_ep(w, name, compete)
+-- What a session endpoint's answer says about the session's state, or nil when it says nothing
+-- (a rate limit, a close, an answer that carries no status).
+-- Returns state, detail (the status table or the error).
+local function observed(name, res, err)
+  if res ~= nil then
+    return (state.of_answer(name, res)), name == "tickle" and state.tickle_status(res) or res
+  end
+  if err.kind == "closed" or state.says_wait(err) then return nil end
+  return state.of_error(err), err
+end
+
+------------------------------------------------------------------------------------------------
+-- The keep-alive's interface: the few methods through which ibkr/keepalive.lua and
+-- ibkr/repair.lua use a session (never its fields). Internal but stable; not for user code.
+--   s:now()                       -> seconds on the session's clock (the `clock` option)
+--   s:endpoint(w, name, compete, deadline) -> res, nil, status | nil, err
+--                                    calls the session endpoint `name` (the names of the session
+--                                    calls: "tickle", "auth_status", ...) with waiter w; `deadline`
+--                                    an optional absolute time on s:now()'s clock; records what
+--                                    the answer says about the state (s:state())
+--   s:observe(state, detail)      records a state for s:state()
+--   s:liveness()                  -> function that is true until s:stop() or s:close()
+--   s:held(now)                   -> seconds left of the gateway's Retry-After hold, or nil
+
+function Session:now() return self._clock() end
+
+function Session:endpoint(w, name, compete, deadline)
   local ep = ENDPOINTS[name]
+  if not ep then error("endpoint: unknown session endpoint '" .. tostring(name) .. "'", 2) end
   local copts
   -- the body as the contract writes it, keys in this order (cjson's order follows the hash seed)
   if name == "init_brokerage" then
     copts = { body = compete and '{"publish":true,"compete":true}' or '{"publish":true,"compete":false}' }
   end
-  local res, err, status = call.run(self, w, ep[1], ep[2], copts, true)
+  local res, err, status = call.run(self, w, ep[1], ep[2], copts, true, deadline)
+  local st, detail = observed(name, res, err)
+  if st then self:observe(st, detail) end
   if res == nil then return nil, err end
   return res, nil, status
 end
 
-function Session:auth_status() return self:_ep(self:_waiter(), "auth_status") end
-function Session:reauthenticate() return self:_ep(self:_waiter(), "reauthenticate") end
-function Session:logout() return self:_ep(self:_waiter(), "logout") end
-function Session:sso_validate() return self:_ep(self:_waiter(), "sso_validate") end
+function Session:observe(st, detail)
+  self._observed = { st, detail, self._clock() }
+end
+
+function Session:liveness()
+  local gen = self._generation -- taken now: a stop() before the first resume ends it too
+  return function() return not self._closed and self._generation == gen end
+end
+
+function Session:held(now) return self._pacer:held(now or self._clock()) end
+
+-- s:state() -> state, detail, age: the last state any call or keep-alive of this session
+-- observed (states as s:health()), the status table or error it came from, and the seconds
+-- since. No request. nil before anything was observed.
+function Session:state()
+  local o = self._observed
+  if not o then return nil end
+  local age = self._clock() - o[3]
+  return o[1], o[2], age > 0 and age or 0
+end
+
+function Session:auth_status() return self:endpoint(self:_waiter(), "auth_status") end
+function Session:reauthenticate() return self:endpoint(self:_waiter(), "reauthenticate") end
+function Session:logout() return self:endpoint(self:_waiter(), "logout") end
+function Session:sso_validate() return self:endpoint(self:_waiter(), "sso_validate") end
 Session.validate = Session.sso_validate
-function Session:tickle() return self:_ep(self:_waiter(), "tickle") end
+function Session:tickle() return self:endpoint(self:_waiter(), "tickle") end
 
 function Session:init_brokerage(opts)
   if opts ~= nil and type(opts) ~= "table" then error("init_brokerage: options must be a table", 2) end
@@ -154,7 +225,7 @@ function Session:init_brokerage(opts)
   if compete ~= nil and type(compete) ~= "boolean" then
     error("init_brokerage: 'compete' must be a boolean", 2)
   end
-  return self:_ep(self:_waiter(), "init_brokerage", compete)
+  return self:endpoint(self:_waiter(), "init_brokerage", compete)
 end
 
 local SAFE = { GET = true, HEAD = true }
@@ -185,69 +256,87 @@ function Session:request(method, path, opts)
   end
   local allow = opts and opts.retry
   if allow == nil then allow = SAFE[method] == true end
-  return call.run(self, self:_waiter(), method, path, copts, allow)
+  local res, err, status = call.run(self, self:_waiter(), method, path, copts, allow)
+  if res == nil then
+    -- any call tells when the gateway is unreachable or the session is gone
+    local st = state.of_error(err)
+    if st == "down" or st == "tls" or st == "no_session" then self:observe(st, err) end
+  end
+  return res, err, status
 end
 
 ------------------------------------------------------------------------------------------------
 -- Helpers
 
--- State and detail from /iserver/auth/status, with waiter w.
-function Session:_health(w)
-  local res, err = self:_ep(w, "auth_status")
+-- State and detail from /iserver/auth/status, with waiter w (by `deadline`, absolute, if given).
+-- A 2xx answer that judge() refuses gives "error" (or "no_session") and an error object.
+local function health(s, w, deadline)
+  local res, err = s:endpoint(w, "auth_status", nil, deadline)
   if res == nil then return state.of_error(err), err end
-  return state.of_status(res), res
+  local st, why = state.of_answer("auth_status", res)
+  if why then return st, state.refusal("POST", "/iserver/auth/status", res, why) end
+  return st, res
 end
 
-function Session:health() return self:_health(self:_waiter()) end
+function Session:health() return health(self, self:_waiter()) end
 
 function Session:is_ready() return (self:health()) == "ready" end
 
--- Re-initialises the brokerage session: ssodh/init, or reauthenticate where the gateway has no
--- working ssodh/init (404, 405, 410). Returns result or nil, err, then the action's name.
-function Session:_repair(w, compete)
-  local res, err = self:_ep(w, "init_brokerage", compete)
-  if res == nil and err.kind == "http" and (err.status == 404 or err.status == 405 or err.status == 410) then
-    res, err = self:_ep(w, "reauthenticate")
-    return res, err, "reauthenticate"
+local POLL = 1           -- seconds between status polls in wait_ready
+local WAIT_READY_OPTS = { timeout = "number", init = "boolean", compete = "boolean" }
+
+local function wait_ready_opts(opts)
+  if opts ~= nil and type(opts) ~= "table" then error("wait_ready: options must be a table", 3) end
+  opts = opts or {}
+  for k, v in pairs(opts) do
+    local want = WAIT_READY_OPTS[k]
+    if not want then error("wait_ready: unknown option '" .. tostring(k) .. "'", 3) end
+    if type(v) ~= want then error("wait_ready: '" .. k .. "' must be a " .. want, 3) end
   end
-  return res, err, "init_brokerage"
+  local timeout = opts.timeout or 60
+  if timeout ~= timeout or timeout < 0 or timeout == math.huge then
+    error("wait_ready: 'timeout' must be a finite number >= 0", 3)
+  end
+  return timeout, opts.init ~= false, opts.compete == true
 end
 
-local POLL = 1        -- seconds between status polls in wait_ready
-local REINIT_EVERY = 10 -- seconds between two re-initialisations in wait_ready
+-- The error of a wait_ready that ran out of time in state st (detail: last status or error).
+local function not_ready(timeout, st, detail)
+  local e = core.is_error(detail) and detail or nil
+  local said = e and e.message or state.said(detail)
+  return core.error{
+    kind = "timeout", state = st, method = "POST", path = "/iserver/auth/status", cause = e,
+    status = e and e.status or nil,
+    message = string.format("session not ready after %g s (state: %s%s)", timeout, st,
+      said and (": " .. said) or ""),
+  }
+end
 
+-- wait_ready{timeout=60, init=true, compete=false}: `timeout` is a deadline for everything it
+-- does (polls, repairs, their retries and waits). Repairs as the keep-alive's (ibkr/repair.lua),
+-- backing off from POLL * 5 seconds.
 function Session:wait_ready(opts)
-  if opts ~= nil and type(opts) ~= "table" then error("wait_ready: options must be a table", 2) end
-  opts = opts or {}
-  local timeout = opts.timeout or 60
-  if type(timeout) ~= "number" or timeout < 0 then error("wait_ready: 'timeout' must be a number >= 0", 2) end
-  local init, compete = opts.init ~= false, opts.compete == true
+  local timeout, init, compete = wait_ready_opts(opts)
   local w = self:_waiter()
-  local clock = self._clock
-  local deadline = clock() + timeout
-  local last_init
+  local deadline = self._clock() + timeout
+  local schedule = repair.new(5 * POLL)
   while true do
-    local st, detail = self:_health(w)
+    local st, detail = health(self, w, deadline)
     if st == "ready" then return detail end
     if self._closed then return nil, call.closed_error("POST", "/iserver/auth/status") end
-    local now = clock()
-    if init and (st == "unauthenticated" or (st == "competing" and compete))
-        and (not last_init or now - last_init >= REINIT_EVERY) then
-      last_init = now
-      self:_repair(w, compete)
-      now = clock()
+    if init and repair.wanted(st, compete) and schedule:due(self._clock()) and self._clock() < deadline then
+      local ready, err = repair.run(self, w, { compete = compete, limit = deadline,
+        alive = function() return not self._closed end })
+      if self._closed then return nil, call.closed_error("POST", "/iserver/auth/status") end
+      if ready then return ready end
+      schedule:failed(self._clock())
+      detail = err or detail
     end
-    if now >= deadline then
-      return nil, core.error{
-        kind = "timeout", state = st, method = "POST", path = "/iserver/auth/status",
-        cause = core.is_error(detail) and detail or nil,
-        status = core.is_error(detail) and detail.status or nil,
-        message = string.format("session not ready after %g s (state: %s)", timeout, st),
-      }
-    end
-    local pause = math.min(POLL, deadline - now)
-    w.wait(pause)
+    local now = self._clock()
+    if now >= deadline then return nil, not_ready(timeout, st, detail) end
+    w.wait(math.min(POLL, deadline - now))
     if self._closed then return nil, call.closed_error("POST", "/iserver/auth/status") end
+    if self._clock() >= deadline then return nil, not_ready(timeout, st, detail) end
   end
 end
 

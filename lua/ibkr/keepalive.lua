@@ -15,6 +15,8 @@ local waiter = require("ibkr.waiter")
 
 local M = {}
 
+local repair = require("ibkr.repair")
+
 M.MIN_VALIDATE_INTERVAL = 60 -- the gateway allows one /sso/validate per minute
 M.LOOP_SLICE = 1             -- keepalive_loop notices stop()/close() within this many seconds
 
@@ -45,7 +47,9 @@ local function check(opts, with_sleep, level)
   }
   for _, k in ipairs{ "interval", "retry_interval", "validate_interval" } do
     local v = o[k]
-    if v ~= nil and (v ~= v or v <= 0) then error("keepalive: '" .. k .. "' must be > 0", level + 1) end
+    if v ~= nil and (v ~= v or v <= 0 or v == math.huge) then
+      error("keepalive: '" .. k .. "' must be a finite number > 0", level + 1)
+    end
   end
   if o.validate_interval and o.validate_interval < M.MIN_VALIDATE_INTERVAL then
     o.validate_interval = M.MIN_VALIDATE_INTERVAL
@@ -53,95 +57,137 @@ local function check(opts, with_sleep, level)
   return o
 end
 
--- The loop body. `w` is the waiter (ibkr/call.lua); `alive()` is false once it must end.
-local function run(s, o, w, alive)
-  local clock = s._clock
-  local current -- last reported state
-
-  local function report(err)
-    if o.on_error then pcall(o.on_error, err) end -- an error in on_error has nowhere to go
+-- Callbacks: on_state(new, old, detail, why), on_error(err), on_repair(action, status, err).
+-- An error raised in a callback is passed to on_error as an error object of kind "callback"
+-- (field `callback` = the callback's name, `cause` = what was raised); one raised in on_error
+-- itself has nowhere to go and is dropped. Never raises.
+local function reporter(s, o)
+  local r = { current = nil }
+  function r.error(err)
+    if o.on_error then pcall(o.on_error, err) end
   end
-  local function callback(name, ...)
+  function r.callback(name, ...)
     local f = o[name]
     if not f then return end
     local ok, e = pcall(f, ...)
     if not ok then
-      report(core.error{ kind = "callback", callback = name, cause = e,
+      r.error(core.error{ kind = "callback", callback = name, cause = e,
         message = "error in " .. name .. ": " .. tostring(e) })
     end
   end
-  local function set_state(new, detail)
-    if new ~= current then
-      local old = current
-      current = new
-      callback("on_state", new, old, detail)
+  -- `why`: what the gateway said (status fail/message, error message), one line, or nil
+  function r.state(new, detail)
+    s:observe(new, detail)
+    if new ~= r.current then
+      local old = r.current
+      r.current = new
+      local why = core.is_error(detail) and detail.message or state.said(detail)
+      r.callback("on_state", new, old, detail, why)
     end
   end
+  return r
+end
 
-  local next_validate = o.validate_interval and clock() + o.validate_interval
-  while alive() do
-    local res, err = s:_ep(w, "tickle")
+-- The state after one tickle: (state, detail), or nil when the answer says nothing new (held
+-- back). A tickle answer that carries no status, or that judge() refuses without saying "no
+-- session", is followed by /iserver/auth/status.
+local function observe(s, w, rep, alive)
+  local res, err = s:endpoint(w, "tickle")
+  if not alive() then return end
+  if res ~= nil then
+    local st, why = state.of_answer("tickle", res)
+    if why then rep.error(state.refusal("POST", "/tickle", res, why)) end
+    if st and st ~= "error" then return st, state.tickle_status(res) or res end
+    res, err = s:endpoint(w, "auth_status")
     if not alive() then return end
-    local st, detail
     if res ~= nil then
-      local as = state.tickle_status(res)
-      if as then
-        st, detail = state.of_status(as), as
-      elseif type(res) == "table" and res.error == "no session" then
-        st, detail = "no_session", res
-      else -- a 2xx tickle without authStatus: ask /iserver/auth/status
-        res, err = s:_ep(w, "auth_status")
-        if not alive() then return end
-        if res ~= nil then
-          st, detail = state.of_status(res), res
-        else
-          report(err)
-          st, detail = state.of_error(err), err
-        end
-      end
-    else
-      report(err)
-      st, detail = state.of_error(err), err
+      st, why = state.of_answer("auth_status", res)
+      if not why then return st, res end
+      err = state.refusal("POST", "/iserver/auth/status", res, why)
+      rep.error(err)
+      return st, err
     end
-    set_state(st, detail)
+  end
+  rep.error(err)
+  if state.says_wait(err) then return nil, err end
+  return state.of_error(err), err
+end
 
+-- GET /sso/validate when due; a refused answer (RESULT false...) is reported, the state kept
+-- (RESULT false comes and goes while the session stays authenticated: ibeam #164).
+local function validate(s, w, o, rep)
+  local r, e = s:endpoint(w, "sso_validate")
+  local nxt = s:now() + o.validate_interval
+  if r == nil then
+    rep.error(e)
+    if e.kind == "rate_limited" and e.retry_after then nxt = s:now() + e.retry_after end
+  else
+    local ok, why = state.judge("sso_validate", r)
+    if not ok then rep.error(state.refusal("GET", "/sso/validate", r, why)) end
+  end
+  return nxt
+end
+
+-- Repair when wanted and due (ibkr/repair.lua: escalation, backoff). Returns the new state.
+local function maybe_repair(s, w, o, rep, sched, st, alive)
+  if not (o.init and repair.wanted(st, o.compete) and sched:due(s:now())) or s:held() then return st end
+  local ready = repair.run(s, w, { compete = o.compete, alive = alive,
+    on_repair = function(action, r, e)
+      if e then rep.error(e) end
+      rep.callback("on_repair", action, r, e)
+    end })
+  if not alive() then return st end
+  if ready then
+    sched:succeeded()
+    rep.state("ready", ready)
+    return "ready"
+  end
+  sched:failed(s:now())
+  local seen, detail = s:state() -- what the repair's last poll saw
+  if seen and seen ~= rep.current then rep.state(seen, detail) end
+  return rep.current or st
+end
+
+-- Sleeps `pause` seconds, or until the gateway's Retry-After hold ends when that is later.
+local function pause_for(s, w, pause, alive)
+  local held = s:held()
+  if held and held > pause then pause = held end
+  if w.chunk then
+    -- Inline loop: the host's sleep cannot be interrupted, so sleep in slices and look at
+    -- stop()/close() between them (a coroutine just is not resumed again, or closed).
+    local wake = s:now() + pause
+    while alive() do
+      local left = wake - s:now()
+      if left <= 0 then break end
+      w.wait(left < w.chunk and left or w.chunk)
+    end
+  else
+    w.wait(pause)
+  end
+end
+
+-- The loop body. `w` is the waiter (ibkr/call.lua); `alive()` is false once it must end.
+local function run(s, o, w, alive)
+  local rep = reporter(s, o)
+  local sched = repair.new(o.retry_interval)
+  local next_validate = o.validate_interval and s:now() + o.validate_interval
+  while alive() do
+    local st, detail = observe(s, w, rep, alive)
+    if not alive() then return end
+    local got_through = st ~= nil -- false: held back (429, Retry-After): retry sooner, state kept
+    if st or not rep.current then rep.state(st or "error", detail) end
+    st = rep.current
+    if st == "ready" then sched:succeeded() end
     -- Repair. Unauthenticated (and not-yet-connected) sessions are re-initialised when `init`;
     -- a competing session only with `compete = true`, because taking the brokerage session
     -- disconnects the user's other login (TWS, the mobile app): by default we report it and wait.
-    if o.init and (st == "unauthenticated" or st == "disconnected" or (st == "competing" and o.compete)) then
-      local r, e, action = s:_repair(w, o.compete)
+    st = maybe_repair(s, w, o, rep, sched, st, alive)
+    if not alive() then return end
+    if next_validate and s:now() >= next_validate and st ~= "down" and st ~= "tls" and not s:held() then
+      next_validate = validate(s, w, o, rep)
       if not alive() then return end
-      if r == nil then report(e) end
-      callback("on_repair", action, r, e)
-      if r ~= nil and action == "init_brokerage" and (r.authenticated ~= nil or r.connected ~= nil) then
-        st = state.of_status(r)
-        set_state(st, r)
-      end
     end
-
-    if next_validate and clock() >= next_validate and st ~= "down" then
-      local r, e = s:_ep(w, "sso_validate")
-      if not alive() then return end
-      next_validate = clock() + o.validate_interval
-      if r == nil then
-        report(e)
-        if e.kind == "rate_limited" and e.retry_after then next_validate = clock() + e.retry_after end
-      end
-    end
-
-    local pause = st == "ready" and o.interval or o.retry_interval
-    if w.chunk then
-      -- Inline loop: the host's sleep cannot be interrupted, so sleep in slices and look at
-      -- stop()/close() between them (a coroutine just is not resumed again, or closed).
-      local wake = clock() + pause
-      while alive() do
-        local left = wake - clock()
-        if left <= 0 then break end
-        w.wait(left < w.chunk and left or w.chunk)
-      end
-    else
-      w.wait(pause)
-    end
+    pause_for(s, w, (st == "ready" and got_through) and o.interval or o.retry_interval, alive)
   end
 end
 
@@ -150,8 +196,7 @@ local function stopped_error(method, path)
 end
 
 local function liveness(s)
-  local gen = s._generation -- taken now: a stop() before the first resume ends this keep-alive too
-  return function() return not s._closed and s._generation == gen end
+  return s:liveness() -- taken now: a stop() before the first resume ends this keep-alive too
 end
 
 function M.coroutine(s, opts)

@@ -3,10 +3,10 @@
 --   mock.serve(opts) serves until stopped (blocking); mock.main(argv) is the command line.
 -- Pure Lua on luasocket (+ luasec for TLS) and lua-cjson; luv, when installed, is used only to
 -- catch SIGTERM/SIGINT for a graceful exit.
-local server_mod = require("ibkr.mock.server")
+local server_mod = require("ibkr.mock.net.server")
 local gateway_mod = require("ibkr.mock.gateway")
 local control = require("ibkr.mock.control")
-local tls_mod = require("ibkr.mock.tls")
+local tls_mod = require("ibkr.mock.net.tls")
 
 local mock = {}
 

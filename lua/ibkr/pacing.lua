@@ -4,6 +4,10 @@
 -- A pacer only does arithmetic on times given to it; it never reads a clock nor sleeps, so the
 -- session decides how to wait (sleep, yield, host sleep) and tests use plain numbers.
 -- Every attempt is booked, failed ones too: the gateway counts what reaches it.
+--
+-- The pacer also keeps the gateway's own "wait": a Retry-After on a 429/503 answer holds back
+-- every request of the session until that time (hold()); this works with `limits = false` too
+-- (pacing = false turns off only the client's own limits, never the gateway's).
 
 local M = {}
 
@@ -19,9 +23,25 @@ M.MAX_WAIT = 1.5        -- a call waits up to this long; beyond, it is refused (
 local Pacer = {}
 Pacer.__index = Pacer
 
-function M.new()
+-- new{limits = true}: limits = false keeps only the gateway's holds (Retry-After).
+function M.new(opts)
   -- booked: sorted send times booked by recent calls (all paths); last: path -> last booked time
-  return setmetatable({ booked = {}, last = {} }, Pacer)
+  -- until: no request before this time (the gateway's Retry-After), or nil
+  local limits = not (opts and opts.limits == false)
+  return setmetatable({ booked = {}, last = {}, limits = limits, until_t = nil }, Pacer)
+end
+
+-- Holds back every request until `t` (a later hold extends it, an earlier one never shortens).
+function Pacer:hold(t)
+  if t == t and (not self.until_t or t > self.until_t) then self.until_t = t end
+end
+
+-- Seconds left of the gateway's hold at `now`, or nil when there is none.
+function Pacer:held(now)
+  local u = self.until_t
+  if u and u > now then return u - now end
+  self.until_t = nil
+  return nil
 end
 
 local function key_of(path)
@@ -64,9 +84,14 @@ end
 
 -- Books a send of `path` as early as the limits allow.
 -- Returns the seconds to wait before sending (0 = now), or nil plus the seconds after which the
--- call may be tried again when the wait would exceed MAX_WAIT (nothing is booked then).
+-- call may be tried again when the wait would exceed MAX_WAIT (nothing is booked then) plus
+-- "held" when the reason is the gateway's Retry-After (not the client's own limits): a hold is
+-- never waited for here, however short — the caller decides (a retry may wait for it).
 -- Bookings are made at once, so concurrent callers (coroutines) see each other's reservations.
 function Pacer:reserve(path, now)
+  local held = self:held(now)
+  if held then return nil, held, "held" end
+  if not self.limits then return 0 end
   local t = self:earliest(path, now)
   local wait = t - now
   if wait > M.MAX_WAIT then return nil, wait end

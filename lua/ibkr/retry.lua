@@ -5,28 +5,45 @@ local M = {}
 
 M.BASE = 0.25          -- first backoff step, seconds
 M.CAP = 8              -- no backoff step grows beyond this
-M.MAX_RETRY_AFTER = 10 -- a Retry-After longer than this is not waited for: the error is returned
+
+-- curl codes of a connection that ended before any response: 52 "Empty reply from server",
+-- 55 send error, 56 receive error (reset). The engine reports these as kind "protocol" with
+-- no_response = true; older cores give only the curl_code.
+local NO_RESPONSE = { [52] = true, [55] = true, [56] = true }
+
+-- Whether err is a connection dropped or reset before any response arrived.
+function M.no_response(err)
+  if err.kind ~= "protocol" or err.status ~= nil then return false end
+  return err.no_response == true or NO_RESPONSE[err.curl_code] == true
+end
 
 -- Whether the failure `err` may succeed when tried again: transport failures before or during
--- the exchange (connect, timeout) and the gateway's "not now" answers (429, 503).
+-- the exchange (connect, timeout, a connection dropped before any response) and the gateway's
+-- "not now" answers (429, 503). Callers retry only requests that are safe to repeat.
 function M.retryable(err)
   local kind = err.kind
   if kind == "connect" or kind == "timeout" then return true end
+  if M.no_response(err) then return true end
   return kind == "http" and (err.status == 429 or err.status == 503)
 end
 
 -- Seconds to wait before retry number `attempt` (1 = first retry): exponential backoff with
 -- "equal jitter" (half fixed, half random, so waits never collapse to zero), never shorter than
--- the server's Retry-After. Returns nil when the server asks for a wait over MAX_RETRY_AFTER.
--- `random` is math.random-like: called with no argument it returns a float in [0, 1).
+-- the server's Retry-After. Whether that wait still fits the call's deadline is the caller's
+-- business (ibkr/call.lua). `random` is math.random-like: with no argument a float in [0, 1).
 function M.delay(attempt, retry_after, random)
   local step = M.BASE * 2 ^ (attempt - 1)
   if step > M.CAP then step = M.CAP end
   local d = step / 2 + (random or math.random)() * step / 2
-  if retry_after then
-    if retry_after > M.MAX_RETRY_AFTER then return nil end
-    if retry_after > d then d = retry_after end
-  end
+  if retry_after and retry_after > d then d = retry_after end
+  return d
+end
+
+-- Seconds before repair number `n` (1 = after the first failed repair) when repairs keep
+-- failing: base * 2^(n-1), at most cap. The keep-alive uses its retry_interval as base.
+function M.repair_backoff(n, base, cap)
+  local d = base * 2 ^ (n - 1)
+  if d > cap then d = cap end
   return d
 end
 

@@ -1,14 +1,125 @@
--- Session states, from a status body or from an error, exactly as s:health() reports them:
--- "ready", "competing", "unauthenticated", "disconnected", "no_session", "down", "error".
+-- Session states and the meaning of the gateway's answers, exactly as s:health(), the keep-alive
+-- and the CLI report them:
+--   states: "ready", "competing", "unauthenticated", "disconnected", "no_session", "down", "tls",
+--           "error"
+--   judge(endpoint, body): whether a 2xx body of a session endpoint means success.
+-- Pure functions of bodies and error objects: no network, no clock.
+-- Gateway facts: ../shared/reference/ibkr-gateway-facts.md §1.2–1.8 and "Field reports".
+
+local core = require("ibkr.core")
 
 local M = {}
+
+M.MAX_TEXT = 200 -- bytes of a gateway text kept in a reason
+
+-- A gateway text made one bounded, printable line: control bytes become spaces, runs of
+-- spaces one space, long texts are cut with "...".
+function M.text(s)
+  if type(s) ~= "string" then return nil end
+  s = s:gsub("[%z\1-\31\127]", " "):gsub("%s+", " "):match("^%s*(.-)%s*$")
+  if s == "" then return nil end
+  if #s > M.MAX_TEXT then s = s:sub(1, M.MAX_TEXT) .. "..." end
+  return s
+end
+
+-- Whether v is a JSON object as decoded (a table that is not an array).
+local function is_object(v)
+  if type(v) ~= "table" then return false end
+  local amt = rawget(core, "array_mt")
+  if amt ~= nil and getmetatable(v) == amt then return false end
+  return v[1] == nil
+end
+
+-- A short description of a JSON value that is not an object, for reasons.
+local function shape(v)
+  if v == nil or v == core.null then return "null" end
+  if type(v) == "table" then return "an array" end
+  if type(v) == "string" then return "a string" end
+  return type(v) .. " " .. tostring(v)
+end
+
+-- The gateway's own words in an object body: `error`, then `fail`, then `message` (the first
+-- non-empty one), as one bounded line; nil when it said nothing.
+function M.said(body)
+  if not is_object(body) then return nil end
+  return M.text(body.error) or M.text(body.fail) or M.text(body.message)
+end
+
+-- The top-level `error` of a body as a reason, or nil. `error: false`/`""` are no error.
+local function error_of(body)
+  local e = body.error
+  if e == nil or e == false or e == "" then return nil end
+  return M.text(e) or "an error in the answer"
+end
+
+-- A brokerage status (auth/status, ssodh/init) must carry `authenticated` (the gateway always
+-- sends it, even logged out: facts §1.2); `fail` carries the reason of a failure (field report
+-- ibeam #73).
+local function judge_status(body, with_fail)
+  if type(body.authenticated) ~= "boolean" then return false, "no authenticated in the answer" end
+  if with_fail and M.text(body.fail) then return false, M.text(body.fail) end
+  return true
+end
+
+local JUDGES = {
+  auth_status = function(body) return judge_status(body, false) end,
+  init_brokerage = function(body) return judge_status(body, true) end,
+  -- tickle: {"error": ...} is the failed tickle of IBKR's OpenAPI spec; an object without it is
+  -- a tickle the gateway took (its iserver.authStatus, when present, gives the state).
+  tickle = function() return true end,
+  sso_validate = function(body)
+    if body.RESULT == nil then return false, "no RESULT in the answer" end
+    if body.RESULT ~= true then
+      return false, "RESULT is " .. tostring(body.RESULT) .. (M.said(body) and (": " .. M.said(body)) or "")
+    end
+    return true
+  end,
+  -- {"status":true} today; {"confirmed":true} in the legacy spec (facts §1.5).
+  logout = function(body)
+    if body.status == true or body.confirmed == true then return true end
+    if body.status ~= nil then return false, "status is " .. tostring(body.status) end
+    if body.confirmed ~= nil then return false, "confirmed is " .. tostring(body.confirmed) end
+    return false, "no status in the answer"
+  end,
+  -- {"message":"triggered"}: the request was taken; it takes effect later (facts §1.6).
+  reauthenticate = function(body)
+    if type(body.message) == "string" and body.message:lower() == "triggered" then return true end
+    local m = M.text(body.message)
+    return false, m and ("message is \"" .. m .. "\", not \"triggered\"") or "no message in the answer"
+  end,
+}
+M.ENDPOINTS = { "auth_status", "tickle", "sso_validate", "logout", "reauthenticate", "init_brokerage" }
+
+-- judge(endpoint, body) -> ok, why
+-- Whether `body`, the decoded 2xx answer of the session endpoint `endpoint` (one of M.ENDPOINTS,
+-- the names of the session's calls), means success. When not, `why` is a short printable reason
+-- taken from what the gateway said ("failed to process request", "RESULT is false",
+-- "no authenticated in the answer", "answer is null, not a JSON object"...).
+-- Rules, per endpoint (docs/ibkr.md, "What each answer means"):
+--   every endpoint: the body is a JSON object, without a top-level `error`
+--   auth_status     `authenticated` present (a boolean)
+--   init_brokerage  `authenticated` present, `fail` empty
+--   tickle          nothing more
+--   sso_validate    `RESULT` is true
+--   logout          `status` is true (or the legacy `confirmed` is true)
+--   reauthenticate  `message` is "triggered"
+-- Raises for an unknown endpoint name (a programmer error).
+function M.judge(endpoint, body)
+  local j = JUDGES[endpoint]
+  if not j then error("state.judge: unknown endpoint '" .. tostring(endpoint) .. "'", 2) end
+  if not is_object(body) then return false, "answer is " .. shape(body) .. ", not a JSON object" end
+  local e = error_of(body)
+  if e then return false, e end
+  return j(body)
+end
 
 -- State of a brokerage status table (the body of /iserver/auth/status, ssodh/init, or the
 -- iserver.authStatus of a tickle). The checks go from the outermost failure inwards, as ibeam
 -- does: no session, not connected, competing, then authentication. Authenticated but not yet
 -- `established` counts as unauthenticated: the brokerage session cannot serve requests yet.
+-- Any other JSON value (null, a number, an array...) is "error".
 function M.of_status(st)
-  if type(st) ~= "table" then return "error" end
+  if not is_object(st) then return "error" end
   if st.error == "no session" then return "no_session" end
   if st.connected == false then return "disconnected" end
   if st.competing == true then return "competing" end
@@ -17,20 +128,76 @@ function M.of_status(st)
   return "error" -- neither key: not a status body (e.g. {"error":"failed to process request"})
 end
 
+-- Whether an error is a redirect to the gateway's SSO login pages (/sso/Login, /sso/Dispatcher):
+-- the SSO session is gone and only a browser login helps (field report ibeam #257).
+function M.is_login_redirect(err)
+  if err.kind ~= "http" or type(err.status) ~= "number" or err.status < 300 or err.status > 399 then
+    return false
+  end
+  local loc = err.location
+  if type(loc) ~= "string" and type(err.headers) == "table" then
+    loc = err.headers.location or err.headers.Location
+  end
+  if type(loc) ~= "string" then loc = err.body end -- the page links to its target
+  return type(loc) == "string" and (loc:find("/sso/Login", 1, true) ~= nil
+    or loc:find("/sso/Dispatcher", 1, true) ~= nil)
+end
+
+-- Whether err is the gateway (or the session keeping its Retry-After) saying "not now": a 429,
+-- a 503 with Retry-After, or a call refused without sending (kind "rate_limited"). Such an answer
+-- says nothing about the session's state.
+function M.says_wait(err)
+  return err.kind == "rate_limited" or err.status == 429
+    or (err.status == 503 and err.retry_after ~= nil)
+end
+
 -- State of a failed call's error object.
 function M.of_error(err)
   local kind = err.kind
-  if kind == "connect" or kind == "timeout" or kind == "tls" then return "down" end
+  if kind == "connect" or kind == "timeout" then return "down" end
+  if kind == "tls" then return "tls" end
   if kind == "http" and err.status == 401 then return "no_session" end
+  if M.is_login_redirect(err) then return "no_session" end
   if type(err.data) == "table" and err.data.error == "no session" then return "no_session" end
   return "error"
 end
 
+-- refusal(method, path, body, why) -> error object for a 2xx answer that judge() refused:
+-- kind "http", status 200, `data` = the body when it is a table, message "METHOD PATH: why".
+function M.refusal(method, path, body, why)
+  return core.error{ kind = "http", status = 200, method = method, path = path,
+    data = type(body) == "table" and body or nil, refused = true,
+    message = string.format("%s %s: %s", method, path, why) }
+end
+
+-- of_answer(endpoint, body) -> state or nil, why
+-- What a 2xx answer of a session endpoint says about the session: for a body judge() refuses,
+-- "no_session" ({"error":"no session"}) or "error", with judge's reason; for a good status body
+-- (auth_status, init_brokerage, a tickle carrying iserver.authStatus) its of_status(); nil when a
+-- good answer carries no status (a tickle without authStatus, validate, logout, reauthenticate).
+function M.of_answer(endpoint, body)
+  local ok, why = M.judge(endpoint, body)
+  if not ok then
+    return (is_object(body) and body.error == "no session") and "no_session" or "error", why
+  end
+  if endpoint == "auth_status" or endpoint == "init_brokerage" then return M.of_status(body) end
+  if endpoint == "tickle" then
+    local st = M.tickle_status(body)
+    if st then return M.of_status(st) end
+  end
+  return nil
+end
+
+-- The CLI's exit code for a state (contract, "The CLI"): 0 ready, 2 unreachable (down, tls),
+-- 3 login required (no_session), 1 anything else the gateway answered.
+local EXIT = { ready = 0, down = 2, tls = 2, no_session = 3 }
+function M.exit_code(st) return EXIT[st] or 1 end
+
 -- The status table carried by a tickle body, or nil (then ask /iserver/auth/status).
 function M.tickle_status(body)
-  local is = type(body) == "table" and body.iserver
-  local st = type(is) == "table" and is.authStatus
-  if type(st) == "table" then return st end
+  local is = is_object(body) and body.iserver
+  local st = is_object(is) and is.authStatus
+  if is_object(st) then return st end
   return nil
 end
 

@@ -46,6 +46,7 @@
 #include "../../src/request.c"
 #include "../../src/session.c"
 #include "../../src/core.c"
+#include "../../src/signal.c"
 
 static lua_State *L;
 

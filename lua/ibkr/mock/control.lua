@@ -3,6 +3,7 @@
 local json = require("ibkr.mock.json")
 local response = require("ibkr.mock.response")
 local gateway_mod = require("ibkr.mock.gateway")
+local faults_mod = require("ibkr.mock.faults")
 
 local control = {}
 
@@ -14,6 +15,7 @@ local server_keys = {
 local gateway_keys = {
   pacing = "boolean", idle_timeout = "nonnegative", init_delay = "nonnegative",
   reauth_delay = "nonnegative", sso_window = "positive", log_limit = "positive",
+  connection_close = "boolean",
 }
 
 local function check(kind, v)
@@ -67,6 +69,15 @@ function control.apply_config(m, t)
   return true
 end
 
+-- The penalty box as JSON: {"in": seconds left, "retry_after": n, "extend": bool, "hits": n} or null.
+function control.penalty(g, now)
+  local p = g.penalty
+  if not p or now >= p["until"] then
+    return json.null
+  end
+  return { ["in"] = p["until"] - now, retry_after = p.retry_after, extend = p.extend, hits = p.hits }
+end
+
 function control.state(m)
   local g = m.gateway
   local now = g.clock()
@@ -95,6 +106,7 @@ function control.state(m)
       connection_errors = srv.stats.errors,
     },
     faults = #g.faults.queue,
+    penalty = control.penalty(g, now),
     log_size = #g.log,
   }
 end
@@ -182,11 +194,10 @@ routes["POST /__mock/fault"] = function(m, t)
     list = { t }
   end
   -- validate all before adding any
-  local probe = require("ibkr.mock.faults").new()
-  for _, spec in ipairs(list) do
-    local ok, err = probe:add(spec)
+  for i, spec in ipairs(list) do
+    local ok, err = faults_mod.check(spec)
     if not ok then
-      return bad(err)
+      return bad(#list > 1 and string.format("fault %d: %s", i, err) or err)
     end
   end
   local added = json.array()
@@ -207,6 +218,36 @@ routes["POST /__mock/fault/clear"] = clear_faults
 routes["POST /__mock/reset"] = function(m)
   m.reset()
   return response.json(200, control.state(m))
+end
+
+routes["GET /__mock/penalty"] = function(m)
+  local g = m.gateway
+  return response.json(200, { penalty = control.penalty(g, g.clock()) })
+end
+
+routes["POST /__mock/penalty"] = function(m, t)
+  for k in pairs(t) do
+    if k ~= "seconds" and k ~= "retry_after" and k ~= "extend" then
+      return bad("unknown key for the penalty box: " .. tostring(k))
+    end
+  end
+  local s, ra = t.seconds or 600, t.retry_after
+  if not check("positive", s) then
+    return bad("seconds must be a positive number")
+  end
+  if ra ~= nil and (type(ra) ~= "number" or ra ~= ra or ra < 0 or ra > 1e9 or ra % 1 ~= 0) then
+    return bad("retry_after must be a whole number of seconds >= 0")
+  end
+  if t.extend ~= nil and type(t.extend) ~= "boolean" then
+    return bad("extend must be a boolean")
+  end
+  local g = m.gateway
+  g:start_penalty({ seconds = s, retry_after = ra and math.floor(ra), extend = t.extend })
+  return response.json(200, { penalty = control.penalty(g, g.clock()) })
+end
+
+routes["DELETE /__mock/penalty"] = function(m)
+  return response.json(200, { cleared = m.gateway:stop_penalty() })
 end
 
 routes["POST /__mock/login"] = function(m, t)

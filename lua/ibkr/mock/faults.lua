@@ -1,8 +1,11 @@
 -- Fault injection: a queue of faults, each applying to the next `count` API requests that
--- match its path (relative to /v1/api) and method. The first matching fault in the queue wins.
+-- match its path (relative to /v1/api, without the query string) and method, after letting
+-- `after` of them pass. The first matching fault in the queue wins. Every fault also takes the
+-- modifiers `delay` (seconds before the head), `chunked`, `close` (Connection: close) and
+-- `headers` (extra response headers). The reference is docs/testing.md.
 local json = require("ibkr.mock.json")
 local response = require("ibkr.mock.response")
-local gzip = require("ibkr.mock.gzip")
+local http = require("ibkr.mock.net.http")
 
 local faults = {}
 faults.__index = faults
@@ -12,7 +15,20 @@ faults.kinds = {
   delay = "wrap", delay_body = "wrap", drop = "wrap", chunked = "wrap", gzip = "wrap",
   truncated = "wrap", status = "replace", malformed = "replace", html = "replace",
   empty = "replace", huge = "replace", redirect = "replace", deep = "replace",
-  invalid_utf8 = "replace", error_body = "replace",
+  invalid_utf8 = "replace", error_body = "replace", backend_timeout = "replace",
+}
+
+-- Keys every fault may carry, and the kind-specific parameters.
+local COMMON = {
+  kind = true, path = true, method = true, count = true, after = true, delay = true,
+  chunked = true, close = true, headers = true, id = true,
+}
+local PARAMS = {
+  delay = { seconds = true }, delay_body = { seconds = true }, drop = { when = true },
+  status = { status = true, body = true, content_type = true }, huge = { bytes = true },
+  redirect = { status = true, location = true }, deep = { depth = true },
+  error_body = { error = true, status = true }, html = { status = true, title = true },
+  backend_timeout = { seconds = true },
 }
 
 local function number_param(f, name, default, min, max)
@@ -27,9 +43,25 @@ local function number_param(f, name, default, min, max)
   return true
 end
 
+local function integer_param(f, name, default, min, max)
+  local ok, err = number_param(f, name, default, min, max)
+  if ok then
+    f[name] = math.floor(f[name])
+  end
+  return ok, err
+end
+
+local function string_param(f, name)
+  if f[name] ~= nil and (type(f[name]) ~= "string" or f[name]:find("[\r\n%z]")) then
+    return nil, name .. " must be a string without CR, LF or NUL"
+  end
+  return true
+end
+
 local validators = {
   delay = function(f) return number_param(f, "seconds", 1, 0, 3600) end,
   delay_body = function(f) return number_param(f, "seconds", 1, 0, 3600) end,
+  backend_timeout = function(f) return number_param(f, "seconds", 10, 0, 3600) end,
   drop = function(f)
     f.when = f.when or "before"
     if f.when ~= "before" and f.when ~= "mid" then
@@ -38,62 +70,127 @@ local validators = {
     return true
   end,
   status = function(f)
-    local ok, err = number_param(f, "status", 500, 100, 599)
+    local ok, err = integer_param(f, "status", 500, 100, 599)
     if not ok then
       return nil, err
     end
-    f.status = math.floor(f.status)
     if f.body ~= nil and type(f.body) ~= "string" then
       f.body = json.encode(f.body)
     end
-    if f.headers ~= nil and type(f.headers) ~= "table" then
-      return nil, "headers must be an object"
-    end
-    if f.content_type ~= nil and type(f.content_type) ~= "string" then
-      return nil, "content_type must be a string"
-    end
-    for k, v in pairs(f.headers or {}) do
-      if type(k) ~= "string" or tostring(v):find("[\r\n%z]") or k:find("[\r\n%z:]") then
-        return nil, "bad header " .. tostring(k)
-      end
-    end
-    return true
+    return string_param(f, "content_type")
   end,
-  huge = function(f)
-    local ok, err = number_param(f, "bytes", 16 * 1024 * 1024, 16, 2 ^ 40)
-    f.bytes = ok and math.floor(f.bytes) or nil
-    return ok, err
-  end,
+  huge = function(f) return integer_param(f, "bytes", 16 * 1024 * 1024, 16, 2 ^ 40) end,
   redirect = function(f)
-    local ok, err = number_param(f, "status", 302, 300, 399)
+    local ok, err = integer_param(f, "status", 302, 300, 399)
     if not ok then
       return nil, err
     end
-    if f.location ~= nil and (type(f.location) ~= "string" or f.location:find("[\r\n%z]")) then
-      return nil, "location must be a string"
-    end
-    return true
+    return string_param(f, "location")
   end,
-  deep = function(f)
-    local ok, err = number_param(f, "depth", 100000, 1, 10000000)
-    f.depth = ok and math.floor(f.depth) or nil
-    return ok, err
-  end,
+  deep = function(f) return integer_param(f, "depth", 100000, 1, 10000000) end,
   error_body = function(f)
     f.error = f.error or "failed to process request"
     if type(f.error) ~= "string" then
       return nil, "error must be a string"
     end
-    return true
+    return integer_param(f, "status", 200, 100, 599)
+  end,
+  html = function(f)
+    local ok, err = integer_param(f, "status", 200, 100, 599)
+    if not ok then
+      return nil, err
+    end
+    f.title = f.title or "Client Portal Gateway"
+    return string_param(f, "title")
   end,
 }
+
+-- A path that can never match is refused, saying why (a test would otherwise wait for a fault
+-- that never comes).
+local function check_path(path)
+  if path == nil then
+    return true
+  end
+  if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
+    return nil, "path must be a string starting with /"
+  end
+  local rest = path:match("^/v1/api(/.*)$") or path:match("^/v1/portal(/.*)$")
+  if rest or path == "/v1/api" then
+    return nil, string.format('path is relative to /v1/api: use "%s", not "%s"', rest or "/", path)
+  end
+  if path:find("?", 1, true) or path:find("#", 1, true) then
+    return nil, string.format('path is matched without its query string: use "%s", not "%s"',
+      path:match("^[^?#]*"), path)
+  end
+  return true
+end
+
+local function check_headers(h)
+  if h == nil then
+    return true
+  end
+  if type(h) ~= "table" or (next(h) ~= nil and h[1] ~= nil) then
+    return nil, "headers must be an object"
+  end
+  for k, v in pairs(h) do
+    if type(k) ~= "string" or not http.is_token(k) or type(v) == "table"
+        or tostring(v):find("[\r\n%z]") then
+      return nil, "bad header " .. tostring(k)
+    end
+  end
+  return true
+end
+
+-- The checks every fault gets, whatever its kind.
+local function check_common(f)
+  for k in pairs(f) do
+    if not COMMON[k] and not (PARAMS[f.kind] or {})[k] then
+      return nil, string.format("unknown key %q for a fault of kind %s", tostring(k), f.kind)
+    end
+  end
+  local ok, err = check_path(f.path)
+  if not ok then
+    return nil, err
+  end
+  if f.method ~= nil then
+    if type(f.method) ~= "string" or not http.is_token(f.method) then
+      return nil, "method must be an HTTP method name"
+    end
+    f.method = f.method:upper()
+  end
+  for _, name in ipairs({ "chunked", "close" }) do
+    if f[name] ~= nil and type(f[name]) ~= "boolean" then
+      return nil, name .. " must be a boolean"
+    end
+  end
+  ok, err = integer_param(f, "count", 1, 1, 1e9)
+  if ok then
+    ok, err = integer_param(f, "after", 0, 0, 1e9)
+  end
+  if ok and f.delay ~= nil then
+    ok, err = number_param(f, "delay", 0, 0, 3600)
+  end
+  if not ok then
+    return nil, err
+  end
+  return check_headers(f.headers)
+end
 
 function faults.new()
   return setmetatable({ queue = {}, next_id = 0 }, faults)
 end
 
--- Adds a fault from its JSON description. Returns the stored fault or nil, message.
-function faults:add(spec)
+local function kind_names()
+  local names = {}
+  for k in pairs(faults.kinds) do
+    names[#names + 1] = k
+  end
+  table.sort(names)
+  return table.concat(names, ", ")
+end
+
+-- Checks a fault's JSON description. Returns a normalised copy or nil, message.
+function faults.check(spec)
   if type(spec) ~= "table" then
     return nil, "a fault is a JSON object"
   end
@@ -102,33 +199,24 @@ function faults:add(spec)
     f[k] = v
   end
   if type(f.kind) ~= "string" or not faults.kinds[f.kind] then
-    local names = {}
-    for k in pairs(faults.kinds) do
-      names[#names + 1] = k
-    end
-    table.sort(names)
-    return nil, "kind must be one of: " .. table.concat(names, ", ")
+    return nil, "kind must be one of: " .. kind_names()
   end
-  if f.path ~= nil and (type(f.path) ~= "string" or f.path:sub(1, 1) ~= "/") then
-    return nil, "path must be a string starting with /"
+  local ok, err = check_common(f)
+  if ok and validators[f.kind] then
+    ok, err = validators[f.kind](f)
   end
-  if f.method ~= nil then
-    if type(f.method) ~= "string" then
-      return nil, "method must be a string"
-    end
-    f.method = f.method:upper()
-  end
-  local ok, err = number_param(f, "count", 1, 1, 1e9)
   if not ok then
     return nil, err
   end
-  f.count = math.floor(f.count)
-  local v = validators[f.kind]
-  if v then
-    ok, err = v(f)
-    if not ok then
-      return nil, err
-    end
+  f.id = nil
+  return f
+end
+
+-- Adds a fault from its JSON description. Returns the stored fault or nil, message.
+function faults:add(spec)
+  local f, err = faults.check(spec)
+  if not f then
+    return nil, err
   end
   self.next_id = self.next_id + 1
   f.id = self.next_id
@@ -136,16 +224,24 @@ function faults:add(spec)
   return f
 end
 
--- Takes one use of the first fault matching method and path (relative to /v1/api).
+-- Takes one use of the first fault matching method and path (relative to /v1/api). A fault
+-- still letting requests pass (`after`) counts this one and does not hide the faults behind it.
 function faults:take(method, path)
-  for i, f in ipairs(self.queue) do
+  local i = 1
+  while i <= #self.queue do
+    local f = self.queue[i]
     if (f.path == nil or f.path == path) and (f.method == nil or f.method == method) then
-      f.count = f.count - 1
-      if f.count <= 0 then
-        table.remove(self.queue, i)
+      if f.after > 0 then
+        f.after = f.after - 1
+      else
+        f.count = f.count - 1
+        if f.count <= 0 then
+          table.remove(self.queue, i)
+        end
+        return f
       end
-      return f
     end
+    i = i + 1
   end
 end
 
@@ -188,66 +284,116 @@ local function huge_stream(bytes)
   }
 end
 
-local HTML = "<!DOCTYPE html><html><head><title>Client Portal Gateway</title></head>"
-  .. "<body><h1>Client login</h1><p>Please log in.</p></body></html>"
+local function html_page(title)
+  local t = title:gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;")
+  return "<!DOCTYPE html><html><head><title>" .. t .. "</title></head><body><h1>" .. t
+    .. "</h1><p>ibkr-mock-gateway</p></body></html>"
+end
+
+-- The kinds that replace the answer: kind -> function(f, ctx) -> response.
+local replace = {
+  status = function(f)
+    local body = f.body
+    if body == nil then
+      body = json.encode({ error = http.reason(f.status) })
+    end
+    return response.raw(f.status, f.content_type or "application/json", body)
+  end,
+  malformed = function()
+    return response.raw(200, "application/json", '{"authenticated":tru,"connected":}')
+  end,
+  html = function(f)
+    return response.raw(f.status, "text/html; charset=utf-8", html_page(f.title))
+  end,
+  empty = function()
+    return response.raw(200, "application/json", "")
+  end,
+  huge = function(f)
+    local r = response.raw(200, "application/json", nil)
+    r.stream = huge_stream(f.bytes)
+    return r
+  end,
+  redirect = function(f, ctx)
+    local loc = f.location or (ctx.root .. "/sso/Login?forwardTo=22&RL=1&ip2loc=on")
+    return response.raw(f.status, "text/html; charset=utf-8",
+      '<html><body><a href="' .. loc .. '">moved</a></body></html>', { { "Location", loc } })
+  end,
+  deep = function(f)
+    return response.raw(200, "application/json", string.rep("[", f.depth) .. string.rep("]", f.depth))
+  end,
+  invalid_utf8 = function()
+    return response.raw(200, "application/json", '{"message":"bad \255\254 bytes \195\40 here"}')
+  end,
+  error_body = function(f)
+    return response.json(f.status, { error = f.error })
+  end,
+  -- The gateway's own answer when IBKR's backend is silent: 503, empty chunked body,
+  -- Connection: close, after 10 s (reference/ibkr-gateway-facts.md §2, ibeam #38).
+  backend_timeout = function(f)
+    local r = response.raw(503, nil, "", { { "x-response-time", math.floor(f.seconds * 1000) .. "ms" } })
+    r.delay, r.chunked, r.close = f.seconds, true, true
+    return r
+  end,
+}
+
+-- The kinds that change the normal answer r.
+local wrap = {
+  delay = function(f, r) r.delay = f.seconds end,
+  delay_body = function(f, r) r.pause_mid = f.seconds end,
+  drop = function(f, r) r.drop = f.when end,
+  chunked = function(_, r) r.chunked = true end,
+  gzip = function(_, r)
+    r.body = require("zlib").deflate(6, 31)(r.body or "", "finish")
+    r.headers[#r.headers + 1] = { "Content-Encoding", "gzip" }
+  end,
+  truncated = function(_, r)
+    r.body = (r.body or ""):sub(1, math.floor(#(r.body or "") / 2))
+  end,
+}
+
+-- The modifiers every kind takes.
+local function modify(f, r)
+  if f.delay and not r.delay then
+    r.delay = f.delay
+  end
+  if f.chunked then
+    r.chunked = true
+  end
+  if f.close then
+    r.close = true
+  end
+  local names = {}
+  for k in pairs(f.headers or {}) do
+    names[#names + 1] = k
+  end
+  table.sort(names)
+  for _, k in ipairs(names) do
+    local v = f.headers[k]
+    v = math.type(v) == "float" and v % 1 == 0 and string.format("%d", v) or tostring(v)
+    local replaced = false
+    for _, hv in ipairs(r.headers) do
+      if hv[1]:lower() == k:lower() then
+        hv[2], replaced = v, true
+      end
+    end
+    if not replaced then
+      r.headers[#r.headers + 1] = { k, v }
+    end
+  end
+  return r
+end
 
 -- Builds the response for fault f. normal() produces the regular response. ctx.root is the
 -- server root URL (for the default redirect target).
 function faults.apply(f, normal, ctx)
-  local kind = f.kind
-  if kind == "status" then
-    local h = {}
-    local ctype = f.content_type or "application/json"
-    for k, v in pairs(f.headers or {}) do
-      if k:lower() == "content-type" then
-        ctype = tostring(v)
-      else
-        h[#h + 1] = { k, tostring(v) }
-      end
-    end
-    table.sort(h, function(a, b) return a[1] < b[1] end)
-    local body = f.body
-    if body == nil then
-      body = json.encode({ error = require("ibkr.mock.http").reason(f.status) })
-    end
-    return response.raw(f.status, ctype, body, h)
-  elseif kind == "malformed" then
-    return response.raw(200, "application/json", '{"authenticated":tru,"connected":}')
-  elseif kind == "html" then
-    return response.raw(200, "text/html; charset=utf-8", HTML)
-  elseif kind == "empty" then
-    return response.raw(200, "application/json", "")
-  elseif kind == "huge" then
-    local r = response.raw(200, "application/json", nil)
-    r.stream = huge_stream(f.bytes)
-    return r
-  elseif kind == "redirect" then
-    local loc = f.location or (ctx.root .. "/sso/Login?forwardTo=22&RL=1&ip2loc=on")
-    return response.raw(f.status, "text/html; charset=utf-8",
-      '<html><body><a href="' .. loc .. '">moved</a></body></html>', { { "Location", loc } })
-  elseif kind == "deep" then
-    return response.raw(200, "application/json", string.rep("[", f.depth) .. string.rep("]", f.depth))
-  elseif kind == "invalid_utf8" then
-    return response.raw(200, "application/json", '{"message":"bad \255\254 bytes \195\40 here"}')
-  elseif kind == "error_body" then
-    return response.json(200, { error = f.error })
+  local r
+  if replace[f.kind] then
+    r = replace[f.kind](f, ctx)
+  else
+    r = normal()
+    wrap[f.kind](f, r)
   end
-  local r = normal()
-  if kind == "delay" then
-    r.delay = f.seconds
-  elseif kind == "delay_body" then
-    r.pause_mid = f.seconds
-  elseif kind == "drop" then
-    r.drop = f.when
-  elseif kind == "chunked" then
-    r.chunked = true
-  elseif kind == "gzip" then
-    r.body = gzip.compress(r.body or "")
-    r.headers[#r.headers + 1] = { "Content-Encoding", "gzip" }
-  elseif kind == "truncated" then
-    r.body = (r.body or ""):sub(1, math.floor(#(r.body or "") / 2))
-  end
-  return r
+  return modify(f, r)
 end
 
 return faults

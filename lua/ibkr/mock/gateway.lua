@@ -7,7 +7,7 @@ local json = require("ibkr.mock.json")
 local response = require("ibkr.mock.response")
 local pacing_mod = require("ibkr.mock.pacing")
 local faults_mod = require("ibkr.mock.faults")
-local http = require("ibkr.mock.http")
+local http = require("ibkr.mock.net.http")
 
 local gateway = {}
 gateway.__index = gateway
@@ -23,6 +23,8 @@ gateway.defaults = {
   reauth_delay = 0.5,   -- seconds from reauthenticate to ready
   sso_window = 600,     -- seconds of the SSO window reported by ssoExpires / EXPIRES
   log_limit = 10000,    -- request log entries kept (oldest dropped)
+  connection_close = false, -- every API answer says Connection: close and closes (like tickle on
+                            -- some gateways, reference/ibkr-gateway-facts.md §2)
 }
 
 local MAC = "02:42:AC:11:00:02"
@@ -73,6 +75,7 @@ function gateway:reset()
   self.seq = 0
   self.faults:clear()
   self.pacing:reset()
+  self.penalty = nil
   self.counters = { requests = 0, rate_limited = 0, faults_applied = 0, idle_expiries = 0, by_path = {} }
   self:login(self.initial.state)
 end
@@ -93,6 +96,44 @@ function gateway:set_state(state)
   self.state = state
   self.pending = nil
   self.last_api = self.clock()
+end
+
+-- The gateway's penalty box: every API request answers 429 {"error":"Too many requests"} with
+-- Retry-After until `seconds` after the last hit (each hit extends it unless extend = false).
+-- opts: seconds (> 0), retry_after (whole seconds, default ceil(seconds)), extend (default true).
+function gateway:start_penalty(opts)
+  local seconds = opts.seconds
+  self.penalty = {
+    seconds = seconds,
+    retry_after = opts.retry_after or math.ceil(seconds),
+    extend = opts.extend ~= false,
+    ["until"] = self.clock() + seconds,
+    hits = 0,
+  }
+end
+
+function gateway:stop_penalty()
+  local p = self.penalty
+  self.penalty = nil
+  return p and p.hits or 0
+end
+
+-- The penalty box's answer to an API request at now, or nil when there is no box (any more).
+function gateway:penalised(now)
+  local p = self.penalty
+  if not p then
+    return nil
+  end
+  if now >= p["until"] then
+    self.penalty = nil
+    return nil
+  end
+  p.hits = p.hits + 1
+  if p.extend then
+    p["until"] = now + p.seconds
+  end
+  self.counters.rate_limited = self.counters.rate_limited + 1
+  return response.error(429, "Too many requests", { { "Retry-After", tostring(p.retry_after) } })
 end
 
 -- Schedules a transition to state after delay seconds (immediately when delay <= 0).
@@ -412,17 +453,26 @@ function gateway:handle(req)
     self.last_accessed = wall_ms()
     local bp = self.counters.by_path
     bp[api] = (bp[api] or 0) + 1
-    local fault = self.faults:take(req.method, api)
+    local fault
+    resp = self:penalised(now)
+    if not resp then
+      fault = self.faults:take(req.method, api)
+    end
     local function normal()
       return self:api(req, api, now)
     end
-    if fault then
+    if resp then
+      entry.penalty = true
+    elseif fault then
       self.counters.faults_applied = self.counters.faults_applied + 1
       entry.fault = fault.kind
       resp = faults_mod.apply(fault, normal, { root = self.root })
     else
       resp = normal()
     end
+  end
+  if self.config.connection_close then
+    resp.close = true
   end
   entry.status = resp.status
   return resp

@@ -1,4 +1,4 @@
--- Response descriptors understood by ibkr.mock.server:
+-- Response descriptors understood by ibkr.mock.net.server:
 --   status, reason, headers = { {name, value}, ... }, body = string,
 --   stream = { length = n, chunks = iterator-factory }, chunked = bool, close = bool,
 --   delay = seconds before the head, pause_mid = seconds between the two halves of the body,
@@ -9,7 +9,7 @@ local response = {}
 
 function response.raw(status, content_type, body, headers)
   local h = {}
-  if content_type then
+  if content_type and content_type ~= "" then
     h[1] = { "Content-Type", content_type }
   end
   for _, hv in ipairs(headers or {}) do

@@ -3,7 +3,7 @@
 -- "timeout"; nothing ever blocks the loop, so a slow or hostile client only costs its own
 -- connection. An error inside a connection closes that connection only.
 local socket = require("socket")
-local http = require("ibkr.mock.http")
+local http = require("ibkr.mock.net.http")
 
 local server = {}
 server.__index = server

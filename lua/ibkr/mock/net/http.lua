@@ -1,5 +1,5 @@
 -- HTTP/1.1 text: request-head parsing and response-head formatting for the mock gateway.
--- No I/O here; the server loop (ibkr.mock.server) feeds bytes in and writes bytes out.
+-- No I/O here; the server loop (ibkr.mock.net.server) feeds bytes in and writes bytes out.
 local http = {}
 
 http.reasons = {
