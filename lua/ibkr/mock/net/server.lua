@@ -77,25 +77,59 @@ function server:sleep(seconds)
   end
 end
 
+-- Waits for the socket to become ready for kind ("read" | "write") until deadline. Returns true,
+-- or nil, "timeout" | "stalled". A socket that select reports ready this many times in a row
+-- while the TLS layer makes no progress is a dead peer: give up on it instead of spinning.
+local MAX_IDLE_WAKEUPS = 1000
+
+local function wait_ready(conn, kind, deadline)
+  if wait(kind, deadline) == "timeout" then
+    return nil, "timeout"
+  end
+  conn.idle_wakeups = (conn.idle_wakeups or 0) + 1
+  if conn.idle_wakeups > MAX_IDLE_WAKEUPS then
+    return nil, "stalled"
+  end
+  return true
+end
+
+-- After a read error the peer is gone. Over TLS the session is then unusable: OpenSSL 3 marks it
+-- failed and luasec's send on it loops for ever inside C (it reads errno 0 as success), so
+-- nothing may be sent on it again. A plain TCP peer that only shut down its sending side (EOF)
+-- may still read our answer.
+local function read_failed(conn, err)
+  if conn.tls or err ~= "closed" then
+    conn.broken = err or "closed"
+  end
+  conn.eof = true
+end
+
 -- Reads more bytes into conn.buf. Returns true, or nil and "timeout" | "closed" | error.
 local function fill(self, conn, deadline)
   while true do
+    if conn.eof then
+      return nil, "closed"
+    end
     local data, err, partial = conn.sock:receive(65536)
     local got = data or partial
+    if err and err ~= "timeout" and err ~= "wantread" and err ~= "wantwrite" then
+      read_failed(conn, err)
+    end
     if got and #got > 0 then
       conn.buf = conn.buf .. got
+      conn.idle_wakeups = 0
       return true
     end
+    local ok, werr
     if err == "timeout" or err == "wantread" then
-      if wait("read", deadline) == "timeout" then
-        return nil, "timeout"
-      end
+      ok, werr = wait_ready(conn, "read", deadline)
     elseif err == "wantwrite" then
-      if wait("write", deadline) == "timeout" then
-        return nil, "timeout"
-      end
+      ok, werr = wait_ready(conn, "write", deadline)
     else
       return nil, err or "closed"
+    end
+    if not ok then
+      return nil, werr
     end
     if self.stopping then
       return nil, "closed"
@@ -103,27 +137,37 @@ local function fill(self, conn, deadline)
   end
 end
 
--- Writes all of data. Returns true or nil, err.
+-- Writes all of data. Returns true or nil, err. Never touches a connection whose read side
+-- failed (see read_failed).
 local function send_all(self, conn, data)
   local i, n = 1, #data
   local deadline = self.clock() + self.write_timeout
   while i <= n do
+    if conn.broken then
+      return nil, conn.broken
+    end
     local last, err, partial = conn.sock:send(data, i)
+    local ok, werr = true, nil
     if last then
       i = last + 1
+      conn.idle_wakeups = 0
     else
-      i = (partial or i - 1) + 1
+      local sent = (partial or i - 1) + 1
+      if sent > i then
+        conn.idle_wakeups = 0
+      end
+      i = sent
       if err == "timeout" or err == "wantwrite" then
-        if wait("write", deadline) == "timeout" then
-          return nil, "timeout"
-        end
+        ok, werr = wait_ready(conn, "write", deadline)
       elseif err == "wantread" then
-        if wait("read", deadline) == "timeout" then
-          return nil, "timeout"
-        end
+        ok, werr = wait_ready(conn, "read", deadline)
       else
+        conn.broken = err
         return nil, err
       end
+    end
+    if not ok then
+      return nil, werr
     end
   end
   return true
@@ -136,16 +180,17 @@ local function handshake(self, conn)
     if ok then
       return true
     end
+    local werr
     if err == "wantread" or err == "timeout" then
-      if wait("read", deadline) == "timeout" then
-        return nil, "handshake timeout"
-      end
+      ok, werr = wait_ready(conn, "read", deadline)
     elseif err == "wantwrite" then
-      if wait("write", deadline) == "timeout" then
-        return nil, "handshake timeout"
-      end
+      ok, werr = wait_ready(conn, "write", deadline)
     else
+      conn.broken = err
       return nil, "handshake failed: " .. tostring(err)
+    end
+    if not ok then
+      return nil, "handshake " .. werr
     end
   end
 end
@@ -458,11 +503,31 @@ end
 ---------------------------------------------------------------------------------------------
 -- The loop
 
+-- luasec's close runs a *blocking* SSL_shutdown on a connected session: a peer that reads
+-- nothing could hold it, and with it the whole mock, for ever. Unless the session is healthy and
+-- the socket can take the close_notify at once, cut the TCP connection first so that it fails
+-- at once.
+local function disarm_tls(conn)
+  if not conn.raw then
+    return
+  end
+  if not conn.broken then
+    local _, writable = socket.select(nil, { conn.sock }, 0)
+    if writable and writable[1] then
+      return
+    end
+  end
+  conn.raw:setfd(conn.sock:getfd())
+  conn.raw:shutdown("both")
+  conn.raw:setfd(socket._SOCKETINVALID)
+end
+
 function server:close_conn(conn)
   if conn.closed then
     return
   end
   conn.closed = true
+  disarm_tls(conn)
   conn.sock:close()
   self.conns[conn] = nil
   self.by_sock[conn.sock] = nil
@@ -509,7 +574,7 @@ local function accept(self)
           conn = nil
         else
           s:settimeout(0)
-          conn.sock = s
+          conn.sock, conn.raw = s, c
         end
       else
         conn.sock = c
