@@ -11,8 +11,13 @@ LIBS       = -lcurl -pthread -lm
 SRCS       = src/core.c src/request.c src/decode.c src/error.c
 HDRS       = src/ibkr.h
 MODULE     = ibkr/core.so
-ROCKSPEC   = rockspec/ibkr-web-api-0.1.0-1.rockspec
+VERSION   := $(shell sed -n 's/^return "\(.*\)"$$/\1/p' lua/ibkr/version.lua)
+ROCKSPEC   = rockspec/ibkr-web-api-$(VERSION)-1.rockspec
 TREE      ?= lua_modules
+
+# Debian's luacheck and luarocks run on Lua 5.1: keep a Lua 5.4 profile (eval "$(luarocks
+# --lua-version=5.4 path)") or a LUA_INIT out of them. spec/run does the same for the 5.4 side.
+LUA51      = env -u LUA_PATH -u LUA_CPATH -u LUA_INIT -u LUA_PATH_5_1 -u LUA_CPATH_5_1 -u LUA_INIT_5_1
 
 # Debian 12 packages: what the tests need, and what checks/benchmarks add.
 DEPS       = gcc make pkg-config openssl lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson \
@@ -44,14 +49,14 @@ demo: deps $(MODULE)
 	examples/demo.sh
 
 lint: $(MODULE)
-	luacheck --no-color -q lua spec bin/* examples bench
+	$(LUA51) luacheck --no-color -q lua spec bin/* examples bench
 
 test: deps $(MODULE) lint
 	spec/run
 
 # luarocks make into $(TREE) (default ./lua_modules), offline: Debian provides lua-cjson.
 install: deps
-	luarocks --lua-version=5.4 --tree=$(TREE) make --deps-mode=none $(ROCKSPEC)
+	$(LUA51) luarocks --lua-version=5.4 --tree=$(TREE) make --deps-mode=none $(ROCKSPEC)
 
 clean:
 	rm -rf ibkr lua_modules build src/*.o
@@ -90,7 +95,8 @@ LIBASAN        = $(shell gcc -print-file-name=libasan.so)
 # package_spec and examples_spec run other programs (cp, luarocks, cc, the demo's processes with
 # the normal module): they would inherit the preload and fail on their own leaks
 ASAN_SPECS     = $(filter-out spec/package_spec.lua spec/examples_spec.lua,$(wildcard spec/*_spec.lua))
-LUAENV         = LUA_PATH="lua/?.lua;lua/?/init.lua;./?.lua;;"
+LUAENV         = env -u LUA_INIT -u LUA_INIT_5_4 -u LUA_PATH_5_4 -u LUA_CPATH_5_4 \
+                 LUA_PATH="lua/?.lua;lua/?/init.lua;./?.lua;;"
 VALGRIND       = valgrind -q --fair-sched=yes --leak-check=full --show-leak-kinds=definite,indirect \
                  --errors-for-leak-kinds=definite,indirect --error-exitcode=3 --keep-debuginfo=yes
 

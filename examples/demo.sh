@@ -5,6 +5,7 @@
 # stdout; repairs and errors on stderr) and repairs what can be repaired. Ends by itself (< 1 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+unset LUA_INIT LUA_INIT_5_4   # the examples find the checkout themselves; a profile's init must not interfere
 LUA=${LUA:-lua5.4}
 STEP=${DEMO_STEP:-4}   # seconds to watch each scene
 

@@ -53,6 +53,7 @@ build = {
     ["ibkr.retry"] = "lua/ibkr/retry.lua",
     ["ibkr.run"] = "lua/ibkr/run.lua",
     ["ibkr.state"] = "lua/ibkr/state.lua",
+    ["ibkr.version"] = "lua/ibkr/version.lua",
   },
   install = {
     bin = {

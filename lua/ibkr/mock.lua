@@ -1,8 +1,10 @@
--- ibkr.mock: a mock IBKR Client Portal Gateway (the `ibkr-mock-gateway` command).
---   mock.new(opts)  -> instance with .url, .root, :step(max_wait), :run(), :close()
---   mock.serve(opts) serves until stopped (blocking); mock.main(argv) is the command line.
--- Pure Lua on luasocket (+ luasec for TLS) and lua-cjson; luv, when installed, is used only to
--- catch SIGTERM/SIGINT for a graceful exit.
+-- ibkr.mock: a mock IBKR Client Portal Gateway (the `ibkr-mock-gateway` command), in process.
+--   local m = mock.new(opts)  -- raises on a bad option; nil, err when it cannot listen
+--   m.url, m.root, m.port, m.tls, m.pid
+--   m:step(max_wait) -> true while serving; m:run(); m:stop(); m:close(); m:reset()
+--   mock.serve(opts) serves until POST /__mock/shutdown; mock.main(argv) is the command line.
+-- The reference is docs/testing.md. Pure Lua on luasocket (+ luasec for TLS), lua-cjson and
+-- lua-zlib; luv, when installed, is used only to catch SIGTERM/SIGINT for a graceful exit.
 local server_mod = require("ibkr.mock.net.server")
 local gateway_mod = require("ibkr.mock.gateway")
 local control = require("ibkr.mock.control")
@@ -10,8 +12,7 @@ local tls_mod = require("ibkr.mock.net.tls")
 
 local mock = {}
 
-mock._VERSION = "0.1.0"
-
+mock._VERSION = require("ibkr.version")
 mock.usage = [[
 Usage: ibkr-mock-gateway [options]
 
@@ -55,47 +56,92 @@ local function format_host(host)
   return host
 end
 
--- opts: host, port, tls (default true), cert, key, state, config (gateway config overrides:
--- pacing, idle_timeout, init_delay, reauth_delay...), server (server overrides: head_timeout...),
--- verbose. Returns an instance or nil, err.
+-- The options of mock.new and their types. Gateway and server settings may also be given flat
+-- (new{init_delay = 0}) instead of inside config = {} / server = {}.
+local OPTIONS = {
+  host = "string", port = "number", tls = "boolean", cert = "string", key = "string",
+  state = "string", config = "table", server = "table", verbose = "boolean", openssl = "string",
+  on_ready = "function",
+}
+
+-- Checks opts (raising on a programmer mistake) and returns the server and gateway settings.
+local function check_options(opts)
+  if type(opts) ~= "table" then
+    error("ibkr.mock.new: options must be a table", 3)
+  end
+  local flat = {}
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if want == nil then
+      if control.setting_kind(k) == nil then
+        error("ibkr.mock.new: unknown option " .. tostring(k), 3)
+      end
+      flat[k] = v
+    elseif type(v) ~= want then
+      error(string.format("ibkr.mock.new: option %s must be a %s", k, want), 3)
+    end
+  end
+  if opts.state ~= nil and not gateway_mod.states[opts.state] then
+    error("ibkr.mock.new: unknown state " .. tostring(opts.state), 3)
+  end
+  if opts.port ~= nil and (math.type(opts.port) ~= "integer" or opts.port < 0 or opts.port > 65535) then
+    error("ibkr.mock.new: port must be an integer in [0, 65535]", 3)
+  end
+  if (opts.cert ~= nil) ~= (opts.key ~= nil) then
+    error("ibkr.mock.new: cert and key go together", 3)
+  end
+  local settings = {}
+  for _, t in ipairs({ opts.config or {}, opts.server or {}, flat }) do
+    for k, v in pairs(t) do
+      settings[k] = v
+    end
+  end
+  local ok, err = control.check_config(settings)
+  if not ok then
+    error("ibkr.mock.new: " .. err, 3)
+  end
+  return control.split_config(settings)
+end
+
+local Mock = {}
+Mock.__index = Mock
+
+local function tls_context(opts)
+  if opts.tls == false then
+    return nil
+  end
+  if opts.cert then
+    return tls_mod.context(opts.cert, opts.key)
+  end
+  return tls_mod.self_signed(opts.openssl)
+end
+
+-- opts: host ("127.0.0.1"), port (0: a free one), tls (true), cert + key (PEM files; default a
+-- fresh self-signed certificate), state ("ready"), config (gateway settings), server (server
+-- settings), verbose; settings may also be given flat. Returns an instance, or nil, err when
+-- it cannot start (port taken, bad certificate). Raises on unknown or ill-typed options.
 function mock.new(opts)
   opts = opts or {}
-  local state = opts.state or "ready"
-  if not gateway_mod.states[state] then
-    return nil, "unknown state: " .. tostring(state)
+  local gconfig, sconfig = check_options(opts)
+  local m = setmetatable({ tls = opts.tls ~= false, verbose = opts.verbose or false }, Mock)
+  local ctx, err = tls_context(opts)
+  if m.tls and not ctx then
+    return nil, err
   end
-  local m = { tls = opts.tls ~= false, verbose = opts.verbose and true or false }
-  local ctx, err
-  if m.tls then
-    if opts.cert or opts.key then
-      if not (opts.cert and opts.key) then
-        return nil, "--cert and --key go together"
-      end
-      ctx, err = tls_mod.context(opts.cert, opts.key)
-    else
-      ctx, err = tls_mod.self_signed(opts.openssl)
-    end
-    if not ctx then
-      return nil, err
-    end
+  local sopts = { host = opts.host or "127.0.0.1", port = opts.port or 0, ssl_context = ctx }
+  for k, v in pairs(sconfig) do
+    sopts[k] = v
   end
-  local function log(fmt, ...)
+  sopts.log = function(fmt, ...)
     if m.verbose then
       io.stderr:write("ibkr-mock-gateway: ", string.format(fmt, ...), "\n")
     end
-  end
-  function m.set_verbose(v)
-    m.verbose = v
-  end
-  local sopts = { host = opts.host or "127.0.0.1", port = opts.port or 0, ssl_context = ctx, log = log }
-  for k, v in pairs(opts.server or {}) do
-    sopts[k] = v
   end
   sopts.handler = function(req)
     if req.path == "/__mock" or req.path:sub(1, 8) == "/__mock/" then
       return control.handle(m, req)
     end
-    log("conn %d: %s %s", req.conn_id, req.method, req.target)
+    sopts.log("conn %d: %s %s", req.conn_id, req.method, req.target)
     return m.gateway:handle(req)
   end
   local srv
@@ -108,40 +154,58 @@ function mock.new(opts)
   m.url = m.root .. "/v1/api"
   m.port = srv.port
   m.pid = read_pid()
-  m.gateway = gateway_mod.new({ state = state, config = opts.config, clock = srv.clock, root = m.root })
-  local initial_server = {}
+  m.gateway = gateway_mod.new({ state = opts.state or "ready", config = gconfig, clock = srv.clock,
+    root = m.root })
+  m.initial_server = {}
   for k in pairs(server_mod.defaults) do
-    initial_server[k] = srv[k]
+    m.initial_server[k] = srv[k]
   end
-  local initial_verbose = m.verbose
-  function m.reset()
-    for k, v in pairs(initial_server) do
-      srv[k] = v
-    end
-    m.verbose = initial_verbose
-    m.gateway:reset()
-  end
-  function m.step(max_wait)
-    srv:step(max_wait)
-    if m.shutdown_requested then
-      srv:stop()
-    end
-    return not srv.stopping
-  end
-  function m.stop()
-    srv:stop()
-  end
-  function m.run(max_wait)
-    while m.step(max_wait) do
-    end
-    srv:close()
-    return true
-  end
-  function m.close()
-    srv:close()
-  end
+  m.initial_verbose = m.verbose
   return m
 end
+
+function Mock:set_verbose(v)
+  self.verbose = v
+end
+
+-- Back to the start: start-up state and settings, empty log, no faults, no penalty box.
+function Mock:reset()
+  for k, v in pairs(self.initial_server) do
+    self.server[k] = v
+  end
+  self.verbose = self.initial_verbose
+  self.gateway:reset()
+end
+
+-- Serves what is ready, waiting at most max_wait seconds (default 1). Returns true while serving,
+-- false once stopped (m:stop(), POST /__mock/shutdown).
+function Mock:step(max_wait)
+  self.server:step(max_wait)
+  if self.shutdown_requested then
+    self.server:stop()
+  end
+  return not self.server.stopping
+end
+
+function Mock:stop()
+  self.server:stop()
+end
+
+-- Serves until stopped, then closes. Returns true.
+function Mock:run(max_wait)
+  while self:step(max_wait) do
+  end
+  self:close()
+  return true
+end
+
+-- Closes every connection and the listening socket; idempotent.
+function Mock:close()
+  self.server:close()
+end
+
+Mock.__close = Mock.close
+Mock.__gc = Mock.close
 
 -- Serves until stopped (POST /__mock/shutdown). Returns true, or nil, err.
 function mock.serve(opts)
@@ -152,7 +216,7 @@ function mock.serve(opts)
   if opts and opts.on_ready then
     opts.on_ready(m)
   end
-  return m.run()
+  return m:run()
 end
 
 ---------------------------------------------------------------------------------------------
@@ -274,7 +338,7 @@ local function catch_signals(m)
     return false
   end
   local stop = function()
-    m.stop()
+    m:stop()
   end
   for _, name in ipairs({ "sigterm", "sigint" }) do
     local h = uv.new_signal()
@@ -318,7 +382,8 @@ function mock.main(argv)
     return 0
   end
   local m
-  m, err = mock.new(opts)
+  m, err = mock.new({ host = opts.host, port = opts.port, tls = opts.tls, cert = opts.cert, key = opts.key,
+    state = opts.state, config = opts.config, server = opts.server, verbose = opts.verbose })
   if not m then
     io.stderr:write("ibkr-mock-gateway: ", err, "\n")
     return 1
@@ -330,18 +395,18 @@ function mock.main(argv)
     io.stderr:write("ibkr-mock-gateway: serving ", m.url, " (pid ", tostring(m.pid), ")\n")
   end
   local check_at = 0
-  while m.step(1) do
+  while m:step(1) do
     if opts.parent_pid then
       local now = m.server.clock()
       if now >= check_at then
         check_at = now + 1
         if not parent_alive(opts.parent_pid) then
-          m.stop()
+          m:stop()
         end
       end
     end
   end
-  m.close()
+  m:close()
   if m.verbose then
     io.stderr:write("ibkr-mock-gateway: stopped\n")
   end
