@@ -46,6 +46,7 @@ build = {
     ["ibkr.mock.json"] = "lua/ibkr/mock/json.lua",
     ["ibkr.mock.pacing"] = "lua/ibkr/mock/pacing.lua",
     ["ibkr.mock.response"] = "lua/ibkr/mock/response.lua",
+    ["ibkr.mock.testing"] = "lua/ibkr/mock/testing.lua",
     ["ibkr.mock.net.http"] = "lua/ibkr/mock/net/http.lua",
     ["ibkr.mock.net.server"] = "lua/ibkr/mock/net/server.lua",
     ["ibkr.mock.net.tls"] = "lua/ibkr/mock/net/tls.lua",
