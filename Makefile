@@ -13,6 +13,7 @@ HDRS       = src/ibkr.h
 MODULE     = ibkr/core.so
 VERSION   := $(shell sed -n 's/^return "\(.*\)"$$/\1/p' lua/ibkr/version.lua)
 ROCKSPEC   = rockspec/ibkr-web-api-$(VERSION)-1.rockspec
+ROCKSPEC_MOCK = rockspec/ibkr-web-api-mock-$(VERSION)-1.rockspec
 TREE      ?= lua_modules
 
 # Debian's luacheck and luarocks run on Lua 5.1: keep a Lua 5.4 profile (eval "$(luarocks
@@ -54,9 +55,11 @@ lint: $(MODULE)
 test: deps $(MODULE) lint
 	spec/run
 
-# luarocks make into $(TREE) (default ./lua_modules), offline: Debian provides lua-cjson.
+# luarocks make of both rocks (the client, then the mock gateway) into $(TREE) (default
+# ./lua_modules), offline: Debian provides their dependencies.
 install: deps
 	$(LUA51) luarocks --lua-version=5.4 --tree=$(TREE) make --deps-mode=none $(ROCKSPEC)
+	$(LUA51) luarocks --lua-version=5.4 --tree=$(TREE) make --deps-mode=none $(ROCKSPEC_MOCK)
 
 clean:
 	rm -rf ibkr lua_modules build src/*.o
@@ -65,7 +68,7 @@ help:
 	@echo "make          build ibkr/core.so in the tree"
 	@echo "make demo     run the keep-alive against the bundled mock gateway (watch it repair the session)"
 	@echo "make test     install missing packages (as root), build, luacheck, run the busted suite"
-	@echo "make install  luarocks make into ./lua_modules (TREE=... to change)"
+	@echo "make install  luarocks make of ibkr-web-api and ibkr-web-api-mock into ./lua_modules (TREE=...)"
 	@echo "make check    test + sanitizers + valgrind + fuzz smoke + threads"
 	@echo "make bench    benchmarks against raw libcurl and luasocket (nginx fake gateway)"
 

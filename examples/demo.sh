@@ -9,7 +9,10 @@ unset LUA_INIT LUA_INIT_5_4   # the examples find the checkout themselves; a pro
 LUA=${LUA:-lua5.4}
 STEP=${DEMO_STEP:-4}   # seconds to watch each scene
 
-bold=$(tput bold 2>/dev/null || true); dim=$(tput dim 2>/dev/null || true); off=$(tput sgr0 2>/dev/null || true)
+bold=; dim=; off=
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then  # escape codes only for a terminal, never with NO_COLOR
+  bold=$(tput bold 2>/dev/null || true); dim=$(tput dim 2>/dev/null || true); off=$(tput sgr0 2>/dev/null || true)
+fi
 say() { printf '\n%s── %s%s\n' "$bold" "$*" "$off"; }
 ctl() { "$LUA" examples/mockctl.lua "$ROOT" "$@"; }
 
