@@ -110,6 +110,29 @@ for _, tls in ipairs({ true, false }) do
       answered(m)
     end)
 
+    it("answers a new client even when more connections than it keeps open lie idle", function()
+      local max = 512 -- the server's max_connections
+      local held = {}
+      for i = 1, max + 50 do -- connected, nothing sent: each waits for its head
+        local c = socket.tcp()
+        c:settimeout(2)
+        assert(c:connect(m.host, m.port))
+        held[i] = c
+        if i % 100 == 0 then
+          answered(m) -- also lets the mock accept the ones so far
+        end
+      end
+      local worst = 0
+      for _ = 1, 5 do
+        worst = math.max(worst, answered(m))
+      end
+      assert.is_true(worst < 2, "slowest answer " .. worst .. " s")
+      assert.is_true(m:state().counters.active_connections <= max)
+      for _, c in ipairs(held) do
+        c:close()
+      end
+    end)
+
     it("keeps answering while connections hang half-open, half-sent or unread", function()
       local held = {}
       for _ = 1, 40 do -- connected, nothing sent (over TLS: no handshake either)

@@ -197,6 +197,7 @@ end
 
 -- Reads a request head. Returns the request, or nil and (status to answer with | "closed").
 local function read_head(self, conn, first)
+  conn.idle_since = conn.idle_since or self.clock()
   local deadline = self.clock() + (first and self.head_timeout or self.keepalive_timeout)
   local started = first
   while true do
@@ -219,6 +220,7 @@ local function read_head(self, conn, first)
         end
         local head = conn.buf:sub(1, s - 1)
         conn.buf = conn.buf:sub(e + 1)
+        conn.idle_since = nil
         return http.parse_head(head, self.max_headers)
       end
       local eol = conn.buf:find("\r\n", 1, true)
@@ -551,45 +553,64 @@ local function resume(self, conn, ...)
   conn.kind, conn.deadline = kind, deadline
 end
 
+-- Wraps an accepted socket into a connection and starts its coroutine.
+local function open_conn(self, c)
+  c:settimeout(0)
+  c:setoption("tcp-nodelay", true)
+  self.next_id = self.next_id + 1
+  local conn = { id = self.next_id, buf = "", tls = self.ssl_context ~= nil, idle_since = self.clock() }
+  conn.peer = c:getpeername()
+  if conn.tls then
+    local s, err = require("ssl").wrap(c, self.ssl_context)
+    if not s then
+      self.log("conn %d: ssl.wrap failed: %s", conn.id, tostring(err))
+      c:close()
+      return
+    end
+    s:settimeout(0)
+    conn.sock, conn.raw = s, c
+  else
+    conn.sock = c
+  end
+  self.conns[conn] = true
+  self.by_sock[conn.sock] = conn
+  self.nconns = self.nconns + 1
+  self.stats.connections = self.stats.connections + 1
+  self.stats.active = self.nconns
+  conn.co = coroutine.create(function()
+    return serve_connection(self, conn)
+  end)
+  resume(self, conn)
+end
+
+-- At max_connections, a new client takes the place of the connection that has waited longest
+-- for a request (handshake or head not begun or not finished, or idle keep-alive): a flood of
+-- half-open connections cannot lock others out. Returns false when every connection is busy.
+local function make_room(self)
+  local oldest
+  for conn in pairs(self.conns) do
+    if conn.idle_since and (not oldest or conn.idle_since < oldest.idle_since) then
+      oldest = conn
+    end
+  end
+  if not oldest then
+    return false
+  end
+  self.log("conn %d: closed to make room for a new connection", oldest.id)
+  self:close_conn(oldest)
+  return true
+end
+
 local function accept(self)
   for _ = 1, 64 do
     local c = self.listener:accept()
     if not c then
       return
     end
-    if self.nconns >= self.max_connections then
-      c:close()
+    if self.nconns < self.max_connections or make_room(self) then
+      open_conn(self, c)
     else
-      c:settimeout(0)
-      c:setoption("tcp-nodelay", true)
-      self.next_id = self.next_id + 1
-      local conn = { id = self.next_id, buf = "", tls = self.ssl_context ~= nil }
-      conn.peer = c:getpeername()
-      if conn.tls then
-        local ssl = require("ssl")
-        local s, err = ssl.wrap(c, self.ssl_context)
-        if not s then
-          self.log("conn %d: ssl.wrap failed: %s", conn.id, tostring(err))
-          c:close()
-          conn = nil
-        else
-          s:settimeout(0)
-          conn.sock, conn.raw = s, c
-        end
-      else
-        conn.sock = c
-      end
-      if conn then
-        self.conns[conn] = true
-        self.by_sock[conn.sock] = conn
-        self.nconns = self.nconns + 1
-        self.stats.connections = self.stats.connections + 1
-        self.stats.active = self.nconns
-        conn.co = coroutine.create(function()
-          return serve_connection(self, conn)
-        end)
-        resume(self, conn)
-      end
+      c:close()
     end
   end
 end
