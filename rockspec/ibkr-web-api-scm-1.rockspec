@@ -6,7 +6,7 @@ source = {
   branch = "main",
 }
 description = {
-  summary = "Session client for Interactive Brokers' Client Portal Web API (libcurl + lua-cjson)",
+  summary = "Session client for Interactive Brokers' Client Portal Web API (libcurl)",
   detailed = [[
     Keeps an IBKR Client Portal Gateway session alive and reports precisely what is wrong when it
     is not: a C core on libcurl returning native Lua tables, a Lua layer with health, pacing,
@@ -18,7 +18,7 @@ description = {
 }
 dependencies = {
   "lua >= 5.4, < 5.5",
-  "lua-cjson >= 2.1.0",   -- encodes request bodies (responses are decoded by the C module)
+  "lua-cjson >= 2.1.0",   -- the CLI's --json output (the C module decodes JSON itself)
   -- luasocket, luasec and lua-zlib are needed only by the mock gateway: it is the separate rock
   -- ibkr-web-api-mock (rockspec/ibkr-web-api-mock-*.rockspec), a test dependency (docs/testing.md)
 }
