@@ -73,7 +73,8 @@ local function run(b, url)
     or (b.lang == "lua" and ("lua5.4 " .. name)) or ("sh -e " .. name)
   -- as a user runs it: nothing of the harness's own mock command or sanitizer set-up
   local cmd = "cd " .. sh_quote(dir) .. " && unset IBKR_MOCK_GATEWAY LD_PRELOAD && "
-    .. "PATH=" .. sh_quote(ROOT .. "/bin") .. ":\"$PATH\" IBKR_BASE_URL=" .. sh_quote(url) .. " timeout -k 5 " .. LIMIT .. " " .. how .. " 2>&1 </dev/null"
+    .. "PATH=" .. sh_quote(ROOT .. "/bin") .. ":\"$PATH\" IBKR_BASE_URL=" .. sh_quote(url)
+    .. " timeout -k 5 " .. LIMIT .. " " .. how .. " 2>&1 </dev/null"
   local p = assert(io.popen(cmd))
   local out = p:read("a")
   local ok, _, code = p:close()
