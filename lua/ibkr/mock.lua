@@ -34,6 +34,12 @@ Options:
   --head-timeout S       seconds to complete a request head (default 5)
   --keepalive-timeout S  idle keep-alive connections are closed after S seconds (default 120)
   --parent-pid PID       exit when process PID is gone (for test harnesses)
+  --oauth                OAuth 1.0a mode (docs/oauth.md): a generated test consumer, every API
+                         request's signature checked (401 when bad); state starts unauthenticated.
+                         Its config file (the CLI's --oauth-config) is named on stderr and by
+                         GET /__mock/oauth
+  --oauth-dir DIR        where the test consumer's files go (default: a private temporary dir)
+  --oauth-lst-ttl S      seconds a live session token lives (default 86400)
   -v, --verbose          log connections and requests to stderr
   -h, --help             this text
   --version              print the version
@@ -61,7 +67,7 @@ end
 local OPTIONS = {
   host = "string", port = "number", tls = "boolean", cert = "string", key = "string",
   state = "string", config = "table", server = "table", verbose = "boolean", openssl = "string",
-  on_ready = "function",
+  on_ready = "function", oauth = "table",
 }
 
 -- Checks opts (raising on a programmer mistake) and returns the server and gateway settings.
@@ -138,11 +144,15 @@ function mock.new(opts)
     end
   end
   sopts.handler = function(req)
+    if req.path == "/__mock/oauth" and m.oauth then
+      return m.oauth:handle(req, m.tls)
+    end
     if req.path == "/__mock" or req.path:sub(1, 8) == "/__mock/" then
       return control.handle(m, req)
     end
     sopts.log("conn %d: %s %s", req.conn_id, req.method, req.target)
-    return m.gateway:handle(req)
+    local refused = m.oauth and m.oauth:handle(req, m.tls) -- a bad OAuth signature: 401
+    return refused or m.gateway:handle(req)
   end
   local srv
   srv, err = server_mod.new(sopts)
@@ -156,6 +166,17 @@ function mock.new(opts)
   m.pid = read_pid()
   m.gateway = gateway_mod.new({ state = opts.state or "ready", config = gconfig, clock = srv.clock,
     root = m.root })
+  if opts.oauth then -- OAuth 1.0a mode (ibkr.mock.oauth, docs/oauth.md)
+    local found, oauth = pcall(require, "ibkr.mock.oauth")
+    local oerr = not found and "OAuth mode needs the module ibkr.mock.oauth: " .. tostring(oauth)
+    if found then
+      oerr = select(2, oauth.attach(m, { oauth = opts.oauth, state = opts.state }))
+    end
+    if oerr then
+      srv:close()
+      return nil, oerr
+    end
+  end
   m.initial_server = {}
   for k in pairs(server_mod.defaults) do
     m.initial_server[k] = srv[k]
@@ -231,84 +252,91 @@ local function parse_number(name, v, integer)
   return integer and math.tointeger(n) or n
 end
 
--- Returns an options table, or nil and a usage error; or "help"/"version".
-function mock.parse_args(argv)
-  local opts = { config = {}, server = {} }
+local STATES = "ready, unauthenticated, disconnected, competing, no_session"
+
+local function usage(msg)
+  error({ usage = msg }, 0)
+end
+
+local function number(name, v, integer)
+  local n, err = parse_number(name, v, integer)
+  if not n then
+    usage(err)
+  end
+  return n
+end
+
+local function oauth_opts(o)
+  o.oauth = o.oauth or {}
+  return o.oauth
+end
+
+-- Options without a value, and options with one: name -> function(opts[, value, name]).
+local FLAGS = {
+  ["-h"] = function(o) o.help = true end, ["--help"] = function(o) o.help = true end,
+  ["--version"] = function(o) o.version = true end,
+  ["--tls"] = function(o) o.tls = true end, ["--no-tls"] = function(o) o.tls = false end,
+  ["--pacing"] = function(o) o.config.pacing = true end,
+  ["--no-pacing"] = function(o) o.config.pacing = false end,
+  ["-v"] = function(o) o.verbose = true end, ["--verbose"] = function(o) o.verbose = true end,
+  ["-q"] = function(o) o.verbose = false end, ["--quiet"] = function(o) o.verbose = false end,
+  ["--oauth"] = oauth_opts,
+}
+local VALUED = {
+  ["--host"] = function(o, v) o.host = v end,
+  ["--port"] = function(o, v, name)
+    o.port = number(name, v, true)
+    if o.port > 65535 then
+      usage("--port must be at most 65535")
+    end
+  end,
+  ["--cert"] = function(o, v) o.cert = v end,
+  ["--key"] = function(o, v) o.key = v end,
+  ["--state"] = function(o, v)
+    if not gateway_mod.states[v] then
+      usage("--state must be one of " .. STATES)
+    end
+    o.state = v
+  end,
+  ["--idle-timeout"] = function(o, v, name) o.config.idle_timeout = number(name, v) end,
+  ["--init-delay"] = function(o, v, name) o.config.init_delay = number(name, v) end,
+  ["--reauth-delay"] = function(o, v, name) o.config.reauth_delay = number(name, v) end,
+  ["--head-timeout"] = function(o, v, name) o.server.head_timeout = number(name, v) end,
+  ["--keepalive-timeout"] = function(o, v, name) o.server.keepalive_timeout = number(name, v) end,
+  ["--parent-pid"] = function(o, v, name) o.parent_pid = number(name, v, true) end,
+  ["--oauth-dir"] = function(o, v) oauth_opts(o).dir = v end,
+  ["--oauth-lst-ttl"] = function(o, v, name) oauth_opts(o).lst_ttl = number(name, v) end,
+}
+
+local function parse_argv(argv, opts)
   local i = 1
-  local function value(name, inline)
-    if inline then
-      return inline
+  while argv[i] ~= nil do
+    local a = argv[i]
+    local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
+    name = name or a
+    if FLAGS[name] and not inline then
+      FLAGS[name](opts)
+    elseif VALUED[name] then
+      local v = inline
+      if v == nil then
+        i = i + 1
+        v = argv[i]
+      end
+      if v == nil then
+        usage(name .. " needs a value")
+      end
+      VALUED[name](opts, v, name)
+    else
+      usage("unknown option: " .. a)
     end
     i = i + 1
-    local v = argv[i]
-    if v == nil then
-      error({ usage = name .. " needs a value" })
-    end
-    return v
   end
-  local function num(name, inline, integer)
-    local n, err = parse_number(name, value(name, inline), integer)
-    if not n then
-      error({ usage = err })
-    end
-    return n
-  end
-  local ok, err = pcall(function()
-    while argv[i] ~= nil do
-      local a = argv[i]
-      local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
-      name = name or a
-      if name == "-h" or name == "--help" then
-        opts.help = true
-      elseif name == "--version" then
-        opts.version = true
-      elseif name == "--host" then
-        opts.host = value(name, inline)
-      elseif name == "--port" then
-        opts.port = num(name, inline, true)
-        if opts.port > 65535 then
-          error({ usage = "--port must be at most 65535" })
-        end
-      elseif name == "--tls" then
-        opts.tls = true
-      elseif name == "--no-tls" then
-        opts.tls = false
-      elseif name == "--cert" then
-        opts.cert = value(name, inline)
-      elseif name == "--key" then
-        opts.key = value(name, inline)
-      elseif name == "--state" then
-        opts.state = value(name, inline)
-        if not gateway_mod.states[opts.state] then
-          error({ usage = "--state must be one of ready, unauthenticated, disconnected, "
-            .. "competing, no_session" })
-        end
-      elseif name == "--idle-timeout" then
-        opts.config.idle_timeout = num(name, inline)
-      elseif name == "--init-delay" then
-        opts.config.init_delay = num(name, inline)
-      elseif name == "--reauth-delay" then
-        opts.config.reauth_delay = num(name, inline)
-      elseif name == "--no-pacing" then
-        opts.config.pacing = false
-      elseif name == "--pacing" then
-        opts.config.pacing = true
-      elseif name == "--head-timeout" then
-        opts.server.head_timeout = num(name, inline)
-      elseif name == "--keepalive-timeout" then
-        opts.server.keepalive_timeout = num(name, inline)
-      elseif name == "--parent-pid" then
-        opts.parent_pid = num(name, inline, true)
-      elseif name == "-v" or name == "--verbose" then
-        opts.verbose = true
-      elseif name == "--quiet" or name == "-q" then
-        opts.verbose = false
-      else
-        error({ usage = "unknown option: " .. a })
-      end
-      i = i + 1
-    end
-  end)
+end
+
+-- Returns an options table (help = true or version = true when asked), or nil and a usage error.
+function mock.parse_args(argv)
+  local opts = { config = {}, server = {} }
+  local ok, err = pcall(parse_argv, argv, opts)
   if not ok then
     if type(err) == "table" and err.usage then
       return nil, err.usage
@@ -383,7 +411,8 @@ function mock.main(argv)
   end
   local m
   m, err = mock.new({ host = opts.host, port = opts.port, tls = opts.tls, cert = opts.cert, key = opts.key,
-    state = opts.state, config = opts.config, server = opts.server, verbose = opts.verbose })
+    state = opts.state, config = opts.config, server = opts.server, verbose = opts.verbose,
+    oauth = opts.oauth })
   if not m then
     io.stderr:write("ibkr-mock-gateway: ", err, "\n")
     return 1
@@ -391,6 +420,9 @@ function mock.main(argv)
   catch_signals(m)
   io.stdout:write(m.url, "\n")
   io.stdout:flush()
+  if m.oauth then
+    io.stderr:write("ibkr-mock-gateway: OAuth test consumer: ", m.oauth.config_file, "\n")
+  end
   if m.verbose then
     io.stderr:write("ibkr-mock-gateway: serving ", m.url, " (pid ", tostring(m.pid), ")\n")
   end
@@ -407,6 +439,9 @@ function mock.main(argv)
     end
   end
   m:close()
+  if m.oauth then
+    m.oauth:close() -- removes the test consumer's temporary directory
+  end
   if m.verbose then
     io.stderr:write("ibkr-mock-gateway: stopped\n")
   end
