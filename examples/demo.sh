@@ -5,7 +5,9 @@
 # stdout; repairs and errors on stderr) and repairs what can be repaired. Ends by itself (< 1 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-unset LUA_INIT LUA_INIT_5_4   # the examples find the checkout themselves; a profile's init must not interfere
+# this checkout's modules first, whatever the shell's Lua variables hold (as spec/run does)
+unset LUA_INIT LUA_INIT_5_4 LUA_PATH LUA_CPATH
+export LUA_PATH_5_4="$PWD/lua/?.lua;$PWD/lua/?/init.lua;;" LUA_CPATH_5_4="$PWD/?.so;;"
 LUA=${LUA:-lua5.4}
 STEP=${DEMO_STEP:-4}   # seconds to watch each scene
 
