@@ -394,6 +394,23 @@ local function parent_alive(pid)
   return not line:match("^%d+ %b() Z")
 end
 
+-- Serves until stopped, or until process parent_pid (when given) is gone; then closes.
+local function serve(m, parent_pid)
+  local check_at = 0
+  while m:step(1) do
+    if parent_pid then
+      local now = m.server.clock()
+      if now >= check_at then
+        check_at = now + 1
+        if not parent_alive(parent_pid) then
+          m:stop()
+        end
+      end
+    end
+  end
+  m:close()
+end
+
 -- Returns an exit code: 0 after a clean stop, 64 on usage errors, 1 on runtime failure.
 function mock.main(argv)
   local opts, err = mock.parse_args(argv or {})
@@ -426,19 +443,7 @@ function mock.main(argv)
   if m.verbose then
     io.stderr:write("ibkr-mock-gateway: serving ", m.url, " (pid ", tostring(m.pid), ")\n")
   end
-  local check_at = 0
-  while m:step(1) do
-    if opts.parent_pid then
-      local now = m.server.clock()
-      if now >= check_at then
-        check_at = now + 1
-        if not parent_alive(opts.parent_pid) then
-          m:stop()
-        end
-      end
-    end
-  end
-  m:close()
+  serve(m, opts.parent_pid)
   if m.oauth then
     m.oauth:close() -- removes the test consumer's temporary directory
   end

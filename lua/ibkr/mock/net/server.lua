@@ -365,26 +365,18 @@ end
 
 -- Writes a response described by a table (see ibkr.mock.gateway for the fields).
 -- Returns true when the connection may be kept, false when it must be closed.
-local function write_response(self, conn, req, resp, keep)
-  if resp.delay and resp.delay > 0 then
-    self:sleep(resp.delay)
-  end
-  if resp.drop == "before" then
-    return false
-  end
-  local head_only = req and req.method == "HEAD"
-  local body = resp.body or ""
+-- The head of a response, and whether the connection is kept after it.
+local function response_head(req, resp, keep)
   local headers = { { "Date", http.date() }, { "Server", "ibkr-mock-gateway" } }
   for _, hv in ipairs(resp.headers or {}) do
     headers[#headers + 1] = hv
   end
-  local stream = resp.stream
   if resp.chunked then
     headers[#headers + 1] = { "Transfer-Encoding", "chunked" }
-  elseif stream then
-    headers[#headers + 1] = { "Content-Length", tostring(stream.length) }
+  elseif resp.stream then
+    headers[#headers + 1] = { "Content-Length", tostring(resp.stream.length) }
   elseif not resp.no_length then
-    headers[#headers + 1] = { "Content-Length", tostring(#body) }
+    headers[#headers + 1] = { "Content-Length", tostring(#(resp.body or "")) }
   end
   if resp.close then
     keep = false
@@ -394,7 +386,21 @@ local function write_response(self, conn, req, resp, keep)
   elseif req and req.minor == 0 then
     headers[#headers + 1] = { "Connection", "keep-alive" }
   end
-  local head = http.format_head(resp.status, resp.reason, headers)
+  return http.format_head(resp.status, resp.reason, headers), keep
+end
+
+local function write_response(self, conn, req, resp, keep)
+  if resp.delay and resp.delay > 0 then
+    self:sleep(resp.delay)
+  end
+  if resp.drop == "before" then
+    return false
+  end
+  local head_only = req and req.method == "HEAD"
+  local body = resp.body or ""
+  local stream = resp.stream
+  local head
+  head, keep = response_head(req, resp, keep)
   if head_only then
     local ok = send_all(self, conn, head)
     return ok and keep
