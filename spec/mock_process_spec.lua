@@ -245,6 +245,29 @@ describe("ibkr.mock in-process", function()
     assert.is_false(m:step(0))
   end)
 
+  it("serves the control API in process with m:control()", function()
+    local m = assert(ibkr_mock.new({ tls = false }))
+    assert.equals("ready", m:control("GET", "/__mock/state").state)
+    m:control("POST", "/__mock/state", { state = "competing" })
+    m:control("POST", "/__mock/fault", { path = "/tickle", kind = "empty" })
+    assert.equals(1, #m:control("GET", "/__mock/fault").faults)
+    local ok, err = pcall(m.control, m, "POST", "/__mock/fault", { kind = "nope" })
+    assert.is_false(ok)
+    assert.matches("400", err)
+    local c = assert(socket.connect("127.0.0.1", m.port))
+    c:settimeout(0)
+    assert(c:send("POST /v1/api/iserver/auth/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    local got = {}
+    repeat
+      m:step(0.05)
+      local data, rerr, partial = c:receive(4096)
+      got[#got + 1] = data or partial
+    until rerr == "closed"
+    c:close()
+    assert.is_true(cjson.decode(table.concat(got):match("\r\n\r\n(.*)$")).competing)
+    m:close()
+  end)
+
   it("returns nil, err when it cannot listen", function()
     local a = assert(ibkr_mock.new({ tls = false }))
     local b, err = ibkr_mock.new({ tls = false, port = a.port })

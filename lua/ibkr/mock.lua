@@ -2,6 +2,7 @@
 --   local m = mock.new(opts)  -- raises on a bad option; nil, err when it cannot listen
 --   m.url, m.root, m.port, m.tls, m.pid
 --   m:step(max_wait) -> true while serving; m:run(); m:stop(); m:close(); m:reset()
+--   m:control(method, path, body) -> the control API in process
 --   mock.serve(opts) serves until POST /__mock/shutdown; mock.main(argv) is the command line.
 -- The reference is docs/testing.md. Pure Lua on luasocket (+ luasec for TLS), lua-cjson and
 -- lua-zlib; luv, when installed, is used only to catch SIGTERM/SIGINT for a graceful exit.
@@ -9,6 +10,7 @@ local server_mod = require("ibkr.mock.net.server")
 local gateway_mod = require("ibkr.mock.gateway")
 local control = require("ibkr.mock.control")
 local tls_mod = require("ibkr.mock.net.tls")
+local json = require("ibkr.mock.json")
 
 local mock = {}
 
@@ -223,6 +225,20 @@ end
 -- Closes every connection and the listening socket; idempotent.
 function Mock:close()
   self.server:close()
+end
+
+-- A control request served in process, as over HTTP (docs/testing.md, the control API): e.g.
+-- m:control("POST", "/__mock/fault", {kind = "empty"}). Returns the decoded answer and its status;
+-- raises unless the status is 200 (a test wants loud failures).
+function Mock:control(method, path, body)
+  local req = { method = method, path = path, query = "", headers = {}, minor = 1,
+    body = body ~= nil and json.encode(body) or "" }
+  local resp = control.handle(self, req)
+  local value = json.decode(resp.body)
+  if resp.status ~= 200 then
+    error(string.format("ibkr.mock: %s %s: %d %s", method, path, resp.status, resp.body), 2)
+  end
+  return value, resp.status
 end
 
 Mock.__close = Mock.close
