@@ -27,7 +27,7 @@ DEPS      += lua-zlib        # the mock gateway's gzip fault
 DEPS_CHECK = valgrind clang libclang-rt-14-dev
 DEPS_BENCH = nginx-light
 
-.PHONY: all deps deps-check deps-bench demo test lint install clean help
+.PHONY: all deps deps-check deps-bench demo test lint install scm-rockspecs clean help
 
 all: $(MODULE)
 
@@ -61,6 +61,15 @@ test: deps $(MODULE) lint
 install: deps
 	$(LUA51) luarocks --lua-version=5.4 --tree=$(TREE) make --deps-mode=none $(ROCKSPEC)
 	$(LUA51) luarocks --lua-version=5.4 --tree=$(TREE) make --deps-mode=none $(ROCKSPEC_MOCK)
+
+# The scm rockspecs are the release ones built from the main branch: regenerate them after
+# changing a release rockspec (spec/package_spec.lua checks that they agree).
+scm-rockspecs:
+	for r in ibkr-web-api ibkr-web-api-mock; do \
+	  sed -e 's/^version = ".*"/version = "scm-1"/' -e 's/^  tag = ".*",/  branch = "main",/' \
+	      -e 's/"ibkr-web-api = [0-9.]*"/"ibkr-web-api = scm"/' \
+	      rockspec/$$r-$(VERSION)-1.rockspec > rockspec/$$r-scm-1.rockspec; \
+	done
 
 clean:
 	rm -rf ibkr lua_modules build src/*.o

@@ -104,7 +104,7 @@ describe("the rockspecs", function()
       assert.are.equal("scm-1", scm.version)
       assert.is_nil(scm.source.tag)
       assert.are.equal(rel.source.url, scm.source.url)
-      assert.are.same(rel.build, scm.build)
+      assert.are.same(rel.build, scm.build, "run make scm-rockspecs")
       assert.are.equal(#rel.dependencies, #scm.dependencies)
     end
     assert.are.same(lines("ls rockspec | sort"), {
