@@ -12,16 +12,23 @@ SRCS       = src/core.c src/session.c src/request.c src/transfer.c src/conn.c sr
              src/json.c src/error.c src/signal.c
 HDRS       = src/ibkr.h
 MODULE     = ibkr/core.so
-ROCKSPEC   = rockspec/ibkr-web-api-0.1.0-1.rockspec
+VERSION   := $(shell sed -n 's/^return "\(.*\)"$$/\1/p' lua/ibkr/version.lua)
+ROCKSPEC   = rockspec/ibkr-web-api-$(VERSION)-1.rockspec
+ROCKSPEC_MOCK = rockspec/ibkr-web-api-mock-$(VERSION)-1.rockspec
 TREE      ?= lua_modules
+
+# Debian's luacheck and luarocks run on Lua 5.1: keep a Lua 5.4 profile (eval "$(luarocks
+# --lua-version=5.4 path)") or a LUA_INIT out of them. spec/run does the same for the 5.4 side.
+LUA51      = env -u LUA_PATH -u LUA_CPATH -u LUA_INIT -u LUA_PATH_5_1 -u LUA_CPATH_5_1 -u LUA_INIT_5_1
 
 # Debian 12 packages: what the tests need, and what checks/benchmarks add.
 DEPS       = gcc make pkg-config openssl lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson \
-             luarocks lua-busted lua-check lua-socket lua-sec lua-zlib lua-luv lua-cqueues
+             luarocks lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
+DEPS      += lua-zlib        # the mock gateway's gzip fault
 DEPS_CHECK = valgrind clang libclang-rt-14-dev
 DEPS_BENCH = nginx-light
 
-.PHONY: all deps deps-check deps-bench demo test lint install clean help
+.PHONY: all deps deps-check deps-bench demo test lint install scm-rockspecs clean help
 
 all: $(MODULE)
 
@@ -45,14 +52,25 @@ demo: deps $(MODULE)
 	examples/demo.sh
 
 lint: $(MODULE)
-	luacheck --no-color -q lua spec bin/* examples bench
+	$(LUA51) luacheck --no-color -q lua spec bin/* examples bench
 
 test: deps $(MODULE) lint
 	spec/run
 
-# luarocks make into $(TREE) (default ./lua_modules), offline: Debian provides lua-cjson.
+# luarocks make of both rocks (the client, then the mock gateway) into $(TREE) (default
+# ./lua_modules), offline: Debian provides their dependencies.
 install: deps
-	luarocks --lua-version=5.4 --tree=$(TREE) make --deps-mode=none $(ROCKSPEC)
+	$(LUA51) luarocks --lua-version=5.4 --tree=$(TREE) make --deps-mode=none $(ROCKSPEC)
+	$(LUA51) luarocks --lua-version=5.4 --tree=$(TREE) make --deps-mode=none $(ROCKSPEC_MOCK)
+
+# The scm rockspecs are the release ones built from the main branch: regenerate them after
+# changing a release rockspec (spec/package_spec.lua checks that they agree).
+scm-rockspecs:
+	for r in ibkr-web-api ibkr-web-api-mock; do \
+	  sed -e 's/^version = ".*"/version = "scm-1"/' -e 's/^  tag = ".*",/  branch = "main",/' \
+	      -e 's/"ibkr-web-api = [0-9.]*"/"ibkr-web-api = scm"/' \
+	      rockspec/$$r-$(VERSION)-1.rockspec > rockspec/$$r-scm-1.rockspec; \
+	done
 
 clean:
 	rm -rf ibkr lua_modules build src/*.o
@@ -61,7 +79,7 @@ help:
 	@echo "make          build ibkr/core.so in the tree"
 	@echo "make demo     run the keep-alive against the bundled mock gateway (watch it repair the session)"
 	@echo "make test     install missing packages (as root), build, luacheck, run the busted suite"
-	@echo "make install  luarocks make into ./lua_modules (TREE=... to change)"
+	@echo "make install  luarocks make of ibkr-web-api and ibkr-web-api-mock into ./lua_modules (TREE=...)"
 	@echo "make check    test + sanitizers + valgrind + fuzz smoke + threads"
 	@echo "make bench    benchmarks against raw libcurl and luasocket (nginx fake gateway)"
 
@@ -88,10 +106,11 @@ MEMCHECK_CALLS ?= 10000
 LONGRUN_TICKS ?= 100000
 LUA_CFLAGS     = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LIBASAN        = $(shell gcc -print-file-name=libasan.so)
-# package_spec and examples_spec run other programs (cp, luarocks, cc, the demo's processes with
+# package_spec, examples_spec and docs_spec run other programs (cp, luarocks, cc, the demo's processes with
 # the normal module): they would inherit the preload and fail on their own leaks
-ASAN_SPECS     = $(filter-out spec/package_spec.lua spec/examples_spec.lua,$(wildcard spec/*_spec.lua))
-LUAENV         = LUA_PATH="lua/?.lua;lua/?/init.lua;./?.lua;;"
+ASAN_SPECS     = $(filter-out spec/package_spec.lua spec/examples_spec.lua spec/docs_spec.lua,$(wildcard spec/*_spec.lua))
+LUAENV         = env -u LUA_INIT -u LUA_INIT_5_4 -u LUA_PATH_5_4 -u LUA_CPATH_5_4 \
+                 LUA_PATH="lua/?.lua;lua/?/init.lua;./?.lua;;"
 VALGRIND       = valgrind -q --fair-sched=yes --leak-check=full --show-leak-kinds=definite,indirect \
                  --errors-for-leak-kinds=definite,indirect --error-exitcode=3 --keep-debuginfo=yes
 

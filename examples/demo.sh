@@ -5,10 +5,16 @@
 # stdout; repairs and errors on stderr) and repairs what can be repaired. Ends by itself (< 1 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# this checkout's modules first, whatever the shell's Lua variables hold (as spec/run does)
+unset LUA_INIT LUA_INIT_5_4 LUA_PATH LUA_CPATH
+export LUA_PATH_5_4="$PWD/lua/?.lua;$PWD/lua/?/init.lua;;" LUA_CPATH_5_4="$PWD/?.so;;"
 LUA=${LUA:-lua5.4}
 STEP=${DEMO_STEP:-4}   # seconds to watch each scene
 
-bold=$(tput bold 2>/dev/null || true); dim=$(tput dim 2>/dev/null || true); off=$(tput sgr0 2>/dev/null || true)
+bold=; dim=; off=
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then  # escape codes only for a terminal, never with NO_COLOR
+  bold=$(tput bold 2>/dev/null || true); dim=$(tput dim 2>/dev/null || true); off=$(tput sgr0 2>/dev/null || true)
+fi
 say() { printf '\n%s── %s%s\n' "$bold" "$*" "$off"; }
 ctl() { "$LUA" examples/mockctl.lua "$ROOT" "$@"; }
 

@@ -6,21 +6,21 @@ source = {
   tag = "v0.1.0",
 }
 description = {
-  summary = "Session client for Interactive Brokers' Client Portal Web API (libcurl + lua-cjson)",
+  summary = "Session client for Interactive Brokers' Client Portal Web API (libcurl)",
   detailed = [[
     Keeps an IBKR Client Portal Gateway session alive and reports precisely what is wrong when it
     is not: a C core on libcurl returning native Lua tables, a Lua layer with health, pacing,
-    retries and a keep-alive coroutine that never blocks its host, a CLI and a mock gateway.
+    retries and a keep-alive coroutine that never blocks its host, and a CLI. The mock gateway
+    for tests is the rock ibkr-web-api-mock.
   ]],
   license = "MIT",
   labels = { "ibkr", "http", "libcurl", "trading" },
 }
 dependencies = {
   "lua >= 5.4, < 5.5",
-  "lua-cjson >= 2.1.0",   -- encodes request bodies (responses are decoded by the C module)
-  "luasocket >= 3.0",     -- the mock gateway (ibkr.mock, ibkr-mock-gateway) and its tests
-  "luasec >= 1.0",        -- the mock gateway over TLS
-  "lua-zlib >= 1.1",      -- the mock gateway's gzip fault
+  "lua-cjson >= 2.1.0",   -- the CLI's --json output (the C module decodes JSON itself)
+  -- luasocket, luasec and lua-zlib are needed only by the mock gateway: it is the separate rock
+  -- ibkr-web-api-mock (rockspec/ibkr-web-api-mock-*.rockspec), a test dependency (docs/testing.md)
 }
 external_dependencies = {
   CURL = { library = "curl" },
@@ -48,26 +48,16 @@ build = {
     ["ibkr.cli.report"] = "lua/ibkr/cli/report.lua",
     ["ibkr"] = "lua/ibkr/init.lua",
     ["ibkr.keepalive"] = "lua/ibkr/keepalive.lua",
-    ["ibkr.mock"] = "lua/ibkr/mock.lua",
-    ["ibkr.mock.control"] = "lua/ibkr/mock/control.lua",
-    ["ibkr.mock.faults"] = "lua/ibkr/mock/faults.lua",
-    ["ibkr.mock.gateway"] = "lua/ibkr/mock/gateway.lua",
-    ["ibkr.mock.json"] = "lua/ibkr/mock/json.lua",
-    ["ibkr.mock.pacing"] = "lua/ibkr/mock/pacing.lua",
-    ["ibkr.mock.response"] = "lua/ibkr/mock/response.lua",
-    ["ibkr.mock.net.http"] = "lua/ibkr/mock/net/http.lua",
-    ["ibkr.mock.net.server"] = "lua/ibkr/mock/net/server.lua",
-    ["ibkr.mock.net.tls"] = "lua/ibkr/mock/net/tls.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
     ["ibkr.repair"] = "lua/ibkr/repair.lua",
     ["ibkr.retry"] = "lua/ibkr/retry.lua",
     ["ibkr.run"] = "lua/ibkr/run.lua",
     ["ibkr.state"] = "lua/ibkr/state.lua",
     ["ibkr.waiter"] = "lua/ibkr/waiter.lua",
+    ["ibkr.version"] = "lua/ibkr/version.lua",
   },
   install = {
     bin = {
-      ["ibkr-mock-gateway"] = "bin/ibkr-mock-gateway",
       ["ibkr-session"] = "bin/ibkr-session",
     },
   },

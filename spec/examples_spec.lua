@@ -62,6 +62,7 @@ describe("make demo", function()
     p:close()
     assert.is_true(os.time() - t0 < 60)
     assert.matches("rc=0\n$", out)
+    assert.is_nil(out:find("\27", 1, true), "escape codes written to a pipe")
     local states = {}
     for st in out:gmatch("\n%d%d%d%d%-%d%d%-%d%dT[%d:]+Z ([%a_]+)") do states[#states + 1] = st end
     assert.same({ "ready", "disconnected", "ready", "unauthenticated", "ready", "competing", "ready",

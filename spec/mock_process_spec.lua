@@ -201,7 +201,7 @@ describe("ibkr.mock in-process", function()
     local got = {}
     local deadline = socket.gettime() + 5
     while socket.gettime() < deadline do
-      m.step(0.05)
+      assert.is_true(m:step(0.05))
       local data, err, partial = c:receive(4096)
       got[#got + 1] = data or partial
       if err == "closed" then
@@ -209,17 +209,71 @@ describe("ibkr.mock in-process", function()
       end
     end
     c:close()
-    m.close()
+    m:close()
+    m:close() -- idempotent
     local text = table.concat(got)
     assert.matches("^HTTP/1.1 200 OK\r\n", text)
     local body = text:match("\r\n\r\n(.*)$")
     assert.is_false(cjson.decode(body).authenticated)
   end)
 
-  it("returns nil, err for bad options", function()
-    local m, err = ibkr_mock.new({ state = "nope" })
-    assert.is_nil(m)
-    assert.matches("unknown state", err)
+  it("raises on unknown or ill-typed options, naming them", function()
+    for _, case in ipairs({
+      { { state = "nope" }, "unknown state nope" },
+      { { init_dealy = 0 }, "unknown option init_dealy" },
+      { { tls = "no" }, "option tls must be a boolean" },
+      { { port = 1.5 }, "port must be an integer" },
+      { { init_delay = -1 }, "bad value for init_delay" },
+      { { config = { pacing = 1 } }, "bad value for pacing" },
+      { { cert = "x.pem" }, "cert and key go together" },
+    }) do
+      local ok, err = pcall(ibkr_mock.new, case[1])
+      assert.is_false(ok)
+      assert.matches(case[2], err, 1, true)
+    end
+  end)
+
+  it("takes gateway and server settings flat or grouped; m:stop() ends m:run()", function()
+    local m = assert(ibkr_mock.new({ tls = false, init_delay = 0, head_timeout = 2,
+      config = { pacing = false }, server = { keepalive_timeout = 3 } }))
+    assert.equals(0, m.gateway.config.init_delay)
+    assert.is_false(m.gateway.config.pacing)
+    assert.equals(2, m.server.head_timeout)
+    assert.equals(3, m.server.keepalive_timeout)
+    m:stop()
+    assert.is_true(m:run())
+    assert.is_false(m:step(0))
+  end)
+
+  it("serves the control API in process with m:control()", function()
+    local m = assert(ibkr_mock.new({ tls = false }))
+    assert.equals("ready", m:control("GET", "/__mock/state").state)
+    m:control("POST", "/__mock/state", { state = "competing" })
+    m:control("POST", "/__mock/fault", { path = "/tickle", kind = "empty" })
+    assert.equals(1, #m:control("GET", "/__mock/fault").faults)
+    local ok, err = pcall(m.control, m, "POST", "/__mock/fault", { kind = "nope" })
+    assert.is_false(ok)
+    assert.matches("400", err)
+    local c = assert(socket.connect("127.0.0.1", m.port))
+    c:settimeout(0)
+    assert(c:send("POST /v1/api/iserver/auth/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    local got = {}
+    repeat
+      m:step(0.05)
+      local data, rerr, partial = c:receive(4096)
+      got[#got + 1] = data or partial
+    until rerr == "closed"
+    c:close()
+    assert.is_true(cjson.decode(table.concat(got):match("\r\n\r\n(.*)$")).competing)
+    m:close()
+  end)
+
+  it("returns nil, err when it cannot listen", function()
+    local a = assert(ibkr_mock.new({ tls = false }))
+    local b, err = ibkr_mock.new({ tls = false, port = a.port })
+    assert.is_nil(b)
+    assert.matches("cannot listen", err)
+    a:close()
   end)
 
   it("parses the command line", function()

@@ -1,12 +1,20 @@
--- The rock: the rockspec names every module, script and C source of the tree, and `luarocks make`
--- installs it offline into a fresh tree from which `require "ibkr"` and the scripts work.
+-- The rocks: ibkr-web-api (the client) and ibkr-web-api-mock (the mock gateway and the test helper)
+-- name every module, script and C source of the tree between them; their scm rockspecs build the
+-- same; every mention of the version agrees with lua/ibkr/version.lua; `luarocks make` installs
+-- both offline into a fresh tree from which `require "ibkr"` and the scripts work; and the README's
+-- commands test the checkout whatever the shell's Lua variables hold.
 local core = require("ibkr.core")
 
-local ROCKSPEC = "rockspec/ibkr-web-api-" .. core._VERSION .. "-1.rockspec"
+local VERSION = dofile("lua/ibkr/version.lua")
+local ROCKS = { "ibkr-web-api", "ibkr-web-api-mock" }
 
-local function load_rockspec()
+local function rockspec_file(rock, version)
+  return "rockspec/" .. rock .. "-" .. version .. "-1.rockspec"
+end
+
+local function load_rockspec(file)
   local env = {}
-  local chunk = assert(loadfile(ROCKSPEC, "t", env))
+  local chunk = assert(loadfile(file, "t", env))
   chunk()
   return env
 end
@@ -26,36 +34,104 @@ local function sh(cmd)
   return ok, out, code
 end
 
-describe("the rockspec", function()
-  local spec = load_rockspec()
+local function slurp(file)
+  local f = assert(io.open(file, "r"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
 
-  it("is the package ibkr-web-api at the module's version", function()
-    assert.are.equal("ibkr-web-api", spec.package)
-    assert.are.equal(core._VERSION .. "-1", spec.version)
+describe("the rockspecs", function()
+  local client = load_rockspec(rockspec_file("ibkr-web-api", VERSION))
+  local mockrock = load_rockspec(rockspec_file("ibkr-web-api-mock", VERSION))
+
+  it("are the packages ibkr-web-api and ibkr-web-api-mock at the version", function()
+    assert.are.equal("ibkr-web-api", client.package)
+    assert.are.equal("ibkr-web-api-mock", mockrock.package)
+    for _, r in ipairs({ client, mockrock }) do
+      assert.are.equal(VERSION .. "-1", r.version)
+      assert.are.equal("v" .. VERSION, r.source.tag)
+      assert.are.equal("MIT", r.description.license)
+    end
+    local dep = false
+    for _, d in ipairs(mockrock.dependencies) do dep = dep or d == "ibkr-web-api = " .. VERSION end
+    assert.is_true(dep, "the mock rock depends on this very client version")
   end)
 
-  it("installs every Lua file of lua/ as its module", function()
-    local modules = spec.build.modules
+  it("install every Lua file of lua/ as its module, once; ibkr.mock.* only in the mock rock", function()
+    local seen = {}
+    for _, r in ipairs({ client, mockrock }) do
+      for name, v in pairs(r.build.modules) do
+        if type(v) == "string" then
+          assert.is_nil(seen[name], name .. " is in both rocks")
+          seen[name] = v
+          assert.are.equal(r == mockrock, name:find("^ibkr%.mock") ~= nil, name)
+        end
+      end
+    end
     local listed = 0
     for _, file in ipairs(lines("find lua -name '*.lua' | sort")) do
       local name = file:gsub("^lua/", ""):gsub("%.lua$", ""):gsub("/init$", ""):gsub("/", ".")
-      assert.are.equal(file, modules[name], "module " .. name .. " missing from the rockspec")
+      assert.are.equal(file, seen[name], "module " .. name .. " missing from the rockspecs")
       listed = listed + 1
     end
     local n = 0
-    for _, v in pairs(modules) do if type(v) == "string" then n = n + 1 end end
+    for _ in pairs(seen) do n = n + 1 end
     assert.are.equal(listed, n)
   end)
 
-  it("builds ibkr.core from every C source and installs every script of bin/", function()
-    local srcs = spec.build.modules["ibkr.core"].sources
-    assert.are.same(lines("ls src/*.c | sort"), (function()
-      local t = { table.unpack(srcs) }
-      table.sort(t)
-      return t
-    end)())
-    local bins = lines("ls bin")
-    for _, b in ipairs(bins) do assert.are.equal("bin/" .. b, spec.build.install.bin[b]) end
+  it("build ibkr.core from every C source, without -Werror; install every script of bin/", function()
+    local srcs = client.build.modules["ibkr.core"].sources
+    local sorted = { table.unpack(srcs) }
+    table.sort(sorted)
+    assert.are.same(lines("ls src/*.c | sort"), sorted)
+    assert.is_nil(slurp(rockspec_file("ibkr-web-api", VERSION)):find("Werror", 1, true))
+    local bins = {}
+    for _, r in ipairs({ client, mockrock }) do
+      for b, file in pairs(r.build.install.bin) do
+        assert.is_nil(bins[b])
+        bins[b] = file
+      end
+    end
+    for _, b in ipairs(lines("ls bin")) do assert.are.equal("bin/" .. b, bins[b]) end
+    assert.are.equal("bin/ibkr-mock-gateway", mockrock.build.install.bin["ibkr-mock-gateway"])
+  end)
+
+  it("have scm twins that build the same from the main branch", function()
+    for _, rock in ipairs(ROCKS) do
+      local rel = load_rockspec(rockspec_file(rock, VERSION))
+      local scm = load_rockspec(rockspec_file(rock, "scm"))
+      assert.are.equal("scm-1", scm.version)
+      assert.is_nil(scm.source.tag)
+      assert.are.equal(rel.source.url, scm.source.url)
+      assert.are.same(rel.build, scm.build, "run make scm-rockspecs")
+      assert.are.equal(#rel.dependencies, #scm.dependencies)
+    end
+    assert.are.same(lines("ls rockspec | sort"), {
+      "ibkr-web-api-" .. VERSION .. "-1.rockspec", "ibkr-web-api-mock-" .. VERSION .. "-1.rockspec",
+      "ibkr-web-api-mock-scm-1.rockspec", "ibkr-web-api-scm-1.rockspec",
+    })
+  end)
+end)
+
+describe("the version", function()
+  it("is written once: every mention agrees with lua/ibkr/version.lua", function()
+    assert.matches("^%d+%.%d+%.%d+$", VERSION)
+    assert.are.equal(VERSION, require("ibkr")._VERSION)
+    assert.are.equal(VERSION, core._VERSION)
+    assert.are.equal(VERSION, require("ibkr.mock")._VERSION)
+    assert.are.equal(VERSION, slurp("src/ibkr.h"):match('#define IBKR_VERSION "([^"]+)"'))
+    assert.are.equal(VERSION, slurp("CHANGELOG.md"):match("\n## %[(%d+%.%d+%.%d+)%]"))
+    local ok, out = sh("lua5.4 bin/ibkr-mock-gateway --version")
+    assert.is_true(ok, out)
+    assert.are.equal("ibkr-mock-gateway " .. VERSION .. "\n", out)
+    ok, out = sh("make -s -n install")
+    assert.is_true(ok, out)
+    assert.matches(rockspec_file("ibkr-web-api", VERSION), out, 1, true)
+    -- a user agent or any "lua-ibkr/X.Y.Z" in a tracked file (docs, benchmarks, fixtures)
+    local mentions = lines("git ls-files -z | xargs -0 grep -IhoE 'lua-ibkr/[0-9]+\\.[0-9]+\\.[0-9]+' "
+      .. "2>/dev/null | sort -u")
+    for _, m in ipairs(mentions) do assert.are.equal("lua-ibkr/" .. VERSION, m) end
   end)
 end)
 
@@ -75,22 +151,63 @@ describe("luarocks make", function()
     if tree then os.execute("rm -rf '" .. tree .. "' '" .. copy .. "'") end
   end)
 
-  it("installs offline into a fresh tree, where require 'ibkr' and the scripts work", function()
-    local ok, out = sh("cd '" .. copy .. "' && luarocks --lua-version=5.4 --tree='" .. tree .. "'"
-      .. " make --deps-mode=none "
-      .. ROCKSPEC .. " CFLAGS='-O2 -fPIC -Wall -Wextra -Werror'")
-    assert.is_true(ok, out)
+  it("installs both rocks offline into a fresh tree, where require 'ibkr' and the scripts work", function()
+    for _, rock in ipairs(ROCKS) do
+      local ok, out = sh("cd '" .. copy .. "' && env -u LUA_PATH -u LUA_CPATH -u LUA_INIT luarocks"
+        .. " --lua-version=5.4 --tree='" .. tree .. "' make --deps-mode=none "
+        .. rockspec_file(rock, VERSION) .. " CFLAGS='-O2 -fPIC -Wall -Wextra -Werror'")
+      assert.is_true(ok, out)
+    end
     -- the in-tree build must not be what gets loaded: run from / with only the tree's paths
-    local env = "cd / && eval \"$(luarocks --lua-version=5.4 --tree='" .. tree .. "' path)\" && "
+    local env = "cd / && unset LUA_PATH_5_4 LUA_CPATH_5_4 && "
+      .. "eval \"$(luarocks --lua-version=5.4 --tree='" .. tree .. "' path)\" && "
     local ok2, v = sh(env .. "lua5.4 -e 'local i = require(\"ibkr\"); "
-      .. "io.write(i._VERSION, \" \", package.searchpath(\"ibkr.core\", package.cpath))'")
+      .. "io.write(i._VERSION, \" \", package.searchpath(\"ibkr.core\", package.cpath), \" \", "
+      .. "package.searchpath(\"ibkr.mock.testing\", package.path))'")
     assert.is_true(ok2, v)
-    assert.are.equal(core._VERSION .. " " .. tree .. "/lib/lua/5.4/ibkr/core.so", v)
+    assert.are.equal(VERSION .. " " .. tree .. "/lib/lua/5.4/ibkr/core.so " .. tree
+      .. "/share/lua/5.4/ibkr/mock/testing.lua", v)
     local ok3, usage, code = sh(env .. "'" .. tree .. "/bin/ibkr-session' --no-such-option")
     assert.is_nil(ok3)
     assert.are.equal(64, code, usage)
     local ok4, mock_usage, code4 = sh(env .. "'" .. tree .. "/bin/ibkr-mock-gateway' --state nonsense")
     assert.is_nil(ok4)
     assert.are.equal(64, code4, mock_usage)
+  end)
+end)
+
+describe("the README's commands in a hostile shell", function()
+  -- the usual Lua 5.4 profile (Debian's luacheck and luarocks run on 5.1 and would load 5.4's
+  -- lfs.so), a LUA_INIT that fails, and an "installed" ibkr that must never be the one tested
+  local poison
+
+  setup(function()
+    poison = os.tmpname()
+    os.remove(poison)
+    assert(os.execute("mkdir -p '" .. poison .. "/ibkr'"))
+    local f = assert(io.open(poison .. "/ibkr/init.lua", "w"))
+    f:write('error("the installed copy of ibkr was loaded, not the checkout")\n')
+    f:close()
+  end)
+  teardown(function()
+    os.execute("rm -rf '" .. poison .. "'")
+  end)
+
+  local function hostile(cmd)
+    return sh("eval \"$(luarocks --lua-version=5.4 path)\" && "
+      .. "export LUA_INIT='error(\"LUA_INIT ran\")' LUA_INIT_5_4='error(\"LUA_INIT_5_4 ran\")' && "
+      .. "export LUA_PATH=\"" .. poison .. "/?.lua;" .. poison .. "/?/init.lua;$LUA_PATH\" && "
+      .. "export LUA_PATH_5_4=\"$LUA_PATH\" LUA_CPATH_5_4=\"$LUA_CPATH\" && " .. cmd)
+  end
+
+  it("make lint passes", function()
+    local ok, out = hostile("make -s lint")
+    assert.is_true(ok, out)
+  end)
+
+  it("spec/run tests the checkout", function()
+    local ok, out = hostile("spec/run spec/state_spec.lua")
+    assert.is_true(ok, out)
+    assert.matches("\n%d+ passed, 0 failed\n$", out)
   end)
 end)

@@ -1,17 +1,20 @@
--- ibkr.mock: a mock IBKR Client Portal Gateway (the `ibkr-mock-gateway` command).
---   mock.new(opts)  -> instance with .url, .root, :step(max_wait), :run(), :close()
---   mock.serve(opts) serves until stopped (blocking); mock.main(argv) is the command line.
--- Pure Lua on luasocket (+ luasec for TLS) and lua-cjson; luv, when installed, is used only to
--- catch SIGTERM/SIGINT for a graceful exit.
+-- ibkr.mock: a mock IBKR Client Portal Gateway (the `ibkr-mock-gateway` command), in process.
+--   local m = mock.new(opts)  -- raises on a bad option; nil, err when it cannot listen
+--   m.url, m.root, m.port, m.tls, m.pid
+--   m:step(max_wait) -> true while serving; m:run(); m:stop(); m:close(); m:reset()
+--   m:control(method, path, body) -> the control API in process
+--   mock.serve(opts) serves until POST /__mock/shutdown; mock.main(argv) is the command line.
+-- The reference is docs/testing.md. Pure Lua on luasocket (+ luasec for TLS), lua-cjson and
+-- lua-zlib; luv, when installed, is used only to catch SIGTERM/SIGINT for a graceful exit.
 local server_mod = require("ibkr.mock.net.server")
 local gateway_mod = require("ibkr.mock.gateway")
 local control = require("ibkr.mock.control")
 local tls_mod = require("ibkr.mock.net.tls")
+local json = require("ibkr.mock.json")
 
 local mock = {}
 
-mock._VERSION = "0.1.0"
-
+mock._VERSION = require("ibkr.version")
 mock.usage = [[
 Usage: ibkr-mock-gateway [options]
 
@@ -33,6 +36,12 @@ Options:
   --head-timeout S       seconds to complete a request head (default 5)
   --keepalive-timeout S  idle keep-alive connections are closed after S seconds (default 120)
   --parent-pid PID       exit when process PID is gone (for test harnesses)
+  --oauth                OAuth 1.0a mode (docs/oauth.md): a generated test consumer, every API
+                         request's signature checked (401 when bad); state starts unauthenticated.
+                         Its config file (the CLI's --oauth-config) is named on stderr and by
+                         GET /__mock/oauth
+  --oauth-dir DIR        where the test consumer's files go (default: a private temporary dir)
+  --oauth-lst-ttl S      seconds a live session token lives (default 86400)
   -v, --verbose          log connections and requests to stderr
   -h, --help             this text
   --version              print the version
@@ -55,48 +64,97 @@ local function format_host(host)
   return host
 end
 
--- opts: host, port, tls (default true), cert, key, state, config (gateway config overrides:
--- pacing, idle_timeout, init_delay, reauth_delay...), server (server overrides: head_timeout...),
--- verbose. Returns an instance or nil, err.
+-- The options of mock.new and their types. Gateway and server settings may also be given flat
+-- (new{init_delay = 0}) instead of inside config = {} / server = {}.
+local OPTIONS = {
+  host = "string", port = "number", tls = "boolean", cert = "string", key = "string",
+  state = "string", config = "table", server = "table", verbose = "boolean", openssl = "string",
+  on_ready = "function", oauth = "table",
+}
+
+-- Checks opts (raising on a programmer mistake) and returns the server and gateway settings.
+local function check_options(opts)
+  if type(opts) ~= "table" then
+    error("ibkr.mock.new: options must be a table", 3)
+  end
+  local flat = {}
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if want == nil then
+      if control.setting_kind(k) == nil then
+        error("ibkr.mock.new: unknown option " .. tostring(k), 3)
+      end
+      flat[k] = v
+    elseif type(v) ~= want then
+      error(string.format("ibkr.mock.new: option %s must be a %s", k, want), 3)
+    end
+  end
+  if opts.state ~= nil and not gateway_mod.states[opts.state] then
+    error("ibkr.mock.new: unknown state " .. tostring(opts.state), 3)
+  end
+  if opts.port ~= nil and (math.type(opts.port) ~= "integer" or opts.port < 0 or opts.port > 65535) then
+    error("ibkr.mock.new: port must be an integer in [0, 65535]", 3)
+  end
+  if (opts.cert ~= nil) ~= (opts.key ~= nil) then
+    error("ibkr.mock.new: cert and key go together", 3)
+  end
+  local settings = {}
+  for _, t in ipairs({ opts.config or {}, opts.server or {}, flat }) do
+    for k, v in pairs(t) do
+      settings[k] = v
+    end
+  end
+  local ok, err = control.check_config(settings)
+  if not ok then
+    error("ibkr.mock.new: " .. err, 3)
+  end
+  return control.split_config(settings)
+end
+
+local Mock = {}
+Mock.__index = Mock
+
+local function tls_context(opts)
+  if opts.tls == false then
+    return nil
+  end
+  if opts.cert then
+    return tls_mod.context(opts.cert, opts.key)
+  end
+  return tls_mod.self_signed(opts.openssl)
+end
+
+-- opts: host ("127.0.0.1"), port (0: a free one), tls (true), cert + key (PEM files; default a
+-- fresh self-signed certificate), state ("ready"), config (gateway settings), server (server
+-- settings), verbose; settings may also be given flat. Returns an instance, or nil, err when
+-- it cannot start (port taken, bad certificate). Raises on unknown or ill-typed options.
 function mock.new(opts)
   opts = opts or {}
-  local state = opts.state or "ready"
-  if not gateway_mod.states[state] then
-    return nil, "unknown state: " .. tostring(state)
+  local gconfig, sconfig = check_options(opts)
+  local m = setmetatable({ tls = opts.tls ~= false, verbose = opts.verbose or false }, Mock)
+  local ctx, err = tls_context(opts)
+  if m.tls and not ctx then
+    return nil, err
   end
-  local m = { tls = opts.tls ~= false, verbose = opts.verbose and true or false }
-  local ctx, err
-  if m.tls then
-    if opts.cert or opts.key then
-      if not (opts.cert and opts.key) then
-        return nil, "--cert and --key go together"
-      end
-      ctx, err = tls_mod.context(opts.cert, opts.key)
-    else
-      ctx, err = tls_mod.self_signed(opts.openssl)
-    end
-    if not ctx then
-      return nil, err
-    end
+  local sopts = { host = opts.host or "127.0.0.1", port = opts.port or 0, ssl_context = ctx }
+  for k, v in pairs(sconfig) do
+    sopts[k] = v
   end
-  local function log(fmt, ...)
+  sopts.log = function(fmt, ...)
     if m.verbose then
       io.stderr:write("ibkr-mock-gateway: ", string.format(fmt, ...), "\n")
     end
   end
-  function m.set_verbose(v)
-    m.verbose = v
-  end
-  local sopts = { host = opts.host or "127.0.0.1", port = opts.port or 0, ssl_context = ctx, log = log }
-  for k, v in pairs(opts.server or {}) do
-    sopts[k] = v
-  end
   sopts.handler = function(req)
+    if req.path == "/__mock/oauth" and m.oauth then
+      return m.oauth:handle(req, m.tls)
+    end
     if req.path == "/__mock" or req.path:sub(1, 8) == "/__mock/" then
       return control.handle(m, req)
     end
-    log("conn %d: %s %s", req.conn_id, req.method, req.target)
-    return m.gateway:handle(req)
+    sopts.log("conn %d: %s %s", req.conn_id, req.method, req.target)
+    local refused = m.oauth and m.oauth:handle(req, m.tls) -- a bad OAuth signature: 401
+    return refused or m.gateway:handle(req)
   end
   local srv
   srv, err = server_mod.new(sopts)
@@ -108,40 +166,83 @@ function mock.new(opts)
   m.url = m.root .. "/v1/api"
   m.port = srv.port
   m.pid = read_pid()
-  m.gateway = gateway_mod.new({ state = state, config = opts.config, clock = srv.clock, root = m.root })
-  local initial_server = {}
+  m.gateway = gateway_mod.new({ state = opts.state or "ready", config = gconfig, clock = srv.clock,
+    root = m.root })
+  if opts.oauth then -- OAuth 1.0a mode (ibkr.mock.oauth, docs/oauth.md)
+    local found, oauth = pcall(require, "ibkr.mock.oauth")
+    local oerr = not found and "OAuth mode needs the module ibkr.mock.oauth: " .. tostring(oauth)
+    if found then
+      oerr = select(2, oauth.attach(m, { oauth = opts.oauth, state = opts.state }))
+    end
+    if oerr then
+      srv:close()
+      return nil, oerr
+    end
+  end
+  m.initial_server = {}
   for k in pairs(server_mod.defaults) do
-    initial_server[k] = srv[k]
+    m.initial_server[k] = srv[k]
   end
-  local initial_verbose = m.verbose
-  function m.reset()
-    for k, v in pairs(initial_server) do
-      srv[k] = v
-    end
-    m.verbose = initial_verbose
-    m.gateway:reset()
-  end
-  function m.step(max_wait)
-    srv:step(max_wait)
-    if m.shutdown_requested then
-      srv:stop()
-    end
-    return not srv.stopping
-  end
-  function m.stop()
-    srv:stop()
-  end
-  function m.run(max_wait)
-    while m.step(max_wait) do
-    end
-    srv:close()
-    return true
-  end
-  function m.close()
-    srv:close()
-  end
+  m.initial_verbose = m.verbose
   return m
 end
+
+function Mock:set_verbose(v)
+  self.verbose = v
+end
+
+-- Back to the start: start-up state and settings, empty log, no faults, no penalty box.
+function Mock:reset()
+  for k, v in pairs(self.initial_server) do
+    self.server[k] = v
+  end
+  self.verbose = self.initial_verbose
+  self.gateway:reset()
+end
+
+-- Serves what is ready, waiting at most max_wait seconds (default 1). Returns true while serving,
+-- false once stopped (m:stop(), POST /__mock/shutdown).
+function Mock:step(max_wait)
+  self.server:step(max_wait)
+  if self.shutdown_requested then
+    self.server:stop()
+  end
+  return not self.server.stopping
+end
+
+function Mock:stop()
+  self.server:stop()
+end
+
+-- Serves until stopped, then closes. Returns true.
+function Mock:run(max_wait)
+  while self:step(max_wait) do
+  end
+  self:close()
+  return true
+end
+
+-- Closes every connection and the listening socket; idempotent.
+function Mock:close()
+  self.server:close()
+end
+
+-- A control request served in process, as over HTTP (docs/testing.md, the control API): e.g.
+-- m:control("POST", "/__mock/fault", {kind = "empty"}). Returns the decoded answer and its status;
+-- raises unless the status is 200 (a test wants loud failures).
+function Mock:control(method, path, body)
+  local req = { method = method, path = path, query = "", headers = {}, minor = 1,
+    body = body ~= nil and json.encode(body) or "" }
+  local resp = control.handle(self, req)
+  local value = json.decode(resp.body)
+  if resp.status ~= 200 then
+    error(string.format("ibkr.mock: %s %s: %d %s", method, path, resp.status, resp.body), 2)
+  end
+  return value, resp.status
+end
+
+Mock.__close = Mock.close
+Mock.__gc = Mock.close
 
 -- Serves until stopped (POST /__mock/shutdown). Returns true, or nil, err.
 function mock.serve(opts)
@@ -152,7 +253,7 @@ function mock.serve(opts)
   if opts and opts.on_ready then
     opts.on_ready(m)
   end
-  return m.run()
+  return m:run()
 end
 
 ---------------------------------------------------------------------------------------------
@@ -167,84 +268,91 @@ local function parse_number(name, v, integer)
   return integer and math.tointeger(n) or n
 end
 
--- Returns an options table, or nil and a usage error; or "help"/"version".
-function mock.parse_args(argv)
-  local opts = { config = {}, server = {} }
+local STATES = "ready, unauthenticated, disconnected, competing, no_session"
+
+local function usage(msg)
+  error({ usage = msg }, 0)
+end
+
+local function number(name, v, integer)
+  local n, err = parse_number(name, v, integer)
+  if not n then
+    usage(err)
+  end
+  return n
+end
+
+local function oauth_opts(o)
+  o.oauth = o.oauth or {}
+  return o.oauth
+end
+
+-- Options without a value, and options with one: name -> function(opts[, value, name]).
+local FLAGS = {
+  ["-h"] = function(o) o.help = true end, ["--help"] = function(o) o.help = true end,
+  ["--version"] = function(o) o.version = true end,
+  ["--tls"] = function(o) o.tls = true end, ["--no-tls"] = function(o) o.tls = false end,
+  ["--pacing"] = function(o) o.config.pacing = true end,
+  ["--no-pacing"] = function(o) o.config.pacing = false end,
+  ["-v"] = function(o) o.verbose = true end, ["--verbose"] = function(o) o.verbose = true end,
+  ["-q"] = function(o) o.verbose = false end, ["--quiet"] = function(o) o.verbose = false end,
+  ["--oauth"] = oauth_opts,
+}
+local VALUED = {
+  ["--host"] = function(o, v) o.host = v end,
+  ["--port"] = function(o, v, name)
+    o.port = number(name, v, true)
+    if o.port > 65535 then
+      usage("--port must be at most 65535")
+    end
+  end,
+  ["--cert"] = function(o, v) o.cert = v end,
+  ["--key"] = function(o, v) o.key = v end,
+  ["--state"] = function(o, v)
+    if not gateway_mod.states[v] then
+      usage("--state must be one of " .. STATES)
+    end
+    o.state = v
+  end,
+  ["--idle-timeout"] = function(o, v, name) o.config.idle_timeout = number(name, v) end,
+  ["--init-delay"] = function(o, v, name) o.config.init_delay = number(name, v) end,
+  ["--reauth-delay"] = function(o, v, name) o.config.reauth_delay = number(name, v) end,
+  ["--head-timeout"] = function(o, v, name) o.server.head_timeout = number(name, v) end,
+  ["--keepalive-timeout"] = function(o, v, name) o.server.keepalive_timeout = number(name, v) end,
+  ["--parent-pid"] = function(o, v, name) o.parent_pid = number(name, v, true) end,
+  ["--oauth-dir"] = function(o, v) oauth_opts(o).dir = v end,
+  ["--oauth-lst-ttl"] = function(o, v, name) oauth_opts(o).lst_ttl = number(name, v) end,
+}
+
+local function parse_argv(argv, opts)
   local i = 1
-  local function value(name, inline)
-    if inline then
-      return inline
+  while argv[i] ~= nil do
+    local a = argv[i]
+    local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
+    name = name or a
+    if FLAGS[name] and not inline then
+      FLAGS[name](opts)
+    elseif VALUED[name] then
+      local v = inline
+      if v == nil then
+        i = i + 1
+        v = argv[i]
+      end
+      if v == nil then
+        usage(name .. " needs a value")
+      end
+      VALUED[name](opts, v, name)
+    else
+      usage("unknown option: " .. a)
     end
     i = i + 1
-    local v = argv[i]
-    if v == nil then
-      error({ usage = name .. " needs a value" })
-    end
-    return v
   end
-  local function num(name, inline, integer)
-    local n, err = parse_number(name, value(name, inline), integer)
-    if not n then
-      error({ usage = err })
-    end
-    return n
-  end
-  local ok, err = pcall(function()
-    while argv[i] ~= nil do
-      local a = argv[i]
-      local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
-      name = name or a
-      if name == "-h" or name == "--help" then
-        opts.help = true
-      elseif name == "--version" then
-        opts.version = true
-      elseif name == "--host" then
-        opts.host = value(name, inline)
-      elseif name == "--port" then
-        opts.port = num(name, inline, true)
-        if opts.port > 65535 then
-          error({ usage = "--port must be at most 65535" })
-        end
-      elseif name == "--tls" then
-        opts.tls = true
-      elseif name == "--no-tls" then
-        opts.tls = false
-      elseif name == "--cert" then
-        opts.cert = value(name, inline)
-      elseif name == "--key" then
-        opts.key = value(name, inline)
-      elseif name == "--state" then
-        opts.state = value(name, inline)
-        if not gateway_mod.states[opts.state] then
-          error({ usage = "--state must be one of ready, unauthenticated, disconnected, "
-            .. "competing, no_session" })
-        end
-      elseif name == "--idle-timeout" then
-        opts.config.idle_timeout = num(name, inline)
-      elseif name == "--init-delay" then
-        opts.config.init_delay = num(name, inline)
-      elseif name == "--reauth-delay" then
-        opts.config.reauth_delay = num(name, inline)
-      elseif name == "--no-pacing" then
-        opts.config.pacing = false
-      elseif name == "--pacing" then
-        opts.config.pacing = true
-      elseif name == "--head-timeout" then
-        opts.server.head_timeout = num(name, inline)
-      elseif name == "--keepalive-timeout" then
-        opts.server.keepalive_timeout = num(name, inline)
-      elseif name == "--parent-pid" then
-        opts.parent_pid = num(name, inline, true)
-      elseif name == "-v" or name == "--verbose" then
-        opts.verbose = true
-      elseif name == "--quiet" or name == "-q" then
-        opts.verbose = false
-      else
-        error({ usage = "unknown option: " .. a })
-      end
-      i = i + 1
-    end
-  end)
+end
+
+-- Returns an options table (help = true or version = true when asked), or nil and a usage error.
+function mock.parse_args(argv)
+  local opts = { config = {}, server = {} }
+  local ok, err = pcall(parse_argv, argv, opts)
   if not ok then
     if type(err) == "table" and err.usage then
       return nil, err.usage
@@ -274,7 +382,7 @@ local function catch_signals(m)
     return false
   end
   local stop = function()
-    m.stop()
+    m:stop()
   end
   for _, name in ipairs({ "sigterm", "sigint" }) do
     local h = uv.new_signal()
@@ -302,6 +410,23 @@ local function parent_alive(pid)
   return not line:match("^%d+ %b() Z")
 end
 
+-- Serves until stopped, or until process parent_pid (when given) is gone; then closes.
+local function serve(m, parent_pid)
+  local check_at = 0
+  while m:step(1) do
+    if parent_pid then
+      local now = m.server.clock()
+      if now >= check_at then
+        check_at = now + 1
+        if not parent_alive(parent_pid) then
+          m:stop()
+        end
+      end
+    end
+  end
+  m:close()
+end
+
 -- Returns an exit code: 0 after a clean stop, 64 on usage errors, 1 on runtime failure.
 function mock.main(argv)
   local opts, err = mock.parse_args(argv or {})
@@ -318,7 +443,9 @@ function mock.main(argv)
     return 0
   end
   local m
-  m, err = mock.new(opts)
+  m, err = mock.new({ host = opts.host, port = opts.port, tls = opts.tls, cert = opts.cert, key = opts.key,
+    state = opts.state, config = opts.config, server = opts.server, verbose = opts.verbose,
+    oauth = opts.oauth })
   if not m then
     io.stderr:write("ibkr-mock-gateway: ", err, "\n")
     return 1
@@ -326,22 +453,16 @@ function mock.main(argv)
   catch_signals(m)
   io.stdout:write(m.url, "\n")
   io.stdout:flush()
+  if m.oauth then
+    io.stderr:write("ibkr-mock-gateway: OAuth test consumer: ", m.oauth.config_file, "\n")
+  end
   if m.verbose then
     io.stderr:write("ibkr-mock-gateway: serving ", m.url, " (pid ", tostring(m.pid), ")\n")
   end
-  local check_at = 0
-  while m.step(1) do
-    if opts.parent_pid then
-      local now = m.server.clock()
-      if now >= check_at then
-        check_at = now + 1
-        if not parent_alive(opts.parent_pid) then
-          m.stop()
-        end
-      end
-    end
+  serve(m, opts.parent_pid)
+  if m.oauth then
+    m.oauth:close() -- removes the test consumer's temporary directory
   end
-  m.close()
   if m.verbose then
     io.stderr:write("ibkr-mock-gateway: stopped\n")
   end

@@ -43,13 +43,18 @@ function control.config(m)
   return c
 end
 
--- Applies a config table. Returns true or nil, message (nothing applied on error).
-function control.apply_config(m, t)
+-- The kind of a setting ("boolean", "positive", "nonnegative"), nil for an unknown name.
+function control.setting_kind(k)
+  return gateway_keys[k] or server_keys[k] or (k == "verbose" and "boolean") or nil
+end
+
+-- Checks a table of settings. Returns true or nil, message.
+function control.check_config(t)
   if type(t) ~= "table" then
     return nil, "config must be a JSON object"
   end
   for k, v in pairs(t) do
-    local kind = gateway_keys[k] or server_keys[k] or (k == "verbose" and "boolean")
+    local kind = control.setting_kind(k)
     if not kind then
       return nil, "unknown config key: " .. tostring(k)
     end
@@ -57,13 +62,35 @@ function control.apply_config(m, t)
       return nil, "bad value for " .. k .. " (" .. kind .. " expected)"
     end
   end
+  return true
+end
+
+-- Splits checked settings into the gateway's and the server's.
+function control.split_config(t)
+  local g, srv = {}, {}
+  for k, v in pairs(t) do
+    if gateway_keys[k] then
+      g[k] = v
+    elseif server_keys[k] then
+      srv[k] = v
+    end
+  end
+  return g, srv
+end
+
+-- Applies a config table. Returns true or nil, message (nothing applied on error).
+function control.apply_config(m, t)
+  local ok, err = control.check_config(t)
+  if not ok then
+    return nil, err
+  end
   for k, v in pairs(t) do
     if gateway_keys[k] then
       m.gateway.config[k] = v
     elseif server_keys[k] then
       m.server[k] = v
     else
-      m.set_verbose(v)
+      m:set_verbose(v)
     end
   end
   return true
@@ -216,7 +243,7 @@ routes["DELETE /__mock/fault"] = clear_faults
 routes["POST /__mock/fault/clear"] = clear_faults
 
 routes["POST /__mock/reset"] = function(m)
-  m.reset()
+  m:reset()
   return response.json(200, control.state(m))
 end
 

@@ -328,7 +328,7 @@ local replace = {
     return response.json(f.status, { error = f.error })
   end,
   -- The gateway's own answer when IBKR's backend is silent: 503, empty chunked body,
-  -- Connection: close, after 10 s (reference/ibkr-gateway-facts.md §2, ibeam #38).
+  -- Connection: close, after 10 s (reported in Voyz/ibeam issue #38).
   backend_timeout = function(f)
     local r = response.raw(503, nil, "", { { "x-response-time", math.floor(f.seconds * 1000) .. "ms" } })
     r.delay, r.chunked, r.close = f.seconds, true, true

@@ -24,7 +24,7 @@ gateway.defaults = {
   sso_window = 600,     -- seconds of the SSO window reported by ssoExpires / EXPIRES
   log_limit = 10000,    -- request log entries kept (oldest dropped)
   connection_close = false, -- every API answer says Connection: close and closes (like tickle on
-                            -- some gateways, reference/ibkr-gateway-facts.md §2)
+                            -- some gateways, Voyz/ibeam issue #152)
 }
 
 local MAC = "02:42:AC:11:00:02"

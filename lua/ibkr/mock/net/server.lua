@@ -77,25 +77,59 @@ function server:sleep(seconds)
   end
 end
 
+-- Waits for the socket to become ready for kind ("read" | "write") until deadline. Returns true,
+-- or nil, "timeout" | "stalled". A socket that select reports ready this many times in a row
+-- while the TLS layer makes no progress is a dead peer: give up on it instead of spinning.
+local MAX_IDLE_WAKEUPS = 1000
+
+local function wait_ready(conn, kind, deadline)
+  if wait(kind, deadline) == "timeout" then
+    return nil, "timeout"
+  end
+  conn.idle_wakeups = (conn.idle_wakeups or 0) + 1
+  if conn.idle_wakeups > MAX_IDLE_WAKEUPS then
+    return nil, "stalled"
+  end
+  return true
+end
+
+-- After a read error the peer is gone. Over TLS the session is then unusable: OpenSSL 3 marks it
+-- failed and luasec's send on it loops for ever inside C (it reads errno 0 as success), so
+-- nothing may be sent on it again. A plain TCP peer that only shut down its sending side (EOF)
+-- may still read our answer.
+local function read_failed(conn, err)
+  if conn.tls or err ~= "closed" then
+    conn.broken = err or "closed"
+  end
+  conn.eof = true
+end
+
 -- Reads more bytes into conn.buf. Returns true, or nil and "timeout" | "closed" | error.
 local function fill(self, conn, deadline)
   while true do
+    if conn.eof then
+      return nil, "closed"
+    end
     local data, err, partial = conn.sock:receive(65536)
     local got = data or partial
+    if err and err ~= "timeout" and err ~= "wantread" and err ~= "wantwrite" then
+      read_failed(conn, err)
+    end
     if got and #got > 0 then
       conn.buf = conn.buf .. got
+      conn.idle_wakeups = 0
       return true
     end
+    local ok, werr
     if err == "timeout" or err == "wantread" then
-      if wait("read", deadline) == "timeout" then
-        return nil, "timeout"
-      end
+      ok, werr = wait_ready(conn, "read", deadline)
     elseif err == "wantwrite" then
-      if wait("write", deadline) == "timeout" then
-        return nil, "timeout"
-      end
+      ok, werr = wait_ready(conn, "write", deadline)
     else
       return nil, err or "closed"
+    end
+    if not ok then
+      return nil, werr
     end
     if self.stopping then
       return nil, "closed"
@@ -103,27 +137,37 @@ local function fill(self, conn, deadline)
   end
 end
 
--- Writes all of data. Returns true or nil, err.
+-- Writes all of data. Returns true or nil, err. Never touches a connection whose read side
+-- failed (see read_failed).
 local function send_all(self, conn, data)
   local i, n = 1, #data
   local deadline = self.clock() + self.write_timeout
   while i <= n do
+    if conn.broken then
+      return nil, conn.broken
+    end
     local last, err, partial = conn.sock:send(data, i)
+    local ok, werr = true, nil
     if last then
       i = last + 1
+      conn.idle_wakeups = 0
     else
-      i = (partial or i - 1) + 1
+      local sent = (partial or i - 1) + 1
+      if sent > i then
+        conn.idle_wakeups = 0
+      end
+      i = sent
       if err == "timeout" or err == "wantwrite" then
-        if wait("write", deadline) == "timeout" then
-          return nil, "timeout"
-        end
+        ok, werr = wait_ready(conn, "write", deadline)
       elseif err == "wantread" then
-        if wait("read", deadline) == "timeout" then
-          return nil, "timeout"
-        end
+        ok, werr = wait_ready(conn, "read", deadline)
       else
+        conn.broken = err
         return nil, err
       end
+    end
+    if not ok then
+      return nil, werr
     end
   end
   return true
@@ -136,22 +180,24 @@ local function handshake(self, conn)
     if ok then
       return true
     end
+    local werr
     if err == "wantread" or err == "timeout" then
-      if wait("read", deadline) == "timeout" then
-        return nil, "handshake timeout"
-      end
+      ok, werr = wait_ready(conn, "read", deadline)
     elseif err == "wantwrite" then
-      if wait("write", deadline) == "timeout" then
-        return nil, "handshake timeout"
-      end
+      ok, werr = wait_ready(conn, "write", deadline)
     else
+      conn.broken = err
       return nil, "handshake failed: " .. tostring(err)
+    end
+    if not ok then
+      return nil, "handshake " .. werr
     end
   end
 end
 
 -- Reads a request head. Returns the request, or nil and (status to answer with | "closed").
 local function read_head(self, conn, first)
+  conn.idle_since = conn.idle_since or self.clock()
   local deadline = self.clock() + (first and self.head_timeout or self.keepalive_timeout)
   local started = first
   while true do
@@ -174,6 +220,7 @@ local function read_head(self, conn, first)
         end
         local head = conn.buf:sub(1, s - 1)
         conn.buf = conn.buf:sub(e + 1)
+        conn.idle_since = nil
         return http.parse_head(head, self.max_headers)
       end
       local eol = conn.buf:find("\r\n", 1, true)
@@ -318,26 +365,18 @@ end
 
 -- Writes a response described by a table (see ibkr.mock.gateway for the fields).
 -- Returns true when the connection may be kept, false when it must be closed.
-local function write_response(self, conn, req, resp, keep)
-  if resp.delay and resp.delay > 0 then
-    self:sleep(resp.delay)
-  end
-  if resp.drop == "before" then
-    return false
-  end
-  local head_only = req and req.method == "HEAD"
-  local body = resp.body or ""
+-- The head of a response, and whether the connection is kept after it.
+local function response_head(req, resp, keep)
   local headers = { { "Date", http.date() }, { "Server", "ibkr-mock-gateway" } }
   for _, hv in ipairs(resp.headers or {}) do
     headers[#headers + 1] = hv
   end
-  local stream = resp.stream
   if resp.chunked then
     headers[#headers + 1] = { "Transfer-Encoding", "chunked" }
-  elseif stream then
-    headers[#headers + 1] = { "Content-Length", tostring(stream.length) }
+  elseif resp.stream then
+    headers[#headers + 1] = { "Content-Length", tostring(resp.stream.length) }
   elseif not resp.no_length then
-    headers[#headers + 1] = { "Content-Length", tostring(#body) }
+    headers[#headers + 1] = { "Content-Length", tostring(#(resp.body or "")) }
   end
   if resp.close then
     keep = false
@@ -347,7 +386,21 @@ local function write_response(self, conn, req, resp, keep)
   elseif req and req.minor == 0 then
     headers[#headers + 1] = { "Connection", "keep-alive" }
   end
-  local head = http.format_head(resp.status, resp.reason, headers)
+  return http.format_head(resp.status, resp.reason, headers), keep
+end
+
+local function write_response(self, conn, req, resp, keep)
+  if resp.delay and resp.delay > 0 then
+    self:sleep(resp.delay)
+  end
+  if resp.drop == "before" then
+    return false
+  end
+  local head_only = req and req.method == "HEAD"
+  local body = resp.body or ""
+  local stream = resp.stream
+  local head
+  head, keep = response_head(req, resp, keep)
   if head_only then
     local ok = send_all(self, conn, head)
     return ok and keep
@@ -458,11 +511,31 @@ end
 ---------------------------------------------------------------------------------------------
 -- The loop
 
+-- luasec's close runs a *blocking* SSL_shutdown on a connected session: a peer that reads
+-- nothing could hold it, and with it the whole mock, for ever. Unless the session is healthy and
+-- the socket can take the close_notify at once, cut the TCP connection first so that it fails
+-- at once.
+local function disarm_tls(conn)
+  if not conn.raw then
+    return
+  end
+  if not conn.broken then
+    local _, writable = socket.select(nil, { conn.sock }, 0)
+    if writable and writable[1] then
+      return
+    end
+  end
+  conn.raw:setfd(conn.sock:getfd())
+  conn.raw:shutdown("both")
+  conn.raw:setfd(socket._SOCKETINVALID)
+end
+
 function server:close_conn(conn)
   if conn.closed then
     return
   end
   conn.closed = true
+  disarm_tls(conn)
   conn.sock:close()
   self.conns[conn] = nil
   self.by_sock[conn.sock] = nil
@@ -486,45 +559,64 @@ local function resume(self, conn, ...)
   conn.kind, conn.deadline = kind, deadline
 end
 
+-- Wraps an accepted socket into a connection and starts its coroutine.
+local function open_conn(self, c)
+  c:settimeout(0)
+  c:setoption("tcp-nodelay", true)
+  self.next_id = self.next_id + 1
+  local conn = { id = self.next_id, buf = "", tls = self.ssl_context ~= nil, idle_since = self.clock() }
+  conn.peer = c:getpeername()
+  if conn.tls then
+    local s, err = require("ssl").wrap(c, self.ssl_context)
+    if not s then
+      self.log("conn %d: ssl.wrap failed: %s", conn.id, tostring(err))
+      c:close()
+      return
+    end
+    s:settimeout(0)
+    conn.sock, conn.raw = s, c
+  else
+    conn.sock = c
+  end
+  self.conns[conn] = true
+  self.by_sock[conn.sock] = conn
+  self.nconns = self.nconns + 1
+  self.stats.connections = self.stats.connections + 1
+  self.stats.active = self.nconns
+  conn.co = coroutine.create(function()
+    return serve_connection(self, conn)
+  end)
+  resume(self, conn)
+end
+
+-- At max_connections, a new client takes the place of the connection that has waited longest
+-- for a request (handshake or head not begun or not finished, or idle keep-alive): a flood of
+-- half-open connections cannot lock others out. Returns false when every connection is busy.
+local function make_room(self)
+  local oldest
+  for conn in pairs(self.conns) do
+    if conn.idle_since and (not oldest or conn.idle_since < oldest.idle_since) then
+      oldest = conn
+    end
+  end
+  if not oldest then
+    return false
+  end
+  self.log("conn %d: closed to make room for a new connection", oldest.id)
+  self:close_conn(oldest)
+  return true
+end
+
 local function accept(self)
   for _ = 1, 64 do
     local c = self.listener:accept()
     if not c then
       return
     end
-    if self.nconns >= self.max_connections then
-      c:close()
+    if self.nconns < self.max_connections or make_room(self) then
+      open_conn(self, c)
     else
-      c:settimeout(0)
-      c:setoption("tcp-nodelay", true)
-      self.next_id = self.next_id + 1
-      local conn = { id = self.next_id, buf = "", tls = self.ssl_context ~= nil }
-      conn.peer = c:getpeername()
-      if conn.tls then
-        local ssl = require("ssl")
-        local s, err = ssl.wrap(c, self.ssl_context)
-        if not s then
-          self.log("conn %d: ssl.wrap failed: %s", conn.id, tostring(err))
-          c:close()
-          conn = nil
-        else
-          s:settimeout(0)
-          conn.sock = s
-        end
-      else
-        conn.sock = c
-      end
-      if conn then
-        self.conns[conn] = true
-        self.by_sock[conn.sock] = conn
-        self.nconns = self.nconns + 1
-        self.stats.connections = self.stats.connections + 1
-        self.stats.active = self.nconns
-        conn.co = coroutine.create(function()
-          return serve_connection(self, conn)
-        end)
-        resume(self, conn)
-      end
+      c:close()
     end
   end
 end

@@ -1,0 +1,64 @@
+rockspec_format = "3.0"
+package = "ibkr-web-api"
+version = "scm-1"
+source = {
+  url = "git+https://example.invalid/lua-ibkr.git",
+  branch = "main",
+}
+description = {
+  summary = "Session client for Interactive Brokers' Client Portal Web API (libcurl)",
+  detailed = [[
+    Keeps an IBKR Client Portal Gateway session alive and reports precisely what is wrong when it
+    is not: a C core on libcurl returning native Lua tables, a Lua layer with health, pacing,
+    retries and a keep-alive coroutine that never blocks its host, and a CLI. The mock gateway
+    for tests is the rock ibkr-web-api-mock.
+  ]],
+  license = "MIT",
+  labels = { "ibkr", "http", "libcurl", "trading" },
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+  "lua-cjson >= 2.1.0",   -- the CLI's --json output (the C module decodes JSON itself)
+  -- luasocket, luasec and lua-zlib are needed only by the mock gateway: it is the separate rock
+  -- ibkr-web-api-mock (rockspec/ibkr-web-api-mock-*.rockspec), a test dependency (docs/testing.md)
+}
+external_dependencies = {
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["ibkr.core"] = {
+      sources = { "src/core.c", "src/session.c", "src/request.c", "src/transfer.c", "src/conn.c", "src/wire.c",
+                  "src/buf.c", "src/json.c", "src/error.c",
+                  "src/signal.c" },
+      libraries = { "curl", "pthread", "m" },
+      defines = { "_POSIX_C_SOURCE=200809L" },
+      incdirs = { "$(CURL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)" },
+    },
+    ["ibkr.call"] = "lua/ibkr/call.lua",
+    ["ibkr.cli"] = "lua/ibkr/cli.lua",
+    ["ibkr.cli.args"] = "lua/ibkr/cli/args.lua",
+    ["ibkr.cli.commands"] = "lua/ibkr/cli/commands.lua",
+    ["ibkr.cli.drive"] = "lua/ibkr/cli/drive.lua",
+    ["ibkr.cli.hints"] = "lua/ibkr/cli/hints.lua",
+    ["ibkr.cli.keepalive"] = "lua/ibkr/cli/keepalive.lua",
+    ["ibkr.cli.out"] = "lua/ibkr/cli/out.lua",
+    ["ibkr.cli.report"] = "lua/ibkr/cli/report.lua",
+    ["ibkr"] = "lua/ibkr/init.lua",
+    ["ibkr.keepalive"] = "lua/ibkr/keepalive.lua",
+    ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
+    ["ibkr.repair"] = "lua/ibkr/repair.lua",
+    ["ibkr.retry"] = "lua/ibkr/retry.lua",
+    ["ibkr.run"] = "lua/ibkr/run.lua",
+    ["ibkr.state"] = "lua/ibkr/state.lua",
+    ["ibkr.waiter"] = "lua/ibkr/waiter.lua",
+    ["ibkr.version"] = "lua/ibkr/version.lua",
+  },
+  install = {
+    bin = {
+      ["ibkr-session"] = "bin/ibkr-session",
+    },
+  },
+}
