@@ -192,7 +192,11 @@ local GATEWAY = {
       headers = { ["Retry-After"] = "600" } },
     expect = "http", next = { ibkr = "rate_limited", keepalive = "held" },
     check = function(e) assert(e.status == 429 and e.retry_after == 600) end },
-  { name = "dropped, no response, Connection: close", fault = { kind = "drop", when = "before" },
+  -- count = 2: libcurl itself resends once when a connection it reused dies before any answer
+  -- (the engine's shared connection cache may hold one from an earlier row); a fresh connection
+  -- that drops is the gateway's case, and the second drop makes sure the core sees one.
+  { name = "dropped, no response, Connection: close",
+    fault = { kind = "drop", when = "before", count = 2 },
     setup = function(m) connection_close(m, true) end,
     teardown = function(m) connection_close(m, false) end,
     opts = { retries = 2 }, call = { "GET", "/tickle" },
