@@ -12,14 +12,14 @@ local M = {}
 
 M.MAX_TEXT = 200 -- bytes of a gateway text kept in a reason
 
--- A gateway text made one bounded, printable line: control bytes become spaces, runs of
--- spaces one space, long texts are cut with "...".
+-- A gateway text made one bounded, printable line: runs of white space (CR and LF included)
+-- become one space; the rest is core.printable's (other control bytes escaped, long texts cut
+-- on a character boundary with "…").
 function M.text(s)
   if type(s) ~= "string" then return nil end
-  s = s:gsub("[%z\1-\31\127]", " "):gsub("%s+", " "):match("^%s*(.-)%s*$")
+  s = s:gsub("%s+", " "):match("^%s*(.-)%s*$")
   if s == "" then return nil end
-  if #s > M.MAX_TEXT then s = s:sub(1, M.MAX_TEXT) .. "..." end
-  return s
+  return core.printable(s, M.MAX_TEXT) -- the core's rules: other controls escaped, cut on a character
 end
 
 -- Whether v is a JSON object as decoded (a table that is not an array).

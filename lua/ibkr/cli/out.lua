@@ -2,57 +2,23 @@
 -- line, and JSON lines that are valid UTF-8 and carry no control byte. ibkr-session writes no
 -- escape codes of its own at all (no colours), so NO_COLOR and non-terminals need nothing.
 
+local core = require("ibkr.core")
+
 local M = {}
 
 M.MAX_TEXT = 300 -- bytes of one gateway text in a human line (like error bodies, cut)
 
-local NAMED = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ["\\"] = "\\\\" }
-
--- Escapes one byte that a terminal might act on.
-local function esc_byte(c)
-  return NAMED[c] or string.format("\\x%02x", c:byte())
-end
-
--- Escapes a string so it prints as it is, on one line: control bytes (C0, DEL), C1 controls
--- (U+0080..U+009F, which some terminals obey as escape sequences) and bytes that are not UTF-8
--- become \n, \r, \t, \xNN; backslashes are doubled, so nothing forged looks like an escape.
+-- Every gateway text goes through the core's sanitiser (one copy of the rules: error.c): control
+-- bytes (C0, DEL), C1 controls, line/paragraph separators, bidi overrides and bytes that are not
+-- UTF-8 become visible escapes (\r, \n, \t, \xNN, \u{XXXX}), so nothing prints as two lines.
 function M.printable(s)
-  s = tostring(s)
-  local parts, i, n = {}, 1, #s
-  while i <= n do
-    local c = s:byte(i)
-    if c < 0x20 or c == 0x7f or c == 0x5c then
-      parts[#parts + 1] = esc_byte(s:sub(i, i))
-      i = i + 1
-    elseif c < 0x80 then
-      local j = s:find("[%z\1-\31\127\\\128-\255]", i) or n + 1
-      parts[#parts + 1] = s:sub(i, j - 1)
-      i = j
-    else
-      local len = c >= 0xF0 and 4 or c >= 0xE0 and 3 or c >= 0xC2 and 2 or 0
-      local ch = len > 0 and s:sub(i, i + len - 1)
-      local cp = ch and #ch == len and utf8.len(ch) == 1 and utf8.codepoint(ch)
-      if cp and not (cp >= 0x80 and cp <= 0x9f) then
-        parts[#parts + 1] = ch
-        i = i + len
-      else
-        parts[#parts + 1] = esc_byte(s:sub(i, i))
-        i = i + 1
-      end
-    end
-  end
-  return table.concat(parts)
+  return core.printable(tostring(s), math.maxinteger)
 end
 
 -- One gateway text for a human line: printable and at most `max` (MAX_TEXT) bytes, cut on a
--- character boundary with "..." added.
+-- character boundary with "…" added.
 function M.text(s, max)
-  s = M.printable(s)
-  max = max or M.MAX_TEXT
-  if #s <= max then return s end
-  local cut = max
-  while cut > 0 and (s:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
-  return s:sub(1, cut) .. "..."
+  return core.printable(tostring(s), max or M.MAX_TEXT)
 end
 
 ------------------------------------------------------------------------------------------------
