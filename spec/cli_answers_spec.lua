@@ -3,6 +3,7 @@
 -- such text as one bounded, printable line: nothing the gateway sends forges a line or reaches the
 -- terminal as a control byte. Real processes against the mock gateway.
 local cjson = require("cjson")
+local core = require("ibkr.core")
 local mock = require("spec.helpers.mock")
 local cli = require("spec.helpers.cli")
 local run = cli.run
@@ -98,6 +99,40 @@ describe("ibkr-session judges answers", function()
     no_control_bytes(js, "json")
     local doc = cjson.decode(js)
     assert.matches("forged", doc.error.message)
+  end)
+
+  it("a quote or backslash in a gateway text cannot end its field or add one", function()
+    answer(m, "/iserver/auth/status", '{"authenticated":false,"connected":true,"competing":false,'
+      .. '"fail":"a\\\\nb\\" message=\\"forged","message":"real"}')
+    local rc, out = run{ "--url", m.url, "status" }
+    assert.equal(1, rc)
+    assert.matches('fail="a\\\\nb\\" message=\\"forged" message="real"%)\n$', out)
+    local _, fields = out:gsub(' message="', "")
+    assert.equal(1, fields)
+  end)
+
+  it("request and --json print the gateway's numbers exactly", function()
+    local body = '{"ts_us":1796078592916123,"max_safe":9007199254740991,"big":123456789012345678,'
+      .. '"price":101.123456789012345,"sum":0.30000000000000004,"tiny":5e-324,"ids":[1,2.5,null]}'
+    answer(m, "/portfolio/accounts", body)
+    local want = core.decode(body)
+    for _, args in ipairs{ { "request", "GET", "/portfolio/accounts" },
+                           { "--json", "request", "GET", "/portfolio/accounts" } } do
+      local argv = { "--url", m.url }
+      for _, a in ipairs(args) do argv[#argv + 1] = a end
+      local rc, out = run(argv)
+      assert.equal(0, rc)
+      local got = core.decode(out)
+      if args[1] == "--json" then got = got.result end
+      for k, v in pairs(want) do
+        if type(v) ~= "table" then
+          assert.equal(math.type(v), math.type(got[k]), k)
+          assert.equal(v, got[k], k)
+        end
+      end
+      assert.equal(2.5, got.ids[2])
+      assert.equal(core.null, got.ids[3])
+    end
   end)
 
   it("a long gateway text is cut", function()

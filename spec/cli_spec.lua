@@ -133,6 +133,30 @@ describe("ibkr-session", function()
     assert.equal(0, (run{ "--url", url, "-k", "status" }))
   end)
 
+  it("TLS: a certificate that does not name the host is reported as such, even with --cacert", function()
+    local name = other_loopback_name()
+    if not name then return pending("no other name for 127.0.0.1 in /etc/hosts") end
+    local d = os.tmpname()
+    os.remove(d)
+    assert(os.execute("mkdir -p " .. q(d) .. " && openssl req -x509 -newkey ec -pkeyopt "
+      .. "ec_paramgen_curve:prime256v1 -nodes -keyout " .. q(d .. "/key.pem") .. " -out "
+      .. q(d .. "/cert.pem") .. " -days 2 -subj /CN=localhost "
+      .. "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 >/dev/null 2>&1"))
+    local gw = assert(mock.start{ tls = true, pacing = false,
+      args = { "--cert", d .. "/cert.pem", "--key", d .. "/key.pem" } })
+    local url = gw.url:gsub("127%.0%.0%.1", name)
+    local rc, out, err = run{ "--url", url, "--cacert", d .. "/cert.pem", "status" }
+    local rc_ok = run{ "--url", gw.url, "--cacert", d .. "/cert.pem", "status" }
+    gw:stop()
+    os.execute("rm -rf " .. q(d))
+    assert.equal(2, rc)
+    assert.matches("^tls ", out)
+    assert.matches("hint: TLS: the gateway's certificate does not name the host " .. name:gsub("%p", "%%%0")
+      .. ":%d+ .*%-k/%-%-insecure", err)
+    assert.not_matches("not signed by", err)
+    assert.equal(0, rc_ok) -- the same CA file is right for a name the certificate lists
+  end)
+
   it("hints: a URL without /v1/api, http against an https gateway, https against an http one", function()
     local rc, _, err = run{ "--url", m.root, "tickle" }
     assert.equal(1, rc)

@@ -20,6 +20,12 @@ end
 
 local function tls_hint(err, ctx)
   local msg = tostring(err.message or "")
+  if msg:find("subject name", 1, true) or msg:find("does not match target host", 1, true) then
+    local _, hostport = split_url(ctx.url)
+    return "TLS: the gateway's certificate does not name the host " .. tostring(hostport)
+      .. " (the Client Portal Gateway's own names only localhost): reach it by a name its certificate"
+      .. " lists, give it a certificate for this name (--cacert FILE then trusts it), or -k/--insecure"
+  end
   if ctx.cacert then
     if msg:find("certificate file", 1, true) or msg:find("CA ?file") then
       return "TLS: cannot use the CA file " .. ctx.cacert .. ": pass --cacert with a readable PEM file "

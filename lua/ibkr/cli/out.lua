@@ -21,15 +21,17 @@ function M.text(s, max)
   return core.printable(tostring(s), max or M.MAX_TEXT)
 end
 
+-- A gateway text as the value of a `name="value"` field: backslashes and quotes escaped first,
+-- so the text can neither end the field early nor add a field of its own.
+function M.quoted(s, max)
+  return '"' .. M.text((tostring(s):gsub('[\\"]', "\\%0")), max) .. '"'
+end
+
 ------------------------------------------------------------------------------------------------
 -- JSON
 
-local json = require("cjson").new() -- private instance: our settings never touch the user's cjson
-json.encode_sparse_array(true)
-json.encode_number_precision(14) -- lua-cjson 2.1.0's most (epoch milliseconds have 13 digits)
-
 -- A copy of v fit for a JSON line: strings that are not UTF-8 get U+FFFD for each bad byte,
--- ibkr.null stays null, error objects become plain tables, cycles are cut.
+-- ibkr.null stays null, arrays stay arrays, error objects become plain tables, cycles are cut.
 local function clean(v, seen)
   local t = type(v)
   if t == "string" then
@@ -58,29 +60,31 @@ local function clean(v, seen)
       if type(k) == "string" or math.type(k) == "integer" then c[k] = clean(x, seen) end
     end
     seen[v] = nil
+    if getmetatable(v) == core.array_mt then setmetatable(c, core.array_mt) end
     return c
   elseif t == "userdata" then
-    return json.null -- ibkr.null (a light userdata)
+    return core.null -- ibkr.null (a light userdata)
   elseif t == "number" or t == "boolean" then
     return v
   end
   return nil
 end
 
--- Unicode escapes for what cjson leaves raw: DEL and the C1 controls.
+-- Unicode escapes for what JSON allows raw but a terminal may obey: DEL and the C1 controls.
 local RAW = {
   ["\127"] = "\\u007f",
 }
 for cp = 0x80, 0x9f do RAW[utf8.char(cp)] = string.format("\\u%04x", cp) end
 
--- One JSON document on one line. cjson writes "/" as "\/" (a "\/" can only come from that escape,
--- a literal backslash being "\\"), undone so paths read well; JSON itself escapes C0 controls.
+-- One JSON document on one line, numbers exact (the core's encoder: json.c; lua-cjson would cut
+-- them to 14 digits). A value the encoder refuses (a sparse array left by a cut cycle) still gives
+-- one valid JSON line, naming the problem.
 function M.json(v)
-  local s = json.encode(clean(v, {}))
-  s = s:gsub("\\/", "/"):gsub("\127", RAW):gsub("\194[\128-\159]", RAW)
-  return s
+  local ok, s = pcall(core.encode, clean(v, {}))
+  if not ok then s = core.encode{ error = "cannot show this value as JSON: " .. tostring(s) } end
+  return (s:gsub("\127", RAW):gsub("\194[\128-\159]", RAW))
 end
 
-M.null = json.null
+M.null = core.null
 
 return M

@@ -41,7 +41,7 @@ end
 local function text_field(st, k)
   local v = st[k]
   if type(v) ~= "string" or v == "" then return "" end
-  return " " .. k .. "=\"" .. out.text(v) .. "\""
+  return " " .. k .. "=" .. out.quoted(v)
 end
 
 -- "authenticated=true connected=true competing=false established=true fail="..." message="..."",
