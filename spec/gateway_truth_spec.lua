@@ -71,6 +71,8 @@ describe("gateway truth", function()
       assert.equal("ready", k.names()[1]) -- /iserver/auth/status said so
       assert.equal(200, k.errors[1].status)
       assert.matches("failed to process request", k.errors[1].message, 1, true)
+      -- one line naming the request once: "ibkr: http: POST /tickle: failed to process request"
+      assert.equal("ibkr: http: POST /tickle: failed to process request", tostring(k.errors[1]))
       assert.equal(1, #m:api_log("/iserver/auth/status"))
     end)
 

@@ -64,7 +64,7 @@ end
 -- The call's deadline passed before an attempt could be made.
 local function late(method, path, budget)
   return core.error{ kind = "timeout", method = method, path = path,
-    message = string.format("%s %s: no time left of the call's %g s deadline", method, path, budget) }
+    message = string.format("no time left of the call's %g s deadline", budget) }
 end
 
 -- Pacing before an attempt: waits when the pacer says so and the wait fits before `limit`.
@@ -115,7 +115,7 @@ local function bounded(w, secs)
     gone = function(method, path)
       if not w.live() then return w.gone(method, path) end
       return core.error{ kind = "timeout", method = method, path = path,
-        message = string.format("%s %s: the call's deadline passed during the exchange", method, path) }
+        message = "the call's deadline passed during the exchange" }
     end,
   }
 end

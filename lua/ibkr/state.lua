@@ -163,11 +163,12 @@ function M.of_error(err)
 end
 
 -- refusal(method, path, body, why) -> error object for a 2xx answer that judge() refused:
--- kind "http", status 200, `data` = the body when it is a table, message "METHOD PATH: why".
+-- kind "http", status 200, `data` = the body when it is a table, message `why` (tostring(err)
+-- adds method and path).
 function M.refusal(method, path, body, why)
   return core.error{ kind = "http", status = 200, method = method, path = path,
     data = type(body) == "table" and body or nil, refused = true,
-    message = string.format("%s %s: %s", method, path, why) }
+    message = why }
 end
 
 -- of_answer(endpoint, body) -> state or nil, why
