@@ -18,7 +18,6 @@ description = {
 }
 dependencies = {
   "lua >= 5.4, < 5.5",
-  "lua-cjson >= 2.1.0",   -- the CLI's --json output (the C module decodes JSON itself)
   -- luasocket, luasec and lua-zlib are needed only by the mock gateway: it is the separate rock
   -- ibkr-web-api-mock (rockspec/ibkr-web-api-mock-*.rockspec), a test dependency (docs/testing.md)
 }
