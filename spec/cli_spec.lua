@@ -375,6 +375,17 @@ describe("ibkr-session --proxy", function()
     assert.matches("^POST http://gateway%.invalid:5000/v1/api/iserver/auth/status HTTP/1%.1\n", seen)
   end)
 
+  it("a proxy that does not answer is named in the hint, not the gateway", function()
+    if not supported then return pending("ibkr.core has no proxy option yet (engine branch)") end
+    local m = assert(mock.start{ tls = false, pacing = false })
+    local rc, out, err = run{ "--proxy", "http://127.0.0.1:1", "--url", m.url, "--retries", "0", "status" }
+    m:stop()
+    assert.equal(2, rc)
+    assert.matches("^down", out)
+    assert.matches("hint: nothing answers through the proxy http://127%.0%.0%.1:1", err)
+    assert.not_matches("is the gateway running", err)
+  end)
+
   it("never uses an environment proxy for a loopback gateway", function()
     if not supported then return pending("ibkr.core has no proxy option yet (engine branch)") end
     local m = assert(mock.start{ tls = false, pacing = false })

@@ -173,7 +173,7 @@ function M.main(argv, io_)
   if not okd then return usage_error(io_, derr, json) end
   local s, from_env = make_session(o)
   if not s then return usage_error(io_, from_env, json) end
-  local ctx = { url = s.base_url, cacert = o.cacert, url_from_env = from_env }
+  local ctx = { url = s.base_url, cacert = o.cacert, url_from_env = from_env, proxy = o.proxy }
   -- the process's own signal handlers: only when main runs the process (not called with io_)
   if not embedded then core.signal_catch{ "INT", "TERM" } end
   local code

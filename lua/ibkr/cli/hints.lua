@@ -60,6 +60,10 @@ function M.for_error(err, ctx)
     return "the gateway may speak HTTPS (the Client Portal Gateway does by default): try --url https://"
       .. hostport .. path
   end
+  if kind == "connect" and ctx.proxy then
+    return "nothing answers through the proxy " .. ctx.proxy .. ": is the proxy running (and can it reach "
+      .. tostring(hostport) .. ")?"
+  end
   if kind == "connect" then
     local where = ctx.url_from_env and " ($IBKR_BASE_URL)" or ""
     return "nothing answers at " .. tostring(hostport) .. where
