@@ -7,8 +7,8 @@ DEFS       = -D_POSIX_C_SOURCE=200809L
 WARN       = -Wall -Wextra -Werror
 ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(DEFS) $(CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
-LIBS       = -lcurl -pthread -lm
-SRCS       = src/core.c src/request.c src/decode.c src/error.c
+LIBS       = -lcurl -lcrypto -pthread -lm
+SRCS       = src/core.c src/request.c src/decode.c src/error.c src/oauth.c
 HDRS       = src/ibkr.h
 MODULE     = ibkr/core.so
 ROCKSPEC   = rockspec/ibkr-web-api-0.1.0-1.rockspec
@@ -16,7 +16,7 @@ TREE      ?= lua_modules
 
 # Debian 12 packages: what the tests need, and what checks/benchmarks add.
 DEPS       = gcc make pkg-config openssl lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson \
-             luarocks lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
+             luarocks libssl-dev lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
 DEPS_CHECK = valgrind clang libclang-rt-14-dev
 DEPS_BENCH = nginx-light
 
@@ -115,7 +115,7 @@ valgrind: deps-check $(MODULE)
 $(FUZZER): spec/fuzz/fuzz_response.c $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(WARN) $(DEFS) \
-	  -D_DEFAULT_SOURCE $(LUA_CFLAGS) -o $@ spec/fuzz/fuzz_response.c -llua5.4 -lcurl -lm -pthread
+	  -D_DEFAULT_SOURCE $(LUA_CFLAGS) -o $@ spec/fuzz/fuzz_response.c -llua5.4 -lcurl -lcrypto -lm -pthread
 
 fuzz: deps-check $(FUZZER)
 	@mkdir -p build/fuzz/new build/fuzz/seeds

@@ -23,16 +23,17 @@ dependencies = {
 }
 external_dependencies = {
   CURL = { library = "curl" },
+  OPENSSL = { library = "crypto" },  -- OAuth 1.0a (src/oauth.c); Debian: libssl-dev
 }
 build = {
   type = "builtin",
   modules = {
     ["ibkr.core"] = {
-      sources = { "src/core.c", "src/request.c", "src/decode.c", "src/error.c" },
-      libraries = { "curl", "pthread", "m" },
+      sources = { "src/core.c", "src/request.c", "src/decode.c", "src/error.c", "src/oauth.c" },
+      libraries = { "curl", "crypto", "pthread", "m" },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      incdirs = { "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
+      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
     },
     ["ibkr.call"] = "lua/ibkr/call.lua",
     ["ibkr.cli"] = "lua/ibkr/cli.lua",
@@ -49,6 +50,8 @@ build = {
     ["ibkr.mock.response"] = "lua/ibkr/mock/response.lua",
     ["ibkr.mock.server"] = "lua/ibkr/mock/server.lua",
     ["ibkr.mock.tls"] = "lua/ibkr/mock/tls.lua",
+    ["ibkr.mock.oauth"] = "lua/ibkr/mock/oauth.lua",
+    ["ibkr.oauth"] = "lua/ibkr/oauth.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
     ["ibkr.retry"] = "lua/ibkr/retry.lua",
     ["ibkr.run"] = "lua/ibkr/run.lua",

@@ -615,5 +615,6 @@ IBKR_API int luaopen_ibkr_core(lua_State *L) {
   lua_setfield(L, -2, "null");
   lua_pushliteral(L, IBKR_VERSION);
   lua_setfield(L, -2, "_VERSION");
+  ibkr_oauth_open(L);                           /* [oauth] M.oauth (src/oauth.c) */
   return 1;
 }

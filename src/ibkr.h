@@ -115,4 +115,7 @@ void ibkr_seti(lua_State *L, const char *k, lua_Integer v);
 void ibkr_sets(lua_State *L, const char *k, const char *v);
 int ibkr_fail(lua_State *L, const char *kind, const char *message, int methodidx, int pathidx);
 
+/* oauth.c: OAuth 1.0a crypto on libcrypto; sets M.oauth on the module table at the top */
+void ibkr_oauth_open(lua_State *L);
+
 #endif

@@ -62,13 +62,35 @@ local function count(s, res, err, status)
   end
 end
 
+-- [oauth] OAuth sessions (ibkr/oauth.lua): obtain or renew the live session token, then sign this
+-- attempt afresh (new nonce and timestamp). Returns the attempt's copts, or nil, err.
+-- One handshake at a time per session: other callers wait for it (bounded by the timeout).
+local function oauth_copts(s, w, method, path, copts)
+  local o = s._oauth
+  while o.fetching and s._clock() < o.fetching do
+    w.wait(BUSY_POLL)
+    if not w.live() then return nil, w.gone(method, path) end
+  end
+  if o:needs_token(s._clock()) then
+    o.fetching = s._clock() + s._timeout
+    local res, err = M.run(s, w, "POST", o.LST_PATH, o:token_request(), false, true)
+    local ok
+    if res then ok, err = o:accept_token(res, s._clock()) end
+    o.fetching = nil
+    if not ok then return nil, o:token_error(err) end
+  end
+  return o:sign(method, path, copts)
+end
+
 -- Performs `method path` for session `s` with waiter `w`.
 -- allow_retry: whether retryable failures are tried again (s.retries times at most).
 -- Returns result, nil, status on success, or nil, err.
-function M.run(s, w, method, path, copts, allow_retry)
+-- raw: [oauth] no OAuth signing (the token request itself).
+function M.run(s, w, method, path, copts, allow_retry, raw)
   if s._closed then return nil, closed_error(method, path) end
   local attempt = 0
   local last_err
+  local renewed -- [oauth] the token was renewed once after a 401
   while true do
     if s._pacer then
       local wait, again = s._pacer:reserve(path, s._clock())
@@ -90,15 +112,24 @@ function M.run(s, w, method, path, copts, allow_retry)
       end
     end
     local res, err, status, aborted
+    local acopts = copts
+    if s._oauth and not raw then -- [oauth]
+      acopts, err = oauth_copts(s, w, method, path, copts)
+      if not acopts then return nil, err end
+    end
     if w.step then
-      res, err, status, aborted = stepped(s, w, method, path, copts)
+      res, err, status, aborted = stepped(s, w, method, path, acopts)
       if aborted then return nil, err end -- closed or stopped mid-request: not an exchange
     else
-      res, err, status = s._core:perform(method, path, copts)
+      res, err, status = s._core:perform(method, path, acopts)
     end
     count(s, res, err, status)
     if res ~= nil then return res, nil, status end
     if s._closed then return nil, err end
+    if s._oauth and not raw and not renewed and s._oauth:refused(err) then -- [oauth] new token, once
+      renewed = true
+      goto again
+    end
     attempt = attempt + 1
     local delay = allow_retry and attempt <= s._retries and retry.retryable(err)
       and retry.delay(attempt, err.retry_after, s._random)
@@ -107,6 +138,7 @@ function M.run(s, w, method, path, copts, allow_retry)
     last_err = err
     w.wait(delay)
     if not w.live() then return nil, w.gone(method, path) end
+    ::again::
   end
 end
 

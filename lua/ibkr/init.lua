@@ -25,6 +25,7 @@ local OPTION_TYPES = {
   connect_timeout = "number", user_agent = "string", headers = "table", retries = "integer",
   pacing = "boolean", max_body = "integer", cooperative = "boolean",
   clock = "function", sleep = "function",  -- injectable time (tests, hosts with their own clock)
+  oauth = "table", -- [oauth] headless OAuth 1.0a, checked by ibkr/oauth.lua
 }
 
 local function check_type(name, v, want, level)
@@ -98,6 +99,8 @@ function M.new(opts)
     connect_timeout = o.connect_timeout, user_agent = o.user_agent, headers = o.headers,
     max_body = o.max_body and math.tointeger(o.max_body),
   })
+  -- [oauth] the signer (ibkr/oauth.lua) raises here naming a bad field; call.lua uses it
+  local signer = o.oauth and require("ibkr.oauth").new(o.oauth, o.base_url, o.verify, 2)
   local s = setmetatable({
     base_url = o.base_url,
     _core = cs,
@@ -109,6 +112,7 @@ function M.new(opts)
     _pacer = o.pacing ~= false and pacing.new() or nil,
     _cooperative = o.cooperative == true,
     _closed = false,
+    _oauth = signer or nil, -- [oauth]
     _generation = 0, -- bumped by s:stop(); a keep-alive runs while it sees its own generation
     _stats = { requests = 0, failures = 0, retries = 0, rate_limited = 0, paced = 0 },
   }, Session)
@@ -272,6 +276,7 @@ function Session:close()
   if not self._closed then
     self._closed = true
     self._core:close()
+    if self._oauth then self._oauth:close() end -- [oauth] wipes keys and token
   end
 end
 

@@ -33,6 +33,12 @@ Options:
   --head-timeout S       seconds to complete a request head (default 5)
   --keepalive-timeout S  idle keep-alive connections are closed after S seconds (default 120)
   --parent-pid PID       exit when process PID is gone (for test harnesses)
+  --oauth                OAuth 1.0a mode (docs/oauth.md): a generated test consumer, every API
+                         request's signature checked (401 when bad); state starts unauthenticated.
+                         Its config file (the CLI's --oauth-config) is named on stderr and by
+                         GET /__mock/oauth
+  --oauth-dir DIR        where the test consumer's files go (default: a private temporary dir)
+  --oauth-lst-ttl S      seconds a live session token lives (default 86400)
   -v, --verbose          log connections and requests to stderr
   -h, --help             this text
   --version              print the version
@@ -92,10 +98,13 @@ function mock.new(opts)
     sopts[k] = v
   end
   sopts.handler = function(req)
+    if req.path == "/__mock/oauth" and m.oauth then return m.oauth:handle(req, m.tls) end -- [oauth]
     if req.path == "/__mock" or req.path:sub(1, 8) == "/__mock/" then
       return control.handle(m, req)
     end
     log("conn %d: %s %s", req.conn_id, req.method, req.target)
+    local refused = m.oauth and m.oauth:handle(req, m.tls) -- [oauth] ibkr/mock/oauth.lua
+    if refused then return refused end
     return m.gateway:handle(req)
   end
   local srv
@@ -109,6 +118,10 @@ function mock.new(opts)
   m.port = srv.port
   m.pid = read_pid()
   m.gateway = gateway_mod.new({ state = state, config = opts.config, clock = srv.clock, root = m.root })
+  if opts.oauth then -- [oauth] OAuth 1.0a mode (ibkr/mock/oauth.lua)
+    local _, oerr = require("ibkr.mock.oauth").attach(m, { oauth = opts.oauth, state = opts.state })
+    if oerr then srv:close(); return nil, oerr end
+  end
   local initial_server = {}
   for k in pairs(server_mod.defaults) do
     initial_server[k] = srv[k]
@@ -235,6 +248,15 @@ function mock.parse_args(argv)
         opts.server.keepalive_timeout = num(name, inline)
       elseif name == "--parent-pid" then
         opts.parent_pid = num(name, inline, true)
+      elseif name == "--oauth" then -- [oauth]
+        opts.oauth = opts.oauth or {}
+      elseif name == "--oauth-dir" or name == "--oauth-lst-ttl" then -- [oauth]
+        opts.oauth = opts.oauth or {}
+        if name == "--oauth-dir" then
+          opts.oauth.dir = value(name, inline)
+        else
+          opts.oauth.lst_ttl = num(name, inline)
+        end
       elseif name == "-v" or name == "--verbose" then
         opts.verbose = true
       elseif name == "--quiet" or name == "-q" then
@@ -326,6 +348,9 @@ function mock.main(argv)
   catch_signals(m)
   io.stdout:write(m.url, "\n")
   io.stdout:flush()
+  if m.oauth then -- [oauth]
+    io.stderr:write("ibkr-mock-gateway: OAuth test consumer: ", m.oauth.config_file, "\n")
+  end
   if m.verbose then
     io.stderr:write("ibkr-mock-gateway: serving ", m.url, " (pid ", tostring(m.pid), ")\n")
   end
@@ -342,6 +367,7 @@ function mock.main(argv)
     end
   end
   m.close()
+  if m.oauth then m.oauth:close() end -- [oauth] removes the test consumer's temporary directory
   if m.verbose then
     io.stderr:write("ibkr-mock-gateway: stopped\n")
   end

@@ -36,6 +36,7 @@
 #include "../../src/decode.c"
 #include "../../src/request.c"
 #include "../../src/core.c"
+#include "../../src/oauth.c"  /* [oauth] core.c registers it */
 
 static lua_State *L;
 
