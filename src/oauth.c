@@ -192,7 +192,7 @@ static char *read_key_file(const char *path, size_t *n, const char **why) {
   if (fstat(fd, &st) != 0) *why = strerror(errno);
   else if (!S_ISREG(st.st_mode)) *why = "not a regular file";
   else if (st.st_mode & (S_IRWXG | S_IRWXO)) *why = "readable or writable by group or others (chmod 600)";
-  else if (st.st_size <= 0 || st.st_size > MAX_KEY_FILE) *why = "not a PEM key file (size)";
+  else if (st.st_size <= 0 || st.st_size > MAX_KEY_FILE) *why = "empty or too large";
   else if (!(buf = malloc((size_t)st.st_size + 1))) *why = "out of memory";
   else {
     ssize_t got = read(fd, buf, (size_t)st.st_size);
@@ -633,7 +633,23 @@ static int prim_now(lua_State *L) {
   return 1;
 }
 
+/* read_private(path) -> contents, or nil, reason: a file only its owner may read (the config) */
+static int prim_read_private(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1), *why = NULL;
+  size_t n = 0;
+  char *buf = read_key_file(path, &n, &why);
+  if (!buf) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", path, why);
+    return 2;
+  }
+  lua_pushlstring(L, buf, n);
+  wipe_free(buf, n + 1);
+  return 1;
+}
+
 static const luaL_Reg oauth_funcs[] = {
+  {"read_private", prim_read_private},
   {"new", oauth_new},
   {"now", prim_now},
   {"hmac", prim_hmac},

@@ -115,6 +115,38 @@ local function check_config(cfg, level)
   end
 end
 
+-- The config file of `ibkr-session --oauth-config FILE` (docs/oauth.md "Config file"):
+-- `name = value` lines, `#` comments, blank lines; names are the `oauth` fields plus `base_url`;
+-- relative *_file paths are relative to the file's directory. The file must be private to its
+-- owner, like the key files. Returns oauth_table, base_url_or_nil; or nil, err (a string).
+function M.read_config(path)
+  local text, why = core.oauth.read_private(path)
+  if not text then return nil, "oauth config " .. why end
+  local cfg, base_url = {}, nil
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  local n = 0
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+    n = n + 1
+    line = line:gsub("\r$", "")
+    if not line:match("^%s*$") and not line:match("^%s*#") then
+      local k, v = line:match("^%s*([%w_]+)%s*=%s*(.-)%s*$")
+      if not k then return nil, string.format("%s:%d: expected 'name = value'", path, n) end
+      if k == "base_url" then
+        base_url = v
+      elseif not FIELDS[k] or k == "signature_key" or k == "encryption_key" then
+        return nil, string.format("%s:%d: unknown name '%s'", path, n, k)
+      elseif k == "dh_generator" then
+        cfg[k] = math.tointeger(tonumber(v))
+        if not cfg[k] then return nil, string.format("%s:%d: 'dh_generator' must be an integer", path, n) end
+      else
+        if k:match("_file$") and v:sub(1, 1) ~= "/" then v = dir .. "/" .. v end
+        cfg[k] = v
+      end
+    end
+  end
+  return cfg, base_url
+end
+
 ------------------------------------------------------------------------------------------------
 -- The signer of a session
 

@@ -261,7 +261,7 @@ function M:control(req)
   if t.reset then self:reset() end
   if type(t.lst_ttl) == "number" and t.lst_ttl > 0 then self.lst_ttl = t.lst_ttl end
   if t.expire then self.tokens = {} end
-  if math.type(t.bad_lst_signature) == "integer" then self.bad_lst_signature = t.bad_lst_signature end
+  if type(t.bad_lst_signature) == "number" then self.bad_lst_signature = math.floor(t.bad_lst_signature) end
   return response.json(200, self:describe())
 end
 
