@@ -69,6 +69,7 @@ help:
 # check-memory  the whole busted suite under ASan+UBSan (module in build/asan, only libasan
 #               preloaded, the mock never), then valgrind memcheck over spec/c/memcheck.lua
 #               (MEMCHECK_CALLS calls covering every error kind; definite/indirect leaks fail)
+#               and over spec/c/oauth_memcheck.lua (OAUTH_ROUNDS rounds of the OAuth crypto)
 # fuzz          libFuzzer over response handling for FUZZ_TIME seconds (default 30; 600 for a
 #               long run); new inputs go to build/fuzz/new, `make fuzz-merge` minimizes them
 #               into spec/fuzz/corpus
@@ -84,6 +85,7 @@ THREADS_BIN    = build/tsan/threads
 FUZZER         = build/fuzz/fuzz_response
 FUZZ_TIME     ?= 30
 MEMCHECK_CALLS ?= 10000
+OAUTH_ROUNDS   ?= 20
 LONGRUN_TICKS ?= 100000
 LUA_CFLAGS     = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LIBASAN        = $(shell gcc -print-file-name=libasan.so)
@@ -94,11 +96,11 @@ LUAENV         = LUA_PATH="lua/?.lua;lua/?/init.lua;./?.lua;;"
 VALGRIND       = valgrind -q --fair-sched=yes --leak-check=full --show-leak-kinds=definite,indirect \
                  --errors-for-leak-kinds=definite,indirect --error-exitcode=3 --keep-debuginfo=yes
 
-.PHONY: check check-memory asan valgrind fuzz fuzz-merge threads longrun longrun-short
+.PHONY: check check-memory asan valgrind valgrind-oauth fuzz fuzz-merge threads longrun longrun-short
 
 check: test check-memory fuzz threads longrun-short
 
-check-memory: asan valgrind
+check-memory: asan valgrind valgrind-oauth
 
 $(ASAN_MODULE): $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
@@ -111,6 +113,10 @@ asan: deps-check $(ASAN_MODULE)
 
 valgrind: deps-check $(MODULE)
 	$(LUAENV) LUA_CPATH="./?.so;;" $(VALGRIND) $(LUA) spec/c/memcheck.lua $(MEMCHECK_CALLS)
+
+# [oauth] every path of src/oauth.c (keys, handshake, signing, refusals) and an OAuth session
+valgrind-oauth: deps-check $(MODULE)
+	$(LUAENV) LUA_CPATH="./?.so;;" $(VALGRIND) $(LUA) spec/c/oauth_memcheck.lua $(OAUTH_ROUNDS)
 
 $(FUZZER): spec/fuzz/fuzz_response.c $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)

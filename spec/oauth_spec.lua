@@ -6,8 +6,9 @@ local oauth = require("ibkr.oauth")
 local mock = require("spec.helpers.mock")
 local prim = ibkr.core.oauth
 
+-- the openssl command line, without the sanitizer preload of `make asan`
 local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1", "r"))
+  local p = assert(io.popen("env -u LD_PRELOAD sh -c '" .. cmd:gsub("'", "'\\''") .. "' 2>&1", "r"))
   local out = p:read("a")
   local ok = p:close()
   return out, ok

@@ -93,8 +93,10 @@ function M.new(opts)
     if not dir or dir == "" then return nil, "cannot make a temporary directory" end
     self.owned_dir = dir
   end
+  if opts.dir then os.execute("umask 077 && mkdir -p " .. shell_quote(dir)) end
   self.dir = dir
-  write_consumer(self, dir)
+  local ok, err = pcall(write_consumer, self, dir)
+  if not ok then return nil, "--oauth-dir: " .. tostring(err) end
   self:reset()
   return self
 end
