@@ -17,11 +17,13 @@ M.RENEW_MARGIN = 60 -- seconds before live_session_token_expiration the token is
 
 -- Python's urllib.parse.quote_plus: unreserved characters stay, a space becomes '+', every other
 -- byte %XX with upper-case hex.
+local ESCAPE = { [" "] = "+" }
+for b = 0, 255 do
+  local c = string.char(b)
+  if not ESCAPE[c] then ESCAPE[c] = string.format("%%%02X", b) end
+end
 local function quote_plus(s)
-  return (s:gsub("[^%w_%.%-~]", function(c)
-    if c == " " then return "+" end
-    return string.format("%%%02X", c:byte())
-  end))
+  return (s:gsub("[^%w_%.%-~]", ESCAPE))
 end
 M.quote_plus = quote_plus
 
@@ -182,21 +184,22 @@ function M.new(cfg, base_url, verify, level)
   }, Signer)
 end
 
-local ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+local ALNUM_BYTES = { ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"):byte(1, 62) }
 
 -- 16 letters and digits from the CSPRNG (bytes >= 248 dropped: no modulo bias)
 function M.nonce()
-  local out = {}
-  while #out < 16 do
+  local out, n = {}, 0
+  while n < 16 do
+    local bytes = { core.oauth.random(32):byte(1, 32) }
     for i = 1, 32 do
-      local b = core.oauth.random(32):byte(i)
-      if b < 248 and #out < 16 then
-        local j = b % 62 + 1
-        out[#out + 1] = ALNUM:sub(j, j)
+      local b = bytes[i]
+      if b < 248 and n < 16 then
+        n = n + 1
+        out[n] = ALNUM_BYTES[b % 62 + 1]
       end
     end
   end
-  return table.concat(out)
+  return string.char(table.unpack(out))
 end
 
 function Signer:_params(method_name)
@@ -234,7 +237,7 @@ end
 function Signer:accept_token(res, now)
   local b, sig, exp = res.diffie_hellman_response, res.live_session_token_signature,
     res.live_session_token_expiration
-  if type(b) ~= "string" or type(sig) ~= "string" or math.type(exp) ~= "integer" then
+  if type(b) ~= "string" or type(sig) ~= "string" or type(exp) ~= "number" then
     return nil, auth_error("live session token answer lacks diffie_hellman_response, "
       .. "live_session_token_signature or live_session_token_expiration")
   end
