@@ -341,6 +341,55 @@ describe("oauth against the mock gateway in OAuth mode", function()
     assert.matches("invalid signature", r.body)
   end)
 
+  it("serves ibkr-session --oauth-config FILE, never printing a secret", function()
+    start(3600)
+    local cli = require("ibkr.cli")
+    local function run(args)
+      local out, errs = {}, {}
+      local io_ = {
+        stdout = { write = function(_, ...) for _, v in ipairs({ ... }) do out[#out + 1] = v end end },
+        stderr = { write = function(_, ...) for _, v in ipairs({ ... }) do errs[#errs + 1] = v end end },
+      }
+      local code = cli.main(args, io_)
+      return code, table.concat(out), table.concat(errs)
+    end
+    local conf = dir .. "/oauth.conf"
+    run({ "--url", m.url, "--oauth-config", conf, "init" })
+    -- the mock starts unauthenticated: only the CLI's ssodh/init can make it ready
+    local s <close> = ibkr.new{ base_url = m.url, oauth = cfg, pacing = false }
+    assert.truthy(s:wait_ready{ timeout = 10, init = false })
+    assert.equal(0, (run({ "--url", m.url, "--oauth-config", conf, "status" })))
+    -- base_url from the file
+    write(dir .. "/url.conf", read(conf) .. "base_url = " .. m.url .. "\n")
+    assert.equal(0, (run({ "--oauth-config", dir .. "/url.conf", "tickle" })))
+    local secrets = { cfg.access_token_secret, read(cfg.signature_key_file), read(cfg.encryption_key_file) }
+    for _, args in ipairs({ { "status" }, { "--json", "tickle" }, { "validate" }, { "logout" } }) do
+      local a = { "--url", m.url, "--oauth-config", conf }
+      for _, v in ipairs(args) do a[#a + 1] = v end
+      local code, out, err = run(a)
+      assert.equal(0, code, out .. err)
+      for _, secret in ipairs(secrets) do
+        assert.not_matches(secret, out .. err, 1, true)
+      end
+    end
+    -- a config readable by others is refused (usage error)
+    write(dir .. "/open.conf", read(conf), "644")
+    local code, out, err = run({ "--url", m.url, "--oauth-config", dir .. "/open.conf", "status" })
+    assert.equal(64, code)
+    assert.matches("group or others", err)
+    assert.equal("", out)
+    write(dir .. "/bad.conf", "consumer_key = X\nsignature_key = inline\n")
+    code, out, err = run({ "--url", m.url, "--oauth-config", dir .. "/bad.conf", "status" })
+    assert.equal(64, code)
+    assert.matches("bad.conf:2: unknown name 'signature_key'", err, 1, true)
+    assert.equal("", out)
+    code, out, err = run({ "--url", "https://api.ibkr.com/v1/api", "--insecure", "--oauth-config", conf,
+      "status" })
+    assert.equal(64, code)
+    assert.matches("TLS verification", err)
+    assert.equal("", out)
+  end)
+
   it("wipes the signer when the session closes", function()
     start(3600)
     local s = ibkr.new{ base_url = m.url, oauth = cfg, pacing = false }

@@ -8,7 +8,7 @@ local state = require("ibkr.state")
 local M = {}
 
 M.USAGE = [[
-usage: ibkr-session [--url URL] [--insecure | --cacert FILE] [--timeout S] [--json] COMMAND
+usage: ibkr-session [--url URL] [--insecure | --cacert FILE] [--timeout S] [--oauth-config F] [--json] COMMAND
 commands:
   status                      brokerage session state (exit 0 only when ready)
   tickle                      POST /tickle
@@ -23,6 +23,7 @@ options:
   --insecure     do not verify the TLS certificate
   --cacert FILE  verify the TLS certificate against this PEM file
   --timeout S    seconds for a whole request (default 10)
+  --oauth-config FILE  headless OAuth 1.0a session, no gateway (docs/oauth.md: file format)
   --json         print one JSON document (keepalive: one JSON object per line)
 exit codes: 0 ok/ready, 1 not ready or call failed, 2 gateway unreachable, 64 usage error
 ]]
@@ -35,6 +36,7 @@ local COMMANDS = {
 local OPTIONS = {
   ["--url"] = { value = true }, ["--cacert"] = { value = true }, ["--timeout"] = { value = true },
   ["--insecure"] = {}, ["--json"] = {}, ["--help"] = {}, ["-h"] = {},
+  ["--oauth-config"] = { value = true }, -- [oauth]
   ["--compete"] = { only = { init = true, keepalive = true } },
   ["--interval"] = { value = true, only = { keepalive = true } },
   ["--duration"] = { value = true, only = { keepalive = true } },
@@ -264,6 +266,10 @@ function M.main(argv, io_)
   local opts = { base_url = o.url, timeout = o.timeout, ca_file = o.cacert }
   if o.insecure then opts.verify = false end
   if o.timeout and o.timeout < 3 then opts.connect_timeout = o.timeout end
+  if o["oauth-config"] then -- [oauth] ibkr/oauth.lua reads the file (and its base_url)
+    local cerr = require("ibkr.oauth").cli_apply(opts, o["oauth-config"])
+    if cerr then return usage_error(io_, cerr) end
+  end
   local ok, s = pcall(ibkr.new, opts)
   if not ok then return usage_error(io_, tostring(s):gsub("^[^:]*:%d+: ", "")) end
   local doc, human, code, err = RUN[o.command](s, o, io_)

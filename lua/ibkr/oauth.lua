@@ -149,6 +149,16 @@ function M.read_config(path)
   return cfg, base_url
 end
 
+-- For the CLI (`--oauth-config FILE`): sets opts.oauth, and opts.base_url from the file when the
+-- command line gave none. Returns nil, or an error text (a usage error).
+function M.cli_apply(opts, path)
+  local cfg, base_url = M.read_config(path)
+  if not cfg then return base_url end
+  opts.oauth = cfg
+  if opts.base_url == nil then opts.base_url = base_url end
+  return nil
+end
+
 ------------------------------------------------------------------------------------------------
 -- The signer of a session
 
