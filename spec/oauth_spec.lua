@@ -291,6 +291,35 @@ describe("oauth against the mock gateway in OAuth mode", function()
     assert.equal(1, s:stats().retries)
   end)
 
+  it("runs one handshake for several cooperative callers", function()
+    start(3600)
+    local s <close> = ibkr.new{ base_url = m.url, oauth = cfg, pacing = false, cooperative = true }
+    local results, cos = {}, {}
+    for i = 1, 3 do
+      cos[i] = coroutine.create(function() results[i] = { s:tickle() } end)
+    end
+    local alive = 3
+    while alive > 0 do
+      alive = 0
+      local wait = 0.05
+      for _, co in ipairs(cos) do
+        if coroutine.status(co) ~= "dead" then
+          local ok, secs = coroutine.resume(co)
+          assert(ok, secs)
+          if coroutine.status(co) ~= "dead" then
+            alive = alive + 1
+            wait = math.min(wait, tonumber(secs) or 0.01)
+          end
+        end
+      end
+      if alive > 0 then ibkr.core.sleep(wait) end
+    end
+    for i = 1, 3 do assert.truthy(results[i][1], tostring(results[i][2])) end
+    local c = counters()
+    assert.equal(1, c.lst_issued)
+    assert.equal(0, c.rejected)
+  end)
+
   it("refuses a wrong live_session_token_signature with kind auth, then recovers", function()
     start(3600)
     m:control("POST", "/__mock/oauth", { bad_lst_signature = 1 })
