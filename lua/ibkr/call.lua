@@ -72,11 +72,10 @@ local function oauth_copts(s, w, method, path, copts)
     if not w.live() then return nil, w.gone(method, path) end
   end
   if o:needs_token(s._clock()) then
-    o.fetching = s._clock() + s._timeout
+    local busy <close> = o:fetching_until(s._clock() + s._timeout) -- luacheck: ignore busy
     local res, err = M.run(s, w, "POST", o.LST_PATH, o:token_request(), false, true)
     local ok
     if res then ok, err = o:accept_token(res, s._clock()) end
-    o.fetching = nil
     if not ok then return nil, o:token_error(err) end
   end
   return o:sign(method, path, copts)

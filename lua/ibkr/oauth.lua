@@ -220,6 +220,13 @@ function Signer:_params(method_name)
   }
 end
 
+-- Marks a handshake in progress until `deadline` (monotonic); the returned value, held in a
+-- to-be-closed variable, clears the mark however the handshake ends (coroutine.close included).
+function Signer:fetching_until(deadline)
+  self.fetching = deadline
+  return setmetatable({}, { __close = function() self.fetching = nil end })
+end
+
 -- Whether a (new) token must be had before a request at monotonic time `now`.
 function Signer:needs_token(now)
   return not self._c:has_token() or (self.renew_at ~= nil and now >= self.renew_at)
