@@ -27,6 +27,7 @@
 #define OAUTH_MT "ibkr.oauth"
 #define MAX_KEY_FILE (64 * 1024)   /* a PEM key file is a few KB */
 #define DH_RANDOM_BITS 256         /* IBKR: a random 256-bit exponent */
+#define MAX_RSA_BYTES 1024         /* RSA keys up to 8192 bits */
 
 /*
 ** The signer. Every field holds secret material or is derived from it; all
@@ -340,10 +341,12 @@ static int oauth_challenge(lua_State *L) {
 */
 static int oauth_sign_rsa(lua_State *L) {
   oauth *o = checkoauth(L);
-  size_t bn, hl = 2 * o->secretlen, siglen = 0;
+  size_t bn, hl = 2 * o->secretlen, siglen = MAX_RSA_BYTES;
   const char *base = luaL_checklstring(L, 2, &bn);
   static const char digits[] = "0123456789abcdef";
-  unsigned char *msg = malloc(hl + bn + 1), *sig = NULL;
+  unsigned char sig[MAX_RSA_BYTES];  /* on the stack: nothing to free if pushing raises */
+  if (EVP_PKEY_get_size(o->sigkey) > MAX_RSA_BYTES) return luaL_error(L, "oauth: signature key too large");
+  unsigned char *msg = malloc(hl + bn + 1);
   if (!msg) return luaL_error(L, "oauth: out of memory");
   for (size_t i = 0; i < o->secretlen; i++) {
     msg[2 * i] = (unsigned char)digits[o->secret[i] >> 4];
@@ -352,14 +355,11 @@ static int oauth_sign_rsa(lua_State *L) {
   memcpy(msg + hl, base, bn);
   EVP_MD_CTX *md = EVP_MD_CTX_new();
   int ok = md && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, o->sigkey) > 0 &&
-           EVP_DigestSign(md, NULL, &siglen, msg, hl + bn) > 0 &&
-           (sig = malloc(siglen)) != NULL &&
            EVP_DigestSign(md, sig, &siglen, msg, hl + bn) > 0;
   EVP_MD_CTX_free(md);
   wipe_free(msg, hl + bn + 1);
-  if (ok) push_b64(L, sig, siglen);
-  free(sig);
   if (!ok) return luaL_error(L, "oauth: RSA-SHA256 signing failed");
+  push_b64(L, sig, siglen);
   return 1;
 }
 
@@ -580,22 +580,19 @@ static int prim_rsa_verify(lua_State *L) {
 
 /* rsa_encrypt(public_pem, msg) -> ciphertext (PKCS#1 v1.5) */
 static int prim_rsa_encrypt(lua_State *L) {
-  size_t pn, mn, cn = 0;
+  size_t pn, mn, cn = MAX_RSA_BYTES;
   const char *pem = luaL_checklstring(L, 1, &pn), *msg = luaL_checklstring(L, 2, &mn);
+  unsigned char out[MAX_RSA_BYTES];
   EVP_PKEY *k = pem_public(pem, pn);
   if (!k) return luaL_error(L, "oauth: not a PEM public key");
-  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(k, NULL);
-  unsigned char *out = NULL;
+  EVP_PKEY_CTX *ctx = EVP_PKEY_get_size(k) <= MAX_RSA_BYTES ? EVP_PKEY_CTX_new(k, NULL) : NULL;
   int ok = ctx && EVP_PKEY_encrypt_init(ctx) > 0 &&
            EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) > 0 &&
-           EVP_PKEY_encrypt(ctx, NULL, &cn, (const unsigned char *)msg, mn) > 0 &&
-           (out = malloc(cn)) != NULL &&
            EVP_PKEY_encrypt(ctx, out, &cn, (const unsigned char *)msg, mn) > 0;
   EVP_PKEY_CTX_free(ctx);
   EVP_PKEY_free(k);
-  if (ok) lua_pushlstring(L, (const char *)out, cn);
-  free(out);
   if (!ok) return luaL_error(L, "oauth: RSA encryption failed");
+  lua_pushlstring(L, (const char *)out, cn);
   return 1;
 }
 
