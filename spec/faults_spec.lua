@@ -192,7 +192,10 @@ local GATEWAY = {
       headers = { ["Retry-After"] = "600" } },
     expect = "http", next = { ibkr = "rate_limited", keepalive = "held" },
     check = function(e) assert(e.status == 429 and e.retry_after == 600) end },
-  { name = "dropped, no response, Connection: close", fault = { kind = "drop", when = "before" },
+  -- count = 2: when the request goes out on a connection kept from an earlier row, libcurl itself
+  -- sends it once more on a fresh connection after the drop (a reused connection that died before
+  -- answering); the second drop is what the core must then report. The ibkr paths retry past both.
+  { name = "dropped, no response, Connection: close", fault = { kind = "drop", when = "before", count = 2 },
     setup = function(m) connection_close(m, true) end,
     teardown = function(m) connection_close(m, false) end,
     opts = { retries = 2 }, call = { "GET", "/tickle" },
