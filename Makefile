@@ -126,9 +126,11 @@ $(ASAN_MODULE): $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -shared -Wl,-z,nodelete -o $@ $(SRCS) $(LIBS)
 
-asan: deps-check $(ASAN_MODULE)
+# The mock runs without the sanitizer preload, so with the plain module (its OAuth mode loads it).
+asan: deps-check $(ASAN_MODULE) $(MODULE)
 	RUNNER="env LD_PRELOAD=$(LIBASAN) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 IBKR_TIME_SCALE=5" \
-	IBKR_MOCK_GATEWAY="env -u LD_PRELOAD lua5.4 bin/ibkr-mock-gateway" CPATH_DIR=build/asan \
+	IBKR_MOCK_GATEWAY="env -u LD_PRELOAD LUA_CPATH_5_4='$(CURDIR)/?.so;;' lua5.4 bin/ibkr-mock-gateway" \
+	CPATH_DIR=build/asan \
 	  spec/run $(ASAN_SPECS)
 
 valgrind: deps-check $(MODULE)
