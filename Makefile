@@ -7,9 +7,9 @@ DEFS       = -D_POSIX_C_SOURCE=200809L
 WARN       = -Wall -Wextra -Werror
 ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(DEFS) $(CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
-LIBS       = -lcurl -pthread -lm
+LIBS       = -lcurl -lcrypto -pthread -lm
 SRCS       = src/core.c src/session.c src/request.c src/transfer.c src/conn.c src/wire.c src/buf.c \
-             src/json.c src/error.c src/signal.c
+             src/json.c src/error.c src/signal.c src/oauth.c
 HDRS       = src/ibkr.h
 MODULE     = ibkr/core.so
 VERSION   := $(shell sed -n 's/^return "\(.*\)"$$/\1/p' lua/ibkr/version.lua)
@@ -23,7 +23,7 @@ LUA51      = env -u LUA_PATH -u LUA_CPATH -u LUA_INIT -u LUA_PATH_5_1 -u LUA_CPA
 
 # Debian 12 packages: what the tests need, and what checks/benchmarks add.
 DEPS       = gcc make pkg-config openssl lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson \
-             luarocks lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
+             luarocks libssl-dev lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
 DEPS      += lua-zlib        # the mock gateway's gzip fault
 DEPS_CHECK = valgrind clang libclang-rt-14-dev
 DEPS_BENCH = nginx-light
@@ -88,6 +88,7 @@ help:
 # check-memory  the whole busted suite under ASan+UBSan (module in build/asan, only libasan
 #               preloaded, the mock never), then valgrind memcheck over spec/c/memcheck.lua
 #               (MEMCHECK_CALLS calls covering every error kind; definite/indirect leaks fail)
+#               and over spec/c/oauth_memcheck.lua (OAUTH_ROUNDS rounds of the OAuth crypto)
 # fuzz          libFuzzer over response handling for FUZZ_TIME seconds (default 30; 600 for a
 #               long run); new inputs go to build/fuzz/new, `make fuzz-merge` minimizes them
 #               into spec/fuzz/corpus
@@ -103,6 +104,7 @@ THREADS_BIN    = build/tsan/threads
 FUZZER         = build/fuzz/fuzz_response
 FUZZ_TIME     ?= 30
 MEMCHECK_CALLS ?= 10000
+OAUTH_ROUNDS   ?= 20
 LONGRUN_TICKS ?= 100000
 LUA_CFLAGS     = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LIBASAN        = $(shell gcc -print-file-name=libasan.so)
@@ -114,28 +116,34 @@ LUAENV         = env -u LUA_INIT -u LUA_INIT_5_4 -u LUA_PATH_5_4 -u LUA_CPATH_5_
 VALGRIND       = valgrind -q --fair-sched=yes --leak-check=full --show-leak-kinds=definite,indirect \
                  --errors-for-leak-kinds=definite,indirect --error-exitcode=3 --keep-debuginfo=yes
 
-.PHONY: check check-memory asan valgrind fuzz fuzz-merge threads longrun longrun-short
+.PHONY: check check-memory asan valgrind valgrind-oauth fuzz fuzz-merge threads longrun longrun-short
 
 check: test check-memory fuzz threads longrun-short
 
-check-memory: asan valgrind
+check-memory: asan valgrind valgrind-oauth
 
 $(ASAN_MODULE): $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -shared -Wl,-z,nodelete -o $@ $(SRCS) $(LIBS)
 
-asan: deps-check $(ASAN_MODULE)
+# The mock runs without the sanitizer preload, so with the plain module (its OAuth mode loads it).
+asan: deps-check $(ASAN_MODULE) $(MODULE)
 	RUNNER="env LD_PRELOAD=$(LIBASAN) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 IBKR_TIME_SCALE=5" \
-	IBKR_MOCK_GATEWAY="env -u LD_PRELOAD lua5.4 bin/ibkr-mock-gateway" CPATH_DIR=build/asan \
+	IBKR_MOCK_GATEWAY="env -u LD_PRELOAD LUA_CPATH_5_4='$(CURDIR)/?.so;;' lua5.4 bin/ibkr-mock-gateway" \
+	CPATH_DIR=build/asan \
 	  spec/run $(ASAN_SPECS)
 
 valgrind: deps-check $(MODULE)
 	$(LUAENV) LUA_CPATH="./?.so;;" $(VALGRIND) $(LUA) spec/c/memcheck.lua $(MEMCHECK_CALLS)
 
+# [oauth] every path of src/oauth.c (keys, handshake, signing, refusals) and an OAuth session
+valgrind-oauth: deps-check $(MODULE)
+	$(LUAENV) LUA_CPATH="./?.so;;" $(VALGRIND) $(LUA) spec/c/oauth_memcheck.lua $(OAUTH_ROUNDS)
+
 $(FUZZER): spec/fuzz/fuzz_response.c $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(WARN) $(DEFS) \
-	  -D_DEFAULT_SOURCE $(LUA_CFLAGS) -o $@ spec/fuzz/fuzz_response.c -llua5.4 -lcurl -lm -pthread
+	  -D_DEFAULT_SOURCE $(LUA_CFLAGS) -o $@ spec/fuzz/fuzz_response.c -llua5.4 -lcurl -lcrypto -lm -pthread
 
 fuzz: deps-check $(FUZZER)
 	@mkdir -p build/fuzz/new build/fuzz/seeds

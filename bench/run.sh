@@ -210,3 +210,9 @@ fi
 } > "$OUT/results.md"
 cp "$RESULTS" "$OUT/results.txt"
 cat "$OUT/results.md"
+
+# [oauth] OAuth 1.0a costs (bench/oauth.lua): one handshake (ms), per-request signing (µs, x an unsigned call)
+if [ "$HAVE_IBKR" = yes ] && [ -x bin/ibkr-mock-gateway ]; then
+  echo
+  taskset -c "$CLIENT_CPU" "$LUA" bench/oauth.lua | tee -a "$OUT/results.md" || echo "bench: oauth figures failed" >&2
+fi

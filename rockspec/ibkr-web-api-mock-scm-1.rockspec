@@ -32,6 +32,7 @@ build = {
     ["ibkr.mock.faults"] = "lua/ibkr/mock/faults.lua",
     ["ibkr.mock.gateway"] = "lua/ibkr/mock/gateway.lua",
     ["ibkr.mock.json"] = "lua/ibkr/mock/json.lua",
+    ["ibkr.mock.oauth"] = "lua/ibkr/mock/oauth.lua",
     ["ibkr.mock.pacing"] = "lua/ibkr/mock/pacing.lua",
     ["ibkr.mock.response"] = "lua/ibkr/mock/response.lua",
     ["ibkr.mock.testing"] = "lua/ibkr/mock/testing.lua",

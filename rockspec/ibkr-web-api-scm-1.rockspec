@@ -23,6 +23,7 @@ dependencies = {
 }
 external_dependencies = {
   CURL = { library = "curl" },
+  OPENSSL = { library = "crypto" },  -- OAuth 1.0a (src/oauth.c); Debian: libssl-dev
 }
 build = {
   type = "builtin",
@@ -30,11 +31,11 @@ build = {
     ["ibkr.core"] = {
       sources = { "src/core.c", "src/session.c", "src/request.c", "src/transfer.c", "src/conn.c", "src/wire.c",
                   "src/buf.c", "src/json.c", "src/error.c",
-                  "src/signal.c" },
-      libraries = { "curl", "pthread", "m" },
+                  "src/signal.c", "src/oauth.c" },
+      libraries = { "curl", "crypto", "pthread", "m" },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      incdirs = { "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
+      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
     },
     ["ibkr.call"] = "lua/ibkr/call.lua",
     ["ibkr.cli"] = "lua/ibkr/cli.lua",
@@ -47,6 +48,7 @@ build = {
     ["ibkr.cli.report"] = "lua/ibkr/cli/report.lua",
     ["ibkr"] = "lua/ibkr/init.lua",
     ["ibkr.keepalive"] = "lua/ibkr/keepalive.lua",
+    ["ibkr.oauth"] = "lua/ibkr/oauth.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
     ["ibkr.repair"] = "lua/ibkr/repair.lua",
     ["ibkr.retry"] = "lua/ibkr/retry.lua",

@@ -155,5 +155,6 @@ IBKR_API int luaopen_ibkr_core(lua_State *L) {
   ibkr_json_open(L);
   ibkr_error_open(L);
   ibkr_signal_open(L);
+  ibkr_oauth_open(L);                           /* [oauth] M.oauth (src/oauth.c) */
   return 1;
 }

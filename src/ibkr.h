@@ -206,4 +206,7 @@ static inline void ibkr_createmeta(lua_State *L, const char *name, const luaL_Re
 /* signal.c: signal_catch, signal_caught, signal_wait (added to the module table on the stack) */
 void ibkr_signal_open(lua_State *L);
 
+/* oauth.c: OAuth 1.0a crypto on libcrypto; sets M.oauth on the module table at the top */
+void ibkr_oauth_open(lua_State *L);
+
 #endif

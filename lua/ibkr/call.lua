@@ -9,6 +9,8 @@ local retry = require("ibkr.retry")
 
 local M = {}
 
+local BUSY_POLL = 0.01 -- [oauth] seconds between looks while another caller fetches the token
+
 local function closed_error(method, path)
   return core.error{ kind = "closed", message = "session is closed", method = method, path = path }
 end
@@ -120,48 +122,93 @@ local function bounded(w, secs)
   }
 end
 
+-- [oauth] OAuth sessions (ibkr/oauth.lua): obtain or renew the live session token, then sign this
+-- attempt afresh (new nonce and timestamp). Returns the attempt's copts, or nil, err.
+-- One handshake at a time per session: other callers wait for it, each within its own deadline
+-- `limit`. The token request is a call of its own (unsigned: `raw`) bounded by the same deadline,
+-- so its exchange gets the session's timeout or what is left of the deadline, whichever is less.
+local function oauth_copts(s, w, method, path, copts, limit)
+  local o = s._oauth
+  while o.fetching and s._clock() < o.fetching do
+    if s._clock() >= limit then return nil, late(method, path, s._deadline) end
+    w.wait(BUSY_POLL)
+    if not w.live() then return nil, w.gone(method, path) end
+  end
+  if o:needs_token(s._clock()) then
+    local busy <close> = o:fetching_until(limit) -- luacheck: ignore busy
+    local res, err = M.run(s, w, "POST", o.LST_PATH, o:token_request(), false, limit, true)
+    local ok
+    if res then ok, err = o:accept_token(res, s._clock()) end
+    if not ok then return nil, o:token_error(err) end
+  end
+  return o:sign(method, path, copts)
+end
+
+-- One attempt of `method path` within the call's deadline `limit` (signed first on an OAuth
+-- session unless `raw`). Returns res, nil, status; or nil, err; or nil, err, nil, true when the
+-- call must end with err now (closed or stopped mid-request, out of time). A failed token
+-- request is the attempt's error: the caller's retry rules apply to it as to any other.
+local function attempt_once(s, w, method, path, copts, limit, last_err, raw)
+  if s._oauth and not raw then -- [oauth]
+    local err
+    copts, err = oauth_copts(s, w, method, path, copts, limit)
+    if not copts then return nil, err end
+  end
+  local left = limit - s._clock()
+  if left <= 0 then return nil, last_err or late(method, path, s._deadline), nil, true end
+  local cut = left < s._timeout
+  local xopts = exchange_opts(copts, cut and left or s._timeout)
+  local res, err, status, aborted
+  local xw = cut and bounded(w, left) or w
+  if xw.step then
+    res, err, status, aborted = stepped(s, xw, method, path, xopts)
+    if aborted and err.kind ~= "timeout" then return nil, err, nil, true end -- closed or stopped
+    if aborted then return nil, last_err or err, nil, true end -- out of time: what the gateway said before
+  else
+    res, err, status = s._core:perform(method, path, xopts)
+  end
+  if s._closed then return nil, closed_error(method, path), nil, true end
+  count(s, res, err, status)
+  if res ~= nil then return res, nil, status end
+  note_hold(s, err)
+  if cut and err.kind == "timeout" and last_err then return nil, last_err, nil, true end
+  return nil, err
+end
+
 -- Performs `method path` for session `s` with waiter `w`.
 -- allow_retry: whether retryable failures are tried again (s.retries times at most).
 -- deadline: optional absolute time (the session's clock) by which the call must end; the call's
 -- own bound is s._deadline seconds from now: all attempts, backoff and pacing waits included.
 -- When the deadline cuts an attempt short, the previous attempt's answer is returned (what the
 -- gateway said is worth more than "timeout").
+-- raw: [oauth] true for the token request itself (not signed, no renewal).
 -- Returns result, nil, status on success, or nil, err.
-function M.run(s, w, method, path, copts, allow_retry, deadline)
+function M.run(s, w, method, path, copts, allow_retry, deadline, raw)
   if s._closed then return nil, closed_error(method, path) end
   local limit = s._clock() + s._deadline
   if deadline and deadline < limit then limit = deadline end
   local attempt = 0
   local last_err
+  local renewed -- [oauth] the token was renewed once after a 401
   while true do
     local ok, perr = admit(s, w, method, path, last_err, limit)
     if not ok then return nil, perr end
-    local left = limit - s._clock()
-    if left <= 0 then return nil, last_err or late(method, path, s._deadline) end
-    local cut = left < s._timeout
-    local xopts = exchange_opts(copts, cut and left or s._timeout)
-    local res, err, status, aborted
-    local xw = cut and bounded(w, left) or w
-    if xw.step then
-      res, err, status, aborted = stepped(s, xw, method, path, xopts)
-      if aborted and err.kind ~= "timeout" then return nil, err end -- closed or stopped mid-request
-      if aborted then return nil, last_err or err end -- out of time: what the gateway said before
-    else
-      res, err, status = s._core:perform(method, path, xopts)
-    end
-    if s._closed then return nil, closed_error(method, path) end
-    count(s, res, err, status)
+    local res, err, status, final = attempt_once(s, w, method, path, copts, limit, last_err, raw)
     if res ~= nil then return res, nil, status end
-    note_hold(s, err)
-    if cut and err.kind == "timeout" and last_err then return nil, last_err end
-    attempt = attempt + 1
-    local delay = allow_retry and attempt <= s._retries and retry.retryable(err)
-      and retry.delay(attempt, err.retry_after, s._random)
-    if not delay or s._clock() + delay >= limit then return nil, err end
-    s._stats.retries = s._stats.retries + 1
-    last_err = err
-    w.wait(delay)
-    if not w.live() then return nil, w.gone(method, path) end
+    if final then return nil, err end
+    if s._oauth and not raw and not renewed and s._oauth:refused(err) then -- [oauth] new token, once
+      renewed = true
+      last_err = err
+    else
+      attempt = attempt + 1
+      local delay = allow_retry and attempt <= s._retries and retry.retryable(err)
+        and retry.delay(attempt, err.retry_after, s._random)
+      if not delay or s._clock() + delay >= limit then return nil, err end
+      s._stats.retries = s._stats.retries + 1
+      last_err = err
+      w.wait(delay)
+      if not w.live() then return nil, w.gone(method, path) end
+    end
   end
 end
 

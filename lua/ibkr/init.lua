@@ -38,6 +38,7 @@ local OPTION_TYPES = {
   pacing = "boolean", max_body = "integer", cooperative = "boolean", deadline = "number",
   proxy = "string",
   clock = "function", sleep = "function",  -- injectable time (tests, hosts with their own clock)
+  oauth = "table", -- [oauth] headless OAuth 1.0a, checked by ibkr/oauth.lua
 }
 -- numbers that must be finite and > 0 (retries: finite and >= 0)
 local POSITIVE = { timeout = true, connect_timeout = true, deadline = true, max_body = true }
@@ -116,6 +117,8 @@ function M.new(opts)
     connect_timeout = o.connect_timeout, user_agent = o.user_agent, headers = o.headers,
     max_body = o.max_body and math.tointeger(o.max_body), proxy = o.proxy,
   })
+  -- [oauth] the signer (ibkr/oauth.lua) raises here naming a bad field; call.lua uses it
+  local signer = o.oauth and require("ibkr.oauth").new(o.oauth, o.base_url, o.verify, 2)
   local s = setmetatable({
     base_url = o.base_url,
     _core = cs,
@@ -129,6 +132,7 @@ function M.new(opts)
     _pacer = pacing.new{ limits = o.pacing ~= false },
     _cooperative = o.cooperative == true,
     _closed = false,
+    _oauth = signer or nil, -- [oauth]
     _generation = 0, -- bumped by s:stop(); a keep-alive runs while it sees its own generation
     _observed = nil, -- { state, detail, time }: see s:state()
     _stats = { requests = 0, failures = 0, retries = 0, rate_limited = 0, paced = 0 },
@@ -360,6 +364,7 @@ function Session:close()
   if not self._closed then
     self._closed = true
     self._core:close()
+    if self._oauth then self._oauth:close() end -- [oauth] wipes keys and token
   end
 end
 

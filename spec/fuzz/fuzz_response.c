@@ -47,6 +47,7 @@
 #include "../../src/session.c"
 #include "../../src/core.c"
 #include "../../src/signal.c"
+#include "../../src/oauth.c"  /* [oauth] core.c registers it */
 
 static lua_State *L;
 
