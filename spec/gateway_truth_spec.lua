@@ -6,41 +6,9 @@ local core = require("ibkr.core")
 local mock = require("spec.helpers.mock")
 local fake_time = require("spec.helpers.clock").new
 
-local STEP = 0.0100001 -- a yield this short means "a request is in flight, resume me soon"
 
--- Resumes keep-alive `co` until it asks for a wait of at least `min_wait`, moving the fake clock
--- by every longer wait. Returns that wait (nil once it ended).
-local function turn(co, ft, min_wait)
-  min_wait = min_wait or 1
-  for _ = 1, 1e6 do
-    local ok, wait = coroutine.resume(co)
-    assert(ok, wait)
-    if coroutine.status(co) == "dead" then return nil end
-    if wait > STEP then
-      ft.t = ft.t + wait
-      if wait >= min_wait then return wait end
-    end
-  end
-  error("the keep-alive never finished a turn")
-end
-
--- A keep-alive with recorders for its callbacks.
-local function start(s, opts)
-  local rec = { states = {}, errors = {}, repairs = {} }
-  opts = opts or {}
-  opts.on_state = function(new, old, detail, why)
-    rec.states[#rec.states + 1] = { new = new, old = old, detail = detail, why = why }
-  end
-  opts.on_error = function(err) rec.errors[#rec.errors + 1] = err end
-  opts.on_repair = function(action, res, err) rec.repairs[#rec.repairs + 1] = { action, res, err } end
-  rec.co = s:keepalive(opts)
-  rec.names = function()
-    local t = {}
-    for i, st in ipairs(rec.states) do t[i] = st.new end
-    return t
-  end
-  return rec
-end
+local ka = require("spec.helpers.keepalive")
+local turn, start = ka.turn, ka.start
 
 local function messages(errs)
   local t = {}

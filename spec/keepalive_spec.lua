@@ -6,41 +6,11 @@ local core = require("ibkr.core")
 local cjson = require("cjson")
 local mock = require("spec.helpers.mock")
 
-local STEP = 0.0100001 -- a yield this short means "a request is in flight, resume me soon"
-
 local fake_time = require("spec.helpers.clock").new
 local state_of = require("ibkr.state").of_status
 
--- Resumes the keep-alive until it asks for a wait of at least `min_wait` (one loop turn done),
--- moving the fake clock by every wait longer than a step. Returns that wait, or nil once ended.
-local function turn(co, ft, min_wait)
-  min_wait = min_wait or 1
-  for _ = 1, 1e6 do
-    local ok, wait = coroutine.resume(co)
-    assert(ok, wait)
-    if coroutine.status(co) == "dead" then return nil end
-    assert.equal("number", type(wait))
-    if wait > STEP then
-      ft.t = ft.t + wait
-      if wait >= min_wait then return wait end
-    end
-  end
-  error("the keep-alive never finished a turn")
-end
-
--- A keep-alive with recorders for its callbacks.
-local function start(s, opts)
-  local rec = { states = {}, errors = {}, repairs = {} }
-  opts = opts or {}
-  opts.on_state = opts.on_state or function(new, old, detail)
-    rec.states[#rec.states + 1] = { new = new, old = old, detail = detail }
-  end
-  opts.on_error = opts.on_error or function(err) rec.errors[#rec.errors + 1] = err end
-  opts.on_repair = function(action, res, err) rec.repairs[#rec.repairs + 1] = { action, res, err } end
-  rec.co = s:keepalive(opts)
-  rec.last = function() return rec.states[#rec.states] and rec.states[#rec.states].new end
-  return rec
-end
+local ka = require("spec.helpers.keepalive")
+local turn, start, STEP = ka.turn, ka.start, ka.STEP
 
 describe("keep-alive", function()
   local m, s, ft

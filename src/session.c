@@ -271,19 +271,26 @@ static int refuse(lua_State *L, session *s) {
 }
 
 /*
-** s:perform(method, path [, opts]) -- the blocking exchange, in place on
-** the caller's thread. Everything is read from the caller's values first
-** (user code may run then, even close the session); then the session is
-** checked and used without running Lua code until the exchange is over.
+** The common start of s:perform and s:start: everything is read from the
+** caller's values first (user code may run then, even close the session);
+** then the session is checked, and the request (pushed on the stack) is
+** attached to it. Returns the request, or NULL with nil, err pushed.
 */
-static int session_perform(lua_State *L) {
-  session *s = tosession(L);
+static struct request *begin(lua_State *L, session *s) {
   callspec cs;
   struct request *r;
   wire_read_call(L, 2, &cs);
   r = request_push(L, 1, 2, 3);
-  if (refuse(L, s)) return 2;
+  if (refuse(L, s)) return NULL;
   request_attach(L, r, &s->conf, &s->home, &cs);
+  return r;
+}
+
+/* s:perform(method, path [, opts]) -- the blocking exchange, in place on
+** the caller's thread, without running Lua code until it is over */
+static int session_perform(lua_State *L) {
+  struct request *r = begin(L, tosession(L));
+  if (r == NULL) return 2;
   xfer_run_inline(request_xfer(r));
   return request_collect(L, lua_gettop(L));
 }
@@ -291,13 +298,8 @@ static int session_perform(lua_State *L) {
 /* s:start(method, path [, opts]) -- the same exchange on the engine thread;
 ** returns the request at once */
 static int session_start(lua_State *L) {
-  session *s = tosession(L);
-  callspec cs;
-  struct request *r;
-  wire_read_call(L, 2, &cs);
-  r = request_push(L, 1, 2, 3);
-  if (refuse(L, s)) return 2;
-  request_attach(L, r, &s->conf, &s->home, &cs);
+  struct request *r = begin(L, tosession(L));
+  if (r == NULL) return 2;
   xfer_submit(request_xfer(r));
   return 1;
 }
