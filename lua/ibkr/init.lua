@@ -349,7 +349,7 @@ function Session:stats()
   for k, v in pairs(self._stats) do t[k] = v end
   if not self._closed then
     local info = self._core:info()
-    t.connects, t.exchanges = info.connects, info.exchanges
+    t.connects, t.exchanges, t.in_flight = info.connects, info.exchanges, info.in_flight
   end
   t.closed = self._closed
   return t
