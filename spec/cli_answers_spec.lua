@@ -135,6 +135,21 @@ describe("ibkr-session judges answers", function()
     end
   end)
 
+  it("a number beyond a double's range still gives a JSON line and the state's exit code", function()
+    answer(m, "/iserver/auth/status",
+      '{"authenticated":true,"connected":true,"competing":false,"x":-1e999,"y":1e999}')
+    local rc, out = run{ "--url", m.url, "--json", "status" }
+    assert.equal(0, rc)
+    local doc = cjson.decode(out)
+    assert.equal("ready", doc.state)
+    assert.equal("-Infinity", doc.result.x)
+    assert.equal("Infinity", doc.result.y)
+    answer(m, "/portfolio/accounts", '{"n":1e999}')
+    local rc2, out2 = run{ "--url", m.url, "request", "GET", "/portfolio/accounts" }
+    assert.equal(0, rc2)
+    assert.equal('{"n":"Infinity"}\n', out2)
+  end)
+
   it("a long gateway text is cut", function()
     answer(m, "/tickle", '{"error":"' .. string.rep("x", 20000) .. '"}')
     local _, _, err = run{ "--url", m.url, "tickle" }

@@ -33,6 +33,13 @@ describe("session calls over HTTPS", function()
     assert.equal(1, s:stats().connects) -- one connection for all of them
   end)
 
+  it("tostring(s) never shows the credentials of base_url", function()
+    local u = ibkr.new{ base_url = "https://alice:s3cr3t@127.0.0.1:5000/v1/api" }
+    assert.equal("ibkr.session (https://127.0.0.1:5000/v1/api)", tostring(u))
+    u:close()
+    assert.not_matches("s3cr3t", tostring(u))
+  end)
+
   it("validate is an alias of sso_validate", function()
     assert.equal(s.sso_validate, s.validate)
     assert.is_true(assert(s:validate()).RESULT)

@@ -224,6 +224,26 @@ describe("keep-alive", function()
     assert.same({ "a table" }, repair_err.cause)
   end)
 
+  it("goes on when a callback raises a value whose __tostring raises, yields or gives no string", function()
+    local bad = {
+      setmetatable({}, { __tostring = function() error("tostring boom") end }),
+      setmetatable({}, { __tostring = function() coroutine.yield(1) end }),
+      setmetatable({}, { __tostring = function() return 42 end }),
+    }
+    for _, v in ipairs(bad) do
+      local errors = {}
+      local k = s:keepalive{ interval = 60,
+        on_state = function() error(v) end,
+        on_error = function(e) errors[#errors + 1] = e end }
+      turn(k, ft)
+      assert.equal("suspended", coroutine.status(k))
+      assert.equal("callback", errors[1].kind)
+      assert.equal(v, errors[1].cause)
+      assert.matches("^error in on_state: ", errors[1].message)
+      s:stop()
+    end
+  end)
+
   it("also validates the SSO session, never more often than once a minute", function()
     local k = start(s, { interval = 20, validate_interval = 10 })
     for _ = 1, 7 do turn(k.co, ft) end -- 140 s

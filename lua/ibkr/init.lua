@@ -121,6 +121,7 @@ function M.new(opts)
   local signer = o.oauth and require("ibkr.oauth").new(o.oauth, o.base_url, o.verify, 2)
   local s = setmetatable({
     base_url = o.base_url,
+    _shown = cs:info().base_url or "?", -- base_url without credentials, for tostring
     _core = cs,
     _clock = o.clock or core.monotonic,
     _sleep = o.sleep or core.sleep,
@@ -248,8 +249,8 @@ function Session:request(method, path, opts)
       local want = REQUEST_OPTS[k]
       if not want then error("request: unknown option '" .. tostring(k) .. "'", 2) end
       if want == true then
-        if type(v) ~= "table" and type(v) ~= "string" then
-          error("request: 'body' must be a table or a string", 2)
+        if type(v) ~= "table" and type(v) ~= "string" and v ~= core.empty_array then
+          error("request: 'body' must be a table, a string or ibkr.empty_array", 2)
         end
       elseif type(v) ~= want then
         error("request: '" .. k .. "' must be a " .. want, 2)
@@ -372,8 +373,9 @@ function Session:closed() return self._closed end
 
 Session.__close = Session.close
 Session.__gc = Session.close
+-- Shows the URL as the core shows it: without the userinfo (credentials) of base_url.
 function Session:__tostring()
-  return "ibkr.session (" .. self.base_url .. (self._closed and ", closed)" or ")")
+  return "ibkr.session (" .. self._shown .. (self._closed and ", closed)" or ")")
 end
 
 function Session:keepalive(opts) return require("ibkr.keepalive").coroutine(self, opts) end

@@ -61,6 +61,14 @@ end
 -- An error raised in a callback is passed to on_error as an error object of kind "callback"
 -- (field `callback` = the callback's name, `cause` = what was raised); one raised in on_error
 -- itself has nowhere to go and is dropped. Never raises.
+-- What a callback raised, as text: a value whose __tostring raises, yields or returns no string
+-- must not make the keep-alive raise.
+local function raised_text(e)
+  local ok, msg = pcall(tostring, e)
+  if ok and type(msg) == "string" then return msg end
+  return "a " .. type(e) .. " value that cannot be shown"
+end
+
 local function reporter(s, o)
   local r = { current = nil }
   function r.error(err)
@@ -72,7 +80,7 @@ local function reporter(s, o)
     local ok, e = pcall(f, ...)
     if not ok then
       r.error(core.error{ kind = "callback", callback = name, cause = e,
-        message = "error in " .. name .. ": " .. tostring(e) })
+        message = "error in " .. name .. ": " .. raised_text(e) })
     end
   end
   -- `why`: what the gateway said (status fail/message, error message), one line, or nil

@@ -64,7 +64,12 @@ local function clean(v, seen)
     return c
   elseif t == "userdata" then
     return core.null -- ibkr.null (a light userdata)
-  elseif t == "number" or t == "boolean" then
+  elseif t == "number" then
+    -- a number beyond a double's range (the gateway sent 1e999) has no JSON form: shown as text
+    if v ~= v then return "NaN" end
+    if v == math.huge or v == -math.huge then return v > 0 and "Infinity" or "-Infinity" end
+    return v
+  elseif t == "boolean" then
     return v
   end
   return nil
