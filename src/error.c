@@ -10,6 +10,7 @@
 ** drive a terminal and cuts what is too long. tostring() applies it again to
 ** each field it prints, so an error a user modified still prints one line.
 */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,28 +139,59 @@ static int push_printable_field(lua_State *L, int t, const char *k, size_t max) 
 }
 
 /*
-** Push s[0..n) without the userinfo of the URLs in it ("https://u:p@host/"
-** becomes "https://host/"): libcurl resolves a relative Location against
-** the request URL, base_url credentials included, and a caller or libcurl
-** may quote a URL in a message. Credentials never reach an error.
+** s[0..n) without the userinfo of the URLs in it ("https://u:p@host/"
+** becomes "https://host/"), written NUL-terminated to out; returns its
+** length; out has room for n + 1 bytes: libcurl resolves a relative Location
+** against the request URL, base_url credentials included, and a caller or
+** libcurl may quote a URL in a message. After each "://" everything up to
+** the LAST '@' before the next '/', whitespace, quote, '<', '>', control
+** character or end goes (in a quoted URL, as libcurl quotes one, only the
+** closing quote, not whitespace, ends it): a password may hold '#', '?',
+** ':' -- "Unsupported proxy syntax in 'http://bob:pr0xy#secret@host'" --
+** so those do not end the userinfo here. The one copy of this rule (wire.c uses it for base_url).
 */
-static void push_without_userinfo(lua_State *L, const char *s, size_t n) {
-  luaL_Buffer b;
+/* the end of the authority of a URL whose "//" ends at auth: the next '/',
+** '<', '>', control byte or end, and a quote or whitespace -- unless the URL
+** is quoted (libcurl writes 'http://...'): then only its closing quote */
+static const char *authority_end(const char *s, const char *auth, const char *end) {
+  const char *b = auth - 3;
+  char quote = 0;
+  while (b > s && (isalnum((unsigned char)b[-1]) || b[-1] == '+' || b[-1] == '-' || b[-1] == '.')) b--;
+  if (b > s && (b[-1] == '\'' || b[-1] == '"')) quote = b[-1];
+  for (; auth < end; auth++) {
+    unsigned char c = (unsigned char)*auth;
+    if (c == '/' || c < ' ' || c == 0x7f || c == '<' || c == '>') break;
+    if (quote ? c == (unsigned char)quote : (c == ' ' || c == '"' || c == '\'')) break;
+  }
+  return auth;
+}
+
+size_t ibkr_strip_userinfo(const char *s, size_t n, char *out) {
+  char *o = out;
   const char *p = s, *end = s + n;
-  luaL_buffinit(L, &b);
   for (const char *q = s; q + 3 <= end; q++) {
-    const char *auth, *at = NULL, *a;
+    const char *auth, *at = NULL, *stop;
     if (q[0] != ':' || q[1] != '/' || q[2] != '/') continue;
     auth = q + 3;
-    for (a = auth; a < end && *a != '/' && *a != '?' && *a != '#' && (unsigned char)*a > ' ' &&
-                   *a != '"' && *a != '\'' && *a != '<' && *a != '>'; a++)
+    stop = authority_end(s, auth, end);
+    for (const char *a = auth; a < stop; a++)
       if (*a == '@') at = a;
     if (at == NULL) continue;
-    luaL_addlstring(&b, p, (size_t)(auth - p));
-    p = q = at + 1;
+    memcpy(o, p, (size_t)(auth - p));
+    o += auth - p;
+    p = at + 1;
+    q = at;
   }
-  luaL_addlstring(&b, p, (size_t)(end - p));
-  luaL_pushresult(&b);
+  memcpy(o, p, (size_t)(end - p));
+  o += end - p;
+  *o = '\0';
+  return (size_t)(o - out);
+}
+
+static void push_without_userinfo(lua_State *L, const char *s, size_t n) {
+  char *t = lua_newuserdatauv(L, n + 1, 0);      /* collected, whatever raises */
+  lua_pushlstring(L, t, ibkr_strip_userinfo(s, n, t));
+  lua_remove(L, -2);
 }
 
 /* push a message made from s[0..n): no URL userinfo, printable, bounded */
@@ -423,7 +455,8 @@ static int push_page_words(lua_State *L, int t) {
 ** Set the message of the error table at idx (a non-2xx answer) from its
 ** fields: "HTTP <status>: <words>" with the JSON body's error, message,
 ** fail, detail or title text; else "HTTP <status> redirect to <location>
-** (not followed)", the location field losing any userinfo; else
+** (not followed)", the location field losing any userinfo and made one
+** printable line of at most IBKR_MSG_MAX bytes (plus an ellipsis when cut); else
 ** "HTTP <status>: <title>" for an HTML page (or a short plain-text body);
 ** else "HTTP <status>". Reads fields raw; the message is one printable line.
 */
@@ -437,10 +470,10 @@ void ibkr_error_describe(lua_State *L, int idx) {
   if (isint) lua_pushfstring(L, "HTTP %I", (LUAI_UACINT)status);
   else lua_pushliteral(L, "HTTP");
   lua_pushliteral(L, "location");
-  if (lua_rawget(L, idx) == LUA_TSTRING) {        /* the field too loses its userinfo */
+  if (lua_rawget(L, idx) == LUA_TSTRING) {        /* the field too: no userinfo, printable, bounded */
     size_t n;
     const char *loc = lua_tolstring(L, -1, &n);
-    push_without_userinfo(L, loc, n);
+    push_message(L, loc, n);
     lua_remove(L, -2);
     lua_pushliteral(L, "location");
     lua_pushvalue(L, -2);

@@ -44,6 +44,7 @@ int ibuf_reserve(ibuf *b, size_t need);
 int ibuf_add(ibuf *b, const char *s, size_t len);
 void ibuf_free(ibuf *b);
 char *ibkr_strndup(const char *s, size_t n);
+size_t ibkr_strip_userinfo(const char *s, size_t n, char *out);  /* error.c; out: n + 1 bytes */
 
 /* ------------------------------------------------------------ wire.c */
 

@@ -6,7 +6,9 @@
 ** touched (user code can run inside any of these reads: metamethods, and
 ** finalisers on allocation).
 */
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -15,18 +17,31 @@
 
 /* ------------------------------------------------------------ base URL */
 
-/* Loopback for certain: 127.0.0.0/8 and ::1 as literals (curl's URL parser
-** has already normalised "127.1" and friends), and "localhost", which the
-** session pins to 127.0.0.1 and ::1 with CURLOPT_RESOLVE, so no resolver and
-** no /etc/hosts entry can send it elsewhere. */
+/*
+** Loopback for certain, as curl's URL parser gives the host (IPv6 in
+** brackets, "127.1" already made 127.0.0.1): an IPv4 address in
+** 127.0.0.0/8, the IPv6 ::1 in any spelling, an IPv4-mapped IPv6 address
+** ::ffff:127.x.y.z, each also with one trailing dot on a name or IPv4
+** address -- read with inet_pton, not compared as text. Returns 1 for
+** those, 2 for "localhost" (any case, with or without the trailing dot),
+** which the session pins to 127.0.0.1 and ::1 with CURLOPT_RESOLVE so no
+** resolver and no /etc/hosts entry can send it elsewhere, 0 otherwise. The
+** one rule for both the proxy bypass and relaxed certificate checks.
+*/
 int wire_is_loopback(const char *host) {
-  unsigned a, b, c, d;
-  char extra;
-  if (strcasecmp(host, "localhost") == 0) return 1;
-  if (strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0) return 1;
-  if (sscanf(host, "%u.%u.%u.%u%c", &a, &b, &c, &d, &extra) == 4)
-    return a == 127 && b < 256 && c < 256 && d < 256;
-  return 0;
+  char h[64];
+  size_t n = strlen(host);
+  unsigned char a[16];
+  if (n >= 2 && host[0] == '[' && host[n - 1] == ']') host++, n -= 2;
+  else if (n > 1 && host[n - 1] == '.') n--;        /* "localhost." and "127.0.0.1." */
+  if (n == 0 || n >= sizeof h) return 0;
+  memcpy(h, host, n);
+  h[n] = '\0';
+  if (strcasecmp(h, "localhost") == 0) return 2;
+  if (inet_pton(AF_INET, h, a) == 1) return a[0] == 127;
+  if (inet_pton(AF_INET6, h, a) != 1) return 0;
+  if (IN6_IS_ADDR_LOOPBACK((struct in6_addr *)a)) return 1;
+  return IN6_IS_ADDR_V4MAPPED((struct in6_addr *)a) && a[12] == 127;
 }
 
 static const char *url_syntax(const char *url) {
@@ -66,44 +81,49 @@ int wire_base_url(lua_State *L, const char *url, char **host, long *port) {
   curl_url_cleanup(u);
   if (why) {
     char *shown = wire_redact(url);
+    const char *sep = shown ? strstr(shown, "://") : NULL;
     curl_free(*host);
     *host = NULL;
-    lua_pushfstring(L, "base_url '%s' %s", shown ? shown : "?", why);
+    if (sep && strchr(sep, '@'))                /* an '@' left: a password with a '/' in it, maybe */
+      lua_pushfstring(L, "base_url (not shown: it holds an '@') %s", why);
+    else
+      lua_pushfstring(L, "base_url '%s' %s", shown ? shown : "?", why);
     free(shown);
     return lua_error(L);
   }
   return 1;
 }
 
-/* a malloc'd copy of url without its userinfo ("user:secret@"), or NULL */
+/* a malloc'd copy of url without its userinfo ("user:secret@"), or NULL;
+** the rule is error.c's (ibkr_strip_userinfo), the one copy */
 char *wire_redact(const char *url) {
-  const char *sep = strstr(url, "://"), *auth, *end, *at;
-  char *out;
-  if (!sep) return ibkr_strndup(url, strlen(url));
-  auth = sep + 3;
-  end = auth + strcspn(auth, "/?#");
-  at = NULL;
-  for (const char *p = auth; p < end; p++)
-    if (*p == '@') at = p;
-  if (!at) return ibkr_strndup(url, strlen(url));
-  out = malloc(strlen(url) + 1);
-  if (out) {
-    size_t n = (size_t)(auth - url);
-    memcpy(out, url, n);
-    strcpy(out + n, at + 1);
-  }
+  size_t n = strlen(url);
+  char *out = malloc(n + 1);
+  if (out) ibkr_strip_userinfo(url, n, out);
   return out;
 }
 
 /* ------------------------------------------------------------ headers */
 
+/* headers that frame or route the request: libcurl writes them from the
+** body and the URL; a user copy would make the next request on the
+** connection start inside this one's body, or send it elsewhere */
+static const char *const framing[] = {
+  "Content-Length", "Transfer-Encoding", "Host", "Connection", "Keep-Alive", "Proxy-Connection",
+  "Upgrade", "TE", "Trailer", "Expect", NULL
+};
+
 void wire_check_header(lua_State *L, const char *name, size_t nl, const char *val, size_t vl) {
   if (nl == 0 || nl > 200) luaL_error(L, "invalid header name '%s'", name);
   for (size_t i = 0; i < nl; i++) {
     unsigned char c = (unsigned char)name[i];
-    if (c <= 0x20 || c >= 0x7f || c == ':')
+    if (c <= 0x20 || c >= 0x7f || c == ':' || c == ';')
       luaL_error(L, "invalid character in header name '%s'", name);
   }
+  for (int i = 0; framing[i]; i++)
+    if (strlen(framing[i]) == nl && strncasecmp(framing[i], name, nl) == 0)
+      luaL_error(L, "header '%s' cannot be set: it frames or routes the request, and libcurl "
+                    "writes it from the body and the URL", name);
   for (size_t i = 0; i < vl; i++)
     if (val[i] == '\r' || val[i] == '\n' || val[i] == '\0')
       luaL_error(L, "header '%s' value contains CR, LF or NUL", name);
@@ -143,9 +163,27 @@ static struct curl_slist *append(struct curl_slist *l, const char *h, int *ok) {
   return n ? n : l;
 }
 
+/* a user's "Name: value"; an empty value goes as "Name;", which libcurl
+** sends as "Name:" ("Name:" alone would remove the header instead) */
+static struct curl_slist *append_user(struct curl_slist *l, const char *h, int *ok) {
+  const char *colon = strchr(h, ':');
+  const char *v = colon + 1 + strspn(colon + 1, " ");
+  char *semi;
+  if (*v != '\0' || !*ok) return append(l, h, ok);
+  if ((semi = ibkr_strndup(h, (size_t)(colon - h) + 1)) == NULL) {
+    *ok = 0;
+    return l;
+  }
+  semi[colon - h] = ';';
+  l = append(l, semi, ok);
+  free(semi);
+  return l;
+}
+
 /*
 ** The header list of one request shape. Per-call headers (extra) win over
-** the session's (uh), which win over the built-in Accept and Content-Type.
+** the session's (uh), which win over the built-in Accept and Content-Type;
+** a user header with an empty value is sent empty, never dropped.
 ** A body-less POST must not carry the form Content-Type libcurl would add;
 ** "Content-Type:" removes it. "Expect:" stops libcurl from waiting for a
 ** 100-continue on larger JSON bodies. NULL when out of memory.
@@ -159,8 +197,8 @@ struct curl_slist *wire_header_list(char **uh, int nuh, int shape, const char **
     l = append(l, "Accept: application/json", &ok);
   for (int i = 0; i < nuh; i++)
     if (!has_header(extra, nextra, uh[i], (size_t)(strchr(uh[i], ':') - uh[i])))
-      l = append(l, uh[i], &ok);
-  for (int i = 0; i < nextra; i++) l = append(l, extra[i], &ok);
+      l = append_user(l, uh[i], &ok);
+  for (int i = 0; i < nextra; i++) l = append_user(l, extra[i], &ok);
   if (shape == HL_POST0 && !user_ct) l = append(l, "Content-Type:", &ok);
   if (shape == HL_JSON) {
     if (!user_ct) l = append(l, "Content-Type: application/json", &ok);
@@ -294,12 +332,29 @@ static const char *read_method(lua_State *L, int idx, size_t *len) {
   return m;
 }
 
+/*
+** The path as it goes on the wire, byte for byte, or a raise: it starts
+** with '/'; it holds printable ASCII only (no space, control byte, byte
+** above 0x7E: those must be percent-encoded) and no '#' (a fragment is never
+** sent: percent-encode it as %23); no segment before a '?' is "." or ".." (libcurl would
+** remove them, and ".." would climb out of the base URL's path).
+*/
 static const char *read_path(lua_State *L, int idx, size_t *len) {
   const char *p = luaL_checklstring(L, idx, len);
+  int query = 0;
   if (*len == 0 || p[0] != '/') luaL_argerror(L, idx, "path must start with '/'");
   for (size_t i = 0; i < *len; i++) {
     unsigned char c = (unsigned char)p[i];
-    if (c <= 0x20 || c == 0x7f) luaL_argerror(L, idx, "path contains a control character or space");
+    if (c <= 0x20 || c >= 0x7f)
+      luaL_argerror(L, idx, "path contains a space, control character or non-ASCII byte "
+                            "(percent-encode it, e.g. %20 or %C3%A9)");
+    if (c == '#') luaL_argerror(L, idx, "path contains '#' (percent-encode it as %23)");
+    if (c == '?') query = 1;                            /* the query is not a path: sent as it is */
+    if (c == '/' && !query && p[i + 1] == '.') {
+      size_t d = (i + 2 < *len && p[i + 2] == '.') ? 3 : 2;
+      if (i + d == *len || p[i + d] == '/' || p[i + d] == '?')
+        luaL_argerror(L, idx, "path has a '.' or '..' segment (it would not be sent as given)");
+    }
   }
   return p;
 }
@@ -335,14 +390,17 @@ static void check_opt_keys(lua_State *L, int t) {
 }
 
 static void read_body(lua_State *L, int idx, callspec *cs) {
+  if (lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == NULL)   /* ibkr.null */
+    luaL_error(L, "body must be a table, a string or ibkr.empty_array");
   switch (lua_type(L, idx)) {
     case LUA_TNIL: return;
     case LUA_TSTRING: break;
+    case LUA_TLIGHTUSERDATA:              /* ibkr.empty_array is []; the encoder refuses others */
     case LUA_TTABLE:
       ibkr_encode(L, idx);
       lua_replace(L, idx);
       break;
-    default: luaL_error(L, "body must be a table or a string");
+    default: luaL_error(L, "body must be a table, a string or ibkr.empty_array");
   }
   cs->has_body = 1;
   cs->body = lua_tolstring(L, idx, &cs->blen);

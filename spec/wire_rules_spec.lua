@@ -1,0 +1,281 @@
+-- What goes on the wire is what the caller asked, or a clear refusal (issue 9, kinds 2, 4 and 5;
+-- found by the hostile run in the attacker's atk/ reproducers): paths are never rewritten, empty
+-- header values are sent empty, framing headers are the library's, loopback in any spelling never
+-- goes through a proxy, credentials never reach an error. A plain TCP listener (luasocket) plays
+-- the gateway where the bytes matter.
+local core = require("ibkr.core")
+local ibkr = require("ibkr")
+local socket = require("socket")
+local mock = require("spec.helpers.mock")
+
+-- Runs `method path` with call options `copts` on a new core session (options `sopts` added to
+-- its base_url) against a listener that reads the request and answers `response` (default: 200
+-- {}). Returns the request head, its body, and what the request returned (r, err).
+local function exchange(sopts, method, path, copts, response)
+  local srv = assert(socket.bind("127.0.0.1", 0))
+  local _, port = srv:getsockname()
+  local o = { base_url = "http://127.0.0.1:" .. port .. "/v1/api" }
+  for k, v in pairs(sopts or {}) do o[k] = v end
+  local s = core.new(o)
+  local req = assert(s:start(method, path, copts))
+  srv:settimeout(0)
+  local c
+  local deadline = core.monotonic() + 10
+  while not c do
+    assert(core.monotonic() < deadline, "no connection")
+    req:step()
+    c = srv:accept()
+    if not c then socket.select({ srv }, nil, 0.01) end
+  end
+  c:settimeout(0)
+  local data = ""
+  local function more()
+    assert(core.monotonic() < deadline, "no request")
+    req:step()
+    local d, err, partial = c:receive(4096)
+    data = data .. (d or partial or "")
+    if not d and err ~= "closed" then socket.select({ c }, nil, 0.01) end
+  end
+  while not data:find("\r\n\r\n", 1, true) do more() end
+  local head, body = data:match("^(.-\r\n)\r\n(.*)$")
+  local len = tonumber(head:match("\r\n[Cc]ontent%-[Ll]ength: *(%d+)") or 0)
+  while #body < len do
+    more()
+    body = data:match("\r\n\r\n(.*)$")
+  end
+  response = response or "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n" ..
+    "Connection: close\r\n\r\n{}"
+  c:settimeout(5)
+  assert(c:send(response))
+  c:close()
+  srv:close()
+  while not req:step() do
+    assert(core.monotonic() < deadline, "no result")
+    req:wait(0.05)
+  end
+  local r, err = req:result()
+  req:close()
+  s:close()
+  return head, body, r, err
+end
+
+-- the header lines of a request head, as a list
+local function lines(head)
+  local t = {}
+  for l in head:gmatch("([^\r\n]*)\r\n") do t[#t + 1] = l end
+  return t
+end
+
+local function has_line(head, line)
+  for _, l in ipairs(lines(head)) do
+    if l == line then return true end
+  end
+  return false
+end
+
+describe("wire rules (issue 9 kind 2): sent as given, or refused -- never changed", function()
+  describe("paths", function()
+    it("refuses dot segments, a fragment, spaces, control and non-ASCII bytes; nothing is sent", function()
+      local srv = assert(socket.bind("127.0.0.1", 0))
+      local _, port = srv:getsockname()
+      local s = core.new{ base_url = "http://127.0.0.1:" .. port .. "/v1/api" }
+      local cases = {
+        ["/../../secret"] = "'.' or '..' segment", ["/a/./b/../c"] = "'.' or '..' segment",
+        ["/a/.."] = "'.' or '..' segment", ["/."] = "'.' or '..' segment",
+        ["/a/..?x=1"] = "'.' or '..' segment",
+        ["/x#frag"] = "percent%-encode it as %%23", ["/x\xc3\xa9"] = "percent%-encode",
+        ["/x y"] = "percent%-encode", ["/x\127"] = "percent%-encode", ["/x\255"] = "percent%-encode",
+      }
+      for path, why in pairs(cases) do
+        local ok, msg = pcall(s.perform, s, "GET", path)
+        assert.is_false(ok, path)
+        assert.truthy(tostring(msg):find(why), path .. ": " .. tostring(msg))
+        local ok2 = pcall(s.start, s, "GET", path)
+        assert.is_false(ok2, path)
+      end
+      srv:settimeout(0)
+      assert.is_nil(srv:accept(), "a refused path reached the server")
+      srv:close()
+      s:close()
+      -- and through ibkr: the same rule (one copy, in the core)
+      local u = ibkr.new{ base_url = "http://127.0.0.1:" .. port .. "/v1/api", pacing = false }
+      assert.is_false((pcall(u.request, u, "GET", "/../../secret")))
+      u:close()
+    end)
+
+    it("sends names that only look like dot segments, and percent-encodings, byte for byte", function()
+      for _, path in ipairs{ "/a/.b/..c/...", "/a/%2E%2E/b", "/x%23frag", "/x%C3%A9", "/a//b",
+        "/a/b?c=/../d" } do
+        local head = exchange(nil, "GET", path)
+        assert.are.equal("GET /v1/api" .. path .. " HTTP/1.1", lines(head)[1])
+      end
+    end)
+  end)
+
+  describe("header values", function()
+    it("sends an empty value empty, never drops the header (per-call and session headers)", function()
+      local head = exchange(nil, "GET", "/x", { headers = { Accept = "" } })
+      assert.is_true(has_line(head, "Accept:"), head)
+      assert.is_nil(head:find("application/json", 1, true), head)
+      head = exchange(nil, "GET", "/x", { headers = { ["X-Empty"] = "" } })
+      assert.is_true(has_line(head, "X-Empty:"), head)
+      assert.is_true(has_line(head, "Accept: application/json"), head)
+      head = exchange({ headers = { ["X-Session"] = "", Accept = "" } }, "POST", "/x", { body = { a = 1 } })
+      assert.is_true(has_line(head, "X-Session:"), head)
+      assert.is_true(has_line(head, "Accept:"), head)
+      assert.is_true(has_line(head, "Content-Type: application/json"), head)
+    end)
+  end)
+
+  describe("framing and routing headers are the library's", function()
+    local names = { "Content-Length", "content-length", "Transfer-Encoding", "Host", "Connection",
+      "Keep-Alive", "Proxy-Connection", "Upgrade", "TE", "Trailer", "Expect" }
+
+    it("refuses them per call, naming the header, and sends nothing", function()
+      local srv = assert(socket.bind("127.0.0.1", 0))
+      local _, port = srv:getsockname()
+      local s = core.new{ base_url = "http://127.0.0.1:" .. port .. "/v1/api" }
+      for _, name in ipairs(names) do
+        local ok, msg = pcall(s.perform, s, "POST", "/x", { headers = { [name] = "0" }, body = "{}" })
+        assert.is_false(ok, name)
+        assert.truthy(tostring(msg):find("header '" .. name .. "' cannot be set", 1, true), tostring(msg))
+      end
+      srv:settimeout(0)
+      assert.is_nil(srv:accept(), "a refused header reached the server")
+      srv:close()
+      s:close()
+    end)
+
+    it("refuses them as session headers, in core.new and ibkr.new", function()
+      for _, name in ipairs(names) do
+        local ok, msg = pcall(core.new, { base_url = "http://127.0.0.1:9", headers = { [name] = "x" } })
+        assert.is_false(ok, name)
+        assert.truthy(tostring(msg):find(name, 1, true), tostring(msg))
+        assert.is_false((pcall(ibkr.new, { base_url = "http://127.0.0.1:9", headers = { [name] = "x" } })))
+      end
+    end)
+
+    it("a body goes with its own length: the next request on the connection is not smuggled", function()
+      -- (once: a user Content-Length: 0 made the body the start of the next request)
+      local head, body = exchange(nil, "POST", "/x", { body = '{"a":1}' })
+      assert.is_true(has_line(head, "Content-Length: 7"), head)
+      assert.are.equal('{"a":1}', body)
+    end)
+  end)
+
+  describe("bodies", function()
+    it("sends a top-level ibkr.empty_array as []", function()
+      local head, body, r = exchange(nil, "POST", "/x", { body = ibkr.empty_array })
+      assert.are.equal("[]", body)
+      assert.is_true(has_line(head, "Content-Type: application/json"), head)
+      assert.is_table(r)
+      assert.are.equal(core.empty_array, ibkr.empty_array)
+    end)
+
+    it("still refuses ibkr.null, a number and a function as a body", function()
+      local s = core.new{ base_url = "http://127.0.0.1:9" }
+      for _, b in ipairs{ core.null, 1, print } do
+        local ok, msg = pcall(s.perform, s, "POST", "/x", { body = b })
+        assert.is_false(ok)
+        assert.truthy(tostring(msg):find("body must be", 1, true), tostring(msg))
+      end
+      s:close()
+    end)
+  end)
+end)
+
+-- Issue 9 kind 4: a loopback gateway in any spelling never goes through a proxy from the
+-- environment, and it is the same rule that relaxes certificate checks.
+local PRELUDE = "package.path='lua/?.lua;lua/?/init.lua;'..package.path;"
+  .. " package.cpath='./?.so;'..package.cpath;"
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- Prints "connection" and ends at its first connection, or "done" after 1 s without one.
+local COUNTING_SERVER = [[
+local socket = require("socket")
+local srv = assert(socket.bind("127.0.0.1", 0))
+local _, port = srv:getsockname(); print(port); io.stdout:flush()
+srv:settimeout(1)
+local c = srv:accept()
+print(c and "connection" or "done")
+]]
+
+describe("loopback in every spelling (issue 9 kind 4)", function()
+  local m
+  setup(function() m = assert(mock.start{ pacing = false }) end)
+  teardown(function() m:stop() end)
+
+  for _, host in ipairs{ "[::ffff:127.0.0.1]", "[::FFFF:7f00:1]", "127.0.0.1.", "localhost.",
+    "[0:0:0:0:0:0:0:1]", "[::1]", "LOCALHOST" } do
+    it("never sends " .. host .. " through an environment proxy", function()
+      local p = assert(io.popen("env -u LD_PRELOAD lua5.4 -e " .. q(COUNTING_SERVER), "r"))
+      local pport = assert(tonumber(p:read("l")))
+      local proxy = "http://127.0.0.1:" .. pport
+      local env = "env -u LD_PRELOAD " .. table.concat({ "http_proxy=" .. proxy, "https_proxy=" .. proxy,
+        "HTTPS_PROXY=" .. proxy, "ALL_PROXY=" .. proxy, "all_proxy=" .. proxy }, " ")
+      local url = m.url:gsub("127%.0%.0%.1", host, 1)
+      local script = PRELUDE
+        .. "local s = require('ibkr.core').new{ base_url = " .. string.format("%q", url)
+        .. ", connect_timeout = 2 }; local r, e = s:perform('POST', '/tickle');"
+        .. " print(r and 'ok' or e.kind)"
+      local out = io.popen(env .. " lua5.4 -e " .. q(script) .. " 2>&1"):read("a")
+      assert.are.equal("done", p:read("l"), "the proxy got a connection for " .. host .. " (" .. out .. ")")
+      p:close()
+      if host:find("ffff", 1, true) then assert.are.equal("ok\n", out) end
+    end)
+  end
+
+  it("relaxes certificate checks for an IPv4-mapped loopback address (the same rule)", function()
+    local tm = assert(mock.start{ tls = true, pacing = false })
+    local port = tm.url:match(":(%d+)/")
+    for _, host in ipairs{ "[::ffff:127.0.0.1]", "[::ffff:7f00:1]" } do
+      local s = core.new{ base_url = "https://" .. host .. ":" .. port .. "/v1/api" }
+      local r, err = s:perform("POST", "/tickle")
+      assert(r, host .. ": " .. tostring(err))
+      s:close()
+    end
+    tm:stop()
+  end)
+end)
+
+-- Issue 9 kind 5: credentials never reach an error, whatever characters the password holds.
+describe("credentials never reach an error (issue 9 kind 5)", function()
+  it("base_url errors show no password holding '#', '?', '/', ':' or '@'", function()
+    for _, u in ipairs{ "https://alice:s3cr3t#1@127.0.0.1:5000/v1/api",
+      "https://alice:s3cr3t?1@127.0.0.1:5000/v1/api",
+      "https://alice:s3/cr3t@127.0.0.1:5000/v1/api", "https://alice:s3:cr@3t@127.0.0.1:5000/v1/api?x" } do
+      for _, new in ipairs{ core.new, ibkr.new } do
+        local ok, msg = pcall(new, { base_url = u })
+        assert.is_false(ok, u)
+        assert.is_nil(tostring(msg):find("s3", 1, true), tostring(msg))
+        assert.is_nil(tostring(msg):find("cr3t", 1, true), tostring(msg))
+      end
+    end
+  end)
+
+  it("libcurl's message quoting a malformed proxy URL shows no proxy password", function()
+    for _, proxy in ipairs{ "http://bob:pr0xy#secret@127.0.0.1:3128",
+      "http://bob:pr0xy secret@127.0.0.1:3128" } do
+      local s = core.new{ base_url = "http://127.0.0.1:9/v1/api", proxy = proxy, connect_timeout = 1 }
+      local r, err = s:perform("POST", "/tickle")
+      assert.is_nil(r)
+      assert.is_nil(err.message:find("secret", 1, true), err.message)
+      assert.is_nil(err.message:find("pr0xy", 1, true), err.message)
+      assert.is_nil(tostring(err):find("pr0xy", 1, true), tostring(err))
+      s:close()
+    end
+  end)
+
+  it("err.location is bounded, printable and without credentials", function()
+    local loc = "https://user:pa#ss@gw.example/sso/\27[2J\7" .. string.rep("A", 9000) .. "\27]0;x\7"
+    local _, _, r, err = exchange(nil, "POST", "/tickle", nil, "HTTP/1.1 302 Found\r\nLocation: " .. loc ..
+      "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert.is_nil(r)
+    assert.is_string(err.location)
+    assert.is_true(#err.location <= 512 + 3, #err.location .. " bytes")
+    assert.is_nil(err.location:find("[%z\1-\31\127]"), "control byte in location")
+    assert.is_nil(err.location:find("pa#ss", 1, true))
+    assert.truthy(err.location:find("^https://gw%.example/sso/\\x1B%[2J\\x07AAAA"), err.location:sub(1, 80))
+    assert.is_true(#err.message <= 512 + 3)
+  end)
+end)
