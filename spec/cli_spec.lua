@@ -378,11 +378,14 @@ describe("ibkr-session --proxy", function()
   it("a proxy that does not answer is named in the hint, not the gateway", function()
     if not supported then return pending("ibkr.core has no proxy option yet (engine branch)") end
     local m = assert(mock.start{ tls = false, pacing = false })
-    local rc, out, err = run{ "--proxy", "http://127.0.0.1:1", "--url", m.url, "--retries", "0", "status" }
+    local rc, out, err = run{ "--proxy", "http://bob:pr0xy#secret@127.0.0.1:1", "--url", m.url,
+      "--retries", "0", "status" }
     m:stop()
     assert.equal(2, rc)
     assert.matches("^down", out)
     assert.matches("hint: nothing answers through the proxy http://127%.0%.0%.1:1", err)
+    assert.not_matches("pr0xy", out .. err)
+    assert.not_matches("secret", out .. err)
     assert.not_matches("is the gateway running", err)
   end)
 

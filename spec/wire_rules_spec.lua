@@ -127,6 +127,11 @@ describe("wire rules (issue 9 kind 2): sent as given, or refused -- never change
     end)
   end)
 
+  it("sends user_agent = \"\" as an empty User-Agent (a User-Agent is always sent)", function()
+    local head = exchange({ user_agent = "" }, "GET", "/x")
+    assert.is_true(has_line(head, "User-Agent:"), head)
+  end)
+
   describe("framing and routing headers are the library's", function()
     local names = { "Content-Length", "content-length", "Transfer-Encoding", "Host", "Connection",
       "Keep-Alive", "Proxy-Connection", "Upgrade", "TE", "Trailer", "Expect" }
@@ -221,7 +226,9 @@ describe("loopback in every spelling (issue 9 kind 4)", function()
       local out = io.popen(env .. " lua5.4 -e " .. q(script) .. " 2>&1"):read("a")
       assert.are.equal("done", p:read("l"), "the proxy got a connection for " .. host .. " (" .. out .. ")")
       p:close()
-      if host:find("ffff", 1, true) then assert.are.equal("ok\n", out) end
+      if not host:find("::1", 1, true) and not host:find(":0:1", 1, true) then   -- the mock is on 127.0.0.1
+        assert.are.equal("ok\n", out, host)
+      end
     end)
   end
 

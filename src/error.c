@@ -509,12 +509,15 @@ void ibkr_error_register(lua_State *L) {
 }
 
 /* core.printable(text [, max]) -> text as one printable line of at most max
-** (default IBKR_MSG_MAX) bytes, for callers that print gateway texts */
+** (default IBKR_MSG_MAX) bytes and without URL userinfo, as messages are, for
+** callers that print gateway texts or URLs */
 static int error_printable(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   lua_Integer max = luaL_optinteger(L, 2, IBKR_MSG_MAX);
   luaL_argcheck(L, max >= 1, 2, "must be positive");
+  push_without_userinfo(L, s, n);
+  s = lua_tolstring(L, -1, &n);
   ibkr_push_printable(L, s, n, (size_t)max);
   return 1;
 }

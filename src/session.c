@@ -153,8 +153,10 @@ static void read_newopts(lua_State *L, newopts *o) {
 }
 
 /* the user headers ("Name: value", malloc'd) and the three header lists */
-static int build_headers(lua_State *L, sconf *c, int nh) {
-  if (nh && (c->uh = calloc((size_t)nh, sizeof(char *))) == NULL) return 0;
+static int build_headers(lua_State *L, sconf *c, int nh, const char *ua) {
+  int empty_ua = ua && *ua == '\0';            /* libcurl sends no User-Agent for "": send it empty */
+  if ((nh || empty_ua) && (c->uh = calloc((size_t)nh + 1, sizeof(char *))) == NULL) return 0;
+  if (empty_ua && (c->uh[c->nuh++] = ibkr_strndup("User-Agent: ", 12)) == NULL) return 0;
   if (nh) {
     lua_pushnil(L);
     while (lua_next(L, 6)) {
@@ -186,9 +188,11 @@ static int set_route(CURL *e, xhome *h, const newopts *o, const char *host, long
   CURLcode c = CURLE_OK;
   if (verify < 0) verify = o->ca != NULL || o->proxy != NULL || !loop;
   if (o->ca) verify = 1;
-  if (strcasecmp(host, "localhost") == 0) {
+  size_t hn = strlen(host);
+  if (loop == 2 || (loop && hn > 1 && host[hn - 1] == '.')) {   /* localhost(.), 127.0.0.1. */
     char pin[96];
-    snprintf(pin, sizeof pin, "localhost:%ld:127.0.0.1,[::1]", port);
+    if (loop == 2) snprintf(pin, sizeof pin, "%s:%ld:127.0.0.1,[::1]", host, port);
+    else snprintf(pin, sizeof pin, "%s:%ld:%.*s", host, port, (int)(hn - 1), host);
     if ((h->resolve = curl_slist_append(NULL, pin)) == NULL) return 0;
     c = curl_easy_setopt(e, CURLOPT_RESOLVE, h->resolve);
   }
@@ -248,7 +252,7 @@ static int core_new(lua_State *L) {
   s->conf.shown = s->conf.base ? wire_redact(s->conf.base) : NULL;
   s->conf.max_body = (size_t)o.max_body;
   s->conf.timeout_ms = to_ms(o.timeout);
-  if (!s->conf.base || !s->conf.shown || !build_headers(L, &s->conf, o.nh)) {
+  if (!s->conf.base || !s->conf.shown || !build_headers(L, &s->conf, o.nh, o.ua)) {
     curl_free(host);
     return luaL_error(L, "out of memory");
   }

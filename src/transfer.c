@@ -279,6 +279,7 @@ static void set_exchange(xfer *x, const callspec *cs, struct curl_slist *hl, lon
   CURL *e = x->easy;
   x->head = is(cs, "HEAD");
   curl_easy_setopt(e, CURLOPT_URL, x->url);
+  curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);                 /* wire.c refused dot segments; send as given */
   curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
   if (cs->shape == HL_NOBODY) {
     curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);

@@ -1,6 +1,8 @@
 -- ibkr-session's diagnoses: what a failure most likely means and what to do about it.
 -- Pure functions of the error (or state) and the command line; no I/O.
 
+local out = require("ibkr.cli.out")
+
 local M = {}
 
 -- scheme, host:port and path of a base URL (nil when it does not parse)
@@ -61,7 +63,8 @@ function M.for_error(err, ctx)
       .. hostport .. path
   end
   if kind == "connect" and ctx.proxy then
-    return "nothing answers through the proxy " .. ctx.proxy .. ": is the proxy running (and can it reach "
+    return "nothing answers through the proxy " .. out.text(ctx.proxy, 200)
+      .. ": is the proxy running (and can it reach "
       .. tostring(hostport) .. ")?"
   end
   if kind == "connect" then
