@@ -277,6 +277,7 @@ static int is(const callspec *cs, const char *m) {
 ** handle keeps what the previous exchange set */
 static void set_exchange(xfer *x, const callspec *cs, struct curl_slist *hl, long timeout_ms) {
   CURL *e = x->easy;
+  long fresh;
   x->head = is(cs, "HEAD");
   curl_easy_setopt(e, CURLOPT_URL, x->url);
   curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
@@ -292,9 +293,14 @@ static void set_exchange(xfer *x, const callspec *cs, struct curl_slist *hl, lon
                    (is(cs, "GET") || is(cs, "POST") || x->head) ? NULL : cs->method);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
   /* libcurl silently sends a request again when a reused connection turns
-  ** out dead before any answer byte. For a POST/PATCH with a body (an
-  ** order) that would be a duplicate, so those go out on a fresh connection */
-  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, (long)(cs->has_body && (is(cs, "POST") || is(cs, "PATCH"))));
+  ** out closed by the server before any answer byte, and the server may have
+  ** acted on it. Only GET/HEAD/OPTIONS, and calls the caller marked
+  ** repeatable, may take that chance: the rest go on a fresh connection,
+  ** closed after the exchange (else every order would leave one more idle
+  ** connection in the engine's cache) */
+  fresh = !(x->repeatable || is(cs, "GET") || x->head || is(cs, "OPTIONS"));
+  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, fresh);
+  curl_easy_setopt(e, CURLOPT_FORBID_REUSE, fresh);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
   curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)x);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)x);

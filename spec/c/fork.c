@@ -23,20 +23,20 @@ static const char before[] =
   "package.cpath = './?.so;' .. package.cpath\n"
   "local core = require('ibkr.core')\n"
   "S = core.new{ base_url = url }\n"
-  "assert(S:perform('POST', '/tickle'))\n"
-  "REQ = assert(S:start('POST', '/iserver/auth/status'))\n"
+  "assert(S:perform('POST', '/tickle', {repeatable = true}))\n"
+  "REQ = assert(S:start('POST', '/iserver/auth/status', {repeatable = true}))\n"
   "URL = url\n";
 
 static const char child[] =
   "local core = require('ibkr.core')\n"
-  "local r, err = S:perform('POST', '/tickle')\n"
+  "local r, err = S:perform('POST', '/tickle', {repeatable = true})\n"
   "assert(r == nil and err.kind == 'closed', 'the parent session answered in the child')\n"
   "assert(REQ:wait(5), 'the request of the parent never ended in the child')\n"
   "local r2, err2 = REQ:result()\n"
   "assert(r2 == nil and err2.kind == 'closed', 'the request of the parent gave ' .. tostring(err2))\n"
   "S:close()\n"
   "local own = core.new{ base_url = URL }\n"
-  "assert(own:perform('POST', '/tickle'))\n"
+  "assert(own:perform('POST', '/tickle', {repeatable = true}))\n"
   "local req = assert(own:start('GET', '/sso/validate'))\n"
   "assert(req:wait(5)); assert(req:result())\n"
   "own:close()\n";
@@ -44,7 +44,7 @@ static const char child[] =
 static const char after[] =
   "assert(REQ:wait(5)); assert(REQ:result())\n"
   "local before = S:info().connects\n"
-  "for _ = 1, 3 do assert(S:perform('POST', '/tickle')) end\n"
+  "for _ = 1, 3 do assert(S:perform('POST', '/tickle', {repeatable = true})) end\n"
   "local now = S:info().connects\n"
   "assert(now == before, 'the parent lost its connection: ' .. (now - before) .. ' new connects')\n"
   "S:close()\n";
