@@ -63,6 +63,29 @@ while true do
 end
 ]]
 
+-- One request per connection; the answer depends on the path, then the connection is closed.
+local CUT_SERVER = PRELUDE .. READ_REQUEST .. [[
+local socket = require("socket")
+local srv = assert(socket.bind("127.0.0.1", 0))
+local _, port = srv:getsockname(); print(port); io.stdout:flush()
+srv:settimeout(20)
+local ANSWERS = {
+  ["/status"] = "HTTP/1.1 200 OK\r\n",
+  ["/partial"] = "HTTP/1.1 200 OK\r\nContent-Le",
+  ["/continue"] = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n",
+  ["/whole"] = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/json\r\n\r\n[1]",
+  ["/quit"] = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+}
+while true do
+  local c = srv:accept()
+  if not c then os.exit(1) end
+  local _, path = read_request(c)
+  c:send(ANSWERS[path] or "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+  c:close()
+  if path == "/quit" then os.exit(0) end
+end
+]]
+
 local function call(s, how, method, path, opts)
   if how == "perform" then return s:perform(method, path, opts) end
   local req = assert(s:start(method, path, opts))
@@ -141,4 +164,28 @@ describe("a request not marked repeatable is sent once", function()
         s:close()
       end)
   end)
+end)
+
+describe("a response cut off inside its header block", function()
+  for _, how in ipairs{ "perform", "start" } do
+    it("is kind protocol, without status, not no_response (" .. how .. ")", function()
+      local p, port = raw_server(CUT_SERVER)
+      local s = core.new{ base_url = "http://127.0.0.1:" .. port }
+      for _, path in ipairs{ "/status", "/partial", "/continue" } do
+        for _, method in ipairs{ "GET", "POST", "HEAD" } do
+          local r, err = call(s, how, method, path)
+          assert.is_nil(r, method .. " " .. path)
+          assert.are.equal("protocol", err.kind)
+          assert.truthy(err.message:find("connection closed inside the response headers", 1, true))
+          assert.is_nil(err.status)
+          assert.is_falsy(err.no_response)
+        end
+      end
+      local r, err = call(s, how, "GET", "/whole")     -- a whole response ended by the close is fine
+      assert.is_nil(err)
+      assert.are.same({ 1 }, r)
+      s:close()
+      quit(p, port)
+    end)
+  end
 end)

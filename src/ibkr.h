@@ -106,6 +106,7 @@ typedef struct xfer {
   ibuf body;
   size_t max_body;
   int overflow, head;
+  int hdr_done;                /* the final response's header block ended */
   int repeatable;             /* sending it twice is harmless: kept-alive connections allowed */
   CURLcode code;
   char errbuf[CURL_ERROR_SIZE];

@@ -58,6 +58,11 @@ static void gather(xfer *x, CURLcode code) {
   curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &x->retry_after);
   curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc);
   if (loc) x->location = ibkr_strndup(loc, strlen(loc));
+  if (code == CURLE_OK && !x->hdr_done) {     /* closed inside the header block */
+    x->code = CURLE_WEIRD_SERVER_REPLY;
+    x->status = 0;
+    snprintf(x->errbuf, sizeof x->errbuf, "connection closed inside the response headers");
+  }
 }
 
 /* under E.mu: the xfer is finished; its completion fd becomes readable.
@@ -241,6 +246,18 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
   return len;
 }
 
+/* Tracks whether the final response's header block ended (its empty
+** line): libcurl reports success for a response cut off inside it. A new
+** status line (after a 1xx, or a proxy's CONNECT answer) starts a block. */
+static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
+  xfer *x = ud;
+  size_t len = size * nmemb;
+  if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) x->hdr_done = 0;
+  else if ((len == 2 && data[0] == '\r' && data[1] == '\n') || (len == 1 && data[0] == '\n'))
+    x->hdr_done = 1;
+  return len;
+}
+
 /* The session's template: options every exchange shares. The session adds
 ** its own (TLS, proxy, timeouts, user agent) before the first exchange. */
 CURL *xhome_template(xhome *h, char *err, size_t errlen) {
@@ -258,6 +275,7 @@ CURL *xhome_template(xhome *h, char *err, size_t errlen) {
   SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
   SET(CURLOPT_ACCEPT_ENCODING, "");
   SET(CURLOPT_WRITEFUNCTION, on_write);
+  SET(CURLOPT_HEADERFUNCTION, on_header);
   SET(CURLOPT_TCP_KEEPALIVE, 1L);
 #undef SET
   if (c == CURLE_OK && !conn_watch(e)) c = CURLE_UNKNOWN_OPTION;
@@ -304,6 +322,7 @@ static void set_exchange(xfer *x, const callspec *cs, struct curl_slist *hl, lon
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
   curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)x);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)x);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, (void *)x);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
 }
 
