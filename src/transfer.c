@@ -34,13 +34,14 @@
 
 static struct engine {
   pthread_mutex_t mu;         /* guards everything below and every submitted xfer's state */
-  pthread_cond_t cv;          /* a cancel was handled */
+  pthread_cond_t cv;          /* a cancel was handled; the engine parked or was let go */
   CURLM *multi;               /* owned by the engine thread once it runs */
   pthread_t th;
   int running, stopping;
+  int park, parked;           /* fork(): asked to wait outside libcurl; waiting so */
   xfer *addq, *cancelq;
   unsigned gen;               /* bumped in a forked child: older xfers are dead there */
-} E = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, NULL, NULL, 1 };
+} E = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0, 0, NULL, NULL, 1 };
 
 double ibkr_now(void) {
   struct timespec t;
@@ -120,11 +121,24 @@ static void engine_collect(void) {
   }
 }
 
+/* under E.mu: a fork() is under way; wait, outside libcurl and OpenSSL
+** (whose locks the child would inherit held), until the parent goes on */
+static void engine_park(void) {
+  E.parked = 1;
+  pthread_cond_broadcast(&E.cv);
+  while (E.park && !E.stopping) pthread_cond_wait(&E.cv, &E.mu);
+  E.parked = 0;
+}
+
 static void *engine_main(void *ud) {
   (void)ud;
   pthread_mutex_lock(&E.mu);
   while (!E.stopping) {
     int running;
+    if (E.park) {
+      engine_park();
+      continue;
+    }
     engine_take();
     pthread_mutex_unlock(&E.mu);
     curl_multi_perform(E.multi, &running);
@@ -181,14 +195,28 @@ static void engine_atexit(void) {
 /* fork(): the child has no engine thread. Xfers of the parent stay dead in
 ** the child (their generation is old), sessions of the parent refuse work
 ** there and are freed without touching their curl handles, whose sockets
-** and TLS state the parent still uses. */
-static void fork_prepare(void) { pthread_mutex_lock(&E.mu); }
-static void fork_parent(void) { pthread_mutex_unlock(&E.mu); }
+** and TLS state the parent still uses. Before the fork the engine thread is
+** parked at the top of its loop: were it inside libcurl, OpenSSL's locks
+** (held by a TLS handshake) would stay held for ever in the child. */
+static void fork_prepare(void) {
+  pthread_mutex_lock(&E.mu);
+  if (!E.running || pthread_equal(pthread_self(), E.th)) return;
+  E.park = 1;
+  pthread_mutex_unlock(&E.mu);
+  curl_multi_wakeup(E.multi);
+  pthread_mutex_lock(&E.mu);
+  while (E.running && !E.parked) pthread_cond_wait(&E.cv, &E.mu);
+}
+static void fork_parent(void) {
+  E.park = 0;
+  pthread_cond_broadcast(&E.cv);
+  pthread_mutex_unlock(&E.mu);
+}
 static void fork_child(void) {
   pthread_mutex_init(&E.mu, NULL);
   pthread_cond_init(&E.cv, NULL);
   E.multi = NULL;
-  E.running = E.stopping = 0;
+  E.running = E.stopping = E.park = E.parked = 0;
   E.addq = E.cancelq = NULL;
   E.gen++;
   conn_forked();
