@@ -118,11 +118,14 @@ function makers.ibkr()
   return one, ibkr.core.monotonic
 end
 
+-- the session endpoints are safe to send twice: the core may keep their connection alive
+local REPEATABLE = { repeatable = true }
+
 function makers.core()
   local core = require("ibkr.core")
   local s = core.new{ base_url = base }
   local function one(c)
-    local r, err = s:perform(c[2], c[3])
+    local r, err = s:perform(c[2], c[3], REPEATABLE)
     if r == nil then fail(c, err) end
     if not c[4](r) then fail(c, "check failed") end
   end
@@ -154,7 +157,7 @@ local function stepper(sleep)
   local core = require("ibkr.core")
   local s = core.new{ base_url = base }
   local function one(c)
-    local req, err = s:start(c[2], c[3])
+    local req, err = s:start(c[2], c[3], REPEATABLE)
     if not req then fail(c, err) end
     while true do
       local done, wait = req:step()

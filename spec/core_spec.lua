@@ -193,7 +193,7 @@ for _, tls in ipairs{ false, true } do
     end)
 
     it("reuses one connection for many calls", function()
-      for _ = 1, 20 do assert(s:perform("POST", "/iserver/auth/status")) end
+      for _ = 1, 20 do assert(s:perform("POST", "/iserver/auth/status", { repeatable = true })) end
       local conns = {}
       for _, e in ipairs(m:log()) do conns[e.conn] = true end
       local n = 0

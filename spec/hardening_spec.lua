@@ -133,16 +133,17 @@ local function raw_server(script, env)
   return p, assert(tonumber(p:read("l")), "the server did not start")
 end
 
--- Builds spec/c/NAME.c and runs it with `arg`; returns whether it succeeded and its output.
+-- Builds spec/c/NAME.c and runs it with `arg` (and `more`, a string of shell words); returns whether
+-- it succeeded and its output.
 -- (cc and the program never run under a sanitizer preload: the program loads the normal module)
-local function c_program(src, arg)
+local function c_program(src, arg, more)
   local bin = os.tmpname()
   local flags = "$(pkg-config --cflags --libs lua5.4 2>/dev/null || echo -I/usr/include/lua5.4 -llua5.4)"
   local p = io.popen("env -u LD_PRELOAD cc -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -o "
     .. q(bin) .. " " .. src .. " " .. flags .. " 2>&1")
   local out = p:read("a")
   if not p:close() then return false, out end
-  p = io.popen("env -u LD_PRELOAD " .. q(bin) .. " " .. q(arg) .. " 2>&1")
+  p = io.popen("env -u LD_PRELOAD " .. q(bin) .. " " .. q(arg) .. " " .. (more or "") .. " 2>&1")
   out = p:read("a")
   local ok = p:close()
   os.remove(bin)
@@ -420,6 +421,18 @@ describe("issue 9 regressions (core)", function()
         assert.matches("fork: ok", out)
       end)
     end
+
+    it("fork() while the engine thread runs the process's first TLS handshakes: the child's new session "
+        .. "completes (spec/c/fork.c handshake, several runs)", function()
+      local tm = assert(mock.start{ tls = true, pacing = false })
+      for i = 1, 12 do
+        local delay = string.format("%.3f", (i % 4) * 0.001)
+        local ok, out = c_program("spec/c/fork.c", tm.url, "handshake " .. delay)
+        assert(ok, "run " .. i .. " (delay " .. delay .. "): " .. out)
+        assert.matches("fork: ok", out)
+      end
+      tm:stop()
+    end)
 
     it("os.exit with HTTPS requests in flight exits cleanly", function()
       local tm = assert(mock.start{ tls = true, pacing = false })

@@ -107,6 +107,8 @@ typedef struct xfer {
   ibuf body;
   size_t max_body;
   int overflow, head;
+  int hdr_done;                /* the final response's header block ended */
+  int repeatable;             /* sending it twice is harmless: kept-alive connections allowed */
   CURLcode code;
   char errbuf[CURL_ERROR_SIZE];
   /* facts gathered when the transfer ended, so results never need `easy` */
@@ -150,7 +152,8 @@ double ibkr_now(void);
 typedef struct sconf sconf;
 void request_open(lua_State *L);
 struct request *request_push(lua_State *L, int sessidx, int methodidx, int pathidx);
-void request_attach(lua_State *L, struct request *r, const sconf *c, xhome *h, const callspec *cs);
+void request_attach(lua_State *L, struct request *r, const sconf *c, xhome *h, const callspec *cs,
+                    int repeatable);
 xfer *request_xfer(struct request *r);
 int request_collect(lua_State *L, int ridx);
 

@@ -34,13 +34,14 @@
 
 static struct engine {
   pthread_mutex_t mu;         /* guards everything below and every submitted xfer's state */
-  pthread_cond_t cv;          /* a cancel was handled */
+  pthread_cond_t cv;          /* a cancel was handled; the engine parked or was let go */
   CURLM *multi;               /* owned by the engine thread once it runs */
   pthread_t th;
   int running, stopping;
+  int park, parked;           /* fork(): asked to wait outside libcurl; waiting so */
   xfer *addq, *cancelq;
   unsigned gen;               /* bumped in a forked child: older xfers are dead there */
-} E = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, NULL, NULL, 1 };
+} E = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0, 0, NULL, NULL, 1 };
 
 double ibkr_now(void) {
   struct timespec t;
@@ -58,6 +59,11 @@ static void gather(xfer *x, CURLcode code) {
   curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &x->retry_after);
   curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc);
   if (loc) x->location = ibkr_strndup(loc, strlen(loc));
+  if (code == CURLE_OK && !x->hdr_done) {     /* closed inside the header block */
+    x->code = CURLE_WEIRD_SERVER_REPLY;
+    x->status = 0;
+    snprintf(x->errbuf, sizeof x->errbuf, "connection closed inside the response headers");
+  }
 }
 
 /* under E.mu: the xfer is finished; its completion fd becomes readable.
@@ -115,11 +121,24 @@ static void engine_collect(void) {
   }
 }
 
+/* under E.mu: a fork() is under way; wait, outside libcurl and OpenSSL
+** (whose locks the child would inherit held), until the parent goes on */
+static void engine_park(void) {
+  E.parked = 1;
+  pthread_cond_broadcast(&E.cv);
+  while (E.park && !E.stopping) pthread_cond_wait(&E.cv, &E.mu);
+  E.parked = 0;
+}
+
 static void *engine_main(void *ud) {
   (void)ud;
   pthread_mutex_lock(&E.mu);
   while (!E.stopping) {
     int running;
+    if (E.park) {
+      engine_park();
+      continue;
+    }
     engine_take();
     pthread_mutex_unlock(&E.mu);
     curl_multi_perform(E.multi, &running);
@@ -176,14 +195,28 @@ static void engine_atexit(void) {
 /* fork(): the child has no engine thread. Xfers of the parent stay dead in
 ** the child (their generation is old), sessions of the parent refuse work
 ** there and are freed without touching their curl handles, whose sockets
-** and TLS state the parent still uses. */
-static void fork_prepare(void) { pthread_mutex_lock(&E.mu); }
-static void fork_parent(void) { pthread_mutex_unlock(&E.mu); }
+** and TLS state the parent still uses. Before the fork the engine thread is
+** parked at the top of its loop: were it inside libcurl, OpenSSL's locks
+** (held by a TLS handshake) would stay held for ever in the child. */
+static void fork_prepare(void) {
+  pthread_mutex_lock(&E.mu);
+  if (!E.running || pthread_equal(pthread_self(), E.th)) return;
+  E.park = 1;
+  pthread_mutex_unlock(&E.mu);
+  curl_multi_wakeup(E.multi);
+  pthread_mutex_lock(&E.mu);
+  while (E.running && !E.parked) pthread_cond_wait(&E.cv, &E.mu);
+}
+static void fork_parent(void) {
+  E.park = 0;
+  pthread_cond_broadcast(&E.cv);
+  pthread_mutex_unlock(&E.mu);
+}
 static void fork_child(void) {
   pthread_mutex_init(&E.mu, NULL);
   pthread_cond_init(&E.cv, NULL);
   E.multi = NULL;
-  E.running = E.stopping = 0;
+  E.running = E.stopping = E.park = E.parked = 0;
   E.addq = E.cancelq = NULL;
   E.gen++;
   conn_forked();
@@ -241,6 +274,18 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
   return len;
 }
 
+/* Tracks whether the final response's header block ended (its empty
+** line): libcurl reports success for a response cut off inside it. A new
+** status line (after a 1xx, or a proxy's CONNECT answer) starts a block. */
+static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
+  xfer *x = ud;
+  size_t len = size * nmemb;
+  if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) x->hdr_done = 0;
+  else if ((len == 2 && data[0] == '\r' && data[1] == '\n') || (len == 1 && data[0] == '\n'))
+    x->hdr_done = 1;
+  return len;
+}
+
 /* The session's template: options every exchange shares. The session adds
 ** its own (TLS, proxy, timeouts, user agent) before the first exchange. */
 CURL *xhome_template(xhome *h, char *err, size_t errlen) {
@@ -258,6 +303,7 @@ CURL *xhome_template(xhome *h, char *err, size_t errlen) {
   SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
   SET(CURLOPT_ACCEPT_ENCODING, "");
   SET(CURLOPT_WRITEFUNCTION, on_write);
+  SET(CURLOPT_HEADERFUNCTION, on_header);
   SET(CURLOPT_TCP_KEEPALIVE, 1L);
 #undef SET
   if (c == CURLE_OK && !conn_watch(e)) c = CURLE_UNKNOWN_OPTION;
@@ -277,6 +323,7 @@ static int is(const callspec *cs, const char *m) {
 ** handle keeps what the previous exchange set */
 static void set_exchange(xfer *x, const callspec *cs, struct curl_slist *hl, long timeout_ms) {
   CURL *e = x->easy;
+  long fresh;
   x->head = is(cs, "HEAD");
   curl_easy_setopt(e, CURLOPT_URL, x->url);
   curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);                 /* wire.c refused dot segments; send as given */
@@ -293,12 +340,18 @@ static void set_exchange(xfer *x, const callspec *cs, struct curl_slist *hl, lon
                    (is(cs, "GET") || is(cs, "POST") || x->head) ? NULL : cs->method);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
   /* libcurl silently sends a request again when a reused connection turns
-  ** out dead before any answer byte. For a POST/PATCH with a body (an
-  ** order) that would be a duplicate, so those go out on a fresh connection */
-  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, (long)(cs->has_body && (is(cs, "POST") || is(cs, "PATCH"))));
+  ** out closed by the server before any answer byte, and the server may have
+  ** acted on it. Only GET/HEAD/OPTIONS, and calls the caller marked
+  ** repeatable, may take that chance: the rest go on a fresh connection,
+  ** closed after the exchange (else every order would leave one more idle
+  ** connection in the engine's cache) */
+  fresh = !(x->repeatable || is(cs, "GET") || x->head || is(cs, "OPTIONS"));
+  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, fresh);
+  curl_easy_setopt(e, CURLOPT_FORBID_REUSE, fresh);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
   curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)x);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)x);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, (void *)x);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
 }
 

@@ -96,9 +96,10 @@ local function note_hold(s, err)
 end
 
 -- The options of one exchange: the caller's, plus the time it may take (the session's timeout,
--- or what is left of the call's deadline when that is less).
-local function exchange_opts(copts, secs)
-  local x = { timeout = secs }
+-- or what is left of the call's deadline when that is less). repeatable: sending it twice is
+-- harmless (a retryable call), so the core may send it on a kept-alive connection.
+local function exchange_opts(copts, secs, repeatable)
+  local x = { timeout = secs, repeatable = repeatable or nil }
   if copts then x.query, x.body, x.headers = copts.query, copts.body, copts.headers end
   return x
 end
@@ -148,7 +149,7 @@ end
 -- session unless `raw`). Returns res, nil, status; or nil, err; or nil, err, nil, true when the
 -- call must end with err now (closed or stopped mid-request, out of time). A failed token
 -- request is the attempt's error: the caller's retry rules apply to it as to any other.
-local function attempt_once(s, w, method, path, copts, limit, last_err, raw)
+local function attempt_once(s, w, method, path, copts, limit, last_err, raw, repeatable)
   if s._oauth and not raw then -- [oauth]
     local err
     copts, err = oauth_copts(s, w, method, path, copts, limit)
@@ -157,7 +158,7 @@ local function attempt_once(s, w, method, path, copts, limit, last_err, raw)
   local left = limit - s._clock()
   if left <= 0 then return nil, last_err or late(method, path, s._deadline), nil, true end
   local cut = left < s._timeout
-  local xopts = exchange_opts(copts, cut and left or s._timeout)
+  local xopts = exchange_opts(copts, cut and left or s._timeout, repeatable)
   local res, err, status, aborted
   local xw = cut and bounded(w, left) or w
   if xw.step then
@@ -193,7 +194,7 @@ function M.run(s, w, method, path, copts, allow_retry, deadline, raw)
   while true do
     local ok, perr = admit(s, w, method, path, last_err, limit)
     if not ok then return nil, perr end
-    local res, err, status, final = attempt_once(s, w, method, path, copts, limit, last_err, raw)
+    local res, err, status, final = attempt_once(s, w, method, path, copts, limit, last_err, raw, allow_retry)
     if res ~= nil then return res, nil, status end
     if final then return nil, err end
     if s._oauth and not raw and not renewed and s._oauth:refused(err) then -- [oauth] new token, once

@@ -1,0 +1,191 @@
+-- What goes on the wire and what comes back are never guessed: a request the caller did not mark
+-- repeatable is never sent twice, and a response cut off inside its header block is never a
+-- success. Raw servers run as separate processes (lua5.4 with luasocket) that print what they saw.
+local core = require("ibkr.core")
+local ibkr = require("ibkr")
+local mock = require("spec.helpers.mock")
+
+local PRELUDE = "package.path='lua/?.lua;lua/?/init.lua;'..package.path;"
+  .. " package.cpath='./?.so;'..package.cpath;"
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- Starts `script` (Lua source) as a server process; returns the pipe and the port it printed.
+local function raw_server(script)
+  local p = assert(io.popen("env -u LD_PRELOAD lua5.4 -e " .. q(script), "r"))
+  return p, assert(tonumber(p:read("l")), "the server did not start")
+end
+
+-- Reads one request (head and Content-Length body) from c; returns method, path or nil.
+local READ_REQUEST = [[
+local function read_request(c)
+  c:settimeout(5)
+  local line = c:receive("*l")
+  if not line then return nil end
+  local len = 0
+  while true do
+    local h = c:receive("*l")
+    if not h or h == "" then break end
+    len = tonumber(h:lower():match("^content%-length:%s*(%d+)")) or len
+  end
+  if len > 0 then c:receive(len) end
+  return line:match("^(%S+) (%S+)")
+end
+]]
+
+-- Answers the first request of each connection; closes a connection unanswered when its second
+-- request arrives (a server that drops kept-alive connections). Prints "METHOD PATH" for each
+-- request read; GET /quit ends it.
+local DROP_SERVER = PRELUDE .. READ_REQUEST .. [[
+local socket = require("socket")
+local srv = assert(socket.bind("127.0.0.1", 0))
+local _, port = srv:getsockname(); print(port); io.stdout:flush()
+local clients, served = {}, {}
+while true do
+  local ready = socket.select({ srv, table.unpack(clients) }, nil, 20)
+  if #ready == 0 then os.exit(1) end
+  for _, c in ipairs(ready) do
+    if c == srv then
+      local n = srv:accept()
+      if n then clients[#clients + 1], served[n] = n, 0 end
+    else
+      local method, path = read_request(c)
+      if method then print(method .. " " .. path); io.stdout:flush() end
+      served[c] = served[c] + 1
+      if not method or served[c] == 2 then
+        c:close()
+        for i = #clients, 1, -1 do if clients[i] == c then table.remove(clients, i) end end
+      else
+        c:send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        if path == "/quit" then os.exit(0) end
+      end
+    end
+  end
+end
+]]
+
+-- One request per connection; the answer depends on the path, then the connection is closed.
+local CUT_SERVER = PRELUDE .. READ_REQUEST .. [[
+local socket = require("socket")
+local srv = assert(socket.bind("127.0.0.1", 0))
+local _, port = srv:getsockname(); print(port); io.stdout:flush()
+srv:settimeout(20)
+local ANSWERS = {
+  ["/status"] = "HTTP/1.1 200 OK\r\n",
+  ["/partial"] = "HTTP/1.1 200 OK\r\nContent-Le",
+  ["/continue"] = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n",
+  ["/whole"] = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/json\r\n\r\n[1]",
+  ["/quit"] = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+}
+while true do
+  local c = srv:accept()
+  if not c then os.exit(1) end
+  local _, path = read_request(c)
+  c:send(ANSWERS[path] or "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+  c:close()
+  if path == "/quit" then os.exit(0) end
+end
+]]
+
+local function call(s, how, method, path, opts)
+  if how == "perform" then return s:perform(method, path, opts) end
+  local req = assert(s:start(method, path, opts))
+  while not req:step() do core.sleep(0.001) end
+  return req:result()
+end
+
+local function quit(p, port)
+  local s = core.new{ base_url = "http://127.0.0.1:" .. port }
+  s:perform("GET", "/quit")
+  s:close()
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+local function count(out, line)
+  local n = 0
+  for l in out:gmatch("[^\n]+") do if l == line then n = n + 1 end end
+  return n
+end
+
+describe("a request not marked repeatable is sent once", function()
+  local CASES = {
+    { "PUT", { body = '{"o":1}' } }, { "PUT" }, { "DELETE", { body = '{"o":1}' } }, { "DELETE" },
+    { "POST" }, { "PATCH" }, { "POST", { body = '{"o":1}' } }, { "PATCH", { body = "{}" } },
+  }
+  for _, how in ipairs{ "perform", "start" } do
+    it("PUT/DELETE/POST/PATCH, with and without a body, when the kept-alive connection drops (" .. how .. ")",
+      function()
+        local p, port = raw_server(DROP_SERVER)
+        for i, c in ipairs(CASES) do
+          local s = core.new{ base_url = "http://127.0.0.1:" .. port }
+          assert(call(s, how, "GET", "/warm"))         -- a kept-alive connection, served once
+          assert(call(s, how, c[1], "/order" .. i, c[2]))
+          s:close()
+        end
+        local out = quit(p, port)
+        for i, c in ipairs(CASES) do
+          assert.are.equal(1, count(out, c[1] .. " /order" .. i), c[1] .. (c[2] and " with a body" or ""))
+        end
+      end)
+  end
+
+  it("a GET, or a call marked repeatable, keeps using the kept-alive connection", function()
+    local p, port = raw_server(DROP_SERVER)
+    local s = core.new{ base_url = "http://127.0.0.1:" .. port }
+    assert(s:perform("GET", "/warm"))
+    assert(s:perform("PUT", "/again", { repeatable = true }))  -- sent on the reused connection first
+    s:close()
+    local out = quit(p, port)
+    assert.are.equal(2, count(out, "PUT /again"))
+  end)
+
+  it("refuses a repeatable option that is not a boolean", function()
+    local s = core.new{ base_url = "http://127.0.0.1:9" }
+    assert.has_error(function() s:perform("POST", "/x", { repeatable = 1 }) end,
+      "request option 'repeatable' must be a boolean")
+    s:close()
+  end)
+
+  describe("against the mock", function()
+    local m
+    setup(function() m = assert(mock.start{ tls = false, pacing = false }) end)
+    teardown(function() m:stop() end)
+
+    it("the session endpoints (POST /tickle) and s:request with retry = true reuse their connection",
+      function()
+        local s = ibkr.new{ base_url = m.url, pacing = false }
+        for _ = 1, 4 do assert(s:tickle()) end
+        assert(s:auth_status())
+        assert(s:request("POST", "/tickle", { retry = true }))
+        assert.are.equal(1, s:stats().connects)
+        assert(s:request("POST", "/tickle"))                   -- not repeatable: a fresh connection
+        assert.are.equal(2, s:stats().connects)
+        s:close()
+      end)
+  end)
+end)
+
+describe("a response cut off inside its header block", function()
+  for _, how in ipairs{ "perform", "start" } do
+    it("is kind protocol, without status, not no_response (" .. how .. ")", function()
+      local p, port = raw_server(CUT_SERVER)
+      local s = core.new{ base_url = "http://127.0.0.1:" .. port }
+      for _, path in ipairs{ "/status", "/partial", "/continue" } do
+        for _, method in ipairs{ "GET", "POST", "HEAD" } do
+          local r, err = call(s, how, method, path)
+          assert.is_nil(r, method .. " " .. path)
+          assert.are.equal("protocol", err.kind)
+          assert.truthy(err.message:find("connection closed inside the response headers", 1, true))
+          assert.is_nil(err.status)
+          assert.is_falsy(err.no_response)
+        end
+      end
+      local r, err = call(s, how, "GET", "/whole")     -- a whole response ended by the close is fine
+      assert.is_nil(err)
+      assert.are.same({ 1 }, r)
+      s:close()
+      quit(p, port)
+    end)
+  end
+end)
