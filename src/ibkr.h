@@ -61,6 +61,7 @@ typedef struct callspec {
   const char **hv;            /* per-call headers, "Name: value" */
   int nh;
   double timeout;             /* seconds for this exchange; 0 = the session's */
+  int repeatable;             /* the caller says sending it twice is harmless */
 } callspec;
 
 int wire_base_url(lua_State *L, const char *url, char **host, long *port);
@@ -152,8 +153,7 @@ double ibkr_now(void);
 typedef struct sconf sconf;
 void request_open(lua_State *L);
 struct request *request_push(lua_State *L, int sessidx, int methodidx, int pathidx);
-void request_attach(lua_State *L, struct request *r, const sconf *c, xhome *h, const callspec *cs,
-                    int repeatable);
+void request_attach(lua_State *L, struct request *r, const sconf *c, xhome *h, const callspec *cs);
 xfer *request_xfer(struct request *r);
 int request_collect(lua_State *L, int ridx);
 

@@ -71,15 +71,14 @@ static int build_url(xfer *x, const sconf *c, const callspec *cs) {
 
 /*
 ** Make r the exchange cs of a session (config c, transfer part h);
-** `repeatable`: sending it twice is harmless (see set_exchange). Runs no
+** cs->repeatable: sending it twice is harmless (see set_exchange). Runs no
 ** Lua code: nothing can close the session in between. Raises only when out
 ** of memory, leaving r for its __gc to free.
 */
-void request_attach(lua_State *L, struct request *r, const sconf *c, xhome *h, const callspec *cs,
-                    int repeatable) {
+void request_attach(lua_State *L, struct request *r, const sconf *c, xhome *h, const callspec *cs) {
   xfer *x = &r->x;
-  x->repeatable = repeatable;
   struct curl_slist *hl = c->hl[cs->shape];
+  x->repeatable = cs->repeatable;
   long ms = c->timeout_ms;
   if (cs->timeout > 0) ms = (long)ceil(fmin(cs->timeout * 1000, 1e12));
   x->max_body = c->max_body;

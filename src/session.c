@@ -275,34 +275,6 @@ static int refuse(lua_State *L, session *s) {
 }
 
 /*
-** The per-call option `repeatable` (a boolean): sending the request twice
-** is harmless, so it may go out on a kept-alive connection, which libcurl
-** re-sends on when the server closed it unanswered. When present, the
-** options table at t is replaced by a copy without it (the other options
-** are wire.c's to read). Returns whether the call is repeatable.
-*/
-static int read_repeatable(lua_State *L, int t) {
-  int ty, rep;
-  if (lua_type(L, t) != LUA_TTABLE) return 0;
-  ty = lua_getfield(L, t, "repeatable");
-  rep = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  if (ty == LUA_TNIL) return 0;
-  if (ty != LUA_TBOOLEAN) return luaL_error(L, "request option 'repeatable' must be a boolean");
-  lua_newtable(L);
-  lua_pushnil(L);
-  while (lua_next(L, t)) {
-    lua_pushvalue(L, -2);
-    lua_insert(L, -2);
-    lua_rawset(L, -4);
-  }
-  lua_pushnil(L);
-  lua_setfield(L, -2, "repeatable");
-  lua_replace(L, t);
-  return rep;
-}
-
-/*
 ** The common start of s:perform and s:start: everything is read from the
 ** caller's values first (user code may run then, even close the session);
 ** then the session is checked, and the request (pushed on the stack) is
@@ -311,11 +283,10 @@ static int read_repeatable(lua_State *L, int t) {
 static struct request *begin(lua_State *L, session *s) {
   callspec cs;
   struct request *r;
-  int rep = read_repeatable(L, 4);
   wire_read_call(L, 2, &cs);
   r = request_push(L, 1, 2, 3);
   if (refuse(L, s)) return NULL;
-  request_attach(L, r, &s->conf, &s->home, &cs, rep);
+  request_attach(L, r, &s->conf, &s->home, &cs);
   return r;
 }
 

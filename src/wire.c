@@ -383,7 +383,8 @@ static void check_opt_keys(lua_State *L, int t) {
   lua_pushnil(L);
   while (lua_next(L, t)) {
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-    if (strcmp(k, "query") && strcmp(k, "headers") && strcmp(k, "body") && strcmp(k, "timeout"))
+    if (strcmp(k, "query") && strcmp(k, "headers") && strcmp(k, "body") && strcmp(k, "timeout") &&
+        strcmp(k, "repeatable"))
       luaL_error(L, "unknown request option '%s'", lua_type(L, -2) == LUA_TSTRING ? k : "?");
     lua_pop(L, 1);
   }
@@ -449,6 +450,11 @@ void wire_read_call(lua_State *L, int first, callspec *cs) {
     read_body(L, base + 2, cs);
     lua_getfield(L, o, "timeout");
     cs->timeout = read_timeout(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, o, "repeatable");
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+      luaL_error(L, "request option 'repeatable' must be a boolean");
+    cs->repeatable = lua_toboolean(L, -1);
     lua_pop(L, 1);
     if (lua_getfield(L, o, "headers") == LUA_TTABLE) read_headers(L, lua_gettop(L), cs);
     else if (!lua_isnil(L, -1)) luaL_error(L, "headers must be a table");
