@@ -40,6 +40,18 @@ describe("session calls over HTTPS", function()
     assert.not_matches("s3cr3t", tostring(u))
   end)
 
+  it("request refuses a path that would not be sent as given, at the caller's line", function()
+    local u = ibkr.new{ base_url = "http://127.0.0.1:9/v1/api" }
+    for path, why in pairs{ ["/../secret"] = "'.' or '..' segment", ["/x#frag"] = "percent-encode it as %23",
+                            ["/x\195\169"] = "non-ASCII" } do
+      local ok, err = pcall(u.request, u, "GET", path)
+      assert.is_false(ok)
+      assert.matches(why, err, 1, true)
+      assert.not_matches("call.lua", err, 1, true)
+    end
+    u:close()
+  end)
+
   it("validate is an alias of sso_validate", function()
     assert.equal(s.sso_validate, s.validate)
     assert.is_true(assert(s:validate()).RESULT)

@@ -87,6 +87,12 @@ static int core_poll(lua_State *L) {
 
 /* core.check_headers(t): the header rule of core.new, for callers that want
 ** to refuse bad per-call headers before anything else happens */
+static int core_check_path(lua_State *L) {
+  wire_check_path(L, 1);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int core_check_headers(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   wire_check_headers(L, 1);
@@ -117,6 +123,7 @@ static const luaL_Reg core_funcs[] = {
   {"poll", core_poll},
   {"curl_version", core_curl_version},
   {"check_headers", core_check_headers},
+  {"check_path", core_check_path},
   {"decode", core_decode},
   {"null", NULL},
   {"_VERSION", NULL},

@@ -70,6 +70,7 @@ char *wire_redact(const char *url);
 void wire_check_header(lua_State *L, const char *name, size_t nl, const char *val, size_t vl);
 int wire_check_headers(lua_State *L, int t);
 void wire_read_call(lua_State *L, int first, callspec *cs);
+void wire_check_path(lua_State *L, int idx);
 struct curl_slist *wire_header_list(char **uh, int nuh, int shape, const char **extra, int nextra);
 
 /* ------------------------------------------------------------ conn.c */

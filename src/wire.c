@@ -424,6 +424,12 @@ static int shape_of(const callspec *cs) {
   return posty ? HL_POST0 : HL_NOBODY;
 }
 
+/* the path rule of perform/start, alone (core.check_path); raises */
+void wire_check_path(lua_State *L, int idx) {
+  size_t n;
+  read_path(L, idx, &n);
+}
+
 /*
 ** Read method, path and options (at first, first+1, first+2) into cs. The
 ** stack is set to first+2 and gets: query string (or nil), body (or nil),

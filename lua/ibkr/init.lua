@@ -241,6 +241,7 @@ function Session:request(method, path, opts)
     error("request: method must be an HTTP method name such as \"GET\"", 2)
   end
   if type(path) ~= "string" or path:sub(1, 1) ~= "/" then error("request: path must start with '/'", 2) end
+  core_check(2, core.check_path, path) -- sent as given or refused here (the core's rule, one copy)
   method = method:upper()
   local copts
   if opts ~= nil then
