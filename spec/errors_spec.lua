@@ -6,6 +6,7 @@
 local core = require("ibkr.core")
 local ibkr = require("ibkr")
 local socket = require("socket")
+local rawsrv = require("spec.helpers.raw")
 local mock = require("spec.helpers.mock")
 
 local ELLIPSIS = "\226\128\166"
@@ -32,16 +33,8 @@ local function answer_raw(response, userinfo)
   local _, port = srv:getsockname()
   local s = core.new{ base_url = "http://" .. (userinfo or "") .. "127.0.0.1:" .. port .. "/v1/api" }
   local req = assert(s:start("POST", "/tickle"))
-  srv:settimeout(0)
-  local c
   local deadline = core.monotonic() + 10
-  while not c do
-    assert(core.monotonic() < deadline, "no connection")
-    req:step()
-    c = srv:accept()
-    if not c then socket.select({ srv }, nil, 0.01) end
-  end
-  c:settimeout(0)
+  local c = rawsrv.accept(srv, req, deadline)
   local head = ""
   while not head:find("\r\n\r\n", 1, true) do
     assert(core.monotonic() < deadline, "no request")

@@ -4,22 +4,15 @@
 local core = require("ibkr.core")
 local ibkr = require("ibkr")
 local socket = require("socket")
+local raw = require("spec.helpers.raw")
 local mock = require("spec.helpers.mock")
 
 -- Starts `method path` on session s (core) and returns the request head the server received.
 local function head_on_wire(srv, s)
   local req = assert(s:start("GET", "/x"))
-  srv:settimeout(0)
-  local c
   local deadline = core.monotonic() + 5
-  while not c and core.monotonic() < deadline do
-    req:step()
-    c = srv:accept()
-    if not c then socket.select({ srv }, nil, 0.01) end
-  end
-  assert(c, "no connection")
+  local c = raw.accept(srv, req, deadline)
   local lines = {}
-  c:settimeout(0)
   while core.monotonic() < deadline do
     req:step()
     local line, err = c:receive("*l")
@@ -183,15 +176,7 @@ while true do
 end
 ]]
 
--- Prints "connection" and ends at its first connection, or "done" after 1 s without one.
-local COUNTING_SERVER = [[
-local socket = require("socket")
-local srv = assert(socket.bind("127.0.0.1", 0))
-local _, port = srv:getsockname(); print(port); io.stdout:flush()
-srv:settimeout(1)
-local c = srv:accept()
-print(c and "connection" or "done")
-]]
+local COUNTING_SERVER = raw.COUNTING_SERVER
 
 describe("issue 9 regressions (core)", function()
   local m

@@ -6,6 +6,7 @@
 local core = require("ibkr.core")
 local ibkr = require("ibkr")
 local socket = require("socket")
+local raw = require("spec.helpers.raw")
 local mock = require("spec.helpers.mock")
 
 -- Runs `method path` with call options `copts` on a new core session (options `sopts` added to
@@ -18,16 +19,8 @@ local function exchange(sopts, method, path, copts, response)
   for k, v in pairs(sopts or {}) do o[k] = v end
   local s = core.new(o)
   local req = assert(s:start(method, path, copts))
-  srv:settimeout(0)
-  local c
   local deadline = core.monotonic() + 10
-  while not c do
-    assert(core.monotonic() < deadline, "no connection")
-    req:step()
-    c = srv:accept()
-    if not c then socket.select({ srv }, nil, 0.01) end
-  end
-  c:settimeout(0)
+  local c = raw.accept(srv, req, deadline)
   local data = ""
   local function more()
     assert(core.monotonic() < deadline, "no request")
@@ -195,15 +188,7 @@ local PRELUDE = "package.path='lua/?.lua;lua/?/init.lua;'..package.path;"
   .. " package.cpath='./?.so;'..package.cpath;"
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
--- Prints "connection" and ends at its first connection, or "done" after 1 s without one.
-local COUNTING_SERVER = [[
-local socket = require("socket")
-local srv = assert(socket.bind("127.0.0.1", 0))
-local _, port = srv:getsockname(); print(port); io.stdout:flush()
-srv:settimeout(1)
-local c = srv:accept()
-print(c and "connection" or "done")
-]]
+local COUNTING_SERVER = raw.COUNTING_SERVER
 
 describe("loopback in every spelling (issue 9 kind 4)", function()
   local m
