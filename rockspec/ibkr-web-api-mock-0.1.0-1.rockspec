@@ -34,6 +34,7 @@ build = {
     ["ibkr.mock.json"] = "lua/ibkr/mock/json.lua",
     ["ibkr.mock.oauth"] = "lua/ibkr/mock/oauth.lua",
     ["ibkr.mock.pacing"] = "lua/ibkr/mock/pacing.lua",
+    ["ibkr.mock.proc"] = "lua/ibkr/mock/proc.lua",
     ["ibkr.mock.response"] = "lua/ibkr/mock/response.lua",
     ["ibkr.mock.testing"] = "lua/ibkr/mock/testing.lua",
     ["ibkr.mock.net.http"] = "lua/ibkr/mock/net/http.lua",

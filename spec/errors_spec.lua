@@ -44,16 +44,7 @@ local function answer_raw(response, userinfo)
     if err == "closed" then break end
     if not data then socket.select({ c }, nil, 0.01) end
   end
-  c:settimeout(5)
-  assert(c:send(response))
-  c:close()
-  srv:close()
-  while not req:step() do
-    assert(core.monotonic() < deadline, "no result")
-    req:wait(0.05)
-  end
-  local r, err, status = req:result()
-  req:close()
+  local r, err, status = rawsrv.finish(c, srv, req, response, deadline)
   s:close()
   return r, err, status
 end

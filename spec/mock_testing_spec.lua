@@ -7,15 +7,7 @@ package.loaded["ibkr.mock.testing"] = nil
 local testing = require("ibkr.mock.testing")
 package.loaded["ibkr.mock.testing"] = nil
 
-local function alive(pid)
-  local f = io.open("/proc/" .. pid .. "/stat", "r")
-  if not f then
-    return false
-  end
-  local line = f:read("l") or ""
-  f:close()
-  return not line:match("^%d+ %b() Z")
-end
+local alive = require("ibkr.mock.proc").alive
 
 describe("ibkr.mock.testing", function()
   it("starts a mock on a free port, sets its state, adds faults, reads its log, stops it", function()

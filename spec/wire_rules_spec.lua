@@ -38,16 +38,7 @@ local function exchange(sopts, method, path, copts, response)
   end
   response = response or "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n" ..
     "Connection: close\r\n\r\n{}"
-  c:settimeout(5)
-  assert(c:send(response))
-  c:close()
-  srv:close()
-  while not req:step() do
-    assert(core.monotonic() < deadline, "no result")
-    req:wait(0.05)
-  end
-  local r, err = req:result()
-  req:close()
+  local r, err = raw.finish(c, srv, req, response, deadline)
   s:close()
   return head, body, r, err
 end

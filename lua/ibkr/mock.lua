@@ -400,15 +400,7 @@ local function catch_signals(m)
   return true
 end
 
-local function parent_alive(pid)
-  local f = io.open("/proc/" .. pid .. "/stat", "r")
-  if not f then
-    return false
-  end
-  local line = f:read("l") or ""
-  f:close()
-  return not line:match("^%d+ %b() Z")
-end
+local parent_alive = require("ibkr.mock.proc").alive
 
 -- Serves until stopped, or until process parent_pid (when given) is gone; then closes. Steps of
 -- at most 0.4 s and a look at the parent every 0.4 s: gone within a second of it (docs/testing.md).

@@ -19,6 +19,22 @@ function M.accept(srv, req, deadline)
   return c
 end
 
+-- Sends `response` on connection `c`, closes it and listener `srv`, then steps `req` until it is
+-- done (failing the spec at `deadline`). Returns what req:result() returns; req is closed.
+function M.finish(c, srv, req, response, deadline)
+  c:settimeout(5)
+  assert(c:send(response))
+  c:close()
+  srv:close()
+  while not req:step() do
+    assert(core.monotonic() < deadline, "no result")
+    req:wait(0.05)
+  end
+  local r, err, status = req:result()
+  req:close()
+  return r, err, status
+end
+
 -- A server program (run it with `lua5.4 -e`): prints its port, then "connection" and ends at its
 -- first connection, or "done" after 1 s without one.
 M.COUNTING_SERVER = [[

@@ -32,15 +32,7 @@ local function own_pid()
   return pid
 end
 
-local function proc_state(pid)
-  local f = io.open("/proc/" .. pid .. "/stat", "r")
-  if not f then
-    return nil
-  end
-  local line = f:read("l") or ""
-  f:close()
-  return line:match("^%d+ %b() (%a)")
-end
+local proc_state = require("ibkr.mock.proc").state
 
 -- How the mock is started: `helper.command` (a shell command) when set, else $IBKR_MOCK_GATEWAY,
 -- else this Lua (`helper.lua`, default $LUA or lua5.4) running ibkr.mock with this process's
