@@ -130,8 +130,8 @@ static const luaL_Reg core_funcs[] = {
   {NULL, NULL}
 };
 
-/* each part registers its class (and functions) with the module and the
-** shared upvalue on the stack: M, up */
+/* each part registers its class (and functions) with the module on the
+** top of the stack */
 static void error_open(lua_State *L) { ibkr_error_register(L); }
 
 static const struct {
@@ -152,9 +152,8 @@ IBKR_API int luaopen_ibkr_core(lua_State *L) {
   luaL_checkversion(L);
   if (!xfer_global_init()) return luaL_error(L, "curl_global_init failed");
   luaL_newlibtable(L, core_funcs);              /* M */
-  lua_pushnil(L);                               /* M, up (the shared upvalue, unused) */
   for (int i = 0; mods[i].name; i++) mods[i].open(L);
-  luaL_setfuncs(L, core_funcs, NUPVALUES);      /* M */
+  luaL_setfuncs(L, core_funcs, 0);              /* M */
   lua_pushlightuserdata(L, NULL);
   lua_setfield(L, -2, "null");
   lua_pushliteral(L, IBKR_VERSION);

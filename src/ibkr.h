@@ -24,9 +24,6 @@
 #define REQUEST_MT "ibkr.request"
 #define ERROR_MT   "ibkr.error"
 
-/* every module function and method has one shared upvalue (nil today: the
-** encoder is json.c's own; the slot can go when luaopen is next reworked) */
-#define NUPVALUES 1
 
 #define IBKR_BODY_CUT 4096          /* error objects keep this much of a body */
 #define IBKR_MAX_DEPTH 256          /* JSON nesting accepted by the decoder and the encoder */
@@ -194,18 +191,15 @@ void ibkr_error_describe(lua_State *L, int idx);
 const char *ibkr_push_printable(lua_State *L, const char *s, size_t len, size_t max);
 size_t ibkr_utf8_len(const char *s, size_t avail, unsigned *cp);
 
-/* metatable `name` with metamethods and an __index table of methods; every
-** function gets the shared upvalue found at the top of the stack */
+/* metatable `name` with metamethods and an __index table of methods */
 static inline void ibkr_createmeta(lua_State *L, const char *name, const luaL_Reg *meth,
                                    const luaL_Reg *metameth) {
-  luaL_newmetatable(L, name);                   /* up, mt */
-  lua_pushvalue(L, -2);                         /* up, mt, up */
-  luaL_setfuncs(L, metameth, NUPVALUES);        /* up, mt */
-  lua_newtable(L);                              /* up, mt, methods */
-  lua_pushvalue(L, -3);                         /* up, mt, methods, up */
-  luaL_setfuncs(L, meth, NUPVALUES);            /* up, mt, methods */
-  lua_setfield(L, -2, "__index");               /* up, mt */
-  lua_pop(L, 1);                                /* up */
+  luaL_newmetatable(L, name);                   /* mt */
+  luaL_setfuncs(L, metameth, 0);
+  lua_newtable(L);                              /* mt, methods */
+  luaL_setfuncs(L, meth, 0);
+  lua_setfield(L, -2, "__index");               /* mt */
+  lua_pop(L, 1);
 }
 
 /* signal.c: signal_catch, signal_caught, signal_wait (added to the module table on the stack) */

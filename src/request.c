@@ -328,7 +328,7 @@ static const luaL_Reg request_metameth[] = {
   {NULL, NULL}
 };
 
-/* registers the class; the shared upvalue is at the top of the stack */
+/* registers the class (the module is at the top of the stack) */
 void request_open(lua_State *L) {
   ibkr_createmeta(L, REQUEST_MT, request_meth, request_metameth);
 }

@@ -333,11 +333,8 @@ static const luaL_Reg session_funcs[] = {
   {NULL, NULL}
 };
 
-/* registers the class and core.new; stack: module, shared upvalue */
+/* registers the class and core.new in the module at the top of the stack */
 void session_open(lua_State *L) {
   ibkr_createmeta(L, SESSION_MT, session_meth, session_metameth);
-  lua_pushvalue(L, -2);                                       /* M, up, M */
-  lua_pushvalue(L, -2);                                       /* M, up, M, up */
-  luaL_setfuncs(L, session_funcs, NUPVALUES);                 /* M, up, M */
-  lua_pop(L, 1);
+  luaL_setfuncs(L, session_funcs, 0);
 }
