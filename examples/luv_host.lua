@@ -1,6 +1,6 @@
 -- Keep a gateway session alive from a libuv loop (luv; Debian: lua-luv), next to other work:
 -- the keep-alive is resumed from a timer, or as soon as the answer of its request in flight is
--- there (uv.new_poll on the request's completion descriptor), and never blocks the loop (one
+-- there (uv.new_poll on the request's descriptor), and never blocks the loop (one
 -- resume < 1 ms).
 --   lua5.4 examples/luv_host.lua [BASE_URL] [SECONDS]
 local dir = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/.."
@@ -42,7 +42,7 @@ function tick()
   local fd = req and req:pollfd()
   if fd and fd >= 0 then
     watcher = uv.new_poll(fd)
-    watcher:start("r", tick)
+    watcher:start(req:events(), tick)
     wait = req:timeout()
   end
   timer:start(math.ceil(wait * 1000), 0, tick)

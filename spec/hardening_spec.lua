@@ -121,10 +121,7 @@ local PRELUDE = "package.path='lua/?.lua;lua/?/init.lua;'..package.path;"
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 -- Starts `script` (Lua source) as a server process; returns the pipe and the port it printed.
-local function raw_server(script, env)
-  local p = assert(io.popen("env -u LD_PRELOAD " .. (env or "") .. " lua5.4 -e " .. q(script), "r"))
-  return p, assert(tonumber(p:read("l")), "the server did not start")
-end
+local raw_server = raw.server
 
 -- Builds spec/c/NAME.c and runs it with `arg` (and `more`, a string of shell words); returns whether
 -- it succeeded and its output.

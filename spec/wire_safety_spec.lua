@@ -4,33 +4,12 @@
 local core = require("ibkr.core")
 local ibkr = require("ibkr")
 local mock = require("spec.helpers.mock")
+local raw = require("spec.helpers.raw")
 
 local PRELUDE = "package.path='lua/?.lua;lua/?/init.lua;'..package.path;"
   .. " package.cpath='./?.so;'..package.cpath;"
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
--- Starts `script` (Lua source) as a server process; returns the pipe and the port it printed.
-local function raw_server(script)
-  local p = assert(io.popen("env -u LD_PRELOAD lua5.4 -e " .. q(script), "r"))
-  return p, assert(tonumber(p:read("l")), "the server did not start")
-end
-
--- Reads one request (head and Content-Length body) from c; returns method, path or nil.
-local READ_REQUEST = [[
-local function read_request(c)
-  c:settimeout(5)
-  local line = c:receive("*l")
-  if not line then return nil end
-  local len = 0
-  while true do
-    local h = c:receive("*l")
-    if not h or h == "" then break end
-    len = tonumber(h:lower():match("^content%-length:%s*(%d+)")) or len
-  end
-  if len > 0 then c:receive(len) end
-  return line:match("^(%S+) (%S+)")
-end
-]]
+local raw_server, READ_REQUEST = raw.server, raw.READ_REQUEST
 
 -- Answers the first request of each connection; closes a connection unanswered when its second
 -- request arrives (a server that drops kept-alive connections). Prints "METHOD PATH" for each

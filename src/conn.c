@@ -9,6 +9,9 @@
 ** replaced, in place, by one whose peer is gone: libcurl's send fails on
 ** a reused connection, which libcurl answers by sending the request again
 ** on a new connection (never a duplicate: nothing was sent on the old one).
+** Two more duties ride on the same callbacks: an exchange may forbid new
+** sockets (the warm lane's, on the Lua thread: no connect, no handshake
+** there), and a lane learns when its kept connection's socket is closed.
 */
 #include <poll.h>
 #include <pthread.h>
@@ -32,10 +35,16 @@ static struct {
   int n, cap;
 } R = { PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0 };
 
+/* ud: the exchange's connwatch (CURLOPT_OPENSOCKETDATA), or NULL */
 static curl_socket_t on_open(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
-  curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
-  (void)ud;
+  connwatch *w = ud;
+  curl_socket_t fd;
   (void)purpose;
+  if (w && w->refuse) {
+    w->refused = 1;
+    return CURL_SOCKET_BAD;
+  }
+  fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
   if (fd == CURL_SOCKET_BAD) return fd;
   pthread_mutex_lock(&R.mu);
   if (R.n == R.cap) {
@@ -48,8 +57,11 @@ static curl_socket_t on_open(void *ud, curlsocktype purpose, struct curl_sockadd
   return fd;
 }
 
+/* ud (CURLOPT_CLOSESOCKETDATA, kept by the connection from its creation):
+** NULL, or where a lane notes its kept socket, forgotten here */
 static int on_close(void *ud, curl_socket_t fd) {
-  (void)ud;
+  curl_socket_t *keep = ud;
+  if (keep && *keep == fd) *keep = CURL_SOCKET_BAD;
   pthread_mutex_lock(&R.mu);
   for (int i = 0; i < R.n; i++)
     if (R.v[i].fd == fd) {
@@ -111,7 +123,8 @@ static int on_prereq(void *ud, char *rip, char *lip, int rport, int lport) {
   return CURL_PREREQFUNC_OK;
 }
 
-/* the callbacks on a session's template (duplicated into every handle) */
+/* the callbacks on a session's template (duplicated into every handle);
+** each exchange sets their data (transfer.c) */
 int conn_watch(CURL *e) {
   return curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open) == CURLE_OK &&
          curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close) == CURLE_OK &&

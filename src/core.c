@@ -51,8 +51,9 @@ static int core_sleep(lua_State *L) {
 }
 
 /*
-** core.poll(fds [, timeout]) -> i, ...: wait until one of the descriptors
-** in the array fds is readable (or closed, or in error), or timeout seconds
+** core.poll(fds [, timeout [, events]]) -> i, ...: wait until one of the
+** descriptors in the array fds is ready (readable, or what events[i] says:
+** "r", "w" or "rw"; closed or in error counts too), or timeout seconds
 ** passed (nil: no limit). Returns the positions in fds of those that are
 ** ready (nothing on a timeout or a signal). What ibkr.run waits with.
 */
@@ -73,6 +74,13 @@ static int core_poll(lua_State *L) {
     p[i].events = POLLIN;
     p[i].revents = 0;
     lua_pop(L, 1);
+    if (lua_type(L, 3) == LUA_TTABLE && lua_geti(L, 3, i + 1) != LUA_TNIL) {
+      const char *ev = lua_tostring(L, -1);
+      if (ev == NULL || ev[0] == '\0' || ev[strspn(ev, "rw")] != '\0')
+        return luaL_argerror(L, 3, "events must be \"r\", \"w\" or \"rw\"");
+      p[i].events = (short)((strchr(ev, 'r') ? POLLIN : 0) | (strchr(ev, 'w') ? POLLOUT : 0));
+    }
+    lua_pop(L, lua_type(L, 3) == LUA_TTABLE ? 1 : 0);
   }
   if (t >= 0) ms = t > 2e6 ? 2000000000 : (int)ceil(t * 1000);
   got = poll(p, (nfds_t)n, ms);

@@ -75,6 +75,13 @@ struct curl_slist *wire_header_list(char **uh, int nuh, int shape, const char **
 int conn_watch(CURL *e);
 void conn_forked(void);
 
+/* What one exchange allows of the sockets libcurl opens for it
+** (CURLOPT_OPENSOCKETDATA): `refuse` set, an open fails and `refused` says
+** so (an exchange of the warm lane never connects on the Lua thread). */
+typedef struct connwatch {
+  int refuse, refused;
+} connwatch;
+
 /* ------------------------------------------------------------ transfer.c */
 
 struct xhome;
@@ -95,6 +102,7 @@ typedef struct xfer {
   struct curl_slist *callh;   /* per-call header list, or NULL */
   double deadline;            /* monotonic seconds */
   int efd, wfd;               /* completion fd (readable when done) and its write end, or -1 */
+  int pfd;                    /* Lua thread: a duplicate of the lane socket handed to waiters, or -1 */
   int cancel;                 /* a cancel is queued (engine mutex) */
   unsigned gen;               /* engine generation (fork) it was submitted in */
   int aborted;                /* the session was closed under it */
@@ -108,6 +116,9 @@ typedef struct xfer {
   int overflow, head;
   int hdr_done;                /* the final response's header block ended */
   int repeatable;             /* sending it twice is harmless: kept-alive connections allowed */
+  int fresh;                  /* needs a connection of its own (not repeatable) */
+  int lane;                   /* LANE_*: where it runs (see xhome) */
+  connwatch cw;
   CURLcode code;
   char errbuf[CURL_ERROR_SIZE];
   /* facts gathered when the transfer ended, so results never need `easy` */
@@ -117,6 +128,10 @@ typedef struct xfer {
 } xfer;
 
 enum { X_NEW, X_QUEUED, X_RUNNING, X_DONE };
+enum { LANE_NO, LANE_INLINE, LANE_LENT };
+
+#define LANE_SOCKS 4
+#define LANE_BODY_MAX 16384         /* larger bodies go to the engine (a send may have to wait) */
 
 /* The session's part that transfer.c keeps: the handle template, a pool of
 ** easy handles, the multi handle of blocking calls, live exchanges. Owned by
@@ -132,6 +147,27 @@ typedef struct xhome {
   int nlive;
   unsigned gen;               /* engine generation at creation (fork) */
   lua_Integer connects, exchanges;
+  lua_Integer lane_exchanges;   /* exchanges that ran in the lane on the Lua thread */
+  /*
+  ** The warm lane: a multi handle for the session's non-blocking exchanges,
+  ** one at a time, that may be repeated (kept-alive connections allowed) and
+  ** carry a small body. While it holds a kept connection, an exchange runs
+  ** there on the Lua thread, stepped through curl_multi_socket_action (no
+  ** hand-over to the engine: a send and a receive). When it needs a new
+  ** connection (DNS, connect, TLS handshake), the lane is lent to the engine
+  ** thread for that exchange. `lane_x` is the Lua thread's; the fields
+  ** after it belong to whoever drives the lane: the engine from the moment
+  ** the exchange is queued until it is marked done (under the engine's
+  ** mutex), the Lua thread otherwise.
+  */
+  CURLM *lane;
+  xfer *lane_x;               /* the exchange in the lane, or NULL */
+  curl_socket_t lane_keep;    /* socket of the kept connection, or CURL_SOCKET_BAD: cold */
+  struct lanesock { curl_socket_t fd; int what; } lsock[LANE_SOCKS];   /* what libcurl waits on */
+  int nlsock;
+  double lane_due;            /* monotonic seconds of libcurl's timer, < 0: none */
+  int lane_lent;              /* on the engine's list of lanes it drives */
+  struct xhome *lnext;        /* that list */
 } xhome;
 
 int xfer_global_init(void);
@@ -144,6 +180,8 @@ void xfer_run_inline(xfer *x);
 int xfer_submit(xfer *x);
 int xfer_done(xfer *x);
 int xfer_wait(xfer *x, double timeout);
+int xfer_pollfd(xfer *x, const char **events);
+double xfer_timeout(xfer *x);
 double ibkr_now(void);
 
 /* ------------------------------------------------------------ request.c */

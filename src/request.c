@@ -37,7 +37,7 @@ xfer *request_xfer(struct request *r) { return &r->x; }
 struct request *request_push(lua_State *L, int sessidx, int methodidx, int pathidx) {
   request *r = lua_newuserdatauv(L, sizeof(request), RUV_COUNT);
   memset(r, 0, sizeof *r);
-  r->x.efd = r->x.wfd = -1;
+  r->x.efd = r->x.wfd = r->x.pfd = -1;
   r->x.state = X_NEW;
   r->wnext = 0.0002;
   luaL_setmetatable(L, REQUEST_MT);
@@ -245,7 +245,7 @@ static int request_step(lua_State *L) {
     return 1;
   }
   t = ibkr_now();
-  if (t < r->wdue) sched_yield();
+  if (t < r->wdue && r->x.lane != LANE_INLINE) sched_yield();
   lua_pushboolean(L, 0);
   lua_pushnumber(L, r->wnext);
   r->wdue = t + r->wnext;
@@ -267,27 +267,32 @@ static int request_done(lua_State *L) {
   return 1;
 }
 
-/* :pollfd() -- readable once the exchange has ended (-1 when there is no
-** descriptor: a blocking or finished request) */
+/* :pollfd() -- the descriptor to wait on before the next step: the
+** completion descriptor (readable once the exchange has ended), or, for an
+** exchange stepped in the session's lane, the socket it waits on; -1 when
+** there is none (a blocking or collected request) */
 static int request_pollfd(lua_State *L) {
-  lua_pushinteger(L, torequest(L, 1)->x.efd);
+  request *r = torequest(L, 1);
+  const char *ev;
+  lua_pushinteger(L, r->closed || r->collected ? -1 : xfer_pollfd(&r->x, &ev));
   return 1;
 }
 
+/* :events() -- what to wait for on :pollfd(): "r", "w" or "rw" */
 static int request_events(lua_State *L) {
-  torequest(L, 1);
-  lua_pushliteral(L, "r");
+  request *r = torequest(L, 1);
+  const char *ev = "r";
+  if (!r->closed && !r->collected) xfer_pollfd(&r->x, &ev);
+  lua_pushstring(L, ev);
   return 1;
 }
 
 /* :timeout() -- seconds after which a waiter should look again even without
-** a wake-up: the exchange's own deadline, plus a margin in which libcurl
-** reports the timeout through the descriptor; never below 10 ms */
+** a wake-up (transfer.c: xfer_timeout) */
 static int request_timeout(lua_State *L) {
   request *r = torequest(L, 1);
-  double left = r->x.deadline - ibkr_now() + 0.1;
-  if (r->closed || r->collected || xfer_done(&r->x)) left = 0;
-  else if (left < 0.01) left = 0.01;
+  double left = 0;
+  if (!(r->closed || r->collected || xfer_done(&r->x))) left = xfer_timeout(&r->x);
   lua_pushnumber(L, left);
   return 1;
 }

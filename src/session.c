@@ -84,9 +84,10 @@ static int session_tostring(lua_State *L) {
 
 static int session_info(lua_State *L) {
   session *s = tosession(L);
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
   ibkr_seti(L, "connects", s->home.connects);
   ibkr_seti(L, "exchanges", s->home.exchanges);
+  ibkr_seti(L, "lane_exchanges", s->home.lane_exchanges);
   ibkr_seti(L, "in_flight", s->home.nlive);
   ibkr_seti(L, "pooled", s->home.npool);
   if (s->conf.shown) ibkr_sets(L, "base_url", s->conf.shown);

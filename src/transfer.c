@@ -10,7 +10,16 @@
 ** under 1 ms. Why one: a thread per request or per session does not scale
 ** to a thousand kept-alive sessions. Why blocking calls stay in place: a
 ** hand-over to another thread costs more than the exchange on loopback.
-** The engine thread never touches a lua_State or a session: only xfers.
+** The engine thread never touches a lua_State or a session: only xfers,
+** and the lanes lent to it.
+**
+** The warm lane (see xhome in ibkr.h) takes the hand-over away from the
+** common case of a non-blocking call: a kept connection to the gateway
+** and a small request. Such an exchange is stepped on the caller's thread
+** with curl_multi_socket_action (the resumer waits on its socket), and
+** costs about what a blocking call does. It may never open a socket there
+** (conn.c refuses): when its kept connection turns out gone, the exchange
+** starts over, with the lane lent to the engine, which connects.
 */
 #define _GNU_SOURCE                  /* dladdr */
 #include <dlfcn.h>
@@ -41,7 +50,8 @@ static struct engine {
   int park, parked;           /* fork(): asked to wait outside libcurl; waiting so */
   xfer *addq, *cancelq;
   unsigned gen;               /* bumped in a forked child: older xfers are dead there */
-} E = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0, 0, NULL, NULL, 1 };
+  xhome *lanes;               /* the lanes lent to the engine thread (its own list) */
+} E = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0, 0, NULL, NULL, 1, NULL };
 
 double ibkr_now(void) {
   struct timespec t;
@@ -77,13 +87,127 @@ static void mark_done(xfer *x) {
   x->state = X_DONE;
 }
 
+
+/* ------------------------------------------------------------ the warm lane: both threads */
+
+/* what libcurl waits on in a lane (CURLMOPT_SOCKETFUNCTION); a lane runs one
+** exchange, which has at most two sockets (two address families connecting) */
+static int lane_on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *socketp) {
+  xhome *h = userp;
+  int i = 0;
+  (void)e;
+  (void)socketp;
+  while (i < h->nlsock && h->lsock[i].fd != fd) i++;
+  if (what == CURL_POLL_REMOVE) {
+    if (i < h->nlsock) h->lsock[i] = h->lsock[--h->nlsock];
+  } else if (i < h->nlsock) {
+    h->lsock[i].what = what;
+  } else if (h->nlsock < LANE_SOCKS) {
+    h->lsock[h->nlsock].fd = fd;
+    h->lsock[h->nlsock++].what = what;
+  }
+  return 0;
+}
+
+/* when libcurl wants a timeout action in a lane (CURLMOPT_TIMERFUNCTION) */
+static int lane_on_timer(CURLM *m, long ms, void *userp) {
+  xhome *h = userp;
+  (void)m;
+  h->lane_due = ms < 0 ? -1.0 : ibkr_now() + (double)ms / 1000.0;
+  return 0;
+}
+
+static int lane_make(xhome *h) {
+  if (h->lane) return 1;
+  if ((h->lane = curl_multi_init()) == NULL) return 0;
+  curl_multi_setopt(h->lane, CURLMOPT_SOCKETFUNCTION, lane_on_socket);
+  curl_multi_setopt(h->lane, CURLMOPT_SOCKETDATA, (void *)h);
+  curl_multi_setopt(h->lane, CURLMOPT_TIMERFUNCTION, lane_on_timer);
+  curl_multi_setopt(h->lane, CURLMOPT_TIMERDATA, (void *)h);
+  curl_multi_setopt(h->lane, CURLMOPT_MAXCONNECTS, 1L);
+  return 1;
+}
+
+/* poll(2) events for what libcurl waits on. A socket it wants writable is
+** watched for input too: a refused connect shows only as input (EOF). */
+static short poll_events(int what) {
+  return (short)(((what & CURL_POLL_OUT) ? POLLOUT | POLLIN : 0) | ((what & CURL_POLL_IN) ? POLLIN : 0));
+}
+
+/* CURL_CSELECT_* of what curl_multi_poll reports of an extra descriptor */
+static int cselect(unsigned short re) {
+  return ((re & CURL_WAIT_POLLIN) ? CURL_CSELECT_IN : 0) | ((re & CURL_WAIT_POLLOUT) ? CURL_CSELECT_OUT : 0);
+}
+
+/* let libcurl act in the lane: on each socket it waits on (re: their
+** readiness, parallel to lsock; NULL: unknown, libcurl looks itself), and
+** on its timer when due. Run by the lane's driver only. */
+static void lane_act(xhome *h, const unsigned short *re) {
+  struct lanesock s[LANE_SOCKS];
+  int n = h->nlsock, running;
+  memcpy(s, h->lsock, sizeof s[0] * (size_t)n);          /* the actions change lsock */
+  for (int i = 0; i < n; i++)
+    if (re == NULL || re[i] != 0)
+      curl_multi_socket_action(h->lane, s[i].fd, re ? cselect(re[i]) : 0, &running);
+  if (h->lane_due >= 0 && ibkr_now() >= h->lane_due) {
+    h->lane_due = -1;
+    curl_multi_socket_action(h->lane, CURL_SOCKET_TIMEOUT, 0, &running);
+  }
+}
+
+/* the exchange that ended in the lane, gathered and taken out, or NULL;
+** notes whether its connection was kept (the lane is warm) */
+static xfer *lane_collect(xhome *h) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(h->lane, &left)) != NULL) {
+    xfer *x = NULL;
+    CURLcode code = m->data.result;
+    if (m->msg != CURLMSG_DONE) continue;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+    gather(x, code);
+    h->lane_keep = CURL_SOCKET_BAD;
+    if (x->code == CURLE_OK) curl_easy_getinfo(x->easy, CURLINFO_ACTIVESOCKET, &h->lane_keep);
+    curl_multi_remove_handle(h->lane, x->easy);
+    return x;
+  }
+  return NULL;
+}
+
+/* ------------------------------------------------------------ the engine thread */
+
+/* under E.mu: x starts in its session's lane, which the engine now drives */
+static void lane_lend(xfer *x) {
+  xhome *h = x->home;
+  if (curl_multi_add_handle(h->lane, x->easy) != CURLM_OK) {
+    x->code = CURLE_FAILED_INIT;
+    mark_done(x);
+    return;
+  }
+  x->state = X_RUNNING;
+  h->lane_lent = 1;
+  h->lnext = E.lanes;
+  E.lanes = h;
+}
+
+/* under E.mu: the engine stops driving h's lane */
+static void lane_return(xhome *h) {
+  xhome **p = &E.lanes;
+  while (*p && *p != h) p = &(*p)->lnext;
+  if (*p) *p = h->lnext;
+  h->lnext = NULL;
+  h->lane_lent = 0;
+}
+
 /* under E.mu: attach the queued xfers, take back the cancelled ones */
 static void engine_take(void) {
   while (E.addq) {
     xfer *x = E.addq;
     E.addq = x->qnext;
     x->qnext = NULL;
-    if (curl_multi_add_handle(E.multi, x->easy) == CURLM_OK) {
+    if (x->lane == LANE_LENT) {
+      lane_lend(x);
+    } else if (curl_multi_add_handle(E.multi, x->easy) == CURLM_OK) {
       x->state = X_RUNNING;
     } else {
       x->code = CURLE_FAILED_INIT;
@@ -95,7 +219,13 @@ static void engine_take(void) {
     E.cancelq = x->qnext;
     x->qnext = NULL;
     if (x->state == X_RUNNING) {
-      curl_multi_remove_handle(E.multi, x->easy);
+      if (x->lane == LANE_LENT) {
+        curl_multi_remove_handle(x->home->lane, x->easy);
+        x->home->lane_keep = CURL_SOCKET_BAD;
+        lane_return(x->home);
+      } else {
+        curl_multi_remove_handle(E.multi, x->easy);
+      }
       x->code = CURLE_ABORTED_BY_CALLBACK;
       mark_done(x);
     }
@@ -121,6 +251,66 @@ static void engine_collect(void) {
   }
 }
 
+
+/* The lent lanes' descriptors, as extra fds of the engine's curl_multi_poll
+** (engine thread only). XH[i]: the lane of XP[i], in the order of E.lanes. */
+static struct curl_waitfd *XP;
+static xhome **XH;
+static int XCAP;
+
+/* fills XP/XH; returns how many; lowers *ms to the earliest lane timer */
+static int lanes_fds(int *ms) {
+  int n = 0;
+  double now = ibkr_now();
+  for (xhome *h = E.lanes; h; h = h->lnext) {
+    if (n + LANE_SOCKS > XCAP) {
+      int cap = XCAP ? XCAP * 2 : 64;
+      struct curl_waitfd *p = realloc(XP, sizeof *p * (size_t)cap);
+      xhome **q = p ? realloc(XH, sizeof *q * (size_t)cap) : NULL;
+      if (p) XP = p;
+      if (q) XH = q, XCAP = cap;
+      if (q == NULL) {                        /* out of memory: libcurl looks itself, often */
+        *ms = 1;
+        break;
+      }
+    }
+    for (int i = 0; i < h->nlsock; i++, n++) {
+      XP[n].fd = h->lsock[i].fd;
+      XP[n].events = (unsigned short)((h->lsock[i].what & CURL_POLL_OUT ? CURL_WAIT_POLLOUT | CURL_WAIT_POLLIN : 0) |
+                                      (h->lsock[i].what & CURL_POLL_IN ? CURL_WAIT_POLLIN : 0));
+      XP[n].revents = 0;
+      XH[n] = h;
+    }
+    if (h->lane_due >= 0) {
+      double left = (h->lane_due - now) * 1000;
+      int l = left <= 0 ? 0 : left >= 1000 ? 1000 : (int)left + 1;
+      if (l < *ms) *ms = l;
+    }
+  }
+  return n;
+}
+
+/* after the poll: act in each lent lane; an exchange that ended there is
+** done, and the lane goes back to its session */
+static void lanes_run(int n) {
+  int k = 0;
+  xhome *next;
+  for (xhome *h = E.lanes; h; h = next) {
+    unsigned short re[LANE_SOCKS];
+    int m = 0;
+    xfer *x;
+    next = h->lnext;
+    while (k < n && XH[k] == h && m < LANE_SOCKS) re[m++] = XP[k++].revents;
+    lane_act(h, m == h->nlsock ? re : NULL);
+    if ((x = lane_collect(h)) != NULL) {
+      pthread_mutex_lock(&E.mu);
+      lane_return(h);
+      mark_done(x);
+      pthread_mutex_unlock(&E.mu);
+    }
+  }
+}
+
 /* under E.mu: a fork() is under way; wait, outside libcurl and OpenSSL
 ** (whose locks the child would inherit held), until the parent goes on */
 static void engine_park(void) {
@@ -134,7 +324,7 @@ static void *engine_main(void *ud) {
   (void)ud;
   pthread_mutex_lock(&E.mu);
   while (!E.stopping) {
-    int running;
+    int running, n, ms = 1000;
     if (E.park) {
       engine_park();
       continue;
@@ -143,7 +333,9 @@ static void *engine_main(void *ud) {
     pthread_mutex_unlock(&E.mu);
     curl_multi_perform(E.multi, &running);
     engine_collect();
-    curl_multi_poll(E.multi, NULL, 0, 1000, NULL);
+    n = lanes_fds(&ms);
+    curl_multi_poll(E.multi, n ? XP : NULL, (unsigned)n, ms, NULL);
+    lanes_run(n);
     pthread_mutex_lock(&E.mu);
   }
   E.running = 0;
@@ -218,6 +410,7 @@ static void fork_child(void) {
   E.multi = NULL;
   E.running = E.stopping = E.park = E.parked = 0;
   E.addq = E.cancelq = NULL;
+  E.lanes = NULL;
   E.gen++;
   conn_forked();
 }
@@ -292,6 +485,8 @@ CURL *xhome_template(xhome *h, char *err, size_t errlen) {
   CURL *e;
   CURLcode c;
   h->gen = xfer_generation();
+  h->lane_keep = CURL_SOCKET_BAD;
+  h->lane_due = -1;
   e = h->tmpl = curl_easy_init();
   c = e ? CURLE_OK : CURLE_OUT_OF_MEMORY;
 #define SET(opt, val) if (c == CURLE_OK) c = curl_easy_setopt(e, opt, val)
@@ -346,6 +541,7 @@ static void set_exchange(xfer *x, const callspec *cs, struct curl_slist *hl, lon
   ** closed after the exchange (else every order would leave one more idle
   ** connection in the engine's cache) */
   fresh = !(x->repeatable || is(cs, "GET") || x->head || is(cs, "OPTIONS"));
+  x->fresh = (int)fresh;
   curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, fresh);
   curl_easy_setopt(e, CURLOPT_FORBID_REUSE, fresh);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
@@ -353,6 +549,8 @@ static void set_exchange(xfer *x, const callspec *cs, struct curl_slist *hl, lon
   curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)x);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, (void *)x);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)&x->cw);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, NULL);
 }
 
 /*
@@ -421,9 +619,9 @@ static int make_fd(xfer *x) {
 #endif
 }
 
-/* non-blocking: hand x to the engine thread. Returns 0 when no completion
-** fd or no engine thread could be made (x stays the caller's). */
-int xfer_submit(xfer *x) {
+/* hand x to the engine thread. Returns 0 when no completion fd or no
+** engine thread could be made (x is then done, with that error). */
+static int engine_queue(xfer *x) {
   int ok = make_fd(x);
   pthread_mutex_lock(&E.mu);
   ok = ok && engine_start();
@@ -446,37 +644,162 @@ int xfer_submit(xfer *x) {
   return ok;
 }
 
-/* whether x has ended; an xfer of the parent process seen in a forked
-** child has ended too (aborted) */
-int xfer_done(xfer *x) {
-  int st;
-  if (!x->submitted) return x->state == X_DONE || x->state == X_NEW;   /* not shared */
-  pthread_mutex_lock(&E.mu);
-  st = x->state;
-  if (st != X_DONE && x->gen != E.gen) {
-    x->state = st = X_DONE;
+/* ------------------------------------------------------------ the warm lane: the Lua thread */
+
+/* x, which found the lane's kept connection gone, is to be sent again */
+static void restart(xfer *x) {
+  x->code = CURLE_OK;
+  x->errbuf[0] = '\0';
+  x->status = x->nconnects = x->header_size = 0;
+  x->retry_after = 0;
+  free(x->location);
+  x->location = NULL;
+  x->body.n = 0;
+  x->overflow = x->hdr_done = 0;
+  x->cw.refuse = x->cw.refused = 0;
+}
+
+/* Step x, running in the lane on this thread. On return it may have ended,
+** or gone to the engine: its connection was gone, and a new one may not be
+** opened here (nothing was answered on the old one, and x is repeatable) */
+static void lane_step(xfer *x) {
+  xhome *h = x->home;
+  if (h == NULL || h->gen != E.gen) {          /* a parent's exchange seen in a forked child */
+    x->easy = h && h->gen != E.gen ? NULL : x->easy;
     x->code = CURLE_ABORTED_BY_CALLBACK;
     x->aborted = 1;
+    x->state = X_DONE;
+    return;
   }
-  pthread_mutex_unlock(&E.mu);
-  if (st == X_DONE) x->submitted = 0;
+  lane_act(h, NULL);
+  if (lane_collect(h) == NULL) return;
+  if (!x->cw.refused) {
+    x->state = X_DONE;
+    h->lane_exchanges++;
+    return;
+  }
+  restart(x);
+  x->lane = LANE_LENT;
+  engine_queue(x);
+}
+
+/* non-blocking: x runs in its session's lane when it fits there (on this
+** thread when the lane has a kept connection, else lent to the engine),
+** else on the engine's own multi handle. Returns 0 when x could not start
+** (it is then done, with the error). */
+int xfer_submit(xfer *x) {
+  xhome *h = x->home;
+  if (!x->fresh && x->postlen <= LANE_BODY_MAX && h->lane_x == NULL && lane_make(h)) {
+    h->lane_x = x;
+    curl_easy_setopt(x->easy, CURLOPT_CLOSESOCKETDATA, (void *)&h->lane_keep);
+    x->lane = LANE_LENT;
+    if (h->lane_keep != CURL_SOCKET_BAD) {
+      x->cw.refuse = 1;
+      if (curl_multi_add_handle(h->lane, x->easy) == CURLM_OK) {
+        x->lane = LANE_INLINE;
+        x->state = X_RUNNING;
+        lane_step(x);
+        return 1;
+      }
+      x->cw.refuse = 0;
+    }
+  }
+  return engine_queue(x);
+}
+
+/* whether x has ended (a step of it, when it runs in the lane here); an
+** xfer of the parent process seen in a forked child has ended too (aborted) */
+int xfer_done(xfer *x) {
+  int st;
+  if (x->lane == LANE_INLINE && x->state == X_RUNNING) lane_step(x);
+  if (!x->submitted) {
+    st = x->state == X_NEW ? X_DONE : x->state;
+  } else {
+    pthread_mutex_lock(&E.mu);
+    st = x->state;
+    if (st != X_DONE && x->gen != E.gen) {
+      x->state = st = X_DONE;
+      x->code = CURLE_ABORTED_BY_CALLBACK;
+      x->aborted = 1;
+    }
+    pthread_mutex_unlock(&E.mu);
+    if (st == X_DONE) x->submitted = 0;
+  }
+  if (st == X_DONE && x->home && x->home->lane_x == x) x->home->lane_x = NULL;
   return st == X_DONE;
 }
 
+/* one descriptor always readable: the pollfd of an exchange that ended
+** in the lane, until it is collected */
+static int ready_fd = -1;
+static pthread_once_t ready_once = PTHREAD_ONCE_INIT;
+static void make_ready(void) {
+#ifdef __linux__
+  ready_fd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
+#else
+  int p[2];
+  if (pipe(p) != 0) return;
+  fcntl(p[0], F_SETFD, FD_CLOEXEC);
+  fcntl(p[1], F_SETFD, FD_CLOEXEC);
+  if (write(p[1], "", 1) != 1) return;
+  ready_fd = p[0];
+#endif
+}
+
+/* the descriptor to wait on before looking at x again, and for what
+** (*events: "r", "w" or "rw"); -1: none (wait for xfer_timeout) */
+int xfer_pollfd(xfer *x, const char **events) {
+  *events = "r";
+  if (x->lane == LANE_INLINE && x->state == X_RUNNING) {
+    xhome *h = x->home;
+    if (h == NULL || h->nlsock == 0) return -1;
+    *events = h->lsock[0].what == CURL_POLL_OUT ? "w" : h->lsock[0].what == CURL_POLL_INOUT ? "rw" : "r";
+    /* a duplicate, open until x is closed: a waiter never watches a number
+    ** libcurl closed (the session closed from elsewhere) and reused */
+    if (x->pfd < 0) x->pfd = fcntl(h->lsock[0].fd, F_DUPFD_CLOEXEC, 0);
+    return x->pfd;
+  }
+  if (x->lane == LANE_INLINE && x->state == X_DONE && x->efd < 0) {
+    pthread_once(&ready_once, make_ready);
+    return ready_fd;
+  }
+  return x->efd;
+}
+
+/* seconds after which x should be looked at even without a wake-up: its
+** own deadline plus a margin (the engine reports a timeout through the
+** descriptor; never below 10 ms), or libcurl's timer in the lane */
+double xfer_timeout(xfer *x) {
+  double now = ibkr_now(), left = x->deadline - now + 0.1;
+  if (left < 0.01) left = 0.01;
+  if (x->lane == LANE_INLINE && x->state == X_RUNNING && x->home && x->home->lane_due >= 0 &&
+      x->home->lane_due - now < left)
+    left = x->home->lane_due > now ? x->home->lane_due - now : 0;
+  return left;
+}
+
 /* wait until x ends or `timeout` seconds passed (< 0: no limit), sleeping
-** on its completion fd; returns whether it ended */
+** on its completion fd (or its sockets, in the lane); returns whether it ended */
 int xfer_wait(xfer *x, double timeout) {
   double end = timeout >= 0 ? ibkr_now() + timeout : 0;
   while (!xfer_done(x)) {
-    struct pollfd p = { x->efd, POLLIN, 0 };
-    int ms = 1000;
+    struct pollfd p[LANE_SOCKS];
+    int n = 0, ms = 1000;
     if (timeout >= 0) {
       double left = end - ibkr_now();
       if (left <= 0) return 0;
       if (left * 1000 < ms) ms = (int)(left * 1000) + 1;
     }
-    if (x->efd < 0) return 0;
-    poll(&p, 1, ms);
+    if (x->lane == LANE_INLINE) {
+      xhome *h = x->home;
+      double t = xfer_timeout(x) * 1000;
+      for (; n < h->nlsock; n++) p[n] = (struct pollfd){ h->lsock[n].fd, poll_events(h->lsock[n].what), 0 };
+      if (t < ms) ms = (int)t + (t > (int)t);
+    } else {
+      if (x->efd < 0) return 0;
+      p[n++] = (struct pollfd){ x->efd, POLLIN, 0 };
+    }
+    poll(p, (nfds_t)n, ms);
   }
   return 1;
 }
@@ -501,12 +824,25 @@ static void cancel(xfer *x) {
     while (x->cancel) pthread_cond_wait(&E.cv, &E.mu);
   }
   if (x->state != X_DONE) {                  /* engine gone (exit, fork): x is ours again */
+    if (x->gen != E.gen) x->easy = NULL;      /* the parent's handle: never touched */
+    else if (x->state == X_RUNNING && x->lane == LANE_LENT) curl_multi_remove_handle(x->home->lane, x->easy);
     x->code = CURLE_ABORTED_BY_CALLBACK;
     x->state = X_DONE;
-    x->easy = x->gen == E.gen ? x->easy : NULL;   /* the parent's handle: never touched */
   }
   pthread_mutex_unlock(&E.mu);
   x->submitted = 0;
+}
+
+/* x, running in the lane here, is stopped (its connection is closed) */
+static void lane_abandon(xfer *x, int forked) {
+  xhome *h = x->home;
+  if (h && !forked) {
+    curl_multi_remove_handle(h->lane, x->easy);
+    h->lane_keep = CURL_SOCKET_BAD;
+  }
+  if (forked) x->easy = NULL;                 /* the parent's handle: never touched */
+  x->code = CURLE_ABORTED_BY_CALLBACK;
+  x->state = X_DONE;
 }
 
 static void unlink_live(xfer *x) {
@@ -524,6 +860,8 @@ static void unlink_live(xfer *x) {
 void xfer_close(xfer *x) {
   xhome *h = x->home;
   if (x->submitted) cancel(x);
+  if (x->lane == LANE_INLINE && x->state == X_RUNNING) lane_abandon(x, h && h->gen != E.gen);
+  if (h && h->lane_x == x) h->lane_x = NULL;
   unlink_live(x);
   x->home = NULL;
   if (x->easy) {
@@ -533,7 +871,8 @@ void xfer_close(xfer *x) {
   }
   if (x->efd >= 0) close(x->efd);
   if (x->wfd >= 0 && x->wfd != x->efd) close(x->wfd);
-  x->efd = x->wfd = -1;
+  if (x->pfd >= 0) close(x->pfd);
+  x->efd = x->wfd = x->pfd = -1;
   free(x->url);
   free(x->post);
   free(x->location);
@@ -552,6 +891,7 @@ void xhome_close(xhome *h, int forked) {
   while (h->live) {
     xfer *x = h->live;
     if (x->submitted) cancel(x);
+    if (x->lane == LANE_INLINE && x->state == X_RUNNING) lane_abandon(x, forked);
     unlink_live(x);
     x->home = NULL;
     x->aborted = 1;
@@ -563,6 +903,9 @@ void xhome_close(xhome *h, int forked) {
     if (!forked) curl_easy_cleanup(e);
   }
   if (h->multi && !forked) curl_multi_cleanup(h->multi);
+  if (h->lane && !forked) curl_multi_cleanup(h->lane);     /* closes the kept connection */
+  h->lane = NULL;
+  h->lane_x = NULL;
   if (h->tmpl && !forked) curl_easy_cleanup(h->tmpl);
   curl_slist_free_all(h->resolve);
   h->multi = NULL;

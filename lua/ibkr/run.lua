@@ -12,6 +12,7 @@ local M = {}
 -- is not kept alive here.
 local wake_at = setmetatable({}, { __mode = "k" })
 local wait_fd = setmetatable({}, { __mode = "k" })
+local wait_ev = setmetatable({}, { __mode = "k" })
 
 local function check(cos, opts)
   local list = cos
@@ -37,7 +38,7 @@ local function resume(co, clock, with_fds)
   local ok, wait, p = resume_co(co)
   if not ok then error(wait, 0) end
   if status(co) == "dead" then
-    wake_at[co], wait_fd[co] = nil, nil
+    wake_at[co], wait_fd[co], wait_ev[co] = nil, nil, nil
     return
   end
   if type(wait) ~= "number" or wait ~= wait or wait < 0 then wait = 0 end
@@ -47,6 +48,8 @@ local function resume(co, clock, with_fds)
     local t = p.timeout and p:timeout()
     wait = type(t) == "number" and t >= 0 and t or huge
     wait_fd[co] = fd
+    local ev = p.events and p:events()
+    wait_ev[co] = (ev == "w" or ev == "rw") and ev or "r"
   else
     wait_fd[co] = nil
   end
@@ -64,7 +67,7 @@ function M.run(cos, opts)
   local clock, sleep = opts.clock or core.monotonic, opts.sleep or core.sleep
   local with_fds = opts.sleep == nil
   local deadline = opts.duration and clock() + opts.duration
-  local fds, owners, ready = {}, {}, {}
+  local fds, evs, owners, ready = {}, {}, {}, {}
   while true do
     local earliest, nfd = nil, 0
     for i = 1, #list do
@@ -78,20 +81,20 @@ function M.run(cos, opts)
           local fd = wait_fd[co]
           if fd then
             nfd = nfd + 1
-            fds[nfd], owners[nfd] = fd, co
+            fds[nfd], evs[nfd], owners[nfd] = fd, wait_ev[co], co
           end
         end
       end
     end
     for k in pairs(ready) do ready[k] = nil end
     if not earliest then return true end
-    for i = nfd + 1, #fds do fds[i], owners[i] = nil, nil end
+    for i = nfd + 1, #fds do fds[i], evs[i], owners[i] = nil, nil, nil end
     local now = clock()
     local until_ = earliest
     if deadline and until_ > deadline then until_ = deadline end
     if nfd > 0 then
       local left = until_ - now
-      local got = { core.poll(fds, left < huge and (left > 0 and left or 0) or nil) }
+      local got = { core.poll(fds, left < huge and (left > 0 and left or 0) or nil, evs) }
       for i = 1, #got do ready[owners[got[i]]] = true end
     elseif until_ > now then
       sleep(until_ - now)

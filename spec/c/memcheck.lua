@@ -172,6 +172,30 @@ local scenarios = {
     m:clear_faults()
     expect("ok", s:perform("POST", "/tickle"))
   end,
+  function(m)
+    -- the warm lane: exchanges run on this thread; one closed, one left to the garbage collector
+    -- and one under a session closed mid-flight (each with the descriptor a waiter would watch)
+    local w = core.new{ base_url = m.url, timeout = 60, connect_timeout = 60 }
+    local REP = { repeatable = true }
+    for _ = 1, 3 do expect("ok", stepped(w, "POST", "/tickle", REP)) end
+    m:fault{ path = "/tickle", kind = "delay", seconds = 0.05 }
+    local a = assert(w:start("POST", "/tickle", REP))
+    a:pollfd()
+    a:close()
+    expect("ok", stepped(w, "GET", "/sso/validate"))
+    m:fault{ path = "/tickle", kind = "delay", seconds = 0.05 }
+    assert(w:start("POST", "/tickle", REP)):pollfd()
+    collectgarbage()
+    expect("ok", stepped(w, "POST", "/iserver/auth/status", REP))
+    m:fault{ path = "/tickle", kind = "delay", seconds = 0.05 }
+    local c = assert(w:start("POST", "/tickle", REP))
+    c:pollfd()
+    w:close()
+    c:step()
+    expect("closed", c:result())
+    c:close()
+    m:clear_faults()
+  end,
 }
 
 -- rarer, slower ones: timeouts and TLS failures (a handshake each)

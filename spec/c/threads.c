@@ -8,7 +8,8 @@
 ** 2. THREADS threads start together; each creates its own lua_State, requires "ibkr", makes
 **    CALLS calls (tickle / auth_status / sso_validate blocking, and tickle as a cooperative call,
 **    whose transfer runs on the module's worker thread), one error call, requests aborted while
-**    their worker runs (request closed, session closed, keep-alive closed), and closes. Every call must succeed. Run it under TSan (module built with -fsanitize=thread)
+**    their worker runs (request closed, session closed, keep-alive closed), the same in a
+**    session's warm lane (the exchange on the thread itself), and closes. Every call must succeed. Run it under TSan (module built with -fsanitize=thread)
 **    or helgrind.
 ** Exit 0 when every call of every thread succeeded.
 ** LUA_PATH / LUA_CPATH as usual select the Lua layer and the module build.
@@ -89,6 +90,13 @@ static const char thread_chunk[] =
   "local t = core.new{ base_url = url }\n"
   "local req2 = t:start('POST', '/tickle', {repeatable = true}); t:close()\n"
   "assert(req2:step() and select(2, req2:result()).kind == 'closed')\n"
+  /* the same in the lane of a warm session: the exchange runs on this thread */
+  "local w = core.new{ base_url = url }\n"
+  "for _ = 1, 3 do local rw = w:start('POST', '/tickle', {repeatable = true}); assert(rw:wait(10)); assert(rw:result()) end\n"
+  "assert(w:info().lane_exchanges == 2, 'the warm lane was not used')\n"
+  "local rw2 = w:start('POST', '/tickle', {repeatable = true}); rw2:close()\n"
+  "local rw3 = w:start('POST', '/tickle', {repeatable = true}); w:close()\n"
+  "assert(rw3:step() and select(2, rw3:result()).kind == 'closed')\n"
   "local ka = c:keepalive{ interval = 0.01 }\n"
   "local _, _, inflight = assert(coroutine.resume(ka)); assert(coroutine.close(ka))\n"
   "assert(inflight == nil or (inflight:done() and inflight:pollfd() == -1))\n"

@@ -46,4 +46,31 @@ local c = srv:accept()
 print(c and "connection" or "done")
 ]]
 
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- Starts `script` (Lua source) as a server process (`env`: more shell words before lua5.4; never
+-- under a sanitizer preload); returns the pipe of its output and the port it printed first.
+function M.server(script, env)
+  local p = assert(io.popen("env -u LD_PRELOAD " .. (env or "") .. " lua5.4 -e " .. q(script), "r"))
+  return p, assert(tonumber(p:read("l")), "the server did not start")
+end
+
+-- Lua source for server scripts: read_request(c) reads one request (head and Content-Length body)
+-- from connection c; returns its method and path, or nil.
+M.READ_REQUEST = [[
+local function read_request(c)
+  c:settimeout(5)
+  local line = c:receive("*l")
+  if not line then return nil end
+  local len = 0
+  while true do
+    local h = c:receive("*l")
+    if not h or h == "" then break end
+    len = tonumber(h:lower():match("^content%-length:%s*(%d+)")) or len
+  end
+  if len > 0 then c:receive(len) end
+  return line:match("^(%S+) (%S+)")
+end
+]]
+
 return M

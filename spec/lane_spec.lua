@@ -1,0 +1,202 @@
+-- The warm lane (issue 10): a non-blocking exchange of a session that holds a kept connection runs
+-- on the caller's thread, stepped through its socket; one that needs a connection is connected by
+-- the engine thread. These specs hold it to what a cooperative call promises: the answer wakes
+-- the pollable, a kept connection the gateway dropped is replaced without losing or doubling the
+-- request, a gateway that is not there fails at once, and closing mid-exchange frees everything.
+local core = require("ibkr.core")
+local ibkr = require("ibkr")
+local mock = require("spec.helpers.mock")
+local raw = require("spec.helpers.raw")
+
+local SCALE = tonumber(os.getenv("IBKR_TIME_SCALE")) or 1
+local REPEATABLE = { repeatable = true }
+
+-- steps req until it ends, sleeping on its pollable between steps (as ibkr.run does)
+local function finish(req)
+  local limit = core.monotonic() + 10 * SCALE
+  while not req:step() do
+    assert(core.monotonic() < limit, "the request never ended")
+    local fd = req:pollfd()
+    if fd >= 0 then core.poll({ fd }, req:timeout(), { req:events() }) else core.sleep(req:timeout()) end
+  end
+  return req:result()
+end
+
+-- Answers one request per connection with {"n":<count>} and closes the connection without saying
+-- so (no "Connection: close"): every kept connection the client holds is gone when it reuses it.
+-- Prints "METHOD PATH" for each request it reads; GET /quit ends it.
+local CLOSING_SERVER = raw.READ_REQUEST .. [[
+local socket = require("socket")
+local srv = assert(socket.bind("127.0.0.1", 0))
+local _, port = srv:getsockname(); print(port); io.stdout:flush()
+srv:settimeout(20)
+local n = 0
+while true do
+  local c = srv:accept()
+  if not c then os.exit(1) end
+  local method, path = read_request(c)
+  if method then
+    print(method .. " " .. path); io.stdout:flush()
+    n = n + 1
+    local body = '{"n":' .. n .. '}'
+    c:send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
+  end
+  c:close()
+  if path == "/quit" then os.exit(0) end
+end
+]]
+
+for _, tls in ipairs{ false, true } do
+  describe("the warm lane over " .. (tls and "HTTPS" or "HTTP"), function()
+    local m
+    setup(function() m = assert(mock.start{ tls = tls, pacing = false }) end)
+    teardown(function() if m then m:stop() end end)
+    before_each(function() m:reset() end)
+
+    it("runs one connection for a series of cooperative calls, each woken by its pollable", function()
+      local s = core.new{ base_url = m.url }
+      for _ = 1, 20 do
+        local res = assert(finish(assert(s:start("POST", "/iserver/auth/status", REPEATABLE))))
+        assert.is_true(res.authenticated)
+      end
+      local info = s:info()
+      assert.are.equal(1, info.connects)
+      assert.are.equal(19, info.lane_exchanges)   -- all but the first (which connected) ran here
+      s:close()
+    end)
+
+    it("a slow exchange in the lane does not hold up the next one", function()
+      local s = core.new{ base_url = m.url }
+      assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))          -- the lane is warm
+      m:fault{ path = "/tickle", kind = "delay", seconds = 0.5 * SCALE }
+      local slow = assert(s:start("POST", "/tickle", REPEATABLE))
+      local quick = assert(s:start("POST", "/iserver/auth/status", REPEATABLE))
+      assert.is_true(assert(finish(quick)).authenticated)
+      assert.is_false(slow:done())
+      assert(finish(slow))
+      s:close()
+    end)
+
+    it("closing the request mid-exchange frees it; the next call connects again", function()
+      local s = core.new{ base_url = m.url }
+      assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))
+      m:fault{ path = "/tickle", kind = "delay", seconds = 1 * SCALE }
+      local req = assert(s:start("POST", "/tickle", REPEATABLE))
+      assert.is_false(req:step())
+      req:close()
+      assert.are.equal("closed", select(2, req:result()).kind)
+      assert.are.equal(0, s:info().in_flight)
+      assert.is_true(assert(finish(assert(s:start("POST", "/iserver/auth/status", REPEATABLE)))).authenticated)
+      s:close()
+    end)
+
+    it("closing the session mid-exchange makes the call report closed", function()
+      local s = core.new{ base_url = m.url }
+      assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))
+      m:fault{ path = "/tickle", kind = "delay", seconds = 1 * SCALE }
+      local req = assert(s:start("POST", "/tickle", REPEATABLE))
+      assert.is_false(req:step())
+      s:close()
+      assert.is_true(req:step())
+      assert.are.equal("closed", select(2, req:result()).kind)
+      assert.are.equal(-1, req:pollfd())
+    end)
+
+    it("the descriptor a waiter watches stays open until the request is closed, even if the session is",
+      function()
+        local s = core.new{ base_url = m.url }
+        assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))
+        m:fault{ path = "/tickle", kind = "delay", seconds = 1 * SCALE }
+        local req = assert(s:start("POST", "/tickle", REPEATABLE))
+        local fd = req:pollfd()
+        assert.is_true(fd >= 0)
+        s:close()                                              -- from elsewhere, while it is watched
+        assert.are.equal(0, select("#", core.poll({ fd }, 0)))  -- still open: no POLLNVAL
+        assert.is_true(req:step())
+        assert.are.equal("closed", select(2, req:result()).kind)
+        req:close()
+        assert.are.same({ 1 }, { core.poll({ fd }, 0) })        -- closed now: POLLNVAL
+      end)
+
+    it("an exchange collected by the garbage collector mid-flight leaves the session usable", function()
+      local s = core.new{ base_url = m.url }
+      assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))
+      m:fault{ path = "/tickle", kind = "delay", seconds = 1 * SCALE }
+      do
+        local req = assert(s:start("POST", "/tickle", REPEATABLE))
+        req:step()
+      end
+      collectgarbage()
+      collectgarbage()
+      assert.is_true(assert(finish(assert(s:start("POST", "/iserver/auth/status", REPEATABLE)))).authenticated)
+      s:close()
+    end)
+
+    it("cooperative calls through ibkr.run on one session, then a gateway drop in the middle", function()
+      local s = ibkr.new{ base_url = m.url, cooperative = true, pacing = false }
+      local got = {}
+      local co = coroutine.create(function()
+        for i = 1, 10 do
+          if i == 5 then m:fault{ path = "/iserver/auth/status", kind = "drop" } end
+          got[#got + 1] = assert(s:auth_status()).authenticated
+        end
+      end)
+      assert.is_true(ibkr.run(co, { duration = 20 * SCALE }))
+      assert.are.equal(10, #got)
+      s:close()
+    end)
+  end)
+end
+
+describe("the warm lane against raw servers", function()
+  it("replaces a kept connection the server closed: every call answered, each request sent once", function()
+    local p, port = raw.server(CLOSING_SERVER)
+    local s = core.new{ base_url = "http://127.0.0.1:" .. port }
+    for i = 1, 6 do
+      local res = assert(finish(assert(s:start("GET", "/n" .. i))))
+      assert.are.equal(i, res.n)        -- a lost or doubled request would shift the count
+    end
+    assert.are.equal(0, s:info().lane_exchanges)   -- each found its kept connection gone
+    s:close()
+    local q = core.new{ base_url = "http://127.0.0.1:" .. port }
+    q:perform("GET", "/quit")
+    q:close()
+    local out = p:read("a")
+    p:close()
+    for i = 1, 6 do
+      local n = 0
+      for _ in out:gmatch("GET /n" .. i .. "\n") do n = n + 1 end
+      assert.are.equal(1, n, "GET /n" .. i)
+    end
+  end)
+
+  it("fails a cooperative call to a port nobody listens on as 'connect', at once", function()
+    local srv = require("socket").bind("127.0.0.1", 0)
+    local _, port = srv:getsockname()
+    srv:close()
+    local s = core.new{ base_url = "http://127.0.0.1:" .. port, timeout = 60 }
+    local req = assert(s:start("GET", "/x"))
+    assert.is_true(req:wait(10), "a refused connection waited for the 60 s timeout")
+    local r, err = req:result()
+    assert.is_nil(r)
+    assert.are.equal("connect", err.kind)
+    s:close()
+  end)
+end)
+
+describe("core.poll events", function()
+  it("waits for writability when asked, and refuses unknown events", function()
+    local m = assert(mock.start{ tls = false, pacing = false })
+    local s = core.new{ base_url = m.url }
+    m:fault{ path = "/tickle", kind = "delay", seconds = 0.5 * SCALE }
+    local req = assert(s:start("POST", "/tickle"))
+    local fd = req:pollfd()
+    assert.are.equal(0, select("#", core.poll({ fd }, 0, { "r" })))   -- not readable yet
+    assert.are.same({ 1 }, { core.poll({ fd }, 0, { "w" }) })           -- a descriptor is writable
+    assert.has_error(function() core.poll({ fd }, 0, { "x" }) end)
+    assert.has_error(function() core.poll({ fd }, 0, { "" }) end)
+    assert(finish(req))
+    s:close()
+    m:stop()
+  end)
+end)
