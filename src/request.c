@@ -292,7 +292,8 @@ static int request_events(lua_State *L) {
 static int request_timeout(lua_State *L) {
   request *r = torequest(L, 1);
   double left = 0;
-  if (!(r->closed || r->collected || xfer_done(&r->x))) left = xfer_timeout(&r->x);
+  int inlane = r->x.lane == LANE_INLINE && r->x.state == X_RUNNING;   /* looked at, not stepped */
+  if (!(r->closed || r->collected) && (inlane || !xfer_done(&r->x))) left = xfer_timeout(&r->x);
   lua_pushnumber(L, left);
   return 1;
 }

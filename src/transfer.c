@@ -139,16 +139,23 @@ static int cselect(unsigned short re) {
   return ((re & CURL_WAIT_POLLIN) ? CURL_CSELECT_IN : 0) | ((re & CURL_WAIT_POLLOUT) ? CURL_CSELECT_OUT : 0);
 }
 
+/* what libcurl waits for on a socket, as CURL_CSELECT_* */
+static int cwanted(int what) {
+  return ((what & CURL_POLL_IN) ? CURL_CSELECT_IN : 0) | ((what & CURL_POLL_OUT) ? CURL_CSELECT_OUT : 0);
+}
+
 /* let libcurl act in the lane: on each socket it waits on (re: their
-** readiness, parallel to lsock; NULL: unknown, libcurl looks itself), and
-** on its timer when due. Run by the lane's driver only. */
+** readiness, parallel to lsock; NULL: not looked at, presumed ready for
+** what libcurl waits for, which costs a read or a send that would block
+** when it is not: what libcurl's own look would cost), and on its timer
+** when due. Run by the lane's driver only. */
 static void lane_act(xhome *h, const unsigned short *re) {
   struct lanesock s[LANE_SOCKS];
   int n = h->nlsock, running;
   memcpy(s, h->lsock, sizeof s[0] * (size_t)n);          /* the actions change lsock */
   for (int i = 0; i < n; i++)
     if (re == NULL || re[i] != 0)
-      curl_multi_socket_action(h->lane, s[i].fd, re ? cselect(re[i]) : 0, &running);
+      curl_multi_socket_action(h->lane, s[i].fd, re ? cselect(re[i]) : cwanted(s[i].what), &running);
   if (h->lane_due >= 0 && ibkr_now() >= h->lane_due) {
     h->lane_due = -1;
     curl_multi_socket_action(h->lane, CURL_SOCKET_TIMEOUT, 0, &running);
