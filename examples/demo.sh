@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 unset LUA_INIT LUA_INIT_5_4 LUA_PATH LUA_CPATH
 export LUA_PATH_5_4="$PWD/lua/?.lua;$PWD/lua/?/init.lua;;" LUA_CPATH_5_4="$PWD/?.so;;"
 LUA=${LUA:-lua5.4}
-STEP=${DEMO_STEP:-4}   # seconds to watch each scene
+STEP=${DEMO_STEP:-3}   # seconds to linger on each scene once the keep-alive has shown it
 
 bold=; dim=; off=
 if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then  # escape codes only for a terminal, never with NO_COLOR
@@ -17,6 +17,18 @@ if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then  # escape codes only for a terminal,
 fi
 say() { printf '\n%s── %s%s\n' "$bold" "$*" "$off"; }
 ctl() { "$LUA" examples/mockctl.lua "$ROOT" "$@"; }
+
+# Waits until the keep-alive has printed N state lines in all (it notices each change on its next
+# tickle, every second), then lingers STEP seconds for the watcher. Gives up after 30 s.
+seen=0
+expect() {
+  seen=$((seen + $1))
+  for _ in $(seq 300); do
+    [ "$(grep -c 'T[0-9:]*Z ' "$tmp/ka.out" 2>/dev/null || true)" -ge "$seen" ] && break
+    sleep 0.1
+  done
+  sleep "$STEP"
+}
 
 tmp=$(mktemp -d)
 mock_pid=; ka_pid=
@@ -46,38 +58,40 @@ start_mock
 PORT=${ROOT##*:}
 say "A mock IBKR gateway listens on $URL (HTTPS, self-signed certificate)"
 echo "${dim}ibkr-session --url $URL keepalive --interval 1 --compete${off}"
-bin/ibkr-session --url "$URL" keepalive --interval 1 --compete --duration 55 &
+bin/ibkr-session --url "$URL" keepalive --interval 1 --compete --duration 55 > "$tmp/ka.out" &
 ka_pid=$!
-sleep "$STEP"
+tail -n +1 -s 0.1 -f "$tmp/ka.out" --pid "$ka_pid" &   # what the watcher sees
+tail_pid=$!
+expect 1                                     # ready
 
 say "1/5 The gateway loses its connection to IBKR (disconnected): the keep-alive re-initialises it"
 ctl POST /__mock/state '{"state":"disconnected"}'
-sleep "$STEP"
+expect 2                                     # disconnected, ready
 
 say "2/5 The host sleeps 5 s (SIGSTOP): nobody tickles, the gateway expires the idle session"
 kill -STOP "$ka_pid"
 sleep 5
 kill -CONT "$ka_pid"
-sleep "$STEP"
+expect 2                                     # unauthenticated, ready
 
 say "3/5 The same user logs in elsewhere (competing): with --compete the keep-alive takes it back"
 ctl POST /__mock/state '{"state":"competing"}'
-sleep "$STEP"
+expect 2                                     # competing, ready
 
 say "4/5 Logout: no session left — only a browser login helps, so the keep-alive reports and waits"
 ctl POST /v1/api/logout
-sleep "$STEP"
+expect 1                                     # no_session
 say "    ... the user logs in again in the browser"
 ctl POST /__mock/login '{"state":"ready"}'
-sleep "$STEP"
+expect 1                                     # ready
 
 say "5/5 The gateway process is killed, then restarted on the same port"
 kill -KILL "$mock_pid"; wait "$mock_pid" 2>/dev/null || true
-sleep $(( STEP > 4 ? STEP : 4 ))   # retries ride out shorter outages: "down" takes ~3 s
+expect 1                                     # down (retries ride out shorter outages: ~3 s)
 start_mock --port "$PORT"
-sleep "$STEP"
+expect 1                                     # ready
 
 say "Done: every change was noticed, the repairable ones repaired. Stopping."
 kill "$ka_pid" 2>/dev/null || true
-wait "$ka_pid" 2>/dev/null || true
+wait "$ka_pid" "$tail_pid" 2>/dev/null || true   # the keep-alive's last line, shown by tail
 ka_pid=
