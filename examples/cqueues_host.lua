@@ -8,10 +8,12 @@ package.path = dir .. "/lua/?.lua;" .. dir .. "/lua/?/init.lua;" .. package.path
 package.cpath = dir .. "/?.so;" .. package.cpath
 
 local cqueues = require("cqueues")
+local condition = require("cqueues.condition")
 local ibkr = require("ibkr")
 
 local s = ibkr.new{ base_url = arg[1] }
 local cq = cqueues.new()
+local stopping = condition.new() -- signalled when the keep-alive is stopped: wakes its thread
 
 cq:wrap(function()
   local co = s:keepalive{
@@ -23,10 +25,10 @@ cq:wrap(function()
     if not ok then error(wait) end
     if coroutine.status(co) == "dead" then break end
     if req then
-      cqueues.poll(req)
+      cqueues.poll(req, stopping, req:timeout()) -- the answer is there (or the stop, or its deadline)
       cqueues.cancel(req) -- its descriptor is closed when the keep-alive collects the answer
     else
-      cqueues.sleep(wait)
+      cqueues.poll(stopping, wait) -- sleeps until the next tickle, or the stop
     end
   end
   print("keep-alive ended")
@@ -46,6 +48,7 @@ if seconds then
     cqueues.sleep(seconds)
     s:stop()
     s:close()
+    stopping:signal()
   end)
 end
 assert(cq:loop())

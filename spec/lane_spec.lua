@@ -22,6 +22,12 @@ local function finish(req)
   return req:result()
 end
 
+-- whether descriptor fd of this process is open
+local PID = assert(io.open("/proc/self/stat")):read("n")
+local function is_open(fd)
+  return os.execute(string.format("test -L /proc/%d/fd/%d", PID, fd)) == true
+end
+
 -- Answers one request per connection with {"n":<count>} and closes the connection without saying
 -- so (no "Connection: close"): every kept connection the client holds is gone when it reuses it.
 -- Prints "METHOD PATH" for each request it reads; GET /quit ends it.
@@ -104,20 +110,22 @@ for _, tls in ipairs{ false, true } do
       assert.are.equal(-1, req:pollfd())
     end)
 
-    it("the descriptor a waiter watches stays open until the request is closed, even if the session is",
+    it("a session closed while a waiter watches the descriptor wakes it; the descriptor stays the request's",
       function()
         local s = core.new{ base_url = m.url }
         assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))
-        m:fault{ path = "/tickle", kind = "delay", seconds = 1 * SCALE }
+        m:fault{ path = "/tickle", kind = "delay", seconds = 2 * SCALE }
         local req = assert(s:start("POST", "/tickle", REPEATABLE))
         local fd = req:pollfd()
         assert.is_true(fd >= 0)
-        s:close()                                              -- from elsewhere, while it is watched
-        assert.are.equal(0, select("#", core.poll({ fd }, 0)))  -- still open: no POLLNVAL
+        assert.is_true(is_open(fd))
+        s:close()                                           -- from elsewhere, while it is watched
+        assert.are.same({ 1 }, { core.poll({ fd }, 1) })    -- woken at once, not by the answer
+        assert.is_true(is_open(fd))                         -- not closed under the waiter
         assert.is_true(req:step())
         assert.are.equal("closed", select(2, req:result()).kind)
         req:close()
-        assert.are.same({ 1 }, { core.poll({ fd }, 0) })        -- closed now: POLLNVAL
+        assert.is_false(is_open(fd))
       end)
 
     it("an exchange collected by the garbage collector mid-flight leaves the session usable", function()
@@ -184,6 +192,63 @@ describe("the warm lane against raw servers", function()
     assert.is_nil(r)
     assert.are.equal("connect", err.kind)
     s:close()
+  end)
+end)
+
+-- Answers /warm at once on a new connection (kept). Holds a later request on that connection
+-- 1.5 s, then closes it unanswered; answers the request again 1.5 s after it arrives on a new one.
+local LATE_SERVER = raw.READ_REQUEST .. [[
+local socket = require("socket")
+local srv = assert(socket.bind("127.0.0.1", 0))
+local _, port = srv:getsockname(); print(port); io.stdout:flush()
+srv:settimeout(20)
+local function answer(c)
+  c:send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+end
+local a = assert(srv:accept())
+assert(read_request(a)); answer(a)
+assert(read_request(a)); socket.sleep(1.5); a:close()
+local b = assert(srv:accept())
+assert(read_request(b)); socket.sleep(1.5); answer(b); b:close()
+print("done"); io.stdout:flush()
+]]
+
+describe("a session that verifies certificates", function()
+  it("runs its non-blocking exchanges on the engine, not in the lane", function()
+    -- closing a verified TLS connection frees its CA store (1-2 ms with the system bundle): never
+    -- on the caller's thread
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir " .. dir .. " && openssl req -x509 -newkey ec -pkeyopt "
+      .. "ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost -addext "
+      .. "subjectAltName=IP:127.0.0.1 -keyout " .. dir .. "/key.pem -out " .. dir .. "/cert.pem 2>/dev/null"))
+    local m = assert(mock.start{ pacing = false,
+      args = { "--cert", dir .. "/cert.pem", "--key", dir .. "/key.pem" } })
+    local s = core.new{ base_url = m.url, ca_file = dir .. "/cert.pem" }
+    for _ = 1, 5 do
+      local req = assert(s:start("POST", "/iserver/auth/status", REPEATABLE))
+      assert.is_true(assert(finish(req)).authenticated)
+    end
+    local info = s:info()
+    assert.are.equal(5, info.exchanges)
+    assert.are.equal(0, info.lane_exchanges)
+    s:close()
+    m:stop()
+    os.execute("rm -rf " .. dir)
+  end)
+end)
+
+describe("the warm lane keeps each exchange's deadline", function()
+  it("an exchange that starts over on a new connection gets only the time it has left", function()
+    local p, port = raw.server(LATE_SERVER)
+    local s = core.new{ base_url = "http://127.0.0.1:" .. port, timeout = 2 }
+    assert(finish(assert(s:start("GET", "/warm"))))
+    local r, err = finish(assert(s:start("GET", "/slow")))
+    assert.is_nil(r, "answered after the exchange's 2 s timeout")
+    assert.are.equal("timeout", err.kind)
+    s:close()
+    assert.are.equal("done", p:read("l"))
+    p:close()
   end)
 end)
 

@@ -109,6 +109,21 @@ describe("a request not marked repeatable is sent once", function()
       end)
   end
 
+  for _, how in ipairs{ "perform", "start" } do
+    it("a GET whose kept-alive connection drops is sent again every time, not 5 times per handle ("
+      .. how .. ")", function()
+      -- libcurl 7.88 never resets a handle's count of such resends: a pooled handle used to fail
+      -- the sixth ("Connection died, tried 5 times before giving up")
+      local p, port = raw_server(DROP_SERVER)
+      local s = core.new{ base_url = "http://127.0.0.1:" .. port }
+      for i = 1, 12 do assert(call(s, how, "GET", "/n" .. i)) end
+      s:close()
+      local out = quit(p, port)
+      assert.are.equal(1, count(out, "GET /n1"))
+      for i = 2, 12 do assert.are.equal(2, count(out, "GET /n" .. i), "GET /n" .. i) end
+    end)
+  end
+
   it("a GET, or a call marked repeatable, keeps using the kept-alive connection", function()
     local p, port = raw_server(DROP_SERVER)
     local s = core.new{ base_url = "http://127.0.0.1:" .. port }

@@ -161,6 +161,9 @@ typedef struct xhome {
   ** mutex), the Lua thread otherwise.
   */
   CURLM *lane;
+  int inline_ok;              /* set by the session: certificates are not verified, so closing a
+                              ** TLS connection frees no CA store (1-2 ms with the system bundle):
+                              ** cheap enough for the Lua thread. Else no lane: the engine runs all */
   xfer *lane_x;               /* the exchange in the lane, or NULL */
   curl_socket_t lane_keep;    /* socket of the kept connection, or CURL_SOCKET_BAD: cold */
   struct lanesock { curl_socket_t fd; int what; } lsock[LANE_SOCKS];   /* what libcurl waits on */

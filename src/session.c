@@ -202,6 +202,7 @@ static int set_route(CURL *e, xhome *h, const newopts *o, const char *host, long
   if (c == CURLE_OK) c = curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)verify);
   if (c == CURLE_OK) c = curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
   if (c == CURLE_OK && o->ca) c = curl_easy_setopt(e, CURLOPT_CAINFO, o->ca);
+  h->inline_ok = !verify;
   if (c == CURLE_OK && !verify) {
     /* nothing to verify against: don't make OpenSSL parse the system CA
     ** bundle on connect, which costs milliseconds */

@@ -25,6 +25,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <poll.h>
@@ -33,6 +34,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
 #ifdef __linux__
 #include <sys/eventfd.h>
 #endif
@@ -666,6 +668,21 @@ static void restart(xfer *x) {
   x->cw.refuse = x->cw.refused = 0;
 }
 
+/* x starts over: libcurl's clock would start again, so its timeout becomes
+** what is left of its deadline; 0 (x is done, a timeout) when nothing is */
+static int keep_deadline(xfer *x) {
+  double left = x->deadline - ibkr_now();
+  if (left <= 0.001) {
+    x->code = CURLE_OPERATION_TIMEDOUT;
+    snprintf(x->errbuf, sizeof x->errbuf, "Operation timed out: the kept connection was gone and "
+             "no time was left to send the request again");
+    x->state = X_DONE;
+    return 0;
+  }
+  curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, (long)ceil(left * 1000));
+  return 1;
+}
+
 /* Step x, running in the lane on this thread. On return it may have ended,
 ** or gone to the engine: its connection was gone, and a new one may not be
 ** opened here (nothing was answered on the old one, and x is repeatable) */
@@ -686,6 +703,7 @@ static void lane_step(xfer *x) {
     return;
   }
   restart(x);
+  if (!keep_deadline(x)) return;
   x->lane = LANE_LENT;
   engine_queue(x);
 }
@@ -696,7 +714,7 @@ static void lane_step(xfer *x) {
 ** (it is then done, with the error). */
 int xfer_submit(xfer *x) {
   xhome *h = x->home;
-  if (!x->fresh && x->postlen <= LANE_BODY_MAX && h->lane_x == NULL && lane_make(h)) {
+  if (h->inline_ok && !x->fresh && x->postlen <= LANE_BODY_MAX && h->lane_x == NULL && lane_make(h)) {
     h->lane_x = x;
     curl_easy_setopt(x->easy, CURLOPT_CLOSESOCKETDATA, (void *)&h->lane_keep);
     x->lane = LANE_LENT;
@@ -846,6 +864,9 @@ static void lane_abandon(xfer *x, int forked) {
   if (h && !forked) {
     curl_multi_remove_handle(h->lane, x->easy);
     h->lane_keep = CURL_SOCKET_BAD;
+    /* the connection is dropped: a waiter on the duplicate wakes at once
+    ** (EOF), as it would on a completion descriptor */
+    if (x->pfd >= 0) shutdown(x->pfd, SHUT_RDWR);
   }
   if (forked) x->easy = NULL;                 /* the parent's handle: never touched */
   x->code = CURLE_ABORTED_BY_CALLBACK;
@@ -872,8 +893,14 @@ void xfer_close(xfer *x) {
   unlink_live(x);
   x->home = NULL;
   if (x->easy) {
-    if (h && h->npool < XPOOL_MAX) h->pool[h->npool++] = x->easy;
-    else curl_easy_cleanup(x->easy);
+    /* Only a handle whose exchange went cleanly over a kept connection goes
+    ** back to the pool: libcurl 7.88 never resets a handle's count of
+    ** resends on a new connection, and refuses the sixth one ("Connection
+    ** died, tried 5 times"); a resend always makes a new connection. */
+    if (h && h->npool < XPOOL_MAX && x->state == X_DONE && x->code == CURLE_OK && x->nconnects == 0)
+      h->pool[h->npool++] = x->easy;
+    else
+      curl_easy_cleanup(x->easy);
     x->easy = NULL;
   }
   if (x->efd >= 0) close(x->efd);
