@@ -99,8 +99,9 @@ for _, line in ipairs(others) do
   elseif line:match("^thousand ") then
     checks[#checks + 1] = { kv.sessions .. " sessions kept alive (" .. kv.proto .. "): no failed tickle, "
       .. "threads, fds, RSS, CPU per tickle", kv.errors == 0,
-      string.format("%d tickles in %.0f s, %d errors; %d threads, %d fds, %.1f MiB RSS, %.0f µs CPU/tickle",
-        kv.tickles, kv.seconds, kv.errors, kv.threads, kv.fds, kv.rss_kib / 1024, kv.cpu_us_per_tickle) }
+      string.format("%d tickles in %.0f s, %d errors; %d threads, %d fds, %.1f MiB RSS, %.0f µs CPU/tickle; "
+        .. "all up in %.1f s", kv.tickles, kv.seconds, kv.errors, kv.threads, kv.fds, kv.rss_kib / 1024,
+        kv.cpu_us_per_tickle, kv.startup_s or 0) }
   elseif line:match("^large ") then
     checks[#checks + 1] = { "large answer: decoded inside one resume, bound documented (docs/core.md)", true,
       string.format("%.1f MB in %.0f ms (%.1f ms/MB)", kv.bytes / 1e6, kv.decode_ms, kv.ms_per_mb) }
