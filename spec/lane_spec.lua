@@ -72,6 +72,18 @@ for _, tls in ipairs{ false, true } do
       s:close()
     end)
 
+    it("blocking and cooperative calls of a session share its one kept connection", function()
+      local s = core.new{ base_url = m.url }
+      for _ = 1, 3 do
+        assert(s:perform("POST", "/tickle", REPEATABLE))
+        assert(finish(assert(s:start("POST", "/iserver/auth/status", REPEATABLE))))
+      end
+      local info = s:info()
+      assert.are.equal(1, info.connects)
+      assert.are.equal(6, info.lane_exchanges)
+      s:close()
+    end)
+
     it("a slow exchange in the lane does not hold up the next one", function()
       local s = core.new{ base_url = m.url }
       assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))          -- the lane is warm

@@ -583,12 +583,15 @@ int xfer_open(xfer *x, xhome *h, const callspec *cs, struct curl_slist *hl, long
 
 /* ------------------------------------------------------------ running */
 
+static int lane_block(xfer *x);
+
 /* blocking: drive x on the session's own multi handle until it ends, the
 ** way curl_easy_perform does (the connections stay in that multi's cache) */
 void xfer_run_inline(xfer *x) {
   xhome *h = x->home;
   CURLMsg *m;
   int running, left;
+  if (lane_block(x)) return;
   if (h->multi == NULL && (h->multi = curl_multi_init()) != NULL)
     curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, 4L);
   if (h->multi == NULL || curl_multi_add_handle(h->multi, x->easy) != CURLM_OK) {
@@ -708,15 +711,40 @@ static void lane_step(xfer *x) {
   engine_queue(x);
 }
 
+/* whether x may take its session's lane now: the lane is free, x may be
+** sent again (a kept connection), and a close of its connection costs
+** little here (inline_ok). x then holds it. */
+static int lane_take(xfer *x) {
+  xhome *h = x->home;
+  if (!h->inline_ok || x->fresh || h->lane_x != NULL || !lane_make(h)) return 0;
+  h->lane_x = x;
+  curl_easy_setopt(x->easy, CURLOPT_CLOSESOCKETDATA, (void *)&h->lane_keep);
+  return 1;
+}
+
+/* blocking, in the lane when x may take it: x may connect there (its caller
+** waits anyway), and leaves its connection to the lane's next exchanges,
+** cooperative ones included. Returns 0 when x must run elsewhere. */
+static int lane_block(xfer *x) {
+  xhome *h = x->home;
+  if (!lane_take(x)) return 0;
+  if (curl_multi_add_handle(h->lane, x->easy) != CURLM_OK) {
+    h->lane_x = NULL;
+    return 0;
+  }
+  x->lane = LANE_INLINE;
+  x->state = X_RUNNING;
+  xfer_wait(x, -1);
+  return 1;
+}
+
 /* non-blocking: x runs in its session's lane when it fits there (on this
 ** thread when the lane has a kept connection, else lent to the engine),
 ** else on the engine's own multi handle. Returns 0 when x could not start
 ** (it is then done, with the error). */
 int xfer_submit(xfer *x) {
   xhome *h = x->home;
-  if (h->inline_ok && !x->fresh && x->postlen <= LANE_BODY_MAX && h->lane_x == NULL && lane_make(h)) {
-    h->lane_x = x;
-    curl_easy_setopt(x->easy, CURLOPT_CLOSESOCKETDATA, (void *)&h->lane_keep);
+  if (x->postlen <= LANE_BODY_MAX && lane_take(x)) {
     x->lane = LANE_LENT;
     if (h->lane_keep != CURL_SOCKET_BAD) {
       x->cw.refuse = 1;
