@@ -208,6 +208,15 @@ describe("ibkr-session", function()
     rc, out = run{ "--url", m.url, "init", "--compete" }
     assert.equal(0, rc)
     assert.matches("^ready", out)
+    -- a takeover the gateway has not finished when it answers: accepted, pending (exit 0)
+    m:set_state("competing")
+    m:config{ init_delay = 1 }
+    rc, out = run{ "--url", m.url, "init", "--compete" }
+    assert.equal(0, rc, out)
+    assert.matches("^init accepted, pending: the gateway takes the brokerage session over", out)
+    rc, out = run{ "--url", m.url, "wait", "--timeout", "20" }
+    assert.equal(0, rc, out)
+    m:config{ init_delay = 0 }
     rc, out = run{ "--url", m.url, "logout" }
     assert.equal(0, rc)
     assert.equal("logged out\n", out)

@@ -355,3 +355,20 @@ describe("gateway truth", function()
     end)
   end)
 end)
+
+describe("the client's pacing against the gateway's own count (real clock, HTTPS)", function()
+  it("a burst of calls at the default pacing is never answered 429", function()
+    -- the mock counts arrivals in any one-second window, as the gateway does; the first request
+    -- of a connection arrives later than booked (the TLS handshake): without a margin the 11th
+    -- arrived inside the first one's second and got a 429 with a 1 s hold
+    local m = assert(mock.start{ tls = true })
+    local s = ibkr.new{ base_url = m.url }
+    for i = 1, 25 do assert(s:request("GET", "/portfolio/accounts"), "call " .. i) end
+    local st = s:stats()
+    assert.are.equal(0, st.rate_limited)
+    assert.are.equal(0, st.retries)
+    assert.are.equal(25, #m:api_log("/portfolio/accounts")) -- each call arrived once: none sent again
+    s:close()
+    m:stop()
+  end)
+end)

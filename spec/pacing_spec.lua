@@ -1,6 +1,7 @@
 -- Pacing and backoff arithmetic: pure functions on given times, no clock, no network.
 local pacing = require("ibkr.pacing")
 local retry = require("ibkr.retry")
+local GAP = pacing.MARGIN -- every spacing is the limit plus this margin (arrival jitter)
 
 describe("pacer", function()
   it("lets the first request of each kind go at once", function()
@@ -10,23 +11,24 @@ describe("pacer", function()
     assert.equal(0, p:reserve("/iserver/auth/status", 100))
   end)
 
-  it("spaces tickles one second apart, waiting when the wait is short", function()
+  it("spaces tickles one second (and the margin) apart, waiting when the wait is short", function()
     local p = pacing.new()
+    assert.is_true(GAP > 0 and GAP <= 0.1)
     assert.equal(0, p:reserve("/tickle", 10))
-    assert.near(0.7, p:reserve("/tickle", 10.3), 1e-9)   -- booked for 11.0
-    assert.near(1.0, p:reserve("/tickle", 11.0), 1e-9)   -- the one at 11.0 is booked: next at 12.0
+    assert.near(0.7 + GAP, p:reserve("/tickle", 10.3), 1e-9)       -- booked for 11.0 + GAP
+    assert.near(1.0 + GAP, p:reserve("/tickle", 11.0 + GAP), 1e-9) -- next at 12.0 + 2 GAP
     assert.equal(0, p:reserve("/tickle", 13.5))
   end)
 
   it("refuses a tickle whose wait would exceed 1.5 s, booking nothing", function()
     local p = pacing.new()
     p:reserve("/tickle", 0)
-    p:reserve("/tickle", 0)          -- booked for 1.0
+    p:reserve("/tickle", 0)          -- booked for 1.0 + GAP
     local wait, again = p:reserve("/tickle", 0)
     assert.is_nil(wait)
-    assert.near(2.0, again, 1e-9)
-    -- nothing was booked by the refusal: at t = 0.6 the next tickle is at 2.0 (wait 1.4)
-    assert.near(1.4, p:reserve("/tickle", 0.6), 1e-9)
+    assert.near(2.0 + 2 * GAP, again, 1e-9)
+    -- nothing was booked by the refusal: at t = 0.6 the next tickle is at 2.0 + 2 GAP
+    assert.near(1.4 + 2 * GAP, p:reserve("/tickle", 0.6), 1e-9)
   end)
 
   it("allows one /sso/validate per minute and ignores the query string", function()
@@ -34,15 +36,15 @@ describe("pacer", function()
     assert.equal(0, p:reserve("/sso/validate", 0))
     local wait, again = p:reserve("/sso/validate?x=1", 30)
     assert.is_nil(wait)
-    assert.near(30, again, 1e-9)
-    assert.near(1.5, p:reserve("/sso/validate", 58.5), 1e-9)
+    assert.near(30 + GAP, again, 1e-9)
+    assert.near(1.5, p:reserve("/sso/validate", 58.5 + GAP), 1e-9)  -- the next one at 60 + GAP
   end)
 
   it("keeps every one-second window at ten requests or fewer", function()
     local p = pacing.new()
     for i = 1, 10 do assert.equal(0, p:reserve("/x" .. i, 5)) end
-    assert.near(1, p:reserve("/y", 5), 1e-9)      -- the 11th waits for the window to slide
-    assert.near(0.5, p:reserve("/z", 5.5), 1e-9)  -- [5.0, 6.0) is full: it goes at 6.0 as well
+    assert.near(1 + GAP, p:reserve("/y", 5), 1e-9)      -- the 11th waits for the window to slide
+    assert.near(0.5 + GAP, p:reserve("/z", 5.5), 1e-9)  -- the window after 5.0 is full: 6.0 + GAP too
   end)
 
   it("never books eleven sends within one second (randomised)", function()
@@ -57,7 +59,7 @@ describe("pacer", function()
     end
     table.sort(sends)
     for i = 1, #sends - 10 do
-      assert.is_true(sends[i + 10] - sends[i] >= 1 - 1e-9, "11 sends within a second at " .. sends[i])
+      assert.is_true(sends[i + 10] - sends[i] >= 1 + GAP - 1e-9, "11 sends within a second at " .. sends[i])
     end
     assert.is_true(#sends > 100)
   end)
@@ -65,10 +67,10 @@ describe("pacer", function()
   it("counts bookings from concurrent callers (a later caller sees earlier reservations)", function()
     local p = pacing.new()
     assert.equal(0, p:reserve("/tickle", 0))
-    assert.near(1, p:reserve("/tickle", 0.0), 1e-9)
-    -- both reservations count towards the global window: 1 + 9 sends at t = 0 fill [0, 1)
+    assert.near(1 + GAP, p:reserve("/tickle", 0.0), 1e-9)
+    -- both reservations count towards the global window: 1 + 9 sends at t = 0 fill it
     for _ = 1, 9 do assert.equal(0, p:reserve("/a", 0)) end
-    assert.near(1, p:reserve("/b", 0), 1e-9)
+    assert.near(1 + GAP, p:reserve("/b", 0), 1e-9)
   end)
 end)
 

@@ -4,7 +4,7 @@
 --           "error"
 --   judge(endpoint, body): whether a 2xx body of a session endpoint means success.
 -- Pure functions of bodies and error objects: no network, no clock.
--- Gateway facts: ../shared/reference/ibkr-gateway-facts.md §1.2–1.8 and "Field reports".
+-- Gateway facts: docs/gateway-facts.md §1.2–1.8 and "Field reports".
 
 local core = require("ibkr.core")
 

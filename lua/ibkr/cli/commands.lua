@@ -98,14 +98,17 @@ M.validate = judged("validate", "sso_validate", function(s) return s:sso_validat
 end)
 
 -- init: ready -> 0; accepted but not yet authenticated -> 0 with "pending" (the gateway needs
--- ~0.5-15 s); competing (the other login kept the session), disconnected -> 1.
+-- ~0.5-15 s), and so is still competing after --compete (the takeover is under way);
+-- competing without --compete (the other login kept the session), disconnected -> 1.
 M.init = judged("init", "init_brokerage",
   function(s, o) return s:init_brokerage{ compete = o.compete == true } end,
-  function(res, _, ctx)
+  function(res, o, ctx)
     local st = state.of_status(res)
     local desc = report.describe_status(res)
-    if st == "unauthenticated" then
-      return answered("init", res, "init accepted, pending: the gateway opens the brokerage session within "
+    if st == "unauthenticated" or (st == "competing" and o.compete) then
+      local what = st == "competing" and "takes the brokerage session over from the other login"
+        or "opens the brokerage session"
+      return answered("init", res, "init accepted, pending: the gateway " .. what .. " within "
         .. "~0.5-15 s; `ibkr-session wait` waits for it (" .. desc .. ")", 0, { state = st, pending = true })
     end
     local code = report.code_of_state(st)
