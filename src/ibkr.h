@@ -169,8 +169,7 @@ typedef struct xhome {
   struct lanesock { curl_socket_t fd; int what; } lsock[LANE_SOCKS];   /* what libcurl waits on */
   int nlsock;
   double lane_due;            /* monotonic seconds of libcurl's timer, < 0: none */
-  int lane_lent;              /* on the engine's list of lanes it drives */
-  struct xhome *lnext;        /* that list */
+  struct xhome *lnext;        /* engine: its list of the lanes lent to it */
 } xhome;
 
 int xfer_global_init(void);

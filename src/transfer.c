@@ -194,7 +194,6 @@ static void lane_lend(xfer *x) {
     return;
   }
   x->state = X_RUNNING;
-  h->lane_lent = 1;
   h->lnext = E.lanes;
   E.lanes = h;
 }
@@ -205,7 +204,6 @@ static void lane_return(xhome *h) {
   while (*p && *p != h) p = &(*p)->lnext;
   if (*p) *p = h->lnext;
   h->lnext = NULL;
-  h->lane_lent = 0;
 }
 
 /* under E.mu: attach the queued xfers, take back the cancelled ones */
