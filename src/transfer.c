@@ -136,6 +136,12 @@ static short poll_events(int what) {
   return (short)(((what & CURL_POLL_OUT) ? POLLOUT | POLLIN : 0) | ((what & CURL_POLL_IN) ? POLLIN : 0));
 }
 
+/* the same, for an extra descriptor of curl_multi_poll */
+static unsigned short wait_events(int what) {
+  short ev = poll_events(what);
+  return (unsigned short)(((ev & POLLIN) ? CURL_WAIT_POLLIN : 0) | ((ev & POLLOUT) ? CURL_WAIT_POLLOUT : 0));
+}
+
 /* CURL_CSELECT_* of what curl_multi_poll reports of an extra descriptor */
 static int cselect(unsigned short re) {
   return ((re & CURL_WAIT_POLLIN) ? CURL_CSELECT_IN : 0) | ((re & CURL_WAIT_POLLOUT) ? CURL_CSELECT_OUT : 0);
@@ -283,8 +289,7 @@ static int lanes_fds(int *ms) {
     }
     for (int i = 0; i < h->nlsock; i++, n++) {
       XP[n].fd = h->lsock[i].fd;
-      XP[n].events = (unsigned short)((h->lsock[i].what & CURL_POLL_OUT ? CURL_WAIT_POLLOUT | CURL_WAIT_POLLIN : 0) |
-                                      (h->lsock[i].what & CURL_POLL_IN ? CURL_WAIT_POLLIN : 0));
+      XP[n].events = wait_events(h->lsock[i].what);
       XP[n].revents = 0;
       XH[n] = h;
     }
