@@ -1,7 +1,7 @@
 -- The examples and the demo, run as a user would, against the mock gateway (HTTPS).
 local mock = require("spec.helpers.mock")
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local q = require("spec.helpers.raw").q
 
 local function sh(cmd)
   local p = assert(io.popen(cmd .. " 2>&1; echo \"rc=$?\""))

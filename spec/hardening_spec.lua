@@ -116,9 +116,7 @@ end)
 
 -- Issue 9: a careful review and a hostile test run. Raw servers run as separate processes
 -- (lua5.4 with luasocket) that say on stdout what they did, so the spec waits on real events.
-local PRELUDE = "package.path='lua/?.lua;lua/?/init.lua;'..package.path;"
-  .. " package.cpath='./?.so;'..package.cpath;"
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local PRELUDE, q = raw.PRELUDE, raw.q
 
 -- Starts `script` (Lua source) as a server process; returns the pipe and the port it printed.
 local raw_server = raw.server

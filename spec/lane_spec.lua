@@ -53,6 +53,15 @@ while true do
 end
 ]]
 
+-- A session of mock m whose lane keeps a connection, and a /tickle started in that lane, which the
+-- mock holds `secs` seconds: returns the session and the request.
+local function slow_in_lane(m, secs)
+  local s = core.new{ base_url = m.url }
+  assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))
+  m:fault{ path = "/tickle", kind = "delay", seconds = secs * SCALE }
+  return s, assert(s:start("POST", "/tickle", REPEATABLE))
+end
+
 for _, tls in ipairs{ false, true } do
   describe("the warm lane over " .. (tls and "HTTPS" or "HTTP"), function()
     local m
@@ -85,10 +94,7 @@ for _, tls in ipairs{ false, true } do
     end)
 
     it("a slow exchange in the lane does not hold up the next one", function()
-      local s = core.new{ base_url = m.url }
-      assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))          -- the lane is warm
-      m:fault{ path = "/tickle", kind = "delay", seconds = 0.5 * SCALE }
-      local slow = assert(s:start("POST", "/tickle", REPEATABLE))
+      local s, slow = slow_in_lane(m, 0.5)
       local quick = assert(s:start("POST", "/iserver/auth/status", REPEATABLE))
       assert.is_true(assert(finish(quick)).authenticated)
       assert.is_false(slow:done())
@@ -97,10 +103,7 @@ for _, tls in ipairs{ false, true } do
     end)
 
     it("closing the request mid-exchange frees it; the next call connects again", function()
-      local s = core.new{ base_url = m.url }
-      assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))
-      m:fault{ path = "/tickle", kind = "delay", seconds = 1 * SCALE }
-      local req = assert(s:start("POST", "/tickle", REPEATABLE))
+      local s, req = slow_in_lane(m, 1)
       assert.is_false(req:step())
       req:close()
       assert.are.equal("closed", select(2, req:result()).kind)
@@ -111,10 +114,7 @@ for _, tls in ipairs{ false, true } do
     end)
 
     it("closing the session mid-exchange makes the call report closed", function()
-      local s = core.new{ base_url = m.url }
-      assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))
-      m:fault{ path = "/tickle", kind = "delay", seconds = 1 * SCALE }
-      local req = assert(s:start("POST", "/tickle", REPEATABLE))
+      local s, req = slow_in_lane(m, 1)
       assert.is_false(req:step())
       s:close()
       assert.is_true(req:step())
@@ -124,10 +124,7 @@ for _, tls in ipairs{ false, true } do
 
     it("a session closed while a waiter watches the descriptor wakes it; the descriptor stays the request's",
       function()
-        local s = core.new{ base_url = m.url }
-        assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))
-        m:fault{ path = "/tickle", kind = "delay", seconds = 2 * SCALE }
-        local req = assert(s:start("POST", "/tickle", REPEATABLE))
+        local s, req = slow_in_lane(m, 2)
         local fd = req:pollfd()
         assert.is_true(fd >= 0)
         assert.is_true(is_open(fd))
@@ -141,11 +138,10 @@ for _, tls in ipairs{ false, true } do
       end)
 
     it("an exchange collected by the garbage collector mid-flight leaves the session usable", function()
-      local s = core.new{ base_url = m.url }
-      assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))
-      m:fault{ path = "/tickle", kind = "delay", seconds = 1 * SCALE }
+      local s
       do
-        local req = assert(s:start("POST", "/tickle", REPEATABLE))
+        local req
+        s, req = slow_in_lane(m, 1)
         req:step()
       end
       collectgarbage()

@@ -14,7 +14,7 @@ local function sh(cmd)
   return out, ok
 end
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local q = require("spec.helpers.raw").q
 
 local function write(path, data, mode)
   local f = assert(io.open(path, "wb"))

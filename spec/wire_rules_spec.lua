@@ -175,9 +175,7 @@ end)
 
 -- Issue 9 kind 4: a loopback gateway in any spelling never goes through a proxy from the
 -- environment, and it is the same rule that relaxes certificate checks.
-local PRELUDE = "package.path='lua/?.lua;lua/?/init.lua;'..package.path;"
-  .. " package.cpath='./?.so;'..package.cpath;"
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local PRELUDE, q = raw.PRELUDE, raw.q
 
 local COUNTING_SERVER = raw.COUNTING_SERVER
 
@@ -189,8 +187,7 @@ describe("loopback in every spelling (issue 9 kind 4)", function()
   for _, host in ipairs{ "[::ffff:127.0.0.1]", "[::FFFF:7f00:1]", "127.0.0.1.", "localhost.",
     "[0:0:0:0:0:0:0:1]", "[::1]", "LOCALHOST" } do
     it("never sends " .. host .. " through an environment proxy", function()
-      local p = assert(io.popen("env -u LD_PRELOAD lua5.4 -e " .. q(COUNTING_SERVER), "r"))
-      local pport = assert(tonumber(p:read("l")))
+      local p, pport = raw.server(COUNTING_SERVER)
       local proxy = "http://127.0.0.1:" .. pport
       local env = "env -u LD_PRELOAD " .. table.concat({ "http_proxy=" .. proxy, "https_proxy=" .. proxy,
         "HTTPS_PROXY=" .. proxy, "ALL_PROXY=" .. proxy, "all_proxy=" .. proxy }, " ")

@@ -6,8 +6,7 @@ local ibkr = require("ibkr")
 local mock = require("spec.helpers.mock")
 local raw = require("spec.helpers.raw")
 
-local PRELUDE = "package.path='lua/?.lua;lua/?/init.lua;'..package.path;"
-  .. " package.cpath='./?.so;'..package.cpath;"
+local PRELUDE = raw.PRELUDE
 
 local raw_server, READ_REQUEST = raw.server, raw.READ_REQUEST
 

@@ -9,7 +9,7 @@ local M = {}
 
 M.SCALE = tonumber(os.getenv("IBKR_TIME_SCALE")) or 1
 
-function M.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+M.q = require("spec.helpers.raw").q -- one shell quoting for every helper
 
 local function command(args, env)
   local cmd = (env or "") .. " exec bin/ibkr-session"

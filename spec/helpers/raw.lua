@@ -46,7 +46,13 @@ local c = srv:accept()
 print(c and "connection" or "done")
 ]]
 
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+-- s as one single-quoted shell word
+function M.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local q = M.q
+
+-- Lua source that makes a child `lua5.4 -e` (started from the checkout's root) load this checkout
+M.PRELUDE = "package.path='lua/?.lua;lua/?/init.lua;'..package.path;"
+  .. " package.cpath='./?.so;'..package.cpath;"
 
 -- Starts `script` (Lua source) as a server process (`env`: more shell words before lua5.4; never
 -- under a sanitizer preload); returns the pipe of its output and the port it printed first.
