@@ -7,10 +7,10 @@ DEFS       = -D_POSIX_C_SOURCE=200809L
 WARN       = -Wall -Wextra -Werror
 ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(DEFS) $(CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
-LIBS       = -lcurl -lcrypto -pthread -lm
+LIBS       = -lcurl -lcrypto -lwslay -pthread -lm
 SRCS       = src/core.c src/session.c src/request.c src/transfer.c src/conn.c src/wire.c src/buf.c \
-             src/json.c src/error.c src/signal.c src/oauth.c
-HDRS       = src/ibkr.h
+             src/json.c src/error.c src/signal.c src/oauth.c src/websocket.c src/wsconn.c
+HDRS       = src/ibkr.h src/wsconn.h
 MODULE     = ibkr/core.so
 VERSION   := $(shell sed -n 's/^return "\(.*\)"$$/\1/p' lua/ibkr/version.lua)
 ROCKSPEC   = rockspec/ibkr-web-api-$(VERSION)-1.rockspec
@@ -23,7 +23,7 @@ LUA51      = env -u LUA_PATH -u LUA_CPATH -u LUA_INIT -u LUA_PATH_5_1 -u LUA_CPA
 
 # Debian 12 packages: what the tests need, and what checks/benchmarks add.
 DEPS       = gcc make pkg-config openssl lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson \
-             luarocks libssl-dev lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
+             luarocks libssl-dev libwslay-dev lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
 DEPS      += lua-zlib        # the mock gateway's gzip fault
 DEPS_CHECK = valgrind clang libclang-rt-14-dev
 DEPS_BENCH = nginx-light

@@ -149,6 +149,7 @@ static const struct {
   {"error", error_open},
   {"session", session_open},
   {"request", request_open},
+  {"websocket", websocket_open},
   {NULL, NULL}
 };
 

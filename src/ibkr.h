@@ -118,6 +118,7 @@ typedef struct xfer {
   int repeatable;             /* sending it twice is harmless: kept-alive connections allowed */
   int fresh;                  /* needs a connection of its own (not repeatable) */
   int lane;                   /* LANE_*: where it runs (see xhome) */
+  int connect_only;           /* xfer_connect's: the handle stays in the lane once connected */
   connwatch cw;
   CURLcode code;
   char errbuf[CURL_ERROR_SIZE];
@@ -180,6 +181,7 @@ int xfer_open(xfer *x, xhome *h, const callspec *cs, struct curl_slist *hl, long
 void xfer_close(xfer *x);
 void xfer_run_inline(xfer *x);
 int xfer_submit(xfer *x);
+int xfer_connect(xfer *x, xhome *h, CURL *e, long timeout_ms);
 int xfer_done(xfer *x);
 int xfer_wait(xfer *x, double timeout);
 int xfer_pollfd(xfer *x, const char **events);
@@ -194,6 +196,7 @@ struct request *request_push(lua_State *L, int sessidx, int methodidx, int pathi
 void request_attach(lua_State *L, struct request *r, const sconf *c, xhome *h, const callspec *cs);
 xfer *request_xfer(struct request *r);
 int request_collect(lua_State *L, int ridx);
+const char *request_kind(CURLcode c, int overflow);
 
 /* ------------------------------------------------------------ session.c */
 
@@ -207,9 +210,17 @@ struct sconf {
   int nuh;
   long timeout_ms;
   size_t max_body;
+  char *ua;                   /* the User-Agent sent (websocket.c writes its own requests) */
 };
 
 void session_open(lua_State *L);
+struct session *session_parts(lua_State *L, int idx, const sconf **c, xhome **h);
+
+/* ------------------------------------------------------------ websocket.c */
+
+#define WEBSOCKET_MT "ibkr.websocket"
+int websocket_new(lua_State *L);
+void websocket_open(lua_State *L);
 
 /* ------------------------------------------------------------ json.c, error.c */
 

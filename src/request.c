@@ -97,7 +97,8 @@ void request_attach(lua_State *L, struct request *r, const sconf *c, xhome *h, c
 
 /* ------------------------------------------------------------ outcomes */
 
-static const char *kind_of(CURLcode c, int overflow) {
+/* the error kind of a transfer that failed below HTTP (websocket.c's connects too) */
+const char *request_kind(CURLcode c, int overflow) {
   switch (c) {
     case CURLE_COULDNT_RESOLVE_PROXY: case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_CONNECT:
       return "connect";
@@ -132,7 +133,7 @@ static void add_body(lua_State *L, const xfer *x) {
 ** reset before any response byte is marked no_response: nothing of the
 ** request can have been answered, the policy layer may send it again. */
 static int push_transfer_error(lua_State *L, const xfer *x, int methodidx, int pathidx) {
-  const char *kind = kind_of(x->code, x->overflow);
+  const char *kind = request_kind(x->code, x->overflow);
   char msg[CURL_ERROR_SIZE + 64];
   if (strcmp(kind, "too_large") == 0)
     snprintf(msg, sizeof msg, "response body larger than max_body (%lu bytes)", (unsigned long)x->max_body);

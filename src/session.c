@@ -52,9 +52,10 @@ static void session_free(session *s) {
   free(c->uh);
   free(c->base);
   free(c->shown);
+  free(c->ua);
   c->uh = NULL;
   c->nuh = 0;
-  c->base = c->shown = NULL;
+  c->base = c->shown = c->ua = NULL;
   s->closed = 1;
 }
 
@@ -224,7 +225,9 @@ static void set_template(lua_State *L, session *s, const newopts *o, const char 
   if (e == NULL) luaL_error(L, "%s", err);
   if (!set_route(e, &s->home, o, host, port)) luaL_error(L, "cannot set the TLS or proxy options");
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, to_ms(o->ctimeout));
-  curl_easy_setopt(e, CURLOPT_USERAGENT, o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION);
+  const char *ua = o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION;
+  if ((s->conf.ua = ibkr_strndup(ua, strlen(ua))) == NULL) luaL_error(L, "out of memory");
+  curl_easy_setopt(e, CURLOPT_USERAGENT, ua);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body);
 }
 
@@ -292,6 +295,24 @@ static struct request *begin(lua_State *L, session *s) {
   return r;
 }
 
+/* For a part that opens a connection of its own with the session's rules
+** (websocket.c): the open session at idx, its configuration and its
+** transfer part (both the session's: copy what must outlive it); or NULL
+** with nil, err pushed (closed, or opened before fork()). Raises when idx
+** is not a session. */
+session *session_parts(lua_State *L, int idx, const sconf **c, xhome **h) {
+  session *s = (session *)luaL_checkudata(L, idx, SESSION_MT);
+  if (s->closed || !ours(s)) {
+    lua_pushnil(L);
+    ibkr_push_error(L, "closed", s->closed ? "session is closed" :
+                    "session was opened before fork(): open a new one", 0, 0);
+    return NULL;
+  }
+  *c = &s->conf;
+  *h = &s->home;
+  return s;
+}
+
 /* s:perform(method, path [, opts]) -- the blocking exchange, in place on
 ** the caller's thread, without running Lua code until it is over */
 static int session_perform(lua_State *L) {
@@ -317,6 +338,7 @@ static const luaL_Reg session_meth[] = {
   {"closed", session_closed},
   {"busy", session_busy},
   {"info", session_info},
+  {"websocket", websocket_new},
   {NULL, NULL}
 };
 

@@ -183,7 +183,8 @@ static xfer *lane_collect(xhome *h) {
     gather(x, code);
     h->lane_keep = CURL_SOCKET_BAD;
     if (x->code == CURLE_OK) curl_easy_getinfo(x->easy, CURLINFO_ACTIVESOCKET, &h->lane_keep);
-    curl_multi_remove_handle(h->lane, x->easy);
+    /* a CONNECT_ONLY handle stays: removing it would close its connection */
+    if (!(x->connect_only && x->code == CURLE_OK)) curl_multi_remove_handle(h->lane, x->easy);
     return x;
   }
   return NULL;
@@ -760,6 +761,44 @@ int xfer_submit(xfer *x) {
       x->cw.refuse = 0;
     }
   }
+  return engine_queue(x);
+}
+
+/*
+** A connection of its own for x (easy handle e set CONNECT_ONLY by the
+** caller; the websocket's, src/wsconn.c), made in h's lane lent to the engine
+** thread: DNS, connect, proxy tunnel and TLS handshake never run on the
+** caller's thread, with the session's rules (e is a duplicate of its
+** template). Once made, e stays in h's lane, where curl_easy_send/recv find
+** its connection (removing a CONNECT_ONLY handle from its multi closes it),
+** and the lane is the caller's again. h is the caller's own home, used for
+** nothing else. Returns 0 when it could not start (x is then done, with the
+** error).
+*/
+int xfer_connect(xfer *x, xhome *h, CURL *e, long timeout_ms) {
+  x->home = h;
+  x->easy = e;
+  x->connect_only = 1;
+  x->hdr_done = 1;                            /* no response headers, unless a proxy answers */
+  x->next = h->live;
+  if (h->live) h->live->prev = x;
+  h->live = x;
+  h->nlive++;
+  x->deadline = ibkr_now() + (double)timeout_ms / 1000.0;
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)x);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)x);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, (void *)x);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)&x->cw);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, NULL);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+  if (!lane_make(h)) {
+    x->code = CURLE_OUT_OF_MEMORY;
+    x->state = X_DONE;
+    return 0;
+  }
+  h->lane_x = x;
+  x->lane = LANE_LENT;
   return engine_queue(x);
 }
 

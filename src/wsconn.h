@@ -1,0 +1,69 @@
+/*
+** wsconn.h -- one websocket connection (RFC 6455, client side), without Lua:
+** the connection is libcurl's (CURLOPT_CONNECT_ONLY, made on the engine
+** thread: transfer.c's xfer_connect), the bytes go through curl_easy_send
+** and curl_easy_recv, libwslay frames them. Used by websocket.c.
+*/
+#ifndef WSCONN_H
+#define WSCONN_H
+
+#include <wslay/wslay.h>
+
+#include "ibkr.h"
+
+#define WS_READ_SIZE 16384          /* one TLS record: a read never leaves decrypted bytes behind */
+#define WS_STEP_BYTES 65536         /* bytes one step reads at most (then it says: more) */
+#define WS_HEAD_MAX 16384           /* the upgrade answer's status line and headers */
+#define WS_MAX_MESSAGE (1024 * 1024) /* default bound of one received message */
+
+enum { WS_CONNECTING, WS_UPGRADING, WS_OPEN, WS_CLOSED };
+
+/* a message received whole, not yet read */
+typedef struct wsmsg {
+  struct wsmsg *next;
+  size_t len;
+  int binary;
+  char data[];
+} wsmsg;
+
+typedef struct wsconn {
+  int state;                  /* WS_* */
+  xhome home;                 /* its own lane: the multi handle its connection is made in and lives in */
+  xfer x;                     /* the connect (CONNECT_ONLY), then the kept handle */
+  curl_socket_t sock;         /* the connection's socket, once connected */
+  int pfd;                    /* a duplicate of it handed to waiters (closed with the connection) */
+  char *req;                  /* the upgrade request */
+  size_t reqlen, reqoff;
+  char accept[32];            /* the Sec-WebSocket-Accept it must answer */
+  ibuf head;                  /* the upgrade answer as it arrives */
+  unsigned char *in;          /* bytes read, not yet framed (WS_READ_SIZE) */
+  size_t inoff, inlen;
+  size_t budget;              /* bytes this step may still read */
+  wslay_event_context_ptr ws;
+  wsmsg *first, *last;        /* received messages, oldest first */
+  size_t inbox;               /* their bytes */
+  size_t max_message;
+  double opened, last_rx;     /* monotonic seconds: upgrade done; last bytes received */
+  int want_write;             /* the last send met a full socket */
+  /* why it closed: kind NULL while it has not */
+  const char *kind;
+  char why[256];
+  long status;                /* the upgrade answer's status, when it was not 101 */
+  char *body;                 /* what came with such an answer, cut */
+  size_t bodylen;
+  int close_code;             /* the close frame's code (received, or sent on an error); 0: none */
+  lua_Integer rx_bytes, tx_bytes, rx_msgs, tx_msgs;
+} wsconn;
+
+void wsconn_init(wsconn *c);
+int wsconn_start(wsconn *c, CURL *e, struct curl_slist *resolve, const char *url, const char *head,
+                 size_t max_message, long timeout_ms);
+int wsconn_step(wsconn *c);
+wsmsg *wsconn_pop(wsconn *c);
+int wsconn_send(wsconn *c, const char *data, size_t len, int binary);
+void wsconn_close(wsconn *c, int code);
+void wsconn_free(wsconn *c);
+int wsconn_pollfd(wsconn *c, const char **events);
+double wsconn_timeout(wsconn *c);
+
+#endif
