@@ -239,6 +239,7 @@ static int upgrade(wsconn *c) {
     if (rc == CURLE_AGAIN) return 0;
     if (rc != CURLE_OK) return fail(c, "protocol", "sending the upgrade: %s", curl_easy_strerror(rc)), 0;
     c->reqoff += n;
+    c->tx_bytes += (lua_Integer)n;
   }
   for (;;) {
     int eof;

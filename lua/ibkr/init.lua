@@ -137,6 +137,8 @@ function M.new(opts)
     _generation = 0, -- bumped by s:stop(); a keep-alive runs while it sees its own generation
     _observed = nil, -- { state, detail, time }: see s:state()
     _stats = { requests = 0, failures = 0, retries = 0, rate_limited = 0, paced = 0 },
+    _streams = setmetatable({}, { __mode = "k" }), -- the session's push channels (ibkr/stream.lua)
+    _push_sid = nil, -- the latest /tickle answer's session id (the websocket's credential)
   }, Session)
   make_waiters(s)
   return s
@@ -190,6 +192,7 @@ function Session:endpoint(w, name, compete, deadline)
     copts = { body = compete and '{"publish":true,"compete":true}' or '{"publish":true,"compete":false}' }
   end
   local res, err, status = call.run(self, w, ep[1], ep[2], copts, true, deadline)
+  if name == "tickle" and type(res) == "table" then self:push_note(res.session) end
   local st, detail = observed(name, res, err)
   if st then self:observe(st, detail) end
   if res == nil then return nil, err end
@@ -365,6 +368,7 @@ end
 function Session:close()
   if not self._closed then
     self._closed = true
+    for st in pairs(self._streams) do st:close() end -- their channels first
     self._core:close()
     if self._oauth then self._oauth:close() end -- [oauth] wipes keys and token
   end
@@ -377,6 +381,47 @@ Session.__gc = Session.close
 -- Shows the URL as the core shows it: without the userinfo (credentials) of base_url.
 function Session:__tostring()
   return "ibkr.session (" .. self._shown .. (self._closed and ", closed)" or ")")
+end
+
+------------------------------------------------------------------------------------------------
+-- The push channel (ibkr/stream.lua, docs/push.md) and its interface, used by ibkr/stream.lua and
+-- ibkr/keepalive.lua only (internal but stable):
+--   s:push_note(sid)          records the session id of a /tickle answer (a string the gateway
+--                             sent: kept only when it is a plain token)
+--   s:push_session()          -> that id, or nil;  s:push_forget() drops it (a refused upgrade)
+--   s:push_socket(sid, max)   -> a core websocket to base_url .. "/ws", authenticated as IBKR
+--                                documents (gateway: the `api` cookie; OAuth 1.0a: cookie
+--                                api=<sid>, ?oauth_token=, User-Agent ClientPortalGW/1), or nil, err
+--   s:push_register(st)       the session ends st when it closes
+--   s:push_announce(msg)      hands msg to every open stream of the session (a keep-alive's
+--                             "authenticated"), which also makes a waiting stream try at once
+
+function Session:stream(opts)
+  local st = require("ibkr.stream").new(self, opts) -- (not a tail call: errors name the caller's line)
+  return st
+end
+
+function Session:push_note(sid)
+  if type(sid) == "string" and #sid <= 256 and sid:match("^[%w%-%._:+/=]+$") then self._push_sid = sid end
+end
+function Session:push_session() return self._push_sid end
+function Session:push_forget() self._push_sid = nil end
+function Session:push_register(st) self._streams[st] = true end
+
+function Session:push_announce(msg)
+  for st in pairs(self._streams) do st:_announce(msg) end
+end
+
+function Session:push_socket(sid, max_message)
+  if self._closed then return nil, call.closed_error("GET", "/ws") end
+  local opts = { timeout = self._timeout, max_message = max_message }
+  if self._oauth then -- [oauth] ibind, ibkr-conduit: the cookie bare, the token in the query
+    opts.query = { oauth_token = self._oauth.access_token }
+    opts.headers = { Cookie = "api=" .. sid, ["User-Agent"] = "ClientPortalGW/1" }
+  else
+    opts.headers = { Cookie = 'api={"session":"' .. sid .. '"}' }
+  end
+  return self._core:websocket("/ws", opts)
 end
 
 function Session:keepalive(opts) return require("ibkr.keepalive").coroutine(self, opts) end

@@ -16,6 +16,7 @@ local waiter = require("ibkr.waiter")
 local M = {}
 
 local repair = require("ibkr.repair")
+local callback = require("ibkr.callback")
 
 M.MIN_VALIDATE_INTERVAL = 60 -- the gateway allows one /sso/validate per minute
 M.LOOP_SLICE = 1             -- keepalive_loop notices stop()/close() within this many seconds
@@ -23,7 +24,7 @@ M.LOOP_SLICE = 1             -- keepalive_loop notices stop()/close() within thi
 local OPTS = {
   interval = "number", retry_interval = "number", init = "boolean", compete = "boolean",
   validate_interval = "number", on_state = "function", on_error = "function",
-  on_repair = "function", sleep = "function",
+  on_repair = "function", sleep = "function", push = "boolean",
 }
 
 local function check(opts, with_sleep, level)
@@ -43,7 +44,7 @@ local function check(opts, with_sleep, level)
     compete = opts.compete == true,
     validate_interval = opts.validate_interval,
     on_state = opts.on_state, on_error = opts.on_error, on_repair = opts.on_repair,
-    sleep = opts.sleep,
+    sleep = opts.sleep, push = opts.push == true,
   }
   for _, k in ipairs{ "interval", "retry_interval", "validate_interval" } do
     local v = o[k]
@@ -58,17 +59,7 @@ local function check(opts, with_sleep, level)
 end
 
 -- Callbacks: on_state(new, old, detail, why), on_error(err), on_repair(action, status, err).
--- An error raised in a callback is passed to on_error as an error object of kind "callback"
--- (field `callback` = the callback's name, `cause` = what was raised); one raised in on_error
--- itself has nowhere to go and is dropped. Never raises.
--- What a callback raised, as text: a value whose __tostring raises, yields or returns no string
--- must not make the keep-alive raise.
-local function raised_text(e)
-  local ok, msg = pcall(tostring, e)
-  if ok and type(msg) == "string" then return msg end
-  return "a " .. type(e) .. " value that cannot be shown"
-end
-
+-- What one raises goes to on_error (ibkr/callback.lua). Never raises.
 local function reporter(s, o)
   local r = { current = nil }
   function r.error(err)
@@ -76,14 +67,11 @@ local function reporter(s, o)
   end
   function r.callback(name, ...)
     local f = o[name]
-    if not f then return end
-    local ok, e = pcall(f, ...)
-    if not ok then
-      r.error(core.error{ kind = "callback", callback = name, cause = e,
-        message = "error in " .. name .. ": " .. raised_text(e) })
-    end
+    if f then callback.call(f, name, r.error, ...) end
   end
   -- `why`: what the gateway said (status fail/message, error message), one line, or nil
+  -- A recovery to "ready" (confirmed over REST) is announced on the session's push channels:
+  -- IBKR pushes a drop of authentication, never its recovery.
   function r.state(new, detail)
     s:observe(new, detail)
     if new ~= r.current then
@@ -91,6 +79,10 @@ local function reporter(s, o)
       r.current = new
       local why = core.is_error(detail) and detail.message or state.said(detail)
       r.callback("on_state", new, old, detail, why)
+      if new == "ready" and old ~= nil then
+        s:push_announce{ topic = "ibkr", event = "authenticated", state = new, previous = old,
+          detail = detail }
+      end
     end
   end
   return r
@@ -160,11 +152,12 @@ end
 local function pause_for(s, w, pause, alive)
   local held = s:held()
   if held and held > pause then pause = held end
+  local cut = w.interrupted or function() return false end -- a push channel's news (ibkr/push.lua)
   if w.chunk then
     -- Inline loop: the host's sleep cannot be interrupted, so sleep in slices and look at
     -- stop()/close() between them (a coroutine just is not resumed again, or closed).
     local wake = s:now() + pause
-    while alive() do
+    while alive() and not cut() do
       local left = wake - s:now()
       if left <= 0 then break end
       w.wait(left < w.chunk and left or w.chunk)
@@ -172,10 +165,12 @@ local function pause_for(s, w, pause, alive)
   else
     w.wait(pause)
   end
+  if w.clear then w.clear() end
 end
 
 -- The loop body. `w` is the waiter (ibkr/call.lua); `alive()` is false once it must end.
-local function run(s, o, w, alive)
+-- `px`: the push channel (ibkr/push.lua), or nil.
+local function run(s, o, w, alive, px)
   local rep = reporter(s, o)
   local sched = repair.new(o.retry_interval)
   local next_validate = o.validate_interval and s:now() + o.validate_interval
@@ -184,6 +179,7 @@ local function run(s, o, w, alive)
     if not alive() then return end
     local got_through = st ~= nil -- false: held back (429, Retry-After): retry sooner, state kept
     if st or not rep.current then rep.state(st or "error", detail) end
+    if px and not px.started then px:start(rep) end
     st = rep.current
     if st == "ready" then sched:succeeded() end
     -- Repair. Unauthenticated (and not-yet-connected) sessions are re-initialised when `init`;
@@ -207,11 +203,19 @@ local function liveness(s)
   return s:liveness() -- taken now: a stop() before the first resume ends this keep-alive too
 end
 
+-- With push, the loop runs with the channel's waiter; the channel ends with the loop however it
+-- ends (stop, close, coroutine.close: a to-be-closed variable).
+local function run_with(s, o, w, alive, mode)
+  if not o.push then return run(s, o, w, alive) end
+  local px <close> = require("ibkr.push").new(s, w, mode)
+  run(s, o, px.w, alive, px)
+end
+
 function M.coroutine(s, opts)
   local o = check(opts, false, 3)
   local alive = liveness(s)
   local w = waiter.new("yield", alive, stopped_error)
-  return coroutine.create(function() run(s, o, w, alive) end)
+  return coroutine.create(function() run_with(s, o, w, alive, "yield") end)
 end
 
 function M.loop(s, opts)
@@ -223,7 +227,7 @@ function M.loop(s, opts)
   else
     w = waiter.new("block", alive, stopped_error, function(secs) s._sleep(secs) end, M.LOOP_SLICE)
   end
-  run(s, o, w, alive)
+  run_with(s, o, w, alive, o.sleep and "host" or "block")
 end
 
 return M

@@ -14,12 +14,27 @@ local wake_at = setmetatable({}, { __mode = "k" })
 local wait_fd = setmetatable({}, { __mode = "k" })
 local wait_ev = setmetatable({}, { __mode = "k" })
 
+-- An object that is driven through its coroutine (a push stream: st:coroutine()), or nil.
+local function driven(x)
+  local mt = (type(x) == "table" or type(x) == "userdata") and getmetatable(x)
+  local f = type(mt) == "table" and type(mt.__index) == "table" and rawget(mt.__index, "coroutine")
+  if type(f) ~= "function" then return nil end
+  local co = f(x)
+  return type(co) == "thread" and co or nil
+end
+
 local function check(cos, opts)
   local list = cos
-  if type(cos) == "thread" then list = { cos } end
+  local one = type(cos) == "thread" and cos or driven(cos)
+  if one then list = { one } end
   if type(list) ~= "table" then error("ibkr.run: expects a coroutine or a list of coroutines", 3) end
-  for i, co in ipairs(list) do
-    if type(co) ~= "thread" then error("ibkr.run: element " .. i .. " is not a coroutine", 3) end
+  if not one then
+    local t = {}
+    for i, co in ipairs(list) do
+      t[i] = type(co) == "thread" and co or driven(co)
+      if not t[i] then error("ibkr.run: element " .. i .. " is not a coroutine", 3) end
+    end
+    list = t
   end
   opts = opts or {}
   if type(opts) ~= "table" then error("ibkr.run: options must be a table", 3) end
