@@ -154,7 +154,11 @@ describe("s:stream timers and reconnects", function()
     local refusals = 0
     srv.on_upgrade = function(conn)
       refusals = refusals + 1
-      if refusals <= 4 then conn:accept{ status = 503, body = '{"error":"busy"}' } else conn:accept{ greet = true } end
+      if refusals <= 4 then
+        conn:accept{ status = 503, body = '{"error":"busy"}' }
+      else
+        conn:accept{ greet = true }
+      end
     end
     local tried = {}
     local orig = srv.on_upgrade
@@ -177,7 +181,7 @@ describe("s:stream timers and reconnects", function()
     s:close()
   end)
 
-  it("on 401 forgets the session id and takes a new one from a tickle, waiting while not authenticated", function()
+  it("on 401 forgets the session id, takes a new one from a tickle, waits while not authenticated", function()
     local srv, ft, s, st = setup()
     local authenticated = false
     srv.on_http = function(conn, req)
@@ -190,7 +194,7 @@ describe("s:stream timers and reconnects", function()
     end
     s:push_note("stale")
     srv.on_upgrade = function(conn, req)
-      if req.headers.cookie:match("stale") then conn:accept{ status = 401 } else conn:accept{ greet = true } end
+      conn:accept(req.headers.cookie:match("stale") and { status = 401 } or { greet = true })
     end
     local co = st:coroutine()
     wsserver.drive(co, srv, ft, function() return srv.tickles >= 2 end)
@@ -264,7 +268,8 @@ describe("s:stream options", function()
       assert.is_false(ok)
       return e
     end
-    assert.matches("stream_spec.lua:%d+: stream: unknown option 'topic'", line_of(function() s:stream{ topic = {} } end))
+    assert.matches("stream_spec.lua:%d+: stream: unknown option 'topic'",
+      line_of(function() s:stream{ topic = {} } end))
     assert.matches("tic_interval", line_of(function() s:stream{ tic_interval = 60 } end))
     assert.matches("heartbeat_timeout", line_of(function() s:stream{ heartbeat_timeout = 0 } end))
     assert.matches("topics%[2%]", line_of(function() s:stream{ topics = { "a", 3 } } end))

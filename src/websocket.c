@@ -210,7 +210,12 @@ static void push_reason(lua_State *L, websocket *ws) {
       if (ibkr_decode(L, c->body, c->bodylen)) lua_setfield(L, -2, "data");
       else lua_pop(L, 1);
     }
-    ibkr_error_describe(L, lua_gettop(L));
+    ibkr_error_describe(L, lua_gettop(L));         /* "HTTP 401: what the body said" */
+    lua_pushfstring(L, "%s (", c->why);
+    lua_getfield(L, -2, "message");
+    lua_pushliteral(L, ")");
+    lua_concat(L, 3);
+    lua_setfield(L, -2, "message");
   }
   if (c->close_code) ibkr_seti(L, "close_code", c->close_code);
   lua_replace(L, top + 1);

@@ -329,7 +329,9 @@ static int on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_r
   if (a->opcode == WSLAY_CONNECTION_CLOSE) {
     size_t rl = a->msg_length > 2 ? a->msg_length - 2 : 0;
     c->close_code = a->status_code;
-    if (a->status_code == 0)
+    if (a->msg_length == 1)                     /* (wslay takes it as "no code") */
+      note(c, "protocol", "the gateway sent a close frame with a 1-byte body (RFC 6455 5.5.1)");
+    else if (a->status_code == 0)
       note(c, "closed", "the gateway closed the websocket (no code)");
     else
       note(c, "closed", "the gateway closed the websocket (code %d%s%.*s)", a->status_code,

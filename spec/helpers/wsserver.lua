@@ -8,7 +8,8 @@
 --   srv.on_frame = function(conn, f) ... end      -- f = { opcode =, payload =, fin =, masked = }
 -- It answers POST /tickle itself ({"session":"s3ss10n", iserver.authStatus authenticated}) unless
 -- srv.on_http is set. srv.conns lists every connection (conn.request: the request line and
--- headers of its websocket upgrade; conn.frames: what the client sent, unmasked).
+-- headers of its websocket upgrade; conn.frames: what the client sent, unmasked; conn.paused =
+-- true: the server stops reading it).
 local socket = require("socket")
 local mime = require("mime")
 local core = require("ibkr.core")
@@ -130,7 +131,8 @@ function Conn:accept(opts)
   if status == 101 then
     lines[#lines + 1] = "Upgrade: websocket"
     lines[#lines + 1] = "Connection: Upgrade"
-    local accept = opts.accept or M.accept_of(self.request.headers["sec-websocket-key"] or "")
+    local accept = opts.accept
+    if accept == nil then accept = M.accept_of(self.request.headers["sec-websocket-key"] or "") end
     if accept ~= false then lines[#lines + 1] = "Sec-WebSocket-Accept: " .. accept end
   end
   for _, h in ipairs(opts.headers or {}) do lines[#lines + 1] = h end
@@ -146,11 +148,10 @@ end
 function Conn:hangup(hard)
   if self.gone then return end
   self.gone = true
-  if hard then
-    local t = socket.tcp()
-    t:setfd(self.sock:getfd())
-    t:shutdown("both")
-    t:setfd(-1)
+  if hard and self.tcp then -- the TCP socket under TLS (luasec took its descriptor)
+    self.tcp:setfd(self.sock:getfd())
+    self.tcp:shutdown("both")
+    self.tcp:setfd(-1)
   end
   self.sock:close()
 end
@@ -276,7 +277,10 @@ function Server:step()
     local conn = setmetatable({ server = self, sock = c, buf = "", out = {}, sent = 0, frames = {},
       bytes_in = 0, bytes_out = 0,
       ready = self.tls == nil, n = #self.conns + 1 }, Conn)
-    if self.tls then conn.sock = assert(require("ssl").wrap(c, self.tls)); conn.sock:settimeout(0) end
+    if self.tls then
+      conn.tcp, conn.sock = c, assert(require("ssl").wrap(c, self.tls))
+      conn.sock:settimeout(0)
+    end
     self.conns[#self.conns + 1] = conn
   end
   for _, conn in ipairs(self.conns) do
@@ -287,7 +291,7 @@ function Server:step()
     end
     if conn.ready and not conn.gone then
       self:flush(conn)
-      read(conn)
+      if not conn.paused then read(conn) end
       consume(self, conn)
       self:flush(conn)
     elseif conn.ready and #conn.buf > 0 then
@@ -299,7 +303,7 @@ end
 -- the sockets worth waiting on (luasocket's select takes objects with getfd)
 function Server:sockets()
   local t = { self.listener }
-  for _, conn in ipairs(self.conns) do if not conn.gone then t[#t + 1] = conn.sock end end
+  for _, conn in ipairs(self.conns) do if not conn.gone and not conn.paused then t[#t + 1] = conn.sock end end
   return t
 end
 
