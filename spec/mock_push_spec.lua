@@ -19,6 +19,19 @@ end
 describe("mock gateway websocket", function()
   local gw
 
+  -- A greeted client for each test of the enclosing describe (box.c), shut after it.
+  local function each_greeted()
+    local box = {}
+    before_each(function()
+      box.c = assert(wsc.connect(gw))
+      box.c:greeting()
+    end)
+    after_each(function()
+      box.c:shutdown()
+    end)
+    return box
+  end
+
   setup(function()
     gw = assert(mock.start({ tls = false, pacing = false, ws_greeting_delay = 0, init_delay = 0 }))
   end)
@@ -208,16 +221,10 @@ describe("mock gateway websocket", function()
   end)
 
   describe("sts", function()
-    local c
-    before_each(function()
-      c = assert(wsc.connect(gw))
-      c:greeting()
-    end)
-    after_each(function()
-      c:shutdown()
-    end)
+    local box = each_greeted()
 
     it("is pushed on every drop made through the control API, never on the recovery", function()
+      local c = box.c
       gw:set_state("competing")
       assert.same({ { competing = true } }, sts_args(c:drain(gw)))
       gw:set_state("ready")
@@ -230,6 +237,7 @@ describe("mock gateway websocket", function()
     end)
 
     it("is pushed when the session expires by itself, and not when ssodh/init brings it back", function()
+      local c = box.c
       gw:set_state({ state = "competing", idle_timeout = 0.2 })
       c:until_(function(m) return m.topic == "sts" end)
       local _, before = c:until_(function(m) return m.topic == "sts" and m.args.authenticated == false end)
@@ -245,6 +253,7 @@ describe("mock gateway websocket", function()
     end)
 
     it("pushes the recovery too with ws_push_recovery", function()
+      local c = box.c
       gw:config({ ws_push_recovery = true })
       gw:set_state("unauthenticated")
       gw:set_state("ready")
@@ -252,6 +261,7 @@ describe("mock gateway websocket", function()
     end)
 
     it("goes quiet on idle expiry with ws_quiet_expiry: no sts, no heartbeat, no answer", function()
+      local c = box.c
       gw:set_state({ state = "ready", ws_quiet_expiry = true, ws_heartbeat = 0.05 })
       c:until_(wsc.is_heartbeat)
       gw:config({ idle_timeout = 0.1 })
@@ -266,6 +276,7 @@ describe("mock gateway websocket", function()
     end)
 
     it("says authenticated false and closes on logout; a login ends the connection too", function()
+      local c = box.c
       gw:request("POST", "/v1/api/logout")
       local close, before = c:until_(function(m) return m.close ~= nil end)
       assert.same({ { authenticated = false } }, sts_args(before))
@@ -281,21 +292,15 @@ describe("mock gateway websocket", function()
   end)
 
   describe("topics", function()
-    local c
-    before_each(function()
-      c = assert(wsc.connect(gw))
-      c:greeting()
-    end)
-    after_each(function()
-      c:shutdown()
-    end)
+    local box = each_greeted()
 
     local function ask(text)
-      c:send_text(text)
-      return c:until_(function() return true end)
+      box.c:send_text(text)
+      return box.c:until_(function() return true end)
     end
 
     it("answers sor, str, spl and smd with IBKR's shapes and lists the subscriptions", function()
+      local c = box.c
       local sor = ask("sor+{}")
       assert.equals("sor", sor.topic)
       assert.equals("DU1234567", sor.args[1].acct)
@@ -334,6 +339,7 @@ describe("mock gateway websocket", function()
     end)
 
     it("sends no data without a brokerage session, but remembers the subscription", function()
+      local c = box.c
       gw:set_state("unauthenticated")
       c:send_text("sor+{}")
       local before = c:drain(gw)
@@ -434,5 +440,19 @@ describe("mock gateway websocket in OAuth mode", function()
     local _, err, resp = wsc.connect(gw, { cookie = "api=" .. sid, query = "oauth_token=nope" })
     assert.equals("refused with 401", err)
     assert.same({ error = "OAuth: invalid token" }, mock.json(resp))
+  end)
+end)
+
+describe("ibkr.mock.testing's websocket helpers", function()
+  it("pass ws_heartbeat and ws_greeting_delay on, give ws_url, and ws_wait fails with the state", function()
+    local gw <close> = assert(mock.start({ ws_heartbeat = 0.5, ws_greeting_delay = 0 }))
+    assert.equals("wss://" .. gw.host .. ":" .. gw.port .. "/v1/api/ws", gw.ws_url)
+    local cfg = gw:config()
+    assert.same({ 0.5, 0 }, { cfg.ws_heartbeat, cfg.ws_greeting_delay })
+    local ok, err = pcall(gw.ws_wait, gw, function(w) return w.clients == 1 end, 0.1)
+    assert.is_false(ok)
+    assert.matches("condition not met within 0.1 s; state: {", err, 1, true)
+    assert.has_error(function() mock.start({ ws_heartbeat = "fast" }) end,
+      "ibkr.mock.testing.start: option ws_heartbeat must be a number")
   end)
 end)

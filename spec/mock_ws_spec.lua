@@ -239,8 +239,8 @@ print(op, frame.data.decode())
 c.close(status=1000)
 print("closed")
 ]]
-    local p = assert(io.popen("/usr/bin/python3 -c " .. raw.q(script) .. " " .. raw.q(gw.ws_url) .. " "
-      .. raw.q(gw:state().session) .. " 2>&1", "r"))
+    local p = assert(io.popen("env -u LD_PRELOAD /usr/bin/python3 -c " .. raw.q(script) .. " "
+      .. raw.q(gw.ws_url) .. " " .. raw.q(gw:state().session) .. " 2>&1", "r"))
     local out = p:read("a")
     p:close()
     assert.equals("mockuser1\nact sts\ntic\n10 p\nclosed\n", out)

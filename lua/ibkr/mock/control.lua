@@ -210,12 +210,17 @@ routes["POST /__mock/config"] = function(m, t)
   return response.json(200, control.config(m))
 end
 
-routes["GET /__mock/log"] = function(m)
+-- A 200 answer { [key] = entries } with entries as a JSON array (an empty one too).
+local function listing(key, entries)
   local list = json.array()
-  for i, e in ipairs(m.gateway.log) do
+  for i, e in ipairs(entries) do
     list[i] = e
   end
-  return response.json(200, { requests = list })
+  return response.json(200, { [key] = list })
+end
+
+routes["GET /__mock/log"] = function(m)
+  return listing("requests", m.gateway.log)
 end
 
 local function clear_log(m)
@@ -422,11 +427,7 @@ routes["POST /__mock/ws/greet"] = function(m)
 end
 
 routes["GET /__mock/ws/messages"] = function(m)
-  local list = json.array()
-  for i, e in ipairs(m.push.log) do
-    list[i] = e
-  end
-  return response.json(200, { messages = list })
+  return listing("messages", m.push.log)
 end
 
 routes["DELETE /__mock/ws/messages"] = function(m)

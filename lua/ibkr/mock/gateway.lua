@@ -34,9 +34,11 @@ local USER_NAME = "mockuser1"
 gateway.USER_NAME = USER_NAME
 local ACCOUNT = "DU1234567"
 
+-- The wall clock in milliseconds (IBKR's timestamps), and a shallow copy: for the mock's modules.
 local function wall_ms()
   return math.floor(socket.gettime() * 1000)
 end
+gateway.wall_ms = wall_ms
 
 local function copy(t)
   local c = {}
@@ -45,6 +47,7 @@ local function copy(t)
   end
   return c
 end
+gateway.copy = copy
 
 local function random_hex(n)
   local out = {}
@@ -463,18 +466,22 @@ function gateway:api(req, api, now)
   return h(self, req, now)
 end
 
+-- Appends entry to a log of at most limit entries (the oldest go first). Returns entry.
+function gateway.append(log, entry, limit)
+  log[#log + 1] = entry
+  if #log > limit then
+    table.remove(log, 1)
+  end
+  return entry
+end
+
 function gateway:record(req, api)
   self.seq = self.seq + 1
   local entry = gateway.describe_request(req)
   entry.seq = self.seq
   entry.api = api
   entry.time = socket.gettime()
-  local log = self.log
-  log[#log + 1] = entry
-  if #log > self.config.log_limit then
-    table.remove(log, 1)
-  end
-  return entry
+  return gateway.append(self.log, entry, self.config.log_limit)
 end
 
 local LOGIN_PAGE = "<!DOCTYPE html><html><head><title>Client Portal Gateway</title></head><body>"

@@ -11,6 +11,7 @@ local response = require("ibkr.mock.response")
 local http = require("ibkr.mock.net.http")
 local ws = require("ibkr.mock.net.ws")
 local topics = require("ibkr.mock.topics")
+local gateway_mod = require("ibkr.mock.gateway")
 
 local push = {}
 push.__index = push
@@ -35,17 +36,7 @@ local LOG_TEXT_MAX = 4096 -- characters of a message kept in the log
 local CLOSED_KEPT = 20    -- ended connections listed by GET /__mock/ws
 local STS_ORDER = { "authenticated", "competing", "connected" }
 
-local function wall_ms()
-  return math.floor(socket.gettime() * 1000)
-end
-
-local function copy(t)
-  local c = {}
-  for k, v in pairs(t) do
-    c[k] = v
-  end
-  return c
-end
+local wall_ms, copy = gateway_mod.wall_ms, gateway_mod.copy
 
 local function earliest(a, b)
   if not a then
@@ -290,12 +281,7 @@ function push:record(cl, kind, data)
   self.seq = self.seq + 1
   local entry = { seq = self.seq, conn = cl.id, time = socket.gettime(), opcode = kind, bytes = #data,
     text = kind == "text" and data:sub(1, LOG_TEXT_MAX) or nil }
-  local log = self.log
-  log[#log + 1] = entry
-  if #log > self.config.ws_log_limit then
-    table.remove(log, 1)
-  end
-  return entry
+  return gateway_mod.append(self.log, entry, self.config.ws_log_limit)
 end
 
 -- A text message before the session is known: only {"session":...} counts.
@@ -371,12 +357,8 @@ function push:closed(cl, code, reason, how)
   end
   local closes = self.counters.closes
   closes[how] = (closes[how] or 0) + 1
-  local list = self.closed_list
-  list[#list + 1] = { conn = cl.id, code = code or json.null, reason = reason or "", how = how,
-    error = cl.error and cl.error.reason or nil, at = self.clock() }
-  if #list > CLOSED_KEPT then
-    table.remove(list, 1)
-  end
+  gateway_mod.append(self.closed_list, { conn = cl.id, code = code or json.null, reason = reason or "",
+    how = how, error = cl.error and cl.error.reason or nil, at = self.clock() }, CLOSED_KEPT)
 end
 
 ---------------------------------------------------------------------------------------------

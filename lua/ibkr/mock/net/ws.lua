@@ -234,19 +234,24 @@ function Conn:finish(how, code, reason)
   self.port.close(how ~= "peer" and how ~= "server" and how ~= "failed")
 end
 
--- Queues a frame. Returns true, or false when the connection is closing or closed, or when the
--- queue would pass max_queue: then the peer, which does not read, is dropped at once.
-function Conn:send(opcode, payload, fin)
+-- Queues bytes as they are (Conn:send frames them; raw bytes serve hostile tests). Returns true,
+-- or false when the connection is closing or closed, or when the queue would pass max_queue: then
+-- the peer, which does not read, is dropped at once.
+function Conn:raw(bytes)
   if self.state ~= "open" then
     return false
   end
-  local frame = ws.frame(opcode, payload, fin)
-  if self.queued + #frame > self.max_queue then
+  if self.queued + #bytes > self.max_queue then
     self:finish("overflow", 1006, "outgoing queue over " .. self.max_queue .. " bytes")
     return false
   end
-  self:enqueue(frame)
+  self:enqueue(bytes)
   return true
+end
+
+-- Queues a frame; returns as Conn:raw.
+function Conn:send(opcode, payload, fin)
+  return self:raw(ws.frame(opcode, payload, fin))
 end
 
 function Conn:enqueue(bytes)
@@ -260,19 +265,6 @@ end
 
 function Conn:text(s)
   return self:send(OP.text, s)
-end
-
--- Bytes written as they are, not framed (for hostile tests). Returns true or false as send.
-function Conn:raw(bytes)
-  if self.state ~= "open" then
-    return false
-  end
-  if self.queued + #bytes > self.max_queue then
-    self:finish("overflow", 1006, "outgoing queue over " .. self.max_queue .. " bytes")
-    return false
-  end
-  self:enqueue(bytes)
-  return true
 end
 
 -- Starts the closing handshake: a close frame, then the peer's close is awaited (close_timeout).
