@@ -25,6 +25,8 @@ LUA51      = env -u LUA_PATH -u LUA_CPATH -u LUA_INIT -u LUA_PATH_5_1 -u LUA_CPA
 DEPS       = gcc make pkg-config openssl lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson \
              luarocks libssl-dev libwslay-dev lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
 DEPS      += lua-zlib        # the mock gateway's gzip fault
+DEPS      += lua-luaossl     # the mock gateway's websocket handshake (SHA-1)
+DEPS      += python3-websocket # a second, independent websocket client in the mock's specs
 DEPS_CHECK = valgrind clang libclang-rt-14-dev
 DEPS_BENCH = nginx-light
 

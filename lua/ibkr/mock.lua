@@ -8,6 +8,7 @@
 -- lua-zlib; luv, when installed, is used only to catch SIGTERM/SIGINT for a graceful exit.
 local server_mod = require("ibkr.mock.net.server")
 local gateway_mod = require("ibkr.mock.gateway")
+local push_mod = require("ibkr.mock.push")
 local control = require("ibkr.mock.control")
 local tls_mod = require("ibkr.mock.net.tls")
 local json = require("ibkr.mock.json")
@@ -33,6 +34,9 @@ Options:
   --init-delay S         seconds from ssodh/init to ready (default 0.5)
   --reauth-delay S       seconds from reauthenticate to ready (default 0.5)
   --no-pacing            never answer 429
+  --ws-heartbeat S       seconds between the websocket's heartbeats (default 10)
+  --ws-greeting-delay S  seconds from a websocket's session to its greeting (default 0.25)
+  --ws-max-message N     bytes of a websocket message from a client (default 65536)
   --head-timeout S       seconds to complete a request head (default 5)
   --keepalive-timeout S  idle keep-alive connections are closed after S seconds (default 120)
   --parent-pid PID       exit when process PID is gone (for test harnesses)
@@ -72,7 +76,8 @@ local OPTIONS = {
   on_ready = "function", oauth = "table",
 }
 
--- Checks opts (raising on a programmer mistake) and returns the server and gateway settings.
+-- Checks opts (raising on a programmer mistake) and returns the gateway, server and websocket
+-- settings.
 local function check_options(opts)
   if type(opts) ~= "table" then
     error("ibkr.mock.new: options must be a table", 3)
@@ -130,7 +135,7 @@ end
 -- it cannot start (port taken, bad certificate). Raises on unknown or ill-typed options.
 function mock.new(opts)
   opts = opts or {}
-  local gconfig, sconfig = check_options(opts)
+  local gconfig, sconfig, pconfig = check_options(opts)
   local m = setmetatable({ tls = opts.tls ~= false, verbose = opts.verbose or false }, Mock)
   local ctx, err = tls_context(opts)
   if m.tls and not ctx then
@@ -153,7 +158,8 @@ function mock.new(opts)
       return control.handle(m, req)
     end
     sopts.log("conn %d: %s %s", req.conn_id, req.method, req.target)
-    local refused = m.oauth and m.oauth:handle(req, m.tls) -- a bad OAuth signature: 401
+    -- a bad OAuth signature: 401 (the websocket handshake is not signed: ibkr.mock.push checks it)
+    local refused = m.oauth and not push_mod.PATHS[req.path] and m.oauth:handle(req, m.tls)
     return refused or m.gateway:handle(req)
   end
   local srv
@@ -168,6 +174,7 @@ function mock.new(opts)
   m.pid = read_pid()
   m.gateway = gateway_mod.new({ state = opts.state or "ready", config = gconfig, clock = srv.clock,
     root = m.root })
+  m.push = push_mod.new({ gateway = m.gateway, clock = srv.clock, config = pconfig })
   if opts.oauth then -- OAuth 1.0a mode (ibkr.mock.oauth, docs/oauth.md)
     local found, oauth = pcall(require, "ibkr.mock.oauth")
     local oerr = not found and "OAuth mode needs the module ibkr.mock.oauth: " .. tostring(oauth)
@@ -178,6 +185,7 @@ function mock.new(opts)
       srv:close()
       return nil, oerr
     end
+    m.push.oauth_token = m.oauth.consumer.access_token -- the websocket's ?oauth_token=
   end
   m.initial_server = {}
   for k in pairs(server_mod.defaults) do
@@ -197,6 +205,7 @@ function Mock:reset()
     self.server[k] = v
   end
   self.verbose = self.initial_verbose
+  self.push:reset() -- first: every websocket connection ends at once, counters from zero
   self.gateway:reset()
 end
 
@@ -317,6 +326,9 @@ local VALUED = {
   ["--idle-timeout"] = function(o, v, name) o.config.idle_timeout = number(name, v) end,
   ["--init-delay"] = function(o, v, name) o.config.init_delay = number(name, v) end,
   ["--reauth-delay"] = function(o, v, name) o.config.reauth_delay = number(name, v) end,
+  ["--ws-heartbeat"] = function(o, v, name) o.config.ws_heartbeat = number(name, v) end,
+  ["--ws-greeting-delay"] = function(o, v, name) o.config.ws_greeting_delay = number(name, v) end,
+  ["--ws-max-message"] = function(o, v, name) o.config.ws_max_message = number(name, v, true) end,
   ["--head-timeout"] = function(o, v, name) o.server.head_timeout = number(name, v) end,
   ["--keepalive-timeout"] = function(o, v, name) o.server.keepalive_timeout = number(name, v) end,
   ["--parent-pid"] = function(o, v, name) o.parent_pid = number(name, v, true) end,
@@ -365,8 +377,8 @@ function mock.parse_args(argv)
   if (opts.cert ~= nil) ~= (opts.key ~= nil) then
     return nil, "--cert and --key go together"
   end
-  for _, k in ipairs({ "head_timeout", "keepalive_timeout" }) do
-    if opts.server[k] == 0 then
+  for _, k in ipairs({ "head_timeout", "keepalive_timeout", "ws_heartbeat", "ws_max_message" }) do
+    if (opts.server[k] or opts.config[k]) == 0 then
       return nil, "--" .. k:gsub("_", "-") .. " must be positive"
     end
   end
