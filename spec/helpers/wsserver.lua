@@ -260,7 +260,9 @@ local function read(conn)
     local data, err, partial = conn.sock:receive(65536)
     data = data or partial
     if data and #data > 0 then conn.buf, conn.bytes_in = conn.buf .. data, conn.bytes_in + #data end
-    if err == "closed" then
+    if err and err ~= "timeout" and err ~= "wantread" and err ~= "wantwrite" then
+      -- the peer is gone (closed, or a TLS error: luasec must never touch that session again,
+      -- its next read would spin for ever inside C)
       conn.gone, conn.eof = true, true
       return
     end
