@@ -64,11 +64,13 @@ describe("push channel, hostile upgrades", function()
       "protocol", "does not match the key sent" },
     { "no Sec-WebSocket-Accept", function(c) c:accept{ accept = false } end,
       "protocol", "has no Sec%-WebSocket%-Accept" },
-    { "an extension nobody asked for", function(c) c:accept{ headers = { "Sec-WebSocket-Extensions: permessage-deflate" } } end,
+    { "an extension nobody asked for",
+      function(c) c:accept{ headers = { "Sec-WebSocket-Extensions: permessage-deflate" } } end,
       "protocol", "names an extension" },
     { "something that is not HTTP", function(c) c:raw("SSH-2.0-OpenSSH\r\n\r\n") end,
       "protocol", "not HTTP" },
-    { "headers without end", function(c) c:raw("HTTP/1.1 101 OK\r\n" .. string.rep("X-Pad: 0123456789\r\n", 1200)) end,
+    { "headers without end",
+      function(c) c:raw("HTTP/1.1 101 OK\r\n" .. string.rep("X-Pad: 0123456789\r\n", 1200)) end,
       "protocol", "headers are longer than" },
     { "a hang-up before any answer", function(c) c:hangup() end,
       "protocol", "closed without an answer to the upgrade" },
@@ -83,7 +85,9 @@ describe("push channel, hostile upgrades", function()
   end
 
   it("keeps the status and body of a refused upgrade", function()
-    local lost = lost_then_back(function(c) c:accept{ status = 401, body = '{"error":"not authenticated"}' } end)
+    local lost = lost_then_back(function(c)
+      c:accept{ status = 401, body = '{"error":"not authenticated"}' }
+    end)
     assert.equal("http", lost.error.kind)
     assert.equal(401, lost.error.status)
     assert.equal("not authenticated", lost.error.data.error)
@@ -129,7 +133,10 @@ describe("push channel, hostile frames", function()
   end
 
   it("reports a close with an application code and its reason", function()
-    local lost, first = lost_then_back(function(c) c:accept{ greet = true }; c:close_frame(4000, "bye now") end)
+    local lost, first = lost_then_back(function(c)
+      c:accept{ greet = true }
+      c:close_frame(4000, "bye now")
+    end)
     assert.equal("closed", lost.error.kind)
     assert.equal(4000, lost.error.close_code)
     assert.matches("code 4000: bye now", lost.error.message)

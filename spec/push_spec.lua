@@ -62,7 +62,9 @@ for _, tls in ipairs({ false, true }) do
       local st = s:stream{ topics = { "sor+{}" }, tic_interval = 0.05,
         on_message = function(m) got[#got + 1] = m end }
       st:subscribe("spl+{}")
-      drive({ st }, function() return #only(got, "sor") == 1 and #only(got, "spl") == 1 and #only(got, "tic") >= 2 end)
+      drive({ st }, function()
+        return #only(got, "sor") == 1 and #only(got, "spl") == 1 and #only(got, "tic") >= 2
+      end)
       assert.equal("system", got[1].topic)
       assert.equal(265598, only(got, "sor")[1].args[1].conid)
       assert.is_true(only(got, "tic")[1].alive)
@@ -95,7 +97,7 @@ for _, tls in ipairs({ false, true }) do
       s:stop()
     end)
 
-    it("makes the keep-alive ask over REST at once when the channel is lost, and announces recovery", function()
+    it("makes the keep-alive ask over REST at once after a loss, and announces recovery", function()
       local s <close> = gw:session()
       local got, seen = {}, {}
       local ka = s:keepalive{ push = true, interval = 60, retry_interval = 0.2,

@@ -213,7 +213,7 @@ end)
 describe("s:stream ends", function()
   for _, tls in ipairs({ false, true }) do
     local over = tls and "wss" or "ws"
-    it("st:close() sends a close frame, frees the connection and ends the coroutine (" .. over .. ")", function()
+    it("st:close() sends a close frame, frees the connection, ends the coroutine (" .. over .. ")", function()
       local srv, ft, s, st = setup(nil, tls)
       local co = st:coroutine()
       wsserver.drive(co, srv, ft, function() return st:state() == "open" end)
