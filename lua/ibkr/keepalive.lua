@@ -24,7 +24,7 @@ M.LOOP_SLICE = 1             -- keepalive_loop notices stop()/close() within thi
 local OPTS = {
   interval = "number", retry_interval = "number", init = "boolean", compete = "boolean",
   validate_interval = "number", on_state = "function", on_error = "function",
-  on_repair = "function", sleep = "function", push = "boolean",
+  on_repair = "function", sleep = "function", push = "push",
 }
 
 local function check(opts, with_sleep, level)
@@ -35,7 +35,12 @@ local function check(opts, with_sleep, level)
     if not want or (k == "sleep" and not with_sleep) then
       error("keepalive: unknown option '" .. tostring(k) .. "'", level + 1)
     end
-    if type(v) ~= want then error("keepalive: '" .. k .. "' must be a " .. want, level + 1) end
+    if want == "push" then -- true, or the channel's options (as s:stream's): checked now
+      if type(v) == "table" then require("ibkr.stream").check(v, level + 1)
+      elseif type(v) ~= "boolean" then error("keepalive: 'push' must be a boolean or a table", level + 1) end
+    elseif type(v) ~= want then
+      error("keepalive: '" .. k .. "' must be a " .. want, level + 1)
+    end
   end
   local o = {
     interval = opts.interval or 60,
@@ -44,7 +49,7 @@ local function check(opts, with_sleep, level)
     compete = opts.compete == true,
     validate_interval = opts.validate_interval,
     on_state = opts.on_state, on_error = opts.on_error, on_repair = opts.on_repair,
-    sleep = opts.sleep, push = opts.push == true,
+    sleep = opts.sleep, push = opts.push or nil,
   }
   for _, k in ipairs{ "interval", "retry_interval", "validate_interval" } do
     local v = o[k]
@@ -207,7 +212,7 @@ end
 -- ends (stop, close, coroutine.close: a to-be-closed variable).
 local function run_with(s, o, w, alive, mode)
   if not o.push then return run(s, o, w, alive) end
-  local px <close> = require("ibkr.push").new(s, w, mode)
+  local px <close> = require("ibkr.push").new(s, w, mode, type(o.push) == "table" and o.push or nil)
   run(s, o, px.w, alive, px)
 end
 

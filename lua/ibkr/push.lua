@@ -92,13 +92,23 @@ local function loop_wait(px, base, mode)
   end
 end
 
--- push.new(s, base, mode): `base` the keep-alive's waiter (ibkr/waiter.lua), mode "yield",
--- "host" or "block". px.w is the waiter to use instead.
-function M.new(s, base, mode)
+-- push.new(s, base, mode [, opts]): `base` the keep-alive's waiter (ibkr/waiter.lua), mode
+-- "yield", "host" or "block"; opts: the channel's s:stream options (topics, on_message...), whose
+-- on_message also gets every message, and whose callback errors go to the keep-alive's on_error.
+-- px.w is the waiter to use instead.
+function M.new(s, base, mode, opts)
   local px = setmetatable({ s = s, live = base.live, interrupt = false, started = false,
     target = nil, until_ = 0, rep = nil }, Push)
   px.P = pollable(px)
-  px.st = s:stream{ on_message = function(msg) px:message(msg) end }
+  local so = {}
+  for k, v in pairs(opts or {}) do so[k] = v end
+  local user = so.on_message
+  so.on_message = function(msg)
+    px:message(msg)
+    if user then user(msg) end
+  end
+  so.on_error = so.on_error or function(err) if px.rep then px.rep.error(err) end end
+  px.st = s:stream(so)
   px.st._pushed = function(new, detail) px:pushed(new, detail) end
   px.co = px.st:coroutine()
   local w = { live = base.live, gone = base.gone, step = base.step, chunk = base.chunk }

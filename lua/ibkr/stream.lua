@@ -38,6 +38,7 @@ local OPTS = {
   tic_interval = "number", max_message = "number",
 }
 
+-- Checks s:stream's options; returns them resolved and the topics. Raises at `level`.
 local function check(opts, level)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then error("stream: options must be a table", level + 1) end
@@ -407,5 +408,6 @@ function M.new(s, opts)
 end
 
 M.Stream = Stream
+M.check = check
 
 return M

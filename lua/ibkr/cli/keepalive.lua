@@ -5,6 +5,7 @@
 --   {"time":..., "event":"state", "state":..., "old":..., "detail":{...} | "error":{...}}
 --   {"time":..., "event":"error", "error":{...}}
 --   {"time":..., "event":"repair", "action":..., "ok":bool, "result":{...} | "error":{...}}
+--   {"time":..., "event":"push", "push":"lost"|"reconnected"|"authenticated", "error":{...}}  (--push)
 --   {"time":..., "event":"stopped", "reason":"signal"|"duration", "signal":"INT"|"TERM",
 --    "state":..., "exit":N}
 -- Every text that came from the gateway is escaped onto one bounded line (ibkr/cli/out.lua),
@@ -57,6 +58,16 @@ local function printers(o, io_)
     local how = (res ~= nil and err == nil) and "ok: ready"
       or ("failed: " .. (err ~= nil and report.describe(err) or "the session is still not ready"))
     say(stderr, "repair: ", out.text(tostring(action), 64), " ", how)
+  end
+  -- --push: the channel's own events (lost, reconnected, authenticated), on stderr
+  function p.push(msg)
+    if msg.topic ~= "ibkr" then return end
+    local ev = out.text(tostring(msg.event), 64)
+    if o.json then
+      return emit{ event = "push", push = ev, down = msg.down, attempts = msg.attempts,
+        error = ibkr.is_error(msg.error) and report.plain_error(msg.error) or nil }
+    end
+    say(stderr, "push: ", ev, msg.error and (": " .. report.describe(msg.error)) or "")
   end
   function p.stopped(reason, sig, last, code)
     if o.json then
@@ -117,6 +128,7 @@ function M.run(s, o, io_)
     init = not o.no_init,
     compete = o.compete == true,
     on_state = ka.on_state, on_error = ka.on_error, on_repair = ka.on_repair,
+    push = o.push and { on_message = p.push } or nil,
   }
   local how, sig = drive.run(co, { deadline = o.duration and core.monotonic() + o.duration,
     after = ka.flush })
