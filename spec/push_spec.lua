@@ -152,6 +152,29 @@ for _, tls in ipairs({ false, true }) do
   end)
 end
 
+describe("keepalive_loop with push", function()
+  for _, how in ipairs({ "blocking", "a host's sleep" }) do
+    it("hears a pushed change while it waits (" .. how .. ")", function()
+      local gw <close> = assert(mock.start{ pacing = false, ws_greeting_delay = 0 })
+      local s <close> = gw:session()
+      local seen = {}
+      -- once greeted, the test makes the gateway see a competing login (the loop blocks this
+      -- thread: the change is made from its own callback)
+      local push = { on_message = function(m)
+        if m.topic == "system" and m.success then gw:set_state("competing") end
+      end }
+      local opts = { push = push, interval = 600, on_state = function(new, _, detail)
+        seen[#seen + 1] = { new, detail }
+        if new ~= "ready" then s:stop() end
+      end }
+      if how ~= "blocking" then opts.sleep = core.sleep end
+      s:keepalive_loop(opts)
+      assert.equal("competing", seen[2][1])
+      assert.same({ competing = true }, seen[2][2])
+    end)
+  end
+end)
+
 describe("the push channel's routes and credentials", function()
   it("goes through an explicit proxy as a tunnel, like REST", function()
     local gw <close> = assert(mock.start{ pacing = false, ws_greeting_delay = 0 })

@@ -169,9 +169,20 @@ end
 local Server = {}
 Server.__index = Server
 
+-- one self-signed certificate per process (openssl runs without a sanitizer preload)
+local tls_ctx
 local function tls_context()
-  local tls = require("ibkr.mock.net.tls")
-  return assert(tls.self_signed())
+  if tls_ctx then return tls_ctx end
+  local dir = os.tmpname()
+  os.remove(dir)
+  local q = require("spec.helpers.raw").q
+  assert(os.execute("mkdir " .. q(dir) .. " && env -u LD_PRELOAD openssl req -x509 -newkey ec"
+    .. " -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout " .. q(dir .. "/key.pem") .. " -out "
+    .. q(dir .. "/cert.pem") .. " -days 2 -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1"
+    .. " >/dev/null 2>&1"), "openssl failed")
+  tls_ctx = assert(require("ibkr.mock.net.tls").context(dir .. "/cert.pem", dir .. "/key.pem"))
+  os.execute("rm -rf " .. q(dir))
+  return tls_ctx
 end
 
 function M.new(opts)
