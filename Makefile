@@ -90,7 +90,8 @@ help:
 # check-memory  the whole busted suite under ASan+UBSan (module in build/asan, only libasan
 #               preloaded, the mock never), then valgrind memcheck over spec/c/memcheck.lua
 #               (MEMCHECK_CALLS calls covering every error kind; definite/indirect leaks fail)
-#               and over spec/c/oauth_memcheck.lua (OAUTH_ROUNDS rounds of the OAuth crypto)
+#               and over spec/c/oauth_memcheck.lua (OAUTH_ROUNDS rounds of the OAuth crypto) and
+#               spec/c/push_memcheck.lua (PUSH_ROUNDS rounds of the push channel's paths)
 # fuzz          libFuzzer over response handling for FUZZ_TIME seconds (default 30; 600 for a
 #               long run); new inputs go to build/fuzz/new, `make fuzz-merge` minimizes them
 #               into spec/fuzz/corpus
@@ -107,6 +108,7 @@ FUZZER         = build/fuzz/fuzz_response
 FUZZ_TIME     ?= 30
 MEMCHECK_CALLS ?= 10000
 OAUTH_ROUNDS   ?= 20
+PUSH_ROUNDS    ?= 2
 LONGRUN_TICKS ?= 100000
 LUA_CFLAGS     = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LIBASAN        = $(shell gcc -print-file-name=libasan.so)
@@ -118,11 +120,11 @@ LUAENV         = env -u LUA_INIT -u LUA_INIT_5_4 -u LUA_PATH_5_4 -u LUA_CPATH_5_
 VALGRIND       = valgrind -q --fair-sched=yes --leak-check=full --show-leak-kinds=definite,indirect \
                  --errors-for-leak-kinds=definite,indirect --error-exitcode=3 --keep-debuginfo=yes
 
-.PHONY: check check-memory asan valgrind valgrind-oauth fuzz fuzz-merge threads longrun longrun-short
+.PHONY: check check-memory asan valgrind valgrind-oauth valgrind-push fuzz fuzz-merge threads longrun longrun-short
 
 check: test check-memory fuzz threads longrun-short
 
-check-memory: asan valgrind valgrind-oauth
+check-memory: asan valgrind valgrind-oauth valgrind-push
 
 $(ASAN_MODULE): $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
@@ -137,6 +139,10 @@ asan: deps-check $(ASAN_MODULE) $(MODULE)
 
 valgrind: deps-check $(MODULE)
 	$(LUAENV) LUA_CPATH="./?.so;;" $(VALGRIND) $(LUA) spec/c/memcheck.lua $(MEMCHECK_CALLS)
+
+# the push channel's every path (streams, keep-alive push, the hostile server): PUSH_ROUNDS rounds
+valgrind-push: deps-check $(MODULE)
+	$(LUAENV) LUA_CPATH="./?.so;;" $(VALGRIND) $(LUA) spec/c/push_memcheck.lua $(PUSH_ROUNDS)
 
 # [oauth] every path of src/oauth.c (keys, handshake, signing, refusals) and an OAuth session
 valgrind-oauth: deps-check $(MODULE)
