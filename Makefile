@@ -151,7 +151,7 @@ valgrind-oauth: deps-check $(MODULE)
 $(FUZZER): spec/fuzz/fuzz_response.c $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(WARN) $(DEFS) \
-	  -D_DEFAULT_SOURCE $(LUA_CFLAGS) -o $@ spec/fuzz/fuzz_response.c -llua5.4 -lcurl -lcrypto -lm -pthread
+	  -D_DEFAULT_SOURCE $(LUA_CFLAGS) -o $@ spec/fuzz/fuzz_response.c -llua5.4 -lcurl -lcrypto -lwslay -lm -pthread
 
 fuzz: deps-check $(FUZZER)
 	@mkdir -p build/fuzz/new build/fuzz/seeds

@@ -73,19 +73,29 @@ static void drop(wsconn *c) {
 
 /* notes why c closes (the first reason given wins); safe inside wslay's
 ** callbacks, which must never see c dropped under them */
+static void vnote(wsconn *c, const char *kind, const char *fmt, va_list ap) {
+  if (c->kind != NULL) return;
+  c->kind = kind;
+  vsnprintf(c->why, sizeof c->why, fmt, ap);
+}
+
 static void note(wsconn *c, const char *kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void note(wsconn *c, const char *kind, const char *fmt, ...) {
-  if (c->kind == NULL) {
-    va_list ap;
-    c->kind = kind;
-    va_start(ap, fmt);
-    vsnprintf(c->why, sizeof c->why, fmt, ap);
-    va_end(ap);
-  }
+  va_list ap;
+  va_start(ap, fmt);
+  vnote(c, kind, fmt, ap);
+  va_end(ap);
 }
 
 /* closes c for the reason noted, or this one */
-#define fail(c, ...) (note((c), __VA_ARGS__), drop(c))
+static void give_up(wsconn *c, const char *kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void give_up(wsconn *c, const char *kind, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vnote(c, kind, fmt, ap);
+  va_end(ap);
+  drop(c);
+}
 
 /* ------------------------------------------------------------ the handshake */
 
@@ -173,30 +183,30 @@ static int check_answer(wsconn *c) {
   size_t len = 0;
   int n, major, minor, status;
   if (sscanf(h, "HTTP/%d.%d %3d", &major, &minor, &status) != 3 || status < 100 || status > 999)
-    return fail(c, "protocol", "the upgrade answer is not HTTP: %.40s", h), 0;
+    return give_up(c, "protocol", "the upgrade answer is not HTTP: %.40s", h), 0;
   if (status != 101) {
     size_t left = c->inlen - c->inoff, cut = left < IBKR_BODY_CUT ? left : IBKR_BODY_CUT;
     c->status = status;
     if (cut && (c->body = malloc(cut)) != NULL) memcpy(c->body, c->in + c->inoff, c->bodylen = cut);
-    return fail(c, "http", "the gateway answered %d to the websocket upgrade, not 101 Switching Protocols",
+    return give_up(c, "http", "the gateway answered %d to the websocket upgrade, not 101 Switching Protocols",
                 status), 0;
   }
   v = header(h, "Upgrade", &len, &n);
   if (n != 1 || len != 9 || strncasecmp(v, "websocket", 9) != 0)
-    return fail(c, "protocol", "the 101 answer does not say Upgrade: websocket"), 0;
+    return give_up(c, "protocol", "the 101 answer does not say Upgrade: websocket"), 0;
   v = header(h, "Connection", &len, &n);
   if (n < 1 || !has_token(v, len, "upgrade"))
-    return fail(c, "protocol", "the 101 answer does not say Connection: Upgrade"), 0;
+    return give_up(c, "protocol", "the 101 answer does not say Connection: Upgrade"), 0;
   v = header(h, "Sec-WebSocket-Accept", &len, &n);
   if (n != 1 || len != strlen(c->accept) || memcmp(v, c->accept, len) != 0)
-    return fail(c, "protocol", n ? "the 101 answer's Sec-WebSocket-Accept does not match the key sent"
+    return give_up(c, "protocol", n ? "the 101 answer's Sec-WebSocket-Accept does not match the key sent"
                                   : "the 101 answer has no Sec-WebSocket-Accept"), 0;
   if ((v = header(h, "Sec-WebSocket-Extensions", &len, &n)) != NULL && len > 0)
-    return fail(c, "protocol", "the 101 answer names an extension, none was offered"), 0;
+    return give_up(c, "protocol", "the 101 answer names an extension, none was offered"), 0;
   if ((v = header(h, "Sec-WebSocket-Protocol", &len, &n)) != NULL && len > 0)
-    return fail(c, "protocol", "the 101 answer names a subprotocol, none was offered"), 0;
+    return give_up(c, "protocol", "the 101 answer names a subprotocol, none was offered"), 0;
   if (wslay_event_context_client_init(&c->ws, &callbacks, c) != 0)
-    return fail(c, "protocol", "out of memory"), 0;
+    return give_up(c, "protocol", "out of memory"), 0;
   wslay_event_config_set_max_recv_msg_length(c->ws, c->max_message);
   c->opened = c->last_rx = ibkr_now();
   c->state = WS_OPEN;
@@ -237,7 +247,7 @@ static int upgrade(wsconn *c) {
     CURLcode rc = curl_easy_send(c->x.easy, c->req + c->reqoff, c->reqlen - c->reqoff, &n);
     c->want_write = rc == CURLE_AGAIN;
     if (rc == CURLE_AGAIN) return 0;
-    if (rc != CURLE_OK) return fail(c, "protocol", "sending the upgrade: %s", curl_easy_strerror(rc)), 0;
+    if (rc != CURLE_OK) return give_up(c, "protocol", "sending the upgrade: %s", curl_easy_strerror(rc)), 0;
     c->reqoff += n;
     c->tx_bytes += (lua_Integer)n;
   }
@@ -247,11 +257,11 @@ static int upgrade(wsconn *c) {
     char *end;
     ssize_t got = read_some(c, &eof);
     if (got < 0) return drop(c), 0;
-    if (eof) return fail(c, "protocol", old ? "the connection closed inside the upgrade answer"
+    if (eof) return give_up(c, "protocol", old ? "the connection closed inside the upgrade answer"
                                             : "the connection closed without an answer to the upgrade"), 0;
     if (got == 0) return 0;
     if (!ibuf_add(&c->head, (const char *)c->in, (size_t)got) || !ibuf_add(&c->head, "", 1))
-      return fail(c, "protocol", "out of memory"), 0;
+      return give_up(c, "protocol", "out of memory"), 0;
     c->head.n--;                                /* kept NUL-terminated */
     end = strstr(c->head.p + (old > 3 ? old - 3 : 0), "\r\n\r\n");
     if (end != NULL) {
@@ -262,7 +272,7 @@ static int upgrade(wsconn *c) {
       return check_answer(c);
     }
     if (c->head.n > WS_HEAD_MAX)
-      return fail(c, "protocol", "the upgrade answer's headers are longer than %d bytes", WS_HEAD_MAX), 0;
+      return give_up(c, "protocol", "the upgrade answer's headers are longer than %d bytes", WS_HEAD_MAX), 0;
   }
 }
 
@@ -373,14 +383,14 @@ static void stopped(wsconn *c) {
   sent = wslay_event_get_close_sent(c->ws) ? wslay_event_get_status_code_sent(c->ws) : 0;
   c->close_code = sent;
   if (sent == WSLAY_CODE_MESSAGE_TOO_BIG)
-    fail(c, "too_large", "a websocket message longer than max_message (%lu bytes)",
+    give_up(c, "too_large", "a websocket message longer than max_message (%lu bytes)",
          (unsigned long)c->max_message);
   else if (sent == WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA)
-    fail(c, "protocol", "the gateway sent a text frame (or close reason) that is not UTF-8");
+    give_up(c, "protocol", "the gateway sent a text frame (or close reason) that is not UTF-8");
   else if (sent == WSLAY_CODE_PROTOCOL_ERROR)
-    fail(c, "protocol", "the gateway broke the websocket protocol (RFC 6455): close 1002 sent");
+    give_up(c, "protocol", "the gateway broke the websocket protocol (RFC 6455): close 1002 sent");
   else
-    fail(c, "protocol", "the gateway sent a malformed websocket frame (RFC 6455)");
+    give_up(c, "protocol", "the gateway sent a malformed websocket frame (RFC 6455)");
 }
 
 /* frames in and out; returns whether there is more to do at once */
@@ -391,10 +401,10 @@ static int exchange(wsconn *c) {
   if (rv == WSLAY_ERR_NOMEM) note(c, "protocol", "out of memory");
   if (rv != 0 || c->kind || !wslay_event_get_read_enabled(c->ws)) return stopped(c), 0;
   if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) != 0)
-    return fail(c, "protocol", "sending failed"), 0;
+    return give_up(c, "protocol", "sending failed"), 0;
   queued = wslay_event_get_queued_msg_length(c->ws);
   if (queued > qmax)
-    return fail(c, "protocol", "the gateway does not read what is sent to it (%lu bytes waiting)",
+    return give_up(c, "protocol", "the gateway does not read what is sent to it (%lu bytes waiting)",
                 (unsigned long)queued), 0;
   return c->inoff < c->inlen || c->budget == 0 || c->first != NULL;
 }
@@ -423,7 +433,7 @@ int wsconn_start(wsconn *c, CURL *e, struct curl_slist *resolve, const char *url
   c->in = malloc(WS_READ_SIZE);
   if (!c->x.url || !c->in || !make_request(c, head)) {
     curl_easy_cleanup(e);
-    return fail(c, "protocol", "out of memory"), 0;
+    return give_up(c, "protocol", "out of memory"), 0;
   }
   c->x.max_body = IBKR_BODY_CUT;                /* a proxy's answer to CONNECT, if any */
   curl_easy_setopt(e, CURLOPT_URL, c->x.url);
@@ -431,7 +441,7 @@ int wsconn_start(wsconn *c, CURL *e, struct curl_slist *resolve, const char *url
   curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
   curl_easy_setopt(e, CURLOPT_HTTPPROXYTUNNEL, 1L);    /* through a proxy: a tunnel (CONNECT) */
   if (!xfer_connect(&c->x, &c->home, e, timeout_ms))
-    return fail(c, "connect", "%s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(c->x.code)), 1;
+    return give_up(c, "connect", "%s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(c->x.code)), 1;
   return 1;
 }
 
@@ -439,10 +449,10 @@ int wsconn_start(wsconn *c, CURL *e, struct curl_slist *resolve, const char *url
 static int connected(wsconn *c) {
   if (!xfer_done(&c->x)) return 0;
   if (c->x.code != CURLE_OK)
-    return fail(c, request_kind(c->x.code, 0), "%s",
+    return give_up(c, request_kind(c->x.code, 0), "%s",
                 c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(c->x.code)), 0;
   if (curl_easy_getinfo(c->x.easy, CURLINFO_ACTIVESOCKET, &c->sock) != CURLE_OK || c->sock == CURL_SOCKET_BAD)
-    return fail(c, "protocol", "the connection was lost as it was made"), 0;
+    return give_up(c, "protocol", "the connection was lost as it was made"), 0;
   c->pfd = fcntl(c->sock, F_DUPFD_CLOEXEC, 0);
   c->state = WS_UPGRADING;
   return 1;
@@ -456,7 +466,7 @@ static int connected(wsconn *c) {
 */
 int wsconn_step(wsconn *c) {
   if (c->state == WS_CLOSED) return 0;
-  if (forked(c)) return fail(c, "closed", "the websocket was opened before fork()"), 0;
+  if (forked(c)) return give_up(c, "closed", "the websocket was opened before fork()"), 0;
   c->budget = WS_STEP_BYTES;
   if (c->state == WS_CONNECTING && !connected(c)) return 0;
   if (c->state == WS_UPGRADING && !upgrade(c)) return 0;
@@ -479,7 +489,7 @@ int wsconn_send(wsconn *c, const char *data, size_t len, int binary) {
   struct wslay_event_msg m = { binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, (const uint8_t *)data, len };
   if (c->state != WS_OPEN || wslay_event_queue_msg(c->ws, &m) != 0) return 0;
   c->tx_msgs++;
-  if (wslay_event_send(c->ws) != 0) return fail(c, "protocol", "sending failed"), 1;
+  if (wslay_event_send(c->ws) != 0) return give_up(c, "protocol", "sending failed"), 1;
   return 1;
 }
 
@@ -490,7 +500,7 @@ void wsconn_close(wsconn *c, int code) {
     wslay_event_send(c->ws);
     c->close_code = code;
   }
-  if (c->state != WS_CLOSED) fail(c, "closed", "closed by the caller");
+  if (c->state != WS_CLOSED) give_up(c, "closed", "closed by the caller");
 }
 
 /* frees everything c holds; idempotent */
