@@ -11,6 +11,7 @@
 -- id the websocket is authenticated with) and ends with the keep-alive.
 
 local core = require("ibkr.core")
+local state = require("ibkr.state")
 
 local M = {}
 
@@ -125,11 +126,12 @@ function Push:start(rep)
   self.started = true
 end
 
--- A pushed state: a change is reported at once (a drop) and checked over REST at once.
+-- A pushed state: a drop worse than the keep-alive's state is reported at once; any difference is
+-- checked over REST at once (a recovery waits for REST's word).
 function Push:pushed(new, detail)
   local rep = self.rep
   if not rep or new == rep.current then return end
-  if new ~= "ready" then rep.state(new, detail) end -- a recovery waits for REST's word
+  if state.worse(new, rep.current) then rep.state(new, detail) end
   self.interrupt = true
 end
 

@@ -128,6 +128,18 @@ function M.of_status(st)
   return "error" -- neither key: not a status body (e.g. {"error":"failed to process request"})
 end
 
+-- How far from ready the states of a reachable gateway are: a competing login, then lost
+-- authentication, then a lost backend connection, then no session at all.
+local DEPTH = { ready = 0, competing = 1, unauthenticated = 2, disconnected = 3, no_session = 4 }
+
+-- Whether `new` is worse news than `old` about a reachable gateway: deeper on that ladder, or
+-- `old` unknown or off it (down, tls, error). The push channel tells drops only (IBKR never
+-- pushes a recovery), so a pushed state that is not worse than what REST said is stale.
+function M.worse(new, old)
+  local n, o = DEPTH[new], DEPTH[old]
+  return n ~= nil and (o == nil or n > o)
+end
+
 -- Whether an error is a redirect to the gateway's SSO login pages (/sso/Login, /sso/Dispatcher):
 -- the SSO session is gone and only a browser login helps (field report ibeam #257).
 function M.is_login_redirect(err)

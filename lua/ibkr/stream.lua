@@ -243,18 +243,24 @@ local function session_id(st, w)
   return sid
 end
 
--- The gateway's sts message: a drop of authentication (or a competing login, a lost backend
--- connection) becomes the session's state at once; a recovery is not believed until REST says so
--- (IBKR pushes the drop, never the recovery: facts §10).
+-- The gateway's sts messages: the greeting's is whole, later ones carry the fields that changed
+-- ({"authenticated":false}, then {"competing":false}...); they are applied in turn to what this
+-- connection was told since the session was last seen ready (a recovery is never pushed: once
+-- REST saw the session ready again, what was pushed before is history). A drop of authentication
+-- (or a competing login, a lost backend connection) worse than the session's state becomes its
+-- state at once; a recovery is not believed until REST says so (IBKR pushes the drop, never the
+-- recovery: facts §10).
+local STS = { "connected", "authenticated", "competing", "established", "message", "fail" }
 local function on_sts(st, msg)
   local args = msg.args
   if type(args) ~= "table" then return end
-  local merged = {
-    connected = args.connected ~= false, authenticated = args.authenticated ~= false,
-    competing = args.competing == true, message = args.message, fail = args.fail,
-  }
-  local new = state.of_status(merged)
-  if new ~= "ready" and new ~= "error" then st._s:observe(new, args) end
+  local told = (st._s:state() ~= "ready" and st._told) or { connected = true, authenticated = true,
+    competing = false }
+  for _, k in ipairs(STS) do if args[k] ~= nil then told[k] = args[k] end end
+  st._told = told
+  local new = state.of_status(told)
+  if new == "error" then return end
+  if state.worse(new, (st._s:state())) then st._s:observe(new, args) end
   if st._pushed then st._pushed(new, args) end -- the keep-alive's (ibkr/push.lua)
 end
 
@@ -305,6 +311,7 @@ end
 local function hold(st, ws, ctx)
   local s, o = st._s, st._o
   local heard, rx, upgraded = s:now(), 0, false
+  st._told = nil -- what this connection's sts messages said
   while st:_alive() do
     local more = ws:step()
     local now = s:now()
