@@ -210,6 +210,30 @@ describe("s:stream timers and reconnects", function()
   end)
 end)
 
+describe("s:stream and the session's state", function()
+  it("takes pushed drops as the session's state, never a stale shallower one", function()
+    local srv, ft, s, st, got = setup()
+    local co = st:coroutine()
+    wsserver.drive(co, srv, ft, function() return st:state() == "open" end)
+    local conn = srv:last()
+    local function push(args)
+      local n = #got
+      conn:text('{"topic":"sts","args":' .. args .. '}')
+      wsserver.drive(co, srv, ft, function() return #got > n end)
+      return (s:state())
+    end
+    assert.equal("unauthenticated", push('{"authenticated":false}'))
+    assert.equal("disconnected", push('{"connected":false}'))     -- applied to what was told
+    s:observe("ready", {})                                        -- REST saw it ready again
+    assert.equal("unauthenticated", push('{"authenticated":false}')) -- not the old "disconnected"
+    s:observe("no_session", {})
+    assert.equal("no_session", push('{"competing":true}'))         -- shallower: stale, not told
+    st:close()
+    srv:close()
+    s:close()
+  end)
+end)
+
 describe("s:stream ends", function()
   for _, tls in ipairs({ false, true }) do
     local over = tls and "wss" or "ws"
