@@ -24,6 +24,7 @@ dependencies = {
 external_dependencies = {
   CURL = { library = "curl" },
   OPENSSL = { library = "crypto" },  -- OAuth 1.0a (src/oauth.c); Debian: libssl-dev
+  WSLAY = { header = "wslay/wslay.h", library = "wslay" }, -- the push channel's framing; Debian: libwslay-dev
 }
 build = {
   type = "builtin",
@@ -31,13 +32,14 @@ build = {
     ["ibkr.core"] = {
       sources = { "src/core.c", "src/session.c", "src/request.c", "src/transfer.c", "src/conn.c", "src/wire.c",
                   "src/buf.c", "src/json.c", "src/error.c",
-                  "src/signal.c", "src/oauth.c" },
-      libraries = { "curl", "crypto", "pthread", "m" },
+                  "src/signal.c", "src/oauth.c", "src/websocket.c", "src/wsconn.c" },
+      libraries = { "curl", "crypto", "wslay", "pthread", "m" },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(WSLAY_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(WSLAY_LIBDIR)" },
     },
     ["ibkr.call"] = "lua/ibkr/call.lua",
+    ["ibkr.callback"] = "lua/ibkr/callback.lua",
     ["ibkr.cli"] = "lua/ibkr/cli.lua",
     ["ibkr.cli.args"] = "lua/ibkr/cli/args.lua",
     ["ibkr.cli.commands"] = "lua/ibkr/cli/commands.lua",
@@ -46,14 +48,17 @@ build = {
     ["ibkr.cli.keepalive"] = "lua/ibkr/cli/keepalive.lua",
     ["ibkr.cli.out"] = "lua/ibkr/cli/out.lua",
     ["ibkr.cli.report"] = "lua/ibkr/cli/report.lua",
+    ["ibkr.cli.watch"] = "lua/ibkr/cli/watch.lua",
     ["ibkr"] = "lua/ibkr/init.lua",
     ["ibkr.keepalive"] = "lua/ibkr/keepalive.lua",
     ["ibkr.oauth"] = "lua/ibkr/oauth.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
+    ["ibkr.push"] = "lua/ibkr/push.lua",
     ["ibkr.repair"] = "lua/ibkr/repair.lua",
     ["ibkr.retry"] = "lua/ibkr/retry.lua",
     ["ibkr.run"] = "lua/ibkr/run.lua",
     ["ibkr.state"] = "lua/ibkr/state.lua",
+    ["ibkr.stream"] = "lua/ibkr/stream.lua",
     ["ibkr.waiter"] = "lua/ibkr/waiter.lua",
     ["ibkr.version"] = "lua/ibkr/version.lua",
   },

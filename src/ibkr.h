@@ -6,6 +6,8 @@
 ** Who calls whom (never the other way round):
 **   core.c -> session.c -> request.c -> transfer.c -> conn.c, buf.c
 **   session.c, request.c -> wire.c;  request.c -> json.c, error.c
+**   core.c -> websocket.c -> session.c, wire.c, wsconn.c (wsconn.h), json.c, error.c
+**   wsconn.c -> transfer.c, buf.c, request.c (request_kind: the kind of a transfer error)
 */
 #ifndef IBKR_H
 #define IBKR_H
@@ -219,8 +221,7 @@ struct session *session_parts(lua_State *L, int idx, const sconf **c, xhome **h)
 /* ------------------------------------------------------------ websocket.c */
 
 #define WEBSOCKET_MT "ibkr.websocket"
-int websocket_new(lua_State *L);
-void websocket_open(lua_State *L);
+void websocket_open(lua_State *L);   /* after session_open: adds s:websocket to the session class */
 
 /* ------------------------------------------------------------ json.c, error.c */
 

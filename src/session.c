@@ -338,7 +338,6 @@ static const luaL_Reg session_meth[] = {
   {"closed", session_closed},
   {"busy", session_busy},
   {"info", session_info},
-  {"websocket", websocket_new},
   {NULL, NULL}
 };
 

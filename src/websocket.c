@@ -105,7 +105,7 @@ static int build_head(ibuf *b, const sconf *c, const callspec *cs) {
 ** max_message (bytes; default 1 MiB). Raises on programmer errors. The
 ** connect starts at once on the engine thread.
 */
-int websocket_new(lua_State *L) {
+static int websocket_new(lua_State *L) {
   callspec cs;
   const sconf *conf;
   xhome *home;
@@ -306,7 +306,13 @@ static const luaL_Reg ws_metameth[] = {
   {NULL, NULL}
 };
 
-/* registers the class (s:websocket is a session method: session.c) */
+/* registers the class, and s:websocket as a method of the session class (registered before:
+** core.c's mods[]), so session.c needs nothing of this file */
 void websocket_open(lua_State *L) {
   ibkr_createmeta(L, WEBSOCKET_MT, ws_meth, ws_metameth);
+  luaL_getmetatable(L, SESSION_MT);
+  lua_getfield(L, -1, "__index");
+  lua_pushcfunction(L, websocket_new);
+  lua_setfield(L, -2, "websocket");
+  lua_pop(L, 2);
 }
