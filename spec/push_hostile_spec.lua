@@ -275,3 +275,24 @@ describe("push channel, odd but lawful frames", function()
     s:close()
   end)
 end)
+
+describe("a keep-alive holding the channel of a gateway that hangs", function()
+  it("takes silence then no REST answer within a second as down", function()
+    local srv = wsserver.new()
+    local ft = clock.new()
+    local s = ibkr.new{ base_url = srv.url, clock = ft.clock }
+    local seen = {}
+    local co = s:keepalive{ interval = 600, push = { heartbeat_timeout = 5 },
+      on_state = function(new, _, detail) seen[#seen + 1] = { new, detail } end }
+    wsserver.drive(co, srv, ft, function() return srv:last() and srv:last().upgraded and #seen == 1 end)
+    assert.equal("ready", seen[1][1])
+    local hung = false
+    srv.on_http = function() hung = true; return true end -- reads the tickle, never answers
+    wsserver.drive(co, srv, ft, function() return #seen == 2 end, 30)
+    assert.is_true(hung)
+    assert.equal("down", seen[2][1])
+    assert.equal("timeout", seen[2][2].kind)
+    s:close()
+    srv:close()
+  end)
+end)

@@ -93,17 +93,17 @@ local function reporter(s, o)
   return r
 end
 
--- The state after one tickle: (state, detail), or nil when the answer says nothing new (held
--- back). A tickle answer that carries no status, or that judge() refuses without saying "no
--- session", is followed by /iserver/auth/status.
-local function observe(s, w, rep, alive)
-  local res, err = s:endpoint(w, "tickle")
+-- The state after one tickle (within `deadline`, the session's clock, when given): (state,
+-- detail), or nil when the answer says nothing new (held back). A tickle answer that carries no
+-- status, or that judge() refuses without saying "no session", is followed by /iserver/auth/status.
+local function observe(s, w, rep, alive, deadline)
+  local res, err = s:endpoint(w, "tickle", nil, deadline)
   if not alive() then return end
   if res ~= nil then
     local st, why = state.of_answer("tickle", res)
     if why then rep.error(state.refusal("POST", "/tickle", res, why)) end
     if st and st ~= "error" then return st, state.tickle_status(res) or res end
-    res, err = s:endpoint(w, "auth_status")
+    res, err = s:endpoint(w, "auth_status", nil, deadline)
     if not alive() then return end
     if res ~= nil then
       st, why = state.of_answer("auth_status", res)
@@ -180,7 +180,7 @@ local function run(s, o, w, alive, px)
   local sched = repair.new(o.retry_interval)
   local next_validate = o.validate_interval and s:now() + o.validate_interval
   while alive() do
-    local st, detail = observe(s, w, rep, alive)
+    local st, detail = observe(s, w, rep, alive, px and px:probe_deadline())
     if not alive() then return end
     local got_through = st ~= nil -- false: held back (429, Retry-After): retry sooner, state kept
     if st or not rep.current then rep.state(st or "error", detail) end

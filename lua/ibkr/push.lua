@@ -17,6 +17,8 @@ local M = {}
 
 M.PUSH_CAP = 0.25  -- seconds: the longest the channel goes unlooked-at during a REST exchange
 M.HOST_SLICE = 0.1 -- seconds: an inline loop with a host's sleep looks at the channel this often
+M.PROBE = 1        -- seconds the REST check after a silent channel gets: a gateway silent on its
+                   -- websocket that does not answer REST within this is down
 
 local Push = {}
 Push.__index = Push
@@ -135,9 +137,20 @@ function Push:pushed(new, detail)
   self.interrupt = true
 end
 
--- The channel's own events: a loss makes the keep-alive look at the gateway at once.
+-- The channel's own events: a loss makes the keep-alive look at the gateway at once (within PROBE
+-- seconds when the channel fell silent: then the gateway may well be hung).
 function Push:message(msg)
-  if msg.topic == "ibkr" and msg.event == "lost" then self.interrupt = true end
+  if msg.topic == "ibkr" and msg.event == "lost" then
+    self.interrupt = true
+    if type(msg.error) == "table" and msg.error.kind == "timeout" then self.silent = true end
+  end
+end
+
+-- The deadline (the session's clock) of the keep-alive's next REST check, or nil; once.
+function Push:probe_deadline()
+  if not self.silent then return nil end
+  self.silent = false
+  return self.s:now() + M.PROBE
 end
 
 function Push:close()
