@@ -17,10 +17,10 @@
 ** Bounds: one step reads at most WS_STEP_BYTES (then it says "more"), reads
 ** in WS_READ_SIZE pieces (a whole TLS record: nothing decrypted is left in
 ** OpenSSL's buffer where a poll(2) would not see it), never reads while
-** WS_STEP_BYTES of received messages wait to be read, and refuses a message
+** WS_INBOX_MAX of received messages wait to be read, and refuses a message
 ** longer than max_message as soon as a frame header announces it (close
 ** 1009, before anything is allocated). A peer that does not read what it
-** is sent (pongs of a ping flood) is dropped once 4 * WS_STEP_BYTES plus
+** is sent (pongs of a ping flood) is dropped once 4 * WS_INBOX_MAX plus
 ** max_message wait to be sent.
 */
 #include <stdarg.h>
@@ -64,8 +64,10 @@ static void drop(wsconn *c) {
   }
   if (c->ws) wslay_event_context_free(c->ws);
   c->ws = NULL;
-  if (forked(c)) c->x.easy = NULL;             /* the parent's handle: never touched */
-  xfer_close(&c->x);                           /* stops a connect; the handle goes with its connection */
+  if (forked(c)) c->x.easy = c->easy = NULL;  /* the parent's handle: never touched */
+  xfer_close(&c->x);                           /* stops a connect under way */
+  if (c->easy) curl_easy_cleanup(c->easy);     /* leaves the lane: its connection is closed */
+  c->easy = NULL;
   xhome_close(&c->home, forked(c));
   c->sock = CURL_SOCKET_BAD;
   c->state = WS_CLOSED;
@@ -222,7 +224,7 @@ static ssize_t read_some(wsconn *c, int *eof) {
   *eof = 0;
   if (c->budget == 0) return 0;
   c->x.errbuf[0] = '\0';
-  rc = curl_easy_recv(c->x.easy, c->in, WS_READ_SIZE, &n);
+  rc = curl_easy_recv(c->easy, c->in, WS_READ_SIZE, &n);
   if (rc == CURLE_AGAIN) return 0;
   if (rc != CURLE_OK) {
     note(c, "protocol", "receiving: %s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
@@ -244,7 +246,7 @@ static ssize_t read_some(wsconn *c, int *eof) {
 static int upgrade(wsconn *c) {
   while (c->reqoff < c->reqlen) {
     size_t n = 0;
-    CURLcode rc = curl_easy_send(c->x.easy, c->req + c->reqoff, c->reqlen - c->reqoff, &n);
+    CURLcode rc = curl_easy_send(c->easy, c->req + c->reqoff, c->reqlen - c->reqoff, &n);
     c->want_write = rc == CURLE_AGAIN;
     if (rc == CURLE_AGAIN) return 0;
     if (rc != CURLE_OK) return give_up(c, "protocol", "sending the upgrade: %s", curl_easy_strerror(rc)), 0;
@@ -307,7 +309,7 @@ static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
     return -1;
   }
   c->x.errbuf[0] = '\0';
-  rc = curl_easy_send(c->x.easy, data, len, &n);
+  rc = curl_easy_send(c->easy, data, len, &n);
   c->want_write = rc == CURLE_AGAIN;
   if (rc == CURLE_AGAIN) {
     wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
@@ -396,8 +398,8 @@ static void stopped(wsconn *c) {
 /* frames in and out; returns whether there is more to do at once */
 static int exchange(wsconn *c) {
   int rv = 0;
-  size_t qmax = 4 * WS_STEP_BYTES + c->max_message, queued;
-  if (c->inbox < WS_STEP_BYTES) rv = wslay_event_recv(c->ws);
+  size_t qmax = 4 * WS_INBOX_MAX + c->max_message, queued;
+  if (c->inbox < WS_INBOX_MAX) rv = wslay_event_recv(c->ws);
   if (rv == WSLAY_ERR_NOMEM) note(c, "protocol", "out of memory");
   if (rv != 0 || c->kind || !wslay_event_get_read_enabled(c->ws)) return stopped(c), 0;
   if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) != 0)
@@ -451,7 +453,12 @@ static int connected(wsconn *c) {
   if (c->x.code != CURLE_OK)
     return give_up(c, request_kind(c->x.code, 0), "%s",
                 c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(c->x.code)), 0;
-  if (curl_easy_getinfo(c->x.easy, CURLINFO_ACTIVESOCKET, &c->sock) != CURLE_OK || c->sock == CURL_SOCKET_BAD)
+  /* the exchange is over: the handle (still in the lane, where its connection lives) is ours,
+  ** the exchange's completion descriptor goes */
+  c->easy = c->x.easy;
+  c->x.easy = NULL;
+  xfer_close(&c->x);
+  if (curl_easy_getinfo(c->easy, CURLINFO_ACTIVESOCKET, &c->sock) != CURLE_OK || c->sock == CURL_SOCKET_BAD)
     return give_up(c, "protocol", "the connection was lost as it was made"), 0;
   c->pfd = fcntl(c->sock, F_DUPFD_CLOEXEC, 0);
   c->state = WS_UPGRADING;
@@ -506,7 +513,7 @@ void wsconn_close(wsconn *c, int code) {
 /* frees everything c holds; idempotent */
 void wsconn_free(wsconn *c) {
   wsmsg *m;
-  if (c->state != WS_CLOSED || c->x.easy || c->home.lane) drop(c);
+  if (c->state != WS_CLOSED || c->x.easy || c->easy || c->home.lane) drop(c);
   while ((m = wsconn_pop(c)) != NULL) free(m);
   free(c->req);
   free(c->in);

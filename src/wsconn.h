@@ -12,7 +12,8 @@
 #include "ibkr.h"
 
 #define WS_READ_SIZE 16384          /* one TLS record: a read never leaves decrypted bytes behind */
-#define WS_STEP_BYTES 65536         /* bytes one step reads at most (then it says: more) */
+#define WS_STEP_BYTES 16384         /* bytes one step reads at most (then it says: more) */
+#define WS_INBOX_MAX 65536          /* no reading while this much was received and not read */
 #define WS_HEAD_MAX 16384           /* the upgrade answer's status line and headers */
 #define WS_MAX_MESSAGE (1024 * 1024) /* default bound of one received message */
 
@@ -29,7 +30,8 @@ typedef struct wsmsg {
 typedef struct wsconn {
   int state;                  /* WS_* */
   xhome home;                 /* its own lane: the multi handle its connection is made in and lives in */
-  xfer x;                     /* the connect (CONNECT_ONLY), then the kept handle */
+  xfer x;                     /* the connect (CONNECT_ONLY) */
+  CURL *easy;                 /* then its handle, kept in the lane: the connection */
   curl_socket_t sock;         /* the connection's socket, once connected */
   int pfd;                    /* a duplicate of it handed to waiters (closed with the connection) */
   char *req;                  /* the upgrade request */

@@ -26,7 +26,8 @@ local M = {}
 M.BACKOFF_BASE = 1     -- seconds: the first reconnect step (doubling, equal jitter)
 M.BACKOFF_CAP = 60     -- seconds: the longest pause between two attempts
 M.REPAIR_LOOK = 1      -- seconds between looks at s:state() while the session is not authenticated
-M.SLICE = 0.0005       -- seconds of on_message calls in one resume before it yields (then at once)
+M.SLICE = 0.0005       -- seconds of one resume (its step, then on_message calls) before it yields
+                       -- (then to be resumed at once)
 M.MAX_QUEUE = 1000     -- messages st:send keeps before the greeting
 M.TIC = "tic"
 
@@ -293,10 +294,9 @@ local function handle(st, ws, msg, ctx)
   st:_deliver(msg)
 end
 
--- Reads what the step received and hands it over, for at most SLICE seconds. Returns true when
--- messages are left (resume at once).
-local function drain(st, ws, ctx)
-  local t0 = core.monotonic()
+-- Reads what the step received and hands it over until SLICE seconds after t0 (the resume's
+-- start). Returns true when messages are left (resume at once).
+local function drain(st, ws, ctx, t0)
   while st:_alive() do
     local msg = ws:read()
     if msg == nil then return false end
@@ -313,13 +313,14 @@ local function hold(st, ws, ctx)
   local heard, rx, upgraded = s:now(), 0, false
   st._told = nil -- what this connection's sts messages said
   while st:_alive() do
+    local t0 = core.monotonic()
     local more = ws:step()
     local now = s:now()
     local got = ws:received()
     if got ~= rx then rx, heard = got, now end
     local wst, err = ws:state()
     if not upgraded and wst ~= "connecting" then upgraded, heard = true, now end
-    if drain(st, ws, ctx) then more = true end
+    if drain(st, ws, ctx, t0) then more = true end
     if not st:_alive() then return nil end
     if wst == "closed" then return err or channel_error("closed", "the websocket closed") end
     if upgraded and now - heard >= o.heartbeat_timeout then
