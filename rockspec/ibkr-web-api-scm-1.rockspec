@@ -29,9 +29,11 @@ build = {
   type = "builtin",
   modules = {
     ["ibkr.core"] = {
-      sources = { "src/core.c", "src/session.c", "src/request.c", "src/transfer.c", "src/conn.c", "src/wire.c",
-                  "src/buf.c", "src/json.c", "src/error.c",
-                  "src/signal.c", "src/oauth.c" },
+      sources = { "src/core.c", "src/session.c", "src/request.c", "src/message.c", "src/error.c", "src/json.c",
+                  "src/wire.c", "src/signal.c", "src/oauth.c",
+                  -- the Lua-free part: engine thread, warm lane, transfers, connections, text, buffers
+                  "src/lib/transfer.c", "src/lib/lane.c", "src/lib/engine.c", "src/lib/handle.c",
+                  "src/lib/conn.c", "src/lib/text.c", "src/lib/buf.c" },
       libraries = { "curl", "crypto", "pthread", "m" },
       defines = { "_POSIX_C_SOURCE=200809L" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },

@@ -1,9 +1,13 @@
 /*
-** core.c -- the ibkr.core module: luaopen, the module table and the
-** module-level functions (clock, sleep, poll, errors, decode). Each class
-** registers itself from the mods[] table below, the way luasocket's
-** luasocket.c does: session.c (core.new, the session class), request.c
-** (the request class), error.c (error objects).
+** core.c -- the ibkr.core module: luaopen, the module table, and the
+** module functions that belong to no class (clock, sleep, poll, libcurl's
+** version). Every Lua-facing file registers itself the same way, the way
+** luasocket's luasocket.c does: an `xxx_open(L)` that adds its functions
+** and classes to the module table on the top of the stack, listed once in
+** mods[] below. A C function implementing `core.name` is named core_name,
+** in whichever file it lives.
+** Called by: Lua (require "ibkr.core").
+** Calls: error.c, json.c, wire.c, session.c, request.c, signal.c, oauth.c, lib/engine.c.
 */
 #include <errno.h>
 #include <math.h>
@@ -13,29 +17,11 @@
 #include <time.h>
 
 #include "ibkr.h"
-
-static int core_error(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_getfield(L, 1, "kind");
-  if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 1, "error needs a string 'kind'");
-  lua_settop(L, 1);
-  ibkr_error_sanitize(L, 1);                    /* one printable, bounded line */
-  luaL_setmetatable(L, ERROR_MT);
-  return 1;
-}
-
-static int core_is_error(lua_State *L) {
-  int r = 0;
-  if (lua_getmetatable(L, 1)) {
-    luaL_getmetatable(L, ERROR_MT);
-    r = lua_rawequal(L, -1, -2);
-  }
-  lua_pushboolean(L, r);
-  return 1;
-}
+#include "lib/clock.h"
+#include "lib/engine.h"
 
 static int core_monotonic(lua_State *L) {
-  lua_pushnumber(L, (lua_Number)ibkr_now());
+  lua_pushnumber(L, (lua_Number)clock_now());
   return 1;
 }
 
@@ -93,82 +79,44 @@ static int core_poll(lua_State *L) {
   return k;
 }
 
-/* core.check_headers(t): the header rule of core.new, for callers that want
-** to refuse bad per-call headers before anything else happens */
-static int core_check_path(lua_State *L) {
-  wire_check_path(L, 1);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int core_check_headers(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  wire_check_headers(L, 1);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
 static int core_curl_version(lua_State *L) {
   lua_pushstring(L, curl_version());
   return 1;
 }
 
-static int core_decode(lua_State *L) {
-  size_t n;
-  const char *s = luaL_checklstring(L, 1, &n);
-  if (ibkr_decode(L, s, n)) return 1;
-  {
-    const char *msg = lua_tostring(L, -1);
-    return ibkr_fail(L, "json", msg ? msg : "invalid JSON", 0, 0);
-  }
-}
-
 static const luaL_Reg core_funcs[] = {
-  {"error", core_error},
-  {"is_error", core_is_error},
   {"monotonic", core_monotonic},
   {"sleep", core_sleep},
   {"poll", core_poll},
   {"curl_version", core_curl_version},
-  {"check_headers", core_check_headers},
-  {"check_path", core_check_path},
-  {"decode", core_decode},
-  {"null", NULL},
-  {"_VERSION", NULL},
   {NULL, NULL}
 };
 
-/* each part registers its class (and functions) with the module on the
-** top of the stack */
-static void error_open(lua_State *L) { ibkr_error_register(L); }
-
-static const struct {
-  const char *name;
-  void (*open)(lua_State *L);
-} mods[] = {
-  {"error", error_open},
-  {"session", session_open},
-  {"request", request_open},
-  {NULL, NULL}
-};
-
-/*
-** luaopen: each part registers itself (mods[]); JSON both ways is json.c's
-** (decode, encode, null, empty_array, array_mt), error objects error.c's.
-*/
-IBKR_API int luaopen_ibkr_core(lua_State *L) {
-  luaL_checkversion(L);
-  if (!xfer_global_init()) return luaL_error(L, "curl_global_init failed");
-  luaL_newlibtable(L, core_funcs);              /* M */
-  for (int i = 0; mods[i].name; i++) mods[i].open(L);
-  luaL_setfuncs(L, core_funcs, 0);              /* M */
-  lua_pushlightuserdata(L, NULL);
-  lua_setfield(L, -2, "null");
+/* core.c's own part: the functions above and _VERSION */
+static int core_open(lua_State *L) {
+  luaL_setfuncs(L, core_funcs, 0);
   lua_pushliteral(L, IBKR_VERSION);
   lua_setfield(L, -2, "_VERSION");
-  ibkr_json_open(L);
-  ibkr_error_open(L);
-  ibkr_signal_open(L);
-  ibkr_oauth_open(L);                           /* [oauth] M.oauth (src/oauth.c) */
+  return 0;
+}
+
+/* every part of the module, each adding itself to the module table */
+static const luaL_Reg mods[] = {
+  {"core", core_open},          /* monotonic, sleep, poll, curl_version, _VERSION */
+  {"error", error_open},        /* error, is_error, printable, kinds; the ibkr.error class */
+  {"json", json_open},          /* decode, encode, null, empty_array, array_mt */
+  {"wire", wire_open},          /* check_path, check_headers */
+  {"session", session_open},    /* new; the ibkr.session class */
+  {"request", request_open},    /* the ibkr.request class */
+  {"signal", signal_open},      /* signal_catch, signal_caught, signal_wait */
+  {"oauth", oauth_open},        /* oauth (a table); the ibkr.oauth class */
+  {NULL, NULL}
+};
+
+IBKR_API int luaopen_ibkr_core(lua_State *L) {
+  luaL_checkversion(L);
+  if (!engine_init()) return luaL_error(L, "curl_global_init failed");
+  lua_createtable(L, 0, 32);                    /* M */
+  for (int i = 0; mods[i].name; i++) mods[i].func(L);
   return 1;
 }

@@ -4,6 +4,9 @@
 ** the table `core.oauth`: a signer object holding the secrets in C memory
 ** (wiped on close) and the primitives the mock's server side needs.
 ** The flow and the base string live in lua/ibkr/oauth.lua; docs/oauth.md.
+** Adds to the module: core.oauth, the "ibkr.oauth" class.
+** Called by: core.c.
+** Calls: nothing of ours.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -674,6 +677,7 @@ static const luaL_Reg oauth_meth[] = {
 };
 
 static const luaL_Reg oauth_metameth[] = {
+  {"__index", NULL},
   {"__gc", oauth_close},
 #if LUA_VERSION_NUM >= 504
   {"__close", oauth_close},
@@ -684,14 +688,11 @@ static const luaL_Reg oauth_metameth[] = {
 
 /*
 ** Called once from luaopen_ibkr_core with the module table on top: sets
-** M.oauth (the functions above) and the "ibkr.oauth" metatable.
+** M.oauth (the functions above) and the "ibkr.oauth" class.
 */
-void ibkr_oauth_open(lua_State *L) {
-  luaL_newmetatable(L, OAUTH_MT);               /* M, mt */
-  luaL_setfuncs(L, oauth_metameth, 0);
-  luaL_newlib(L, oauth_meth);                   /* M, mt, methods */
-  lua_setfield(L, -2, "__index");               /* M, mt */
-  lua_pop(L, 1);                                /* M */
+int oauth_open(lua_State *L) {
+  ibkr_createmeta(L, OAUTH_MT, oauth_meth, oauth_metameth);
   luaL_newlib(L, oauth_funcs);                  /* M, oauth */
   lua_setfield(L, -2, "oauth");                 /* M */
+  return 0;
 }

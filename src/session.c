@@ -1,8 +1,12 @@
 /*
 ** session.c -- the session class: core.new and its options, s:perform
-** (blocking, in place), s:start (handed to the engine), close, info.
-** A session has no exchange of its own: each call gets a request with its
-** own easy handle (pooled), so calls never wait for each other here.
+** (blocking, in place), s:start (handed over), close, info. A session has
+** no exchange of its own: each call gets a request with its own easy
+** handle (pooled), so calls never wait for each other here. The session
+** makes each exchange from its configuration (URL, header lists, timeout).
+** Adds to the module: core.new, the "ibkr.session" class.
+** Called by: core.c.
+** Calls: request.c, wire.c, error.c, lib/transfer.c, lib/engine.c, lib/buf.c.
 */
 #include <math.h>
 #include <stdlib.h>
@@ -10,12 +14,26 @@
 #include <strings.h>
 
 #include "ibkr.h"
+#include "lib/buf.h"
+#include "lib/engine.h"
+
+/* Set by core.new, read-only afterwards; owned by the Lua thread. */
+typedef struct sconf {
+  char *base;                 /* base URL without trailing '/' */
+  size_t baselen;
+  char *shown;                /* base URL without userinfo: for tostring/info */
+  struct curl_slist *hl[HL_COUNT];
+  char **uh;                  /* user headers, "Name: value", malloc'd */
+  int nuh;
+  long timeout_ms;
+  size_t max_body;
+} sconf;
 
 /* The parts of a session, one owner each (all on the Lua thread: the engine
-** thread only ever sees xfers). */
+** thread only ever sees xfers, and a lane lent to it). */
 typedef struct session {
   sconf conf;                 /* session.c: set by core.new, read-only afterwards */
-  xhome home;                 /* transfer.c: handles, pool, live exchanges, counters */
+  xhome home;                 /* lib/transfer.c: handles, pool, live exchanges, counters */
   int closed;                 /* session.c */
 } session;
 
@@ -33,7 +51,7 @@ static session *tosession(lua_State *L) {
 
 /* the session was opened by this process (not inherited through fork()) */
 static int ours(session *s) {
-  return s->home.gen == xfer_generation();
+  return s->home.gen == engine_generation();
 }
 
 /*
@@ -43,7 +61,7 @@ static int ours(session *s) {
 */
 static void session_free(session *s) {
   sconf *c = &s->conf;
-  xhome_close(&s->home, !ours(s));
+  transfer_home_close(&s->home, !ours(s));
   for (int i = 0; i < HL_COUNT; i++) {
     curl_slist_free_all(c->hl[i]);
     c->hl[i] = NULL;
@@ -84,13 +102,20 @@ static int session_tostring(lua_State *L) {
 
 static int session_info(lua_State *L) {
   session *s = tosession(L);
+  const struct { const char *k; lua_Integer v; } counts[] = {
+    {"connects", (lua_Integer)s->home.connects}, {"exchanges", (lua_Integer)s->home.exchanges},
+    {"lane_exchanges", (lua_Integer)s->home.lane_exchanges}, {"in_flight", s->home.nlive},
+    {"pooled", s->home.npool},
+  };
   lua_createtable(L, 0, 6);
-  ibkr_seti(L, "connects", s->home.connects);
-  ibkr_seti(L, "exchanges", s->home.exchanges);
-  ibkr_seti(L, "lane_exchanges", s->home.lane_exchanges);
-  ibkr_seti(L, "in_flight", s->home.nlive);
-  ibkr_seti(L, "pooled", s->home.npool);
-  if (s->conf.shown) ibkr_sets(L, "base_url", s->conf.shown);
+  for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+    lua_pushinteger(L, counts[i].v);
+    lua_setfield(L, -2, counts[i].k);
+  }
+  if (s->conf.shown) {
+    lua_pushstring(L, s->conf.shown);
+    lua_setfield(L, -2, "base_url");
+  }
   return 1;
 }
 
@@ -157,7 +182,7 @@ static void read_newopts(lua_State *L, newopts *o) {
 static int build_headers(lua_State *L, sconf *c, int nh, const char *ua) {
   int empty_ua = ua && *ua == '\0';            /* libcurl sends no User-Agent for "": send it empty */
   if ((nh || empty_ua) && (c->uh = calloc((size_t)nh + 1, sizeof(char *))) == NULL) return 0;
-  if (empty_ua && (c->uh[c->nuh++] = ibkr_strndup("User-Agent: ", 12)) == NULL) return 0;
+  if (empty_ua && (c->uh[c->nuh++] = buf_strndup("User-Agent: ", 12)) == NULL) return 0;
   if (nh) {
     lua_pushnil(L);
     while (lua_next(L, 6)) {
@@ -220,7 +245,7 @@ static long to_ms(double secs) {
 
 static void set_template(lua_State *L, session *s, const newopts *o, const char *host, long port) {
   char err[256];
-  CURL *e = xhome_template(&s->home, err, sizeof err);
+  CURL *e = transfer_home_open(&s->home, err, sizeof err);
   if (e == NULL) luaL_error(L, "%s", err);
   if (!set_route(e, &s->home, o, host, port)) luaL_error(L, "cannot set the TLS or proxy options");
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, to_ms(o->ctimeout));
@@ -240,7 +265,7 @@ static int core_new(lua_State *L) {
   long port = 0;
   size_t ulen;
   luaL_checktype(L, 1, LUA_TTABLE);
-  if (!xfer_global_init()) return luaL_error(L, "curl_global_init failed");
+  if (!engine_init()) return luaL_error(L, "curl_global_init failed");
   read_newopts(L, &o);
   s = lua_newuserdatauv(L, sizeof(session), 0);               /* 7 */
   memset(s, 0, sizeof *s);
@@ -249,7 +274,7 @@ static int core_new(lua_State *L) {
   wire_base_url(L, o.url, &host, &port);
   ulen = strlen(o.url);
   while (ulen > 0 && o.url[ulen - 1] == '/') ulen--;
-  s->conf.base = ibkr_strndup(o.url, ulen);
+  s->conf.base = buf_strndup(o.url, ulen);
   s->conf.baselen = ulen;
   s->conf.shown = s->conf.base ? wire_redact(s->conf.base) : NULL;
   s->conf.max_body = (size_t)o.max_body;
@@ -268,11 +293,30 @@ static int core_new(lua_State *L) {
 
 /* ------------------------------------------------------------ calls */
 
+/*
+** Make x the exchange cs of session s: its URL, its header list (the
+** session's for the shape, or one with the per-call headers), its timeout
+** (the call's or the session's), then an easy handle (lib/transfer.c).
+** Runs no Lua code: nothing can close the session in between. Raises only
+** when out of memory, leaving x for its request's __gc to free.
+*/
+static void attach(lua_State *L, xfer *x, session *s, const callspec *cs) {
+  const sconf *c = &s->conf;
+  xopts o = {
+    .url = wire_url(c->base, c->baselen, cs),
+    .headers = c->hl[cs->shape],
+    .timeout_ms = cs->timeout > 0 ? to_ms(cs->timeout) : c->timeout_ms,
+    .max_body = c->max_body,
+  };
+  if (o.url && cs->nh) o.headers = o.callh = wire_header_list(c->uh, c->nuh, cs->shape, cs->hv, cs->nh);
+  if (!transfer_open(x, &s->home, cs, &o)) luaL_error(L, "out of memory");
+}
+
 /* nil, err when the session cannot take a call (closed, or inherited
 ** through fork()); 0 when it can */
 static int refuse(lua_State *L, session *s) {
-  if (s->closed) return ibkr_fail(L, "closed", "session is closed", 2, 3);
-  if (!ours(s)) return ibkr_fail(L, "closed", "session was opened before fork(): open a new one", 2, 3);
+  if (s->closed) return error_fail(L, KIND_CLOSED, "session is closed", 2, 3);
+  if (!ours(s)) return error_fail(L, KIND_CLOSED, "session was opened before fork(): open a new one", 2, 3);
   return 0;
 }
 
@@ -288,7 +332,7 @@ static struct request *begin(lua_State *L, session *s) {
   wire_read_call(L, 2, &cs);
   r = request_push(L, 1, 2, 3);
   if (refuse(L, s)) return NULL;
-  request_attach(L, r, &s->conf, &s->home, &cs);
+  attach(L, request_xfer(r), s, &cs);
   return r;
 }
 
@@ -297,16 +341,16 @@ static struct request *begin(lua_State *L, session *s) {
 static int session_perform(lua_State *L) {
   struct request *r = begin(L, tosession(L));
   if (r == NULL) return 2;
-  xfer_run_inline(request_xfer(r));
+  transfer_perform(request_xfer(r));
   return request_collect(L, lua_gettop(L));
 }
 
-/* s:start(method, path [, opts]) -- the same exchange on the engine thread;
-** returns the request at once */
+/* s:start(method, path [, opts]) -- the same exchange without blocking (in
+** the warm lane or on the engine thread); returns the request at once */
 static int session_start(lua_State *L) {
   struct request *r = begin(L, tosession(L));
   if (r == NULL) return 2;
-  xfer_submit(request_xfer(r));
+  transfer_submit(request_xfer(r));
   return 1;
 }
 
@@ -336,7 +380,8 @@ static const luaL_Reg session_funcs[] = {
 };
 
 /* registers the class and core.new in the module at the top of the stack */
-void session_open(lua_State *L) {
+int session_open(lua_State *L) {
   ibkr_createmeta(L, SESSION_MT, session_meth, session_metameth);
   luaL_setfuncs(L, session_funcs, 0);
+  return 0;
 }

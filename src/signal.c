@@ -13,6 +13,9 @@
 **   core.signal_wait(seconds [, fd])       sleep until the time passed, a caught
 **                                          signal arrived, or fd became readable;
 **                                          returns the caught signal's name or nil
+** Adds to the module: core.signal_catch, core.signal_caught, core.signal_wait.
+** Called by: core.c.
+** Calls: nothing of ours.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -147,6 +150,7 @@ static const luaL_Reg signal_funcs[] = {
 };
 
 /* adds the functions to the module table on the top of the stack */
-void ibkr_signal_open(lua_State *L) {
+int signal_open(lua_State *L) {
   luaL_setfuncs(L, signal_funcs, 0);
+  return 0;
 }

@@ -12,6 +12,9 @@
 ** Two more duties ride on the same callbacks: an exchange may forbid new
 ** sockets (the warm lane's, on the Lua thread: no connect, no handshake
 ** there), and a lane learns when its kept connection's socket is closed.
+** Called by: lib/handle.c, lib/engine.c; then libcurl, on any thread.
+** Calls: nothing of ours.
+** Lua-free, like every file in src/lib/.
 */
 #include <poll.h>
 #include <pthread.h>
@@ -21,7 +24,7 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
-#include "ibkr.h"
+#include "conn.h"
 
 typedef struct sock {
   curl_socket_t fd;
@@ -29,11 +32,12 @@ typedef struct sock {
   int used;                   /* a request went out on it already */
 } sock;
 
+/* every socket libcurl opened and has not closed, on any thread */
 static struct {
   pthread_mutex_t mu;
   sock *v;
   int n, cap;
-} R = { PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0 };
+} registry = { .mu = PTHREAD_MUTEX_INITIALIZER, .v = NULL, .n = 0, .cap = 0 };
 
 /* ud: the exchange's connwatch (CURLOPT_OPENSOCKETDATA), or NULL */
 static curl_socket_t on_open(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
@@ -46,14 +50,14 @@ static curl_socket_t on_open(void *ud, curlsocktype purpose, struct curl_sockadd
   }
   fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
   if (fd == CURL_SOCKET_BAD) return fd;
-  pthread_mutex_lock(&R.mu);
-  if (R.n == R.cap) {
-    int cap = R.cap ? R.cap * 2 : 64;
-    sock *v = realloc(R.v, sizeof *v * (size_t)cap);
-    if (v) R.v = v, R.cap = cap;
+  pthread_mutex_lock(&registry.mu);
+  if (registry.n == registry.cap) {
+    int cap = registry.cap ? registry.cap * 2 : 64;
+    sock *v = realloc(registry.v, sizeof *v * (size_t)cap);
+    if (v) registry.v = v, registry.cap = cap;
   }
-  if (R.n < R.cap) R.v[R.n++] = (sock){ fd, 0, 0, 0 };   /* untracked when out of memory */
-  pthread_mutex_unlock(&R.mu);
+  if (registry.n < registry.cap) registry.v[registry.n++] = (sock){ .fd = fd };   /* untracked when out of memory */
+  pthread_mutex_unlock(&registry.mu);
   return fd;
 }
 
@@ -62,13 +66,13 @@ static curl_socket_t on_open(void *ud, curlsocktype purpose, struct curl_sockadd
 static int on_close(void *ud, curl_socket_t fd) {
   curl_socket_t *keep = ud;
   if (keep && *keep == fd) *keep = CURL_SOCKET_BAD;
-  pthread_mutex_lock(&R.mu);
-  for (int i = 0; i < R.n; i++)
-    if (R.v[i].fd == fd) {
-      R.v[i] = R.v[--R.n];
+  pthread_mutex_lock(&registry.mu);
+  for (int i = 0; i < registry.n; i++)
+    if (registry.v[i].fd == fd) {
+      registry.v[i] = registry.v[--registry.n];
       break;
     }
-  pthread_mutex_unlock(&R.mu);
+  pthread_mutex_unlock(&registry.mu);
   return close(fd);
 }
 
@@ -82,10 +86,10 @@ static int port_of(curl_socket_t fd, int peer) {
   return 0;
 }
 
-/* under R.mu: the registered socket of the connection (lport, rport) */
+/* under registry.mu: the registered socket of the connection (lport, rport) */
 static sock *find(int lport, int rport) {
-  for (int i = 0; i < R.n; i++) {
-    sock *s = &R.v[i];
+  for (int i = 0; i < registry.n; i++) {
+    sock *s = &registry.v[i];
     if (s->lport == 0) {
       s->lport = port_of(s->fd, 0);
       s->rport = port_of(s->fd, 1);
@@ -113,18 +117,18 @@ static int on_prereq(void *ud, char *rip, char *lip, int rport, int lport) {
   (void)rip;
   (void)lip;
   if (lport == 0) return CURL_PREREQFUNC_OK;      /* not TCP (a unix socket): nothing to match */
-  pthread_mutex_lock(&R.mu);
+  pthread_mutex_lock(&registry.mu);
   s = find(lport, rport);
   if (s && s->used++) {
-    struct pollfd p = { s->fd, POLLIN, 0 };
+    struct pollfd p = { .fd = s->fd, .events = POLLIN };
     if (poll(&p, 1, 0) > 0) kill_fd(s->fd);
   }
-  pthread_mutex_unlock(&R.mu);
+  pthread_mutex_unlock(&registry.mu);
   return CURL_PREREQFUNC_OK;
 }
 
 /* the callbacks on a session's template (duplicated into every handle);
-** each exchange sets their data (transfer.c) */
+** each exchange sets their data (handle.c) */
 int conn_watch(CURL *e) {
   return curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open) == CURLE_OK &&
          curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close) == CURLE_OK &&
@@ -133,5 +137,5 @@ int conn_watch(CURL *e) {
 
 /* fork(): the child starts with the lock free */
 void conn_forked(void) {
-  pthread_mutex_init(&R.mu, NULL);
+  pthread_mutex_init(&registry.mu, NULL);
 }

@@ -1,0 +1,299 @@
+/*
+** transfer.c -- the exchanges of a session, and where each one runs: a
+** blocking one in place on the caller's thread (in the warm lane when it
+** is free, else on the session's own multi handle); a non-blocking one in
+** the warm lane on the caller's thread when the lane holds a kept
+** connection, else on the engine thread (the lane lent to it, or the
+** engine's own multi handle). Then stepping, waiting, the descriptor a
+** waiter watches, and closing an exchange or a whole session.
+** Why blocking calls stay in place: a hand-over to another thread costs
+** more than the exchange on loopback.
+** Called by: session.c, request.c.
+** Calls: lib/lane.c, lib/engine.c, lib/handle.c, lib/buf.c.
+** Lua-free, like every file in src/lib/.
+*/
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/eventfd.h>
+#endif
+
+#include "clock.h"
+#include "engine.h"
+#include "handle.h"
+#include "lane.h"
+#include "transfer.h"
+
+/* an exchange in its empty state, owning nothing (the newprefile way) */
+void transfer_init(xfer *x) {
+  memset(x, 0, sizeof *x);
+  x->efd = x->wfd = x->pfd = -1;
+  x->state = X_NEW;
+}
+
+/* h starts: no lane yet, and a template for its handles (NULL, with the
+** reason in err, when libcurl refuses an option); the session adds its own */
+CURL *transfer_home_open(xhome *h, char *err, size_t errlen) {
+  h->gen = engine_generation();
+  h->lane_keep = CURL_SOCKET_BAD;
+  h->lane_due = -1;
+  return h->tmpl = handle_template(err, errlen);
+}
+
+/*
+** Make x the exchange cs of home h: it keeps o's URL and per-call header
+** list (even when this fails) and a copy of the body, gets an easy handle
+** set for the exchange, and goes on h's list of live exchanges. Returns 0
+** when out of memory. Runs no Lua code.
+*/
+int transfer_open(xfer *x, xhome *h, const callspec *cs, const xopts *o) {
+  x->url = o->url;
+  x->callh = o->callh;
+  x->repeatable = cs->repeatable;
+  x->max_body = o->max_body;
+  if (x->url == NULL || (cs->nh && x->callh == NULL)) return 0;
+  if (cs->has_body) {
+    x->post = buf_strndup(cs->body, cs->blen);
+    x->postlen = cs->blen;
+    if (x->post == NULL) return 0;
+  }
+  if (!handle_take(x, h)) return 0;
+  x->home = h;
+  x->next = h->live;
+  if (h->live) h->live->prev = x;
+  h->live = x;
+  h->nlive++;
+  h->exchanges++;
+  x->deadline = clock_now() + (double)o->timeout_ms / 1000.0;
+  handle_set(x, cs, o->headers, o->timeout_ms);
+  return 1;
+}
+
+/* ------------------------------------------------------------ running */
+
+/* blocking, in the lane when x may take it: x may connect there (its caller
+** waits anyway), and leaves its connection to the lane's next exchanges,
+** cooperative ones included. Returns 0 when x must run elsewhere. */
+static int perform_in_lane(xfer *x) {
+  if (!lane_take(x)) return 0;
+  if (!lane_add(x, 0)) {
+    x->home->lane_x = NULL;
+    return 0;
+  }
+  x->lane = LANE_INLINE;
+  x->state = X_RUNNING;
+  transfer_wait(x, -1);
+  return 1;
+}
+
+/* blocking: drive x on the session's own multi handle until it ends, the
+** way curl_easy_perform does (the connections stay in that multi's cache) */
+void transfer_perform(xfer *x) {
+  xhome *h = x->home;
+  CURLMsg *m;
+  int running, left;
+  if (perform_in_lane(x)) return;
+  if (h->multi == NULL && (h->multi = curl_multi_init()) != NULL)
+    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, 4L);
+  if (h->multi == NULL || curl_multi_add_handle(h->multi, x->easy) != CURLM_OK) {
+    x->code = CURLE_OUT_OF_MEMORY;
+    x->state = X_DONE;
+    return;
+  }
+  for (;;) {
+    if (curl_multi_perform(h->multi, &running) != CURLM_OK) {
+      x->code = CURLE_OUT_OF_MEMORY;
+      break;
+    }
+    if ((m = curl_multi_info_read(h->multi, &left)) != NULL && m->msg == CURLMSG_DONE) {
+      handle_gather(x, m->data.result);
+      break;
+    }
+    curl_multi_poll(h->multi, NULL, 0, 1000, NULL);
+  }
+  curl_multi_remove_handle(h->multi, x->easy);
+  x->state = X_DONE;
+}
+
+/* Step x, running in the lane on this thread. On return it may have ended,
+** or gone to the engine: its connection was gone, and a new one may not be
+** opened here (nothing was answered on the old one, and x is repeatable) */
+static void step_in_lane(xfer *x) {
+  xhome *h = x->home;
+  if (h == NULL || h->gen != engine_generation()) {   /* a parent's exchange seen in a forked child */
+    x->easy = h && h->gen != engine_generation() ? NULL : x->easy;
+    x->code = CURLE_ABORTED_BY_CALLBACK;
+    x->aborted = 1;
+    x->state = X_DONE;
+    return;
+  }
+  if (lane_step(x) != LANE_GONE || !handle_restart(x, clock_now())) return;
+  x->lane = LANE_LENT;
+  engine_queue(x);
+}
+
+/* non-blocking: x runs in its session's lane when it fits there (on this
+** thread when the lane has a kept connection, else lent to the engine),
+** else on the engine's own multi handle. Returns 0 when x could not start
+** (it is then done, with the error). */
+int transfer_submit(xfer *x) {
+  xhome *h = x->home;
+  if (x->postlen <= LANE_BODY_MAX && lane_take(x)) {
+    x->lane = LANE_LENT;
+    if (h->lane_keep != CURL_SOCKET_BAD && lane_add(x, 1)) {
+      x->lane = LANE_INLINE;
+      x->state = X_RUNNING;
+      step_in_lane(x);
+      return 1;
+    }
+  }
+  return engine_queue(x);
+}
+
+/* whether x has ended (a step of it, when it runs in the lane here); an
+** xfer of the parent process seen in a forked child has ended too (aborted) */
+int transfer_done(xfer *x) {
+  int st;
+  if (x->lane == LANE_INLINE && x->state == X_RUNNING) step_in_lane(x);
+  if (!x->submitted) {
+    st = x->state == X_NEW ? X_DONE : x->state;
+  } else {
+    st = engine_state(x);
+    if (st == X_DONE) x->submitted = 0;
+  }
+  if (st == X_DONE && x->home && x->home->lane_x == x) x->home->lane_x = NULL;
+  return st == X_DONE;
+}
+
+/* one descriptor always readable: the pollfd of an exchange that ended
+** in the lane, until it is collected */
+static int ready_fd = -1;
+static pthread_once_t ready_once = PTHREAD_ONCE_INIT;
+static void make_ready(void) {
+#ifdef __linux__
+  ready_fd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
+#else
+  int p[2];
+  if (pipe(p) != 0) return;
+  fcntl(p[0], F_SETFD, FD_CLOEXEC);
+  fcntl(p[1], F_SETFD, FD_CLOEXEC);
+  if (write(p[1], "", 1) != 1) return;
+  ready_fd = p[0];
+#endif
+}
+
+/* the descriptor to wait on before looking at x again, and for what
+** (*events: "r", "w" or "rw"); -1: none (wait for transfer_timeout) */
+int transfer_pollfd(xfer *x, const char **events) {
+  *events = "r";
+  if (x->lane == LANE_INLINE && x->state == X_RUNNING) return lane_pollfd(x, events);
+  if (x->lane == LANE_INLINE && x->state == X_DONE && x->efd < 0) {
+    pthread_once(&ready_once, make_ready);
+    return ready_fd;
+  }
+  return x->efd;
+}
+
+/* seconds after which x should be looked at even without a wake-up: its
+** own deadline plus a margin (the engine reports a timeout through the
+** descriptor; never below 10 ms), or libcurl's timer in the lane */
+double transfer_timeout(xfer *x) {
+  double now = clock_now(), left = x->deadline - now + 0.1;
+  if (left < 0.01) left = 0.01;
+  if (x->lane == LANE_INLINE && x->state == X_RUNNING && x->home && x->home->lane_due >= 0 &&
+      x->home->lane_due - now < left)
+    left = x->home->lane_due > now ? x->home->lane_due - now : 0;
+  return left;
+}
+
+/* wait until x ends or `timeout` seconds passed (< 0: no limit), sleeping
+** on its completion fd (or its sockets, in the lane); returns whether it ended */
+int transfer_wait(xfer *x, double timeout) {
+  double end = timeout >= 0 ? clock_now() + timeout : 0;
+  while (!transfer_done(x)) {
+    struct pollfd p[LANE_SOCKS];
+    int n = 0, ms = 1000;
+    if (timeout >= 0) {
+      double left = end - clock_now();
+      if (left <= 0) return 0;
+      if (left * 1000 < ms) ms = (int)(left * 1000) + 1;
+    }
+    if (x->lane == LANE_INLINE) {
+      double t = transfer_timeout(x) * 1000;
+      n = lane_pollfds(x->home, p);
+      if (t < ms) ms = (int)t + (t > (int)t);
+    } else {
+      if (x->efd < 0) return 0;
+      p[n++] = (struct pollfd){ .fd = x->efd, .events = POLLIN };
+    }
+    poll(p, (nfds_t)n, ms);
+  }
+  return 1;
+}
+
+/* ------------------------------------------------------------ closing */
+
+static void unlink_live(xfer *x) {
+  xhome *h = x->home;
+  if (h == NULL) return;
+  if (x->prev) x->prev->next = x->next;
+  else h->live = x->next;
+  if (x->next) x->next->prev = x->prev;
+  x->prev = x->next = NULL;
+  h->nlive--;
+}
+
+/* end x: stop it if it runs, give its handle back to the pool, free its
+** memory. Idempotent. */
+void transfer_close(xfer *x) {
+  xhome *h = x->home;
+  if (x->submitted) engine_cancel(x);
+  if (x->lane == LANE_INLINE && x->state == X_RUNNING) lane_abandon(x, h && h->gen != engine_generation());
+  if (h && h->lane_x == x) h->lane_x = NULL;
+  unlink_live(x);
+  x->home = NULL;
+  handle_give(x, h);
+  if (x->efd >= 0) close(x->efd);
+  if (x->wfd >= 0 && x->wfd != x->efd) close(x->wfd);
+  if (x->pfd >= 0) close(x->pfd);
+  x->efd = x->wfd = x->pfd = -1;
+  free(x->url);
+  free(x->post);
+  free(x->location);
+  x->url = x->post = x->location = NULL;
+  curl_slist_free_all(x->callh);
+  x->callh = NULL;
+  buf_free(&x->body);
+}
+
+/*
+** The session closes: every live exchange is stopped and detached (it will
+** report kind "closed"; its buffers stay until its request is freed), then
+** the handles go. In a forked child the parent's handles are left alone.
+*/
+void transfer_home_close(xhome *h, int forked) {
+  while (h->live) {
+    xfer *x = h->live;
+    if (x->submitted) engine_cancel(x);
+    if (x->lane == LANE_INLINE && x->state == X_RUNNING) lane_abandon(x, forked);
+    unlink_live(x);
+    x->home = NULL;
+    x->aborted = 1;
+    if (x->easy && !forked) curl_easy_cleanup(x->easy);
+    x->easy = NULL;
+  }
+  while (h->npool > 0) {
+    CURL *e = h->pool[--h->npool];
+    if (!forked) curl_easy_cleanup(e);
+  }
+  if (h->multi && !forked) curl_multi_cleanup(h->multi);
+  lane_close(h, forked);                      /* closes the kept connection */
+  if (h->tmpl && !forked) curl_easy_cleanup(h->tmpl);
+  curl_slist_free_all(h->resolve);
+  h->multi = NULL;
+  h->tmpl = NULL;
+  h->resolve = NULL;
+}
