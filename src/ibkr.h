@@ -178,10 +178,12 @@ CURL *xhome_template(xhome *h, char *err, size_t errlen);
 void xhome_close(xhome *h, int forked);
 int xfer_open(xfer *x, xhome *h, const callspec *cs, struct curl_slist *hl, long timeout_ms);
 void xfer_close(xfer *x);
-void xfer_run_inline(xfer *x);
+/* asked between the sleeps of a blocking wait: nonzero ends the wait */
+typedef int (*xfer_stopfn)(void *ud);
+int xfer_run_inline(xfer *x, xfer_stopfn stop, void *ud);
 int xfer_submit(xfer *x);
 int xfer_done(xfer *x);
-int xfer_wait(xfer *x, double timeout);
+int xfer_wait(xfer *x, double timeout, xfer_stopfn stop, void *ud);
 int xfer_pollfd(xfer *x, const char **events);
 double xfer_timeout(xfer *x);
 double ibkr_now(void);
@@ -244,6 +246,17 @@ static inline void ibkr_createmeta(lua_State *L, const char *name, const luaL_Re
 
 /* signal.c: signal_catch, signal_caught, signal_wait (added to the module table on the stack) */
 void ibkr_signal_open(lua_State *L);
+
+/* signal.c: whether a signal handler asked the Lua state to stop during a
+** wait in C (lua5.4's SIGINT handler sets a hook for that): taken before
+** the wait by ibkr_signal_mark, asked between its sleeps */
+typedef struct ibkr_sigmark {
+  lua_State *L, *main;
+  lua_Hook hook, mhook;
+  int mask, mmask;
+} ibkr_sigmark;
+void ibkr_signal_mark(lua_State *L, ibkr_sigmark *m);
+int ibkr_signal_asked(void *m);
 
 /* oauth.c: OAuth 1.0a crypto on libcrypto; sets M.oauth on the module table at the top */
 void ibkr_oauth_open(lua_State *L);

@@ -253,11 +253,15 @@ static int request_step(lua_State *L) {
   return 2;
 }
 
+/* req:wait([timeout]) -> whether it ended; false early too when a signal
+** handler asks Lua to stop meanwhile (lua5.4's SIGINT) */
 static int request_wait(lua_State *L) {
   request *r = torequest(L, 1);
   double timeout = luaL_optnumber(L, 2, -1);
+  ibkr_sigmark mark;
   if (!(timeout <= 1e9)) timeout = -1;          /* huge or NaN: no limit */
-  lua_pushboolean(L, r->closed || r->collected || xfer_wait(&r->x, timeout));
+  ibkr_signal_mark(L, &mark);
+  lua_pushboolean(L, r->closed || r->collected || xfer_wait(&r->x, timeout, ibkr_signal_asked, &mark));
   return 1;
 }
 

@@ -293,11 +293,18 @@ static struct request *begin(lua_State *L, session *s) {
 }
 
 /* s:perform(method, path [, opts]) -- the blocking exchange, in place on
-** the caller's thread, without running Lua code until it is over */
+** the caller's thread, without running Lua code until it is over. A signal
+** handler that asks Lua to stop meanwhile (lua5.4's SIGINT) ends it: kind
+** "closed", and the interpreter's hook acts on the return. */
 static int session_perform(lua_State *L) {
   struct request *r = begin(L, tosession(L));
+  ibkr_sigmark mark;
   if (r == NULL) return 2;
-  xfer_run_inline(request_xfer(r));
+  ibkr_signal_mark(L, &mark);
+  if (!xfer_run_inline(request_xfer(r), ibkr_signal_asked, &mark)) {
+    request_collect(L, lua_gettop(L));                        /* frees the exchange */
+    return ibkr_fail(L, "closed", "interrupted by a signal during the request", 2, 3);
+  }
   return request_collect(L, lua_gettop(L));
 }
 

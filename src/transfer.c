@@ -586,21 +586,33 @@ int xfer_open(xfer *x, xhome *h, const callspec *cs, struct curl_slist *hl, long
 
 /* ------------------------------------------------------------ running */
 
-static int lane_block(xfer *x);
+static int lane_block(xfer *x, xfer_stopfn stop, void *ud);
+static void lane_abandon(xfer *x, int forked);
+
+/* x given up in a blocking wait: `stop` said so (a signal asked Lua to stop) */
+static void stopped(xfer *x) {
+  x->code = CURLE_ABORTED_BY_CALLBACK;
+  snprintf(x->errbuf, sizeof x->errbuf, "interrupted");
+}
 
 /* blocking: drive x on the session's own multi handle until it ends, the
-** way curl_easy_perform does (the connections stay in that multi's cache) */
-void xfer_run_inline(xfer *x) {
+** way curl_easy_perform does (the connections stay in that multi's cache).
+** Between its waits it asks stop(ud) (when given) whether to give up.
+** Returns 1 when x ended, 0 when it was given up (x is done then too). */
+int xfer_run_inline(xfer *x, xfer_stopfn stop, void *ud) {
   xhome *h = x->home;
   CURLMsg *m;
-  int running, left;
-  if (lane_block(x)) return;
+  int running, left, ended = 1;
+  switch (lane_block(x, stop, ud)) {
+    case 1: return 1;
+    case 2: return 0;
+  }
   if (h->multi == NULL && (h->multi = curl_multi_init()) != NULL)
     curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, 4L);
   if (h->multi == NULL || curl_multi_add_handle(h->multi, x->easy) != CURLM_OK) {
     x->code = CURLE_OUT_OF_MEMORY;
     x->state = X_DONE;
-    return;
+    return 1;
   }
   for (;;) {
     if (curl_multi_perform(h->multi, &running) != CURLM_OK) {
@@ -611,10 +623,16 @@ void xfer_run_inline(xfer *x) {
       gather(x, m->data.result);
       break;
     }
-    curl_multi_poll(h->multi, NULL, 0, 1000, NULL);
+    curl_multi_poll(h->multi, NULL, 0, 1000, NULL);   /* a signal ends it early */
+    if (stop && stop(ud)) {
+      stopped(x);
+      ended = 0;
+      break;
+    }
   }
   curl_multi_remove_handle(h->multi, x->easy);
   x->state = X_DONE;
+  return ended;
 }
 
 static int make_fd(xfer *x) {
@@ -728,7 +746,8 @@ static int lane_take(xfer *x) {
 /* blocking, in the lane when x may take it: x may connect there (its caller
 ** waits anyway), and leaves its connection to the lane's next exchanges,
 ** cooperative ones included. Returns 0 when x must run elsewhere. */
-static int lane_block(xfer *x) {
+/* 0: the lane is not free (run x elsewhere); 1: x ran there; 2: given up */
+static int lane_block(xfer *x, xfer_stopfn stop, void *ud) {
   xhome *h = x->home;
   if (!lane_take(x)) return 0;
   if (curl_multi_add_handle(h->lane, x->easy) != CURLM_OK) {
@@ -737,8 +756,10 @@ static int lane_block(xfer *x) {
   }
   x->lane = LANE_INLINE;
   x->state = X_RUNNING;
-  xfer_wait(x, -1);
-  return 1;
+  if (xfer_wait(x, -1, stop, ud)) return 1;
+  lane_abandon(x, 0);
+  stopped(x);
+  return 2;
 }
 
 /* non-blocking: x runs in its session's lane when it fits there (on this
@@ -835,8 +856,10 @@ double xfer_timeout(xfer *x) {
 }
 
 /* wait until x ends or `timeout` seconds passed (< 0: no limit), sleeping
-** on its completion fd (or its sockets, in the lane); returns whether it ended */
-int xfer_wait(xfer *x, double timeout) {
+** on its completion fd (or its sockets, in the lane); returns whether it
+** ended. A signal that interrupts a sleep ends the wait when stop(ud) (if
+** given) says so. */
+int xfer_wait(xfer *x, double timeout, xfer_stopfn stop, void *ud) {
   double end = timeout >= 0 ? ibkr_now() + timeout : 0;
   while (!xfer_done(x)) {
     struct pollfd p[LANE_SOCKS];
@@ -855,7 +878,7 @@ int xfer_wait(xfer *x, double timeout) {
       if (x->efd < 0) return 0;
       p[n++] = (struct pollfd){ x->efd, POLLIN, 0 };
     }
-    poll(p, (nfds_t)n, ms);
+    if (poll(p, (nfds_t)n, ms) < 0 && errno == EINTR && stop && stop(ud)) return 0;
   }
   return 1;
 }
