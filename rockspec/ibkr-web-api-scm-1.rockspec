@@ -47,6 +47,7 @@ build = {
     ["ibkr.cli.out"] = "lua/ibkr/cli/out.lua",
     ["ibkr.cli.report"] = "lua/ibkr/cli/report.lua",
     ["ibkr"] = "lua/ibkr/init.lua",
+    ["ibkr.driven"] = "lua/ibkr/driven.lua",
     ["ibkr.keepalive"] = "lua/ibkr/keepalive.lua",
     ["ibkr.oauth"] = "lua/ibkr/oauth.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
