@@ -36,14 +36,7 @@ local function finish(c)
   return out, how, rc, c.sent and core.monotonic() - c.sent
 end
 
--- Waits (on the mock's request log, not by sleeping blind) until `api` was requested `n` times.
-local function await_requests(m, api, n)
-  local give_up = core.monotonic() + 10 * SCALE
-  while #m:api_log(api) < n do
-    assert(core.monotonic() < give_up, "the mock never saw " .. api)
-    core.sleep(0.02)
-  end
-end
+local await_requests = require("spec.helpers.await").requests -- on the mock's request log
 
 local function assert_interrupted(c)
   local out, how, rc, secs = finish(c)
