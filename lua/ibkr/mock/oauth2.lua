@@ -288,10 +288,11 @@ function M:sso_answer(req)
     expires_in = self.sso_expires_in and self.session_ttl or nil })
 end
 
--- A token endpoint's request: faults first (the mock's fault kinds, matched by path), else the
--- answer. Logged with the gateway's requests.
-function M:endpoint(req, answer)
+-- A token endpoint's request (counted: `counter`): faults first (the mock's fault kinds, matched by
+-- path), else the answer. Logged with the gateway's requests.
+function M:endpoint(req, answer, counter)
   local entry = self.gateway:record(req, nil)
+  self.counters[counter] = self.counters[counter] + 1
   local resp
   if req.method ~= "POST" then
     resp = response.error(405, "Method Not Allowed", { { "Allow", "POST" } })
@@ -312,7 +313,8 @@ function M:endpoint(req, answer)
   return resp
 end
 
--- Any other request: a live bearer token of an SSO session. nil when it passes.
+-- Any other request: a live bearer token of an SSO session. nil when it passes; a refusal is
+-- logged with the gateway's requests (status 401, refused = "bearer").
 function M:verify(req)
   if live(self.sessions, bearer(req)) then
     self.counters.verified = self.counters.verified + 1
@@ -320,6 +322,8 @@ function M:verify(req)
   end
   self.counters.rejected = self.counters.rejected + 1
   self.last_rejection = "bearer token missing, unknown or expired"
+  local entry = self.gateway:record(req, req.path:match("^/v1/api(/.*)$"))
+  entry.status, entry.refused = 401, "bearer"
   return response.json(401,
     { error = "OAuth 2.0: bearer token missing, unknown or expired", statusCode = 401 })
 end
@@ -417,8 +421,8 @@ end
 function M:handle(req)
   if req.path == "/__mock/oauth2" then return self:control(req) end
   if req.path:sub(1, 8) == "/__mock/" or req.path == "/__mock" then return nil end
-  if req.path == M.TOKEN_PATH then return self:endpoint(req, M.token_answer) end
-  if req.path == M.SSO_PATH then return self:endpoint(req, M.sso_answer) end
+  if req.path == M.TOKEN_PATH then return self:endpoint(req, M.token_answer, "token_requests") end
+  if req.path == M.SSO_PATH then return self:endpoint(req, M.sso_answer, "sso_requests") end
   return self:verify(req)
 end
 
