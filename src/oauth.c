@@ -893,24 +893,14 @@ static const luaL_Reg jwt_metameth[] = {
   {NULL, NULL}
 };
 
-/* a class metatable: its metamethods, and its methods as __index */
-static void new_class(lua_State *L, const char *name, const luaL_Reg *metameth, const luaL_Reg *meth) {
-  luaL_newmetatable(L, name);                   /* mt */
-  luaL_setfuncs(L, metameth, 0);
-  lua_newtable(L);                              /* mt, methods */
-  luaL_setfuncs(L, meth, 0);
-  lua_setfield(L, -2, "__index");               /* mt */
-  lua_pop(L, 1);
-}
-
 /*
 ** Called once from luaopen_ibkr_core with the module table on top: sets
 ** M.oauth (the functions above) and the "ibkr.oauth" and "ibkr.jwt"
 ** metatables.
 */
 void ibkr_oauth_open(lua_State *L) {
-  new_class(L, OAUTH_MT, oauth_metameth, oauth_meth);
-  new_class(L, JWT_MT, jwt_metameth, jwt_meth);
+  ibkr_createmeta(L, OAUTH_MT, oauth_meth, oauth_metameth);
+  ibkr_createmeta(L, JWT_MT, jwt_meth, jwt_metameth);
   luaL_newlib(L, oauth_funcs);                  /* M, oauth */
   lua_setfield(L, -2, "oauth");                 /* M */
 }

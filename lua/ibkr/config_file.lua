@@ -38,4 +38,26 @@ function M.read(path, kinds, what)
   return values
 end
 
+-- The loaders of one OAuth option's file: read_config(path) -> the option's table and the file's
+-- `base_url` (or nil), or nil, message; cli_apply(opts, path) sets opts[option] from the file, and
+-- opts.base_url when the command line gave none, and returns nil or a message (a usage error).
+-- kinds as for M.read, with base_url = "string" among them.
+function M.loaders(option, kinds, what)
+  local function read_config(path)
+    local cfg, err = M.read(path, kinds, what)
+    if not cfg then return nil, err end
+    local base_url = cfg.base_url
+    cfg.base_url = nil
+    return cfg, base_url
+  end
+  local function cli_apply(opts, path)
+    local cfg, base_url = read_config(path)
+    if not cfg then return base_url end
+    opts[option] = cfg
+    if opts.base_url == nil then opts.base_url = base_url end
+    return nil
+  end
+  return read_config, cli_apply
+end
+
 return M

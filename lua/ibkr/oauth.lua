@@ -131,29 +131,14 @@ end
 
 -- The config file of `ibkr-session --oauth-config FILE` (docs/oauth.md "Config file", the format
 -- of ibkr/config_file.lua): names are the `oauth` fields (the *_file forms of the keys) plus
--- `base_url`. Returns oauth_table, base_url_or_nil; or nil, err (a string).
+-- `base_url`. read_config(path) -> oauth_table, base_url_or_nil | nil, err; cli_apply(opts, path)
+-- sets opts.oauth (and opts.base_url when nil) -> nil | err, for the CLI.
 local CONFIG_NAMES = { base_url = "string", dh_generator = "integer" }
 for k, want in pairs(FIELDS) do
   if want ~= "pem" and k ~= "dh_generator" then CONFIG_NAMES[k] = k:match("_file$") and "file" or "string" end
 end
 
-function M.read_config(path)
-  local cfg, err = require("ibkr.config_file").read(path, CONFIG_NAMES, "oauth config")
-  if not cfg then return nil, err end
-  local base_url = cfg.base_url
-  cfg.base_url = nil
-  return cfg, base_url
-end
-
--- For the CLI (`--oauth-config FILE`): sets opts.oauth, and opts.base_url from the file when the
--- command line gave none. Returns nil, or an error text (a usage error).
-function M.cli_apply(opts, path)
-  local cfg, base_url = M.read_config(path)
-  if not cfg then return base_url end
-  opts.oauth = cfg
-  if opts.base_url == nil then opts.base_url = base_url end
-  return nil
-end
+M.read_config, M.cli_apply = require("ibkr.config_file").loaders("oauth", CONFIG_NAMES, "oauth config")
 
 ------------------------------------------------------------------------------------------------
 -- The signer of a session

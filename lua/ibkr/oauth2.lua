@@ -89,29 +89,13 @@ end
 
 -- The config file of `ibkr-session --oauth2-config FILE` (ibkr/config_file.lua's format): names are
 -- the `oauth2` fields (private_key_file only: PEM text does not fit on a line) plus `base_url`.
--- Returns oauth2_table, base_url_or_nil; or nil, err (a string).
+-- read_config(path) -> oauth2_table, base_url_or_nil | nil, err; cli_apply(opts, path) sets
+-- opts.oauth2 (and opts.base_url when nil) -> nil | err, for the CLI.
 local CONFIG_NAMES = { base_url = "string", private_key_file = "file" }
 for k, want in pairs(FIELDS) do
   if want ~= "pem" and k ~= "private_key_file" then CONFIG_NAMES[k] = "string" end
 end
-
-function M.read_config(path)
-  local cfg, err = require("ibkr.config_file").read(path, CONFIG_NAMES, "oauth2 config")
-  if not cfg then return nil, err end
-  local base_url = cfg.base_url
-  cfg.base_url = nil
-  return cfg, base_url
-end
-
--- For the CLI (`--oauth2-config FILE`): sets opts.oauth2, and opts.base_url from the file when the
--- command line gave none. Returns nil, or an error text (a usage error).
-function M.cli_apply(opts, path)
-  local cfg, base_url = M.read_config(path)
-  if not cfg then return base_url end
-  opts.oauth2 = cfg
-  if opts.base_url == nil then opts.base_url = base_url end
-  return nil
-end
+M.read_config, M.cli_apply = require("ibkr.config_file").loaders("oauth2", CONFIG_NAMES, "oauth2 config")
 
 ------------------------------------------------------------------------------------------------
 -- JWTs (docs/oauth.md "OAuth 2.0", worked example)

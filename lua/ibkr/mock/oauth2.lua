@@ -20,6 +20,7 @@ local socket = require("socket")
 local json = require("ibkr.mock.json")
 local response = require("ibkr.mock.response")
 local faults_mod = require("ibkr.mock.faults")
+local files = require("ibkr.mock.files")
 
 local M = {}
 M.__index = M
@@ -39,8 +40,6 @@ M.FILES = { key = "client.pem", public = "client_public.pem", config = "oauth2.c
 local o = core.oauth
 
 local function wall() return socket.gettime() end
-
-local function shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 local function token() return o.b64url_encode(o.random(32)) end
 
@@ -64,31 +63,16 @@ local function config_text(self, urls)
 end
 
 -- Writes the key pair and oauth2.conf into dir, each a NEW file (0600): an existing file is
--- never overwritten; on a failure the files this call made are removed. Returns true or nil, err.
+-- never overwritten (ibkr.mock.files). Returns true or nil, err.
 local function write_client(self, dir, urls)
-  local made = {}
-  for _, f in ipairs({
+  local ok, err = files.write_new(dir, {
     { M.FILES.key, self.private_pem }, { M.FILES.public, self.public_pem },
     { M.FILES.config, config_text(self, urls) },
-  }) do
-    local ok, err = o.write_private(dir .. "/" .. f[1], f[2])
-    if not ok then
-      for _, p in ipairs(made) do os.remove(p) end
-      return nil, err
-    end
-    made[#made + 1] = dir .. "/" .. f[1]
-  end
+  })
+  if not ok then return nil, err end
   self.config_file = dir .. "/" .. M.FILES.config
   self.key_file = dir .. "/" .. M.FILES.key
   return true
-end
-
-local function private_dir()
-  local p = io.popen("umask 077 && mktemp -d \"${TMPDIR:-/tmp}/ibkr-mock-oauth2.XXXXXX\"")
-  local dir = p and p:read("l")
-  if p then p:close() end
-  if not dir or dir == "" then return nil end
-  return dir
 end
 
 -- The address the client's `ip` claim must name: the one the mock sees it connect from.
@@ -112,15 +96,9 @@ function M.new(opts)
     credential = string.format("mockuser%06d", string.unpack(">I4", o.random(4)) % 1000000),
     ip = client_ip(opts.host),
   }
-  local dir = opts.dir
-  if dir then
-    os.execute("umask 077 && mkdir -p " .. shell_quote(dir))
-  else
-    dir = private_dir()
-    if not dir then return nil, "cannot make a temporary directory" end
-    self.owned_dir = dir
-  end
-  self.dir = dir
+  local dir, owned = files.open_dir(opts.dir, "ibkr-mock-oauth2")
+  if not dir then return nil, owned end
+  self.dir, self.owned_dir = dir, owned and dir or nil
   local ok, err = write_client(self, dir, { root = opts.root, base_url = opts.base_url })
   if not ok then
     self:close()
@@ -144,10 +122,8 @@ function M:reset()
 end
 
 function M:close()
-  if self.owned_dir then
-    os.execute("rm -rf " .. shell_quote(self.owned_dir))
-    self.owned_dir = nil
-  end
+  if self.owned_dir then files.remove(self.owned_dir) end
+  self.owned_dir = nil
 end
 
 ------------------------------------------------------------------------------------------------
