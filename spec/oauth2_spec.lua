@@ -507,7 +507,7 @@ describe("oauth2 refusals and hostile answers", function()
   it("refuses hostile token answers with clear kind auth errors", function()
     local cases = {
       { { kind = "malformed" }, "not JSON" },
-      { { kind = "html", status = 502, title = "Bad Gateway" }, "HTTP 502: Bad Gateway" },
+      { { kind = "html", status = 502, title = "Bad Gateway" }, "refused: HTTP 502: Bad Gateway" },
       { { kind = "status", status = 200, body = "[1,2]" }, "no access_token" },
       { { kind = "status", status = 200, body = '"text"' }, "not a JSON object" },
       { { kind = "missing" }, "no access_token" },

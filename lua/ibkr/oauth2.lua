@@ -341,7 +341,10 @@ function Signer:refusal_words(err, secret)
   code = code and core.printable(redact(code, secrets), 100)
   desc = desc and core.printable(redact(desc, secrets), 300)
   local words = code and desc and (code .. ": " .. desc) or code or desc
-  if not data and err.message then words = core.printable(redact(err.message, secrets), 300) end
+  if not data and err.message then -- the core's words for a page or a text ("HTTP 502: <title>")
+    words = core.printable(redact(tostring(err.message):gsub("^HTTP %d*:? *", ""), secrets), 300)
+    if words == "" then words = nil end
+  end
   return words, code, desc
 end
 
@@ -475,7 +478,11 @@ end
 
 -- Per-call options for one attempt: copts plus the bearer; copts itself is not changed. Notes
 -- an ssodh/init (its body is sent again after a new SSO session) and a logout (then not).
+-- Returns copts, or nil, err when there is no SSO session to sign with.
 function Signer:sign(method, path, copts)
+  if not self.session then -- dropped by a refusal while this caller renewed: one more round
+    return nil, self:auth_error("sso", "OAuth 2.0 SSO session dropped during its renewal")
+  end
   local out, headers = {}, {}
   for k, v in pairs(copts or {}) do out[k] = v end
   for k, v in pairs(out.headers or {}) do headers[k] = v end
