@@ -1,13 +1,24 @@
 -- One call of a session: pacing, the HTTP exchange (blocking or step by step), retries, the
 -- call's deadline, stats.
 --
+-- The session (ibkr/init.lua) owns one caller, made by call.new; the caller owns what calls
+-- share — the core session, the pacer, the counters, the OAuth signer in use — and nothing
+-- else touches them: the session asks through the methods below.
+--   call.new{ core =, clock =, timeout =, deadline =, retries =, pacer =, oauth =, random = }
+--   c:run(w, method, path, copts, allow_retry, deadline) -> res, nil, status | nil, err
+--   c:stats() -> a new table of counters      c:held(now) -> seconds of a hold left, or nil
+--   c:close()                                 closes the core session and the signer
 -- How a call waits is decided by a "waiter" (ibkr/waiter.lua).
 -- The C core does every exchange; this file never parses HTTP or JSON.
 
 local core = require("ibkr.core")
 local retry = require("ibkr.retry")
+local pacing = require("ibkr.pacing")
 
 local M = {}
+
+local Caller = {}
+Caller.__index = Caller
 
 local BUSY_POLL = 0.01 -- [oauth] seconds between looks while another caller fetches the token
 
@@ -24,7 +35,7 @@ M.closed_error = closed_error
 -- closed while suspended here (coroutine.close runs pending to-be-closed variables), when the
 -- keep-alive is stopped, or when a host's sleep raises.
 local function stepped(s, w, method, path, copts)
-  local req, err = s._core:start(method, path, copts)
+  local req, err = s.core:start(method, path, copts)
   if not req then return nil, err end
   local inflight <close> = req -- luacheck: ignore inflight
   while true do
@@ -36,7 +47,7 @@ local function stepped(s, w, method, path, copts)
 end
 
 local function count(s, res, err, status)
-  local st = s._stats
+  local st = s.counts
   st.requests = st.requests + 1
   if res then
     st.last_status = status or st.last_status
@@ -50,7 +61,7 @@ end
 
 -- A call refused without sending: kind "rate_limited" with retry_after (seconds).
 local function refused(s, method, path, again, held)
-  s._stats.rate_limited = s._stats.rate_limited + 1
+  s.counts.rate_limited = s.counts.rate_limited + 1
   local err = core.error{
     kind = "rate_limited", method = method, path = path, retry_after = again,
     message = held
@@ -59,7 +70,7 @@ local function refused(s, method, path, again, held)
       or string.format("%s %s would exceed the gateway's pacing limits; retry in %.3g s",
         method, path, again),
   }
-  s._stats.last_error = err
+  s.counts.last_error = err
   return err
 end
 
@@ -72,15 +83,15 @@ end
 -- Pacing before an attempt: waits when the pacer says so and the wait fits before `limit`.
 -- Returns true, or nil plus the error to return (a retry keeps its real error `last_err`).
 local function admit(s, w, method, path, last_err, limit)
-  local now = s._clock()
-  local wait, again, held = s._pacer:reserve(path, now)
+  local now = s.clock()
+  local wait, again, held = s.pacer:reserve(path, now)
   if wait and wait > 0 and now + wait >= limit then wait, again = nil, wait end
   if not wait then
     if last_err then return nil, last_err end
     return nil, refused(s, method, path, again, held)
   end
   if wait > 0 then
-    s._stats.paced = s._stats.paced + 1
+    s.counts.paced = s.counts.paced + 1
     w.wait(wait)
     if not w.live() then return nil, w.gone(method, path) end
   end
@@ -91,7 +102,7 @@ end
 local function note_hold(s, err)
   local ra = err.retry_after
   if (err.status == 429 or err.status == 503) and type(ra) == "number" and ra > 0 then
-    s._pacer:hold(s._clock() + ra)
+    s.pacer:hold(s.clock() + ra)
   end
 end
 
@@ -123,23 +134,25 @@ local function bounded(w, secs)
   }
 end
 
+local run -- defined below: the token request is a call of its own
+
 -- [oauth] OAuth sessions (ibkr/oauth.lua): obtain or renew the live session token, then sign this
 -- attempt afresh (new nonce and timestamp). Returns the attempt's copts, or nil, err.
 -- One handshake at a time per session: other callers wait for it, each within its own deadline
 -- `limit`. The token request is a call of its own (unsigned: `raw`) bounded by the same deadline,
 -- so its exchange gets the session's timeout or what is left of the deadline, whichever is less.
 local function oauth_copts(s, w, method, path, copts, limit)
-  local o = s._oauth
-  while o.fetching and s._clock() < o.fetching do
-    if s._clock() >= limit then return nil, late(method, path, s._deadline) end
+  local o = s.oauth
+  while o.fetching and s.clock() < o.fetching do
+    if s.clock() >= limit then return nil, late(method, path, s.deadline) end
     w.wait(BUSY_POLL)
     if not w.live() then return nil, w.gone(method, path) end
   end
-  if o:needs_token(s._clock()) then
+  if o:needs_token(s.clock()) then
     local busy <close> = o:fetching_until(limit) -- luacheck: ignore busy
-    local res, err = M.run(s, w, "POST", o.LST_PATH, o:token_request(), false, limit, true)
+    local res, err = run(s, w, "POST", o.LST_PATH, o:token_request(), false, limit, true)
     local ok
-    if res then ok, err = o:accept_token(res, s._clock()) end
+    if res then ok, err = o:accept_token(res, s.clock()) end
     if not ok then return nil, o:token_error(err) end
   end
   return o:sign(method, path, copts)
@@ -150,15 +163,15 @@ end
 -- call must end with err now (closed or stopped mid-request, out of time). A failed token
 -- request is the attempt's error: the caller's retry rules apply to it as to any other.
 local function attempt_once(s, w, method, path, copts, limit, last_err, raw, repeatable)
-  if s._oauth and not raw then -- [oauth]
+  if s.oauth and not raw then -- [oauth]
     local err
     copts, err = oauth_copts(s, w, method, path, copts, limit)
     if not copts then return nil, err end
   end
-  local left = limit - s._clock()
-  if left <= 0 then return nil, last_err or late(method, path, s._deadline), nil, true end
-  local cut = left < s._timeout
-  local xopts = exchange_opts(copts, cut and left or s._timeout, repeatable)
+  local left = limit - s.clock()
+  if left <= 0 then return nil, last_err or late(method, path, s.deadline), nil, true end
+  local cut = left < s.timeout
+  local xopts = exchange_opts(copts, cut and left or s.timeout, repeatable)
   local res, err, status, aborted
   local xw = cut and bounded(w, left) or w
   if xw.step then
@@ -166,9 +179,9 @@ local function attempt_once(s, w, method, path, copts, limit, last_err, raw, rep
     if aborted and err.kind ~= "timeout" then return nil, err, nil, true end -- closed or stopped
     if aborted then return nil, last_err or err, nil, true end -- out of time: what the gateway said before
   else
-    res, err, status = s._core:perform(method, path, xopts)
+    res, err, status = s.core:perform(method, path, xopts)
   end
-  if s._closed then return nil, closed_error(method, path), nil, true end
+  if s.closed then return nil, closed_error(method, path), nil, true end
   count(s, res, err, status)
   if res ~= nil then return res, nil, status end
   note_hold(s, err)
@@ -176,17 +189,17 @@ local function attempt_once(s, w, method, path, copts, limit, last_err, raw, rep
   return nil, err
 end
 
--- Performs `method path` for session `s` with waiter `w`.
+-- Performs `method path` for caller `s` with waiter `w`.
 -- allow_retry: whether retryable failures are tried again (s.retries times at most).
 -- deadline: optional absolute time (the session's clock) by which the call must end; the call's
--- own bound is s._deadline seconds from now: all attempts, backoff and pacing waits included.
+-- own bound is s.deadline seconds from now: all attempts, backoff and pacing waits included.
 -- When the deadline cuts an attempt short, the previous attempt's answer is returned (what the
 -- gateway said is worth more than "timeout").
 -- raw: [oauth] true for the token request itself (not signed, no renewal).
 -- Returns result, nil, status on success, or nil, err.
-function M.run(s, w, method, path, copts, allow_retry, deadline, raw)
-  if s._closed then return nil, closed_error(method, path) end
-  local limit = s._clock() + s._deadline
+function run(s, w, method, path, copts, allow_retry, deadline, raw)
+  if s.closed then return nil, closed_error(method, path) end
+  local limit = s.clock() + s.deadline
   if deadline and deadline < limit then limit = deadline end
   local attempt = 0
   local last_err
@@ -197,19 +210,58 @@ function M.run(s, w, method, path, copts, allow_retry, deadline, raw)
     local res, err, status, final = attempt_once(s, w, method, path, copts, limit, last_err, raw, allow_retry)
     if res ~= nil then return res, nil, status end
     if final then return nil, err end
-    if s._oauth and not raw and not renewed and s._oauth:refused(err) then -- [oauth] new token, once
+    if s.oauth and not raw and not renewed and s.oauth:refused(err) then -- [oauth] new token, once
       renewed = true
       last_err = err
     else
       attempt = attempt + 1
-      local delay = allow_retry and attempt <= s._retries and retry.retryable(err)
-        and retry.delay(attempt, err.retry_after, s._random)
-      if not delay or s._clock() + delay >= limit then return nil, err end
-      s._stats.retries = s._stats.retries + 1
+      local delay = allow_retry and attempt <= s.retries and retry.retryable(err)
+        and retry.delay(attempt, err.retry_after, s.random)
+      if not delay or s.clock() + delay >= limit then return nil, err end
+      s.counts.retries = s.counts.retries + 1
       last_err = err
       w.wait(delay)
       if not w.live() then return nil, w.gone(method, path) end
     end
+  end
+end
+
+-- new{ core = the core session, clock = function, timeout = seconds of one exchange,
+--      deadline = seconds of one call, retries = n, pacer = ibkr.pacing object (a new one with
+--      the gateway's limits when nil), oauth = signer or nil, random = math.random-like }
+function M.new(o)
+  return setmetatable({
+    core = o.core, clock = o.clock, timeout = o.timeout, deadline = o.deadline,
+    retries = o.retries, random = o.random or math.random,
+    pacer = o.pacer or pacing.new(), oauth = o.oauth, closed = false,
+    counts = { requests = 0, failures = 0, retries = 0, rate_limited = 0, paced = 0 },
+  }, Caller)
+end
+
+function Caller:run(w, method, path, copts, allow_retry, deadline)
+  return run(self, w, method, path, copts, allow_retry, deadline)
+end
+
+-- The counters (docs/ibkr.md, s:stats()): a new table, with the core's while it is open.
+function Caller:stats()
+  local t = {}
+  for k, v in pairs(self.counts) do t[k] = v end
+  if not self.closed then
+    local info = self.core:info()
+    t.connects, t.exchanges, t.in_flight = info.connects, info.exchanges, info.in_flight
+  end
+  return t
+end
+
+-- Seconds left of a hold that keeps every call back (the gateway's Retry-After), or nil.
+function Caller:held(now) return self.pacer:held(now or self.clock()) end
+
+-- Closes the core session and wipes the signer (its keys and token); idempotent.
+function Caller:close()
+  if not self.closed then
+    self.closed = true
+    self.core:close()
+    if self.oauth then self.oauth:close() end -- [oauth]
   end
 end
 
