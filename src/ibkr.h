@@ -123,6 +123,8 @@ typedef struct xfer {
   char errbuf[CURL_ERROR_SIZE];
   /* facts gathered when the transfer ended, so results never need `easy` */
   long status, nconnects, header_size;
+  long verify_result;         /* CURLINFO_SSL_VERIFYRESULT: the certificate check's X509_V_* code */
+  long long ca_not_after;     /* copied from the session's sconf (TLS evidence, request.c) */
   curl_off_t retry_after;
   char *location;
 } xfer;
@@ -207,6 +209,7 @@ struct sconf {
   int nuh;
   long timeout_ms;
   size_t max_body;
+  long long ca_not_after;     /* earliest notAfter (epoch s) of the ca_file's certificates, or 0 */
 };
 
 void session_open(lua_State *L);

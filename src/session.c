@@ -5,9 +5,14 @@
 ** own easy handle (pooled), so calls never wait for each other here.
 */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "ibkr.h"
 
@@ -212,6 +217,32 @@ static int set_route(CURL *e, xhome *h, const newopts *o, const char *host, long
   return c == CURLE_OK;
 }
 
+/*
+** The earliest end of validity (seconds since the epoch) among the
+** certificates of the PEM file `path`, or 0 when it holds none that can be
+** read. A verification that fails for an expired certificate then says
+** when it expired (request.c); a file that cannot be read is libcurl's to
+** report. OpenSSL's error queue is left empty: libcurl reads it for its
+** own messages.
+*/
+static long long ca_not_after(const char *path) {
+  FILE *f = fopen(path, "r");
+  X509 *c;
+  long long best = 0, now = (long long)time(NULL);
+  int day, sec;
+  if (f == NULL) return 0;
+  while ((c = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+    if (ASN1_TIME_diff(&day, &sec, NULL, X509_get0_notAfter(c))) {
+      long long t = now + (long long)day * 86400 + sec;
+      if (t > 0 && (best == 0 || t < best)) best = t;
+    }
+    X509_free(c);
+  }
+  fclose(f);
+  ERR_clear_error();
+  return best;
+}
+
 /* clamp before the cast: a double beyond LONG_MAX is undefined behaviour
 ** (1e12 ms is 31 years, "no limit" for a session) */
 static long to_ms(double secs) {
@@ -253,6 +284,7 @@ static int core_new(lua_State *L) {
   s->conf.baselen = ulen;
   s->conf.shown = s->conf.base ? wire_redact(s->conf.base) : NULL;
   s->conf.max_body = (size_t)o.max_body;
+  if (o.ca) s->conf.ca_not_after = ca_not_after(o.ca);
   s->conf.timeout_ms = to_ms(o.timeout);
   if (!s->conf.base || !s->conf.shown || !build_headers(L, &s->conf, o.nh, o.ua)) {
     curl_free(host);
