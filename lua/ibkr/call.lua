@@ -7,11 +7,13 @@
 --   call.new{ core =, clock =, timeout =, deadline =, retries =, pacer =, oauth =, random = }
 --   c:run(w, method, path, copts, allow_retry, deadline) -> res, nil, status | nil, err
 --   c:stats() -> a new table of counters      c:held(now) -> seconds of a hold left, or nil
+--   c:backoff(now) -> seconds the streak of 5xx calls asks pollers to wait still, or nil
 --   c:close()                                 closes the core session and the signer
 -- How a call waits is decided by a "waiter" (ibkr/waiter.lua).
 -- The C core does every exchange; this file never parses HTTP or JSON.
 
 local core = require("ibkr.core")
+local kinds = require("ibkr.kinds")
 local retry = require("ibkr.retry")
 local pacing = require("ibkr.pacing")
 
@@ -46,6 +48,23 @@ local function stepped(s, w, method, path, copts)
   end
 end
 
+-- A gateway that keeps refusing (ibkr/kinds.lua, "Refusals"): the n-th refusal of a class in a
+-- row sets a hold of kinds.backoff(class, n); any other answer ends the streak. A 429 without
+-- Retry-After holds back every call (the pacer's hold, "pacing"); the error says for how long
+-- (err.hold). The streak of failed calls ("server") is noted by the call (note_call).
+local function note_answer(s, res, err)
+  local class = err and kinds.refusal(err)
+  if class == "pacing" then
+    local n = (s.streak.pacing or 0) + 1
+    s.streak.pacing = n
+    local secs = kinds.backoff("pacing", n, s.random)
+    s.pacer:hold(s.clock() + secs, "pacing")
+    err.hold, err.refusals = secs, n
+  elseif res ~= nil or (err and err.status) then
+    s.streak.pacing = nil
+  end
+end
+
 local function count(s, res, err, status)
   local st = s.counts
   st.requests = st.requests + 1
@@ -57,16 +76,21 @@ local function count(s, res, err, status)
     if err.status then st.last_status = err.status end
     if err.status == 429 then st.rate_limited = st.rate_limited + 1 end
   end
+  note_answer(s, res, err)
 end
 
--- A call refused without sending: kind "rate_limited" with retry_after (seconds).
-local function refused(s, method, path, again, held)
+-- A call refused without sending: kind "rate_limited" with retry_after (seconds). `why`: what
+-- holds it back (the pacer's reason), nil for the client's own limits.
+local HELD = {
+  retry_after = "the gateway asked to wait (Retry-After)",
+  pacing = "the gateway refused with 429 and no Retry-After; IBKR's penalty box grows with every request",
+}
+local function refused(s, method, path, again, why)
   s.counts.rate_limited = s.counts.rate_limited + 1
   local err = core.error{
-    kind = "rate_limited", method = method, path = path, retry_after = again,
-    message = held
-      and string.format("%s %s held back: the gateway asked to wait (Retry-After); retry in %.3g s",
-        method, path, again)
+    kind = "rate_limited", method = method, path = path, retry_after = again, held = why,
+    message = why
+      and string.format("%s %s held back: %s; retry in %.3g s", method, path, HELD[why] or why, again)
       or string.format("%s %s would exceed the gateway's pacing limits; retry in %.3g s",
         method, path, again),
   }
@@ -74,9 +98,9 @@ local function refused(s, method, path, again, held)
   return err
 end
 
--- The call's deadline passed before an attempt could be made.
+-- The call's deadline passed before an attempt could be made (late: nothing was waited for).
 local function late(method, path, budget)
-  return core.error{ kind = "timeout", method = method, path = path,
+  return core.error{ kind = "timeout", method = method, path = path, late = true,
     message = string.format("no time left of the call's %g s deadline", budget) }
 end
 
@@ -84,11 +108,11 @@ end
 -- Returns true, or nil plus the error to return (a retry keeps its real error `last_err`).
 local function admit(s, w, method, path, last_err, limit)
   local now = s.clock()
-  local wait, again, held = s.pacer:reserve(path, now)
+  local wait, again, why = s.pacer:reserve(path, now)
   if wait and wait > 0 and now + wait >= limit then wait, again = nil, wait end
   if not wait then
     if last_err then return nil, last_err end
-    return nil, refused(s, method, path, again, held)
+    return nil, refused(s, method, path, again, why)
   end
   if wait > 0 then
     s.counts.paced = s.counts.paced + 1
@@ -136,6 +160,32 @@ end
 
 local run -- defined below: the token request is a call of its own
 
+-- [oauth] A live session token refused again and again (kinds.REFUSALS.token): from the second
+-- refusal in a row, token requests wait kinds.backoff("token", n); a call that needs a token
+-- meanwhile fails at once (kind "auth", `hold` and `retry_after` = seconds left, `cause` = the
+-- last refusal) without a request. Transport failures (connect, timeout...) are no refusals.
+local function note_token(s, err)
+  if kinds.refusal(err) == "token" then
+    local n = (s.streak.token or 0) + 1
+    s.streak.token = n
+    local secs = kinds.backoff("token", n, s.random)
+    if secs > 0 then s.token_until, s.token_err = s.clock() + secs, err end
+  end
+  return err
+end
+
+local function token_held(s, o)
+  local left = s.token_until and s.token_until - s.clock()
+  if not left or left <= 0 then return nil end
+  local last = s.token_err
+  return core.error{
+    kind = "auth", method = "POST", path = o.LST_PATH, status = last.status, cause = last,
+    hold = left, retry_after = left, refusals = s.streak.token,
+    message = string.format("live session token request held back %.3g s after %d refusals in a row "
+      .. "(the last: %s)", left, s.streak.token, tostring(last.message)),
+  }
+end
+
 -- [oauth] OAuth sessions (ibkr/oauth.lua): obtain or renew the live session token, then sign this
 -- attempt afresh (new nonce and timestamp). Returns the attempt's copts, or nil, err.
 -- One handshake at a time per session: other callers wait for it, each within its own deadline
@@ -149,11 +199,14 @@ local function oauth_copts(s, w, method, path, copts, limit)
     if not w.live() then return nil, w.gone(method, path) end
   end
   if o:needs_token(s.clock()) then
+    local held = token_held(s, o)
+    if held then return nil, held end
     local busy <close> = o:fetching_until(limit) -- luacheck: ignore busy
     local res, err = run(s, w, "POST", o.LST_PATH, o:token_request(), false, limit, true)
     local ok
     if res then ok, err = o:accept_token(res, s.clock()) end
-    if not ok then return nil, o:token_error(err) end
+    if not ok then return nil, note_token(s, o:token_error(err)) end
+    s.streak.token, s.token_until = nil, nil
   end
   return o:sign(method, path, copts)
 end
@@ -197,7 +250,7 @@ end
 -- gateway said is worth more than "timeout").
 -- raw: [oauth] true for the token request itself (not signed, no renewal).
 -- Returns result, nil, status on success, or nil, err.
-function run(s, w, method, path, copts, allow_retry, deadline, raw)
+local function attempts(s, w, method, path, copts, allow_retry, deadline, raw)
   if s.closed then return nil, closed_error(method, path) end
   local limit = s.clock() + s.deadline
   if deadline and deadline < limit then limit = deadline end
@@ -217,6 +270,8 @@ function run(s, w, method, path, copts, allow_retry, deadline, raw)
       attempt = attempt + 1
       local delay = allow_retry and attempt <= s.retries and retry.retryable(err)
         and retry.delay(attempt, err.retry_after, s.random)
+      local held = delay and s.pacer:held(s.clock()) -- a hold the answer set: no retry before it ends
+      if held and held > delay then delay = held end
       if not delay or s.clock() + delay >= limit then return nil, err end
       s.counts.retries = s.counts.retries + 1
       last_err = err
@@ -226,20 +281,46 @@ function run(s, w, method, path, copts, allow_retry, deadline, raw)
   end
 end
 
+-- A call's outcome for the streak of failed calls (kinds.REFUSALS.server): a call that ended in a
+-- 5xx without Retry-After makes the next attempts of pollers (the keep-alive, wait_ready) wait
+-- kinds.backoff("server", n) (Caller:backoff); any other answer ends the streak.
+local function note_call(s, res, err)
+  if res == nil and kinds.refusal(err) == "server" then
+    local n = (s.streak.server or 0) + 1
+    s.streak.server = n
+    s.server_until = s.clock() + kinds.backoff("server", n, s.random)
+  elseif res ~= nil or err.status then
+    s.streak.server, s.server_until = nil, nil
+  end
+end
+
+function run(s, w, method, path, copts, allow_retry, deadline, raw)
+  local res, err, status = attempts(s, w, method, path, copts, allow_retry, deadline, raw)
+  if not raw then note_call(s, res, err) end
+  return res, err, status
+end
+
 -- new{ core = the core session, clock = function, timeout = seconds of one exchange,
 --      deadline = seconds of one call, retries = n, pacer = ibkr.pacing object (a new one with
---      the gateway's limits when nil), oauth = signer or nil, random = math.random-like }
+--      the gateway's limits when nil), oauth = signer or nil, random = math.random-like,
+--      hint = the context of err.hint: { url =, cacert =, proxy = } (ibkr/kinds.lua) }
 function M.new(o)
   return setmetatable({
     core = o.core, clock = o.clock, timeout = o.timeout, deadline = o.deadline,
     retries = o.retries, random = o.random or math.random,
-    pacer = o.pacer or pacing.new(), oauth = o.oauth, closed = false,
+    pacer = o.pacer or pacing.new(), oauth = o.oauth, closed = false, hint = o.hint or {},
     counts = { requests = 0, failures = 0, retries = 0, rate_limited = 0, paced = 0 },
+    streak = {},        -- refusal class -> refusals (or failed calls) in a row (kinds.REFUSALS)
+    server_until = nil, -- the streak of 5xx calls asks pollers to wait until then
+    token_until = nil, token_err = nil, -- [oauth] token requests wait until then; the last refusal
   }, Caller)
 end
 
+-- The error a call returns carries err.hint: what the evidence shows, from the registry.
 function Caller:run(w, method, path, copts, allow_retry, deadline)
-  return run(self, w, method, path, copts, allow_retry, deadline)
+  local res, err, status = run(self, w, method, path, copts, allow_retry, deadline)
+  if res == nil and err.hint == nil then err.hint = kinds.hint(err, self.hint) end
+  return res, err, status
 end
 
 -- The counters (docs/ibkr.md, s:stats()): a new table, with the core's while it is open.
@@ -253,8 +334,22 @@ function Caller:stats()
   return t
 end
 
--- Seconds left of a hold that keeps every call back (the gateway's Retry-After), or nil.
-function Caller:held(now) return self.pacer:held(now or self.clock()) end
+-- Seconds left of a hold that keeps calls back (the gateway's Retry-After, a 429 without one,
+-- [oauth] the token requests after repeated refusals), or nil.
+function Caller:held(now)
+  now = now or self.clock()
+  local held = self.pacer:held(now)
+  local token = self.token_until and self.token_until - now
+  if token and token > 0 and (not held or token > held) then held = token end
+  return held
+end
+
+-- Seconds the streak of failed calls (5xx) asks repeated attempts to wait still, or nil.
+function Caller:backoff(now)
+  local left = self.server_until and self.server_until - (now or self.clock())
+  if left and left > 0 then return left end
+  return nil
+end
 
 -- Closes the core session and wipes the signer (its keys and token); idempotent.
 function Caller:close()

@@ -106,6 +106,7 @@ function M.new(opts)
       -- always a pacer: pacing = false turns off the client's limits, not the gateway's Retry-After
       pacer = pacing.new{ limits = o.pacing ~= false },
       oauth = signer or nil, -- [oauth]
+      hint = { url = o.base_url, cacert = o.ca_file, proxy = o.proxy }, -- err.hint (ibkr/kinds.lua)
     },
     _clock = clock,
     _sleep = o.sleep or core.sleep,
@@ -137,7 +138,10 @@ local ENDPOINTS = {
 -- Returns state, detail (the status table or the error).
 local function observed(name, res, err)
   if res ~= nil then
-    return (state.of_answer(name, res)), name == "tickle" and state.tickle_status(res) or res
+    local st = state.of_answer(name, res)
+    -- ssodh/init's own "authenticated" is no proof: only auth/status (or a tickle) says ready
+    if name == "init_brokerage" and st == "ready" then return nil end
+    return st, name == "tickle" and state.tickle_status(res) or res
   end
   local st = kinds.observed(err) -- nil: a "not now", a close: nothing about the state
   if st == nil then return nil end
@@ -156,7 +160,10 @@ end
 --                                    the answer says about the state (s:state())
 --   s:observe(state, detail)      records a state for s:state()
 --   s:liveness()                  -> function that is true until s:stop() or s:close()
---   s:held(now)                   -> seconds left of the gateway's Retry-After hold, or nil
+--   s:held(now)                   -> seconds left of a hold that keeps calls back (the gateway's
+--                                    Retry-After, a 429 without one, refused OAuth tokens), or nil
+--   s:backoff(now)                -> seconds the session's streak of 5xx answers asks repeated
+--                                    attempts (keep-alive, wait_ready) to wait still, or nil
 --   s:sleep(seconds)              blocks with the session's sleep (the `sleep` option)
 
 function Session:now() return self._clock() end
@@ -186,6 +193,8 @@ function Session:liveness()
 end
 
 function Session:held(now) return self._call:held(now or self._clock()) end
+
+function Session:backoff(now) return self._call:backoff(now or self._clock()) end
 
 function Session:sleep(secs) self._sleep(secs) end
 
@@ -253,16 +262,20 @@ end
 -- Helpers
 
 -- State and detail from /iserver/auth/status, with waiter w (by `deadline`, absolute, if given).
--- A 2xx answer that judge() refuses gives "error" (or "no_session") and an error object.
+-- A 2xx answer that judge() refuses gives "error" (or "no_session") and an error object; an
+-- error that says nothing about the session (held back, the deadline spent) gives nil, err.
 local function health(s, w, deadline)
   local res, err = s:endpoint(w, "auth_status", nil, deadline)
-  if res == nil then return state.of_error(err), err end
+  if res == nil then return kinds.observed(err), err end
   local st, why = state.of_answer("auth_status", res)
   if why then return st, state.refusal("POST", "/iserver/auth/status", res, why) end
   return st, res
 end
 
-function Session:health() return health(self, self:_waiter()) end
+function Session:health()
+  local st, detail = health(self, self:_waiter())
+  return st or "error", detail
+end
 
 function Session:is_ready() return (self:health()) == "ready" end
 
@@ -274,29 +287,40 @@ local function wait_ready_opts(opts)
   return opts.timeout or 60, opts.init ~= false, opts.compete == true
 end
 
--- The error of a wait_ready that ran out of time in state st (detail: last status or error).
-local function not_ready(timeout, st, detail)
+-- The error of a wait_ready that ran out of time in state st (detail: last status or error;
+-- tried: the last failed repair's error, or nil).
+local function not_ready(timeout, st, detail, tried)
   local e = core.is_error(detail) and detail or nil
   local said = e and e.message or state.said(detail)
   return core.error{
-    kind = "timeout", state = st, method = "POST", path = "/iserver/auth/status", cause = e,
-    status = e and e.status or nil,
+    kind = "timeout", state = st, method = "POST", path = "/iserver/auth/status", cause = e or tried,
+    status = e and e.status or nil, action = tried and tried.action or nil,
     message = string.format("session not ready after %g s (state: %s%s)", timeout, st,
       said and (": " .. said) or ""),
   }
 end
 
+-- The seconds wait_ready waits before its next poll: POLL, or longer while the session is held
+-- back or backing off from 5xx answers; never past the deadline.
+local function poll_pause(s, left)
+  return math.min(math.max(POLL, s:held() or 0, s:backoff() or 0), left)
+end
+
 -- wait_ready{timeout=60, init=true, compete=false}: `timeout` is a deadline for everything it
--- does (polls, repairs, their retries and waits). Repairs as the keep-alive's (ibkr/repair.lua),
--- backing off from POLL * 5 seconds.
+-- does (polls, repairs, their retries and waits). Ready only when auth/status says so. Repairs
+-- as the keep-alive's (ibkr/repair.lua), backing off from POLL * 5 seconds. The state it reports
+-- when time runs out is the last one an answer showed (a poll that the deadline or a hold kept
+-- from being sent shows none).
 function Session:wait_ready(opts)
   local timeout, init, compete = wait_ready_opts(opts)
   local w = self:_waiter()
   local deadline = self._clock() + timeout
   local schedule = repair.new(5 * POLL)
+  local st, detail, tried
   while true do
-    local st, detail = health(self, w, deadline)
-    if st == "ready" then return detail end
+    local seen, d = health(self, w, deadline)
+    if seen == "ready" then return d end
+    if seen or not st then st, detail = seen, d end
     if self._closed then return nil, call.closed_error("POST", "/iserver/auth/status") end
     if init and repair.wanted(st, compete) and schedule:due(self._clock()) and self._clock() < deadline then
       local ready, err = repair.run(self, w, { compete = compete, limit = deadline,
@@ -304,13 +328,13 @@ function Session:wait_ready(opts)
       if self._closed then return nil, call.closed_error("POST", "/iserver/auth/status") end
       if ready then return ready end
       schedule:failed(self._clock())
-      detail = err or detail
+      tried = err or tried
     end
     local now = self._clock()
-    if now >= deadline then return nil, not_ready(timeout, st, detail) end
-    w.wait(math.min(POLL, deadline - now))
+    if now >= deadline then return nil, not_ready(timeout, st or "error", detail, tried) end
+    w.wait(poll_pause(self, deadline - now))
     if self._closed then return nil, call.closed_error("POST", "/iserver/auth/status") end
-    if self._clock() >= deadline then return nil, not_ready(timeout, st, detail) end
+    if self._clock() >= deadline then return nil, not_ready(timeout, st or "error", detail, tried) end
   end
 end
 

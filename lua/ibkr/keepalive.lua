@@ -137,7 +137,7 @@ local function maybe_repair(s, w, o, rep, sched, st, alive)
     end })
   if not alive() then return st end
   if ready then
-    sched:succeeded()
+    sched:repaired(s:now())
     rep.state("ready", ready)
     return "ready"
   end
@@ -147,10 +147,12 @@ local function maybe_repair(s, w, o, rep, sched, st, alive)
   return rep.current or st
 end
 
--- Sleeps `pause` seconds, or until the gateway's Retry-After hold ends when that is later.
+-- Sleeps `pause` seconds, or until the session's hold ends (the gateway's Retry-After, a 429
+-- without one, refused OAuth tokens) or its backoff after 5xx answers, when that is later.
 local function pause_for(s, w, pause, alive)
-  local held = s:held()
+  local held, backoff = s:held(), s:backoff()
   if held and held > pause then pause = held end
+  if backoff and backoff > pause then pause = backoff end
   if w.chunk then
     -- Inline loop: the host's sleep cannot be interrupted, so sleep in slices and look at
     -- stop()/close() between them (a coroutine just is not resumed again, or closed).
@@ -176,7 +178,12 @@ local function run(s, o, w, alive)
     local got_through = st ~= nil -- false: held back (429, Retry-After): retry sooner, state kept
     if st or not rep.current then rep.state(st or "error", detail) end
     st = rep.current
-    if st == "ready" then sched:succeeded() end
+    -- a repair counts once it sticks: a fall back seen before that is a failed repair
+    if st == "ready" then
+      sched:seen(true, s:now())
+    elseif got_through and repair.wanted(st, o.compete) then
+      sched:seen(false, s:now())
+    end
     -- Repair. Unauthenticated (and not-yet-connected) sessions are re-initialised when `init`;
     -- a competing session only with `compete = true`, because taking the brokerage session
     -- disconnects the user's other login (TWS, the mobile app): by default we report it and wait.

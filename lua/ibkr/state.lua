@@ -23,6 +23,19 @@ function M.text(s)
   return core.printable(s, M.MAX_TEXT) -- the core's rules: other controls escaped, cut on a character
 end
 
+-- What a body that is not JSON is, as one bounded line for a message: "an empty body", "an HTML
+-- page titled \"…\"", "an HTML page", or "text: …" (its first words).
+function M.body_text(body)
+  if type(body) ~= "string" or body:match("^%s*$") then return "an empty body" end
+  if body:match("^%s*<") then
+    local title = body:match("<[Tt][Ii][Tt][Ll][Ee][^>]*>(.-)</[Tt][Ii][Tt][Ll][Ee]")
+      or body:match("<[Hh]1[^>]*>(.-)</[Hh]1")
+    title = title and M.text((title:gsub("<[^>]*>", "")))
+    return title and ("an HTML page titled \"" .. title .. "\"") or "an HTML page"
+  end
+  return "text: " .. (M.text(body) or "")
+end
+
 -- Whether v is a JSON object as decoded (a table that is not an array).
 local function is_object(v)
   if type(v) ~= "table" then return false end
