@@ -227,18 +227,20 @@ static int set_route(CURL *e, xhome *h, const newopts *o, const char *host, long
 */
 static long long ca_not_after(const char *path) {
   FILE *f = fopen(path, "r");
+  ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);      /* 1970-01-01: differences are epoch seconds */
   X509 *c;
-  long long best = 0, now = (long long)time(NULL);
+  long long best = 0;
   int day, sec;
-  if (f == NULL) return 0;
-  while ((c = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
-    if (ASN1_TIME_diff(&day, &sec, NULL, X509_get0_notAfter(c))) {
-      long long t = now + (long long)day * 86400 + sec;
-      if (t > 0 && (best == 0 || t < best)) best = t;
+  if (f != NULL && epoch != NULL)
+    while ((c = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+      if (ASN1_TIME_diff(&day, &sec, epoch, X509_get0_notAfter(c))) {
+        long long t = (long long)day * 86400 + sec;
+        if (t > 0 && (best == 0 || t < best)) best = t;
+      }
+      X509_free(c);
     }
-    X509_free(c);
-  }
-  fclose(f);
+  if (f != NULL) fclose(f);
+  ASN1_TIME_free(epoch);
   ERR_clear_error();
   return best;
 }
