@@ -5,7 +5,8 @@
 -- share — the core session, the pacer, the counters, the OAuth signer in use — and nothing
 -- else touches them: the session asks through the methods below.
 --   call.new{ core =, clock =, timeout =, deadline =, retries =, pacer =, oauth =, random = }
---   c:run(w, method, path, copts, allow_retry, deadline) -> res, nil, status | nil, err
+--   c:run(w, method, path, copts, allow_retry, deadline) -> res, nil, status | nil, err (err.hint)
+--   c:hinted(err) -> err, with its hint
 --   c:stats() -> a new table of counters      c:held(now) -> seconds of a hold left, or nil
 --   c:backoff(now) -> seconds the streak of 5xx calls asks pollers to wait still, or nil
 --   c:close()                                 closes the core session and the signer
@@ -316,10 +317,17 @@ function M.new(o)
   }, Caller)
 end
 
--- The error a call returns carries err.hint: what the evidence shows, from the registry.
+-- Gives err its hint (err.hint: what the evidence shows, from the registry) unless it has one;
+-- returns err.
+function Caller:hinted(err)
+  if err.hint == nil then err.hint = kinds.hint(err, self.hint) end
+  return err
+end
+
+-- The error a call returns carries err.hint.
 function Caller:run(w, method, path, copts, allow_retry, deadline)
   local res, err, status = run(self, w, method, path, copts, allow_retry, deadline)
-  if res == nil and err.hint == nil then err.hint = kinds.hint(err, self.hint) end
+  if res == nil then self:hinted(err) end
   return res, err, status
 end
 

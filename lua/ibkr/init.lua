@@ -331,10 +331,14 @@ function Session:wait_ready(opts)
       tried = err or tried
     end
     local now = self._clock()
-    if now >= deadline then return nil, not_ready(timeout, st or "error", detail, tried) end
+    if now >= deadline then
+      return nil, self._call:hinted(not_ready(timeout, st or "error", detail, tried))
+    end
     w.wait(poll_pause(self, deadline - now))
     if self._closed then return nil, call.closed_error("POST", "/iserver/auth/status") end
-    if self._clock() >= deadline then return nil, not_ready(timeout, st or "error", detail, tried) end
+    if self._clock() >= deadline then
+      return nil, self._call:hinted(not_ready(timeout, st or "error", detail, tried))
+    end
   end
 end
 
