@@ -8,9 +8,14 @@ WARN       = -Wall -Wextra -Werror
 ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(DEFS) $(CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
 LIBS       = -lcurl -lcrypto -lwslay -pthread -lm
-SRCS       = src/core.c src/session.c src/request.c src/transfer.c src/conn.c src/wire.c src/buf.c \
-             src/json.c src/error.c src/signal.c src/oauth.c src/websocket.c src/wsconn.c
-HDRS       = src/ibkr.h src/wsconn.h
+# src/*.c face Lua (each registers itself from core.c's mods[]); src/lib/*.c never touch the
+# Lua API (make lint checks it): the engine, the lanes, transfers, connections, websocket
+# connections, error kinds, text, buffers
+LIB_SRCS   = src/lib/transfer.c src/lib/lane.c src/lib/engine.c src/lib/handle.c src/lib/conn.c \
+             src/lib/wsconn.c src/lib/kind.c src/lib/text.c src/lib/buf.c
+SRCS       = src/core.c src/session.c src/request.c src/message.c src/error.c src/json.c src/wire.c \
+             src/signal.c src/oauth.c src/websocket.c $(LIB_SRCS)
+HDRS       = src/ibkr.h $(wildcard src/lib/*.h)
 MODULE     = ibkr/core.so
 VERSION   := $(shell sed -n 's/^return "\(.*\)"$$/\1/p' lua/ibkr/version.lua)
 ROCKSPEC   = rockspec/ibkr-web-api-$(VERSION)-1.rockspec
@@ -30,7 +35,7 @@ DEPS      += python3-websocket # a second, independent websocket client in the m
 DEPS_CHECK = valgrind clang libclang-rt-14-dev
 DEPS_BENCH = nginx-light
 
-.PHONY: all deps deps-check deps-bench demo test lint install scm-rockspecs clean help
+.PHONY: all deps deps-check deps-bench demo test lint lint-lib install scm-rockspecs clean help
 
 all: $(MODULE)
 
@@ -53,8 +58,17 @@ deps-bench:
 demo: deps $(MODULE)
 	examples/demo.sh
 
-lint: $(MODULE)
+lint: $(MODULE) lint-lib
 	$(LUA51) luacheck --no-color -q lua spec bin/* examples bench
+
+# src/lib/ is the Lua-free part of the module: no file there includes a Lua header (or ibkr.h,
+# which does), and each compiles without Lua's include path, so a lua_* call or type would not
+lint-lib:
+	@if grep -nE '^[[:space:]]*#[[:space:]]*include[[:space:]]*[<"]([^">]*/)?(lua|lauxlib|lualib|luaconf|ibkr)\.h' \
+	    src/lib/*.[ch]; then echo "src/lib/ must not include a Lua header (above)"; exit 1; fi
+	@for f in $(LIB_SRCS); do \
+	  $(CC) -std=c99 $(WARN) $(DEFS) -fsyntax-only $$f || exit 1; \
+	done
 
 test: deps $(MODULE) lint
 	spec/run
@@ -75,7 +89,7 @@ scm-rockspecs:
 	done
 
 clean:
-	rm -rf ibkr lua_modules build src/*.o
+	rm -rf ibkr lua_modules build src/*.o src/lib/*.o
 
 help:
 	@echo "make          build ibkr/core.so in the tree"

@@ -23,16 +23,19 @@ dependencies = {
 }
 external_dependencies = {
   CURL = { library = "curl" },
-  OPENSSL = { library = "crypto" },  -- OAuth 1.0a (src/oauth.c); Debian: libssl-dev
+  OPENSSL = { library = "crypto" },  -- OAuth 1.0a and 2.0 (src/oauth.c); Debian: libssl-dev
   WSLAY = { header = "wslay/wslay.h", library = "wslay" }, -- the push channel's framing; Debian: libwslay-dev
 }
 build = {
   type = "builtin",
   modules = {
     ["ibkr.core"] = {
-      sources = { "src/core.c", "src/session.c", "src/request.c", "src/transfer.c", "src/conn.c", "src/wire.c",
-                  "src/buf.c", "src/json.c", "src/error.c",
-                  "src/signal.c", "src/oauth.c", "src/websocket.c", "src/wsconn.c" },
+      sources = { "src/core.c", "src/session.c", "src/request.c", "src/message.c", "src/error.c", "src/json.c",
+                  "src/wire.c", "src/signal.c", "src/oauth.c", "src/websocket.c",
+                  -- the Lua-free part: engine thread, lanes, transfers, connections, websocket
+                  -- connections, error kinds, text, buffers
+                  "src/lib/transfer.c", "src/lib/lane.c", "src/lib/engine.c", "src/lib/handle.c",
+                  "src/lib/conn.c", "src/lib/wsconn.c", "src/lib/kind.c", "src/lib/text.c", "src/lib/buf.c" },
       libraries = { "curl", "crypto", "wslay", "pthread", "m" },
       defines = { "_POSIX_C_SOURCE=200809L" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(WSLAY_INCDIR)" },
@@ -40,6 +43,7 @@ build = {
     },
     ["ibkr.call"] = "lua/ibkr/call.lua",
     ["ibkr.callback"] = "lua/ibkr/callback.lua",
+    ["ibkr.check"] = "lua/ibkr/check.lua",
     ["ibkr.cli"] = "lua/ibkr/cli.lua",
     ["ibkr.cli.args"] = "lua/ibkr/cli/args.lua",
     ["ibkr.cli.commands"] = "lua/ibkr/cli/commands.lua",
@@ -49,9 +53,15 @@ build = {
     ["ibkr.cli.out"] = "lua/ibkr/cli/out.lua",
     ["ibkr.cli.report"] = "lua/ibkr/cli/report.lua",
     ["ibkr.cli.watch"] = "lua/ibkr/cli/watch.lua",
+    ["ibkr.config_file"] = "lua/ibkr/config_file.lua",
     ["ibkr"] = "lua/ibkr/init.lua",
+    ["ibkr.cqueues"] = "lua/ibkr/cqueues.lua",
+    ["ibkr.driven"] = "lua/ibkr/driven.lua",
     ["ibkr.keepalive"] = "lua/ibkr/keepalive.lua",
+    ["ibkr.kinds"] = "lua/ibkr/kinds.lua",
+    ["ibkr.luv"] = "lua/ibkr/luv.lua",
     ["ibkr.oauth"] = "lua/ibkr/oauth.lua",
+    ["ibkr.oauth2"] = "lua/ibkr/oauth2.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
     ["ibkr.push"] = "lua/ibkr/push.lua",
     ["ibkr.repair"] = "lua/ibkr/repair.lua",

@@ -84,7 +84,7 @@ describe("the rockspecs", function()
     local srcs = client.build.modules["ibkr.core"].sources
     local sorted = { table.unpack(srcs) }
     table.sort(sorted)
-    assert.are.same(lines("ls src/*.c | sort"), sorted)
+    assert.are.same(lines("ls src/*.c src/lib/*.c | sort"), sorted)
     assert.is_nil(slurp(rockspec_file("ibkr-web-api", VERSION)):find("Werror", 1, true))
     local bins = {}
     for _, r in ipairs({ client, mockrock }) do

@@ -1,9 +1,13 @@
 /*
-** core.c -- the ibkr.core module: luaopen, the module table and the
-** module-level functions (clock, sleep, poll, errors, decode). Each class
-** registers itself from the mods[] table below, the way luasocket's
-** luasocket.c does: session.c (core.new, the session class), request.c
-** (the request class), error.c (error objects).
+** core.c -- the ibkr.core module: luaopen, the module table, and the
+** module functions that belong to no class (clock, sleep, poll, libcurl's
+** version). Every Lua-facing file registers itself the same way, the way
+** luasocket's luasocket.c does: an `xxx_open(L)` that adds its functions
+** and classes to the module table on the top of the stack, listed once in
+** mods[] below. A C function implementing `core.name` is named core_name,
+** in whichever file it lives.
+** Called by: Lua (require "ibkr.core").
+** Calls: error.c, json.c, wire.c, session.c, request.c, websocket.c, signal.c, oauth.c, lib/engine.c.
 */
 #include <errno.h>
 #include <math.h>
@@ -11,42 +15,39 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 
 #include "ibkr.h"
-
-static int core_error(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_getfield(L, 1, "kind");
-  if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 1, "error needs a string 'kind'");
-  lua_settop(L, 1);
-  ibkr_error_sanitize(L, 1);                    /* one printable, bounded line */
-  luaL_setmetatable(L, ERROR_MT);
-  return 1;
-}
-
-static int core_is_error(lua_State *L) {
-  int r = 0;
-  if (lua_getmetatable(L, 1)) {
-    luaL_getmetatable(L, ERROR_MT);
-    r = lua_rawequal(L, -1, -2);
-  }
-  lua_pushboolean(L, r);
-  return 1;
-}
+#include "lib/clock.h"
+#include "lib/engine.h"
 
 static int core_monotonic(lua_State *L) {
-  lua_pushnumber(L, (lua_Number)ibkr_now());
+  lua_pushnumber(L, (lua_Number)clock_now());
   return 1;
 }
 
+/* poll(2) refused n descriptors: say why (EINVAL: more than the open-file limit) */
+static int poll_failed(lua_State *L, lua_Integer n) {
+  struct rlimit lim;
+  int err = errno;
+  if (err == EINVAL && getrlimit(RLIMIT_NOFILE, &lim) == 0)
+    return luaL_error(L, "core.poll: %I descriptors, more than the open-file limit (%I)", (LUAI_UACINT)n,
+                      (LUAI_UACINT)lim.rlim_cur);
+  return luaL_error(L, "core.poll: %s", strerror(err));
+}
+
+/* core.sleep(seconds): the whole time, unless a signal handler asks Lua to
+** stop meanwhile (lua5.4's SIGINT: then at once, see signal.c) */
 static int core_sleep(lua_State *L) {
   double secs = luaL_checknumber(L, 1);
   struct timespec t;
+  sigmark mark;
   if (!(secs > 0)) return 0;
   if (secs > 1e9) secs = 1e9;
   t.tv_sec = (time_t)secs;
   t.tv_nsec = (long)((secs - (double)t.tv_sec) * 1e9);
-  while (nanosleep(&t, &t) != 0 && errno == EINTR) {}
+  signal_mark(L, &mark);
+  while (nanosleep(&t, &t) != 0 && errno == EINTR && !signal_asked(&mark)) {}
   return 0;
 }
 
@@ -55,7 +56,10 @@ static int core_sleep(lua_State *L) {
 ** descriptors in the array fds is ready (readable, or what events[i] says:
 ** "r", "w" or "rw"; closed or in error counts too), or timeout seconds
 ** passed (nil: no limit). Returns the positions in fds of those that are
-** ready (nothing on a timeout or a signal). What ibkr.run waits with.
+** ready (nothing on a timeout or a signal). What ibkr.run waits with. A
+** descriptor that is not an integer 0..INT_MAX, a timeout that is NaN or
+** negative, and a poll(2) that fails (more descriptors than the open-file
+** limit) raise: an answer of "nothing ready" would make a host loop spin.
 */
 static int core_poll(lua_State *L) {
   struct pollfd small[16], *p = small;
@@ -63,14 +67,17 @@ static int core_poll(lua_State *L) {
   double t = luaL_optnumber(L, 2, -1);
   int ms = -1, got, k = 0;
   luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_argcheck(L, lua_isnoneornil(L, 2) || t >= 0, 2, "timeout must be a number >= 0, or nil");
   n = luaL_len(L, 1);
   if (n < 0 || n > 100000) return luaL_argerror(L, 1, "too many descriptors");
   if (n > 16) p = lua_newuserdatauv(L, sizeof *p * (size_t)n, 0);
   for (lua_Integer i = 0; i < n; i++) {
     int isnum;
+    lua_Integer fd;
     lua_geti(L, 1, i + 1);
-    p[i].fd = (int)lua_tointegerx(L, -1, &isnum);
+    fd = lua_tointegerx(L, -1, &isnum);
     if (!isnum) return luaL_argerror(L, 1, "descriptors must be integers");
+    p[i].fd = ibkr_checkfd(L, 1, fd);
     p[i].events = POLLIN;
     p[i].revents = 0;
     lua_pop(L, 1);
@@ -84,6 +91,7 @@ static int core_poll(lua_State *L) {
   }
   if (t >= 0) ms = t > 2e6 ? 2000000000 : (int)ceil(t * 1000);
   got = poll(p, (nfds_t)n, ms);
+  if (got < 0 && errno != EINTR) return poll_failed(L, n);
   if (got > 0) luaL_checkstack(L, got, "too many ready descriptors");
   for (lua_Integer i = 0; got > 0 && i < n; i++)
     if (p[i].revents) {
@@ -93,83 +101,45 @@ static int core_poll(lua_State *L) {
   return k;
 }
 
-/* core.check_headers(t): the header rule of core.new, for callers that want
-** to refuse bad per-call headers before anything else happens */
-static int core_check_path(lua_State *L) {
-  wire_check_path(L, 1);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int core_check_headers(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  wire_check_headers(L, 1);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
 static int core_curl_version(lua_State *L) {
   lua_pushstring(L, curl_version());
   return 1;
 }
 
-static int core_decode(lua_State *L) {
-  size_t n;
-  const char *s = luaL_checklstring(L, 1, &n);
-  if (ibkr_decode(L, s, n)) return 1;
-  {
-    const char *msg = lua_tostring(L, -1);
-    return ibkr_fail(L, "json", msg ? msg : "invalid JSON", 0, 0);
-  }
-}
-
 static const luaL_Reg core_funcs[] = {
-  {"error", core_error},
-  {"is_error", core_is_error},
   {"monotonic", core_monotonic},
   {"sleep", core_sleep},
   {"poll", core_poll},
   {"curl_version", core_curl_version},
-  {"check_headers", core_check_headers},
-  {"check_path", core_check_path},
-  {"decode", core_decode},
-  {"null", NULL},
-  {"_VERSION", NULL},
   {NULL, NULL}
 };
 
-/* each part registers its class (and functions) with the module on the
-** top of the stack */
-static void error_open(lua_State *L) { ibkr_error_register(L); }
-
-static const struct {
-  const char *name;
-  void (*open)(lua_State *L);
-} mods[] = {
-  {"error", error_open},
-  {"session", session_open},
-  {"request", request_open},
-  {"websocket", websocket_open},
-  {NULL, NULL}
-};
-
-/*
-** luaopen: each part registers itself (mods[]); JSON both ways is json.c's
-** (decode, encode, null, empty_array, array_mt), error objects error.c's.
-*/
-IBKR_API int luaopen_ibkr_core(lua_State *L) {
-  luaL_checkversion(L);
-  if (!xfer_global_init()) return luaL_error(L, "curl_global_init failed");
-  luaL_newlibtable(L, core_funcs);              /* M */
-  for (int i = 0; mods[i].name; i++) mods[i].open(L);
-  luaL_setfuncs(L, core_funcs, 0);              /* M */
-  lua_pushlightuserdata(L, NULL);
-  lua_setfield(L, -2, "null");
+/* core.c's own part: the functions above and _VERSION */
+static int core_open(lua_State *L) {
+  luaL_setfuncs(L, core_funcs, 0);
   lua_pushliteral(L, IBKR_VERSION);
   lua_setfield(L, -2, "_VERSION");
-  ibkr_json_open(L);
-  ibkr_error_open(L);
-  ibkr_signal_open(L);
-  ibkr_oauth_open(L);                           /* [oauth] M.oauth (src/oauth.c) */
+  return 0;
+}
+
+/* every part of the module, each adding itself to the module table */
+static const luaL_Reg mods[] = {
+  {"core", core_open},          /* monotonic, sleep, poll, curl_version, _VERSION */
+  {"error", error_open},        /* error, is_error, printable, kinds; the ibkr.error class */
+  {"json", json_open},          /* decode, encode, null, empty_array, array_mt */
+  {"wire", wire_open},          /* check_path, check_headers */
+  {"session", session_open},    /* new; the ibkr.session class */
+  {"request", request_open},    /* the ibkr.request class */
+  {"websocket", websocket_open}, /* s:websocket (after session: it adds to that class); ibkr.websocket */
+  {"signal", signal_open},      /* signal_catch, signal_caught, signal_wait */
+  {"oauth", oauth_open},        /* oauth (a table); the ibkr.oauth class */
+  {NULL, NULL}
+};
+
+IBKR_API int luaopen_ibkr_core(lua_State *L) {
+  luaL_checkversion(L);
+  if (!engine_init()) return luaL_error(L, "curl_global_init failed");
+  lua_createtable(L, 0, 32);                    /* M */
+  for (int i = 0; mods[i].name; i++) mods[i].func(L);
   return 1;
 }

@@ -19,6 +19,9 @@
 **
 ** It raises (luaL_error) on bad input, so it only runs under lua_pcall.
 ** (Why not cjson's encode: see the encoding half.)
+** Adds to the module: core.decode, core.encode, core.null, core.empty_array, core.array_mt.
+** Called by: core.c, request.c, wire.c.
+** Calls: error.c, lib/buf.c, lib/text.c.
 */
 #include <float.h>
 #include <limits.h>
@@ -28,6 +31,8 @@
 #include <string.h>
 
 #include "ibkr.h"
+#include "lib/buf.h"
+#include "lib/text.h"
 
 #define TWO53 9007199254740992.0   /* 2^53: every integer below is exact in a double */
 #define FLUSH 32                   /* members kept on the stack before a table is made */
@@ -325,7 +330,7 @@ static void value(parser *ps, int depth) {
   }
 }
 
-/* protected part of ibkr_decode: (text) -> value */
+/* protected part of json_decode: (text) -> value */
 static int decode_p(lua_State *L) {
   parser ps;
   size_t len;
@@ -347,7 +352,7 @@ static int decode_p(lua_State *L) {
 ** error escapes as a raise. The text is read in place (it is the session's
 ** C buffer, or a Lua string the caller keeps on its stack).
 */
-int ibkr_decode(lua_State *L, const char *s, size_t len) {
+int json_decode(lua_State *L, const char *s, size_t len) {
   lua_pushcfunction(L, decode_p);
   lua_pushlightuserdata(L, (void *)s);
   lua_pushinteger(L, (lua_Integer)len);
@@ -375,9 +380,9 @@ int ibkr_decode(lua_State *L, const char *s, size_t len) {
 ** __pairs or __len runs, and the walk creates no Lua object (so no GC
 ** step), so no user code (finaliser included) runs during it and nothing it
 ** holds can be freed. Pushing the finished text may run a finaliser: a
-** caller holding a session re-checks it after ibkr_encode. The text grows
-** in malloc'd memory owned by ibkr_encode, which the protected walk never
-** frees: ibkr_encode does, whatever happened.
+** caller holding a session re-checks it after json_encode. The text grows
+** in malloc'd memory owned by json_encode, which the protected walk never
+** frees: json_encode does, whatever happened.
 */
 
 static char empty_array_tag;              /* its address is ibkr.empty_array */
@@ -420,20 +425,20 @@ __attribute__((noreturn)) static void enc_fail(encoder *e, const char *what) {
     } else {
       m = lua_tolstring(L, e->keyidx[d], &len);
       lua_pushliteral(L, ".");
-      ibkr_push_printable(L, m, len, 64);
+      error_push_printable(L, m, len, 64);
       lua_concat(L, 2);
     }
     lua_concat(L, 2);
   }
   m = lua_tolstring(L, -1, &len);
-  ibkr_push_printable(L, m, len, IBKR_MSG_MAX);
+  error_push_printable(L, m, len, IBKR_MSG_MAX);
   lua_error(L);
   abort();   /* not reached */
 }
 
 /* room for n more bytes at the end of the text */
 static inline char *enc_room(encoder *e, size_t n) {
-  if (e->out.n + n >= e->out.cap && !ibuf_reserve(&e->out, e->out.n + n + 1))
+  if (e->out.n + n >= e->out.cap && !buf_reserve(&e->out, e->out.n + n + 1))
     luaL_error(e->L, "not enough memory");
   return e->out.p + e->out.n;
 }
@@ -445,7 +450,7 @@ static inline void enc_add(encoder *e, const char *s, size_t n) {
 
 /*
 ** A finite double as the shortest text strtod reads back bit-identical, into
-** out (IBKR_NUMTEXT bytes); returns its length. snprintf and strtod agree on
+** out (JSON_NUMTEXT bytes); returns its length. snprintf and strtod agree on
 ** the locale's decimal point; JSON's is '.', so whatever the locale put
 ** there becomes one '.'.
 */
@@ -459,7 +464,7 @@ static size_t enc_float_text(double x, char *out) {
       n = snprintf(buf, sizeof buf, "%.*g", prec, x);
       if (strtod(buf, NULL) == x) break;
     }
-  for (int i = 0; i < n && o < IBKR_NUMTEXT - 1; i++) {
+  for (int i = 0; i < n && o < JSON_NUMTEXT - 1; i++) {
     char c = buf[i];
     if ((c >= '0' && c <= '9') || c == '-' || c == '+' || c == 'e') out[o++] = c;
     else if (o == 0 || out[o - 1] != '.') out[o++] = '.';
@@ -469,12 +474,12 @@ static size_t enc_float_text(double x, char *out) {
 }
 
 /*
-** The number at idx as exact text into out (IBKR_NUMTEXT bytes): an
+** The number at idx as exact text into out (JSON_NUMTEXT bytes): an
 ** integer's digits, a float's shortest round-trip text (docs/json.md).
 ** Returns the length, or 0 for NaN and the infinities, which have none.
 ** The one number rule of request bodies and query strings.
 */
-size_t ibkr_number_text(lua_State *L, int idx, char *out) {
+size_t json_number_text(lua_State *L, int idx, char *out) {
   if (lua_isinteger(L, idx)) {                   /* digits backwards, without snprintf */
     char buf[24], *p = buf + sizeof buf;
     lua_Integer i = lua_tointeger(L, idx);
@@ -494,8 +499,8 @@ size_t ibkr_number_text(lua_State *L, int idx, char *out) {
 }
 
 static void enc_number(encoder *e, int idx) {
-  char buf[IBKR_NUMTEXT];
-  size_t n = ibkr_number_text(e->L, idx, buf);
+  char buf[JSON_NUMTEXT];
+  size_t n = json_number_text(e->L, idx, buf);
   if (n == 0) {
     double x = (double)lua_tonumber(e->L, idx);
     enc_fail(e, isnan(x) ? "NaN (JSON has no NaN)" : x > 0 ? "inf (JSON has no infinity)"
@@ -528,7 +533,7 @@ static void enc_string(encoder *e, const char *s, size_t len) {
     if (i == len) break;
     unsigned char c = (unsigned char)s[i];
     if (c >= 0x80) {
-      if ((k = ibkr_utf8_len(s + i, len - i, &cp)) == 0) enc_fail(e, "a string that is not UTF-8");
+      if ((k = text_utf8_len(s + i, len - i, &cp)) == 0) enc_fail(e, "a string that is not UTF-8");
       enc_add(e, s + i, k);
       i += k;
       continue;
@@ -645,8 +650,8 @@ __attribute__((noreturn)) static void enc_bad_key(encoder *e) {
     snprintf(what, sizeof what, "a table with the key " LUA_INTEGER_FMT " (arrays start at 1)",
              (LUAI_UACINT)lua_tointeger(L, -1));
   else if (lua_type(L, -1) == LUA_TNUMBER) {
-    char num[IBKR_NUMTEXT];
-    if (ibkr_number_text(L, -1, num) == 0) strcpy(num, lua_tonumber(L, -1) > 0 ? "inf" : "-inf");
+    char num[JSON_NUMTEXT];
+    if (json_number_text(L, -1, num) == 0) strcpy(num, lua_tonumber(L, -1) > 0 ? "inf" : "-inf");
     snprintf(what, sizeof what, "a table with the key %s (not a string nor 1..n)", num);
   } else
     snprintf(what, sizeof what, "a table with a %s key (not a string nor 1..n)", luaL_typename(L, -1));
@@ -723,7 +728,7 @@ static void enc_value(encoder *e, int idx) {
   }
 }
 
-/* protected part of ibkr_encode: (value, encoder) -> text */
+/* protected part of json_encode: (value, encoder) -> text */
 static int enc_protected(lua_State *L) {
   encoder *e = lua_touserdata(L, 2);
   e->L = L;
@@ -737,7 +742,7 @@ static int enc_protected(lua_State *L) {
 ** push the text. Raises a one-line error message for a value JSON cannot
 ** carry exactly, after freeing what the encoding held.
 */
-int ibkr_encode(lua_State *L, int validx) {
+int json_encode(lua_State *L, int validx) {
   encoder e;
   int st;
   e.out.p = NULL;
@@ -750,28 +755,48 @@ int ibkr_encode(lua_State *L, int validx) {
   lua_pushvalue(L, validx);
   lua_pushlightuserdata(L, &e);
   st = lua_pcall(L, 2, 1, 0);
-  ibuf_free(&e.out);
+  buf_free(&e.out);
   free(e.keys);
   if (st != LUA_OK) lua_error(L);
   return 1;
 }
 
-/* core.encode(value) -> JSON text; raises on a value JSON cannot carry */
-static int core_encode_fn(lua_State *L) {
-  luaL_checkany(L, 1);
-  return ibkr_encode(L, 1);
+/* core.decode(text) -> value, or nil, err (kind "json") */
+static int core_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  if (json_decode(L, s, n)) return 1;
+  {
+    const char *msg = lua_tostring(L, -1);
+    return error_fail(L, KIND_JSON, msg ? msg : "invalid JSON", 0, 0);
+  }
 }
 
+/* core.encode(value) -> JSON text; raises on a value JSON cannot carry */
+static int core_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  return json_encode(L, 1);
+}
+
+static const luaL_Reg json_funcs[] = {
+  {"decode", core_decode},
+  {"encode", core_encode},
+  {NULL, NULL}
+};
+
 /*
-** Add the JSON entries to the module table at the top: encode, empty_array
-** (a light userdata, like null) and array_mt (a metatable known by identity,
-** kept in the registry so that reloading the module keeps it).
+** Add the JSON entries to the module table at the top: decode, encode,
+** null (the array-null sentinel: a light userdata NULL, lua-cjson's),
+** empty_array (a light userdata, like null) and array_mt (a metatable known
+** by identity, kept in the registry so that reloading the module keeps it).
 */
-void ibkr_json_open(lua_State *L) {
-  lua_pushcfunction(L, core_encode_fn);
-  lua_setfield(L, -2, "encode");
+int json_open(lua_State *L) {
+  luaL_setfuncs(L, json_funcs, 0);
+  lua_pushlightuserdata(L, NULL);
+  lua_setfield(L, -2, "null");
   lua_pushlightuserdata(L, EMPTY_ARRAY);
   lua_setfield(L, -2, "empty_array");
   luaL_newmetatable(L, ARRAY_MT);
   lua_setfield(L, -2, "array_mt");
+  return 0;
 }

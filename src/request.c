@@ -1,19 +1,23 @@
 /*
 ** request.c -- the request class: one exchange of a session, blocking
-** (s:perform runs it in place) or not (s:start hands it to the engine; the
-** caller steps it, or waits on its completion fd: :pollfd(), :events(),
-** :timeout() follow cqueues' pollable convention). The outcome becomes a
-** Lua value or an error object here, once, then is cached.
+** (s:perform runs it in place) or not (s:start hands it over; the caller
+** steps it, or waits on its descriptor: :pollfd(), :events(), :timeout()
+** follow cqueues' pollable convention). The outcome becomes a Lua value or
+** an error object here, once, then is cached.
+** Adds to the module: the "ibkr.request" class.
+** Called by: core.c, session.c.
+** Calls: message.c, json.c, error.c, signal.c, lib/transfer.c, lib/kind.c.
 */
-#include <math.h>
 #include <sched.h>
-#include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <openssl/x509_vfy.h>
 
 #include "ibkr.h"
+#include "lib/clock.h"
 
 typedef struct request {
-  xfer x;                     /* the exchange (transfer.c) */
+  xfer x;                     /* the exchange (lib/transfer.c) */
   double wnext, wdue;         /* step(): the wait it suggests next, when it told the caller */
   int collected;              /* result() built and cached in the user values */
   int closed;                 /* req:close() before the result was built */
@@ -37,8 +41,7 @@ xfer *request_xfer(struct request *r) { return &r->x; }
 struct request *request_push(lua_State *L, int sessidx, int methodidx, int pathidx) {
   request *r = lua_newuserdatauv(L, sizeof(request), RUV_COUNT);
   memset(r, 0, sizeof *r);
-  r->x.efd = r->x.wfd = r->x.pfd = -1;
-  r->x.state = X_NEW;
+  transfer_init(&r->x);
   r->wnext = 0.0002;
   luaL_setmetatable(L, REQUEST_MT);
   lua_pushvalue(L, sessidx);
@@ -50,74 +53,7 @@ struct request *request_push(lua_State *L, int sessidx, int methodidx, int pathi
   return r;
 }
 
-/* URL = base .. path [.. "?" or "&" .. query], malloc'd into x->url */
-static int build_url(xfer *x, const sconf *c, const callspec *cs) {
-  size_t n = c->baselen + cs->plen + (cs->qlen ? cs->qlen + 1 : 0);
-  char *u = malloc(n + 1), *p = u;
-  if (u == NULL) return 0;
-  memcpy(p, c->base, c->baselen);
-  p += c->baselen;
-  memcpy(p, cs->path, cs->plen);
-  p += cs->plen;
-  if (cs->qlen) {
-    *p++ = memchr(cs->path, '?', cs->plen) ? '&' : '?';
-    memcpy(p, cs->query, cs->qlen);
-    p += cs->qlen;
-  }
-  *p = '\0';
-  x->url = u;
-  return 1;
-}
-
-/*
-** Make r the exchange cs of a session (config c, transfer part h);
-** cs->repeatable: sending it twice is harmless (see set_exchange). Runs no
-** Lua code: nothing can close the session in between. Raises only when out
-** of memory, leaving r for its __gc to free.
-*/
-void request_attach(lua_State *L, struct request *r, const sconf *c, xhome *h, const callspec *cs) {
-  xfer *x = &r->x;
-  struct curl_slist *hl = c->hl[cs->shape];
-  x->repeatable = cs->repeatable;
-  long ms = c->timeout_ms;
-  if (cs->timeout > 0) ms = (long)ceil(fmin(cs->timeout * 1000, 1e12));
-  x->max_body = c->max_body;
-  if (!build_url(x, c, cs)) luaL_error(L, "out of memory");
-  if (cs->has_body) {
-    x->post = ibkr_strndup(cs->body, cs->blen);
-    x->postlen = cs->blen;
-    if (x->post == NULL) luaL_error(L, "out of memory");
-  }
-  if (cs->nh) {
-    hl = x->callh = wire_header_list(c->uh, c->nuh, cs->shape, cs->hv, cs->nh);
-    if (hl == NULL) luaL_error(L, "out of memory");
-  }
-  if (!xfer_open(x, h, cs, hl, ms)) luaL_error(L, "out of memory");
-}
-
 /* ------------------------------------------------------------ outcomes */
-
-/* the error kind of a transfer that failed below HTTP (websocket.c's connects too) */
-const char *request_kind(CURLcode c, int overflow) {
-  switch (c) {
-    case CURLE_COULDNT_RESOLVE_PROXY: case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_CONNECT:
-      return "connect";
-    case CURLE_OPERATION_TIMEDOUT:
-      return "timeout";
-    case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_ENGINE_NOTFOUND:
-    case CURLE_SSL_ENGINE_SETFAILED: case CURLE_SSL_ENGINE_INITFAILED: case CURLE_SSL_CRL_BADFILE:
-    case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
-    case CURLE_SSL_INVALIDCERTSTATUS: case CURLE_SSL_SHUTDOWN_FAILED: case CURLE_USE_SSL_FAILED:
-      return "tls";
-    case CURLE_FILESIZE_EXCEEDED:
-      return "too_large";
-    case CURLE_WRITE_ERROR:
-      return overflow ? "too_large" : "protocol";
-    default:
-      return "protocol";
-  }
-}
 
 /* the body cut for error objects, plus the decoded body when it is JSON */
 static void add_body(lua_State *L, const xfer *x) {
@@ -125,24 +61,42 @@ static void add_body(lua_State *L, const xfer *x) {
   if (n == 0) return;
   lua_pushlstring(L, x->body.p, n < IBKR_BODY_CUT ? n : IBKR_BODY_CUT);
   lua_setfield(L, -2, "body");
-  if (ibkr_decode(L, x->body.p, n)) lua_setfield(L, -2, "data");
+  if (json_decode(L, x->body.p, n)) lua_setfield(L, -2, "data");
   else lua_pop(L, 1);
+}
+
+/*
+** The evidence of a refused certificate (curl code 60): verify_result, the
+** X509_V_* code of the check (10: expired), and when the check failed for
+** an expired certificate and the ca_file holds one, not_after: its end of
+** validity, UTC, ISO 8601. The policy layer names the cause from them.
+*/
+static void add_tls_evidence(lua_State *L, const xfer *x) {
+  char when[32];
+  time_t t = (time_t)x->ca_not_after;
+  struct tm tm;
+  if (x->code != CURLE_PEER_FAILED_VERIFICATION || x->verify_result == X509_V_OK) return;
+  error_seti(L, "verify_result", (lua_Integer)x->verify_result);
+  if (x->verify_result != X509_V_ERR_CERT_HAS_EXPIRED || x->ca_not_after <= 0 || t >= time(NULL)) return;
+  if (gmtime_r(&t, &tm) && strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm) > 0)
+    error_sets(L, "not_after", when);
 }
 
 /* nil, err for a transfer that failed below HTTP. A connection dropped or
 ** reset before any response byte is marked no_response: nothing of the
 ** request can have been answered, the policy layer may send it again. */
 static int push_transfer_error(lua_State *L, const xfer *x, int methodidx, int pathidx) {
-  const char *kind = request_kind(x->code, x->overflow);
+  int kind = kind_of_code(x->code, x->overflow);
   char msg[CURL_ERROR_SIZE + 64];
-  if (strcmp(kind, "too_large") == 0)
+  if (kind == KIND_TOO_LARGE)
     snprintf(msg, sizeof msg, "response body larger than max_body (%lu bytes)", (unsigned long)x->max_body);
   else
     snprintf(msg, sizeof msg, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->code));
   lua_pushnil(L);
-  ibkr_push_error(L, kind, msg, methodidx, pathidx);
-  ibkr_seti(L, "curl_code", (lua_Integer)x->code);
-  if (x->status > 0) ibkr_seti(L, "status", x->status);
+  error_push(L, kind, msg, methodidx, pathidx);
+  error_seti(L, "curl_code", (lua_Integer)x->code);
+  if (x->status > 0) error_seti(L, "status", x->status);
+  add_tls_evidence(L, x);
   if (x->code == CURLE_GOT_NOTHING ||
       ((x->code == CURLE_SEND_ERROR || x->code == CURLE_RECV_ERROR) && x->header_size == 0)) {
     lua_pushboolean(L, 1);
@@ -152,15 +106,15 @@ static int push_transfer_error(lua_State *L, const xfer *x, int methodidx, int p
 }
 
 /* nil, err for a response that is not a 2xx: status, retry_after, body,
-** data, location, then the message from all of them (error.c) */
+** data, location, then the message from all of them (message.c) */
 static int push_http_error(lua_State *L, const xfer *x, int methodidx, int pathidx) {
   lua_pushnil(L);
-  ibkr_push_error(L, "http", NULL, methodidx, pathidx);
-  ibkr_seti(L, "status", x->status);
-  if (x->retry_after > 0) ibkr_seti(L, "retry_after", (lua_Integer)x->retry_after);
+  error_push(L, KIND_HTTP, NULL, methodidx, pathidx);
+  error_seti(L, "status", x->status);
+  if (x->retry_after > 0) error_seti(L, "retry_after", (lua_Integer)x->retry_after);
   add_body(L, x);
-  if (x->location) ibkr_sets(L, "location", x->location);
-  ibkr_error_describe(L, lua_gettop(L));
+  if (x->location) error_sets(L, "location", x->location);
+  message_describe(L, lua_gettop(L));
   return 2;
 }
 
@@ -168,18 +122,19 @@ static int push_http_error(lua_State *L, const xfer *x, int methodidx, int pathi
 static int push_outcome(lua_State *L, request *r, int methodidx, int pathidx) {
   xfer *x = &r->x;
   if (x->aborted || r->closed)
-    return ibkr_fail(L, "closed", r->closed ? "request is closed" : "session closed during the request",
-                     methodidx, pathidx);
+    return error_fail(L, KIND_CLOSED, r->closed ? "request is closed" : x->aborted == ABORT_FORK ?
+                      "request of the parent process: it ended here at fork()" :
+                      "session closed during the request", methodidx, pathidx);
   if (x->code != CURLE_OK) return push_transfer_error(L, x, methodidx, pathidx);
   if (x->status < 200 || x->status >= 300) return push_http_error(L, x, methodidx, pathidx);
   if (x->body.n == 0 || x->head) {
     lua_newtable(L);
-  } else if (!ibkr_decode(L, x->body.p, x->body.n)) {
+  } else if (!json_decode(L, x->body.p, x->body.n)) {
     lua_pushfstring(L, "response is not JSON: %s", lua_tostring(L, -1));   /* why, msg */
     lua_remove(L, -2);
     lua_pushnil(L);
-    ibkr_push_error(L, "json", lua_tostring(L, -2), methodidx, pathidx);  /* msg, nil, err */
-    ibkr_seti(L, "status", x->status);
+    error_push(L, KIND_JSON, lua_tostring(L, -2), methodidx, pathidx);  /* msg, nil, err */
+    error_seti(L, "status", x->status);
     add_body(L, x);
     lua_remove(L, -3);
     return 2;
@@ -202,8 +157,8 @@ int request_collect(lua_State *L, int ridx) {
     int top = lua_gettop(L);
     lua_getiuservalue(L, ridx, RUV_METHOD);                   /* top+1 */
     lua_getiuservalue(L, ridx, RUV_PATH);                     /* top+2 */
-    if (!r->closed && !xfer_done(&r->x))
-      return ibkr_fail(L, "busy", "request not finished: step() it until it returns true", top + 1, top + 2);
+    if (!r->closed && !transfer_done(&r->x))
+      return error_fail(L, KIND_BUSY, "request not finished: step() it until it returns true", top + 1, top + 2);
     push_outcome(L, r, top + 1, top + 2);                    /* res, err */
     if (r->x.aborted) {                                       /* closed while it was built */
       lua_settop(L, top + 2);
@@ -215,7 +170,7 @@ int request_collect(lua_State *L, int ridx) {
     lua_setiuservalue(L, ridx, RUV_RESULT);
     lua_settop(L, top);
     r->collected = 1;
-    xfer_close(&r->x);
+    transfer_close(&r->x);
   }
   lua_getiuservalue(L, ridx, RUV_RESULT);
   lua_getiuservalue(L, ridx, RUV_ERROR);
@@ -241,11 +196,11 @@ static int request_result(lua_State *L) {
 static int request_step(lua_State *L) {
   request *r = torequest(L, 1);
   double t;
-  if (r->closed || r->collected || xfer_done(&r->x)) {
+  if (r->closed || r->collected || transfer_done(&r->x)) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  t = ibkr_now();
+  t = clock_now();
   if (t < r->wdue && r->x.lane != LANE_INLINE) sched_yield();
   lua_pushboolean(L, 0);
   lua_pushnumber(L, r->wnext);
@@ -254,17 +209,21 @@ static int request_step(lua_State *L) {
   return 2;
 }
 
+/* req:wait([timeout]) -> whether it ended; false early too when a signal
+** handler asks Lua to stop meanwhile (lua5.4's SIGINT) */
 static int request_wait(lua_State *L) {
   request *r = torequest(L, 1);
   double timeout = luaL_optnumber(L, 2, -1);
+  sigmark mark;
   if (!(timeout <= 1e9)) timeout = -1;          /* huge or NaN: no limit */
-  lua_pushboolean(L, r->closed || r->collected || xfer_wait(&r->x, timeout));
+  signal_mark(L, &mark);
+  lua_pushboolean(L, r->closed || r->collected || transfer_wait(&r->x, timeout, signal_asked, &mark));
   return 1;
 }
 
 static int request_done(lua_State *L) {
   request *r = torequest(L, 1);
-  lua_pushboolean(L, r->closed || r->collected || xfer_done(&r->x));
+  lua_pushboolean(L, r->closed || r->collected || transfer_done(&r->x));
   return 1;
 }
 
@@ -275,7 +234,7 @@ static int request_done(lua_State *L) {
 static int request_pollfd(lua_State *L) {
   request *r = torequest(L, 1);
   const char *ev;
-  lua_pushinteger(L, r->closed || r->collected ? -1 : xfer_pollfd(&r->x, &ev));
+  lua_pushinteger(L, r->closed || r->collected ? -1 : transfer_pollfd(&r->x, &ev));
   return 1;
 }
 
@@ -283,18 +242,18 @@ static int request_pollfd(lua_State *L) {
 static int request_events(lua_State *L) {
   request *r = torequest(L, 1);
   const char *ev = "r";
-  if (!r->closed && !r->collected) xfer_pollfd(&r->x, &ev);
+  if (!r->closed && !r->collected) transfer_pollfd(&r->x, &ev);
   lua_pushstring(L, ev);
   return 1;
 }
 
 /* :timeout() -- seconds after which a waiter should look again even without
-** a wake-up (transfer.c: xfer_timeout) */
+** a wake-up (lib/transfer.c: transfer_timeout) */
 static int request_timeout(lua_State *L) {
   request *r = torequest(L, 1);
   double left = 0;
   int inlane = r->x.lane == LANE_INLINE && r->x.state == X_RUNNING;   /* looked at, not stepped */
-  if (!(r->closed || r->collected) && (inlane || !xfer_done(&r->x))) left = xfer_timeout(&r->x);
+  if (!(r->closed || r->collected) && (inlane || !transfer_done(&r->x))) left = transfer_timeout(&r->x);
   lua_pushnumber(L, left);
   return 1;
 }
@@ -302,13 +261,13 @@ static int request_timeout(lua_State *L) {
 static int request_close(lua_State *L) {
   request *r = torequest(L, 1);
   if (!r->collected) r->closed = 1;
-  xfer_close(&r->x);
+  transfer_close(&r->x);
   return 0;
 }
 
 static int request_tostring(lua_State *L) {
   request *r = torequest(L, 1);
-  int done = r->closed || r->collected || xfer_done(&r->x);
+  int done = r->closed || r->collected || transfer_done(&r->x);
   lua_pushfstring(L, "ibkr.request (%s)", done ? "done" : "in flight");
   return 1;
 }
@@ -336,6 +295,7 @@ static const luaL_Reg request_metameth[] = {
 };
 
 /* registers the class (the module is at the top of the stack) */
-void request_open(lua_State *L) {
+int request_open(lua_State *L) {
   ibkr_createmeta(L, REQUEST_MT, request_meth, request_metameth);
+  return 0;
 }

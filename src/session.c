@@ -1,23 +1,53 @@
 /*
 ** session.c -- the session class: core.new and its options, s:perform
-** (blocking, in place), s:start (handed to the engine), close, info.
-** A session has no exchange of its own: each call gets a request with its
-** own easy handle (pooled), so calls never wait for each other here.
+** (blocking, in place), s:start (handed over), close, info. A session has
+** no exchange of its own: each call gets a request with its own easy
+** handle (pooled), so calls never wait for each other here. The session
+** makes each exchange from its configuration (URL, header lists, timeout).
+** Adds to the module: core.new, the "ibkr.session" class.
+** Called by: core.c.
+** Calls: request.c, wire.c, error.c, signal.c, lib/transfer.c, lib/engine.c, lib/buf.c.
 */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "ibkr.h"
+#include "lib/buf.h"
+#include "lib/engine.h"
+
+/* Set by core.new, read-only afterwards; owned by the Lua thread. */
+typedef struct sconf {
+  char *base;                 /* base URL without trailing '/' */
+  size_t baselen;
+  char *shown;                /* base URL without userinfo: for tostring/info */
+  struct curl_slist *hl[HL_COUNT];
+  char **uh;                  /* user headers, "Name: value", malloc'd */
+  int nuh;
+  long timeout_ms;
+  size_t max_body;
+  long long ca_not_after;     /* earliest notAfter (epoch s) of the ca_file's certificates, or 0 */
+  char *ua;                   /* the User-Agent sent (a websocket's upgrade is written by websocket.c) */
+} sconf;
 
 /* The parts of a session, one owner each (all on the Lua thread: the engine
-** thread only ever sees xfers). */
+** thread only ever sees xfers, and a lane lent to it). */
 typedef struct session {
   sconf conf;                 /* session.c: set by core.new, read-only afterwards */
-  xhome home;                 /* transfer.c: handles, pool, live exchanges, counters */
+  xhome home;                 /* lib/transfer.c: handles, pool, live exchanges, counters */
   int closed;                 /* session.c */
 } session;
+
+/* the longest string libcurl takes for an option (CURL_MAX_INPUT_LENGTH in
+** its sources): a longer URL or user agent is refused, and would be sent
+** without */
+#define URL_MAX 8000000
 
 /* core.new options, read before anything is allocated */
 typedef struct newopts {
@@ -33,7 +63,7 @@ static session *tosession(lua_State *L) {
 
 /* the session was opened by this process (not inherited through fork()) */
 static int ours(session *s) {
-  return s->home.gen == xfer_generation();
+  return s->home.gen == engine_generation();
 }
 
 /*
@@ -43,7 +73,7 @@ static int ours(session *s) {
 */
 static void session_free(session *s) {
   sconf *c = &s->conf;
-  xhome_close(&s->home, !ours(s));
+  transfer_home_close(&s->home, !ours(s));
   for (int i = 0; i < HL_COUNT; i++) {
     curl_slist_free_all(c->hl[i]);
     c->hl[i] = NULL;
@@ -85,13 +115,20 @@ static int session_tostring(lua_State *L) {
 
 static int session_info(lua_State *L) {
   session *s = tosession(L);
+  const struct { const char *k; lua_Integer v; } counts[] = {
+    {"connects", (lua_Integer)s->home.connects}, {"exchanges", (lua_Integer)s->home.exchanges},
+    {"lane_exchanges", (lua_Integer)s->home.lane_exchanges}, {"in_flight", s->home.nlive},
+    {"pooled", s->home.npool},
+  };
   lua_createtable(L, 0, 6);
-  ibkr_seti(L, "connects", s->home.connects);
-  ibkr_seti(L, "exchanges", s->home.exchanges);
-  ibkr_seti(L, "lane_exchanges", s->home.lane_exchanges);
-  ibkr_seti(L, "in_flight", s->home.nlive);
-  ibkr_seti(L, "pooled", s->home.npool);
-  if (s->conf.shown) ibkr_sets(L, "base_url", s->conf.shown);
+  for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+    lua_pushinteger(L, counts[i].v);
+    lua_setfield(L, -2, counts[i].k);
+  }
+  if (s->conf.shown) {
+    lua_pushstring(L, s->conf.shown);
+    lua_setfield(L, -2, "base_url");
+  }
   return 1;
 }
 
@@ -158,7 +195,7 @@ static void read_newopts(lua_State *L, newopts *o) {
 static int build_headers(lua_State *L, sconf *c, int nh, const char *ua) {
   int empty_ua = ua && *ua == '\0';            /* libcurl sends no User-Agent for "": send it empty */
   if ((nh || empty_ua) && (c->uh = calloc((size_t)nh + 1, sizeof(char *))) == NULL) return 0;
-  if (empty_ua && (c->uh[c->nuh++] = ibkr_strndup("User-Agent: ", 12)) == NULL) return 0;
+  if (empty_ua && (c->uh[c->nuh++] = buf_strndup("User-Agent: ", 12)) == NULL) return 0;
   if (nh) {
     lua_pushnil(L);
     while (lua_next(L, 6)) {
@@ -213,6 +250,34 @@ static int set_route(CURL *e, xhome *h, const newopts *o, const char *host, long
   return c == CURLE_OK;
 }
 
+/*
+** The earliest end of validity (seconds since the epoch) among the
+** certificates of the PEM file `path`, or 0 when it holds none that can be
+** read. A verification that fails for an expired certificate then says
+** when it expired (request.c); a file that cannot be read is libcurl's to
+** report. OpenSSL's error queue is left empty: libcurl reads it for its
+** own messages.
+*/
+static long long ca_not_after(const char *path) {
+  FILE *f = fopen(path, "r");
+  ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);      /* 1970-01-01: differences are epoch seconds */
+  X509 *c;
+  long long best = 0;
+  int day, sec;
+  if (f != NULL && epoch != NULL)
+    while ((c = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+      if (ASN1_TIME_diff(&day, &sec, epoch, X509_get0_notAfter(c))) {
+        long long t = (long long)day * 86400 + sec;
+        if (t > 0 && (best == 0 || t < best)) best = t;
+      }
+      X509_free(c);
+    }
+  if (f != NULL) fclose(f);
+  ASN1_TIME_free(epoch);
+  ERR_clear_error();
+  return best;
+}
+
 /* clamp before the cast: a double beyond LONG_MAX is undefined behaviour
 ** (1e12 ms is 31 years, "no limit" for a session) */
 static long to_ms(double secs) {
@@ -221,14 +286,15 @@ static long to_ms(double secs) {
 
 static void set_template(lua_State *L, session *s, const newopts *o, const char *host, long port) {
   char err[256];
-  CURL *e = xhome_template(&s->home, err, sizeof err);
+  CURL *e = transfer_home_open(&s->home, err, sizeof err);
   if (e == NULL) luaL_error(L, "%s", err);
   if (!set_route(e, &s->home, o, host, port)) luaL_error(L, "cannot set the TLS or proxy options");
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, to_ms(o->ctimeout));
-  const char *ua = o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION;
-  if ((s->conf.ua = ibkr_strndup(ua, strlen(ua))) == NULL) luaL_error(L, "out of memory");
-  curl_easy_setopt(e, CURLOPT_USERAGENT, ua);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body);
+  const char *ua = o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION;
+  if (curl_easy_setopt(e, CURLOPT_USERAGENT, ua) != CURLE_OK)
+    luaL_error(L, "option 'user_agent' is longer than libcurl takes (%d bytes)", URL_MAX);
+  if ((s->conf.ua = buf_strndup(ua, strlen(ua))) == NULL) luaL_error(L, "out of memory");
 }
 
 /*
@@ -243,7 +309,7 @@ static int core_new(lua_State *L) {
   long port = 0;
   size_t ulen;
   luaL_checktype(L, 1, LUA_TTABLE);
-  if (!xfer_global_init()) return luaL_error(L, "curl_global_init failed");
+  if (!engine_init()) return luaL_error(L, "curl_global_init failed");
   read_newopts(L, &o);
   s = lua_newuserdatauv(L, sizeof(session), 0);               /* 7 */
   memset(s, 0, sizeof *s);
@@ -252,10 +318,11 @@ static int core_new(lua_State *L) {
   wire_base_url(L, o.url, &host, &port);
   ulen = strlen(o.url);
   while (ulen > 0 && o.url[ulen - 1] == '/') ulen--;
-  s->conf.base = ibkr_strndup(o.url, ulen);
+  s->conf.base = buf_strndup(o.url, ulen);
   s->conf.baselen = ulen;
   s->conf.shown = s->conf.base ? wire_redact(s->conf.base) : NULL;
   s->conf.max_body = (size_t)o.max_body;
+  if (o.ca) s->conf.ca_not_after = ca_not_after(o.ca);
   s->conf.timeout_ms = to_ms(o.timeout);
   if (!s->conf.base || !s->conf.shown || !build_headers(L, &s->conf, o.nh, o.ua)) {
     curl_free(host);
@@ -271,11 +338,37 @@ static int core_new(lua_State *L) {
 
 /* ------------------------------------------------------------ calls */
 
+/*
+** Make x the exchange cs of session s: its URL, its header list (the
+** session's for the shape, or one with the per-call headers), its timeout
+** (the call's or the session's), then an easy handle (lib/transfer.c).
+** Runs no Lua code: nothing can close the session in between. Raises only
+** when out of memory, leaving x for its request's __gc to free.
+*/
+static void attach(lua_State *L, xfer *x, session *s, const callspec *cs) {
+  const sconf *c = &s->conf;
+  size_t len = c->baselen + cs->plen + (cs->qlen ? cs->qlen + 1 : 0);
+  xopts o;
+  if (len > URL_MAX)
+    luaL_error(L, "the URL would be %I bytes, more than libcurl takes (%d): shorten the path or the query",
+               (LUAI_UACINT)len, URL_MAX);
+  o = (xopts){
+    .url = wire_url(c->base, c->baselen, cs),
+    .headers = c->hl[cs->shape],
+    .timeout_ms = cs->timeout > 0 ? to_ms(cs->timeout) : c->timeout_ms,
+    .max_body = c->max_body,
+    .ca_not_after = c->ca_not_after,
+  };
+  if (o.url && cs->nh) o.headers = o.callh = wire_header_list(c->uh, c->nuh, cs->shape, cs->hv, cs->nh);
+  if (!transfer_open(x, &s->home, cs, &o))
+    luaL_error(L, "%s", x->code != CURLE_OK ? curl_easy_strerror(x->code) : "out of memory");
+}
+
 /* nil, err when the session cannot take a call (closed, or inherited
 ** through fork()); 0 when it can */
 static int refuse(lua_State *L, session *s) {
-  if (s->closed) return ibkr_fail(L, "closed", "session is closed", 2, 3);
-  if (!ours(s)) return ibkr_fail(L, "closed", "session was opened before fork(): open a new one", 2, 3);
+  if (s->closed) return error_fail(L, KIND_CLOSED, "session is closed", 2, 3);
+  if (!ours(s)) return error_fail(L, KIND_CLOSED, "session was opened before fork(): open a new one", 2, 3);
   return 0;
 }
 
@@ -291,43 +384,51 @@ static struct request *begin(lua_State *L, session *s) {
   wire_read_call(L, 2, &cs);
   r = request_push(L, 1, 2, 3);
   if (refuse(L, s)) return NULL;
-  request_attach(L, r, &s->conf, &s->home, &cs);
+  attach(L, request_xfer(r), s, &cs);
   return r;
 }
 
-/* For a part that opens a connection of its own with the session's rules
-** (websocket.c): the open session at idx, its configuration and its
-** transfer part (both the session's: copy what must outlive it); or NULL
+/*
+** For a part that opens a connection of its own with the session's rules
+** (websocket.c): what it needs of the open session at idx, filled into p
+** (pointers into the session: copy what must outlive it). Returns 1; or 0
 ** with nil, err pushed (closed, or opened before fork()). Raises when idx
-** is not a session. */
-session *session_parts(lua_State *L, int idx, const sconf **c, xhome **h) {
+** is not a session.
+*/
+int session_parts(lua_State *L, int idx, sparts *p) {
   session *s = (session *)luaL_checkudata(L, idx, SESSION_MT);
   if (s->closed || !ours(s)) {
-    lua_pushnil(L);
-    ibkr_push_error(L, "closed", s->closed ? "session is closed" :
-                    "session was opened before fork(): open a new one", 0, 0);
-    return NULL;
+    error_fail(L, KIND_CLOSED, s->closed ? "session is closed" : "session was opened before fork(): open a new one",
+               0, 0);
+    return 0;
   }
-  *c = &s->conf;
-  *h = &s->home;
-  return s;
+  *p = (sparts){ .base = s->conf.base, .uh = s->conf.uh, .nuh = s->conf.nuh, .ua = s->conf.ua,
+                 .timeout_ms = s->conf.timeout_ms, .tmpl = s->home.tmpl, .resolve = s->home.resolve };
+  return 1;
 }
 
 /* s:perform(method, path [, opts]) -- the blocking exchange, in place on
-** the caller's thread, without running Lua code until it is over */
+** the caller's thread, without running Lua code until it is over. A signal
+** handler that asks Lua to stop meanwhile (lua5.4's SIGINT) ends it: kind
+** "closed", and the interpreter's hook acts on the return. */
 static int session_perform(lua_State *L) {
   struct request *r = begin(L, tosession(L));
+  sigmark mark;
   if (r == NULL) return 2;
-  xfer_run_inline(request_xfer(r));
+  signal_mark(L, &mark);
+  if (!transfer_perform(request_xfer(r), signal_asked, &mark)) {
+    request_collect(L, lua_gettop(L));                        /* frees the exchange */
+    return error_fail(L, KIND_CLOSED, "interrupted by a signal during the request", 2, 3);
+  }
   return request_collect(L, lua_gettop(L));
 }
 
-/* s:start(method, path [, opts]) -- the same exchange on the engine thread;
-** returns the request at once */
+/* s:start(method, path [, opts]) -- the same exchange without blocking (in
+** the warm lane or on the engine thread); returns the request at once */
 static int session_start(lua_State *L) {
   struct request *r = begin(L, tosession(L));
   if (r == NULL) return 2;
-  xfer_submit(request_xfer(r));
+  transfer_submit(request_xfer(r));
   return 1;
 }
 
@@ -357,7 +458,8 @@ static const luaL_Reg session_funcs[] = {
 };
 
 /* registers the class and core.new in the module at the top of the stack */
-void session_open(lua_State *L) {
+int session_open(lua_State *L) {
   ibkr_createmeta(L, SESSION_MT, session_meth, session_metameth);
   luaL_setfuncs(L, session_funcs, 0);
+  return 0;
 }

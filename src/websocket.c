@@ -1,21 +1,29 @@
 /*
 ** websocket.c -- the websocket class (ibkr.websocket): s:websocket(path
-** [, opts]) opens one connection to the session's gateway (src/wsconn.c
-** does the protocol), stepped without blocking and waited on like a
-** request (:pollfd(), :events(), :timeout(): cqueues' pollable convention).
-** Messages come out decoded by the module's JSON rules (json.c). The policy
-** (when to connect, greetings, heartbeats, reconnects) is the Lua layer's:
-** lua/ibkr/stream.lua.
+** [, opts]) opens one connection to the session's gateway (src/lib/wsconn.c
+** does the protocol, without Lua), stepped without blocking and waited on
+** like a request (:pollfd(), :events(), :timeout(): cqueues' pollable
+** convention). Messages come out decoded by the module's JSON rules
+** (json.c). The policy (when to connect, greetings, heartbeats,
+** reconnects) is the Lua layer's: lua/ibkr/stream.lua.
+** Adds to the module: s:websocket (a method of the session class, which is
+** registered before: core.c's mods[]), the "ibkr.websocket" class.
+** Called by: core.c.
+** Calls: session.c, wire.c, json.c, error.c, message.c, lib/wsconn.c, lib/buf.c.
 */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "wsconn.h"
+#include "ibkr.h"
+#include "lib/buf.h"
+#include "lib/clock.h"
+#include "lib/wsconn.h"
 
 typedef struct websocket {
   wsconn c;
+  wsmsg *reading;             /* the message ws:read is decoding (freed with the websocket on a raise) */
 } websocket;
 
 /* user values: the path (for errors: "GET /ws") */
@@ -58,13 +66,13 @@ static size_t read_opts(lua_State *L) {
 }
 
 static int add(ibuf *b, const char *s) {
-  return ibuf_add(b, s, strlen(s));
+  return buf_add(b, s, strlen(s));
 }
 
 /* "GET <base path><path>[?query] HTTP/1.1", Host, the session's and the
 ** call's headers (wire.c's merge: the call's win), a User-Agent; each line
 ** ends in CRLF, NUL-terminated. 0 when out of memory or base is odd. */
-static int build_head(ibuf *b, const sconf *c, const callspec *cs) {
+static int build_head(ibuf *b, const sparts *c, const callspec *cs) {
   CURLU *u = curl_url();
   char *host = NULL, *port = NULL, *bpath = NULL;
   struct curl_slist *hl = NULL;
@@ -74,21 +82,21 @@ static int build_head(ibuf *b, const sconf *c, const callspec *cs) {
   int ua = 0;
   if (ok && curl_url_get(u, CURLUPART_PORT, &port, 0) != CURLUE_OK) port = NULL;
   ok = ok && add(b, "GET ") && (strcmp(bpath, "/") == 0 || add(b, bpath)) &&
-       ibuf_add(b, cs->path, cs->plen);
+       buf_add(b, cs->path, cs->plen);
   if (ok && cs->qlen)
-    ok = add(b, memchr(cs->path, '?', cs->plen) ? "&" : "?") && ibuf_add(b, cs->query, cs->qlen);
+    ok = add(b, memchr(cs->path, '?', cs->plen) ? "&" : "?") && buf_add(b, cs->query, cs->qlen);
   ok = ok && add(b, " HTTP/1.1\r\nHost: ") && add(b, host) && (!port || (add(b, ":") && add(b, port))) &&
        add(b, "\r\n") && (hl = wire_header_list(c->uh, c->nuh, HL_NOBODY, cs->hv, cs->nh)) != NULL;
   for (struct curl_slist *l = hl; ok && l; l = l->next) {
     size_t n = strlen(l->data);
     ua |= strncasecmp(l->data, "User-Agent", 10) == 0 && (l->data[10] == ':' || l->data[10] == ';');
     if (n && l->data[n - 1] == ';' && !strchr(l->data, ':'))   /* libcurl's spelling of an empty value */
-      ok = ibuf_add(b, l->data, n - 1) && add(b, ":\r\n");
+      ok = buf_add(b, l->data, n - 1) && add(b, ":\r\n");
     else
       ok = add(b, l->data) && add(b, "\r\n");
   }
   if (ok && !ua) ok = add(b, "User-Agent: ") && add(b, c->ua) && add(b, "\r\n");
-  ok = ok && ibuf_add(b, "", 1);
+  ok = ok && buf_add(b, "", 1);
   curl_slist_free_all(hl);
   curl_free(host);
   curl_free(port);
@@ -107,8 +115,7 @@ static int build_head(ibuf *b, const sconf *c, const callspec *cs) {
 */
 static int websocket_new(lua_State *L) {
   callspec cs;
-  const sconf *conf;
-  xhome *home;
+  sparts sp;
   websocket *ws;
   size_t max;
   ibuf head = { NULL, 0, 0 };
@@ -121,18 +128,20 @@ static int websocket_new(lua_State *L) {
   lua_insert(L, 2);                                            /* 1 s, 2 "GET", 3 path, 4 opts */
   wire_read_call(L, 2, &cs);
   ws = lua_newuserdatauv(L, sizeof *ws, WUV_COUNT);
+  ws->reading = NULL;
   wsconn_init(&ws->c);
   luaL_setmetatable(L, WEBSOCKET_MT);
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, -2, WUV_PATH);
-  if (session_parts(L, 1, &conf, &home) == NULL) return 2;    /* (user code may have run: a finaliser) */
-  ms = cs.timeout > 0 ? (long)ceil(fmin(cs.timeout * 1000, 1e12)) : conf->timeout_ms;
-  if (!build_head(&head, conf, &cs) || (e = curl_easy_duphandle(home->tmpl)) == NULL) {
-    ibuf_free(&head);
+  if (!session_parts(L, 1, &sp)) return 2;                     /* (user code may have run: a finaliser) */
+  ms = cs.timeout > 0 ? (long)ceil(fmin(cs.timeout * 1000, 1e12)) : sp.timeout_ms;
+  if (!build_head(&head, &sp, &cs) || (e = curl_easy_duphandle(sp.tmpl)) == NULL) {
+    buf_free(&head);
     return luaL_error(L, "out of memory");
   }
-  wsconn_start(&ws->c, e, home->resolve, conf->base, head.p, max, ms);
-  ibuf_free(&head);
+  wsconn_start(&ws->c, e, &(wsopts){ .url = sp.base, .head = head.p, .resolve = sp.resolve, .max_message = max,
+                                      .body_cut = IBKR_BODY_CUT, .timeout_ms = ms });
+  buf_free(&head);
   return 1;
 }
 
@@ -151,15 +160,28 @@ static int ws_step(lua_State *L) {
 ** value is built (a raise, out of memory, leaves it there). */
 static int ws_read(lua_State *L) {
   websocket *ws = tows(L);
-  wsmsg *m = ws->c.first;
+  wsmsg *m = wsconn_pop(&ws->c);
   if (m == NULL) return 0;
-  if (!ibkr_decode(L, m->data, m->len) || !lua_istable(L, -1)) {
+  free(ws->reading);                            /* (one a raise left behind) */
+  ws->reading = m;                              /* a finaliser that closes ws meanwhile frees not m */
+  if (!json_decode(L, m->data, m->len) || !lua_istable(L, -1)) {
     lua_pop(L, 1);
     lua_createtable(L, 0, 1);
     lua_pushlstring(L, m->data, m->len);
     lua_setfield(L, -2, m->binary ? "binary" : "text");
   }
-  free(wsconn_pop(&ws->c));
+  ws->reading = NULL;
+  free(m);
+  return 1;
+}
+
+/* ws:pending() -> bytes of the oldest message received and not yet read,
+** or nil: what the next ws:read() decodes (a caller bounding its resumes
+** reads a large one first in a resume) */
+static int ws_pending(lua_State *L) {
+  const wsmsg *m = wsconn_peek(&tows(L)->c);
+  if (m == NULL) return 0;
+  lua_pushinteger(L, (lua_Integer)m->len);
   return 1;
 }
 
@@ -171,7 +193,7 @@ static int ws_send(lua_State *L) {
   if (!wsconn_send(&ws->c, s, n, lua_toboolean(L, 3))) {
     lua_pushliteral(L, "GET");
     lua_getiuservalue(L, 1, WUV_PATH);
-    return ibkr_fail(L, "closed", ws->c.state == WS_OPEN ? "out of memory" : "the websocket is not open",
+    return error_fail(L, KIND_CLOSED, ws->c.state == WS_OPEN ? "out of memory" : "the websocket is not open",
                      lua_gettop(L) - 1, lua_gettop(L));
   }
   lua_pushboolean(L, 1);
@@ -186,11 +208,16 @@ static int ws_close(lua_State *L) {
   if (code < 1000 || code > 4999) return luaL_argerror(L, 2, "a close code from 1000 to 4999");
   wsconn_close(&ws->c, (int)code);
   wsconn_free(&ws->c);
+  free(ws->reading);
+  ws->reading = NULL;
   return 0;
 }
 
 static int ws_gc(lua_State *L) {
-  wsconn_free(&tows(L)->c);
+  websocket *ws = tows(L);
+  wsconn_free(&ws->c);
+  free(ws->reading);
+  ws->reading = NULL;
   return 0;
 }
 
@@ -201,23 +228,23 @@ static void push_reason(lua_State *L, websocket *ws) {
   int top = lua_gettop(L);
   lua_pushliteral(L, "GET");
   lua_getiuservalue(L, 1, WUV_PATH);
-  ibkr_push_error(L, c->kind, c->why, top + 1, top + 2);
+  error_push(L, c->kind, c->why, top + 1, top + 2);
   if (c->status) {
-    ibkr_seti(L, "status", c->status);
+    error_seti(L, "status", c->status);
     if (c->bodylen) {
       lua_pushlstring(L, c->body, c->bodylen);
       lua_setfield(L, -2, "body");
-      if (ibkr_decode(L, c->body, c->bodylen)) lua_setfield(L, -2, "data");
+      if (json_decode(L, c->body, c->bodylen)) lua_setfield(L, -2, "data");
       else lua_pop(L, 1);
     }
-    ibkr_error_describe(L, lua_gettop(L));         /* "HTTP 401: what the body said" */
+    message_describe(L, lua_gettop(L));         /* "HTTP 401: what the body said" */
     lua_pushfstring(L, "%s (", c->why);
     lua_getfield(L, -2, "message");
     lua_pushliteral(L, ")");
     lua_concat(L, 3);
     lua_setfield(L, -2, "message");
   }
-  if (c->close_code) ibkr_seti(L, "close_code", c->close_code);
+  if (c->close_code) error_seti(L, "close_code", c->close_code);
   lua_replace(L, top + 1);
   lua_settop(L, top + 1);
 }
@@ -227,7 +254,7 @@ static void push_reason(lua_State *L, websocket *ws) {
 static int ws_state(lua_State *L) {
   websocket *ws = tows(L);
   lua_pushstring(L, state_names[ws->c.state]);
-  if (ws->c.state != WS_CLOSED || ws->c.kind == NULL) return 1;
+  if (ws->c.state != WS_CLOSED || ws->c.kind < 0) return 1;
   push_reason(L, ws);
   return 2;
 }
@@ -259,13 +286,13 @@ static int ws_timeout(lua_State *L) {
 static int ws_info(lua_State *L) {
   wsconn *c = &tows(L)->c;
   lua_createtable(L, 0, 6);
-  ibkr_seti(L, "received", c->rx_bytes);
-  ibkr_seti(L, "sent", c->tx_bytes);
-  ibkr_seti(L, "messages", c->rx_msgs);
-  ibkr_seti(L, "sent_messages", c->tx_msgs);
-  ibkr_seti(L, "queued", (lua_Integer)c->inbox);
+  error_seti(L, "received", (lua_Integer)c->rx_bytes);
+  error_seti(L, "sent", (lua_Integer)c->tx_bytes);
+  error_seti(L, "messages", (lua_Integer)c->rx_msgs);
+  error_seti(L, "sent_messages", (lua_Integer)c->tx_msgs);
+  error_seti(L, "queued", (lua_Integer)c->inbox);
   if (c->last_rx > 0) {
-    lua_pushnumber(L, ibkr_now() - c->last_rx);
+    lua_pushnumber(L, clock_now() - c->last_rx);
     lua_setfield(L, -2, "idle");
   }
   return 1;
@@ -273,7 +300,7 @@ static int ws_info(lua_State *L) {
 
 /* ws:received() -> bytes received so far (a cheap "heard anything?") */
 static int ws_received(lua_State *L) {
-  lua_pushinteger(L, tows(L)->c.rx_bytes);
+  lua_pushinteger(L, (lua_Integer)tows(L)->c.rx_bytes);
   return 1;
 }
 
@@ -287,6 +314,7 @@ static int ws_tostring(lua_State *L) {
 static const luaL_Reg ws_meth[] = {
   {"step", ws_step},
   {"read", ws_read},
+  {"pending", ws_pending},
   {"send", ws_send},
   {"close", ws_close},
   {"state", ws_state},
@@ -306,13 +334,15 @@ static const luaL_Reg ws_metameth[] = {
   {NULL, NULL}
 };
 
-/* registers the class, and s:websocket as a method of the session class (registered before:
-** core.c's mods[]), so session.c needs nothing of this file */
-void websocket_open(lua_State *L) {
+/* registers the class, and s:websocket as a method of the session class
+** (registered before: core.c's mods[]), so session.c needs nothing of this
+** file */
+int websocket_open(lua_State *L) {
   ibkr_createmeta(L, WEBSOCKET_MT, ws_meth, ws_metameth);
   luaL_getmetatable(L, SESSION_MT);
   lua_getfield(L, -1, "__index");
   lua_pushcfunction(L, websocket_new);
   lua_setfield(L, -2, "websocket");
   lua_pop(L, 2);
+  return 0;
 }

@@ -5,6 +5,9 @@
 ** call reads from the caller's values is read here, before the session is
 ** touched (user code can run inside any of these reads: metamethods, and
 ** finalisers on allocation).
+** Adds to the module: core.check_path, core.check_headers.
+** Called by: core.c, session.c.
+** Calls: json.c, lib/text.c, lib/buf.c.
 */
 #include <arpa/inet.h>
 #include <math.h>
@@ -14,6 +17,8 @@
 #include <strings.h>
 
 #include "ibkr.h"
+#include "lib/buf.h"
+#include "lib/text.h"
 
 /* ------------------------------------------------------------ base URL */
 
@@ -95,11 +100,11 @@ int wire_base_url(lua_State *L, const char *url, char **host, long *port) {
 }
 
 /* a malloc'd copy of url without its userinfo ("user:secret@"), or NULL;
-** the rule is error.c's (ibkr_strip_userinfo), the one copy */
+** the rule is lib/text.c's (text_strip_userinfo), the one copy */
 char *wire_redact(const char *url) {
   size_t n = strlen(url);
   char *out = malloc(n + 1);
-  if (out) ibkr_strip_userinfo(url, n, out);
+  if (out) text_strip_userinfo(url, n, out);
   return out;
 }
 
@@ -170,7 +175,7 @@ static struct curl_slist *append_user(struct curl_slist *l, const char *h, int *
   const char *v = colon + 1 + strspn(colon + 1, " ");
   char *semi;
   if (*v != '\0' || !*ok) return append(l, h, ok);
-  if ((semi = ibkr_strndup(h, (size_t)(colon - h) + 1)) == NULL) {
+  if ((semi = buf_strndup(h, (size_t)(colon - h) + 1)) == NULL) {
     *ok = 0;
     return l;
   }
@@ -247,8 +252,8 @@ static void add_pair(lua_State *L, int parts, int keyidx) {
       break;
     case LUA_TSTRING: break;
     case LUA_TNUMBER: {                                       /* exact, as in bodies (json.c) */
-      char num[IBKR_NUMTEXT];
-      size_t n = ibkr_number_text(L, -1, num);
+      char num[JSON_NUMTEXT];
+      size_t n = json_number_text(L, -1, num);
       if (n == 0) luaL_error(L, "query value '%s' is NaN or infinite", lua_tostring(L, keyidx));
       lua_pushlstring(L, num, n);
       lua_replace(L, -2);
@@ -398,7 +403,7 @@ static void read_body(lua_State *L, int idx, callspec *cs) {
     case LUA_TSTRING: break;
     case LUA_TLIGHTUSERDATA:              /* ibkr.empty_array is []; the encoder refuses others */
     case LUA_TTABLE:
-      ibkr_encode(L, idx);
+      json_encode(L, idx);
       lua_replace(L, idx);
       break;
     default: luaL_error(L, "body must be a table, a string or ibkr.empty_array");
@@ -424,10 +429,22 @@ static int shape_of(const callspec *cs) {
   return posty ? HL_POST0 : HL_NOBODY;
 }
 
-/* the path rule of perform/start, alone (core.check_path); raises */
-void wire_check_path(lua_State *L, int idx) {
-  size_t n;
-  read_path(L, idx, &n);
+/* URL = base .. path [.. "?" or "&" .. query], malloc'd; NULL when out of memory */
+char *wire_url(const char *base, size_t baselen, const callspec *cs) {
+  size_t n = baselen + cs->plen + (cs->qlen ? cs->qlen + 1 : 0);
+  char *u = malloc(n + 1), *p = u;
+  if (u == NULL) return NULL;
+  memcpy(p, base, baselen);
+  p += baselen;
+  memcpy(p, cs->path, cs->plen);
+  p += cs->plen;
+  if (cs->qlen) {
+    *p++ = memchr(cs->path, '?', cs->plen) ? '&' : '?';
+    memcpy(p, cs->query, cs->qlen);
+    p += cs->qlen;
+  }
+  *p = '\0';
+  return u;
 }
 
 /*
@@ -470,4 +487,36 @@ void wire_read_call(lua_State *L, int first, callspec *cs) {
                        (cs->mlen == 4 && memcmp(cs->method, "HEAD", 4) == 0)))
     luaL_error(L, "a %s request cannot carry a body (send it with POST, PUT or PATCH)", cs->method);
   cs->shape = shape_of(cs);
+}
+
+/* ------------------------------------------------------------ module functions */
+
+/* core.check_path(path): the path rule of perform/start alone, for callers
+** that want to refuse a bad path at their caller's line; raises */
+static int core_check_path(lua_State *L) {
+  size_t n;
+  read_path(L, 1, &n);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.check_headers(t): the header rule of core.new, for callers that want
+** to refuse bad per-call headers before anything else happens */
+static int core_check_headers(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  wire_check_headers(L, 1);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static const luaL_Reg wire_funcs[] = {
+  {"check_path", core_check_path},
+  {"check_headers", core_check_headers},
+  {NULL, NULL}
+};
+
+/* adds core.check_path and core.check_headers to the module at the top */
+int wire_open(lua_State *L) {
+  luaL_setfuncs(L, wire_funcs, 0);
+  return 0;
 }

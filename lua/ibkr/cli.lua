@@ -43,12 +43,12 @@ local function usage_error(io_, msg, json)
   return 64
 end
 
--- --oauth-config FILE: a headless OAuth 1.0a session (docs/oauth.md). ibkr/oauth.lua reads the
--- file and sets opts.oauth, and opts.base_url from the file when --url gave none. Returns nil or
--- a usage error text.
-local function apply_oauth(opts, file)
-  local ok, oauth = pcall(require, "ibkr.oauth")
-  if not ok then return "--oauth-config: this installation has no OAuth support (module ibkr.oauth)" end
+-- --oauth-config FILE / --oauth2-config FILE: a headless OAuth 1.0a / 2.0 session (docs/oauth.md).
+-- ibkr/oauth.lua or ibkr/oauth2.lua reads the file and sets opts.oauth or opts.oauth2, and
+-- opts.base_url from the file when --url gave none. Returns nil or a usage error text.
+local function apply_oauth(opts, file, module, option)
+  local ok, oauth = pcall(require, module)
+  if not ok then return option .. ": this installation has no OAuth support (module " .. module .. ")" end
   return oauth.cli_apply(opts, file)
 end
 
@@ -83,10 +83,16 @@ local function make_session(o)
   local env = os.getenv("IBKR_BASE_URL")
   if env == "" then env = nil end
   local opts = session_options(o)
-  if o.oauth_config then
-    local cerr = apply_oauth(opts, o.oauth_config)
-    if cerr then return nil, cerr end
+  if o.oauth_config and o.oauth2_config then
+    return nil, "--oauth-config and --oauth2-config exclude each other"
   end
+  local cerr
+  if o.oauth_config then
+    cerr = apply_oauth(opts, o.oauth_config, "ibkr.oauth", "--oauth-config")
+  elseif o.oauth2_config then
+    cerr = apply_oauth(opts, o.oauth2_config, "ibkr.oauth2", "--oauth2-config")
+  end
+  if cerr then return nil, cerr end
   local url_from_env = opts.base_url == nil and env ~= nil
   if url_from_env then opts.base_url = env end
   local ok, s = pcall(ibkr.new, opts)
@@ -100,7 +106,7 @@ end
 
 local function print_report(r, o, io_)
   if o.json then
-    io_.stdout:write(out.json(r.doc), "\n")
+    io_.stdout:write(out.json(r.doc, r.whole), "\n")
     return
   end
   if r.line then io_.stdout:write(r.line, "\n") end
@@ -161,7 +167,7 @@ function M.main(argv, io_)
   local o, msg = args.parse(argv)
   if not o then return usage_error(io_, msg, json) end
   if o.help then
-    io_.stdout:write(json and (out.json{ usage = args.USAGE } .. "\n") or args.USAGE)
+    io_.stdout:write(json and (out.json({ usage = args.USAGE }, true) .. "\n") or args.USAGE)
     return 0
   end
   if o.version then
@@ -174,7 +180,7 @@ function M.main(argv, io_)
   if not okd then return usage_error(io_, derr, json) end
   local s, from_env = make_session(o)
   if not s then return usage_error(io_, from_env, json) end
-  local ctx = { url = s.base_url, cacert = o.cacert, url_from_env = from_env, proxy = o.proxy }
+  local ctx = { url = s.base_url, cacert = o.cacert, url_from_env = from_env, proxy = o.proxy, words = "cli" }
   -- the process's own signal handlers: only when main runs the process (not called with io_)
   if not embedded then core.signal_catch{ "INT", "TERM" } end
   local code

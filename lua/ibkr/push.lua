@@ -12,6 +12,7 @@
 
 local core = require("ibkr.core")
 local state = require("ibkr.state")
+local stream = require("ibkr.stream")
 
 local M = {}
 
@@ -88,8 +89,7 @@ local function loop_wait(px, base, mode)
         base.wait(math.min(t, M.HOST_SLICE), req)
         if req then return end
       else
-        local fd = px.st:pollfd()
-        if fd >= 0 then core.poll({ fd }, t, { px.st:events() }) else base.wait(t) end
+        px.s:wait_fd(px.st:pollfd(), px.st:events(), t, M.HOST_SLICE)
       end
     until not px.live()
   end
@@ -111,8 +111,7 @@ function M.new(s, base, mode, opts)
     if user then user(msg) end
   end
   so.on_error = so.on_error or function(err) if px.rep then px.rep.error(err) end end
-  px.st = s:stream(so)
-  px.st._pushed = function(new, detail) px:pushed(new, detail) end
+  px.st = stream.new(s, so, { pushed = function(new, detail) px:pushed(new, detail) end })
   px.co = px.st:coroutine()
   local w = { live = base.live, gone = base.gone, step = base.step, chunk = base.chunk }
   w.wait = mode == "yield" and yield_wait(px) or loop_wait(px, base, mode)
@@ -122,8 +121,9 @@ function M.new(s, base, mode, opts)
   return px
 end
 
--- the keep-alive's reporter (its on_state, s:state()); the channel starts connecting
+-- the keep-alive's reporter (its on_state, s:state()); the channel starts connecting. Once.
 function Push:start(rep)
+  if self.started then return end
   self.rep = rep
   self.started = true
 end

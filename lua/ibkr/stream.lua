@@ -16,67 +16,71 @@
 -- Time is the session's clock (its `clock` option), as for the keep-alive.
 
 local core = require("ibkr.core")
+local check = require("ibkr.check")
+local kinds = require("ibkr.kinds")
 local state = require("ibkr.state")
-local retry = require("ibkr.retry")
 local waiter = require("ibkr.waiter")
 local callback = require("ibkr.callback")
 
 local M = {}
 
-M.BACKOFF_BASE = 1     -- seconds: the first reconnect step (doubling, equal jitter)
-M.BACKOFF_CAP = 60     -- seconds: the longest pause between two attempts
+-- Reconnects back off as the registry's refusal class "push" says (kinds.REFUSALS: 1 s doubling
+-- to 60 s, plus up to 10 % at random).
 M.REPAIR_LOOK = 1      -- seconds between looks at s:state() while the session is not authenticated
 M.SLICE = 0.0005       -- seconds of one resume (its step, then on_message calls) before it yields
                        -- (then to be resumed at once)
+M.LARGE = 16384        -- bytes: a message larger than this is decoded alone in a resume
 M.MAX_QUEUE = 1000     -- messages st:send keeps before the greeting
 M.TIC = "tic"
 
 -- session states in which connecting is pointless until a repair (a keep-alive's) succeeds
 local WAIT_FOR_REPAIR = { no_session = true, unauthenticated = true, disconnected = true }
 
+-- topics: an array of non-empty strings
+local function topic_list(v)
+  if type(v) ~= "table" then return "an array of topic strings" end
+  for i, t in ipairs(v) do
+    if type(t) ~= "string" or t == "" then
+      return "an array of non-empty strings (topics[" .. i .. "] is not)"
+    end
+  end
+end
+
 local OPTS = {
-  topics = "table", on_message = "function", on_error = "function", heartbeat_timeout = "number",
-  tic_interval = "number", max_message = "number",
+  topics = topic_list, on_message = "function", on_error = "function", heartbeat_timeout = "number>0",
+  tic_interval = function(v)
+    if type(v) ~= "number" or not (v > 0 and v < 60) then
+      return "a number > 0 and < 60 (IBKR wants a tic every minute)"
+    end
+  end,
+  max_message = function(v)
+    if math.type(v) ~= "integer" or v < 1 or v > 2 ^ 31 then return "an integer from 1 to 2^31" end
+  end,
 }
 
--- Checks s:stream's options; returns them resolved and the topics. Raises at `level`.
-local function check(opts, level)
-  if opts == nil then opts = {} end
-  if type(opts) ~= "table" then error("stream: options must be a table", level + 1) end
-  for k, v in pairs(opts) do
-    local want = OPTS[k]
-    if not want then error("stream: unknown option '" .. tostring(k) .. "'", level + 1) end
-    if type(v) ~= want then error("stream: '" .. k .. "' must be a " .. want, level + 1) end
-  end
-  local o = {
+-- Checks a stream's options (s:stream's, or keepalive{ push = {...} }'s: fname names which);
+-- raises at the caller's line (ibkr/check.lua). Returns nil (a check.options validator).
+function M.check(opts, fname)
+  check.options(OPTS, opts, fname or "s:stream")
+end
+
+-- The options resolved (defaults applied), and a copy of the topics.
+local function resolve(opts)
+  opts = opts or {}
+  local topics = {}
+  for i, t in ipairs(opts.topics or {}) do topics[i] = t end
+  return {
     on_message = opts.on_message, on_error = opts.on_error,
     heartbeat_timeout = opts.heartbeat_timeout or 30, tic_interval = opts.tic_interval or 50,
     max_message = opts.max_message,
-  }
-  local hb, tic = o.heartbeat_timeout, o.tic_interval
-  if hb ~= hb or hb <= 0 or hb == math.huge then
-    error("stream: 'heartbeat_timeout' must be a finite number > 0", level + 1)
-  end
-  if tic ~= tic or tic <= 0 or tic >= 60 then
-    error("stream: 'tic_interval' must be a number > 0 and < 60 (IBKR wants a tic every minute)", level + 1)
-  end
-  local mm = o.max_message
-  if mm ~= nil and (math.type(mm) ~= "integer" or mm < 1 or mm > 2 ^ 31) then
-    error("stream: 'max_message' must be an integer from 1 to 2^31", level + 1)
-  end
-  local topics = {}
-  for i, t in ipairs(opts.topics or {}) do
-    if type(t) ~= "string" or t == "" then
-      error("stream: topics[" .. i .. "] must be a non-empty string", level + 1)
-    end
-    topics[#topics + 1] = t
-  end
-  return o, topics
+  }, topics
 end
 
--- An error object of this file (method/path say where: the channel).
-local function channel_error(kind, message)
-  return core.error{ kind = kind, method = "GET", path = "/ws", message = message }
+-- An error object of this file (method/path say where: the channel); `fields` more of its fields.
+local function channel_error(kind, message, fields)
+  local t = { kind = kind, method = "GET", path = "/ws", message = message }
+  for k, v in pairs(fields or {}) do t[k] = v end
+  return core.error(t)
 end
 
 -- The unsubscribe message IBKR expects for a subscription topic: "smd+265598+{...}" ->
@@ -200,12 +204,12 @@ function Stream:__tostring()
   return "ibkr.stream (" .. self._state .. ")"
 end
 
--- A session event (the keep-alive's "authenticated") for this stream: on_message gets it, and a
--- stream waiting for the session's repair tries again at once.
-function Stream:_announce(msg)
-  if not self:_alive() then return end
-  self._kick = true
-  self:_deliver(msg)
+-- A session event (the keep-alive's "authenticated": s:push_announce) for this stream:
+-- on_message gets it, and a stream waiting for the session's repair tries again at once.
+local function announce(st, msg)
+  if not st:_alive() then return end
+  st._kick = true
+  st:_deliver(msg)
 end
 
 ------------------------------------------------------------------------------------------------
@@ -237,7 +241,8 @@ local function session_id(st, w)
   if res == nil then return nil, err, WAIT_FOR_REPAIR[state.of_error(err)] == true end
   local now_state = s:state()
   if WAIT_FOR_REPAIR[now_state] then
-    return nil, channel_error("auth", "the session is " .. now_state .. ": waiting for a repair"), true
+    return nil, channel_error("not_ready", "the session is " .. now_state
+      .. ": the channel waits for a repair", { state = now_state }), true
   end
   sid = s:push_session()
   if not sid then return nil, channel_error("protocol", "the /tickle answer carries no usable session id") end
@@ -262,7 +267,7 @@ local function on_sts(st, msg)
   local new = state.of_status(told)
   if new == "error" then return end
   if state.worse(new, (st._s:state())) then st._s:observe(new, args) end
-  if st._pushed then st._pushed(new, args) end -- the keep-alive's (ibkr/push.lua)
+  if st._hooks.pushed then st._hooks.pushed(new, args) end -- the keep-alive's (ibkr/push.lua)
 end
 
 -- The gateway greeted: the channel is open. Topics first, then what st:send queued, in order.
@@ -294,16 +299,26 @@ local function handle(st, ws, msg, ctx)
   st:_deliver(msg)
 end
 
--- Reads what the step received and hands it over until SLICE seconds after t0 (the resume's
--- start). Returns true when messages are left (resume at once).
-local function drain(st, ws, ctx, t0)
+-- Hands over what was received, oldest first, until SLICE seconds after t0 (the resume's
+-- start). A message larger than LARGE is decoded only first thing in a resume (`fresh`: nothing
+-- was done yet in this one), so that its decode is all a resume does: one resume stays within
+-- its bound for messages up to 64 KiB. Returns true when messages are left (resume at once).
+local function drain(st, ws, ctx, t0, fresh)
   while st:_alive() do
-    local msg = ws:read()
-    if msg == nil then return false end
-    handle(st, ws, msg, ctx)
+    local n = ws:pending()
+    if n == nil then return false end
+    if n > M.LARGE and not fresh then return true end
+    handle(st, ws, ws:read(), ctx)
+    fresh = false
     if core.monotonic() - t0 > M.SLICE then return true end
   end
   return false
+end
+
+-- The error of a channel silent for heartbeat_timeout seconds.
+local function silence(st, o)
+  return channel_error("timeout", string.format("nothing from the gateway for %g s%s", o.heartbeat_timeout,
+    st._state == "open" and "" or " (no greeting)"), { silent = o.heartbeat_timeout })
 end
 
 -- One connection, from connect to loss. Returns the error that lost it, or nil when the stream
@@ -313,20 +328,22 @@ local function hold(st, ws, ctx)
   local heard, rx, upgraded = s:now(), 0, false
   st._told = nil -- what this connection's sts messages said
   while st:_alive() do
-    local t0 = core.monotonic()
-    local more = ws:step()
-    local now = s:now()
-    local got = ws:received()
+    local t0, more = core.monotonic(), true
+    if (ws:pending() or 0) > M.LARGE then
+      drain(st, ws, ctx, t0, true) -- a large message waits: decoded alone in this resume
+    else
+      more = ws:step()
+      if drain(st, ws, ctx, t0, false) then more = true end
+    end
+    if not st:_alive() then return nil end
+    local now, got = s:now(), ws:received()
     if got ~= rx then rx, heard = got, now end
     local wst, err = ws:state()
     if not upgraded and wst ~= "connecting" then upgraded, heard = true, now end
-    if drain(st, ws, ctx, t0) then more = true end
-    if not st:_alive() then return nil end
-    if wst == "closed" then return err or channel_error("closed", "the websocket closed") end
-    if upgraded and now - heard >= o.heartbeat_timeout then
-      return channel_error("timeout", string.format("nothing from the gateway for %g s%s",
-        o.heartbeat_timeout, st._state == "open" and "" or " (no greeting)"))
+    if wst == "closed" and not ws:pending() then
+      return err or channel_error("closed", "the websocket closed")
     end
+    if upgraded and now - heard >= o.heartbeat_timeout then return silence(st, o) end
     local due = upgraded and heard + o.heartbeat_timeout or math.huge
     if st._state == "open" then
       if now >= st._next_tic then
@@ -344,19 +361,25 @@ local function hold(st, ws, ctx)
   return nil
 end
 
--- After a loss (or a failed attempt): say so once per outage, then back off (with jitter); a
--- session that waits for a repair is looked at every REPAIR_LOOK seconds meanwhile.
+-- After a loss (or a failed attempt): say so once per outage, then back off (kinds.backoff,
+-- class "push"); a session that waits for a repair is looked at every REPAIR_LOOK seconds
+-- meanwhile. A refused upgrade, or a signer without a token for it, drops the session id: the
+-- next attempt tickles for a new one (and renews the token).
 local function lost(st, err, wait, ctx)
   local s = st._s
   ctx.attempts = ctx.attempts + 1
+  if err then s:hinted(err) end
   st:_set("connecting", err)
   if not ctx.outage then
     ctx.outage = { since = s:now(), attempts = 0 }
     st:_event("lost", { error = err, reason = err and err.message })
   end
   ctx.outage.attempts = ctx.outage.attempts + 1
-  if err and (err.kind == "http" and (err.status == 401 or err.status == 403)) then s:push_forget() end
-  local delay = retry.jittered(ctx.attempts, M.BACKOFF_BASE, M.BACKOFF_CAP)
+  if err and ((err.kind == "http" and (err.status == 401 or err.status == 403)) or err.kind == "auth"
+      or (err.kind == "hangup" and err.close_code == 1008)) then
+    s:push_forget()
+  end
+  local delay = kinds.backoff("push", ctx.attempts)
   st._kick = false
   if wait then
     pause(st, delay, M.REPAIR_LOOK, function() return s:state() == "ready" end)
@@ -395,11 +418,14 @@ local function run(st)
   end
 end
 
--- s:stream(opts) -> st (docs/push.md). Raises on programmer errors (unknown option, wrong type).
-function M.new(s, opts)
-  local o, topics = check(opts, 3)
+-- s:stream(opts) -> st (docs/push.md). Raises on programmer errors (unknown option, wrong type),
+-- at the caller's line. `hooks` (ibkr/push.lua, the keep-alive's channel): { pushed = function(state,
+-- args) } called with each state a pushed sts message implies.
+function M.new(s, opts, hooks)
+  M.check(opts, "s:stream")
+  local o, topics = resolve(opts)
   local st = setmetatable({
-    _s = s, _o = o, _topics = topics, _queue = {},
+    _s = s, _o = o, _topics = topics, _queue = {}, _hooks = hooks or {},
     _state = "connecting", _detail = nil, _since = s:now(), _wake = s:now(),
     _ws = nil, _closed = false, _kick = false, _next_tic = math.huge, _delivered = 0,
   }, Stream)
@@ -411,11 +437,10 @@ function M.new(s, opts)
     end })
     run(st)
   end)
-  s:push_register(st)
+  s:push_register(st, { close = function() st:close() end, announce = function(msg) announce(st, msg) end })
   return st
 end
 
 M.Stream = Stream
-M.check = check
 
 return M

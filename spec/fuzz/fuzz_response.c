@@ -34,7 +34,7 @@
 **           must be a table, the close reason an error object of a documented
 **           kind, nothing left in flight, within 5 s
 */
-#define _GNU_SOURCE                  /* dladdr, in transfer.c */
+#define _GNU_SOURCE                  /* dladdr, in lib/engine.c */
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/socket.h>
@@ -43,19 +43,25 @@
 
 #include "lualib.h"
 
+#include "../../src/lib/buf.c"
+#include "../../src/lib/text.c"
+#include "../../src/lib/conn.c"
+#include "../../src/lib/handle.c"
+#include "../../src/lib/lane.c"
+#include "../../src/lib/engine.c"
+#include "../../src/lib/transfer.c"
+#include "../../src/lib/kind.c"
+#include "../../src/lib/wsconn.c"
 #include "../../src/error.c"
+#include "../../src/message.c"
 #include "../../src/json.c"
-#include "../../src/buf.c"
 #include "../../src/wire.c"
-#include "../../src/conn.c"
-#include "../../src/transfer.c"
 #include "../../src/request.c"
 #include "../../src/session.c"
-#include "../../src/core.c"
 #include "../../src/signal.c"
 #include "../../src/oauth.c"  /* [oauth] core.c registers it */
-#include "../../src/wsconn.c"
 #include "../../src/websocket.c"
+#include "../../src/core.c"
 
 static lua_State *L;
 
@@ -417,7 +423,7 @@ static void mode_accumulate(unsigned param, const uint8_t *d, size_t n) {
   if (refused != (n > max_body)) FAIL("refused=%d with n=%zu max=%zu", refused, n, max_body);
   if (accepted && memcmp(s.body.p, d, accepted) != 0) FAIL("buffer content differs");
   if (accepted && s.body.p[accepted] != '\0') FAIL("buffer not terminated");
-  ibuf_free(&s.body);
+  buf_free(&s.body);
 }
 
 static void mode_exchange(unsigned param, const uint8_t *d, size_t n) {

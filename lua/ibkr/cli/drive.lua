@@ -7,12 +7,14 @@ local core = require("ibkr.core")
 
 local M = {}
 
--- The file descriptor of a pollable (cqueues' convention: :pollfd(), :timeout()), its timeout.
+-- The file descriptor of a pollable (cqueues' convention: :pollfd(), :timeout()), or nil when it
+-- has none now (-1: a stream between two connections), and its timeout.
 local function poll_of(y)
   if y == nil or type(y) == "number" then return nil end
   local ok, fd = pcall(function() return y:pollfd() end)
   local ok2, t = pcall(function() return y:timeout() end)
-  return ok and math.tointeger(fd) or nil, ok2 and type(t) == "number" and t or nil
+  fd = ok and math.tointeger(fd) or nil
+  return fd and fd >= 0 and fd or nil, ok2 and type(t) == "number" and t or nil
 end
 
 -- What a resume yielded -> seconds to wait, and a file descriptor to wait on (or nil).

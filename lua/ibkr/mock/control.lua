@@ -16,7 +16,7 @@ local server_keys = {
 local gateway_keys = {
   pacing = "boolean", idle_timeout = "nonnegative", init_delay = "nonnegative",
   reauth_delay = "nonnegative", sso_window = "positive", log_limit = "positive",
-  connection_close = "boolean",
+  connection_close = "boolean", relapse = "nonnegative", relapse_requests = "nonnegative",
 }
 local push_keys = { -- the websocket (ibkr.mock.push)
   ws_heartbeat = "positive", ws_greeting_delay = "nonnegative", ws_max_message = "positive",
@@ -140,6 +140,7 @@ function control.state(m)
       rate_limited = g.counters.rate_limited,
       faults_applied = g.counters.faults_applied,
       idle_expiries = g.counters.idle_expiries,
+      relapses = g.counters.relapses,
       by_path = g.counters.by_path,
       connections = srv.stats.connections,
       active_connections = srv.stats.active,

@@ -25,6 +25,12 @@ gateway.defaults = {
   log_limit = 10000,    -- request log entries kept (oldest dropped)
   connection_close = false, -- every API answer says Connection: close and closes (like tickle on
                             -- some gateways, Voyz/ibeam issue #152)
+  -- A session that "drops again right after login" (Voyz/ibeam issues #130, #7): once a repair
+  -- (ssodh/init, reauthenticate) has made it ready, it falls back to unauthenticated after
+  -- `relapse` seconds, or at the `relapse_requests`-th API request after it became ready
+  -- (1: auth/status never confirms it), whichever comes first. 0 = off.
+  relapse = 0,
+  relapse_requests = 0,
 }
 
 local MAC = "02:42:AC:11:00:02"
@@ -82,14 +88,15 @@ function gateway:reset()
   self.faults:clear()
   self.pacing:reset()
   self.penalty = nil
-  self.counters = { requests = 0, rate_limited = 0, faults_applied = 0, idle_expiries = 0, by_path = {} }
+  self.counters = { requests = 0, rate_limited = 0, faults_applied = 0, idle_expiries = 0, relapses = 0,
+    by_path = {} }
   self:login(self.initial.state, "reset")
 end
 
 -- fn(old, new, why) is called after every change of state, and after every login (a new
 -- session, even in the same state). why: "login", "reset", "control", "idle", "logout", "init",
--- "reauth"; and with old == new and why "schedule" when a transition is scheduled for later. The
--- websocket (ibkr.mock.push) pushes what changed.
+-- "reauth", "relapse"; and with old == new and why "schedule" when a transition is scheduled for
+-- later. The websocket (ibkr.mock.push) pushes what changed.
 function gateway:watch(fn)
   self.watchers[#self.watchers + 1] = fn
 end
@@ -111,10 +118,14 @@ function gateway:mount(api, fn)
   self.mounted[api] = fn
 end
 
--- When the state machine changes next by itself (a pending transition, the idle expiry), on the
--- gateway's clock; nil when nothing is due.
+-- When the state machine changes next by itself (a pending transition, a relapse due at its
+-- time, the idle expiry), on the gateway's clock; nil when nothing is due.
 function gateway:next_event()
   local t = self.pending and self.pending.at
+  local r = self.relapse and self.state == "ready" and self.relapse.at
+  if r then
+    t = t and math.min(t, r) or r
+  end
   local idle = self.config.idle_timeout
   if idle and idle > 0 and (self.state == "ready" or self.state == "competing") then
     local expiry = self.last_api + idle
@@ -127,6 +138,7 @@ end
 function gateway:login(state, why)
   local now = self.clock()
   self.pending = nil
+  self.relapse = nil
   self.session = random_hex(32)
   self.auth_time = wall_ms()
   self.last_accessed = self.auth_time
@@ -137,6 +149,7 @@ end
 
 function gateway:set_state(state)
   self.pending = nil
+  self.relapse = nil
   self.last_api = self.clock()
   self:change(state, "control")
 end
@@ -179,12 +192,26 @@ function gateway:penalised(now)
   return response.error(429, "Too many requests", { { "Retry-After", tostring(p.retry_after) } })
 end
 
+-- The transitions of a repair (gateway:schedule's why): the session may relapse after them.
+local REPAIRS = { init = true, reauth = true }
+
+-- A repair made the session ready at `at`: arms the configured relapse (or none).
+function gateway:repaired(at)
+  local c = self.config
+  self.relapse = nil
+  if (c.relapse or 0) > 0 or (c.relapse_requests or 0) > 0 then
+    self.relapse = { at = (c.relapse or 0) > 0 and at + c.relapse or nil,
+      left = (c.relapse_requests or 0) > 0 and math.floor(c.relapse_requests) or nil, seq = self.seq }
+  end
+end
+
 -- Schedules a transition to state after delay seconds (immediately when delay <= 0); why as
--- for gateway:watch.
+-- for gateway:watch ("init", "reauth": a repair's, which may relapse).
 function gateway:schedule(state, delay, now, why)
   if not delay or delay <= 0 then
     self.pending = nil
     self.last_api = now
+    if REPAIRS[why] then self:repaired(now) end
     self:change(state, why)
   else
     self.pending = { state = state, at = now + delay, why = why }
@@ -194,7 +221,24 @@ function gateway:schedule(state, delay, now, why)
   end
 end
 
--- Applies due transitions: a pending ssodh/init or reauthenticate, then idle expiry.
+-- The relapse of a repaired session (config relapse, relapse_requests): due at its time, or
+-- (`request`: an API request is being answered) at the n-th API request after the one that saw
+-- the session ready first.
+function gateway:relapsing(now, request)
+  local r = self.relapse
+  if not r or self.state ~= "ready" then
+    self.relapse = nil
+    return
+  end
+  if request and r.left and self.seq > r.seq then r.left = r.left - 1 end
+  if (r.at and now >= r.at) or (r.left and r.left <= 0) then
+    self.relapse = nil
+    self.counters.relapses = self.counters.relapses + 1
+    self:change("unauthenticated", "relapse")
+  end
+end
+
+-- Applies due transitions: a pending ssodh/init or reauthenticate, a relapse, then idle expiry.
 function gateway:tick(now)
   local p = self.pending
   if p and now >= p.at then
@@ -202,8 +246,10 @@ function gateway:tick(now)
     if self.last_api < p.at then
       self.last_api = p.at
     end
+    if REPAIRS[p.why] then self:repaired(p.at) end
     self:change(p.state, p.why)
   end
+  self:relapsing(now)
   local idle = self.config.idle_timeout
   if idle and idle > 0 and (self.state == "ready" or self.state == "competing")
       and now - self.last_api >= idle then
@@ -503,7 +549,8 @@ function gateway:handle(req)
   else
     local now = self.clock()
     self:tick(now)
-    if not self.mounted[api] then
+    if not self.mounted[api] then -- (the websocket's upgrade is no API activity)
+      self:relapsing(now, true)
       self.last_api = now
       self.last_accessed = wall_ms()
     end

@@ -135,8 +135,9 @@ function push:handshake(req)
   if g.state == "no_session" then
     return self:refuse(401, "no session")
   end
-  if self.oauth_token and http.parse_query(req.query).oauth_token ~= self.oauth_token then
-    return self:refuse(401, "OAuth: invalid token")
+  local refused = self.credential and self.credential(http.parse_query(req.query))
+  if refused then
+    return self:refuse(401, refused)
   end
   local sid = push.cookie_session(req.headers.cookie)
   if sid ~= nil and sid ~= g.session then
@@ -149,6 +150,27 @@ function push:handshake(req)
     sent = 0, subs = {} }
   return ws.upgrade(req, self:handler(cl), { max_message = math.floor(self.config.ws_max_message),
     max_queue = math.floor(self.config.ws_max_queue), close_timeout = CLOSE_TIMEOUT })
+end
+
+-- The credential the upgrade must carry in its query besides the `api` cookie, as IBKR moves a
+-- socket's credential into the query (ibkrdotnet's StreamingCredential): with OAuth 1.0a
+-- (oauth, ibkr.mock.oauth) `oauth_token` = the access token; with OAuth 2.0 (oauth2,
+-- ibkr.mock.oauth2) `bearer_token` = a live SSO session's bearer token. The mock's HTTP check of
+-- signatures and Authorization headers leaves /ws to this.
+function push:authenticate_with(oauth, oauth2)
+  self.credential = nil
+  if oauth then
+    local token = oauth.consumer.access_token
+    self.credential = function(q)
+      if q.oauth_token ~= token then return "OAuth: invalid token" end
+    end
+  elseif oauth2 then
+    self.credential = function(q)
+      if not oauth2:websocket_bearer(q.bearer_token) then
+        return "OAuth 2.0: bearer_token missing, unknown or expired"
+      end
+    end
+  end
 end
 
 -- The callbacks of ibkr.mock.net.ws for one client.
@@ -397,6 +419,8 @@ end
 function push:on_state(old, new, why)
   if why == "schedule" then
     return self:wake_all() -- a transition later: every connection plans its turn for it
+  elseif why == "init" or why == "reauth" then
+    self:wake_all() -- a repair may have armed a relapse (the setting relapse): plan for it too
   end
   local a, b = fields(old), fields(new)
   if why == "login" or why == "reset" or new == "no_session" then

@@ -4,15 +4,15 @@
 ** Parts: libcurl keeps the connection (CURLOPT_CONNECT_ONLY on a duplicate
 ** of the session's handle template: TCP, proxy tunnel, TLS and certificate
 ** checks, loopback pinning -- the session's rules, one copy). It is made on
-** the engine thread (transfer.c, xfer_connect), so no DNS, connect or TLS
-** handshake runs on the caller's thread; then the handle stays in the
-** connection's own multi handle and this file talks through it with
-** curl_easy_send/curl_easy_recv, never blocking. libwslay (Debian's
-** libwslay-dev) frames RFC 6455 without doing I/O. The upgrade handshake is
-** written here: a GET with Upgrade, a Sec-WebSocket-Key of 16 bytes from
-** OpenSSL's CSPRNG, a 101 answer whose Sec-WebSocket-Accept must be
-** base64(SHA-1(key + GUID)). Client frames are masked with keys from the
-** same CSPRNG (wslay's genmask callback).
+** the engine thread, in a far lane of the connection's own
+** (transfer_connect), so no DNS, connect or TLS handshake runs on the
+** caller's thread; then the handle stays in that lane's multi handle and
+** this file talks through it with curl_easy_send/curl_easy_recv, never
+** blocking. libwslay (Debian's libwslay-dev) frames RFC 6455 without doing
+** I/O. The upgrade handshake is written here: a GET with Upgrade, a
+** Sec-WebSocket-Key of 16 bytes from OpenSSL's CSPRNG, a 101 answer whose
+** Sec-WebSocket-Accept must be base64(SHA-1(key + GUID)). Client frames are
+** masked with keys from the same CSPRNG (wslay's genmask callback).
 **
 ** Bounds: one step reads at most WS_STEP_BYTES (then it says "more"), reads
 ** in WS_READ_SIZE pieces (a whole TLS record: nothing decrypted is left in
@@ -22,6 +22,17 @@
 ** 1009, before anything is allocated). A peer that does not read what it
 ** is sent (pongs of a ping flood) is dropped once 4 * WS_INBOX_MAX plus
 ** max_message wait to be sent.
+**
+** Closing: the close frame goes out when the socket takes it, and the
+** connection is handed to the engine thread, which waits up to WS_LINGER
+** for the gateway to end it (its echo of the close frame, then its end of
+** the TCP connection, RFC 6455 7.1.1) and frees it there: never a wait on
+** the caller's thread, nor the 1-2 ms a verified TLS connection's CA store
+** takes to free. The duplicate handed to waiters becomes an always-readable
+** descriptor, so a waiter wakes.
+** Called by: websocket.c.
+** Calls: lib/transfer.c, lib/engine.c, lib/conn.c, lib/kind.c, lib/buf.c.
+** Lua-free, like every file in src/lib/.
 */
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,10 +41,14 @@
 #include <strings.h>
 #include <fcntl.h>
 #include <unistd.h>
-#include <sys/socket.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "clock.h"
+#include "conn.h"
+#include "engine.h"
+#include "kind.h"
+#include "transfer.h"
 #include "wsconn.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -43,46 +58,43 @@ void wsconn_init(wsconn *c) {
   c->state = WS_CLOSED;
   c->sock = CURL_SOCKET_BAD;
   c->pfd = -1;
-  c->x.efd = c->x.wfd = c->x.pfd = -1;
-  c->x.state = X_NEW;
-  c->home.gen = xfer_generation();
-  c->home.lane_keep = CURL_SOCKET_BAD;
-  c->home.lane_due = -1;
+  c->kind = -1;
+  transfer_init(&c->x);
+  transfer_home_init(&c->home);
 }
 
 static int forked(const wsconn *c) {
-  return c->home.gen != xfer_generation();
+  return c->home.gen != engine_generation();
 }
 
-/* the connection goes (its socket, TLS state, the handle, the lane); what
-** was received stays readable */
+/* the connection goes (to the engine thread, which ends it: see above);
+** what was received stays readable. In a forked child the parent's
+** connection is left alone. */
 static void drop(wsconn *c) {
-  if (c->pfd >= 0) {
-    shutdown(c->pfd, SHUT_RDWR);               /* a waiter on it wakes (EOF) */
-    close(c->pfd);
-    c->pfd = -1;
-  }
+  int fk = forked(c);
+  if (c->pfd >= 0 && engine_ready_fd() >= 0) conn_replace(c->pfd, engine_ready_fd());   /* a waiter wakes */
   if (c->ws) wslay_event_context_free(c->ws);
   c->ws = NULL;
-  if (forked(c)) c->x.easy = c->easy = NULL;  /* the parent's handle: never touched */
-  xfer_close(&c->x);                           /* stops a connect under way */
-  if (c->easy) curl_easy_cleanup(c->easy);     /* leaves the lane: its connection is closed */
+  if (fk) c->x.easy = c->easy = NULL;          /* the parent's handle: never touched */
+  else if (c->easy == NULL && c->x.easy && transfer_done(&c->x) && c->x.code == CURLE_OK)
+    c->easy = c->x.easy, c->x.easy = NULL;     /* connected, not yet taken: the connection is ours */
+  transfer_close(&c->x);                       /* stops a connect under way */
+  transfer_connect_close(&c->home, c->easy, WS_LINGER, fk);
   c->easy = NULL;
-  xhome_close(&c->home, forked(c));
   c->sock = CURL_SOCKET_BAD;
   c->state = WS_CLOSED;
 }
 
 /* notes why c closes (the first reason given wins); safe inside wslay's
 ** callbacks, which must never see c dropped under them */
-static void vnote(wsconn *c, const char *kind, const char *fmt, va_list ap) {
-  if (c->kind != NULL) return;
+static void vnote(wsconn *c, int kind, const char *fmt, va_list ap) {
+  if (c->kind >= 0) return;
   c->kind = kind;
   vsnprintf(c->why, sizeof c->why, fmt, ap);
 }
 
-static void note(wsconn *c, const char *kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void note(wsconn *c, const char *kind, const char *fmt, ...) {
+static void note(wsconn *c, int kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void note(wsconn *c, int kind, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vnote(c, kind, fmt, ap);
@@ -90,8 +102,8 @@ static void note(wsconn *c, const char *kind, const char *fmt, ...) {
 }
 
 /* closes c for the reason noted, or this one */
-static void give_up(wsconn *c, const char *kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void give_up(wsconn *c, const char *kind, const char *fmt, ...) {
+static void give_up(wsconn *c, int kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void give_up(wsconn *c, int kind, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vnote(c, kind, fmt, ap);
@@ -185,32 +197,32 @@ static int check_answer(wsconn *c) {
   size_t len = 0;
   int n, major, minor, status;
   if (sscanf(h, "HTTP/%d.%d %3d", &major, &minor, &status) != 3 || status < 100 || status > 999)
-    return give_up(c, "protocol", "the upgrade answer is not HTTP: %.40s", h), 0;
+    return give_up(c, KIND_PROTOCOL, "the upgrade answer is not HTTP: %.40s", h), 0;
   if (status != 101) {
-    size_t left = c->inlen - c->inoff, cut = left < IBKR_BODY_CUT ? left : IBKR_BODY_CUT;
+    size_t left = c->inlen - c->inoff, cut = left < c->body_cut ? left : c->body_cut;
     c->status = status;
     if (cut && (c->body = malloc(cut)) != NULL) memcpy(c->body, c->in + c->inoff, c->bodylen = cut);
-    return give_up(c, "http", "the gateway answered %d to the websocket upgrade, not 101 Switching Protocols",
+    return give_up(c, KIND_HTTP, "the gateway answered %d to the websocket upgrade, not 101 Switching Protocols",
                 status), 0;
   }
   v = header(h, "Upgrade", &len, &n);
   if (n != 1 || len != 9 || strncasecmp(v, "websocket", 9) != 0)
-    return give_up(c, "protocol", "the 101 answer does not say Upgrade: websocket"), 0;
+    return give_up(c, KIND_PROTOCOL, "the 101 answer does not say Upgrade: websocket"), 0;
   v = header(h, "Connection", &len, &n);
   if (n < 1 || !has_token(v, len, "upgrade"))
-    return give_up(c, "protocol", "the 101 answer does not say Connection: Upgrade"), 0;
+    return give_up(c, KIND_PROTOCOL, "the 101 answer does not say Connection: Upgrade"), 0;
   v = header(h, "Sec-WebSocket-Accept", &len, &n);
   if (n != 1 || len != strlen(c->accept) || memcmp(v, c->accept, len) != 0)
-    return give_up(c, "protocol", n ? "the 101 answer's Sec-WebSocket-Accept does not match the key sent"
+    return give_up(c, KIND_PROTOCOL, n ? "the 101 answer's Sec-WebSocket-Accept does not match the key sent"
                                   : "the 101 answer has no Sec-WebSocket-Accept"), 0;
   if ((v = header(h, "Sec-WebSocket-Extensions", &len, &n)) != NULL && len > 0)
-    return give_up(c, "protocol", "the 101 answer names an extension, none was offered"), 0;
+    return give_up(c, KIND_PROTOCOL, "the 101 answer names an extension, none was offered"), 0;
   if ((v = header(h, "Sec-WebSocket-Protocol", &len, &n)) != NULL && len > 0)
-    return give_up(c, "protocol", "the 101 answer names a subprotocol, none was offered"), 0;
+    return give_up(c, KIND_PROTOCOL, "the 101 answer names a subprotocol, none was offered"), 0;
   if (wslay_event_context_client_init(&c->ws, &callbacks, c) != 0)
-    return give_up(c, "protocol", "out of memory"), 0;
+    return give_up(c, KIND_PROTOCOL, "out of memory"), 0;
   wslay_event_config_set_max_recv_msg_length(c->ws, c->max_message);
-  c->opened = c->last_rx = ibkr_now();
+  c->opened = c->last_rx = clock_now();
   c->state = WS_OPEN;
   return 1;
 }
@@ -227,7 +239,7 @@ static ssize_t read_some(wsconn *c, int *eof) {
   rc = curl_easy_recv(c->easy, c->in, WS_READ_SIZE, &n);
   if (rc == CURLE_AGAIN) return 0;
   if (rc != CURLE_OK) {
-    note(c, "protocol", "receiving: %s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
+    note(c, KIND_PROTOCOL, "receiving: %s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
     return -1;
   }
   if (n == 0) {
@@ -237,8 +249,8 @@ static ssize_t read_some(wsconn *c, int *eof) {
   c->inoff = 0;
   c->inlen = n;
   c->budget = n < c->budget ? c->budget - n : 0;
-  c->rx_bytes += (lua_Integer)n;
-  c->last_rx = ibkr_now();
+  c->rx_bytes += (long long)n;
+  c->last_rx = clock_now();
   return (ssize_t)n;
 }
 
@@ -249,9 +261,9 @@ static int upgrade(wsconn *c) {
     CURLcode rc = curl_easy_send(c->easy, c->req + c->reqoff, c->reqlen - c->reqoff, &n);
     c->want_write = rc == CURLE_AGAIN;
     if (rc == CURLE_AGAIN) return 0;
-    if (rc != CURLE_OK) return give_up(c, "protocol", "sending the upgrade: %s", curl_easy_strerror(rc)), 0;
+    if (rc != CURLE_OK) return give_up(c, KIND_PROTOCOL, "sending the upgrade: %s", curl_easy_strerror(rc)), 0;
     c->reqoff += n;
-    c->tx_bytes += (lua_Integer)n;
+    c->tx_bytes += (long long)n;
   }
   for (;;) {
     int eof;
@@ -259,11 +271,11 @@ static int upgrade(wsconn *c) {
     char *end;
     ssize_t got = read_some(c, &eof);
     if (got < 0) return drop(c), 0;
-    if (eof) return give_up(c, "protocol", old ? "the connection closed inside the upgrade answer"
+    if (eof) return give_up(c, KIND_PROTOCOL, old ? "the connection closed inside the upgrade answer"
                                             : "the connection closed without an answer to the upgrade"), 0;
     if (got == 0) return 0;
-    if (!ibuf_add(&c->head, (const char *)c->in, (size_t)got) || !ibuf_add(&c->head, "", 1))
-      return give_up(c, "protocol", "out of memory"), 0;
+    if (!buf_add(&c->head, (const char *)c->in, (size_t)got) || !buf_add(&c->head, "", 1))
+      return give_up(c, KIND_PROTOCOL, "out of memory"), 0;
     c->head.n--;                                /* kept NUL-terminated */
     end = strstr(c->head.p + (old > 3 ? old - 3 : 0), "\r\n\r\n");
     if (end != NULL) {
@@ -274,7 +286,7 @@ static int upgrade(wsconn *c) {
       return check_answer(c);
     }
     if (c->head.n > WS_HEAD_MAX)
-      return give_up(c, "protocol", "the upgrade answer's headers are longer than %d bytes", WS_HEAD_MAX), 0;
+      return give_up(c, KIND_PROTOCOL, "the upgrade answer's headers are longer than %d bytes", WS_HEAD_MAX), 0;
   }
 }
 
@@ -288,7 +300,7 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
     int eof;
     ssize_t got = c->state == WS_OPEN ? read_some(c, &eof) : -1;
     if (got <= 0) {
-      if (got == 0 && eof) note(c, "protocol", "the connection closed without a websocket close");
+      if (got == 0 && eof) note(c, KIND_HANGUP, "the connection closed without a websocket close");
       wslay_event_set_error(ctx, got == 0 && !eof ? WSLAY_ERR_WOULDBLOCK : WSLAY_ERR_CALLBACK_FAILURE);
       return -1;
     }
@@ -316,11 +328,11 @@ static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
     return -1;
   }
   if (rc != CURLE_OK) {
-    note(c, "protocol", "sending: %s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
+    note(c, KIND_PROTOCOL, "sending: %s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
   }
-  c->tx_bytes += (lua_Integer)n;
+  c->tx_bytes += (long long)n;
   return (ssize_t)n;
 }
 
@@ -342,17 +354,17 @@ static int on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_r
     size_t rl = a->msg_length > 2 ? a->msg_length - 2 : 0;
     c->close_code = a->status_code;
     if (a->msg_length == 1)                     /* (wslay takes it as "no code") */
-      note(c, "protocol", "the gateway sent a close frame with a 1-byte body (RFC 6455 5.5.1)");
+      note(c, KIND_PROTOCOL, "the gateway sent a close frame with a 1-byte body (RFC 6455 5.5.1)");
     else if (a->status_code == 0)
-      note(c, "closed", "the gateway closed the websocket (no code)");
+      note(c, KIND_HANGUP, "the gateway closed the websocket (no code)");
     else
-      note(c, "closed", "the gateway closed the websocket (code %d%s%.*s)", a->status_code,
+      note(c, KIND_HANGUP, "the gateway closed the websocket (code %d%s%.*s)", a->status_code,
            rl ? ": " : "", (int)(rl > 120 ? 120 : rl), rl ? (const char *)a->msg + 2 : "");
     return 0;
   }
   if (a->opcode != WSLAY_TEXT_FRAME && a->opcode != WSLAY_BINARY_FRAME) return 0;
   if ((m = malloc(sizeof *m + a->msg_length + 1)) == NULL) {
-    note(c, "protocol", "out of memory");
+    note(c, KIND_PROTOCOL, "out of memory");
     return 0;
   }
   m->next = NULL;
@@ -374,25 +386,25 @@ static int on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_r
 ** close frame (an answer to the gateway's, or ours for what it sent), when
 ** the socket takes it. Why: what was noted (the gateway's close, the end of
 ** the stream, a receive error), else the close code wslay sent. */
-static void stopped(wsconn *c) {
-  int noted = c->kind != NULL, sent;
+static void wind_down(wsconn *c) {
+  int noted = c->kind >= 0, sent;
   wslay_event_send(c->ws);
   if (noted) {
     drop(c);
     return;
   }
-  c->kind = NULL;                               /* (a send that failed just now says less) */
+  c->kind = -1;                                 /* (a send that failed just now says less) */
   sent = wslay_event_get_close_sent(c->ws) ? wslay_event_get_status_code_sent(c->ws) : 0;
   c->close_code = sent;
   if (sent == WSLAY_CODE_MESSAGE_TOO_BIG)
-    give_up(c, "too_large", "a websocket message longer than max_message (%lu bytes)",
+    give_up(c, KIND_TOO_LARGE, "a websocket message longer than max_message (%lu bytes)",
          (unsigned long)c->max_message);
   else if (sent == WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA)
-    give_up(c, "protocol", "the gateway sent a text frame (or close reason) that is not UTF-8");
+    give_up(c, KIND_PROTOCOL, "the gateway sent a text frame (or close reason) that is not UTF-8");
   else if (sent == WSLAY_CODE_PROTOCOL_ERROR)
-    give_up(c, "protocol", "the gateway broke the websocket protocol (RFC 6455): close 1002 sent");
+    give_up(c, KIND_PROTOCOL, "the gateway broke the websocket protocol (RFC 6455): close 1002 sent");
   else
-    give_up(c, "protocol", "the gateway sent a malformed websocket frame (RFC 6455)");
+    give_up(c, KIND_PROTOCOL, "the gateway sent a malformed websocket frame (RFC 6455)");
 }
 
 /* frames in and out; returns whether there is more to do at once */
@@ -400,13 +412,13 @@ static int exchange(wsconn *c) {
   int rv = 0;
   size_t qmax = 4 * WS_INBOX_MAX + c->max_message, queued;
   if (c->inbox < WS_INBOX_MAX) rv = wslay_event_recv(c->ws);
-  if (rv == WSLAY_ERR_NOMEM) note(c, "protocol", "out of memory");
-  if (rv != 0 || c->kind || !wslay_event_get_read_enabled(c->ws)) return stopped(c), 0;
+  if (rv == WSLAY_ERR_NOMEM) note(c, KIND_PROTOCOL, "out of memory");
+  if (rv != 0 || c->kind >= 0 || !wslay_event_get_read_enabled(c->ws)) return wind_down(c), 0;
   if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) != 0)
-    return give_up(c, "protocol", "sending failed"), 0;
+    return give_up(c, KIND_PROTOCOL, "sending failed"), 0;
   queued = wslay_event_get_queued_msg_length(c->ws);
   if (queued > qmax)
-    return give_up(c, "protocol", "the gateway does not read what is sent to it (%lu bytes waiting)",
+    return give_up(c, KIND_PROTOCOL, "the gateway does not read what is sent to it (%lu bytes waiting)",
                 (unsigned long)queued), 0;
   return c->inoff < c->inlen || c->budget == 0 || c->first != NULL;
 }
@@ -415,51 +427,51 @@ static int exchange(wsconn *c) {
 
 /*
 ** Starts connecting: e (a duplicate of the session's template; c owns it
-** from here, whatever happens) to url, with the session's localhost pins
-** (resolve, copied: c may outlive the session), then the upgrade request
-** made of head (request line, Host and the caller's headers, each line
-** ending in CRLF) and the websocket headers. timeout_ms bounds the connect.
+** from here, whatever happens) to o->url, with the session's localhost
+** pins (copied: c may outlive the session), then the upgrade request made
+** of o->head (request line, Host and the caller's headers, each line ending
+** in CRLF) and the websocket headers. o->timeout_ms bounds the connect.
 ** Returns 0 when out of memory (c is closed, with the reason).
 */
-int wsconn_start(wsconn *c, CURL *e, struct curl_slist *resolve, const char *url, const char *head,
-                 size_t max_message, long timeout_ms) {
+int wsconn_start(wsconn *c, CURL *e, const wsopts *o) {
   int ok = 1;
   c->state = WS_CONNECTING;
-  c->max_message = max_message;
-  for (; resolve && ok; resolve = resolve->next) {
-    struct curl_slist *n = curl_slist_append(c->home.resolve, resolve->data);
+  c->max_message = o->max_message;
+  c->body_cut = o->body_cut;
+  for (struct curl_slist *r = o->resolve; r && ok; r = r->next) {
+    struct curl_slist *n = curl_slist_append(c->home.resolve, r->data);
     if (n) c->home.resolve = n;
     else ok = 0;
   }
-  c->x.url = ok ? ibkr_strndup(url, strlen(url)) : NULL;
+  c->x.url = ok ? buf_strndup(o->url, strlen(o->url)) : NULL;
   c->in = malloc(WS_READ_SIZE);
-  if (!c->x.url || !c->in || !make_request(c, head)) {
+  if (!c->x.url || !c->in || !make_request(c, o->head)) {
     curl_easy_cleanup(e);
-    return give_up(c, "protocol", "out of memory"), 0;
+    return give_up(c, KIND_PROTOCOL, "out of memory"), 0;
   }
-  c->x.max_body = IBKR_BODY_CUT;                /* a proxy's answer to CONNECT, if any */
+  c->x.max_body = o->body_cut;                  /* a proxy's answer to CONNECT, if any */
   curl_easy_setopt(e, CURLOPT_URL, c->x.url);
   curl_easy_setopt(e, CURLOPT_RESOLVE, c->home.resolve);
   curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
   curl_easy_setopt(e, CURLOPT_HTTPPROXYTUNNEL, 1L);    /* through a proxy: a tunnel (CONNECT) */
-  if (!xfer_connect(&c->x, &c->home, e, timeout_ms))
-    return give_up(c, "connect", "%s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(c->x.code)), 1;
+  if (!transfer_connect(&c->x, &c->home, e, o->timeout_ms))
+    return give_up(c, KIND_CONNECT, "%s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(c->x.code)), 1;
   return 1;
 }
 
 /* whether the connect ended well: c then upgrades; else c is closed */
 static int connected(wsconn *c) {
-  if (!xfer_done(&c->x)) return 0;
+  if (!transfer_done(&c->x)) return 0;
   if (c->x.code != CURLE_OK)
-    return give_up(c, request_kind(c->x.code, 0), "%s",
+    return give_up(c, kind_of_code(c->x.code, 0), "%s",
                 c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(c->x.code)), 0;
   /* the exchange is over: the handle (still in the lane, where its connection lives) is ours,
   ** the exchange's completion descriptor goes */
   c->easy = c->x.easy;
   c->x.easy = NULL;
-  xfer_close(&c->x);
+  transfer_close(&c->x);
   if (curl_easy_getinfo(c->easy, CURLINFO_ACTIVESOCKET, &c->sock) != CURLE_OK || c->sock == CURL_SOCKET_BAD)
-    return give_up(c, "protocol", "the connection was lost as it was made"), 0;
+    return give_up(c, KIND_PROTOCOL, "the connection was lost as it was made"), 0;
   c->pfd = fcntl(c->sock, F_DUPFD_CLOEXEC, 0);
   c->state = WS_UPGRADING;
   return 1;
@@ -473,11 +485,16 @@ static int connected(wsconn *c) {
 */
 int wsconn_step(wsconn *c) {
   if (c->state == WS_CLOSED) return 0;
-  if (forked(c)) return give_up(c, "closed", "the websocket was opened before fork()"), 0;
+  if (forked(c)) return give_up(c, KIND_CLOSED, "the websocket was opened before fork()"), 0;
   c->budget = WS_STEP_BYTES;
   if (c->state == WS_CONNECTING && !connected(c)) return 0;
   if (c->state == WS_UPGRADING && !upgrade(c)) return 0;
   return exchange(c);
+}
+
+/* the oldest message received and not yet read (it stays), or NULL */
+const wsmsg *wsconn_peek(const wsconn *c) {
+  return c->first;
 }
 
 /* the oldest message received and not yet read (the caller frees it), or NULL */
@@ -496,7 +513,7 @@ int wsconn_send(wsconn *c, const char *data, size_t len, int binary) {
   struct wslay_event_msg m = { binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, (const uint8_t *)data, len };
   if (c->state != WS_OPEN || wslay_event_queue_msg(c->ws, &m) != 0) return 0;
   c->tx_msgs++;
-  if (wslay_event_send(c->ws) != 0) return give_up(c, "protocol", "sending failed"), 1;
+  if (wslay_event_send(c->ws) != 0) return give_up(c, KIND_PROTOCOL, "sending failed"), 1;
   return 1;
 }
 
@@ -507,18 +524,20 @@ void wsconn_close(wsconn *c, int code) {
     wslay_event_send(c->ws);
     c->close_code = code;
   }
-  if (c->state != WS_CLOSED) give_up(c, "closed", "closed by the caller");
+  if (c->state != WS_CLOSED) give_up(c, KIND_CLOSED, "closed by the caller");
 }
 
 /* frees everything c holds; idempotent */
 void wsconn_free(wsconn *c) {
   wsmsg *m;
-  if (c->state != WS_CLOSED || c->x.easy || c->easy || c->home.lane) drop(c);
+  if (c->state != WS_CLOSED || c->x.easy || c->easy || c->home.far.multi) drop(c);
+  if (c->pfd >= 0) close(c->pfd);
+  c->pfd = -1;
   while ((m = wsconn_pop(c)) != NULL) free(m);
   free(c->req);
   free(c->in);
   free(c->body);
-  ibuf_free(&c->head);
+  buf_free(&c->head);
   c->req = NULL;
   c->in = NULL;
   c->body = NULL;
@@ -528,7 +547,7 @@ void wsconn_free(wsconn *c) {
 ** (closed; or wait for wsconn_timeout) */
 int wsconn_pollfd(wsconn *c, const char **events) {
   *events = "r";
-  if (c->state == WS_CONNECTING) return xfer_pollfd(&c->x, events);
+  if (c->state == WS_CONNECTING) return transfer_pollfd(&c->x, events);
   if (c->state == WS_CLOSED) return -1;
   if (c->want_write || (c->state == WS_UPGRADING && c->reqoff < c->reqlen)) *events = "rw";
   return c->pfd;
@@ -537,5 +556,5 @@ int wsconn_pollfd(wsconn *c, const char **events) {
 /* seconds after which to step even without a wake-up: while connecting,
 ** the connect's deadline (plus a margin); else none (-1) */
 double wsconn_timeout(wsconn *c) {
-  return c->state == WS_CONNECTING ? xfer_timeout(&c->x) : -1;
+  return c->state == WS_CONNECTING ? transfer_timeout(&c->x) : -1;
 }
