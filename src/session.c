@@ -5,7 +5,7 @@
 ** handle (pooled), so calls never wait for each other here. The session
 ** makes each exchange from its configuration (URL, header lists, timeout).
 ** Adds to the module: core.new, the "ibkr.session" class.
-** Called by: core.c.
+** Called by: core.c, websocket.c (session_parts).
 ** Calls: request.c, wire.c, error.c, signal.c, lib/transfer.c, lib/engine.c, lib/buf.c.
 */
 #include <math.h>

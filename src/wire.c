@@ -6,7 +6,7 @@
 ** touched (user code can run inside any of these reads: metamethods, and
 ** finalisers on allocation).
 ** Adds to the module: core.check_path, core.check_headers.
-** Called by: core.c, session.c.
+** Called by: core.c, session.c, websocket.c.
 ** Calls: json.c, lib/text.c, lib/buf.c.
 */
 #include <arpa/inet.h>
