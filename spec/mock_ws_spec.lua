@@ -141,6 +141,17 @@ for _, tls in ipairs({ false, true }) do
         { code = w.closed[1].code, reason = w.closed[1].reason, how = w.closed[1].how })
     end)
 
+    it("logs a client's close frame as its close when the client hangs up right after it", function()
+      local c = open()
+      gw:ws_freeze(true) -- the mock reads the frame and the end together once thawed
+      c:send_frame(OP.close, string.pack(">I2", 4100) .. "gone")
+      c:shutdown()
+      gw:ws_freeze(false)
+      local w = gw:ws_wait(function(s) return s.clients == 0 end)
+      assert.same({ code = 4100, reason = "gone", how = "peer" },
+        { code = w.closed[1].code, reason = w.closed[1].reason, how = w.closed[1].how })
+    end)
+
     it("answers an empty close with an empty close", function()
       local c = open()
       c:send_frame(OP.close, "")

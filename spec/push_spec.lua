@@ -75,7 +75,10 @@ for _, tls in ipairs({ false, true }) do
       st:unsubscribe("spl+{}")
       gw:ws_wait(function(x) return x.counters.unsubscribes == 1 end)
       st:close()
-      gw:ws_wait(function(x) return x.clients == 0 end) -- (the close frame itself: stream_spec)
+      -- the close frame, answered, then the gateway ends the connection: a close of the client's
+      -- (over TLS too: the connection waits on the engine thread for the gateway's end)
+      local closed = gw:ws_wait(function(x) return x.clients == 0 end).closed[1]
+      assert.same({ "peer", 1000 }, { closed.how, closed.code })
     end)
 
     it("keeps a pushed competing login from on_state's point of view before any REST call", function()
@@ -117,6 +120,25 @@ for _, tls in ipairs({ false, true }) do
       assert.equal(1, #only(got, "ibkr", "lost"))
       s:stop()
       st:close()
+    end)
+
+    it("repairs at once when the session turns worse while its own channel is down", function()
+      local s <close> = gw:session()
+      local seen = {}
+      local ka = s:keepalive{ push = true, interval = 60, retry_interval = 0.2,
+        on_state = function(new) seen[#seen + 1] = new end }
+      drive({ ka }, function() return gw:ws().counters.greeted == 1 end)
+      gw:fault{ path = "/ws", kind = "status", status = 503, body = "{}", count = 1000 }
+      local calls = s:stats().requests
+      gw:ws_drop()
+      drive({ ka }, function() return s:stats().requests > calls end) -- its at-once check: ready
+      -- the session drops while the channel cannot come back; a call of the user's sees it
+      gw:set_state("unauthenticated")
+      assert.equal("unauthenticated", (s:health()))
+      -- the keep-alive learns it from the session (its channel now waits for a repair) and repairs
+      drive({ ka }, function() return #seen == 3 end)
+      assert.same({ "ready", "unauthenticated", "ready" }, seen)
+      s:stop()
     end)
 
     it("reconnects after silence and after a drop, topics again, and says so", function()
@@ -215,5 +237,31 @@ describe("the push channel's routes and credentials", function()
     assert.equal("cookie", c.auth)
     st:close()
     os.execute("rm -rf " .. dir)
+  end)
+
+  it("authenticates as IBKR takes it for OAuth 2.0, and renews the bearer the upgrade was refused", function()
+    local wsc = require("spec.helpers.ws")
+    local gw <close> = assert(mock.start{ pacing = false, ws_greeting_delay = 0, state = "ready",
+      oauth2 = { key_bits = 2048 } })
+    local s <close> = gw:oauth2_session{ pacing = false }
+    local got = {}
+    local st = s:stream{ on_message = function(m) got[#got + 1] = m end }
+    drive({ st }, function() return #only(got, "system") == 1 end)
+    assert.equal("cookie", gw:ws().connections[1].auth)
+    local sso = gw:oauth2().counters.sso_requests
+    -- IBKR takes the SSO session's bearer in the upgrade's query, not the header alone
+    local _, why, resp = wsc.connect(gw, { headers = { { "Upgrade", "websocket" },
+      { "Connection", "Upgrade" }, { "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==" },
+      { "Sec-WebSocket-Version", "13" }, { "Cookie", wsc.cookie(gw:state().session) } } })
+    assert.equal("refused with 401", why)
+    assert.matches("bearer_token", resp.body)
+    -- the SSO session expires: the next upgrade is refused, the stream tickles (renewing the
+    -- bearer through the session's caller) and comes back
+    gw:oauth2{ expire = "sessions" }
+    gw:ws_drop()
+    drive({ st }, function() return #only(got, "ibkr", "reconnected") == 1 end)
+    assert.is_true(gw:oauth2().counters.sso_requests > sso)
+    assert.is_true(gw:ws().counters.refused >= 1)
+    st:close()
   end)
 end)

@@ -298,11 +298,31 @@ describe("s:stream options", function()
     end
     local line = debug.getinfo(1, "l").currentline + 1
     local e = line_of(function() s:stream{ topic = {} } end)
-    assert.matches("stream_spec.lua:" .. line .. ": s:stream: unknown option 'topic' %(did you mean 'topics'%?%)", e)
+    assert.matches("stream_spec.lua:" .. line .. ": s:stream: unknown option 'topic' %(did you mean 'topics'%?%)",
+      e)
     assert.matches("tic_interval", line_of(function() s:stream{ tic_interval = 60 } end))
     assert.matches("heartbeat_timeout", line_of(function() s:stream{ heartbeat_timeout = 0 } end))
     assert.matches("topics%[2%]", line_of(function() s:stream{ topics = { "a", 3 } } end))
     assert.matches("max_message", line_of(function() s:stream{ max_message = 1.5 } end))
+    s:close()
+  end)
+
+  it("checks keepalive{ push = ... } with the same rules, at the caller's line", function()
+    local s = ibkr.new{ base_url = "http://127.0.0.1:9/v1/api" }
+    local function raised(f)
+      local line = debug.getinfo(2, "l").currentline
+      local ok, e = pcall(f)
+      assert.is_false(ok)
+      assert.matches("^[^:]*stream_spec.lua:" .. line .. ": ", e)
+      return e
+    end
+    assert.matches("s:keepalive: option 'push' must be a boolean or a table of s:stream's options %(got 1%)",
+      raised(function() s:keepalive{ push = 1 } end))
+    assert.matches("s:keepalive: option 'push': option 'tic_interval' must be a number > 0 and < 60",
+      raised(function() s:keepalive{ push = { tic_interval = 90 } } end))
+    assert.matches("s:keepalive: option 'push': unknown option 'topic' %(did you mean 'topics'%?%)",
+      raised(function() s:keepalive_loop{ push = { topic = {} } } end))
+    assert.is_true(coroutine.close(s:keepalive{ push = { topics = { "sor+{}" } } }))
     s:close()
   end)
 

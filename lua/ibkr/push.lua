@@ -40,16 +40,28 @@ local function pollable(px)
 end
 
 -- Resumes the channel's coroutine once (it never blocks); returns the seconds it wants to wait.
+-- What the channel waits on comes with it: its connection, or its own tickle's request (self.chan).
+-- A change of the session's state to one worse than the keep-alive's, seen meanwhile by anyone
+-- (the channel's own tickle, another stream's pushed sts), makes the keep-alive ask over REST at
+-- once: else a channel waiting for the keep-alive's repair and a keep-alive waiting for its
+-- channel's news would wait for each other.
 function Push:service()
   local co = self.co
   if not self.started or coroutine.status(co) ~= "suspended" then return math.huge end
-  local ok, secs = coroutine.resume(co)
+  local ok, secs, yielded = coroutine.resume(co)
   if not ok then -- a stream never raises; if it ever did, the keep-alive goes on without it
     self.rep.error(core.error{ kind = "protocol", message = "push channel failed: " .. tostring(secs) })
     self.started = false
     return math.huge
   end
+  local seen = self.s:state()
+  if seen ~= self.seen then -- once per change of the session's state
+    self.seen = seen
+    if state.worse(seen, self.rep.current) then self.interrupt = true end
+  end
   if coroutine.status(co) ~= "suspended" then return math.huge end
+  local t = type(yielded)
+  self.chan = (t == "table" or t == "userdata") and yielded or self.st
   return type(secs) == "number" and secs >= 0 and secs or 0
 end
 
@@ -69,7 +81,7 @@ local function yield_wait(px)
       local left = stop - now
       if left <= 0 then return end
       local t = math.min(left, chan)
-      px.target, px.until_ = px.st, now + t
+      px.target, px.until_ = px.chan or px.st, now + t
       coroutine.yield(t, px.P)
     until not px.live()
   end
@@ -89,7 +101,8 @@ local function loop_wait(px, base, mode)
         base.wait(math.min(t, M.HOST_SLICE), req)
         if req then return end
       else
-        px.s:wait_fd(px.st:pollfd(), px.st:events(), t, M.HOST_SLICE)
+        local p = px.chan or px.st
+        px.s:wait_fd(p:pollfd(), p:events(), t, M.HOST_SLICE)
       end
     until not px.live()
   end

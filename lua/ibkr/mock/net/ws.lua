@@ -470,6 +470,13 @@ end
 -- After reading, handling and writing: whether the connection ends now (and how).
 function Conn:ending(now)
   if self.broken then
+    -- the peer's close frame came with the end of the connection (a TLS peer that hangs up at
+    -- once: the read that saw the frame also failed): its close, though our echo is lost
+    if self.state == "done" and self.end_how == "peer" then
+      return self.end_how, self.end_code, self.end_reason
+    elseif self.state == "closing" and self.eof then
+      return "server", self.close_code, self.close_reason
+    end
     return "error", 1006
   end
   if self.state == "done" then
