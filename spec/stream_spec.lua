@@ -298,8 +298,9 @@ describe("s:stream options", function()
     end
     local line = debug.getinfo(1, "l").currentline + 1
     local e = line_of(function() s:stream{ topic = {} } end)
-    assert.matches("stream_spec.lua:" .. line .. ": s:stream: unknown option 'topic' %(did you mean 'topics'%?%)",
-      e)
+    local want = "stream_spec.lua:" .. line
+      .. ": s:stream: unknown option 'topic' %(did you mean 'topics'%?%)"
+    assert.matches(want, e)
     assert.matches("tic_interval", line_of(function() s:stream{ tic_interval = 60 } end))
     assert.matches("heartbeat_timeout", line_of(function() s:stream{ heartbeat_timeout = 0 } end))
     assert.matches("topics%[2%]", line_of(function() s:stream{ topics = { "a", 3 } } end))
