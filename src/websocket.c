@@ -213,8 +213,12 @@ static int ws_close(lua_State *L) {
   return 0;
 }
 
+/* __gc, __close: a websocket dropped (a stream's coroutine closed, or
+** collected) goes with a close frame 1001, going away, when the socket
+** takes it */
 static int ws_gc(lua_State *L) {
   websocket *ws = tows(L);
+  wsconn_close(&ws->c, 1001);
   wsconn_free(&ws->c);
   free(ws->reading);
   ws->reading = NULL;

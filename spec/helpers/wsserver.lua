@@ -9,7 +9,9 @@
 -- It answers POST /tickle itself ({"session":"s3ss10n", iserver.authStatus authenticated}) unless
 -- srv.on_http is set. srv.conns lists every connection (conn.request: the request line and
 -- headers of its websocket upgrade; conn.frames: what the client sent, unmasked; conn.paused =
--- true: the server stops reading it).
+-- true: the server stops reading it). A client's close frame is answered as RFC 6455 7.1.1 asks of
+-- a server: the same close frame back, then the end of the connection (conn.closed_by_client;
+-- srv.keep_after_close = true: neither, the connection stays open).
 local socket = require("socket")
 local mime = require("mime")
 local core = require("ibkr.core")
@@ -260,8 +262,15 @@ local function consume(srv, conn)
       if not f then return end
       conn.buf = conn.buf:sub(nxt)
       conn.frames[#conn.frames + 1] = f
-      if f.opcode == 8 then conn.closed_by_client = true end
       if srv.on_frame then srv.on_frame(conn, f) end
+      if f.opcode == 8 and not conn.closed_by_client then
+        conn.closed_by_client = true
+        if not srv.keep_after_close and not conn.gone then
+          conn:frame(8, f.payload)
+          conn:hangup()
+          return
+        end
+      end
     end
   end
 end

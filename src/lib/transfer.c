@@ -49,6 +49,15 @@ CURL *transfer_home_open(xhome *h, char *err, size_t errlen) {
   return h->tmpl = handle_template(err, errlen);
 }
 
+/* x joins h's list of live exchanges */
+static void link_live(xfer *x, xhome *h) {
+  x->home = h;
+  x->next = h->live;
+  if (h->live) h->live->prev = x;
+  h->live = x;
+  h->nlive++;
+}
+
 /*
 ** Make x the exchange cs of home h: it keeps o's URL and per-call header
 ** list (even when this fails) and a copy of the body, gets an easy handle
@@ -70,11 +79,7 @@ int transfer_open(xfer *x, xhome *h, const callspec *cs, const xopts *o) {
     if (x->post == NULL) return 0;
   }
   if (!handle_take(x, h)) return 0;
-  x->home = h;
-  x->next = h->live;
-  if (h->live) h->live->prev = x;
-  h->live = x;
-  h->nlive++;
+  link_live(x, h);
   h->exchanges++;
   x->deadline = clock_now() + (double)o->timeout_ms / 1000.0;
   x->code = handle_set(x, cs, o->headers, o->timeout_ms);
@@ -187,6 +192,18 @@ static void step_in_lane(xfer *x) {
   }
 }
 
+/* x goes to its home's far lane on the engine thread; 0 when it could not
+** start (it is then done, with the error) */
+static int to_far(xfer *x) {
+  x->lane = LANE_FAR;
+  if (!lane_make(&x->home->far)) {
+    x->code = CURLE_OUT_OF_MEMORY;
+    x->state = X_DONE;
+    return 0;
+  }
+  return engine_queue(x);
+}
+
 /* non-blocking: x runs in its session's warm lane when it fits there (on
 ** this thread when the lane has a kept connection, else lent to the
 ** engine), else in the session's far lane on the engine. Returns 0 when x
@@ -201,15 +218,9 @@ int transfer_submit(xfer *x) {
       step_in_lane(x);
       return 1;
     }
-  } else {
-    x->lane = LANE_FAR;
-    if (!lane_make(&h->far)) {
-      x->code = CURLE_OUT_OF_MEMORY;
-      x->state = X_DONE;
-      return 0;
-    }
+    return engine_queue(x);
   }
-  return engine_queue(x);
+  return to_far(x);
 }
 
 /*
@@ -225,29 +236,16 @@ int transfer_submit(xfer *x) {
 ** (x is then done, with the error).
 */
 int transfer_connect(xfer *x, xhome *h, CURL *e, long timeout_ms) {
-  x->home = h;
   x->easy = e;
   x->connect_only = 1;
   x->hdr_done = 1;                            /* no response headers, unless a proxy answers */
-  x->next = h->live;
-  if (h->live) h->live->prev = x;
-  h->live = x;
-  h->nlive++;
+  link_live(x, h);
   x->deadline = clock_now() + (double)timeout_ms / 1000.0;
-  curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)x);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)x);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, (void *)x);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)&x->cw);
-  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, NULL);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-  x->lane = LANE_FAR;
-  if (!lane_make(&h->far)) {
-    x->code = CURLE_OUT_OF_MEMORY;
+  if ((x->code = handle_bind(x, timeout_ms)) != CURLE_OK) {
     x->state = X_DONE;
     return 0;
   }
-  return engine_queue(x);
+  return to_far(x);
 }
 
 /*
