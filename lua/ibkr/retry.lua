@@ -20,17 +20,11 @@ M.retryable = kinds.retryable
 -- the server's Retry-After. Whether that wait still fits the call's deadline is the caller's
 -- business (ibkr/call.lua). `random` is math.random-like: with no argument a float in [0, 1).
 function M.delay(attempt, retry_after, random)
-  local d = M.jittered(attempt, M.BASE, M.CAP, random)
+  local step = M.BASE * 2 ^ (attempt - 1)
+  if step > M.CAP then step = M.CAP end
+  local d = step / 2 + (random or math.random)() * step / 2
   if retry_after and retry_after > d then d = retry_after end
   return d
-end
-
--- Exponential backoff with equal jitter: step = base * 2^(attempt-1), at most cap; the wait is
--- half the step plus a random part of the other half. (The push channel's reconnects use it too.)
-function M.jittered(attempt, base, cap, random)
-  local step = base * 2 ^ (attempt - 1)
-  if step > cap then step = cap end
-  return step / 2 + (random or math.random)() * step / 2
 end
 
 -- Seconds before repair number `n` (1 = after the first failed repair) when repairs keep
