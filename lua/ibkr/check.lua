@@ -14,6 +14,8 @@
 --   whose source is not a file of this library. Library functions that tail-call or wrap each
 --   other (a tail call removes a frame) cannot shift the position onto a line of ours.
 -- check.method(self, mt, name) -> raises "call it as s:name(...)" unless self has metatable mt.
+-- check.text(v) -> what a value a user's function raised says, as text: never raises, even for a
+--   value whose __tostring raises, yields or returns no string.
 --
 -- Messages: "<fname>: unknown option 'intervall' (did you mean 'interval'?)",
 -- "<fname>: option 'timeout' must be a finite number > 0 (got -1)",
@@ -114,6 +116,15 @@ function M.options(spec, value, fname, level)
     end
   end
   return value
+end
+
+function M.text(v)
+  if type(v) == "string" then return v end
+  local co = coroutine.create(tostring) -- a coroutine of its own: a yield stays in it
+  local ok, msg = coroutine.resume(co, v)
+  if ok and coroutine.status(co) == "dead" and type(msg) == "string" then return msg end
+  coroutine.close(co)
+  return "a " .. type(v) .. " value that cannot be shown"
 end
 
 function M.method(self, mt, name)
