@@ -1,7 +1,7 @@
 -- Turns the raw lines of a `make bench` run into the markdown table and the target check.
 -- usage: lua5.4 bench/report.lua RESULTS_FILE
 -- Input lines: "proto=... peer=... scenario=... n=... wall_us=... cpu_us=... rss_kib=..." (one per
--- run), "mem ..." and "stall ..." lines (copied as they are).
+-- run), "mem ...", "stall ...", "hosts ..." (and other) lines (copied as they are).
 
 local file = arg[1]
 if not file then
@@ -32,7 +32,7 @@ for line in io.lines(file) do
     runs[key] = runs[key] or {}
     table.insert(runs[key], r)
   elseif line:match("^mem ") or line:match("^stall ") or line:match("^thousand ")
-      or line:match("^large ") then
+      or line:match("^large ") or line:match("^hosts ") then
     others[#others + 1] = line
   end
 end
@@ -123,6 +123,14 @@ for _, line in ipairs(others) do
   elseif line:match("^stall ") then
     checks[#checks + 1] = { "keep-alive longest resume ≤ 1 ms while /tickle takes 2 s (" .. kv.proto .. ")",
       kv.longest_us <= 1000, string.format("%.0f µs", kv.longest_us) }
+  elseif line:match("^hosts driver=none ") then
+    checks[#checks + 1] = { "the same 10 ms timer alone, no keep-alive (" .. kv.proto .. "): what the "
+      .. "machine adds", true, string.format("timer's longest gap %.1f ms", kv.gap_ms) }
+  elseif line:match("^hosts ") then
+    checks[#checks + 1] = { "ibkr." .. kv.driver .. ": longest resume ≤ 1 ms, the host's 10 ms timer "
+      .. "kept time while tickles take 1 s (" .. kv.proto .. ")", kv.longest_us <= 1000,
+      string.format("%.0f µs; timer's longest gap %.1f ms, %d of %d ticks during requests; %d resumes for %d "
+        .. "tickles", kv.longest_us, kv.gap_ms, kv.beats_in_flight, kv.beats, kv.resumes, kv.tickles) }
   end
 end
 

@@ -236,6 +236,12 @@ if [ $HAVE_IBKR = yes ]; then
       if [ -n "$url" ]; then
         taskset -c "$CLIENT_CPU" "$LUA" bench/stall.lua "$url" 7 | sed "s/\$/ proto=$proto/" >> "$RESULTS" \
           || echo "bench: stall run over $proto failed" >&2
+        # the host drivers next to a 10 ms timer of the host's, the same mock holding tickles 1 s
+        for driver in luv cqueues none; do
+          echo "bench: ibkr.$driver with a host timer over $proto" >&2
+          taskset -c "$CLIENT_CPU" "$LUA" bench/hosts.lua $driver "$url" 6 | sed "s/\$/ proto=$proto/" \
+            >> "$RESULTS" || echo "bench: ibkr.$driver run over $proto failed" >&2
+        done
       else
         echo "bench: the mock gateway did not start" >&2; cat "$TMP/mock.err" >&2
       fi

@@ -23,7 +23,7 @@ dependencies = {
 }
 external_dependencies = {
   CURL = { library = "curl" },
-  OPENSSL = { library = "crypto" },  -- OAuth 1.0a (src/oauth.c); Debian: libssl-dev
+  OPENSSL = { library = "crypto" },  -- OAuth 1.0a and 2.0 (src/oauth.c); Debian: libssl-dev
 }
 build = {
   type = "builtin",
@@ -48,9 +48,14 @@ build = {
     ["ibkr.cli.keepalive"] = "lua/ibkr/cli/keepalive.lua",
     ["ibkr.cli.out"] = "lua/ibkr/cli/out.lua",
     ["ibkr.cli.report"] = "lua/ibkr/cli/report.lua",
+    ["ibkr.config_file"] = "lua/ibkr/config_file.lua",
     ["ibkr"] = "lua/ibkr/init.lua",
+    ["ibkr.cqueues"] = "lua/ibkr/cqueues.lua",
+    ["ibkr.driven"] = "lua/ibkr/driven.lua",
     ["ibkr.keepalive"] = "lua/ibkr/keepalive.lua",
+    ["ibkr.luv"] = "lua/ibkr/luv.lua",
     ["ibkr.oauth"] = "lua/ibkr/oauth.lua",
+    ["ibkr.oauth2"] = "lua/ibkr/oauth2.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
     ["ibkr.repair"] = "lua/ibkr/repair.lua",
     ["ibkr.retry"] = "lua/ibkr/retry.lua",

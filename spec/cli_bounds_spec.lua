@@ -3,20 +3,12 @@
 -- with a last line and exit 130/143. Real processes against the mock gateway.
 local mock = require("spec.helpers.mock")
 local cli = require("spec.helpers.cli")
-local core = require("ibkr.core")
 
 local SCALE = cli.SCALE
 local SLACK = 0.5 * SCALE -- the contract: a command ends within --timeout + 0.5 s
 local SIGNAL_BOUND = 1 * SCALE -- the contract: a signal ends it within a second
 
--- Waits (on the mock's request log, not by sleeping blind) until `api` was requested `n` times.
-local function await_requests(m, api, n)
-  local give_up = core.monotonic() + 10 * SCALE
-  while #m:api_log(api) < n do
-    assert(core.monotonic() < give_up, "the mock never saw " .. api)
-    core.sleep(0.02)
-  end
-end
+local await_requests = require("spec.helpers.await").requests -- on the mock's request log
 
 describe("ibkr-session time bounds", function()
   local m

@@ -338,6 +338,32 @@ describe("oauth against the mock gateway in OAuth mode", function()
     assert.equal(0, c.rejected)
   end)
 
+  it("renews once for a burst of 401s to requests signed with one token", function()
+    start(3600)
+    local s <close> = ibkr.new{ base_url = m.url, oauth = cfg, pacing = false, cooperative = true }
+    local function run_all(n)
+      local cos, results = {}, {}
+      for i = 1, n do cos[i] = coroutine.create(function() results[i] = { s:tickle() } end) end
+      local alive = n
+      while alive > 0 do
+        alive = 0
+        for _, co in ipairs(cos) do
+          if coroutine.status(co) ~= "dead" then
+            assert(coroutine.resume(co))
+            if coroutine.status(co) ~= "dead" then alive = alive + 1 end
+          end
+        end
+        if alive > 0 then ibkr.core.sleep(0.001) end
+      end
+      return results
+    end
+    assert.truthy(run_all(1)[1][1])
+    m:control("POST", "/__mock/oauth", { expire = true }) -- every caller below gets a 401
+    local results = run_all(20)
+    for i = 1, 20 do assert.truthy(results[i][1], tostring(results[i][2])) end
+    assert.equal(2, counters().lst_issued)
+  end)
+
   it("refuses a wrong live_session_token_signature with kind auth, then recovers", function()
     start(3600)
     m:control("POST", "/__mock/oauth", { bad_lst_signature = 1 })

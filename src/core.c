@@ -25,14 +25,18 @@ static int core_monotonic(lua_State *L) {
   return 1;
 }
 
+/* core.sleep(seconds): the whole time, unless a signal handler asks Lua to
+** stop meanwhile (lua5.4's SIGINT: then at once, see signal.c) */
 static int core_sleep(lua_State *L) {
   double secs = luaL_checknumber(L, 1);
   struct timespec t;
+  sigmark mark;
   if (!(secs > 0)) return 0;
   if (secs > 1e9) secs = 1e9;
   t.tv_sec = (time_t)secs;
   t.tv_nsec = (long)((secs - (double)t.tv_sec) * 1e9);
-  while (nanosleep(&t, &t) != 0 && errno == EINTR) {}
+  signal_mark(L, &mark);
+  while (nanosleep(&t, &t) != 0 && errno == EINTR && !signal_asked(&mark)) {}
   return 0;
 }
 

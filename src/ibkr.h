@@ -117,6 +117,17 @@ int request_collect(lua_State *L, int ridx);
 
 int session_open(lua_State *L);     /* session.c: core.new and the session class */
 int signal_open(lua_State *L);      /* signal.c: signal_catch, signal_caught, signal_wait */
+
+/* signal.c: whether a signal handler asked the Lua state to stop during a
+** wait in C (lua5.4's SIGINT handler sets a hook for that): taken before
+** the wait by signal_mark, asked between its sleeps (a transfer_stopfn) */
+typedef struct sigmark {
+  lua_State *L, *main;
+  lua_Hook hook, mhook;
+  int mask, mmask;
+} sigmark;
+void signal_mark(lua_State *L, sigmark *m);
+int signal_asked(void *m);
 int oauth_open(lua_State *L);       /* oauth.c: core.oauth, OAuth 1.0a crypto on libcrypto */
 
 #endif

@@ -1,10 +1,13 @@
 /*
 ** oauth.c -- the crypto of IBKR's OAuth 1.0a (live session token, request
-** signatures) on OpenSSL's libcrypto EVP APIs. Registered from luaopen as
-** the table `core.oauth`: a signer object holding the secrets in C memory
-** (wiped on close) and the primitives the mock's server side needs.
-** The flow and the base string live in lua/ibkr/oauth.lua; docs/oauth.md.
-** Adds to the module: core.oauth, the "ibkr.oauth" class.
+** signatures) and OAuth 2.0 (RS256 JWTs, RFC 7515/7519) on OpenSSL's
+** libcrypto EVP APIs. Registered from luaopen as the table `core.oauth`:
+** two objects holding the secrets in C memory (wiped on close) -- the
+** OAuth 1.0a signer and the OAuth 2.0 JWT key -- and the primitives the
+** mock's server side needs. Both sign with one RSA-SHA256 helper and encode
+** with one base64 helper (standard or URL-safe). The flows live in
+** lua/ibkr/oauth.lua and lua/ibkr/oauth2.lua; docs/oauth.md.
+** Adds to the module: core.oauth, the "ibkr.oauth" and "ibkr.jwt" classes.
 ** Called by: core.c.
 ** Calls: nothing of ours.
 */
@@ -28,9 +31,12 @@
 #include "ibkr.h"
 
 #define OAUTH_MT "ibkr.oauth"
+#define JWT_MT "ibkr.jwt"
 #define MAX_KEY_FILE (64 * 1024)   /* a PEM key file is a few KB */
 #define DH_RANDOM_BITS 256         /* IBKR: a random 256-bit exponent */
 #define MAX_RSA_BYTES 1024         /* RSA keys up to 8192 bits */
+#define JWT_MIN_BITS 2048          /* RS256 keys: at least 2048 bits (RFC 7518 3.3) */
+#define MAX_JWT_PART (64 * 1024)   /* bytes of a JWT header or claims set */
 
 /*
 ** The signer. Every field holds secret material or is derived from it; all
@@ -119,13 +125,30 @@ static BIGNUM *hex_bn(const char *s, size_t n) {
   return x;
 }
 
-/* base64 without line breaks, via EVP_EncodeBlock */
-static void push_b64(lua_State *L, const unsigned char *p, size_t n) {
-  luaL_Buffer b;
+/*
+** base64 of p[0..n) without line breaks, via EVP_EncodeBlock: the standard
+** alphabet with padding, or with url set base64url as JWTs use it (RFC 7515
+** section 2: '-' and '_' for '+' and '/', no padding). Appended to b.
+*/
+static void add_b64(luaL_Buffer *b, const unsigned char *p, size_t n, int url) {
   size_t cap = 4 * ((n + 2) / 3) + 1;
-  char *out = luaL_buffinitsize(L, &b, cap);
-  int len = EVP_EncodeBlock((unsigned char *)out, p, (int)n);
-  luaL_pushresultsize(&b, (size_t)len);
+  char *out = luaL_prepbuffsize(b, cap);
+  size_t len = (size_t)EVP_EncodeBlock((unsigned char *)out, p, (int)n);
+  if (url) {
+    while (len > 0 && out[len - 1] == '=') len--;
+    for (size_t i = 0; i < len; i++) {
+      if (out[i] == '+') out[i] = '-';
+      else if (out[i] == '/') out[i] = '_';
+    }
+  }
+  luaL_addsize(b, len);
+}
+
+static void push_b64(lua_State *L, const unsigned char *p, size_t n, int url) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  add_b64(&b, p, n, url);
+  luaL_pushresult(&b);
 }
 
 /*
@@ -154,6 +177,29 @@ static unsigned char *b64_decode(const char *s, size_t n, size_t *outlen) {
     return NULL;
   }
   *outlen = (size_t)len - pad;
+  return out;
+}
+
+/*
+** Strict base64url (RFC 7515 section 2: '-' and '_', no padding) into a
+** malloc'd buffer: translated to the standard alphabet with its padding,
+** then decoded as above. A length of 1 mod 4 is no encoding of any bytes.
+*/
+static unsigned char *b64url_decode(const char *s, size_t n, size_t *outlen) {
+  if (n == 0 || n % 4 == 1 || n > (1u << 24)) return NULL;
+  size_t m = (n + 3) / 4 * 4;
+  char *t = malloc(m);
+  if (!t) return NULL;
+  for (size_t i = 0; i < m; i++) {
+    char c = i < n ? s[i] : '=';
+    if (i < n && (c == '+' || c == '/' || c == '=')) {
+      free(t);
+      return NULL;
+    }
+    t[i] = c == '-' ? '+' : c == '_' ? '/' : c;
+  }
+  unsigned char *out = b64_decode(t, m, outlen);
+  wipe_free(t, m);
   return out;
 }
 
@@ -216,9 +262,10 @@ static char *read_key_file(const char *path, size_t *n, const char **why) {
 /*
 ** The RSA private key named by field `name` (PEM string) or `name`_file of
 ** table t (the Lua layer checked that exactly one is there). Raises naming
-** the field; the key text is never in a message.
+** the field, after `who` ("oauth", "oauth2"); the key text is never in a
+** message.
 */
-static EVP_PKEY *load_key(lua_State *L, int t, const char *name) {
+static EVP_PKEY *load_key(lua_State *L, int t, const char *name, const char *who) {
   size_t n;
   EVP_PKEY *k;
   lua_getfield(L, t, name);
@@ -226,7 +273,7 @@ static EVP_PKEY *load_key(lua_State *L, int t, const char *name) {
   if (pem) {
     k = pem_private(pem, n);
     lua_pop(L, 1);
-    if (!k) luaL_error(L, "oauth: '%s' is not an unencrypted RSA private key in PEM form", name);
+    if (!k) luaL_error(L, "%s: '%s' is not an unencrypted RSA private key in PEM form", who, name);
     return k;
   }
   lua_pop(L, 1);
@@ -234,15 +281,33 @@ static EVP_PKEY *load_key(lua_State *L, int t, const char *name) {
   const char *field = lua_tostring(L, -1);
   lua_getfield(L, t, field);
   const char *path = lua_tostring(L, -1);
-  if (!path) luaL_error(L, "oauth: '%s' or '%s' is required", name, field);
+  if (!path) luaL_error(L, "%s: '%s' or '%s' is required", who, name, field);
   const char *why = NULL;
   char *buf = read_key_file(path, &n, &why);
-  if (!buf) luaL_error(L, "oauth: '%s' (%s): %s", field, path, why);
+  if (!buf) luaL_error(L, "%s: '%s' (%s): %s", who, field, path, why);
   k = pem_private(buf, n);
   wipe_free(buf, n + 1);
-  if (!k) luaL_error(L, "oauth: '%s' (%s) is not an unencrypted RSA private key in PEM form", field, path);
+  if (!k) luaL_error(L, "%s: '%s' (%s) is not an unencrypted RSA private key in PEM form", who, field, path);
   lua_pop(L, 2);
   return k;
+}
+
+/*
+** RSA-SHA256 with PKCS#1 v1.5 padding (RS256 in JWT terms) by key k over
+** a .. b (b may be empty): the one signer of both OAuth flows (OAuth 1.0a:
+** prepend .. base string; OAuth 2.0: the JWT's signing input). sig holds
+** MAX_RSA_BYTES; *siglen gets the signature's length. Returns 0 on failure.
+*/
+static int rsa_sha256(EVP_PKEY *k, const void *a, size_t an, const void *b, size_t bn,
+                      unsigned char *sig, size_t *siglen) {
+  *siglen = MAX_RSA_BYTES;
+  if (EVP_PKEY_get_size(k) > MAX_RSA_BYTES) return 0;
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  int ok = md && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, k) > 0 &&
+           EVP_DigestSignUpdate(md, a, an) > 0 && (bn == 0 || EVP_DigestSignUpdate(md, b, bn) > 0) &&
+           EVP_DigestSignFinal(md, sig, siglen) > 0;
+  EVP_MD_CTX_free(md);
+  return ok;
 }
 
 /* ----------------------------------------------------------------- signer */
@@ -303,8 +368,8 @@ static int oauth_new(lua_State *L) {
   lua_getfield(L, 1, "access_token_secret");      /* t, o, secret */
   const char *secret = lua_tolstring(L, -1, &n);
   if (!secret) return luaL_error(L, "oauth: 'access_token_secret' is required");
-  o->sigkey = load_key(L, 1, "signature_key");
-  EVP_PKEY *enc = load_key(L, 1, "encryption_key");
+  o->sigkey = load_key(L, 1, "signature_key", "oauth");
+  EVP_PKEY *enc = load_key(L, 1, "encryption_key", "oauth");
   const char *why = decrypt_secret(o, enc, secret, n);
   EVP_PKEY_free(enc);
   if (why) return luaL_error(L, "oauth: %s", why);
@@ -344,25 +409,20 @@ static int oauth_challenge(lua_State *L) {
 */
 static int oauth_sign_rsa(lua_State *L) {
   oauth *o = checkoauth(L);
-  size_t bn, hl = 2 * o->secretlen, siglen = MAX_RSA_BYTES;
+  size_t bn, hl = 2 * o->secretlen, siglen;
   const char *base = luaL_checklstring(L, 2, &bn);
   static const char digits[] = "0123456789abcdef";
   unsigned char sig[MAX_RSA_BYTES];  /* on the stack: nothing to free if pushing raises */
-  if (EVP_PKEY_get_size(o->sigkey) > MAX_RSA_BYTES) return luaL_error(L, "oauth: signature key too large");
-  unsigned char *msg = malloc(hl + bn + 1);
-  if (!msg) return luaL_error(L, "oauth: out of memory");
+  unsigned char *prepend = malloc(hl + 1);
+  if (!prepend) return luaL_error(L, "oauth: out of memory");
   for (size_t i = 0; i < o->secretlen; i++) {
-    msg[2 * i] = (unsigned char)digits[o->secret[i] >> 4];
-    msg[2 * i + 1] = (unsigned char)digits[o->secret[i] & 15];
+    prepend[2 * i] = (unsigned char)digits[o->secret[i] >> 4];
+    prepend[2 * i + 1] = (unsigned char)digits[o->secret[i] & 15];
   }
-  memcpy(msg + hl, base, bn);
-  EVP_MD_CTX *md = EVP_MD_CTX_new();
-  int ok = md && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, o->sigkey) > 0 &&
-           EVP_DigestSign(md, sig, &siglen, msg, hl + bn) > 0;
-  EVP_MD_CTX_free(md);
-  wipe_free(msg, hl + bn + 1);
+  int ok = rsa_sha256(o->sigkey, prepend, hl, base, bn, sig, &siglen);
+  wipe_free(prepend, hl + 1);
   if (!ok) return luaL_error(L, "oauth: RSA-SHA256 signing failed");
-  push_b64(L, sig, siglen);
+  push_b64(L, sig, siglen, 0);
   return 1;
 }
 
@@ -456,7 +516,7 @@ static int oauth_sign(lua_State *L) {
   if (o->lstlen == 0) return luaL_error(L, "oauth: no live session token");
   if (!HMAC(EVP_sha256(), o->lst, (int)o->lstlen, (const unsigned char *)base, n, mac, &len))
     return luaL_error(L, "oauth: HMAC-SHA256 failed");
-  push_b64(L, mac, len);
+  push_b64(L, mac, len, 0);
   return 1;
 }
 
@@ -494,6 +554,102 @@ static int oauth_tostring(lua_State *L) {
   return 1;
 }
 
+/* -------------------------------------------------------------- JWT key */
+
+/*
+** The OAuth 2.0 client's RSA private key (private_key_jwt, RFC 7523): it
+** signs the client assertion and the SSO session JWT. The key is the only
+** secret held here; close, __gc and __close free it (EVP_PKEY_free clears
+** the key's numbers).
+*/
+typedef struct jwt_key {
+  EVP_PKEY *key;
+  int closed;
+} jwt_key;
+
+static jwt_key *checkjwt(lua_State *L) {
+  jwt_key *k = (jwt_key *)luaL_checkudata(L, 1, JWT_MT);
+  if (k->closed) luaL_error(L, "oauth2: key is closed");
+  return k;
+}
+
+/*
+** core.oauth.jwt_key{private_key = PEM | private_key_file = path}: an RSA
+** key of at least JWT_MIN_BITS. Raises "oauth2: '<field>' ..."; pushed
+** first in a safe empty state, so __gc frees what a later raise leaves.
+*/
+static int jwt_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  jwt_key *k = (jwt_key *)lua_newuserdatauv(L, sizeof *k, 0);
+  memset(k, 0, sizeof *k);
+  luaL_setmetatable(L, JWT_MT);                   /* t, k */
+  k->key = load_key(L, 1, "private_key", "oauth2");
+  int bits = EVP_PKEY_get_bits(k->key);
+  if (bits < JWT_MIN_BITS || EVP_PKEY_get_size(k->key) > MAX_RSA_BYTES) {
+    lua_getfield(L, 1, "private_key");
+    const char *field = lua_isnil(L, -1) ? "private_key_file" : "private_key";
+    return luaL_error(L, "oauth2: '%s' is an RSA key of %d bits: RS256 needs %d to %d bits", field, bits,
+                      JWT_MIN_BITS, 8 * MAX_RSA_BYTES);
+  }
+  return 1;
+}
+
+/*
+** k:sign(header_json, claims_json) -> the compact JWS (RFC 7515 section
+** 7.1): base64url(header) "." base64url(claims) "." base64url(signature),
+** the signature RS256 over the first two parts and their dot.
+*/
+static int jwt_sign(lua_State *L) {
+  jwt_key *k = checkjwt(L);
+  size_t hn, cn, siglen;
+  const char *h = luaL_checklstring(L, 2, &hn), *c = luaL_checklstring(L, 3, &cn);
+  unsigned char sig[MAX_RSA_BYTES];
+  luaL_argcheck(L, hn <= MAX_JWT_PART, 2, "header too long");
+  luaL_argcheck(L, cn <= MAX_JWT_PART, 3, "claims too long");
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  add_b64(&b, (const unsigned char *)h, hn, 1);
+  luaL_addchar(&b, '.');
+  add_b64(&b, (const unsigned char *)c, cn, 1);
+  if (!rsa_sha256(k->key, luaL_buffaddr(&b), luaL_bufflen(&b), NULL, 0, sig, &siglen))
+    return luaL_error(L, "oauth2: RS256 signing failed");
+  luaL_addchar(&b, '.');
+  add_b64(&b, sig, siglen, 1);
+  luaL_pushresult(&b);
+  return 1;
+}
+
+static int jwt_bits(lua_State *L) {
+  jwt_key *k = checkjwt(L);
+  lua_pushinteger(L, EVP_PKEY_get_bits(k->key));
+  return 1;
+}
+
+/* close, __gc and __close: free the key; idempotent */
+static int jwt_close(lua_State *L) {
+  jwt_key *k = (jwt_key *)luaL_checkudata(L, 1, JWT_MT);
+  if (!k->closed) {
+    EVP_PKEY_free(k->key);
+    k->key = NULL;
+    k->closed = 1;
+  }
+  return 0;
+}
+
+static int jwt_closed(lua_State *L) {
+  jwt_key *k = (jwt_key *)luaL_checkudata(L, 1, JWT_MT);
+  lua_pushboolean(L, k->closed);
+  return 1;
+}
+
+/* never the key: its size only */
+static int jwt_tostring(lua_State *L) {
+  jwt_key *k = (jwt_key *)luaL_checkudata(L, 1, JWT_MT);
+  if (k->closed || !k->key) lua_pushliteral(L, "ibkr.jwt (closed)");
+  else lua_pushfstring(L, "ibkr.jwt (RSA %d bits)", EVP_PKEY_get_bits(k->key));
+  return 1;
+}
+
 /* ------------------------------------------------------------- primitives */
 
 /* hmac(alg, key, msg) -> raw MAC; alg "sha1" or "sha256" */
@@ -511,18 +667,18 @@ static int prim_hmac(lua_State *L) {
   return 1;
 }
 
-static int prim_b64encode(lua_State *L) {
+static int b64encode_with(lua_State *L, int url) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
-  push_b64(L, (const unsigned char *)s, n);
+  push_b64(L, (const unsigned char *)s, n, url);
   return 1;
 }
 
-/* b64decode(s) -> bytes, or nil when s is not strict base64 */
-static int prim_b64decode(lua_State *L) {
+/* b64decode(s) / b64url_decode(s) -> bytes, or nil when s is not strict base64 (base64url) */
+static int b64decode_with(lua_State *L, int url) {
   size_t n, len = 0;
   const char *s = luaL_checklstring(L, 1, &n);
-  unsigned char *out = b64_decode(s, n, &len);
+  unsigned char *out = url ? b64url_decode(s, n, &len) : b64_decode(s, n, &len);
   if (!out) {
     lua_pushnil(L);
     return 1;
@@ -531,6 +687,11 @@ static int prim_b64decode(lua_State *L) {
   wipe_free(out, len);
   return 1;
 }
+
+static int prim_b64encode(lua_State *L) { return b64encode_with(L, 0); }
+static int prim_b64decode(lua_State *L) { return b64decode_with(L, 0); }
+static int prim_b64url_encode(lua_State *L) { return b64encode_with(L, 1); }
+static int prim_b64url_decode(lua_State *L) { return b64decode_with(L, 1); }
 
 static int prim_hex(lua_State *L) {
   size_t n;
@@ -648,13 +809,46 @@ static int prim_read_private(lua_State *L) {
   return 1;
 }
 
+/*
+** write_private(path, text) -> true | nil, reason: a NEW file only its owner
+** may read or write (mode 0600 at creation, O_EXCL): an existing file --
+** a key file above all -- is never overwritten. What was written of a file
+** that could not be finished is removed. The mock's test clients.
+*/
+static int prim_write_private(lua_State *L) {
+  size_t n, done = 0;
+  const char *path = luaL_checkstring(L, 1), *text = luaL_checklstring(L, 2, &n);
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, S_IRUSR | S_IWUSR);
+  const char *why = NULL;
+  if (fd < 0) why = errno == EEXIST ? "exists (never overwritten)" : strerror(errno);
+  while (!why && done < n) {
+    ssize_t w = write(fd, text + done, n - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) why = w < 0 ? strerror(errno) : "short write";
+    else done += (size_t)w;
+  }
+  if (fd >= 0 && close(fd) != 0 && !why) why = strerror(errno);
+  if (fd >= 0 && why) unlink(path);
+  if (why) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", path, why);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static const luaL_Reg oauth_funcs[] = {
   {"read_private", prim_read_private},
+  {"write_private", prim_write_private},
+  {"jwt_key", jwt_new},
   {"new", oauth_new},
   {"now", prim_now},
   {"hmac", prim_hmac},
   {"b64encode", prim_b64encode},
   {"b64decode", prim_b64decode},
+  {"b64url_encode", prim_b64url_encode},
+  {"b64url_decode", prim_b64url_decode},
   {"hex", prim_hex},
   {"random", prim_random},
   {"modexp", prim_modexp},
@@ -686,12 +880,31 @@ static const luaL_Reg oauth_metameth[] = {
   {NULL, NULL}
 };
 
+static const luaL_Reg jwt_meth[] = {
+  {"sign", jwt_sign},
+  {"bits", jwt_bits},
+  {"close", jwt_close},
+  {"closed", jwt_closed},
+  {NULL, NULL}
+};
+
+static const luaL_Reg jwt_metameth[] = {
+  {"__gc", jwt_close},
+#if LUA_VERSION_NUM >= 504
+  {"__close", jwt_close},
+#endif
+  {"__tostring", jwt_tostring},
+  {NULL, NULL}
+};
+
 /*
 ** Called once from luaopen_ibkr_core with the module table on top: sets
-** M.oauth (the functions above) and the "ibkr.oauth" class.
+** M.oauth (the functions above) and the "ibkr.oauth" and "ibkr.jwt"
+** classes.
 */
 int oauth_open(lua_State *L) {
   ibkr_createmeta(L, OAUTH_MT, oauth_meth, oauth_metameth);
+  ibkr_createmeta(L, JWT_MT, jwt_meth, jwt_metameth);
   luaL_newlib(L, oauth_funcs);                  /* M, oauth */
   lua_setfield(L, -2, "oauth");                 /* M */
   return 0;

@@ -6,7 +6,7 @@
 ** an error object here, once, then is cached.
 ** Adds to the module: the "ibkr.request" class.
 ** Called by: core.c, session.c.
-** Calls: message.c, json.c, error.c, lib/transfer.c.
+** Calls: message.c, json.c, error.c, signal.c, lib/transfer.c.
 */
 #include <sched.h>
 #include <string.h>
@@ -209,11 +209,15 @@ static int request_step(lua_State *L) {
   return 2;
 }
 
+/* req:wait([timeout]) -> whether it ended; false early too when a signal
+** handler asks Lua to stop meanwhile (lua5.4's SIGINT) */
 static int request_wait(lua_State *L) {
   request *r = torequest(L, 1);
   double timeout = luaL_optnumber(L, 2, -1);
+  sigmark mark;
   if (!(timeout <= 1e9)) timeout = -1;          /* huge or NaN: no limit */
-  lua_pushboolean(L, r->closed || r->collected || transfer_wait(&r->x, timeout));
+  signal_mark(L, &mark);
+  lua_pushboolean(L, r->closed || r->collected || transfer_wait(&r->x, timeout, signal_asked, &mark));
   return 1;
 }
 

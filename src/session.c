@@ -6,7 +6,7 @@
 ** makes each exchange from its configuration (URL, header lists, timeout).
 ** Adds to the module: core.new, the "ibkr.session" class.
 ** Called by: core.c.
-** Calls: request.c, wire.c, error.c, lib/transfer.c, lib/engine.c, lib/buf.c.
+** Calls: request.c, wire.c, error.c, signal.c, lib/transfer.c, lib/engine.c, lib/buf.c.
 */
 #include <math.h>
 #include <stdlib.h>
@@ -337,11 +337,18 @@ static struct request *begin(lua_State *L, session *s) {
 }
 
 /* s:perform(method, path [, opts]) -- the blocking exchange, in place on
-** the caller's thread, without running Lua code until it is over */
+** the caller's thread, without running Lua code until it is over. A signal
+** handler that asks Lua to stop meanwhile (lua5.4's SIGINT) ends it: kind
+** "closed", and the interpreter's hook acts on the return. */
 static int session_perform(lua_State *L) {
   struct request *r = begin(L, tosession(L));
+  sigmark mark;
   if (r == NULL) return 2;
-  transfer_perform(request_xfer(r));
+  signal_mark(L, &mark);
+  if (!transfer_perform(request_xfer(r), signal_asked, &mark)) {
+    request_collect(L, lua_gettop(L));                        /* frees the exchange */
+    return error_fail(L, KIND_CLOSED, "interrupted by a signal during the request", 2, 3);
+  }
   return request_collect(L, lua_gettop(L));
 }
 

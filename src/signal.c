@@ -13,8 +13,16 @@
 **   core.signal_wait(seconds [, fd])       sleep until the time passed, a caught
 **                                          signal arrived, or fd became readable;
 **                                          returns the caught signal's name or nil
+**
+** And, for every wait of the module (core.sleep, core.signal_wait, blocking
+** exchanges, req:wait): whether a signal handler of someone else asked the
+** Lua state to stop meanwhile (signal_mark, signal_asked). The standalone
+** lua5.4 handles SIGINT by setting a hook on the main thread that raises
+** "interrupted!" at the next Lua instruction; a wait in C must return to Lua
+** for it to act, so it ends early when the signal interrupted it and a hook
+** appeared (any other signal leaves it waiting).
 ** Adds to the module: core.signal_catch, core.signal_caught, core.signal_wait.
-** Called by: core.c.
+** Called by: core.c, session.c, request.c.
 ** Calls: nothing of ours.
 */
 #include <errno.h>
@@ -112,13 +120,35 @@ static double now_mono(void) {
   return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
+/* the hooks of L and of its main thread before a wait: nothing but a signal
+** handler (or another OS thread) can change them while this thread waits */
+void signal_mark(lua_State *L, sigmark *m) {
+  m->L = L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  m->main = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  m->hook = lua_gethook(L);
+  m->mask = lua_gethookmask(L);
+  m->mhook = lua_gethook(m->main);
+  m->mmask = lua_gethookmask(m->main);
+}
+
+/* whether a hook was set since the mark (a transfer_stopfn) */
+int signal_asked(void *ud) {
+  const sigmark *m = ud;
+  return lua_gethook(m->L) != m->hook || lua_gethookmask(m->L) != m->mask ||
+         lua_gethook(m->main) != m->mhook || lua_gethookmask(m->main) != m->mmask;
+}
+
 /* core.signal_wait(seconds [, fd]): poll on the self-pipe (and fd), the
 ** timeout rounded up to whole milliseconds, resumed after EINTR until the
-** time is up */
+** time is up (or a hook asks Lua to stop: see above) */
 static int signal_wait(lua_State *L) {
   double secs = luaL_checknumber(L, 1);
   int fd = (int)luaL_optinteger(L, 2, -1);
   double end;
+  sigmark mark;
+  signal_mark(L, &mark);
   if (secs != secs || secs < 0) secs = 0;
   if (secs > 1e9) secs = 1e9;
   end = now_mono() + secs;
@@ -132,7 +162,7 @@ static int signal_wait(lua_State *L) {
     if (sigpipe_fd[0] >= 0) { p[np].fd = sigpipe_fd[0]; p[np].events = POLLIN; np++; }
     if (fd >= 0) { p[np].fd = fd; p[np].events = POLLIN; np++; }
     r = poll(p, (nfds_t)np, (int)ms);
-    if (r < 0 && errno != EINTR) break;
+    if (r < 0 && (errno != EINTR || signal_asked(&mark))) break;
     if (r > 0 && fd >= 0 && p[np - 1].revents) break;
   }
   if (caught_signo != 0 && sigpipe_fd[0] >= 0) {

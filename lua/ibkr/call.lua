@@ -9,7 +9,7 @@ local retry = require("ibkr.retry")
 
 local M = {}
 
-local BUSY_POLL = 0.01 -- [oauth] seconds between looks while another caller fetches the token
+local BUSY_POLL = 0.01 -- [signer] seconds between looks while another caller renews the token
 
 local function closed_error(method, path)
   return core.error{ kind = "closed", message = "session is closed", method = method, path = path }
@@ -23,8 +23,8 @@ M.closed_error = closed_error
 -- The request is held in a to-be-closed variable: that is what frees it when the coroutine is
 -- closed while suspended here (coroutine.close runs pending to-be-closed variables), when the
 -- keep-alive is stopped, or when a host's sleep raises.
-local function stepped(s, w, method, path, copts)
-  local req, err = s._core:start(method, path, copts)
+local function stepped(cs, w, method, path, copts)
+  local req, err = cs:start(method, path, copts)
   if not req then return nil, err end
   local inflight <close> = req -- luacheck: ignore inflight
   while true do
@@ -123,12 +123,21 @@ local function bounded(w, secs)
   }
 end
 
--- [oauth] OAuth sessions (ibkr/oauth.lua): obtain or renew the live session token, then sign this
--- attempt afresh (new nonce and timestamp). Returns the attempt's copts, or nil, err.
--- One handshake at a time per session: other callers wait for it, each within its own deadline
--- `limit`. The token request is a call of its own (unsigned: `raw`) bounded by the same deadline,
--- so its exchange gets the session's timeout or what is left of the deadline, whichever is less.
-local function oauth_copts(s, w, method, path, copts, limit)
+-- [signer] Sessions with a signer, s._oauth: OAuth 1.0a (ibkr/oauth.lua) or OAuth 2.0
+-- (ibkr/oauth2.lua). Its token is obtained or renewed first, then this attempt is signed afresh.
+-- Returns the attempt's copts, or nil, err. A signer has:
+--   fetching, fetching_until(deadline)  the mark of a renewal in progress (one at a time)
+--   needs_token(now)                    whether a renewal must come first
+--   renew(exchange, clock)              -> true | nil, err; exchange(method, path, copts) runs one
+--                                          unsigned call (copts.via: another ibkr.core session,
+--                                          for token endpoints elsewhere)
+--   sign(method, path, copts)           -> copts of this attempt
+--   refused(err, sent)                  -> whether err (to copts `sent`) refused the token: the
+--                                          call then renews and tries once more
+-- One renewal at a time per session: other callers wait for it, each within its own deadline
+-- `limit`. The renewal's exchanges are calls of their own (unsigned: `raw`) bounded by the same
+-- deadline, so each gets the session's timeout or what is left of the deadline, whichever is less.
+local function signed_copts(s, w, method, path, copts, limit)
   local o = s._oauth
   while o.fetching and s._clock() < o.fetching do
     if s._clock() >= limit then return nil, late(method, path, s._deadline) end
@@ -137,24 +146,24 @@ local function oauth_copts(s, w, method, path, copts, limit)
   end
   if o:needs_token(s._clock()) then
     local busy <close> = o:fetching_until(limit) -- luacheck: ignore busy
-    local res, err = M.run(s, w, "POST", o.LST_PATH, o:token_request(), false, limit, true)
-    local ok
-    if res then ok, err = o:accept_token(res, s._clock()) end
-    if not ok then return nil, o:token_error(err) end
+    local ok, err = o:renew(function(m, p, c) return M.run(s, w, m, p, c, false, limit, true) end, s._clock)
+    if not ok then return nil, err end
   end
   return o:sign(method, path, copts)
 end
 
 -- One attempt of `method path` within the call's deadline `limit` (signed first on an OAuth
 -- session unless `raw`). Returns res, nil, status; or nil, err; or nil, err, nil, true when the
--- call must end with err now (closed or stopped mid-request, out of time). A failed token
--- request is the attempt's error: the caller's retry rules apply to it as to any other.
+-- call must end with err now (closed or stopped mid-request, out of time); a failure the
+-- exchange answered also returns, 5th, the copts it was sent with. A failed token renewal is
+-- the attempt's error: the caller's retry rules apply to it as to any other.
 local function attempt_once(s, w, method, path, copts, limit, last_err, raw, repeatable)
-  if s._oauth and not raw then -- [oauth]
+  if s._oauth and not raw then -- [signer]
     local err
-    copts, err = oauth_copts(s, w, method, path, copts, limit)
+    copts, err = signed_copts(s, w, method, path, copts, limit)
     if not copts then return nil, err end
   end
+  local cs = copts and copts.via or s._core -- [signer] a token endpoint's own session
   local left = limit - s._clock()
   if left <= 0 then return nil, last_err or late(method, path, s._deadline), nil, true end
   local cut = left < s._timeout
@@ -162,18 +171,18 @@ local function attempt_once(s, w, method, path, copts, limit, last_err, raw, rep
   local res, err, status, aborted
   local xw = cut and bounded(w, left) or w
   if xw.step then
-    res, err, status, aborted = stepped(s, xw, method, path, xopts)
+    res, err, status, aborted = stepped(cs, xw, method, path, xopts)
     if aborted and err.kind ~= "timeout" then return nil, err, nil, true end -- closed or stopped
     if aborted then return nil, last_err or err, nil, true end -- out of time: what the gateway said before
   else
-    res, err, status = s._core:perform(method, path, xopts)
+    res, err, status = cs:perform(method, path, xopts)
   end
   if s._closed then return nil, closed_error(method, path), nil, true end
   count(s, res, err, status)
   if res ~= nil then return res, nil, status end
   note_hold(s, err)
   if cut and err.kind == "timeout" and last_err then return nil, last_err, nil, true end
-  return nil, err
+  return nil, err, nil, nil, copts
 end
 
 -- Performs `method path` for session `s` with waiter `w`.
@@ -182,7 +191,7 @@ end
 -- own bound is s._deadline seconds from now: all attempts, backoff and pacing waits included.
 -- When the deadline cuts an attempt short, the previous attempt's answer is returned (what the
 -- gateway said is worth more than "timeout").
--- raw: [oauth] true for the token request itself (not signed, no renewal).
+-- raw: [signer] true for the token requests themselves (not signed, no renewal).
 -- Returns result, nil, status on success, or nil, err.
 function M.run(s, w, method, path, copts, allow_retry, deadline, raw)
   if s._closed then return nil, closed_error(method, path) end
@@ -190,14 +199,15 @@ function M.run(s, w, method, path, copts, allow_retry, deadline, raw)
   if deadline and deadline < limit then limit = deadline end
   local attempt = 0
   local last_err
-  local renewed -- [oauth] the token was renewed once after a 401
+  local renewed -- [signer] the token was renewed once after a refusal
   while true do
     local ok, perr = admit(s, w, method, path, last_err, limit)
     if not ok then return nil, perr end
-    local res, err, status, final = attempt_once(s, w, method, path, copts, limit, last_err, raw, allow_retry)
+    local res, err, status, final, sent =
+      attempt_once(s, w, method, path, copts, limit, last_err, raw, allow_retry)
     if res ~= nil then return res, nil, status end
     if final then return nil, err end
-    if s._oauth and not raw and not renewed and s._oauth:refused(err) then -- [oauth] new token, once
+    if s._oauth and not raw and not renewed and s._oauth:refused(err, sent) then -- [signer] new token, once
       renewed = true
       last_err = err
     else

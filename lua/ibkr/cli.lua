@@ -42,12 +42,12 @@ local function usage_error(io_, msg, json)
   return 64
 end
 
--- --oauth-config FILE: a headless OAuth 1.0a session (docs/oauth.md). ibkr/oauth.lua reads the
--- file and sets opts.oauth, and opts.base_url from the file when --url gave none. Returns nil or
--- a usage error text.
-local function apply_oauth(opts, file)
-  local ok, oauth = pcall(require, "ibkr.oauth")
-  if not ok then return "--oauth-config: this installation has no OAuth support (module ibkr.oauth)" end
+-- --oauth-config FILE / --oauth2-config FILE: a headless OAuth 1.0a / 2.0 session (docs/oauth.md).
+-- ibkr/oauth.lua or ibkr/oauth2.lua reads the file and sets opts.oauth or opts.oauth2, and
+-- opts.base_url from the file when --url gave none. Returns nil or a usage error text.
+local function apply_oauth(opts, file, module, option)
+  local ok, oauth = pcall(require, module)
+  if not ok then return option .. ": this installation has no OAuth support (module " .. module .. ")" end
   return oauth.cli_apply(opts, file)
 end
 
@@ -82,10 +82,16 @@ local function make_session(o)
   local env = os.getenv("IBKR_BASE_URL")
   if env == "" then env = nil end
   local opts = session_options(o)
-  if o.oauth_config then
-    local cerr = apply_oauth(opts, o.oauth_config)
-    if cerr then return nil, cerr end
+  if o.oauth_config and o.oauth2_config then
+    return nil, "--oauth-config and --oauth2-config exclude each other"
   end
+  local cerr
+  if o.oauth_config then
+    cerr = apply_oauth(opts, o.oauth_config, "ibkr.oauth", "--oauth-config")
+  elseif o.oauth2_config then
+    cerr = apply_oauth(opts, o.oauth2_config, "ibkr.oauth2", "--oauth2-config")
+  end
+  if cerr then return nil, cerr end
   local url_from_env = opts.base_url == nil and env ~= nil
   if url_from_env then opts.base_url = env end
   local ok, s = pcall(ibkr.new, opts)

@@ -39,6 +39,7 @@ local OPTION_TYPES = {
   proxy = "string",
   clock = "function", sleep = "function",  -- injectable time (tests, hosts with their own clock)
   oauth = "table", -- [oauth] headless OAuth 1.0a, checked by ibkr/oauth.lua
+  oauth2 = "table", -- [oauth2] headless OAuth 2.0, checked by ibkr/oauth2.lua
 }
 -- numbers that must be finite and > 0 (retries: finite and >= 0)
 local POSITIVE = { timeout = true, connect_timeout = true, deadline = true, max_body = true }
@@ -117,8 +118,13 @@ function M.new(opts)
     connect_timeout = o.connect_timeout, user_agent = o.user_agent, headers = o.headers,
     max_body = o.max_body and math.tointeger(o.max_body), proxy = o.proxy,
   })
-  -- [oauth] the signer (ibkr/oauth.lua) raises here naming a bad field; call.lua uses it
+  -- [oauth] the signer (ibkr/oauth.lua or ibkr/oauth2.lua) raises here naming a bad field; call.lua
+  -- uses it
+  if o.oauth and o.oauth2 then error("ibkr.new: options 'oauth' and 'oauth2' exclude each other", 2) end
   local signer = o.oauth and require("ibkr.oauth").new(o.oauth, o.base_url, o.verify, 2)
+    or o.oauth2 and require("ibkr.oauth2").new(o.oauth2, {
+      base_url = o.base_url, verify = o.verify, ca_file = o.ca_file, proxy = o.proxy, timeout = timeout,
+      connect_timeout = o.connect_timeout, user_agent = o.user_agent }, 2)
   local s = setmetatable({
     base_url = o.base_url,
     _shown = cs:info().base_url or "?", -- base_url without credentials, for tostring

@@ -42,6 +42,15 @@ Options:
                          GET /__mock/oauth
   --oauth-dir DIR        where the test consumer's files go (default: a private temporary dir)
   --oauth-lst-ttl S      seconds a live session token lives (default 86400)
+  --oauth2               OAuth 2.0 mode (docs/oauth.md): a generated test client, the token and
+                         SSO session endpoints, every API request's bearer checked (401 when
+                         bad); state starts unauthenticated. Its config file (the CLI's
+                         --oauth2-config) is named on stderr and by GET /__mock/oauth2
+  --oauth2-dir DIR       where the test client's files go (default: a private temporary dir);
+                         an existing file there is never overwritten (the mock stops instead)
+  --oauth2-token-ttl S   seconds an access token lives (default 3600)
+  --oauth2-session-ttl S seconds an SSO session's bearer token lives (default 86400)
+  --oauth2-key-bits N    the test client's RSA key size (default 3072)
   -v, --verbose          log connections and requests to stderr
   -h, --help             this text
   --version              print the version
@@ -69,7 +78,7 @@ end
 local OPTIONS = {
   host = "string", port = "number", tls = "boolean", cert = "string", key = "string",
   state = "string", config = "table", server = "table", verbose = "boolean", openssl = "string",
-  on_ready = "function", oauth = "table",
+  on_ready = "function", oauth = "table", oauth2 = "table",
 }
 
 -- Checks opts (raising on a programmer mistake) and returns the server and gateway settings.
@@ -149,11 +158,15 @@ function mock.new(opts)
     if req.path == "/__mock/oauth" and m.oauth then
       return m.oauth:handle(req, m.tls)
     end
+    if req.path == "/__mock/oauth2" and m.oauth2 then
+      return m.oauth2:handle(req)
+    end
     if req.path == "/__mock" or req.path:sub(1, 8) == "/__mock/" then
       return control.handle(m, req)
     end
     sopts.log("conn %d: %s %s", req.conn_id, req.method, req.target)
-    local refused = m.oauth and m.oauth:handle(req, m.tls) -- a bad OAuth signature: 401
+    -- a bad OAuth signature or bearer: 401; OAuth 2.0's token endpoints answer themselves
+    local refused = m.oauth and m.oauth:handle(req, m.tls) or m.oauth2 and m.oauth2:handle(req)
     return refused or m.gateway:handle(req)
   end
   local srv
@@ -168,15 +181,18 @@ function mock.new(opts)
   m.pid = read_pid()
   m.gateway = gateway_mod.new({ state = opts.state or "ready", config = gconfig, clock = srv.clock,
     root = m.root })
-  if opts.oauth then -- OAuth 1.0a mode (ibkr.mock.oauth, docs/oauth.md)
-    local found, oauth = pcall(require, "ibkr.mock.oauth")
-    local oerr = not found and "OAuth mode needs the module ibkr.mock.oauth: " .. tostring(oauth)
-    if found then
-      oerr = select(2, oauth.attach(m, { oauth = opts.oauth, state = opts.state }))
-    end
-    if oerr then
-      srv:close()
-      return nil, oerr
+  -- OAuth 1.0a and 2.0 modes (ibkr.mock.oauth, ibkr.mock.oauth2; docs/oauth.md)
+  for _, mode in ipairs({ "oauth", "oauth2" }) do
+    if opts[mode] then
+      local found, mod = pcall(require, "ibkr.mock." .. mode)
+      local oerr = not found and "OAuth mode needs the module ibkr.mock." .. mode .. ": " .. tostring(mod)
+      if found then
+        oerr = select(2, mod.attach(m, { [mode] = opts[mode], state = opts.state }))
+      end
+      if oerr then
+        srv:close()
+        return nil, oerr
+      end
     end
   end
   m.initial_server = {}
@@ -287,6 +303,11 @@ local function oauth_opts(o)
   return o.oauth
 end
 
+local function oauth2_opts(o)
+  o.oauth2 = o.oauth2 or {}
+  return o.oauth2
+end
+
 -- Options without a value, and options with one: name -> function(opts[, value, name]).
 local FLAGS = {
   ["-h"] = function(o) o.help = true end, ["--help"] = function(o) o.help = true end,
@@ -297,6 +318,7 @@ local FLAGS = {
   ["-v"] = function(o) o.verbose = true end, ["--verbose"] = function(o) o.verbose = true end,
   ["-q"] = function(o) o.verbose = false end, ["--quiet"] = function(o) o.verbose = false end,
   ["--oauth"] = oauth_opts,
+  ["--oauth2"] = oauth2_opts,
 }
 local VALUED = {
   ["--host"] = function(o, v) o.host = v end,
@@ -322,6 +344,14 @@ local VALUED = {
   ["--parent-pid"] = function(o, v, name) o.parent_pid = number(name, v, true) end,
   ["--oauth-dir"] = function(o, v) oauth_opts(o).dir = v end,
   ["--oauth-lst-ttl"] = function(o, v, name) oauth_opts(o).lst_ttl = number(name, v) end,
+  ["--oauth2-dir"] = function(o, v) oauth2_opts(o).dir = v end,
+  ["--oauth2-token-ttl"] = function(o, v, name) oauth2_opts(o).token_ttl = number(name, v) end,
+  ["--oauth2-session-ttl"] = function(o, v, name) oauth2_opts(o).session_ttl = number(name, v) end,
+  ["--oauth2-key-bits"] = function(o, v, name)
+    local bits = number(name, v, true)
+    if bits < 2048 or bits > 8192 then usage(name .. " must be in [2048, 8192]") end
+    oauth2_opts(o).key_bits = bits
+  end,
 }
 
 local function parse_argv(argv, opts)
@@ -364,6 +394,9 @@ function mock.parse_args(argv)
   end
   if (opts.cert ~= nil) ~= (opts.key ~= nil) then
     return nil, "--cert and --key go together"
+  end
+  if opts.oauth and opts.oauth2 then
+    return nil, "--oauth and --oauth2 exclude each other"
   end
   for _, k in ipairs({ "head_timeout", "keepalive_timeout" }) do
     if opts.server[k] == 0 then
@@ -439,7 +472,7 @@ function mock.main(argv)
   local m
   m, err = mock.new({ host = opts.host, port = opts.port, tls = opts.tls, cert = opts.cert, key = opts.key,
     state = opts.state, config = opts.config, server = opts.server, verbose = opts.verbose,
-    oauth = opts.oauth })
+    oauth = opts.oauth, oauth2 = opts.oauth2 })
   if not m then
     io.stderr:write("ibkr-mock-gateway: ", err, "\n")
     return 1
@@ -450,12 +483,17 @@ function mock.main(argv)
   if m.oauth then
     io.stderr:write("ibkr-mock-gateway: OAuth test consumer: ", m.oauth.config_file, "\n")
   end
+  if m.oauth2 then
+    io.stderr:write("ibkr-mock-gateway: OAuth 2.0 test client: ", m.oauth2.config_file, "\n")
+  end
   if m.verbose then
     io.stderr:write("ibkr-mock-gateway: serving ", m.url, " (pid ", tostring(m.pid), ")\n")
   end
   serve(m, opts.parent_pid)
-  if m.oauth then
-    m.oauth:close() -- removes the test consumer's temporary directory
+  for _, mode in ipairs({ "oauth", "oauth2" }) do
+    if m[mode] then
+      m[mode]:close() -- removes the test consumer's (client's) temporary directory
+    end
   end
   if m.verbose then
     io.stderr:write("ibkr-mock-gateway: stopped\n")

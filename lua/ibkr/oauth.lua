@@ -98,6 +98,18 @@ local function is_loopback(host)
   return host == "localhost" or host == "::1" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
 end
 
+-- What forbids sending OAuth credentials to `url` with the session's `verify`, or nil: a host that
+-- is not loopback must be reached over https ("https") with TLS verification on ("verify").
+-- Loopback hosts (the mock) keep the usual rules. Shared by OAuth 1.0a and 2.0 (ibkr/oauth2.lua).
+function M.transport_refusal(url, verify)
+  local scheme, host = split_url(url)
+  if host and not is_loopback(host) then
+    if scheme ~= "https" then return "https" end
+    if verify == false then return "verify" end
+  end
+  return nil
+end
+
 -- Raises (at `level` above the caller) naming the field; never shows a value.
 local function check_config(cfg, level)
   if type(cfg) ~= "table" then error("ibkr.new: option 'oauth' must be a table", level + 1) end
@@ -117,47 +129,16 @@ local function check_config(cfg, level)
   end
 end
 
--- The config file of `ibkr-session --oauth-config FILE` (docs/oauth.md "Config file"):
--- `name = value` lines, `#` comments, blank lines; names are the `oauth` fields plus `base_url`;
--- relative *_file paths are relative to the file's directory. The file must be private to its
--- owner, like the key files. Returns oauth_table, base_url_or_nil; or nil, err (a string).
-function M.read_config(path)
-  local text, why = core.oauth.read_private(path)
-  if not text then return nil, "oauth config " .. why end
-  local cfg, base_url = {}, nil
-  local dir = path:match("^(.*)/[^/]*$") or "."
-  local n = 0
-  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
-    n = n + 1
-    line = line:gsub("\r$", "")
-    if not line:match("^%s*$") and not line:match("^%s*#") then
-      local k, v = line:match("^%s*([%w_]+)%s*=%s*(.-)%s*$")
-      if not k then return nil, string.format("%s:%d: expected 'name = value'", path, n) end
-      if k == "base_url" then
-        base_url = v
-      elseif not FIELDS[k] or k == "signature_key" or k == "encryption_key" then
-        return nil, string.format("%s:%d: unknown name '%s'", path, n, k)
-      elseif k == "dh_generator" then
-        cfg[k] = math.tointeger(tonumber(v))
-        if not cfg[k] then return nil, string.format("%s:%d: 'dh_generator' must be an integer", path, n) end
-      else
-        if k:match("_file$") and v:sub(1, 1) ~= "/" then v = dir .. "/" .. v end
-        cfg[k] = v
-      end
-    end
-  end
-  return cfg, base_url
+-- The config file of `ibkr-session --oauth-config FILE` (docs/oauth.md "Config file", the format
+-- of ibkr/config_file.lua): names are the `oauth` fields (the *_file forms of the keys) plus
+-- `base_url`. read_config(path) -> oauth_table, base_url_or_nil | nil, err; cli_apply(opts, path)
+-- sets opts.oauth (and opts.base_url when nil) -> nil | err, for the CLI.
+local CONFIG_NAMES = { base_url = "string", dh_generator = "integer" }
+for k, want in pairs(FIELDS) do
+  if want ~= "pem" and k ~= "dh_generator" then CONFIG_NAMES[k] = k:match("_file$") and "file" or "string" end
 end
 
--- For the CLI (`--oauth-config FILE`): sets opts.oauth, and opts.base_url from the file when the
--- command line gave none. Returns nil, or an error text (a usage error).
-function M.cli_apply(opts, path)
-  local cfg, base_url = M.read_config(path)
-  if not cfg then return base_url end
-  opts.oauth = cfg
-  if opts.base_url == nil then opts.base_url = base_url end
-  return nil
-end
+M.read_config, M.cli_apply = require("ibkr.config_file").loaders("oauth", CONFIG_NAMES, "oauth config")
 
 ------------------------------------------------------------------------------------------------
 -- The signer of a session
@@ -170,14 +151,11 @@ Signer.LST_PATH = M.LST_PATH
 function M.new(cfg, base_url, verify, level)
   level = (level or 1) + 1
   check_config(cfg, level)
-  local scheme, host = split_url(base_url)
-  if host and not is_loopback(host) then
-    if scheme ~= "https" then
-      error("ibkr.new: oauth: base_url must be https for a non-loopback host", level)
-    end
-    if verify == false then
-      error("ibkr.new: oauth: TLS verification cannot be turned off for a non-loopback host", level)
-    end
+  local refusal = M.transport_refusal(base_url, verify)
+  if refusal == "https" then
+    error("ibkr.new: oauth: base_url must be https for a non-loopback host", level)
+  elseif refusal == "verify" then
+    error("ibkr.new: oauth: TLS verification cannot be turned off for a non-loopback host", level)
   end
   local ok, c = pcall(core.oauth.new, {
     signature_key = cfg.signature_key, signature_key_file = cfg.signature_key_file,
@@ -189,6 +167,7 @@ function M.new(cfg, base_url, verify, level)
   return setmetatable({
     _c = c, base_url = base_url, consumer_key = cfg.consumer_key, access_token = cfg.access_token,
     realm = cfg.realm or M.DEFAULT_REALM, renew_at = nil, expires_ms = nil, fetching = nil,
+    generation = 0, -- tokens accepted so far: a request signed with an older one says so
     time = core.oauth.now,       -- wall clock, seconds (oauth_timestamp; the token's expiry)
     nonce = M.nonce,
   }, Signer)
@@ -261,8 +240,19 @@ function Signer:accept_token(res, now)
   local ok, why = self._c:finish(b, sig, self.consumer_key)
   if not ok then return nil, auth_error("live session token refused: " .. why) end
   local lifetime = math.max(1, exp / 1000 - self.time())
+  self.generation = self.generation + 1
   self.expires_ms = exp
   self.renew_at = now + lifetime - math.min(M.RENEW_MARGIN, lifetime / 10)
+  return true
+end
+
+-- The renewal of ibkr/call.lua's signer interface: one POST /oauth/live_session_token through
+-- `exchange` and its answer accepted. Returns true, or nil, err.
+function Signer:renew(exchange, clock)
+  local res, err = exchange("POST", self.LST_PATH, (self:token_request()))
+  local ok
+  if res then ok, err = self:accept_token(res, clock()) end
+  if not ok then return nil, self:token_error(err) end
   return true
 end
 
@@ -287,13 +277,16 @@ function Signer:sign(method, path, copts)
   for k, v in pairs(out.headers or {}) do headers[k] = v end
   headers.Authorization = M.header(self.realm, p)
   out.headers = headers
+  out.generation = self.generation
   return out
 end
 
--- Whether err says the server refused our token (then call.lua gets a new one, once).
-function Signer:refused(err)
+-- Whether err says the server refused our token (then call.lua gets a new one, once). The
+-- token is dropped only when `sent` (the attempt's copts) was signed with the token in use: a
+-- burst of refusals of one token renews it once, not once each.
+function Signer:refused(err, sent)
   if err.kind == "http" and err.status == 401 then
-    self._c:forget()
+    if not sent or sent.generation == self.generation then self._c:forget() end
     return true
   end
   return false

@@ -1,71 +1,48 @@
--- ibkr.run: drives keep-alive coroutines (or any coroutine that yields "seconds until my next
--- resume", optionally followed by a pollable) from a plain script. It waits in poll(2) on the
--- completion descriptors of the requests in flight, until the earliest timer: a coroutine whose
--- answer arrived is resumed at once, without polling in small sleeps.
+-- ibkr.run: drives keep-alive coroutines, streams, or any coroutine that yields "seconds until my
+-- next resume", optionally followed by a pollable, from a plain script. Between resumes it waits
+-- in poll(2) (core.poll) on the descriptors of the requests in flight, until the earliest timer
+-- (with nothing in flight: poll(2) on no descriptor, a sleep): a coroutine whose answer arrived
+-- is resumed at once, without polling in small sleeps. A signal that lua5.4 turns into
+-- "interrupted!" (SIGINT) ends the wait at once, and so the run.
 
 local core = require("ibkr.core")
+local driven = require("ibkr.driven")
 
 local M = {}
 
--- When each coroutine wants its next resume, and the descriptor it waits on, kept across run()
--- calls so that driving again later respects the schedule. Weak keys: a coroutine the user drops
--- is not kept alive here.
-local wake_at = setmetatable({}, { __mode = "k" })
-local wait_fd = setmetatable({}, { __mode = "k" })
-local wait_ev = setmetatable({}, { __mode = "k" })
+local OPTIONS = { duration = "number", clock = "function", sleep = "function" }
 
 local function check(cos, opts)
-  local list = cos
-  if type(cos) == "thread" then list = { cos } end
-  if type(list) ~= "table" then error("ibkr.run: expects a coroutine or a list of coroutines", 3) end
-  for i, co in ipairs(list) do
-    if type(co) ~= "thread" then error("ibkr.run: element " .. i .. " is not a coroutine", 3) end
+  local list = driven.coroutines(cos, "ibkr.run", 3)
+  if opts == nil then return list, {} end
+  if type(opts) ~= "table" then error("ibkr.run: options must be a table, not a " .. type(opts), 3) end
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if not want then
+      error("ibkr.run: unknown option '" .. tostring(k) .. "' (known: clock, duration, sleep)", 3)
+    end
+    if type(v) ~= want then
+      error("ibkr.run: '" .. k .. "' must be a " .. want .. ", not a " .. type(v), 3)
+    end
   end
-  opts = opts or {}
-  if type(opts) ~= "table" then error("ibkr.run: options must be a table", 3) end
-  local duration = opts.duration
-  if duration ~= nil and (type(duration) ~= "number" or duration ~= duration or duration < 0) then
-    error("ibkr.run: 'duration' must be a number >= 0", 3)
-  end
+  local d = opts.duration
+  if d ~= nil and (d ~= d or d < 0) then error("ibkr.run: 'duration' must be a number of seconds >= 0", 3) end
   return list, opts
 end
 
-local status, resume_co, huge = coroutine.status, coroutine.resume, math.huge
+local status, huge = coroutine.status, math.huge
 
--- resumes co; records when it wants the next resume and the descriptor it waits on (the pollable
--- yielded after the seconds: its :pollfd(), with :timeout() as the time limit)
-local function resume(co, clock, with_fds)
-  local ok, wait, p = resume_co(co)
-  if not ok then error(wait, 0) end
-  if status(co) == "dead" then
-    wake_at[co], wait_fd[co], wait_ev[co] = nil, nil, nil
-    return
-  end
-  if type(wait) ~= "number" or wait ~= wait or wait < 0 then wait = 0 end
-  local fd = with_fds and p ~= nil and (type(p) == "userdata" or type(p) == "table") and p.pollfd
-    and p:pollfd()
-  if math.type(fd) == "integer" and fd >= 0 then
-    local t = p.timeout and p:timeout()
-    wait = type(t) == "number" and t >= 0 and t or huge
-    wait_fd[co] = fd
-    local ev = p.events and p:events()
-    wait_ev[co] = (ev == "w" or ev == "rw") and ev or "r"
-  else
-    wait_fd[co] = nil
-  end
-  wake_at[co] = clock() + wait
-end
-
--- run(co_or_list, {duration = s, clock = fn, sleep = fn}) -> true when all ended, false when the
--- duration passed first (those still alive stay alive and can be driven again).
+-- run(x, {duration = s, clock = fn, sleep = fn}) -> true when all ended, false when the duration
+-- passed first (those still alive stay alive and can be driven again, on their schedule).
+-- x: a coroutine, an object with :coroutine() (a stream), or a list of them.
 -- A coroutine that raises makes run raise that error (a keep-alive never raises).
 -- With opts.sleep (a fake or a host's sleep) descriptors are not waited on: coroutines are
 -- resumed after the seconds they yielded.
 function M.run(cos, opts)
   local list
   list, opts = check(cos, opts)
-  local clock, sleep = opts.clock or core.monotonic, opts.sleep or core.sleep
-  local with_fds = opts.sleep == nil
+  local clock, sleep = opts.clock or core.monotonic, opts.sleep
+  local with_fds = sleep == nil
   local deadline = opts.duration and clock() + opts.duration
   local fds, evs, owners, ready = {}, {}, {}, {}
   while true do
@@ -73,15 +50,13 @@ function M.run(cos, opts)
     for i = 1, #list do
       local co = list[i]
       if status(co) == "suspended" then
-        local due = wake_at[co]
-        if not due or ready[co] or due <= clock() then resume(co, clock, with_fds) end
-        if status(co) == "suspended" then
-          due = wake_at[co]
-          if not earliest or due < earliest then earliest = due end
-          local fd = wait_fd[co]
-          if fd then
+        local e = driven.entry(co, clock)
+        if not e or ready[co] or e.due <= clock() then e = driven.resume(co, clock, with_fds) end
+        if e then
+          if not earliest or e.due < earliest then earliest = e.due end
+          if e.fd and with_fds then
             nfd = nfd + 1
-            fds[nfd], evs[nfd], owners[nfd] = fd, wait_ev[co], co
+            fds[nfd], evs[nfd], owners[nfd] = e.fd, e.events, co
           end
         end
       end
@@ -89,15 +64,14 @@ function M.run(cos, opts)
     for k in pairs(ready) do ready[k] = nil end
     if not earliest then return true end
     for i = nfd + 1, #fds do fds[i], evs[i], owners[i] = nil, nil, nil end
-    local now = clock()
     local until_ = earliest
     if deadline and until_ > deadline then until_ = deadline end
-    if nfd > 0 then
-      local left = until_ - now
+    local left = until_ - clock()
+    if with_fds then
       local got = { core.poll(fds, left < huge and (left > 0 and left or 0) or nil, evs) }
       for i = 1, #got do ready[owners[got[i]]] = true end
-    elseif until_ > now then
-      sleep(until_ - now)
+    elseif left > 0 then
+      sleep(left)
     end
     if deadline and clock() >= deadline and not next(ready) then return false end
   end

@@ -3,7 +3,11 @@
 -- valgrind): signers from PEM text and from files, the handshake (challenge, RSA-SHA256, finish with a
 -- good and a wrong token signature and an out-of-range B), request signing, forget, close, signers
 -- left to the GC, every refusal of core.oauth.new, and the whole flow of an ibkr session against the
--- mock gateway in OAuth mode. Exits non-zero when an outcome is not the expected one.
+-- mock gateway in OAuth mode. OAuth 2.0: JWT keys from PEM text and files, RS256 JWTs checked with
+-- rsa_verify, base64url both ways (good and malformed input), every refusal of core.oauth.jwt_key,
+-- closed and collected keys, write_private (new and existing files), and an OAuth 2.0 session against
+-- the mock's --oauth2 mode through renewals and refused and hostile token answers. Exits non-zero
+-- when an outcome is not the expected one.
 package.path = "lua/?.lua;lua/?/init.lua;./?.lua;" .. package.path
 local ibkr = require("ibkr")
 local oauth = require("ibkr.oauth")
@@ -97,6 +101,44 @@ for round = 1, ROUNDS do
   if round % 5 == 0 then io.write(".") io.flush() end
 end
 
+-- OAuth 2.0: the JWT key and its primitives
+local jwt_priv, jwt_pub = o.rsa_generate(2048)
+local small = o.rsa_generate(1024)
+write(dir .. "/jwt.pem", jwt_priv, "600")
+write(dir .. "/jwt_open.pem", jwt_priv, "644")
+local function expect_jwt_raise(t, what)
+  local ok, err = pcall(o.jwt_key, t)
+  assert(not ok and tostring(err):find(what, 1, true), "expected a refusal naming " .. what .. ": "
+    .. tostring(err))
+end
+for round = 1, ROUNDS do
+  local keys = { o.jwt_key{ private_key = jwt_priv }, o.jwt_key{ private_key_file = dir .. "/jwt.pem" } }
+  for _, k in ipairs(keys) do
+    local jwt = k:sign('{"alg":"RS256","typ":"JWT","kid":"k"}', '{"iss":"c","n":' .. round .. '}')
+    local h, c, sig = jwt:match("^([%w_-]+)%.([%w_-]+)%.([%w_-]+)$")
+    assert(o.rsa_verify(jwt_pub, h .. "." .. c, assert(o.b64url_decode(sig))), "RS256 does not verify")
+    assert(o.b64url_decode(h) == '{"alg":"RS256","typ":"JWT","kid":"k"}')
+    assert(k:bits() == 2048 and tostring(k) == "ibkr.jwt (RSA 2048 bits)")
+    k:close()
+    k:close()
+    assert(not pcall(k.sign, k, "{}", "{}") and tostring(k) == "ibkr.jwt (closed)")
+  end
+  o.jwt_key{ private_key = jwt_priv }:sign("{}", "{}") -- left to the GC
+  expect_jwt_raise({ private_key = small }, "1024 bits")
+  expect_jwt_raise({ private_key = "junk" }, "private_key")
+  expect_jwt_raise({ private_key_file = dir .. "/jwt_open.pem" }, "group or others")
+  expect_jwt_raise({ private_key_file = dir .. "/none.pem" }, "private_key_file")
+  expect_jwt_raise({}, "'private_key' or 'private_key_file' is required")
+  for _, bad in ipairs({ "", "a", "a=", "a+b", "ab/c", string.rep("A", 5) }) do
+    assert(o.b64url_decode(bad) == nil, "accepted " .. bad)
+  end
+  local r = o.random(100)
+  assert(o.b64url_decode(o.b64url_encode(r)) == r)
+  assert(o.write_private(dir .. "/w" .. round, "secret") == true)
+  assert(select(2, o.write_private(dir .. "/w" .. round, "other")):find("exists", 1, true))
+  collectgarbage()
+end
+
 -- the whole flow through an ibkr session against the mock in OAuth mode (the mock runs outside
 -- valgrind: it is a child process of its own)
 local m = assert(mock.start{ tls = false, pacing = false,
@@ -106,6 +148,28 @@ local s = ibkr.new{ base_url = m.url, oauth = mcfg, pacing = false, timeout = 60
 assert(s:init_brokerage())
 for _ = 1, ROUNDS do assert(s:tickle()) end
 m:control("POST", "/__mock/oauth", { expire = true })
+assert(s:tickle())
+s:close()
+m:stop()
+
+-- OAuth 2.0 against the mock's --oauth2 mode: the flow, renewals, refusals and hostile answers
+m = assert(mock.start{ tls = false, pacing = false, init_delay = 0,
+  oauth2 = { dir = dir .. "/mock2", key_bits = 2048 } })
+s = m:oauth2_session{ pacing = false, timeout = 60, retries = 0 }
+assert(s:init_brokerage())
+for _ = 1, ROUNDS do assert(s:tickle()) end
+for _, fault in ipairs({ { kind = "refused" }, { kind = "malformed" }, { kind = "expired" },
+    { kind = "missing" }, { kind = "huge", bytes = 100000 }, { kind = "refused", endpoint = "sso" } }) do
+  m:oauth2({ expire = "all", fault = fault })
+  local res, err = s:tickle()
+  assert(res == nil and err.kind == "auth", tostring(err))
+  s._oauth.hold_until = nil -- the backoff is policy; this run wants the next renewal at once
+end
+m:oauth2({ echo = 1 })
+assert(select(2, s:tickle()).kind == "auth")
+s._oauth.hold_until = nil
+assert(s:tickle())
+m:oauth2({ expire = "sessions" })
 assert(s:tickle())
 s:close()
 m:stop()

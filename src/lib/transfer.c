@@ -12,8 +12,10 @@
 ** Calls: lib/lane.c, lib/engine.c, lib/handle.c, lib/buf.c.
 ** Lua-free, like every file in src/lib/.
 */
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -74,10 +76,17 @@ int transfer_open(xfer *x, xhome *h, const callspec *cs, const xopts *o) {
 
 /* ------------------------------------------------------------ running */
 
+/* x given up in a blocking wait: `stop` said so (a signal asked Lua to stop) */
+static void stopped(xfer *x) {
+  x->code = CURLE_ABORTED_BY_CALLBACK;
+  snprintf(x->errbuf, sizeof x->errbuf, "interrupted");
+}
+
 /* blocking, in the lane when x may take it: x may connect there (its caller
 ** waits anyway), and leaves its connection to the lane's next exchanges,
-** cooperative ones included. Returns 0 when x must run elsewhere. */
-static int perform_in_lane(xfer *x) {
+** cooperative ones included. 0: the lane is not free (run x elsewhere);
+** 1: x ran there; 2: given up (stop said so) */
+static int perform_in_lane(xfer *x, transfer_stopfn stop, void *ud) {
   if (!lane_take(x)) return 0;
   if (!lane_add(x, 0)) {
     x->home->lane_x = NULL;
@@ -85,23 +94,30 @@ static int perform_in_lane(xfer *x) {
   }
   x->lane = LANE_INLINE;
   x->state = X_RUNNING;
-  transfer_wait(x, -1);
-  return 1;
+  if (transfer_wait(x, -1, stop, ud)) return 1;
+  lane_abandon(x, 0);
+  stopped(x);
+  return 2;
 }
 
 /* blocking: drive x on the session's own multi handle until it ends, the
-** way curl_easy_perform does (the connections stay in that multi's cache) */
-void transfer_perform(xfer *x) {
+** way curl_easy_perform does (the connections stay in that multi's cache).
+** Between its waits it asks stop(ud) (when given) whether to give up.
+** Returns 1 when x ended, 0 when it was given up (x is done then too). */
+int transfer_perform(xfer *x, transfer_stopfn stop, void *ud) {
   xhome *h = x->home;
   CURLMsg *m;
-  int running, left;
-  if (perform_in_lane(x)) return;
+  int running, left, ended = 1;
+  switch (perform_in_lane(x, stop, ud)) {
+    case 1: return 1;
+    case 2: return 0;
+  }
   if (h->multi == NULL && (h->multi = curl_multi_init()) != NULL)
     curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, 4L);
   if (h->multi == NULL || curl_multi_add_handle(h->multi, x->easy) != CURLM_OK) {
     x->code = CURLE_OUT_OF_MEMORY;
     x->state = X_DONE;
-    return;
+    return 1;
   }
   for (;;) {
     if (curl_multi_perform(h->multi, &running) != CURLM_OK) {
@@ -112,10 +128,16 @@ void transfer_perform(xfer *x) {
       handle_gather(x, m->data.result);
       break;
     }
-    curl_multi_poll(h->multi, NULL, 0, 1000, NULL);
+    curl_multi_poll(h->multi, NULL, 0, 1000, NULL);   /* a signal ends it early */
+    if (stop && stop(ud)) {
+      stopped(x);
+      ended = 0;
+      break;
+    }
   }
   curl_multi_remove_handle(h->multi, x->easy);
   x->state = X_DONE;
+  return ended;
 }
 
 /* Step x, running in the lane on this thread. On return it may have ended,
@@ -210,8 +232,10 @@ double transfer_timeout(xfer *x) {
 }
 
 /* wait until x ends or `timeout` seconds passed (< 0: no limit), sleeping
-** on its completion fd (or its sockets, in the lane); returns whether it ended */
-int transfer_wait(xfer *x, double timeout) {
+** on its completion fd (or its sockets, in the lane); returns whether it
+** ended. A signal that interrupts a sleep ends the wait when stop(ud) (if
+** given) says so. */
+int transfer_wait(xfer *x, double timeout, transfer_stopfn stop, void *ud) {
   double end = timeout >= 0 ? clock_now() + timeout : 0;
   while (!transfer_done(x)) {
     struct pollfd p[LANE_SOCKS];
@@ -229,7 +253,7 @@ int transfer_wait(xfer *x, double timeout) {
       if (x->efd < 0) return 0;
       p[n++] = (struct pollfd){ .fd = x->efd, .events = POLLIN };
     }
-    poll(p, (nfds_t)n, ms);
+    if (poll(p, (nfds_t)n, ms) < 0 && errno == EINTR && stop && stop(ud)) return 0;
   }
   return 1;
 }

@@ -22,10 +22,12 @@ void transfer_init(xfer *x);
 CURL *transfer_home_open(xhome *h, char *err, size_t errlen);
 void transfer_home_close(xhome *h, int forked);
 int transfer_open(xfer *x, xhome *h, const callspec *cs, const xopts *o);
-void transfer_perform(xfer *x);
+/* asked between the sleeps of a blocking wait: nonzero ends the wait */
+typedef int (*transfer_stopfn)(void *ud);
+int transfer_perform(xfer *x, transfer_stopfn stop, void *ud);
 int transfer_submit(xfer *x);
 int transfer_done(xfer *x);
-int transfer_wait(xfer *x, double timeout);
+int transfer_wait(xfer *x, double timeout, transfer_stopfn stop, void *ud);
 int transfer_pollfd(xfer *x, const char **events);
 double transfer_timeout(xfer *x);
 void transfer_close(xfer *x);

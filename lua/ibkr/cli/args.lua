@@ -4,7 +4,8 @@ local M = {}
 
 M.USAGE = [[
 usage: ibkr-session [--url URL] [-k|--insecure | --cacert FILE] [--timeout S] [--retries N]
-                    [--proxy URL] [--oauth-config FILE] [--json] COMMAND [command options]
+                    [--proxy URL] [--oauth-config FILE | --oauth2-config FILE] [--json]
+                    COMMAND [command options]
        ibkr-session --version | -h | --help
 commands:
   status                  brokerage session state (exit 0 only when ready)
@@ -38,6 +39,7 @@ options:
   --proxy URL       send the requests through this proxy (environment proxies are never used
                     for a loopback gateway)
   --oauth-config FILE  a headless OAuth 1.0a session instead of a gateway (docs/oauth.md)
+  --oauth2-config FILE a headless OAuth 2.0 session (institutional accounts; docs/oauth.md)
   --json            every line printed is one JSON object (results, errors, state changes)
   --version         print the version
 exit codes:
@@ -63,6 +65,7 @@ M.OPTIONS = {
   ["--url"] = { value = true }, ["--cacert"] = { value = true },
   ["--timeout"] = { value = true }, ["--retries"] = { value = true },
   ["--proxy"] = { value = true }, ["--oauth-config"] = { value = true },
+  ["--oauth2-config"] = { value = true },
   ["--insecure"] = {}, ["-k"] = { key = "insecure" },
   ["--json"] = {}, ["--help"] = { key = "help" }, ["-h"] = { key = "help" }, ["--version"] = {},
   ["--compete"] = { only = { init = true, wait = true, keepalive = true } },

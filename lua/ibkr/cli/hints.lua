@@ -49,6 +49,7 @@ end
 function M.for_error(err, ctx)
   local scheme, hostport, path = split_url(ctx.url)
   local kind = err.kind
+  if kind == "auth" then return err.hint end -- OAuth: the signer's diagnosis (ibkr/oauth2.lua)
   if kind == "tls" then return tls_hint(err, ctx) end
   local data = type(err.data) == "table" and err.data or {}
   if kind == "http" and (err.status == 401 or data.error == "no session") then

@@ -14,6 +14,7 @@ local core = require("ibkr.core")
 local socket = require("socket")
 local json = require("ibkr.mock.json")
 local response = require("ibkr.mock.response")
+local files = require("ibkr.mock.files")
 
 local M = {}
 M.__index = M
@@ -85,16 +86,9 @@ function M.new(opts)
     signature_key = sig_priv, encryption_key = enc_priv,
     dh_prime = M.PRIME:lower(), dh_generator = 2, realm = "limited_poa",
   }
-  local dir = opts.dir
-  if not dir then
-    local p = io.popen("umask 077 && mktemp -d \"${TMPDIR:-/tmp}/ibkr-mock-oauth.XXXXXX\"")
-    dir = p and p:read("l")
-    if p then p:close() end
-    if not dir or dir == "" then return nil, "cannot make a temporary directory" end
-    self.owned_dir = dir
-  end
-  if opts.dir then os.execute("umask 077 && mkdir -p " .. shell_quote(dir)) end
-  self.dir = dir
+  local dir, owned = files.open_dir(opts.dir, "ibkr-mock-oauth")
+  if not dir then return nil, owned end
+  self.dir, self.owned_dir = dir, owned and dir or nil
   local ok, err = pcall(write_consumer, self, dir)
   if not ok then return nil, "--oauth-dir: " .. tostring(err) end
   self:reset()
@@ -110,10 +104,8 @@ function M:reset()
 end
 
 function M:close()
-  if self.owned_dir then
-    os.execute("rm -rf " .. shell_quote(self.owned_dir))
-    self.owned_dir = nil
-  end
+  if self.owned_dir then files.remove(self.owned_dir) end
+  self.owned_dir = nil
 end
 
 ------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 --   gw:log(), gw:api_log(api), gw:clear_log(), gw:reset(), gw:login(state)
 --   gw:stop()              -- also on garbage collection and at the end of a <close> scope
 --   gw:request(method, path, opts), gw:connect(opts) -> raw client
+--   gw:oauth2([settings]), gw:oauth2_fault{...}, gw:oauth2_session{...}  (start{oauth2 = {}})
 -- The reference is docs/testing.md.
 local socket = require("socket")
 local cjson = require("cjson")
@@ -267,7 +268,7 @@ end
 local START_OPTIONS = {
   tls = "boolean", state = "string", pacing = "boolean", idle_timeout = "number", init_delay = "number",
   reauth_delay = "number", head_timeout = "number", keepalive_timeout = "number", verbose = "boolean",
-  args = "table", parent_pid = "boolean", config = "table",
+  args = "table", parent_pid = "boolean", config = "table", oauth2 = "table",
 }
 
 local function check_start_options(opts)
@@ -306,6 +307,14 @@ local function start_args(opts)
   if ppid and opts.parent_pid ~= false then
     add_arg(args, "--parent-pid", ppid) -- no mock outlives its test process
   end
+  if opts.oauth2 then -- OAuth 2.0 mode: { dir =, token_ttl =, session_ttl =, key_bits = }
+    add_arg(args, "--oauth2")
+    for _, k in ipairs({ "dir", "token_ttl", "session_ttl", "key_bits" }) do
+      if opts.oauth2[k] ~= nil then
+        add_arg(args, "--oauth2-" .. k:gsub("_", "-"), tostring(opts.oauth2[k]))
+      end
+    end
+  end
   for _, a in ipairs(opts.args or {}) do
     add_arg(args, a)
   end
@@ -314,9 +323,10 @@ end
 
 -- Starts a mock gateway process on a free port. opts: tls (default true), state ("ready"),
 -- pacing (true), idle_timeout, init_delay, reauth_delay, head_timeout, keepalive_timeout
--- (seconds), verbose, config (any other run-time settings, as POST /__mock/config), args (extra
--- command-line arguments), parent_pid (false: may outlive this process). Returns the mock, or
--- nil, err when it does not start; raises on an unknown or ill-typed option.
+-- (seconds), verbose, config (any other run-time settings, as POST /__mock/config), oauth2 (OAuth
+-- 2.0 mode: { dir, token_ttl, session_ttl, key_bits }, see --oauth2-*), args (extra command-line
+-- arguments), parent_pid (false: may outlive this process). Returns the mock, or nil, err when it
+-- does not start; raises on an unknown or ill-typed option.
 function helper.start(opts)
   opts = opts or {}
   check_start_options(opts)
@@ -463,6 +473,34 @@ end
 -- An ibkr session on this mock: ibkr.new with base_url = the mock's URL and opts passed on.
 function proc:session(opts)
   local o = { base_url = self.url }
+  for k, v in pairs(opts or {}) do
+    o[k] = v
+  end
+  return require("ibkr").new(o)
+end
+
+-- OAuth 2.0 mode (start{oauth2 = {}}): the mode's state (GET /__mock/oauth2: client, settings,
+-- counters), or with a table its settings changed first (POST: token_ttl, session_ttl, expire,
+-- ip, sso_expires_in, fault(s), echo, clear_faults, reset; docs/oauth.md).
+function proc:oauth2(settings)
+  if settings == nil then
+    return self:control("GET", "/__mock/oauth2")
+  end
+  return self:control("POST", "/__mock/oauth2", settings)
+end
+
+-- A fault of the token endpoints: { endpoint = "token" | "sso", kind = ..., count = ... }.
+function proc:oauth2_fault(f)
+  return self:oauth2({ fault = f })
+end
+
+-- An ibkr session on this mock with its OAuth 2.0 test client (its config file) and opts.
+function proc:oauth2_session(opts)
+  local cfg, base_url = require("ibkr.oauth2").read_config(self:oauth2().client.config_file)
+  if not cfg then
+    error("mock oauth2: " .. tostring(base_url), 2)
+  end
+  local o = { base_url = base_url, oauth2 = cfg }
   for k, v in pairs(opts or {}) do
     o[k] = v
   end
