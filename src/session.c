@@ -226,6 +226,11 @@ static int set_route(CURL *e, xhome *h, const newopts *o, const char *host, long
   }
   if (c == CURLE_OK && o->proxy) c = curl_easy_setopt(e, CURLOPT_PROXY, o->proxy);
   else if (c == CURLE_OK && loop) c = curl_easy_setopt(e, CURLOPT_PROXY, "");
+  /* a loopback host is an address, or localhost pinned above: nothing a
+  ** resolver could change, so its one DNS cache entry never expires, and
+  ** libcurl skips the sweep of the whole cache (71 slots of the multi
+  ** handle's) it otherwise makes after every exchange */
+  if (c == CURLE_OK && loop && !o->proxy) c = curl_easy_setopt(e, CURLOPT_DNS_CACHE_TIMEOUT, -1L);
   if (c == CURLE_OK) c = curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)verify);
   if (c == CURLE_OK) c = curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
   if (c == CURLE_OK && o->ca) c = curl_easy_setopt(e, CURLOPT_CAINFO, o->ca);
