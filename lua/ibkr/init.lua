@@ -80,10 +80,13 @@ local function make_waiters(s)
 end
 
 -- The waiter of a call made by the user: cooperative only when asked for and possible.
-function Session:_waiter()
-  if self._cooperative and coroutine.isyieldable() then return self._coop end
-  return self._blocking
+-- (This file calls its session functions as locals: the methods of the table are wrapped with the
+-- check of a call made with a dot, at the end, for callers outside.)
+local function waiter_of(s)
+  if s._cooperative and coroutine.isyieldable() then return s._coop end
+  return s._blocking
 end
+Session._waiter = waiter_of
 
 function M.new(opts)
   local o = resolve(opts)
@@ -120,7 +123,9 @@ function M.new(opts)
     _closed = false,
     _oauth = signer or nil, -- [oauth] the caller's signer (read by specs and bench/oauth.lua)
     _generation = 0, -- bumped by s:stop(); a keep-alive runs while it sees its own generation
-    _observed = nil, -- { state, detail, time }: see s:state()
+    -- see s:state(): the last state observed, its detail and when (three fields, not a table: they
+    -- change on every session call)
+    _obs_state = nil, _obs_detail = nil, _obs_time = nil,
   }, Session)
   make_waiters(s)
   return s
@@ -174,7 +179,9 @@ end
 
 function Session:now() return self._clock() end
 
-function Session:endpoint(w, name, compete, deadline)
+local observe
+
+local function endpoint(self, w, name, compete, deadline)
   local ep = ENDPOINTS[name]
   if not ep then check.raise("endpoint: unknown session endpoint '" .. tostring(name) .. "'", 2) end
   local copts
@@ -184,14 +191,16 @@ function Session:endpoint(w, name, compete, deadline)
   end
   local res, err, status = self._call:run(w, ep[1], ep[2], copts, true, deadline)
   local st, detail = observed(name, res, err)
-  if st then self:observe(st, detail) end
+  if st then observe(self, st, detail) end
   if res == nil then return nil, err end
   return res, nil, status
 end
+Session.endpoint = endpoint
 
-function Session:observe(st, detail)
-  self._observed = { st, detail, self._clock() }
+function observe(self, st, detail)
+  self._obs_state, self._obs_detail, self._obs_time = st, detail, self._clock()
 end
+Session.observe = observe
 
 function Session:liveness()
   local gen = self._generation -- taken now: a stop() before the first resume ends it too
@@ -208,24 +217,24 @@ function Session:sleep(secs) self._sleep(secs) end
 -- observed (states as s:health()), the status table or error it came from, and the seconds
 -- since. No request. nil before anything was observed.
 function Session:state()
-  local o = self._observed
-  if not o then return nil end
-  local age = self._clock() - o[3]
-  return o[1], o[2], age > 0 and age or 0
+  local st = self._obs_state
+  if not st then return nil end
+  local age = self._clock() - self._obs_time
+  return st, self._obs_detail, age > 0 and age or 0
 end
 
-function Session:auth_status() return self:endpoint(self:_waiter(), "auth_status") end
-function Session:reauthenticate() return self:endpoint(self:_waiter(), "reauthenticate") end
-function Session:logout() return self:endpoint(self:_waiter(), "logout") end
-function Session:sso_validate() return self:endpoint(self:_waiter(), "sso_validate") end
+function Session:auth_status() return endpoint(self, waiter_of(self), "auth_status") end
+function Session:reauthenticate() return endpoint(self, waiter_of(self), "reauthenticate") end
+function Session:logout() return endpoint(self, waiter_of(self), "logout") end
+function Session:sso_validate() return endpoint(self, waiter_of(self), "sso_validate") end
 Session.validate = Session.sso_validate
-function Session:tickle() return self:endpoint(self:_waiter(), "tickle") end
+function Session:tickle() return endpoint(self, waiter_of(self), "tickle") end
 
 local INIT_OPTS = { compete = "boolean" }
 
 function Session:init_brokerage(opts)
   opts = check.options(INIT_OPTS, opts, "s:init_brokerage")
-  return self:endpoint(self:_waiter(), "init_brokerage", opts.compete)
+  return endpoint(self, waiter_of(self), "init_brokerage", opts.compete)
 end
 
 local SAFE = { GET = true, HEAD = true }
@@ -255,11 +264,11 @@ function Session:request(method, path, opts)
   end
   local allow = opts and opts.retry
   if allow == nil then allow = SAFE[method] == true end
-  local res, err, status = self._call:run(self:_waiter(), method, path, copts, allow)
+  local res, err, status = self._call:run(waiter_of(self), method, path, copts, allow)
   if res == nil then
     -- any call tells when the gateway is unreachable or the session is gone
     local st = state.of_error(err)
-    if st == "down" or st == "tls" or st == "no_session" then self:observe(st, err) end
+    if st == "down" or st == "tls" or st == "no_session" then observe(self, st, err) end
   end
   return res, err, status
 end
@@ -271,7 +280,7 @@ end
 -- A 2xx answer that judge() refuses gives "error" (or "no_session") and an error object; an
 -- error that says nothing about the session (held back, the deadline spent) gives nil, err.
 local function health(s, w, deadline)
-  local res, err = s:endpoint(w, "auth_status", nil, deadline)
+  local res, err = endpoint(s, w, "auth_status", nil, deadline)
   if res == nil then return kinds.observed(err), err end
   local st, why = state.of_answer("auth_status", res)
   if why then return st, state.refusal("POST", "/iserver/auth/status", res, why) end
@@ -279,7 +288,7 @@ local function health(s, w, deadline)
 end
 
 function Session:health()
-  local st, detail = health(self, self:_waiter())
+  local st, detail = health(self, waiter_of(self))
   return st or "error", detail
 end
 
@@ -319,7 +328,7 @@ end
 -- from being sent shows none).
 function Session:wait_ready(opts)
   local timeout, init, compete = wait_ready_opts(opts)
-  local w = self:_waiter()
+  local w = waiter_of(self)
   local deadline = self._clock() + timeout
   local schedule = repair.new(5 * POLL)
   local st, detail, tried
