@@ -134,7 +134,11 @@ end
 -- The options of one exchange: the caller's, plus the time it may take (the session's timeout,
 -- or what is left of the call's deadline when that is less). repeatable: sending it twice is
 -- harmless (a retryable call), so the core may send it on a kept-alive connection.
-local function exchange_opts(copts, secs, repeatable)
+-- Without options of its own and with the whole timeout, an exchange needs no table made for it:
+-- the core session's own timeout is the caller's (ibkr.new gives both the same).
+local REPEATABLE = { repeatable = true }
+local function exchange_opts(copts, secs, repeatable, cut)
+  if not (copts or cut) then return repeatable and REPEATABLE or nil end
   local x = { timeout = secs, repeatable = repeatable or nil }
   if copts then x.query, x.body, x.headers = copts.query, copts.body, copts.headers end
   return x
@@ -239,7 +243,7 @@ local function attempt_once(s, w, method, path, copts, limit, last_err, raw, rep
   local left = limit - s.clock()
   if left <= 0 then return nil, last_err or late(method, path, s.deadline), nil, true end
   local cut = left < s.timeout
-  local xopts = exchange_opts(copts, cut and left or s.timeout, repeatable)
+  local xopts = exchange_opts(copts, cut and left or s.timeout, repeatable, cut)
   local res, err, status, aborted
   local xw = cut and bounded(w, left) or w
   if xw.step then
