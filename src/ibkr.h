@@ -112,6 +112,7 @@ int request_open(lua_State *L);
 struct request *request_push(lua_State *L, int sessidx, int methodidx, int pathidx);
 xfer *request_xfer(struct request *r);
 int request_collect(lua_State *L, int ridx);
+int request_outcome(lua_State *L, xfer *x, int methodidx, int pathidx);
 
 /* ------------------------------------------------------------ the rest */
 

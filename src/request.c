@@ -139,11 +139,11 @@ static int push_http_error(lua_State *L, const xfer *x, int methodidx, int pathi
   return 2;
 }
 
-/* result, nil (and the status in r) or nil, err: two values pushed */
-static int push_outcome(lua_State *L, request *r, int methodidx, int pathidx) {
-  xfer *x = &r->x;
-  if (x->aborted || r->closed)
-    return error_fail(L, KIND_CLOSED, r->closed ? "request is closed" : "session closed during the request",
+/* result, nil (and the status in *status) or nil, err: two values pushed;
+** closed: the request was closed before its result was built */
+static int outcome(lua_State *L, const xfer *x, int closed, long *status, int methodidx, int pathidx) {
+  if (x->aborted || closed)
+    return error_fail(L, KIND_CLOSED, closed ? "request is closed" : "session closed during the request",
                      methodidx, pathidx);
   if (x->code != CURLE_OK) return push_transfer_error(L, x, methodidx, pathidx);
   if (x->status < 200 || x->status >= 300) return push_http_error(L, x, methodidx, pathidx);
@@ -159,9 +159,65 @@ static int push_outcome(lua_State *L, request *r, int methodidx, int pathidx) {
     lua_remove(L, -3);
     return 2;
   }
-  r->status = x->status;
+  *status = x->status;
   lua_pushnil(L);
   return 2;
+}
+
+static int push_outcome(lua_State *L, request *r, int methodidx, int pathidx) {
+  return outcome(L, &r->x, r->closed, &r->status, methodidx, pathidx);
+}
+
+/* outcome() under lua_pcall: (x, &status, method, path) -> res, err */
+static int outcome_p(lua_State *L) {
+  return outcome(L, lua_touserdata(L, 1), 0, lua_touserdata(L, 2), 3, 4);
+}
+
+/*
+** The outcome of the blocking exchange x that no request holds (a
+** session's own, s:perform): result, nil, status or nil, err pushed, their
+** number returned; x is closed by then. A raise while it is built (out of
+** memory) must not leave x open, so nothing that can raise runs on x
+** unprotected: the common answer (a 2xx JSON body) is decoded under
+** json_decode's own protection, x is closed, and only nil and the status
+** are pushed after; every other outcome is built under lua_pcall. Returns
+** -1 with the error on top when that raised (x closed): the caller raises
+** it. A finaliser that closes the session while the result is built makes
+** it kind "closed", as for a request.
+*/
+int request_outcome(lua_State *L, xfer *x, int methodidx, int pathidx) {
+  long status = 0;
+  int top = lua_gettop(L), rc;
+  if (!x->aborted && x->code == CURLE_OK && x->status >= 200 && x->status < 300 && x->body.n > 0 &&
+      !x->head) {
+    if (json_decode(L, x->body.p, x->body.n) && !x->aborted) {
+      status = x->status;
+      if (x->home) x->home->connects += x->nconnects;
+      transfer_close(x);
+      lua_pushnil(L);
+      lua_pushinteger(L, status);
+      return 3;
+    }
+    lua_settop(L, top);
+  }
+  for (;;) {                                   /* twice when the session was closed meanwhile */
+    int was = x->aborted;
+    lua_settop(L, top);
+    lua_pushcfunction(L, outcome_p);
+    lua_pushlightuserdata(L, x);
+    lua_pushlightuserdata(L, &status);
+    lua_pushvalue(L, methodidx);
+    lua_pushvalue(L, pathidx);
+    status = 0;
+    rc = lua_pcall(L, 4, 2, 0);
+    if (rc != LUA_OK || was || !x->aborted) break;
+  }
+  if (x->home) x->home->connects += x->nconnects;
+  transfer_close(x);
+  if (rc != LUA_OK) return -1;
+  if (status == 0) return 2;
+  lua_pushinteger(L, status);
+  return 3;
 }
 
 /*

@@ -41,6 +41,8 @@ typedef struct session {
   sconf conf;                 /* session.c: set by core.new, read-only afterwards */
   xhome home;                 /* lib/transfer.c: handles, pool, live exchanges, counters */
   int closed;                 /* session.c */
+  xfer own;                   /* session.c: the exchange of a blocking call, reused call after call */
+  int own_busy;               /* session.c: `own` is running or its result is being built */
 } session;
 
 /* core.new options, read before anything is allocated */
@@ -230,6 +232,11 @@ static int set_route(CURL *e, xhome *h, const newopts *o, const char *host, long
   }
   if (c == CURLE_OK && o->proxy) c = curl_easy_setopt(e, CURLOPT_PROXY, o->proxy);
   else if (c == CURLE_OK && loop) c = curl_easy_setopt(e, CURLOPT_PROXY, "");
+  /* a loopback host is an address, or localhost pinned above: nothing a
+  ** resolver could change, so its one DNS cache entry never expires, and
+  ** libcurl skips the sweep of the whole cache (71 slots of the multi
+  ** handle's) it otherwise makes after every exchange */
+  if (c == CURLE_OK && loop && !o->proxy) c = curl_easy_setopt(e, CURLOPT_DNS_CACHE_TIMEOUT, -1L);
   if (c == CURLE_OK) c = curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)verify);
   if (c == CURLE_OK) c = curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
   if (c == CURLE_OK && o->ca) c = curl_easy_setopt(e, CURLOPT_CAINFO, o->ca);
@@ -332,10 +339,10 @@ static int core_new(lua_State *L) {
 ** Make x the exchange cs of session s: its URL, its header list (the
 ** session's for the shape, or one with the per-call headers), its timeout
 ** (the call's or the session's), then an easy handle (lib/transfer.c).
-** Runs no Lua code: nothing can close the session in between. Raises only
-** when out of memory, leaving x for its request's __gc to free.
+** Runs no Lua code: nothing can close the session in between. Returns 0
+** when out of memory (x holds what it got: transfer_close frees it).
 */
-static void attach(lua_State *L, xfer *x, session *s, const callspec *cs) {
+static int attach(xfer *x, session *s, const callspec *cs) {
   const sconf *c = &s->conf;
   xopts o = {
     .url = wire_url(c->base, c->baselen, cs),
@@ -345,7 +352,7 @@ static void attach(lua_State *L, xfer *x, session *s, const callspec *cs) {
     .ca_not_after = c->ca_not_after,
   };
   if (o.url && cs->nh) o.headers = o.callh = wire_header_list(c->uh, c->nuh, cs->shape, cs->hv, cs->nh);
-  if (!transfer_open(x, &s->home, cs, &o)) luaL_error(L, "out of memory");
+  return transfer_open(x, &s->home, cs, &o);
 }
 
 /* nil, err when the session cannot take a call (closed, or inherited
@@ -357,29 +364,64 @@ static int refuse(lua_State *L, session *s) {
 }
 
 /*
-** The common start of s:perform and s:start: everything is read from the
-** caller's values first (user code may run then, even close the session);
-** then the session is checked, and the request (pushed on the stack) is
-** attached to it. Returns the request, or NULL with nil, err pushed.
+** The start of s:start (and of a s:perform that gets a request): the call
+** was read from the caller's values first (user code may run then, even
+** close the session); then the request is pushed (its allocation may run
+** finalisers), the session is checked, and the request is attached to it.
+** Returns the request, or NULL with nil, err pushed.
 */
-static struct request *begin(lua_State *L, session *s) {
-  callspec cs;
-  struct request *r;
-  wire_read_call(L, 2, &cs);
-  r = request_push(L, 1, 2, 3);
+static struct request *begin(lua_State *L, session *s, const callspec *cs) {
+  struct request *r = request_push(L, 1, 2, 3);
   if (refuse(L, s)) return NULL;
-  attach(L, request_xfer(r), s, &cs);
+  if (!attach(request_xfer(r), s, cs)) luaL_error(L, "out of memory");   /* the request's __gc frees it */
   return r;
+}
+
+/*
+** A blocking call on the session's own exchange: no request object (no
+** userdata, no finaliser, nothing for the collector), since nothing of it
+** outlives the call. Everything that can raise either runs before x takes
+** anything or finds x closed (request_outcome), so a raise leaves nothing.
+*/
+static int perform_own(lua_State *L, session *s, const callspec *cs) {
+  xfer *x = &s->own;
+  sigmark mark;
+  int n;
+  transfer_init(x);
+  s->own_busy = 1;
+  if (!attach(x, s, cs)) {
+    transfer_close(x);
+    s->own_busy = 0;
+    return luaL_error(L, "out of memory");
+  }
+  signal_mark(L, &mark);
+  if (!transfer_perform(x, signal_asked, &mark)) {
+    transfer_close(x);
+    s->own_busy = 0;
+    return error_fail(L, KIND_CLOSED, "interrupted by a signal during the request", 2, 3);
+  }
+  n = request_outcome(L, x, 2, 3);
+  s->own_busy = 0;
+  return n < 0 ? lua_error(L) : n;
 }
 
 /* s:perform(method, path [, opts]) -- the blocking exchange, in place on
 ** the caller's thread, without running Lua code until it is over. A signal
 ** handler that asks Lua to stop meanwhile (lua5.4's SIGINT) ends it: kind
-** "closed", and the interpreter's hook acts on the return. */
+** "closed", and the interpreter's hook acts on the return. The session's
+** own exchange runs it; a call made while that one is busy (from a
+** finaliser that runs while its result is built) gets a request of its own. */
 static int session_perform(lua_State *L) {
-  struct request *r = begin(L, tosession(L));
+  session *s = tosession(L);
+  struct request *r;
+  callspec cs;
   sigmark mark;
-  if (r == NULL) return 2;
+  wire_read_call(L, 2, &cs);
+  if (!s->own_busy) {
+    if (refuse(L, s)) return 2;
+    return perform_own(L, s, &cs);
+  }
+  if ((r = begin(L, s, &cs)) == NULL) return 2;
   signal_mark(L, &mark);
   if (!transfer_perform(request_xfer(r), signal_asked, &mark)) {
     request_collect(L, lua_gettop(L));                        /* frees the exchange */
@@ -391,8 +433,11 @@ static int session_perform(lua_State *L) {
 /* s:start(method, path [, opts]) -- the same exchange without blocking (in
 ** the warm lane or on the engine thread); returns the request at once */
 static int session_start(lua_State *L) {
-  struct request *r = begin(L, tosession(L));
-  if (r == NULL) return 2;
+  session *s = tosession(L);
+  struct request *r;
+  callspec cs;
+  wire_read_call(L, 2, &cs);
+  if ((r = begin(L, s, &cs)) == NULL) return 2;
   transfer_submit(request_xfer(r));
   return 1;
 }

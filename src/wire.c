@@ -384,15 +384,46 @@ static void read_headers(lua_State *L, int h, callspec *cs) {
   }
 }
 
-static void check_opt_keys(lua_State *L, int t) {
+/* the options of a call, in the order they are read */
+enum { OPT_QUERY, OPT_BODY, OPT_TIMEOUT, OPT_REPEATABLE, OPT_HEADERS, OPT_COUNT };
+static const char *const OPT_NAMES[OPT_COUNT] = { "query", "body", "timeout", "repeatable", "headers" };
+
+/* which option the key at idx names, or raises (an unknown key) */
+static int opt_of(lua_State *L, int idx) {
+  size_t n;
+  const char *k = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &n) : NULL;
+  for (int i = 0; k && i < OPT_COUNT; i++)
+    if (strlen(OPT_NAMES[i]) == n && memcmp(k, OPT_NAMES[i], n) == 0) return i;
+  return luaL_error(L, "unknown request option '%s'", k ? k : "?");
+}
+
+/*
+** The options table at t, read into the OPT_COUNT slots from `slots` on
+** (nil when absent). A table without a metatable is read in one pass of
+** lua_next: what lua_getfield would find, with no user code to run. One
+** with a metatable is checked for unknown keys, then each slot is filled
+** by lua_getfield just before it is used (get_opt), so its __index runs
+** in the order it always did.
+*/
+static int gather_opts(lua_State *L, int t, int slots) {
+  int raw = !lua_getmetatable(L, t);
+  if (!raw) lua_pop(L, 1);
   lua_pushnil(L);
   while (lua_next(L, t)) {
-    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-    if (strcmp(k, "query") && strcmp(k, "headers") && strcmp(k, "body") && strcmp(k, "timeout") &&
-        strcmp(k, "repeatable"))
-      luaL_error(L, "unknown request option '%s'", lua_type(L, -2) == LUA_TSTRING ? k : "?");
-    lua_pop(L, 1);
+    int i = opt_of(L, -2);
+    if (raw) lua_replace(L, slots + i);
+    else lua_pop(L, 1);
   }
+  return raw;
+}
+
+/* option i into its slot (raw: gathered already); returns its type */
+static int get_opt(lua_State *L, int t, int slots, int raw, int i) {
+  if (!raw) {
+    lua_getfield(L, t, OPT_NAMES[i]);
+    lua_replace(L, slots + i);
+  }
+  return lua_type(L, slots + i);
 }
 
 static void read_body(lua_State *L, int idx, callspec *cs) {
@@ -449,40 +480,38 @@ char *wire_url(const char *base, size_t baselen, const callspec *cs) {
 
 /*
 ** Read method, path and options (at first, first+1, first+2) into cs. The
-** stack is set to first+2 and gets: query string (or nil), body (or nil),
-** header anchors, header pointers. Raises on a programmer error, before
-** anything of the session is touched.
+** stack is set to first+2 and gets the option slots (query string or nil,
+** body or nil, timeout, repeatable, headers), then header anchors and
+** header pointers. Raises on a programmer error, before anything of the
+** session is touched.
 */
 void wire_read_call(lua_State *L, int first, callspec *cs) {
-  int o = first + 2, base;
+  int o = first + 2, slots = o + 1, raw = 1;
   memset(cs, 0, sizeof *cs);
   cs->method = read_method(L, first, &cs->mlen);
   cs->path = read_path(L, first + 1, &cs->plen);
   if (!lua_isnoneornil(L, o)) luaL_checktype(L, o, LUA_TTABLE);
   lua_settop(L, o);
-  base = o;
-  if (lua_isnil(L, o)) {
-    lua_pushnil(L);
-    lua_pushnil(L);
-  } else {
-    check_opt_keys(L, o);
-    lua_getfield(L, o, "query");                              /* base+1 */
-    if (lua_type(L, base + 1) == LUA_TTABLE) push_query(L, base + 1), lua_replace(L, base + 1);
-    else if (!lua_isnil(L, base + 1)) luaL_error(L, "query must be a table");
-    lua_getfield(L, o, "body");                               /* base+2 */
-    read_body(L, base + 2, cs);
-    lua_getfield(L, o, "timeout");
-    cs->timeout = read_timeout(L, -1);
-    lua_pop(L, 1);
-    lua_getfield(L, o, "repeatable");
-    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+  for (int i = 0; i < OPT_COUNT; i++) lua_pushnil(L);
+  if (!lua_isnil(L, o)) {
+    raw = gather_opts(L, o, slots);
+    if (get_opt(L, o, slots, raw, OPT_QUERY) == LUA_TTABLE) {
+      push_query(L, slots + OPT_QUERY);
+      lua_replace(L, slots + OPT_QUERY);
+    } else if (!lua_isnil(L, slots + OPT_QUERY)) {
+      luaL_error(L, "query must be a table");
+    }
+    get_opt(L, o, slots, raw, OPT_BODY);
+    read_body(L, slots + OPT_BODY, cs);
+    get_opt(L, o, slots, raw, OPT_TIMEOUT);
+    cs->timeout = read_timeout(L, slots + OPT_TIMEOUT);
+    if (get_opt(L, o, slots, raw, OPT_REPEATABLE) != LUA_TNIL && !lua_isboolean(L, slots + OPT_REPEATABLE))
       luaL_error(L, "request option 'repeatable' must be a boolean");
-    cs->repeatable = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (lua_getfield(L, o, "headers") == LUA_TTABLE) read_headers(L, lua_gettop(L), cs);
-    else if (!lua_isnil(L, -1)) luaL_error(L, "headers must be a table");
+    cs->repeatable = lua_toboolean(L, slots + OPT_REPEATABLE);
+    if (get_opt(L, o, slots, raw, OPT_HEADERS) == LUA_TTABLE) read_headers(L, slots + OPT_HEADERS, cs);
+    else if (!lua_isnil(L, slots + OPT_HEADERS)) luaL_error(L, "headers must be a table");
   }
-  if (lua_type(L, base + 1) == LUA_TSTRING) cs->query = lua_tolstring(L, base + 1, &cs->qlen);
+  if (lua_type(L, slots + OPT_QUERY) == LUA_TSTRING) cs->query = lua_tolstring(L, slots + OPT_QUERY, &cs->qlen);
   if (cs->has_body && ((cs->mlen == 3 && memcmp(cs->method, "GET", 3) == 0) ||
                        (cs->mlen == 4 && memcmp(cs->method, "HEAD", 4) == 0)))
     luaL_error(L, "a %s request cannot carry a body (send it with POST, PUT or PATCH)", cs->method);

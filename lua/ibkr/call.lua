@@ -142,7 +142,12 @@ end
 -- The options of one exchange: the caller's, plus the time it may take (the call's timeout,
 -- or what is left of the call's deadline when that is less). repeatable: sending it twice is
 -- harmless (a retryable call), so the core may send it on a kept-alive connection.
-local function exchange_opts(copts, secs, repeatable)
+-- Without options of its own and with the session's whole timeout (`own` false: no cut, no
+-- per-call timeout), an exchange needs no table made for it: the core session's own timeout is
+-- the caller's (ibkr.new gives both the same).
+local REPEATABLE = { repeatable = true }
+local function exchange_opts(copts, secs, repeatable, own)
+  if not (copts or own) then return repeatable and REPEATABLE or nil end
   local x = { timeout = secs, repeatable = repeatable or nil }
   if copts then x.query, x.body, x.headers = copts.query, copts.body, copts.headers end
   return x
@@ -256,7 +261,7 @@ local function attempt_once(s, w, method, path, copts, limit, xsecs, last_err, r
   local left = limit - s.clock()
   if left <= 0 then return nil, last_err or late(method, path), true end
   local cut = left < xsecs
-  local xopts = exchange_opts(copts, cut and left or xsecs, repeatable)
+  local xopts = exchange_opts(copts, cut and left or xsecs, repeatable, cut or xsecs ~= s.timeout)
   local xw = cut and bounded(w, left) or w
   local t0 = x and core.monotonic()
   local aborted, res, err, status, head, bytes

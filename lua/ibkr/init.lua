@@ -82,10 +82,13 @@ local function make_waiters(s)
 end
 
 -- The waiter of a call made by the user: cooperative only when asked for and possible.
-function Session:_waiter()
-  if self._cooperative and coroutine.isyieldable() then return self._coop end
-  return self._blocking
+-- (This file calls its session functions as locals: the methods of the table are wrapped with the
+-- check of a call made with a dot, at the end, for callers outside.)
+local function waiter_of(s)
+  if s._cooperative and coroutine.isyieldable() then return s._coop end
+  return s._blocking
 end
+Session._waiter = waiter_of
 
 function M.new(opts)
   local o = resolve(opts)
@@ -124,7 +127,9 @@ function M.new(opts)
     _closed = false,
     _oauth = signer or nil, -- [oauth] the caller's signer (read by specs and bench/oauth.lua)
     _generation = 0, -- bumped by s:stop(); a keep-alive runs while it sees its own generation
-    _observed = nil, -- { state, detail, time }: see s:state()
+    -- see s:state(): the last state observed, its detail and when (three fields, not a table: they
+    -- change on every session call)
+    _obs_state = nil, _obs_detail = nil, _obs_time = nil,
   }, Session)
   make_waiters(s)
   return s
@@ -180,7 +185,9 @@ end
 
 function Session:now() return self._clock() end
 
-function Session:endpoint(w, name, compete, cap, timeout, deadline)
+local observe
+
+local function endpoint(self, w, name, compete, cap, timeout, deadline)
   local ep = ENDPOINTS[name]
   if not ep then check.raise("endpoint: unknown session endpoint '" .. tostring(name) .. "'", 2) end
   local copts
@@ -193,13 +200,15 @@ function Session:endpoint(w, name, compete, cap, timeout, deadline)
   if cap or timeout or deadline then limit, xsecs = c:bounds(timeout, deadline, cap) end
   local res, second = c:run(w, ep[1], ep[2], copts, true, limit, xsecs)
   local st, detail = observed(name, res, second)
-  if st then self:observe(st, detail) end
+  if st then observe(self, st, detail) end
   return res, second
 end
+Session.endpoint = endpoint
 
-function Session:observe(st, detail)
-  self._observed = { st, detail, self._clock() }
+function observe(self, st, detail)
+  self._obs_state, self._obs_detail, self._obs_time = st, detail, self._clock()
 end
+Session.observe = observe
 
 function Session:liveness()
   local gen = self._generation -- taken now: a stop() before the first resume ends it too
@@ -216,10 +225,10 @@ function Session:sleep(secs) self._sleep(secs) end
 -- observed (states as s:health()), the status table or error it came from, and the seconds
 -- since. No request. nil before anything was observed.
 function Session:state()
-  local o = self._observed
-  if not o then return nil end
-  local age = self._clock() - o[3]
-  return o[1], o[2], age > 0 and age or 0
+  local st = self._obs_state
+  if not st then return nil end
+  local age = self._clock() - self._obs_time
+  return st, self._obs_detail, age > 0 and age or 0
 end
 
 -- Every session call takes these (docs/ibkr.md, "Time bounds"): the call's own bounds, in
@@ -228,10 +237,10 @@ local CALL_OPTS = { timeout = "number>0", deadline = "number>0" }
 
 -- The session endpoint `name` called by the user, with the call's options (checked: an error
 -- points at the caller's line) -> res, meta | nil, err.
-local function user_call(self, name, opts, compete)
-  if opts == nil then return self:endpoint(self:_waiter(), name, compete) end
+local function user_call(self, name, opts)
+  if opts == nil then return endpoint(self, waiter_of(self), name) end
   check.options(CALL_OPTS, opts, "s:" .. name, 3)
-  return self:endpoint(self:_waiter(), name, compete, nil, opts.timeout, opts.deadline)
+  return endpoint(self, waiter_of(self), name, nil, nil, opts.timeout, opts.deadline)
 end
 
 function Session:auth_status(opts) return user_call(self, "auth_status", opts) end
@@ -245,7 +254,7 @@ local INIT_OPTS = { compete = "boolean", timeout = CALL_OPTS.timeout, deadline =
 
 function Session:init_brokerage(opts)
   opts = check.options(INIT_OPTS, opts, "s:init_brokerage")
-  return self:endpoint(self:_waiter(), "init_brokerage", opts.compete, nil, opts.timeout, opts.deadline)
+  return endpoint(self, waiter_of(self), "init_brokerage", opts.compete, nil, opts.timeout, opts.deadline)
 end
 
 local SAFE = { GET = true, HEAD = true }
@@ -279,11 +288,11 @@ function Session:request(method, path, opts)
   local c = self._call
   local limit, xsecs
   if opts and (opts.timeout or opts.deadline) then limit, xsecs = c:bounds(opts.timeout, opts.deadline) end
-  local res, second = c:run(self:_waiter(), method, path, copts, allow, limit, xsecs)
+  local res, second = c:run(waiter_of(self), method, path, copts, allow, limit, xsecs)
   if res == nil then
     -- any call tells when the gateway is unreachable or the session is gone
     local st = state.of_error(second)
-    if st == "down" or st == "tls" or st == "no_session" then self:observe(st, second) end
+    if st == "down" or st == "tls" or st == "no_session" then observe(self, st, second) end
   end
   return res, second
 end
@@ -296,7 +305,7 @@ end
 -- A 2xx answer that judge() refuses gives "error" (or "no_session") and an error object; an
 -- error that says nothing about the session (held back, the deadline spent) gives nil, err.
 local function health(s, w, cap, timeout, deadline)
-  local res, err = s:endpoint(w, "auth_status", nil, cap, timeout, deadline)
+  local res, err = endpoint(s, w, "auth_status", nil, cap, timeout, deadline)
   if res == nil then return kinds.observed(err), err end
   local st, why = state.of_answer("auth_status", res)
   if why then return st, state.refusal("POST", "/iserver/auth/status", res, why) end
@@ -310,7 +319,7 @@ local function health_call(self, opts, fname)
     check.options(CALL_OPTS, opts, fname, 3)
     timeout, deadline = opts.timeout, opts.deadline
   end
-  local st, detail = health(self, self:_waiter(), nil, timeout, deadline)
+  local st, detail = health(self, waiter_of(self), nil, timeout, deadline)
   return st or "error", detail
 end
 
@@ -357,7 +366,7 @@ end
 -- from being sent shows none).
 function Session:wait_ready(opts)
   local timeout, init, compete = wait_ready_opts(opts)
-  local w = self:_waiter()
+  local w = waiter_of(self)
   local deadline = self._clock() + timeout
   local schedule = repair.new(5 * POLL)
   local st, detail, tried

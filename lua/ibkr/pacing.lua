@@ -98,8 +98,10 @@ end
 -- a hold is never waited for here, however short — the caller decides (a retry may wait for it).
 -- Bookings are made at once, so concurrent callers (coroutines) see each other's reservations.
 function Pacer:reserve(path, now)
-  local held, why = self:held(now)
-  if held then return nil, held, why end
+  if self.until_t then -- (held() clears a hold that ended)
+    local held, why = self:held(now)
+    if held then return nil, held, why end
+  end
   if not self.limits then return 0 end
   local t = self:earliest(path, now)
   local wait = t - now
