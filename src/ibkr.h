@@ -89,6 +89,7 @@ void message_describe(lua_State *L, int idx);
 
 int json_open(lua_State *L);
 int json_decode(lua_State *L, const char *s, size_t len);
+int json_decode_and(lua_State *L, const char *s, size_t len, const char *tail, size_t tlen);
 int json_encode(lua_State *L, int validx);
 #define JSON_NUMTEXT 32             /* room for json_number_text's text and its NUL */
 size_t json_number_text(lua_State *L, int idx, char *out);
