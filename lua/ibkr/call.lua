@@ -116,8 +116,7 @@ end
 -- x: the attempt's trace record (nil when not tracing): `paced`, the seconds waited.
 local function admit(s, w, method, path, last_err, limit, x)
   local now = s.clock()
-  local wait, again, why = s.pacer:reserve(path, now)
-  if wait and wait > 0 and now + wait >= limit then wait, again = nil, wait end
+  local wait, again, why = s.pacer:reserve(path, now, limit - now) -- a wait past limit books nothing
   if not wait then
     if last_err then return nil, last_err end
     return nil, refused(s, method, path, again, why)

@@ -328,7 +328,9 @@ function Session:health(opts) return health_call(self, opts, "s:health") end
 function Session:is_ready(opts) return (health_call(self, opts, "s:is_ready")) == "ready" end
 
 local POLL = 1           -- seconds between status polls in wait_ready
-local WAIT_READY_OPTS = { timeout = "number>=0", deadline = "number>0", init = "boolean", compete = "boolean" }
+local WAIT_READY_OPTS = {
+  timeout = "number>=0", deadline = "number>0", init = "boolean", compete = "boolean",
+}
 
 -- -> the seconds the whole wait may take, init, compete. `timeout` (older than the per-call
 -- options) and `deadline` both bound the whole wait: the smaller wins; 60 s when neither is given.

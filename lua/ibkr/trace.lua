@@ -187,7 +187,7 @@ end
 -- A call refused without sending anything (the client's pacing, a hold): kind "rate_limited".
 function Tracer:held(method, path, copts, attempt, err, x)
   local ev = request_event(self, method, path, copts, attempt, x)
-  ev.kind, ev.held, ev.retry_after, ev.message = err.kind, err.held or "pacing_limits", err.retry_after,
+  ev.kind, ev.held, ev.retry_after, ev.message = err.kind, err.held or "limits", err.retry_after,
     err.message
   ev.seconds, ev.bytes = 0, 0
   self:emit(ev)
