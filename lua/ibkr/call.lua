@@ -281,7 +281,8 @@ local function attempt_once(s, w, method, path, copts, limit, xsecs, last_err, r
   return nil, err, nil, copts
 end
 
--- The trace event of an exchange (x: its record; retry: seconds until the call tries again).
+-- The trace event of an exchange (x: its record, or nil when not tracing; retry: seconds until
+-- the call tries again).
 local function trace_exchange(s, method, path, copts, n, x, retry_in)
   if x and x.seconds then
     x.retry = retry_in
@@ -303,8 +304,9 @@ local function attempts(s, w, method, path, copts, allow_retry, limit, xsecs, ra
   local last_err
   local renewed -- [signer] the token was renewed once after a refusal
   local tracer = s.tracer
+  local x = tracer and { token = raw or nil } -- the trace record of the current attempt
   while true do
-    local x = tracer and { token = raw or nil }
+    if x then x.seconds, x.bytes, x.retry, x.paced, x.res, x.second = nil, nil, nil, nil, nil, nil end
     n = n + 1
     local ok, perr = admit(s, w, method, path, last_err, limit, x)
     if not ok then
@@ -314,11 +316,11 @@ local function attempts(s, w, method, path, copts, allow_retry, limit, xsecs, ra
     local res, err, final, sent =
       attempt_once(s, w, method, path, copts, limit, xsecs, last_err, raw, allow_retry, x)
     if res ~= nil then
-      trace_exchange(s, method, path, copts, n, x)
+      if x then trace_exchange(s, method, path, copts, n, x) end
       return res, err
     end
     if final then
-      trace_exchange(s, method, path, copts, n, x)
+      if x then trace_exchange(s, method, path, copts, n, x) end
       return nil, err
     end
     if s.oauth and not raw and not renewed and s.oauth:refused(err, sent) then -- [signer] new token, once
@@ -408,7 +410,10 @@ function Caller:run(w, method, path, copts, allow_retry, limit, timeout)
     check.raise(string.format("ibkr: %s %s called from the session's own trace function (a trace "
       .. "function runs between exchanges and must not call its session)", method, path), 2)
   end
-  if limit == nil then limit, timeout = self:bounds(timeout) end
+  if limit == nil then -- the session's bounds (c:bounds without its call: the common case)
+    timeout = timeout or self.timeout
+    limit = self.clock() + (self.deadline or timeout + self.extra)
+  end
   local res, second = run(self, w, method, path, copts, allow_retry, limit, timeout or self.timeout)
   if res == nil then self:hinted(second) end
   return res, second

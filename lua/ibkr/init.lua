@@ -238,17 +238,32 @@ local CALL_OPTS = { timeout = "number>0", deadline = "number>0" }
 -- The session endpoint `name` called by the user, with the call's options (checked: an error
 -- points at the caller's line) -> res, meta | nil, err.
 local function user_call(self, name, opts)
-  if opts == nil then return endpoint(self, waiter_of(self), name) end
   check.options(CALL_OPTS, opts, "s:" .. name, 3)
   return endpoint(self, waiter_of(self), name, nil, nil, opts.timeout, opts.deadline)
 end
 
-function Session:auth_status(opts) return user_call(self, "auth_status", opts) end
-function Session:reauthenticate(opts) return user_call(self, "reauthenticate", opts) end
-function Session:logout(opts) return user_call(self, "logout", opts) end
-function Session:sso_validate(opts) return user_call(self, "sso_validate", opts) end
+-- (each tests for options itself: a call without them costs no extra function call)
+function Session:auth_status(opts)
+  if opts == nil then return endpoint(self, waiter_of(self), "auth_status") end
+  return user_call(self, "auth_status", opts)
+end
+function Session:reauthenticate(opts)
+  if opts == nil then return endpoint(self, waiter_of(self), "reauthenticate") end
+  return user_call(self, "reauthenticate", opts)
+end
+function Session:logout(opts)
+  if opts == nil then return endpoint(self, waiter_of(self), "logout") end
+  return user_call(self, "logout", opts)
+end
+function Session:sso_validate(opts)
+  if opts == nil then return endpoint(self, waiter_of(self), "sso_validate") end
+  return user_call(self, "sso_validate", opts)
+end
 Session.validate = Session.sso_validate
-function Session:tickle(opts) return user_call(self, "tickle", opts) end
+function Session:tickle(opts)
+  if opts == nil then return endpoint(self, waiter_of(self), "tickle") end
+  return user_call(self, "tickle", opts)
+end
 
 local INIT_OPTS = { compete = "boolean", timeout = CALL_OPTS.timeout, deadline = CALL_OPTS.deadline }
 

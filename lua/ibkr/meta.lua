@@ -6,6 +6,8 @@
 
 local core = require("ibkr.core")
 
+local setmetatable, rawget, rawset = setmetatable, rawget, rawset
+
 local M = {}
 
 local HEAD = {} -- the key of the raw header block, until `headers` is built from it

@@ -48,9 +48,11 @@ local function query_of(qs, query)
     elseif type(had) == "table" then had[#had + 1] = v
     else q[k] = { had, v } end
   end
-  for pair in (qs or ""):gmatch("[^&]+") do
-    local k, v = pair:match("^([^=]*)=?(.*)$")
-    add(k, v)
+  if qs then
+    for pair in qs:gmatch("[^&]+") do
+      local k, v = pair:match("^([^=]*)=?(.*)$")
+      add(k, v)
+    end
   end
   for k, v in pairs(query or {}) do
     if type(v) == "table" then
@@ -67,16 +69,20 @@ end
 M.query_of = query_of
 
 -- An event's common part: the request as traced.
--- x: what the caller knows of the exchange ({ token =, base =, ... }).
+-- x: what the caller knows of the exchange ({ token =, base =, seconds =, ... }). Every field
+-- an event may get is named in the constructor, so the table is made at its size once.
 local function request_event(self, method, path, copts, attempt, x)
-  local p, qs = path:match("^([^?]*)%??(.*)$")
-  local ev = { method = method, path = p, attempt = attempt, base = x.base or self.base }
-  ev.query = query_of(qs, copts and copts.query)
-  if x.token then
-    ev.token = true
-    return ev -- never a token request's body
-  end
-  if self.body and copts and copts.body ~= nil then ev.request_body = copts.body end
+  local at = path:find("?", 1, true)
+  local query = copts and copts.query
+  local token = x.token
+  local ev = {
+    method = method, path = at and path:sub(1, at - 1) or path, attempt = attempt,
+    base = x.base or self.base, token = token,
+    query = (at or query) and query_of(at and path:sub(at + 1), query) or nil,
+    seconds = x.seconds, bytes = x.bytes, retry = x.retry, paced = x.paced,
+    status = nil, kind = nil, message = nil, retry_after = nil,
+    request_body = not token and self.body and copts and copts.body or nil, -- never a token request's
+  }
   return ev
 end
 
@@ -171,7 +177,6 @@ end
 -- the caller measured ({ seconds =, bytes =, retry =, paced =, token =, base = }).
 function Tracer:exchange(method, path, copts, attempt, res, second, x)
   local ev = request_event(self, method, path, copts, attempt, x)
-  ev.seconds, ev.bytes, ev.retry, ev.paced = x.seconds, x.bytes, x.retry, x.paced
   if res ~= nil then
     ev.status = second and second.status
     if self.body and not ev.token then ev.data = res end
@@ -189,7 +194,7 @@ function Tracer:held(method, path, copts, attempt, err, x)
   local ev = request_event(self, method, path, copts, attempt, x)
   ev.kind, ev.held, ev.retry_after, ev.message = err.kind, err.held or "limits", err.retry_after,
     err.message
-  ev.seconds, ev.bytes = 0, 0
+  ev.seconds, ev.bytes, ev.paced = 0, 0, nil
   self:emit(ev)
 end
 
