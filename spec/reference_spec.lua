@@ -200,7 +200,8 @@ local function check_page(text)
   local entries = entries_of(text)
   local f = {}
   compare("require(\"ibkr\")", public_keys(ibkr), documented(entries, "^ibkr%.([%a_][%w_]*)$"), f, "ibkr.")
-  compare("a session's methods", public_keys(ibkr.Session, true), documented(entries, "^s:([%w_]+)$"), f, "s:")
+  compare("a session's methods", public_keys(ibkr.Session, true), documented(entries, "^s:([%w_]+)$"), f,
+    "s:")
   for _, m in ipairs{ "luv", "cqueues", "state", "kinds" } do
     compare("require(\"ibkr." .. m .. "\")", public_keys(require("ibkr." .. m)),
       documented(entries, "^ibkr%." .. m .. "%.([%w_]+)$"), f, "ibkr." .. m .. ".")
@@ -219,8 +220,10 @@ local function check_page(text)
   end
   compare("a stream's methods", stream_methods, documented(entries, "^st:([%w_]+)$"), f, "st:")
   compare("meta", meta_fields(), documented(entries, "^meta%.([%w_]+)$"), f, "meta.")
-  compare("a trace event (lua/ibkr/trace.lua)", trace_fields(), documented(entries, "^ev%.([%w_]+)$"), f, "ev.")
-  compare("an error object (src/, lua/ibkr/)", error_fields(), documented(entries, "^err%.([%w_]+)$"), f, "err.")
+  compare("a trace event (lua/ibkr/trace.lua)", trace_fields(), documented(entries, "^ev%.([%w_]+)$"), f,
+    "ev.")
+  compare("an error object (src/, lua/ibkr/)", error_fields(), documented(entries, "^err%.([%w_]+)$"), f,
+    "err.")
   compare("ibkr-session's commands", args.COMMANDS, documented(entries, "^([%l]+)$", "command"), f)
   compare("ibkr-session's options", args.OPTIONS, documented(entries, "^(%-%-?[%w%-]+)$", "option"), f)
   compare("ibkr-session's exit codes", exit_codes(), documented(entries, "^(%d+)$", "exit code"), f)

@@ -64,7 +64,8 @@ describe("trace", function()
       assert.equal(#m:api_log(), #events)
       assert.equal(2, #m:api_log("/tickle"))
       local e1, e2 = events[1], events[2]
-      assert.same({ "POST", "/tickle", 1, 503, "http" }, { e1.method, e1.path, e1.attempt, e1.status, e1.kind })
+      assert.same({ "POST", "/tickle", 1, 503, "http" },
+        { e1.method, e1.path, e1.attempt, e1.status, e1.kind })
       assert.is_number(e1.retry) -- it was tried again, after that many seconds
       assert.same({ "POST", "/tickle", 2, 200 }, { e2.method, e2.path, e2.attempt, e2.status })
       assert.is_nil(e2.kind)
@@ -74,7 +75,8 @@ describe("trace", function()
       assert.same({ "/iserver/auth/status", 1, "timeout" }, { e3.path, e3.attempt, e3.kind })
       assert.is_nil(e3.status)
       assert.same({ "/iserver/auth/status", 2, 200 }, { e4.path, e4.attempt, e4.status })
-      assert.same({ "GET", "/sso/validate", { a = 1 } }, { events[5].method, events[5].path, events[5].query })
+      local e5 = events[5]
+      assert.same({ "GET", "/sso/validate", { a = 1 } }, { e5.method, e5.path, e5.query })
       for _, ev in ipairs(events) do
         assert.is_true(ev.seconds >= 0 and ev.seconds < 60)
         assert.equal(m.url, ev.base)
@@ -86,7 +88,8 @@ describe("trace", function()
 
     it(how .. ": a call refused without sending gives one event with `held`", function()
       local events = {}
-      local s = m:session{ cooperative = coop, pacing = true, trace = function(ev) events[#events + 1] = ev end }
+      local s = m:session{ cooperative = coop, pacing = true,
+        trace = function(ev) events[#events + 1] = ev end }
       assert(call_in(coop, function() return s:tickle() end))
       local res, err = call_in(coop, function() return s:tickle{ deadline = 0.2 } end)
       assert.is_nil(res)
@@ -246,8 +249,8 @@ describe("trace", function()
       local lines = run("IBKR_TRACE=1")
       assert.equal(3, #m:api_log(), table.concat(lines, "\n"))
       assert.equal(3, #lines, table.concat(lines, "\n"))
-      assert.matches("^ibkr trace: POST /tickle status=503 kind=http seconds=[%d.]+ bytes=%d+ attempt=1 retry=",
-        lines[1])
+      assert.matches("^ibkr trace: POST /tickle status=503 kind=http seconds=[%d.]+ bytes=%d+ "
+        .. "attempt=1 retry=", lines[1])
       assert.matches("^ibkr trace: POST /tickle status=200 seconds=[%d.]+ bytes=%d+ attempt=2 base=http://",
         lines[2])
       assert.matches("^ibkr trace: GET /sso/validate%?conid=5&token=<redacted> status=200 ", lines[3])
