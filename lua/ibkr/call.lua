@@ -54,14 +54,18 @@ end
 -- Retry-After holds back every call (the pacer's hold, "pacing"); the error says for how long
 -- (err.hold). The streak of failed calls ("server") is noted by the call (note_call).
 local function note_answer(s, res, err)
-  local class = err and kinds.refusal(err)
+  if res ~= nil then
+    s.streak.pacing = nil
+    return
+  end
+  local class = kinds.refusal(err)
   if class == "pacing" then
     local n = (s.streak.pacing or 0) + 1
     s.streak.pacing = n
     local secs = kinds.backoff("pacing", n, s.random)
     s.pacer:hold(s.clock() + secs, "pacing")
     err.hold, err.refusals = secs, n
-  elseif res ~= nil or (err and err.status) then
+  elseif err.status then
     s.streak.pacing = nil
   end
 end
@@ -108,6 +112,7 @@ end
 -- Pacing before an attempt: waits when the pacer says so and the wait fits before `limit`.
 -- Returns true, or nil plus the error to return (a retry keeps its real error `last_err`).
 local function admit(s, w, method, path, last_err, limit)
+  if s.pacer:idle() then return true end
   local now = s.clock()
   local wait, again, why = s.pacer:reserve(path, now)
   if wait and wait > 0 and now + wait >= limit then wait, again = nil, wait end
