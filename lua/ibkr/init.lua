@@ -223,12 +223,23 @@ function Session:state()
   return st, self._obs_detail, age > 0 and age or 0
 end
 
-function Session:auth_status() return endpoint(self, waiter_of(self), "auth_status") end
-function Session:reauthenticate() return endpoint(self, waiter_of(self), "reauthenticate") end
-function Session:logout() return endpoint(self, waiter_of(self), "logout") end
-function Session:sso_validate() return endpoint(self, waiter_of(self), "sso_validate") end
+-- The session calls scripts make most, s:auth_status() ... s:tickle(): each checks for a call made
+-- with a dot itself, so the loop at the end leaves them unwrapped (one call less each).
+local SELF_CHECKED = {}
+local function endpoint_call(name)
+  local f = function(self)
+    if getmetatable(self) ~= Session then check.method(self, Session, name) end
+    return endpoint(self, waiter_of(self), name)
+  end
+  SELF_CHECKED[f] = true
+  return f
+end
+Session.auth_status = endpoint_call("auth_status")
+Session.reauthenticate = endpoint_call("reauthenticate")
+Session.logout = endpoint_call("logout")
+Session.sso_validate = endpoint_call("sso_validate")
 Session.validate = Session.sso_validate
-function Session:tickle() return endpoint(self, waiter_of(self), "tickle") end
+Session.tickle = endpoint_call("tickle")
 
 local INIT_OPTS = { compete = "boolean" }
 
@@ -390,9 +401,10 @@ function Session:keepalive_loop(opts) return require("ibkr.keepalive").loop(self
 function M.run(cos, opts) return require("ibkr.run").run(cos, opts) end
 
 -- Every method says so when it is called with a dot (s.request("GET", ...) passes "GET" as the
--- session): "call it as s:request(...)". Metamethods are left as they are.
+-- session): "call it as s:request(...)". Metamethods are left as they are, and so are the endpoint
+-- calls, which check for themselves.
 for name, f in pairs(Session) do
-  if type(f) == "function" and name:sub(1, 2) ~= "__" then
+  if type(f) == "function" and name:sub(1, 2) ~= "__" and not SELF_CHECKED[f] then
     Session[name] = function(self, ...)
       if getmetatable(self) ~= Session then check.method(self, Session, name) end
       return f(self, ...)
