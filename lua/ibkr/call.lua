@@ -53,11 +53,8 @@ end
 -- row sets a hold of kinds.backoff(class, n); any other answer ends the streak. A 429 without
 -- Retry-After holds back every call (the pacer's hold, "pacing"); the error says for how long
 -- (err.hold). The streak of failed calls ("server") is noted by the call (note_call).
-local function note_answer(s, res, err)
-  if res ~= nil then
-    s.streak.pacing = nil
-    return
-  end
+-- A successful answer ends it in count(); this is the failure's half.
+local function note_refusal(s, err)
   local class = kinds.refusal(err)
   if class == "pacing" then
     local n = (s.streak.pacing or 0) + 1
@@ -70,18 +67,20 @@ local function note_answer(s, res, err)
   end
 end
 
+-- The counters of an attempt's outcome, and the refusal streak (note_refusal).
 local function count(s, res, err, status)
   local st = s.counts
   st.requests = st.requests + 1
   if res then
     st.last_status = status or st.last_status
-  else
-    st.failures = st.failures + 1
-    st.last_error = err
-    if err.status then st.last_status = err.status end
-    if err.status == 429 then st.rate_limited = st.rate_limited + 1 end
+    s.streak.pacing = nil -- an answer ends a streak of refusals
+    return
   end
-  note_answer(s, res, err)
+  st.failures = st.failures + 1
+  st.last_error = err
+  if err.status then st.last_status = err.status end
+  if err.status == 429 then st.rate_limited = st.rate_limited + 1 end
+  note_refusal(s, err)
 end
 
 -- A call refused without sending: kind "rate_limited" with retry_after (seconds). `why`: what
@@ -139,11 +138,11 @@ end
 -- The options of one exchange: the caller's, plus the time it may take (the session's timeout,
 -- or what is left of the call's deadline when that is less). repeatable: sending it twice is
 -- harmless (a retryable call), so the core may send it on a kept-alive connection.
--- Without options of its own and with the whole timeout, an exchange needs no table made for it:
--- the core session's own timeout is the caller's (ibkr.new gives both the same).
+-- Without options of its own and with the whole timeout, an exchange needs no table made for it
+-- (attempt_once passes REPEATABLE or nil): the core session's own timeout is the caller's
+-- (ibkr.new gives both the same).
 local REPEATABLE = { repeatable = true }
-local function exchange_opts(copts, secs, repeatable, cut)
-  if not (copts or cut) then return repeatable and REPEATABLE or nil end
+local function exchange_opts(copts, secs, repeatable)
   local x = { timeout = secs, repeatable = repeatable or nil }
   if copts then x.query, x.body, x.headers = copts.query, copts.body, copts.headers end
   return x
@@ -248,7 +247,8 @@ local function attempt_once(s, w, method, path, copts, limit, last_err, raw, rep
   local left = limit - s.clock()
   if left <= 0 then return nil, last_err or late(method, path, s.deadline), nil, true end
   local cut = left < s.timeout
-  local xopts = exchange_opts(copts, cut and left or s.timeout, repeatable, cut)
+  local xopts = (copts or cut) and exchange_opts(copts, cut and left or s.timeout, repeatable)
+    or repeatable and REPEATABLE or nil
   local res, err, status, aborted
   local xw = cut and bounded(w, left) or w
   if xw.step then
