@@ -24,7 +24,8 @@ local ANSWERS = {
   ["/iserver/reauthenticate"] = '{"message":"triggered"}',
   ["/logout"] = '{"status":true}',
   ["/sso/validate"] = '{"USER_ID":123456789,"USER_NAME":"user1234","RESULT":true,"features":{"env":"PROD"}}',
-  ["/tickle"] = '{"collission":false,"iserver":{"authStatus":' .. AUTH .. '},"session":"ce109cbeb462a76dc3f6f4182c830cc1"}',
+  ["/tickle"] = '{"collission":false,"iserver":{"authStatus":' .. AUTH
+    .. '},"session":"ce109cbeb462a76dc3f6f4182c830cc1"}',
 }
 local decoded = {}
 for path, body in pairs(ANSWERS) do decoded[path] = assert(core.decode(body)) end

@@ -104,7 +104,8 @@ skip_peer() { # peer: whether this peer cannot run here
   esac
 }
 
-# `sh bench/run.sh profile`: per peer (raw C, Lua-cURLv3 + cjson, ibkr.core, ibkr, start/step), scenario
+# `sh bench/run.sh profile`: per peer (raw C, Lua-cURLv3 + cjson, ibkr.core, ibkr, ibkr's Lua layer
+# alone (bench/layer.lua: no network, HTTP rows only), start/step), scenario
 # and transport, the MARGINAL cost of one call: two runs of 5 and BENCH_PROF_N + 5 timed calls (50
 # warm-up calls each), their difference divided by BENCH_PROF_N, so start-up and teardown cancel out.
 #   - callgrind: user-space instructions (Ir) per call, and per object (libcurl, libc, the Lua VM,
@@ -115,7 +116,7 @@ skip_peer() { # peer: whether this peer cannot run here
 # bench/out/profile-*.txt.
 if [ "$MODE" = profile ]; then
   PN=${BENCH_PROF_N:-2000}
-  PPEERS=${BENCH_PEERS:-"raw lcurl core ibkr step-busy"}
+  PPEERS=${BENCH_PEERS:-"raw lcurl core ibkr layer step-busy"}
   command -v valgrind >/dev/null 2>&1 || { echo "bench: profile needs valgrind" >&2; exit 1; }
   HAVE_PERF=no
   perf stat -x, -e context-switches true >/dev/null 2>&1 && HAVE_PERF=yes
@@ -134,11 +135,12 @@ if [ "$MODE" = profile ]; then
       if [ $proto = http ]; then url=$HTTP_URL; else url=$HTTPS_URL; fi
       raw_ir=
       for peer in $PPEERS; do
-        if skip_peer $peer; then continue; fi
+        if skip_peer $peer || { [ $peer = layer ] && [ $proto = https ]; }; then continue; fi
         cg=$OUT/callgrind.$peer.$scen.$proto
         for k in 5 $((PN + 5)); do
           case $peer in
             raw) set -- "$OUT/raw" "$url" $scen $k 50 ;;
+            layer) set -- "$LUA" bench/layer.lua $scen $k 50 ;;
             *) set -- "$LUA" bench/peer.lua $peer "$url" $scen $k 50 ;;
           esac
           taskset -c "$CLIENT_CPU" valgrind --tool=callgrind --callgrind-out-file="$cg.$k" "$@" >/dev/null 2>&1 \

@@ -59,31 +59,34 @@ end
 -- row sets a hold of kinds.backoff(class, n); any other answer ends the streak. A 429 without
 -- Retry-After holds back every call (the pacer's hold, "pacing"); the error says for how long
 -- (err.hold). The streak of failed calls ("server") is noted by the call (note_call).
-local function note_answer(s, res, err)
-  local class = err and kinds.refusal(err)
+-- A successful answer ends it in count(); this is the failure's half.
+local function note_refusal(s, err)
+  local class = kinds.refusal(err)
   if class == "pacing" then
     local n = (s.streak.pacing or 0) + 1
     s.streak.pacing = n
     local secs = kinds.backoff("pacing", n, s.random)
     s.pacer:hold(s.clock() + secs, "pacing")
     err.hold, err.refusals = secs, n
-  elseif res ~= nil or (err and err.status) then
+  elseif err.status then
     s.streak.pacing = nil
   end
 end
 
+-- The counters of an attempt's outcome, and the refusal streak (note_refusal).
 local function count(s, res, err, status)
   local st = s.counts
   st.requests = st.requests + 1
   if res then
     st.last_status = status or st.last_status
-  else
-    st.failures = st.failures + 1
-    st.last_error = err
-    if err.status then st.last_status = err.status end
-    if err.status == 429 then st.rate_limited = st.rate_limited + 1 end
+    s.streak.pacing = nil -- an answer ends a streak of refusals
+    return
   end
-  note_answer(s, res, err)
+  st.failures = st.failures + 1
+  st.last_error = err
+  if err.status then st.last_status = err.status end
+  if err.status == 429 then st.rate_limited = st.rate_limited + 1 end
+  note_refusal(s, err)
 end
 
 -- A call refused without sending: kind "rate_limited" with retry_after (seconds). `why`: what
@@ -115,6 +118,7 @@ end
 -- Returns true, or nil plus the error to return (a retry keeps its real error `last_err`).
 -- x: the attempt's trace record (nil when not tracing): `paced`, the seconds waited.
 local function admit(s, w, method, path, last_err, limit, x)
+  if s.pacer:idle() then return true end
   local now = s.clock()
   local wait, again, why = s.pacer:reserve(path, now, limit - now) -- a wait past limit books nothing
   if not wait then
@@ -141,12 +145,11 @@ end
 -- The options of one exchange: the caller's, plus the time it may take (the call's timeout,
 -- or what is left of the call's deadline when that is less). repeatable: sending it twice is
 -- harmless (a retryable call), so the core may send it on a kept-alive connection.
--- Without options of its own and with the session's whole timeout (`own` false: no cut, no
--- per-call timeout), an exchange needs no table made for it: the core session's own timeout is
--- the caller's (ibkr.new gives both the same).
+-- Without options of its own and with the session's whole timeout (no cut, no per-call timeout),
+-- an exchange needs no table made for it (attempt_once passes REPEATABLE or nil): the core
+-- session's own timeout is the caller's (ibkr.new gives both the same).
 local REPEATABLE = { repeatable = true }
-local function exchange_opts(copts, secs, repeatable, own)
-  if not (copts or own) then return repeatable and REPEATABLE or nil end
+local function exchange_opts(copts, secs, repeatable)
   local x = { timeout = secs, repeatable = repeatable or nil }
   if copts then x.query, x.body, x.headers = copts.query, copts.body, copts.headers end
   return x
@@ -260,7 +263,8 @@ local function attempt_once(s, w, method, path, copts, limit, xsecs, last_err, r
   local left = limit - s.clock()
   if left <= 0 then return nil, last_err or late(method, path), true end
   local cut = left < xsecs
-  local xopts = exchange_opts(copts, cut and left or xsecs, repeatable, cut or xsecs ~= s.timeout)
+  local xopts = (copts or cut or xsecs ~= s.timeout)
+    and exchange_opts(copts, cut and left or xsecs, repeatable) or repeatable and REPEATABLE or nil
   local xw = cut and bounded(w, left) or w
   local t0 = x and core.monotonic()
   local aborted, res, err, status, head, bytes

@@ -242,28 +242,25 @@ local function user_call(self, name, opts)
   return endpoint(self, waiter_of(self), name, nil, nil, opts.timeout, opts.deadline)
 end
 
--- (each tests for options itself: a call without them costs no extra function call)
-function Session:auth_status(opts)
-  if opts == nil then return endpoint(self, waiter_of(self), "auth_status") end
-  return user_call(self, "auth_status", opts)
+-- The session calls scripts make most, s:auth_status() ... s:tickle(): each checks for a call made
+-- with a dot itself, so the loop at the end leaves them unwrapped (one call less each), and a call
+-- without options costs no call of user_call.
+local SELF_CHECKED = {}
+local function endpoint_call(name)
+  local f = function(self, opts)
+    if getmetatable(self) ~= Session then check.method(self, Session, name) end
+    if opts == nil then return endpoint(self, waiter_of(self), name) end
+    return user_call(self, name, opts)
+  end
+  SELF_CHECKED[f] = true
+  return f
 end
-function Session:reauthenticate(opts)
-  if opts == nil then return endpoint(self, waiter_of(self), "reauthenticate") end
-  return user_call(self, "reauthenticate", opts)
-end
-function Session:logout(opts)
-  if opts == nil then return endpoint(self, waiter_of(self), "logout") end
-  return user_call(self, "logout", opts)
-end
-function Session:sso_validate(opts)
-  if opts == nil then return endpoint(self, waiter_of(self), "sso_validate") end
-  return user_call(self, "sso_validate", opts)
-end
+Session.auth_status = endpoint_call("auth_status")
+Session.reauthenticate = endpoint_call("reauthenticate")
+Session.logout = endpoint_call("logout")
+Session.sso_validate = endpoint_call("sso_validate")
 Session.validate = Session.sso_validate
-function Session:tickle(opts)
-  if opts == nil then return endpoint(self, waiter_of(self), "tickle") end
-  return user_call(self, "tickle", opts)
-end
+Session.tickle = endpoint_call("tickle")
 
 local INIT_OPTS = { compete = "boolean", timeout = CALL_OPTS.timeout, deadline = CALL_OPTS.deadline }
 
@@ -445,9 +442,10 @@ function Session:keepalive_loop(opts) return require("ibkr.keepalive").loop(self
 function M.run(cos, opts) return require("ibkr.run").run(cos, opts) end
 
 -- Every method says so when it is called with a dot (s.request("GET", ...) passes "GET" as the
--- session): "call it as s:request(...)". Metamethods are left as they are.
+-- session): "call it as s:request(...)". Metamethods are left as they are, and so are the endpoint
+-- calls, which check for themselves.
 for name, f in pairs(Session) do
-  if type(f) == "function" and name:sub(1, 2) ~= "__" then
+  if type(f) == "function" and name:sub(1, 2) ~= "__" and not SELF_CHECKED[f] then
     Session[name] = function(self, ...)
       if getmetatable(self) ~= Session then check.method(self, Session, name) end
       return f(self, ...)

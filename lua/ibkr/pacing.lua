@@ -91,6 +91,12 @@ function Pacer:earliest(path, now)
   return t -- not reached: past the last booking + window every window has room
 end
 
+-- Whether a request may go now without booking anything: the client's limits are off and no
+-- hold is set (reserve would return 0). What a caller asks before reading its clock for reserve.
+function Pacer:idle()
+  return not self.limits and not self.until_t
+end
+
 -- Books a send of `path` as early as the limits allow.
 -- Returns the seconds to wait before sending (0 = now), or nil plus the seconds after which the
 -- call may be tried again when the wait would exceed MAX_WAIT, or reach `within` (the seconds the

@@ -63,7 +63,8 @@ end
 -- sends it, even logged out: facts §1.2); `fail` carries the reason of a failure (field report
 -- ibeam #73).
 local function judge_status(body, with_fail)
-  if type(body.authenticated) ~= "boolean" then return false, "no authenticated in the answer" end
+  local a = body.authenticated -- a boolean (true or false: no type() call on every answer)
+  if a ~= true and a ~= false then return false, "no authenticated in the answer" end
   if with_fail and M.text(body.fail) then return false, M.text(body.fail) end
   return true
 end
