@@ -621,9 +621,10 @@ static int push_name(lua_State *L, const char *line, size_t nl) {
 static int core_parse_headers(lua_State *L) {
   size_t n;
   const char *p = luaL_checklstring(L, 1, &n), *end = p + n;
-  int cookie = 0;
+  int cookie = 0, lines = 0;
+  for (const char *q = p; (q = memchr(q, '\n', (size_t)(end - q))) != NULL; q++) lines++;
   lua_settop(L, 1);
-  lua_newtable(L);                                            /* 2: the headers */
+  lua_createtable(L, 0, lines > 1 ? lines - 1 : 0);           /* 2: the headers, at their size */
   lua_pushnil(L);                                             /* 3: the last field's name */
   while (p < end) {
     const char *line = p, *eol = memchr(p, '\n', (size_t)(end - p)), *v, *colon;
