@@ -80,7 +80,7 @@ local function request_event(self, method, path, copts, attempt, x)
     base = x.base or self.base, token = token,
     query = (at or query) and query_of(at and path:sub(at + 1), query) or nil,
     seconds = x.seconds, bytes = x.bytes, retry = x.retry, paced = x.paced,
-    status = nil, kind = nil, message = nil, retry_after = nil,
+    status = nil, kind = nil, message = nil, retry_after = nil, held = nil, data = nil, body = nil,
     request_body = not token and self.body and copts and copts.body or nil, -- never a token request's
   }
   return ev
