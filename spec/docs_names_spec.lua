@@ -27,8 +27,8 @@ local FILE_OPTS = {
   -- command lines without a program name in these files are this program's
   ["docs/cli.md"] = { cli = "session" },
   ["docs/testing.md"] = { cli = "mock", aliases = { testing = "ibkr.mock.testing", mock = "ibkr.mock" } },
-  -- ibkr.md names the repair's constants as repair.X (ibkr/repair.lua)
-  ["docs/ibkr.md"] = { aliases = { repair = "ibkr.repair" } },
+  -- ibkr.md names the repair's constants and the registry's functions as repair.X, kinds.X
+  ["docs/ibkr.md"] = { aliases = { repair = "ibkr.repair", kinds = "ibkr.kinds" } },
   -- the reference of the real gateway cites other projects' files and names: its links only
   ["docs/gateway-facts.md"] = { external = true },
 }

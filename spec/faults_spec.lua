@@ -119,15 +119,16 @@ local function through(path, url, sopts, call)
       on_error = function(e) errs[#errs + 1] = e end }
     drive(co, u, 1)
     local err = errs[1]
-    return err and err.kind or "ok", err, function(mode)
+    return err and err.kind or "ok", err, function(mode, min_hold)
       local before = #errs
       if mode == "held" then
-        -- held back by the gateway's Retry-After: resumed early, it sends nothing and sleeps again
+        -- held back by the gateway's Retry-After (or a 429 without one): resumed early, it sends
+        -- nothing and sleeps again
         local requests = u:stats().requests
         local ok, wait = coroutine.resume(co)
         assert(ok, wait)
         assert(u:stats().requests == requests, "sent a request while held")
-        assert(wait >= 590, "slept only " .. tostring(wait))
+        assert(wait >= (min_hold or 590), "slept only " .. tostring(wait))
         return "held"
       end
       drive(co, u, 1)
@@ -209,6 +210,12 @@ for _, f in ipairs(GATEWAY) do FAULTS[#FAULTS + 1] = f end
 for _, st in ipairs{ 401, 403, 404, 411, 429, 500, 502, 503 } do
   FAULTS[#FAULTS + 1] = { name = "HTTP " .. st, fault = { kind = "status", status = st }, expect = "http",
     check = function(e) assert(e.status == st and e.retry_after == nil) end }
+  if st == 429 then
+    -- a 429 without Retry-After holds back every call of the session too, for a growing time
+    -- (60 s the first time: IBKR's penalty box grows with every request; docs/ibkr.md)
+    FAULTS[#FAULTS].next = { ibkr = "rate_limited", keepalive = "held" }
+    FAULTS[#FAULTS].min_hold = 59
+  end
 end
 -- A Retry-After holds back every call of an ibkr session until then: its next call is refused
 -- without sending ("rate_limited"); the keep-alive sleeps until then and reports the refusals of
@@ -243,7 +250,7 @@ local function run_row(t, m, f)
         if f.check then f.check(err, r, m, p) end
         local want = f.next or "ok"
         if type(want) == "table" then want = want[p] or "ok" end
-        local nk = next_call(want == "held" and "held" or nil)
+        local nk = next_call(want == "held" and "held" or nil, f.min_hold)
         assert(nk == want, "next call: " .. nk)
         return kind
       end)

@@ -112,3 +112,81 @@ describe("a closed session", function()
     assert.equal("closed", select(2, s:tickle()).kind)
   end)
 end)
+
+-- Every programmer error of the Lua API names the line of the caller's call: the option checker
+-- (ibkr/check.lua) looks past the library's own frames, so a tail call or a wrapper inside the
+-- library (s:keepalive tail-calls the keep-alive module) cannot move it.
+describe("programmer errors point at the caller's line", function()
+  local s
+  setup(function() s = ibkr.new{ base_url = "http://127.0.0.1:9/v1/api" } end)
+  teardown(function() s:close() end)
+
+  -- fn is a one-line function: its error must carry this file and fn's line
+  local function at_call(fn, pattern)
+    local ok, err = pcall(fn)
+    assert.is_false(ok, "no error for " .. pattern)
+    local line = debug.getinfo(fn, "S").linedefined
+    assert.matches("ibkr_options_spec%.lua:" .. line .. ": ", err)
+    assert.matches(pattern, err)
+  end
+
+  it("ibkr.new", function()
+    at_call(function() ibkr.new{ nope = 1 } end, "unknown option 'nope'")
+    at_call(function() ibkr.new{ timeout = -1 } end, "option 'timeout' must be a finite number > 0")
+    at_call(function() ibkr.new{ retries = 1.5 } end, "option 'retries' must be a whole number")
+    at_call(function() ibkr.new("http://localhost") end, "options must be a table")
+    at_call(function() ibkr:new{} end, "call it as ibkr%.new{...}")
+    at_call(function() ibkr.new{ base_url = "ftp://x/v1/api" } end, "http")
+    at_call(function() ibkr.new{ headers = { ["X\n"] = "v" } } end, "header")
+    at_call(function() ibkr.new{ oauth = { consumer_key = "k" } } end, "oauth")
+  end)
+
+  it("s:keepalive and s:keepalive_loop", function()
+    at_call(function() s:keepalive{ intervall = 5 } end,
+      "s:keepalive: unknown option 'intervall' %(did you mean 'interval'%?%)")
+    at_call(function() s:keepalive{ interval = 0 } end, "option 'interval' must be a finite number > 0")
+    at_call(function() s:keepalive{ on_state = "x" } end, "option 'on_state' must be a function")
+    at_call(function() s:keepalive(5) end, "options must be a table")
+    at_call(function() s:keepalive{ sleep = print } end, "unknown option 'sleep'")
+    at_call(function() s:keepalive_loop{ slep = print } end, "s:keepalive_loop: unknown option 'slep'")
+  end)
+
+  it("s:wait_ready, s:init_brokerage, s:request", function()
+    at_call(function() s:wait_ready{ timeuot = 1 } end, "unknown option 'timeuot'")
+    at_call(function() s:wait_ready{ timeout = 0 / 0 } end, "option 'timeout' must be a finite number >= 0")
+    at_call(function() s:init_brokerage{ compete = "yes" } end, "option 'compete' must be a boolean")
+    at_call(function() s:init_brokerage(true) end, "options must be a table")
+    at_call(function() s:request("GET", "/x", { nope = 1 }) end, "unknown option 'nope'")
+    at_call(function() s:request("GET", "/x", { body = 1 }) end, "option 'body' must be a table, a string")
+    at_call(function() s:request("GET", "/x", { headers = { X = "a\nb" } }) end, "header")
+    at_call(function() s:request("GE T", "/x") end, "method must be an HTTP method name")
+    at_call(function() s:request("GET", "x") end, "path must start with '/'")
+    at_call(function() s:request("GET", "/a b") end, "ibkr:")
+  end)
+
+  it("every session method called with a dot says how to call it", function()
+    local calls = {
+      tickle = function() s.tickle() end,
+      auth_status = function() s.auth_status() end,
+      reauthenticate = function() s.reauthenticate() end,
+      logout = function() s.logout() end,
+      sso_validate = function() s.sso_validate() end,
+      init_brokerage = function() s.init_brokerage{ compete = true } end,
+      request = function() s.request("GET", "/iserver/accounts") end,
+      health = function() s.health() end,
+      is_ready = function() s.is_ready() end,
+      wait_ready = function() s.wait_ready{ timeout = 1 } end,
+      state = function() s.state() end,
+      stats = function() s.stats() end,
+      stop = function() s.stop() end,
+      close = function() s.close() end,
+      keepalive = function() s.keepalive{ interval = 5 } end,
+      keepalive_loop = function() s.keepalive_loop{ interval = 5 } end,
+    }
+    for name, fn in pairs(calls) do
+      at_call(fn, "call it as s:" .. name .. "%(%.%.%.%), not s%." .. name)
+    end
+    at_call(function() s.validate() end, "call it as s:sso_validate%(") -- the alias is one function
+    assert.is_false(s:closed()) -- s.close() closed nothing
+  end)
+end)

@@ -440,7 +440,12 @@ describe("oauth2 renewal under load", function()
       assert.is_nil(results[i][1])
       assert.equal("auth", results[i][2].kind)
     end
-    assert.equal(1, counters(m).token_requests)
+    -- the callers that waited for the renewal share its refusal; one refusal is no streak
+    -- (ibkr/kinds.lua: token refusals hold from the second in a row), so a caller that comes
+    -- after it (when the answer arrived before the others were resumed) asks once more, and
+    -- the second refusal holds every other caller back
+    local asked = counters(m).token_requests
+    assert.is_true(asked == 1 or asked == 2, tostring(asked))
   end)
 end)
 
@@ -474,7 +479,8 @@ describe("oauth2 refusals and hostile answers", function()
   end
 
   it("says IBKR's reason for a refused client, with the midnight-reset hint", function()
-    m:oauth2_fault{ kind = "refused", error = "invalid_client", description = "client authentication failed" }
+    m:oauth2_fault{ kind = "refused", error = "invalid_client", description = "client authentication failed",
+      count = 2 }
     local s <close> = session()
     local err, line = refused(s)
     assert.equal(401, err.status)
@@ -552,22 +558,26 @@ describe("oauth2 refusals and hostile answers", function()
 
   it("backs off repeated refusals: nothing is sent while held, the hold grows", function()
     local clk = fake_clock.new()
-    m:oauth2_fault{ kind = "refused", count = 2 }
+    m:oauth2_fault{ kind = "refused", count = 3 }
     local s <close> = session({ clock = clk.clock, sleep = clk.sleep })
     local err1 = refused(s)
-    assert.is_nil(err1.retry_after)
-    local held = refused(s)
-    assert.equal(1, counters(m).token_requests)
-    assert.is_true(held.retry_after > 0 and held.retry_after <= 1)
-    assert.matches("not asked again", held.message)
-    clk.t = clk.t + 1.01
-    refused(s) -- the second refusal
+    assert.is_nil(err1.hold) -- one refusal is no streak: the next call asks again
+    refused(s)
     assert.equal(2, counters(m).token_requests)
-    local held2 = refused(s)
-    assert.is_true(held2.retry_after > 1 and held2.retry_after <= 2, tostring(held2.retry_after))
-    clk.t = clk.t + 2.01
-    assert.truthy(s:tickle()) -- the fault is used up: accepted, the backoff forgotten
+    local held, line = refused(s) -- the second refusal in a row holds renewals back
+    assert.equal(2, counters(m).token_requests)
+    assert.is_true(held.hold >= 30 and held.hold <= 33, tostring(held.hold))
+    assert.equal(held.hold, held.retry_after)
+    assert.matches("held back", line)
+    assert.equal("auth", held.cause.kind)
+    clk.t = clk.t + 33.01
+    refused(s) -- the third refusal: the hold doubles
     assert.equal(3, counters(m).token_requests)
+    local held2 = refused(s)
+    assert.is_true(held2.hold > 59 and held2.hold <= 66, tostring(held2.hold))
+    clk.t = clk.t + 66.01
+    assert.truthy(s:tickle()) -- the fault is used up: accepted, the backoff forgotten
+    assert.equal(4, counters(m).token_requests)
   end)
 
   it("keeps the assertion, tokens and key out of what a hostile server echoes", function()

@@ -10,6 +10,8 @@
 */
 #include <sched.h>
 #include <string.h>
+#include <time.h>
+#include <openssl/x509_vfy.h>
 
 #include "ibkr.h"
 #include "lib/clock.h"
@@ -84,6 +86,23 @@ static void add_body(lua_State *L, const xfer *x) {
   else lua_pop(L, 1);
 }
 
+/*
+** The evidence of a refused certificate (curl code 60): verify_result, the
+** X509_V_* code of the check (10: expired), and when the check failed for
+** an expired certificate and the ca_file holds one, not_after: its end of
+** validity, UTC, ISO 8601. The policy layer names the cause from them.
+*/
+static void add_tls_evidence(lua_State *L, const xfer *x) {
+  char when[32];
+  time_t t = (time_t)x->ca_not_after;
+  struct tm tm;
+  if (x->code != CURLE_PEER_FAILED_VERIFICATION || x->verify_result == X509_V_OK) return;
+  error_seti(L, "verify_result", (lua_Integer)x->verify_result);
+  if (x->verify_result != X509_V_ERR_CERT_HAS_EXPIRED || x->ca_not_after <= 0 || t >= time(NULL)) return;
+  if (gmtime_r(&t, &tm) && strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm) > 0)
+    error_sets(L, "not_after", when);
+}
+
 /* nil, err for a transfer that failed below HTTP. A connection dropped or
 ** reset before any response byte is marked no_response: nothing of the
 ** request can have been answered, the policy layer may send it again. */
@@ -98,6 +117,7 @@ static int push_transfer_error(lua_State *L, const xfer *x, int methodidx, int p
   error_push(L, kind, msg, methodidx, pathidx);
   error_seti(L, "curl_code", (lua_Integer)x->code);
   if (x->status > 0) error_seti(L, "status", x->status);
+  add_tls_evidence(L, x);
   if (x->code == CURLE_GOT_NOTHING ||
       ((x->code == CURLE_SEND_ERROR || x->code == CURLE_RECV_ERROR) && x->header_size == 0)) {
     lua_pushboolean(L, 1);

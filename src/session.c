@@ -9,9 +9,14 @@
 ** Calls: request.c, wire.c, error.c, signal.c, lib/transfer.c, lib/engine.c, lib/buf.c.
 */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "ibkr.h"
 #include "lib/buf.h"
@@ -27,6 +32,7 @@ typedef struct sconf {
   int nuh;
   long timeout_ms;
   size_t max_body;
+  long long ca_not_after;     /* earliest notAfter (epoch s) of the ca_file's certificates, or 0 */
 } sconf;
 
 /* The parts of a session, one owner each (all on the Lua thread: the engine
@@ -237,6 +243,34 @@ static int set_route(CURL *e, xhome *h, const newopts *o, const char *host, long
   return c == CURLE_OK;
 }
 
+/*
+** The earliest end of validity (seconds since the epoch) among the
+** certificates of the PEM file `path`, or 0 when it holds none that can be
+** read. A verification that fails for an expired certificate then says
+** when it expired (request.c); a file that cannot be read is libcurl's to
+** report. OpenSSL's error queue is left empty: libcurl reads it for its
+** own messages.
+*/
+static long long ca_not_after(const char *path) {
+  FILE *f = fopen(path, "r");
+  ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);      /* 1970-01-01: differences are epoch seconds */
+  X509 *c;
+  long long best = 0;
+  int day, sec;
+  if (f != NULL && epoch != NULL)
+    while ((c = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+      if (ASN1_TIME_diff(&day, &sec, epoch, X509_get0_notAfter(c))) {
+        long long t = (long long)day * 86400 + sec;
+        if (t > 0 && (best == 0 || t < best)) best = t;
+      }
+      X509_free(c);
+    }
+  if (f != NULL) fclose(f);
+  ASN1_TIME_free(epoch);
+  ERR_clear_error();
+  return best;
+}
+
 /* clamp before the cast: a double beyond LONG_MAX is undefined behaviour
 ** (1e12 ms is 31 years, "no limit" for a session) */
 static long to_ms(double secs) {
@@ -278,6 +312,7 @@ static int core_new(lua_State *L) {
   s->conf.baselen = ulen;
   s->conf.shown = s->conf.base ? wire_redact(s->conf.base) : NULL;
   s->conf.max_body = (size_t)o.max_body;
+  if (o.ca) s->conf.ca_not_after = ca_not_after(o.ca);
   s->conf.timeout_ms = to_ms(o.timeout);
   if (!s->conf.base || !s->conf.shown || !build_headers(L, &s->conf, o.nh, o.ua)) {
     curl_free(host);
@@ -307,6 +342,7 @@ static void attach(lua_State *L, xfer *x, session *s, const callspec *cs) {
     .headers = c->hl[cs->shape],
     .timeout_ms = cs->timeout > 0 ? to_ms(cs->timeout) : c->timeout_ms,
     .max_body = c->max_body,
+    .ca_not_after = c->ca_not_after,
   };
   if (o.url && cs->nh) o.headers = o.callh = wire_header_list(c->uh, c->nuh, cs->shape, cs->hv, cs->nh);
   if (!transfer_open(x, &s->home, cs, &o)) luaL_error(L, "out of memory");

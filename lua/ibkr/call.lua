@@ -1,13 +1,27 @@
 -- One call of a session: pacing, the HTTP exchange (blocking or step by step), retries, the
 -- call's deadline, stats.
 --
+-- The session (ibkr/init.lua) owns one caller, made by call.new; the caller owns what calls
+-- share — the core session, the pacer, the counters, the OAuth signer in use — and nothing
+-- else touches them: the session asks through the methods below.
+--   call.new{ core =, clock =, timeout =, deadline =, retries =, pacer =, oauth =, random = }
+--   c:run(w, method, path, copts, allow_retry, deadline) -> res, nil, status | nil, err (err.hint)
+--   c:hinted(err) -> err, with its hint
+--   c:stats() -> a new table of counters      c:held(now) -> seconds of a hold left, or nil
+--   c:backoff(now) -> seconds the streak of 5xx calls asks pollers to wait still, or nil
+--   c:close()                                 closes the core session and the signer
 -- How a call waits is decided by a "waiter" (ibkr/waiter.lua).
 -- The C core does every exchange; this file never parses HTTP or JSON.
 
 local core = require("ibkr.core")
+local kinds = require("ibkr.kinds")
 local retry = require("ibkr.retry")
+local pacing = require("ibkr.pacing")
 
 local M = {}
+
+local Caller = {}
+Caller.__index = Caller
 
 local BUSY_POLL = 0.01 -- [signer] seconds between looks while another caller renews the token
 
@@ -35,8 +49,25 @@ local function stepped(cs, w, method, path, copts)
   end
 end
 
+-- A gateway that keeps refusing (ibkr/kinds.lua, "Refusals"): the n-th refusal of a class in a
+-- row sets a hold of kinds.backoff(class, n); any other answer ends the streak. A 429 without
+-- Retry-After holds back every call (the pacer's hold, "pacing"); the error says for how long
+-- (err.hold). The streak of failed calls ("server") is noted by the call (note_call).
+local function note_answer(s, res, err)
+  local class = err and kinds.refusal(err)
+  if class == "pacing" then
+    local n = (s.streak.pacing or 0) + 1
+    s.streak.pacing = n
+    local secs = kinds.backoff("pacing", n, s.random)
+    s.pacer:hold(s.clock() + secs, "pacing")
+    err.hold, err.refusals = secs, n
+  elseif res ~= nil or (err and err.status) then
+    s.streak.pacing = nil
+  end
+end
+
 local function count(s, res, err, status)
-  local st = s._stats
+  local st = s.counts
   st.requests = st.requests + 1
   if res then
     st.last_status = status or st.last_status
@@ -46,41 +77,46 @@ local function count(s, res, err, status)
     if err.status then st.last_status = err.status end
     if err.status == 429 then st.rate_limited = st.rate_limited + 1 end
   end
+  note_answer(s, res, err)
 end
 
--- A call refused without sending: kind "rate_limited" with retry_after (seconds).
-local function refused(s, method, path, again, held)
-  s._stats.rate_limited = s._stats.rate_limited + 1
+-- A call refused without sending: kind "rate_limited" with retry_after (seconds). `why`: what
+-- holds it back (the pacer's reason), nil for the client's own limits.
+local HELD = {
+  retry_after = "the gateway asked to wait (Retry-After)",
+  pacing = "the gateway refused with 429 and no Retry-After; IBKR's penalty box grows with every request",
+}
+local function refused(s, method, path, again, why)
+  s.counts.rate_limited = s.counts.rate_limited + 1
   local err = core.error{
-    kind = "rate_limited", method = method, path = path, retry_after = again,
-    message = held
-      and string.format("%s %s held back: the gateway asked to wait (Retry-After); retry in %.3g s",
-        method, path, again)
+    kind = "rate_limited", method = method, path = path, retry_after = again, held = why,
+    message = why
+      and string.format("%s %s held back: %s; retry in %.3g s", method, path, HELD[why] or why, again)
       or string.format("%s %s would exceed the gateway's pacing limits; retry in %.3g s",
         method, path, again),
   }
-  s._stats.last_error = err
+  s.counts.last_error = err
   return err
 end
 
--- The call's deadline passed before an attempt could be made.
+-- The call's deadline passed before an attempt could be made (late: nothing was waited for).
 local function late(method, path, budget)
-  return core.error{ kind = "timeout", method = method, path = path,
+  return core.error{ kind = "timeout", method = method, path = path, late = true,
     message = string.format("no time left of the call's %g s deadline", budget) }
 end
 
 -- Pacing before an attempt: waits when the pacer says so and the wait fits before `limit`.
 -- Returns true, or nil plus the error to return (a retry keeps its real error `last_err`).
 local function admit(s, w, method, path, last_err, limit)
-  local now = s._clock()
-  local wait, again, held = s._pacer:reserve(path, now)
+  local now = s.clock()
+  local wait, again, why = s.pacer:reserve(path, now)
   if wait and wait > 0 and now + wait >= limit then wait, again = nil, wait end
   if not wait then
     if last_err then return nil, last_err end
-    return nil, refused(s, method, path, again, held)
+    return nil, refused(s, method, path, again, why)
   end
   if wait > 0 then
-    s._stats.paced = s._stats.paced + 1
+    s.counts.paced = s.counts.paced + 1
     w.wait(wait)
     if not w.live() then return nil, w.gone(method, path) end
   end
@@ -91,7 +127,7 @@ end
 local function note_hold(s, err)
   local ra = err.retry_after
   if (err.status == 429 or err.status == 503) and type(ra) == "number" and ra > 0 then
-    s._pacer:hold(s._clock() + ra)
+    s.pacer:hold(s.clock() + ra)
   end
 end
 
@@ -123,7 +159,36 @@ local function bounded(w, secs)
   }
 end
 
--- [signer] Sessions with a signer, s._oauth: OAuth 1.0a (ibkr/oauth.lua) or OAuth 2.0
+local run -- defined below: the token request is a call of its own
+
+-- [signer] A token refused again and again (kinds.REFUSALS.token; OAuth 1.0a's live session
+-- token, OAuth 2.0's access token or SSO session): from the second refusal in a row, renewals wait
+-- kinds.backoff("token", n); a call that needs a token meanwhile fails at once (kind "auth", `hold`
+-- and `retry_after` = seconds left, `cause` = the last refusal) without a request. Transport
+-- failures (connect, timeout...) are no refusals.
+local function note_token(s, err)
+  if kinds.refusal(err) == "token" then
+    local n = (s.streak.token or 0) + 1
+    s.streak.token, s.token_seq, s.token_last = n, s.token_seq + 1, err
+    local secs = kinds.backoff("token", n, s.random)
+    if secs > 0 then s.token_until, s.token_err = s.clock() + secs, err end
+  end
+  return err
+end
+
+local function token_held(s)
+  local left = s.token_until and s.token_until - s.clock()
+  if not left or left <= 0 then return nil end
+  local last = s.token_err
+  return core.error{
+    kind = "auth", method = last.method or "POST", path = last.path, status = last.status, cause = last,
+    hold = left, retry_after = left, refusals = s.streak.token,
+    message = string.format("token request held back %.3g s after %d refusals in a row (the last: %s)",
+      left, s.streak.token, tostring(last.message)),
+  }
+end
+
+-- [signer] Sessions with a signer, s.oauth: OAuth 1.0a (ibkr/oauth.lua) or OAuth 2.0
 -- (ibkr/oauth2.lua). Its token is obtained or renewed first, then this attempt is signed afresh.
 -- Returns the attempt's copts, or nil, err. A signer has:
 --   fetching, fetching_until(deadline)  the mark of a renewal in progress (one at a time)
@@ -138,16 +203,23 @@ end
 -- `limit`. The renewal's exchanges are calls of their own (unsigned: `raw`) bounded by the same
 -- deadline, so each gets the session's timeout or what is left of the deadline, whichever is less.
 local function signed_copts(s, w, method, path, copts, limit)
-  local o = s._oauth
-  while o.fetching and s._clock() < o.fetching do
-    if s._clock() >= limit then return nil, late(method, path, s._deadline) end
+  local o = s.oauth
+  local seq = s.token_seq
+  while o.fetching and s.clock() < o.fetching do
+    if s.clock() >= limit then return nil, late(method, path, s.deadline) end
     w.wait(BUSY_POLL)
     if not w.live() then return nil, w.gone(method, path) end
   end
-  if o:needs_token(s._clock()) then
+  -- the renewal this call waited for was refused: its answer is this call's too (a burst of
+  -- callers asks once)
+  if s.token_seq ~= seq then return nil, s.token_last end
+  if o:needs_token(s.clock()) then
+    local held = token_held(s)
+    if held then return nil, held end
     local busy <close> = o:fetching_until(limit) -- luacheck: ignore busy
-    local ok, err = o:renew(function(m, p, c) return M.run(s, w, m, p, c, false, limit, true) end, s._clock)
-    if not ok then return nil, err end
+    local ok, err = o:renew(function(m, p, c) return run(s, w, m, p, c, false, limit, true) end, s.clock)
+    if not ok then return nil, note_token(s, err) end
+    s.streak.token, s.token_until = nil, nil
   end
   return o:sign(method, path, copts)
 end
@@ -158,16 +230,16 @@ end
 -- exchange answered also returns, 5th, the copts it was sent with. A failed token renewal is
 -- the attempt's error: the caller's retry rules apply to it as to any other.
 local function attempt_once(s, w, method, path, copts, limit, last_err, raw, repeatable)
-  if s._oauth and not raw then -- [signer]
+  if s.oauth and not raw then -- [signer]
     local err
     copts, err = signed_copts(s, w, method, path, copts, limit)
     if not copts then return nil, err end
   end
-  local cs = copts and copts.via or s._core -- [signer] a token endpoint's own session
-  local left = limit - s._clock()
-  if left <= 0 then return nil, last_err or late(method, path, s._deadline), nil, true end
-  local cut = left < s._timeout
-  local xopts = exchange_opts(copts, cut and left or s._timeout, repeatable)
+  local cs = copts and copts.via or s.core -- [signer] a token endpoint's own session
+  local left = limit - s.clock()
+  if left <= 0 then return nil, last_err or late(method, path, s.deadline), nil, true end
+  local cut = left < s.timeout
+  local xopts = exchange_opts(copts, cut and left or s.timeout, repeatable)
   local res, err, status, aborted
   local xw = cut and bounded(w, left) or w
   if xw.step then
@@ -177,7 +249,7 @@ local function attempt_once(s, w, method, path, copts, limit, last_err, raw, rep
   else
     res, err, status = cs:perform(method, path, xopts)
   end
-  if s._closed then return nil, closed_error(method, path), nil, true end
+  if s.closed then return nil, closed_error(method, path), nil, true end
   count(s, res, err, status)
   if res ~= nil then return res, nil, status end
   note_hold(s, err)
@@ -185,17 +257,17 @@ local function attempt_once(s, w, method, path, copts, limit, last_err, raw, rep
   return nil, err, nil, nil, copts
 end
 
--- Performs `method path` for session `s` with waiter `w`.
+-- Performs `method path` for caller `s` with waiter `w`.
 -- allow_retry: whether retryable failures are tried again (s.retries times at most).
 -- deadline: optional absolute time (the session's clock) by which the call must end; the call's
--- own bound is s._deadline seconds from now: all attempts, backoff and pacing waits included.
+-- own bound is s.deadline seconds from now: all attempts, backoff and pacing waits included.
 -- When the deadline cuts an attempt short, the previous attempt's answer is returned (what the
 -- gateway said is worth more than "timeout").
 -- raw: [signer] true for the token requests themselves (not signed, no renewal).
 -- Returns result, nil, status on success, or nil, err.
-function M.run(s, w, method, path, copts, allow_retry, deadline, raw)
-  if s._closed then return nil, closed_error(method, path) end
-  local limit = s._clock() + s._deadline
+local function attempts(s, w, method, path, copts, allow_retry, deadline, raw)
+  if s.closed then return nil, closed_error(method, path) end
+  local limit = s.clock() + s.deadline
   if deadline and deadline < limit then limit = deadline end
   local attempt = 0
   local last_err
@@ -207,19 +279,108 @@ function M.run(s, w, method, path, copts, allow_retry, deadline, raw)
       attempt_once(s, w, method, path, copts, limit, last_err, raw, allow_retry)
     if res ~= nil then return res, nil, status end
     if final then return nil, err end
-    if s._oauth and not raw and not renewed and s._oauth:refused(err, sent) then -- [signer] new token, once
+    if s.oauth and not raw and not renewed and s.oauth:refused(err, sent) then -- [signer] new token, once
       renewed = true
       last_err = err
     else
       attempt = attempt + 1
-      local delay = allow_retry and attempt <= s._retries and retry.retryable(err)
-        and retry.delay(attempt, err.retry_after, s._random)
-      if not delay or s._clock() + delay >= limit then return nil, err end
-      s._stats.retries = s._stats.retries + 1
+      local delay = allow_retry and attempt <= s.retries and retry.retryable(err)
+        and retry.delay(attempt, err.retry_after, s.random)
+      local held = delay and s.pacer:held(s.clock()) -- a hold the answer set: no retry before it ends
+      if held and held > delay then delay = held end
+      if not delay or s.clock() + delay >= limit then return nil, err end
+      s.counts.retries = s.counts.retries + 1
       last_err = err
       w.wait(delay)
       if not w.live() then return nil, w.gone(method, path) end
     end
+  end
+end
+
+-- A call's outcome for the streak of failed calls (kinds.REFUSALS.server): a call that ended in a
+-- 5xx without Retry-After makes the next attempts of pollers (the keep-alive, wait_ready) wait
+-- kinds.backoff("server", n) (Caller:backoff); any other answer ends the streak.
+local function note_call(s, res, err)
+  if res == nil and kinds.refusal(err) == "server" then
+    local n = (s.streak.server or 0) + 1
+    s.streak.server = n
+    s.server_until = s.clock() + kinds.backoff("server", n, s.random)
+  elseif res ~= nil or err.status then
+    s.streak.server, s.server_until = nil, nil
+  end
+end
+
+function run(s, w, method, path, copts, allow_retry, deadline, raw)
+  local res, err, status = attempts(s, w, method, path, copts, allow_retry, deadline, raw)
+  if not raw then note_call(s, res, err) end
+  return res, err, status
+end
+
+-- new{ core = the core session, clock = function, timeout = seconds of one exchange,
+--      deadline = seconds of one call, retries = n, pacer = ibkr.pacing object (a new one with
+--      the gateway's limits when nil), oauth = signer or nil, random = math.random-like,
+--      hint = the context of err.hint: { url =, cacert =, proxy = } (ibkr/kinds.lua) }
+function M.new(o)
+  return setmetatable({
+    core = o.core, clock = o.clock, timeout = o.timeout, deadline = o.deadline,
+    retries = o.retries, random = o.random or math.random,
+    pacer = o.pacer or pacing.new(), oauth = o.oauth, closed = false, hint = o.hint or {},
+    counts = { requests = 0, failures = 0, retries = 0, rate_limited = 0, paced = 0 },
+    streak = {},        -- refusal class -> refusals (or failed calls) in a row (kinds.REFUSALS)
+    server_until = nil, -- the streak of 5xx calls asks pollers to wait until then
+    token_until = nil, token_err = nil, -- [signer] token requests wait until then; the last refusal
+    token_seq = 0, token_last = nil,    -- [signer] refusals so far, and the latest
+  }, Caller)
+end
+
+-- Gives err its hint (err.hint: what the evidence shows, from the registry) unless it has one;
+-- returns err.
+function Caller:hinted(err)
+  if err.hint == nil then err.hint = kinds.hint(err, self.hint) end
+  return err
+end
+
+-- The error a call returns carries err.hint.
+function Caller:run(w, method, path, copts, allow_retry, deadline)
+  local res, err, status = run(self, w, method, path, copts, allow_retry, deadline)
+  if res == nil then self:hinted(err) end
+  return res, err, status
+end
+
+-- The counters (docs/ibkr.md, s:stats()): a new table, with the core's while it is open.
+function Caller:stats()
+  local t = {}
+  for k, v in pairs(self.counts) do t[k] = v end
+  if not self.closed then
+    local info = self.core:info()
+    t.connects, t.exchanges, t.in_flight = info.connects, info.exchanges, info.in_flight
+  end
+  return t
+end
+
+-- Seconds left of a hold that keeps calls back (the gateway's Retry-After, a 429 without one,
+-- [oauth] the token requests after repeated refusals), or nil.
+function Caller:held(now)
+  now = now or self.clock()
+  local held = self.pacer:held(now)
+  local token = self.token_until and self.token_until - now
+  if token and token > 0 and (not held or token > held) then held = token end
+  return held
+end
+
+-- Seconds the streak of failed calls (5xx) asks repeated attempts to wait still, or nil.
+function Caller:backoff(now)
+  local left = self.server_until and self.server_until - (now or self.clock())
+  if left and left > 0 then return left end
+  return nil
+end
+
+-- Closes the core session and wipes the signer (its keys and token); idempotent.
+function Caller:close()
+  if not self.closed then
+    self.closed = true
+    self.core:close()
+    if self.oauth then self.oauth:close() end -- [oauth]
   end
 end
 

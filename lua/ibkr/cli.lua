@@ -105,7 +105,7 @@ end
 
 local function print_report(r, o, io_)
   if o.json then
-    io_.stdout:write(out.json(r.doc), "\n")
+    io_.stdout:write(out.json(r.doc, r.whole), "\n")
     return
   end
   if r.line then io_.stdout:write(r.line, "\n") end
@@ -166,7 +166,7 @@ function M.main(argv, io_)
   local o, msg = args.parse(argv)
   if not o then return usage_error(io_, msg, json) end
   if o.help then
-    io_.stdout:write(json and (out.json{ usage = args.USAGE } .. "\n") or args.USAGE)
+    io_.stdout:write(json and (out.json({ usage = args.USAGE }, true) .. "\n") or args.USAGE)
     return 0
   end
   if o.version then
@@ -179,7 +179,7 @@ function M.main(argv, io_)
   if not okd then return usage_error(io_, derr, json) end
   local s, from_env = make_session(o)
   if not s then return usage_error(io_, from_env, json) end
-  local ctx = { url = s.base_url, cacert = o.cacert, url_from_env = from_env, proxy = o.proxy }
+  local ctx = { url = s.base_url, cacert = o.cacert, url_from_env = from_env, proxy = o.proxy, words = "cli" }
   -- the process's own signal handlers: only when main runs the process (not called with io_)
   if not embedded then core.signal_catch{ "INT", "TERM" } end
   local code

@@ -4,6 +4,8 @@
 
 local core = require("ibkr.core")
 local call = require("ibkr.call")
+local check = require("ibkr.check")
+local kinds = require("ibkr.kinds")
 local pacing = require("ibkr.pacing")
 local state = require("ibkr.state")
 local waiter = require("ibkr.waiter")
@@ -31,58 +33,31 @@ M.DEADLINE_EXTRA = 5     -- default deadline = timeout + this many seconds
 ------------------------------------------------------------------------------------------------
 -- Options
 
--- name -> Lua type ("integer": a number with an integral value)
-local OPTION_TYPES = {
-  base_url = "string", verify = "boolean", ca_file = "string", timeout = "number",
-  connect_timeout = "number", user_agent = "string", headers = "table", retries = "integer",
-  pacing = "boolean", max_body = "integer", cooperative = "boolean", deadline = "number",
+-- name -> what it must be (ibkr/check.lua)
+local OPTIONS = {
+  base_url = "string", verify = "boolean", ca_file = "string", timeout = "number>0",
+  connect_timeout = "number>0", user_agent = "string", headers = "table", retries = "integer>=0",
+  pacing = "boolean", max_body = "integer>0", cooperative = "boolean", deadline = "number>0",
   proxy = "string",
   clock = "function", sleep = "function",  -- injectable time (tests, hosts with their own clock)
   oauth = "table", -- [oauth] headless OAuth 1.0a, checked by ibkr/oauth.lua
   oauth2 = "table", -- [oauth2] headless OAuth 2.0, checked by ibkr/oauth2.lua
 }
--- numbers that must be finite and > 0 (retries: finite and >= 0)
-local POSITIVE = { timeout = true, connect_timeout = true, deadline = true, max_body = true }
-
-local function check_type(name, v, want, level)
-  local ok
-  if want == "integer" then
-    ok = math.type(v) == "integer" or (math.type(v) == "float" and v == math.floor(v))
-  else
-    ok = type(v) == want
-  end
-  if not ok then
-    error(string.format("ibkr: option '%s' must be a%s %s (got %s)", name,
-      want == "integer" and "n" or "", want, type(v)), level + 1)
-  end
-  if type(v) == "number" then -- NaN, infinities and negatives mean nothing here
-    local finite = v == v and v ~= math.huge and v ~= -math.huge
-    if not finite or v < 0 or (POSITIVE[name] and v == 0) then
-      error(string.format("ibkr: option '%s' must be a finite number %s (got %s)", name,
-        POSITIVE[name] and "> 0" or ">= 0", tostring(v)), level + 1)
-    end
-  end
-end
 
 -- The rules for URLs, headers, timeouts and max_body live in the core (core.new and
 -- core.check_headers check them, one copy); this re-raises their error at the caller's line.
 local function core_check(level, f, ...)
   local ok, res = pcall(f, ...)
-  if not ok then error("ibkr: " .. tostring(res), level + 1) end
+  if not ok then check.raise("ibkr: " .. tostring(res), level + 1) end
   return res
 end
 
 -- Returns the resolved options (defaults applied); raises on a programmer error.
 local function resolve(opts)
-  if opts == nil then opts = {} end
-  if type(opts) ~= "table" then error("ibkr.new: options must be a table", 3) end
-  for k, v in pairs(opts) do
-    local want = OPTION_TYPES[k]
-    if not want then error("ibkr.new: unknown option '" .. tostring(k) .. "'", 3) end
-    check_type(k, v, want, 3)
-  end
+  if opts == M then check.raise("ibkr.new is a function: call it as ibkr.new{...}, not ibkr:new{...}", 3) end
+  check.options(OPTIONS, opts, "ibkr.new", 3)
   local o = {}
-  for k, v in pairs(opts) do o[k] = v end
+  for k, v in pairs(opts or {}) do o[k] = v end
   if o.base_url == nil then
     local env = os.getenv("IBKR_BASE_URL")
     o.base_url = (env and env ~= "") and env or DEFAULT_URL
@@ -125,24 +100,27 @@ function M.new(opts)
     or o.oauth2 and require("ibkr.oauth2").new(o.oauth2, {
       base_url = o.base_url, verify = o.verify, ca_file = o.ca_file, proxy = o.proxy, timeout = timeout,
       connect_timeout = o.connect_timeout, user_agent = o.user_agent }, 2)
+  local clock = o.clock or core.monotonic
   local s = setmetatable({
     base_url = o.base_url,
     _shown = cs:info().base_url or "?", -- base_url without credentials, for tostring
-    _core = cs,
-    _clock = o.clock or core.monotonic,
+    -- the caller (ibkr/call.lua) owns the core session, pacer, counters and signer
+    _call = call.new{
+      core = cs, clock = clock, timeout = timeout,
+      deadline = o.deadline or (timeout + M.DEADLINE_EXTRA),
+      retries = o.retries and math.tointeger(o.retries) or 2,
+      -- always a pacer: pacing = false turns off the client's limits, not the gateway's Retry-After
+      pacer = pacing.new{ limits = o.pacing ~= false },
+      oauth = signer or nil, -- [oauth]
+      hint = { url = o.base_url, cacert = o.ca_file, proxy = o.proxy }, -- err.hint (ibkr/kinds.lua)
+    },
+    _clock = clock,
     _sleep = o.sleep or core.sleep,
-    _random = math.random,
-    _timeout = timeout,
-    _deadline = o.deadline or (timeout + M.DEADLINE_EXTRA),
-    _retries = o.retries and math.tointeger(o.retries) or 2,
-    -- always a pacer: pacing = false turns off the client's limits, not the gateway's Retry-After
-    _pacer = pacing.new{ limits = o.pacing ~= false },
     _cooperative = o.cooperative == true,
     _closed = false,
-    _oauth = signer or nil, -- [oauth]
+    _oauth = signer or nil, -- [oauth] the caller's signer (read by specs and bench/oauth.lua)
     _generation = 0, -- bumped by s:stop(); a keep-alive runs while it sees its own generation
     _observed = nil, -- { state, detail, time }: see s:state()
-    _stats = { requests = 0, failures = 0, retries = 0, rate_limited = 0, paced = 0 },
   }, Session)
   make_waiters(s)
   return s
@@ -166,15 +144,20 @@ local ENDPOINTS = {
 -- Returns state, detail (the status table or the error).
 local function observed(name, res, err)
   if res ~= nil then
-    return (state.of_answer(name, res)), name == "tickle" and state.tickle_status(res) or res
+    local st = state.of_answer(name, res)
+    -- ssodh/init's own "authenticated" is no proof: only auth/status (or a tickle) says ready
+    if name == "init_brokerage" and st == "ready" then return nil end
+    return st, name == "tickle" and state.tickle_status(res) or res
   end
-  if err.kind == "closed" or state.says_wait(err) then return nil end
-  return state.of_error(err), err
+  local st = kinds.observed(err) -- nil: a "not now", a close: nothing about the state
+  if st == nil then return nil end
+  return st, err
 end
 
 ------------------------------------------------------------------------------------------------
 -- The keep-alive's interface: the few methods through which ibkr/keepalive.lua and
--- ibkr/repair.lua use a session (never its fields). Internal but stable; not for user code.
+-- ibkr/repair.lua use a session (never its fields: the session's `_` fields are this file's,
+-- and what calls share is the caller's, ibkr/call.lua). Internal but stable; not for user code.
 --   s:now()                       -> seconds on the session's clock (the `clock` option)
 --   s:endpoint(w, name, compete, deadline) -> res, nil, status | nil, err
 --                                    calls the session endpoint `name` (the names of the session
@@ -183,19 +166,23 @@ end
 --                                    the answer says about the state (s:state())
 --   s:observe(state, detail)      records a state for s:state()
 --   s:liveness()                  -> function that is true until s:stop() or s:close()
---   s:held(now)                   -> seconds left of the gateway's Retry-After hold, or nil
+--   s:held(now)                   -> seconds left of a hold that keeps calls back (the gateway's
+--                                    Retry-After, a 429 without one, refused OAuth tokens), or nil
+--   s:backoff(now)                -> seconds the session's streak of 5xx answers asks repeated
+--                                    attempts (keep-alive, wait_ready) to wait still, or nil
+--   s:sleep(seconds)              blocks with the session's sleep (the `sleep` option)
 
 function Session:now() return self._clock() end
 
 function Session:endpoint(w, name, compete, deadline)
   local ep = ENDPOINTS[name]
-  if not ep then error("endpoint: unknown session endpoint '" .. tostring(name) .. "'", 2) end
+  if not ep then check.raise("endpoint: unknown session endpoint '" .. tostring(name) .. "'", 2) end
   local copts
   -- the body as the contract writes it, keys in this order (cjson's order follows the hash seed)
   if name == "init_brokerage" then
     copts = { body = compete and '{"publish":true,"compete":true}' or '{"publish":true,"compete":false}' }
   end
-  local res, err, status = call.run(self, w, ep[1], ep[2], copts, true, deadline)
+  local res, err, status = self._call:run(w, ep[1], ep[2], copts, true, deadline)
   local st, detail = observed(name, res, err)
   if st then self:observe(st, detail) end
   if res == nil then return nil, err end
@@ -211,7 +198,11 @@ function Session:liveness()
   return function() return not self._closed and self._generation == gen end
 end
 
-function Session:held(now) return self._pacer:held(now or self._clock()) end
+function Session:held(now) return self._call:held(now or self._clock()) end
+
+function Session:backoff(now) return self._call:backoff(now or self._clock()) end
+
+function Session:sleep(secs) self._sleep(secs) end
 
 -- s:state() -> state, detail, age: the last state any call or keep-alive of this session
 -- observed (states as s:health()), the status table or error it came from, and the seconds
@@ -230,45 +221,41 @@ function Session:sso_validate() return self:endpoint(self:_waiter(), "sso_valida
 Session.validate = Session.sso_validate
 function Session:tickle() return self:endpoint(self:_waiter(), "tickle") end
 
+local INIT_OPTS = { compete = "boolean" }
+
 function Session:init_brokerage(opts)
-  if opts ~= nil and type(opts) ~= "table" then error("init_brokerage: options must be a table", 2) end
-  local compete = opts and opts.compete
-  if compete ~= nil and type(compete) ~= "boolean" then
-    error("init_brokerage: 'compete' must be a boolean", 2)
-  end
-  return self:endpoint(self:_waiter(), "init_brokerage", compete)
+  opts = check.options(INIT_OPTS, opts, "s:init_brokerage")
+  return self:endpoint(self:_waiter(), "init_brokerage", opts.compete)
 end
 
 local SAFE = { GET = true, HEAD = true }
-local REQUEST_OPTS = { query = "table", body = true, headers = "table", retry = "boolean" }
+local REQUEST_OPTS = {
+  query = "table", headers = "table", retry = "boolean",
+  body = function(v)
+    if type(v) ~= "table" and type(v) ~= "string" and v ~= core.empty_array then
+      return "a table, a string or ibkr.empty_array"
+    end
+  end,
+}
 
 function Session:request(method, path, opts)
   if type(method) ~= "string" or not method:match("^%a+$") then
-    error("request: method must be an HTTP method name such as \"GET\"", 2)
+    check.raise("request: method must be an HTTP method name such as \"GET\"", 2)
   end
-  if type(path) ~= "string" or path:sub(1, 1) ~= "/" then error("request: path must start with '/'", 2) end
+  if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
+    check.raise("request: path must start with '/'", 2)
+  end
   core_check(2, core.check_path, path) -- sent as given or refused here (the core's rule, one copy)
   method = method:upper()
   local copts
   if opts ~= nil then
-    if type(opts) ~= "table" then error("request: options must be a table", 2) end
-    for k, v in pairs(opts) do
-      local want = REQUEST_OPTS[k]
-      if not want then error("request: unknown option '" .. tostring(k) .. "'", 2) end
-      if want == true then
-        if type(v) ~= "table" and type(v) ~= "string" and v ~= core.empty_array then
-          error("request: 'body' must be a table, a string or ibkr.empty_array", 2)
-        end
-      elseif type(v) ~= want then
-        error("request: '" .. k .. "' must be a " .. want, 2)
-      end
-    end
+    check.options(REQUEST_OPTS, opts, "s:request")
     if opts.headers then core_check(2, core.check_headers, opts.headers) end
     copts = { query = opts.query, body = opts.body, headers = opts.headers }
   end
   local allow = opts and opts.retry
   if allow == nil then allow = SAFE[method] == true end
-  local res, err, status = call.run(self, self:_waiter(), method, path, copts, allow)
+  local res, err, status = self._call:run(self:_waiter(), method, path, copts, allow)
   if res == nil then
     -- any call tells when the gateway is unreachable or the session is gone
     local st = state.of_error(err)
@@ -281,60 +268,65 @@ end
 -- Helpers
 
 -- State and detail from /iserver/auth/status, with waiter w (by `deadline`, absolute, if given).
--- A 2xx answer that judge() refuses gives "error" (or "no_session") and an error object.
+-- A 2xx answer that judge() refuses gives "error" (or "no_session") and an error object; an
+-- error that says nothing about the session (held back, the deadline spent) gives nil, err.
 local function health(s, w, deadline)
   local res, err = s:endpoint(w, "auth_status", nil, deadline)
-  if res == nil then return state.of_error(err), err end
+  if res == nil then return kinds.observed(err), err end
   local st, why = state.of_answer("auth_status", res)
   if why then return st, state.refusal("POST", "/iserver/auth/status", res, why) end
   return st, res
 end
 
-function Session:health() return health(self, self:_waiter()) end
+function Session:health()
+  local st, detail = health(self, self:_waiter())
+  return st or "error", detail
+end
 
 function Session:is_ready() return (self:health()) == "ready" end
 
 local POLL = 1           -- seconds between status polls in wait_ready
-local WAIT_READY_OPTS = { timeout = "number", init = "boolean", compete = "boolean" }
+local WAIT_READY_OPTS = { timeout = "number>=0", init = "boolean", compete = "boolean" }
 
 local function wait_ready_opts(opts)
-  if opts ~= nil and type(opts) ~= "table" then error("wait_ready: options must be a table", 3) end
-  opts = opts or {}
-  for k, v in pairs(opts) do
-    local want = WAIT_READY_OPTS[k]
-    if not want then error("wait_ready: unknown option '" .. tostring(k) .. "'", 3) end
-    if type(v) ~= want then error("wait_ready: '" .. k .. "' must be a " .. want, 3) end
-  end
-  local timeout = opts.timeout or 60
-  if timeout ~= timeout or timeout < 0 or timeout == math.huge then
-    error("wait_ready: 'timeout' must be a finite number >= 0", 3)
-  end
-  return timeout, opts.init ~= false, opts.compete == true
+  opts = check.options(WAIT_READY_OPTS, opts, "s:wait_ready", 3)
+  return opts.timeout or 60, opts.init ~= false, opts.compete == true
 end
 
--- The error of a wait_ready that ran out of time in state st (detail: last status or error).
-local function not_ready(timeout, st, detail)
+-- The error of a wait_ready that ran out of time in state st (detail: last status or error;
+-- tried: the last failed repair's error, or nil).
+local function not_ready(timeout, st, detail, tried)
   local e = core.is_error(detail) and detail or nil
   local said = e and e.message or state.said(detail)
   return core.error{
-    kind = "timeout", state = st, method = "POST", path = "/iserver/auth/status", cause = e,
-    status = e and e.status or nil,
+    kind = "timeout", state = st, method = "POST", path = "/iserver/auth/status", cause = e or tried,
+    status = e and e.status or nil, action = tried and tried.action or nil,
     message = string.format("session not ready after %g s (state: %s%s)", timeout, st,
       said and (": " .. said) or ""),
   }
 end
 
+-- The seconds wait_ready waits before its next poll: POLL, or longer while the session is held
+-- back or backing off from 5xx answers; never past the deadline.
+local function poll_pause(s, left)
+  return math.min(math.max(POLL, s:held() or 0, s:backoff() or 0), left)
+end
+
 -- wait_ready{timeout=60, init=true, compete=false}: `timeout` is a deadline for everything it
--- does (polls, repairs, their retries and waits). Repairs as the keep-alive's (ibkr/repair.lua),
--- backing off from POLL * 5 seconds.
+-- does (polls, repairs, their retries and waits). Ready only when auth/status says so. Repairs
+-- as the keep-alive's (ibkr/repair.lua), backing off from POLL * 5 seconds. The state it reports
+-- when time runs out is the last one an answer showed (a poll that the deadline or a hold kept
+-- from being sent shows none).
 function Session:wait_ready(opts)
   local timeout, init, compete = wait_ready_opts(opts)
   local w = self:_waiter()
   local deadline = self._clock() + timeout
   local schedule = repair.new(5 * POLL)
+  local st, detail, tried
   while true do
-    local st, detail = health(self, w, deadline)
-    if st == "ready" then return detail end
+    local seen, d = health(self, w, deadline)
+    if seen == "ready" then return d end
+    if seen or not st then st, detail = seen, d end
     if self._closed then return nil, call.closed_error("POST", "/iserver/auth/status") end
     if init and repair.wanted(st, compete) and schedule:due(self._clock()) and self._clock() < deadline then
       local ready, err = repair.run(self, w, { compete = compete, limit = deadline,
@@ -342,23 +334,22 @@ function Session:wait_ready(opts)
       if self._closed then return nil, call.closed_error("POST", "/iserver/auth/status") end
       if ready then return ready end
       schedule:failed(self._clock())
-      detail = err or detail
+      tried = err or tried
     end
     local now = self._clock()
-    if now >= deadline then return nil, not_ready(timeout, st, detail) end
-    w.wait(math.min(POLL, deadline - now))
+    if now >= deadline then
+      return nil, self._call:hinted(not_ready(timeout, st or "error", detail, tried))
+    end
+    w.wait(poll_pause(self, deadline - now))
     if self._closed then return nil, call.closed_error("POST", "/iserver/auth/status") end
-    if self._clock() >= deadline then return nil, not_ready(timeout, st, detail) end
+    if self._clock() >= deadline then
+      return nil, self._call:hinted(not_ready(timeout, st or "error", detail, tried))
+    end
   end
 end
 
 function Session:stats()
-  local t = {}
-  for k, v in pairs(self._stats) do t[k] = v end
-  if not self._closed then
-    local info = self._core:info()
-    t.connects, t.exchanges, t.in_flight = info.connects, info.exchanges, info.in_flight
-  end
+  local t = self._call:stats()
   t.closed = self._closed
   return t
 end
@@ -371,8 +362,7 @@ end
 function Session:close()
   if not self._closed then
     self._closed = true
-    self._core:close()
-    if self._oauth then self._oauth:close() end -- [oauth] wipes keys and token
+    self._call:close() -- the core session, and the signer's keys and token [oauth]
   end
 end
 
@@ -389,5 +379,17 @@ function Session:keepalive(opts) return require("ibkr.keepalive").coroutine(self
 function Session:keepalive_loop(opts) return require("ibkr.keepalive").loop(self, opts) end
 
 function M.run(cos, opts) return require("ibkr.run").run(cos, opts) end
+
+-- Every method says so when it is called with a dot (s.request("GET", ...) passes "GET" as the
+-- session): "call it as s:request(...)". Metamethods are left as they are.
+for name, f in pairs(Session) do
+  if type(f) == "function" and name:sub(1, 2) ~= "__" then
+    Session[name] = function(self, ...)
+      if getmetatable(self) ~= Session then check.method(self, Session, name) end
+      return f(self, ...)
+    end
+  end
+end
+Session.validate = Session.sso_validate -- one function, as before the wrapping
 
 return M

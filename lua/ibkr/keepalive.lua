@@ -10,6 +10,7 @@
 -- s:close(), or coroutine.close(co) (which frees an in-flight request: see ibkr/call.lua).
 
 local core = require("ibkr.core")
+local check = require("ibkr.check")
 local state = require("ibkr.state")
 local waiter = require("ibkr.waiter")
 
@@ -21,21 +22,17 @@ M.MIN_VALIDATE_INTERVAL = 60 -- the gateway allows one /sso/validate per minute
 M.LOOP_SLICE = 1             -- keepalive_loop notices stop()/close() within this many seconds
 
 local OPTS = {
-  interval = "number", retry_interval = "number", init = "boolean", compete = "boolean",
-  validate_interval = "number", on_state = "function", on_error = "function",
-  on_repair = "function", sleep = "function",
+  interval = "number>0", retry_interval = "number>0", init = "boolean", compete = "boolean",
+  validate_interval = "number>0", on_state = "function", on_error = "function",
+  on_repair = "function",
 }
+local LOOP_OPTS = { sleep = "function" } -- keepalive_loop takes these too
+for k, v in pairs(OPTS) do LOOP_OPTS[k] = v end
 
-local function check(opts, with_sleep, level)
-  if opts == nil then opts = {} end
-  if type(opts) ~= "table" then error("keepalive: options must be a table", level + 1) end
-  for k, v in pairs(opts) do
-    local want = OPTS[k]
-    if not want or (k == "sleep" and not with_sleep) then
-      error("keepalive: unknown option '" .. tostring(k) .. "'", level + 1)
-    end
-    if type(v) ~= want then error("keepalive: '" .. k .. "' must be a " .. want, level + 1) end
-  end
+-- The options of s:keepalive (s:keepalive_loop when `loop`), checked, with defaults applied.
+-- An error points at the caller's line (ibkr/check.lua).
+local function options(opts, loop)
+  opts = check.options(loop and LOOP_OPTS or OPTS, opts, loop and "s:keepalive_loop" or "s:keepalive", 3)
   local o = {
     interval = opts.interval or 60,
     retry_interval = opts.retry_interval or 5,
@@ -45,12 +42,6 @@ local function check(opts, with_sleep, level)
     on_state = opts.on_state, on_error = opts.on_error, on_repair = opts.on_repair,
     sleep = opts.sleep,
   }
-  for _, k in ipairs{ "interval", "retry_interval", "validate_interval" } do
-    local v = o[k]
-    if v ~= nil and (v ~= v or v <= 0 or v == math.huge) then
-      error("keepalive: '" .. k .. "' must be a finite number > 0", level + 1)
-    end
-  end
   if o.validate_interval and o.validate_interval < M.MIN_VALIDATE_INTERVAL then
     o.validate_interval = M.MIN_VALIDATE_INTERVAL
   end
@@ -146,7 +137,7 @@ local function maybe_repair(s, w, o, rep, sched, st, alive)
     end })
   if not alive() then return st end
   if ready then
-    sched:succeeded()
+    sched:repaired(s:now())
     rep.state("ready", ready)
     return "ready"
   end
@@ -156,10 +147,12 @@ local function maybe_repair(s, w, o, rep, sched, st, alive)
   return rep.current or st
 end
 
--- Sleeps `pause` seconds, or until the gateway's Retry-After hold ends when that is later.
+-- Sleeps `pause` seconds, or until the session's hold ends (the gateway's Retry-After, a 429
+-- without one, refused OAuth tokens) or its backoff after 5xx answers, when that is later.
 local function pause_for(s, w, pause, alive)
-  local held = s:held()
+  local held, backoff = s:held(), s:backoff()
   if held and held > pause then pause = held end
+  if backoff and backoff > pause then pause = backoff end
   if w.chunk then
     -- Inline loop: the host's sleep cannot be interrupted, so sleep in slices and look at
     -- stop()/close() between them (a coroutine just is not resumed again, or closed).
@@ -185,7 +178,12 @@ local function run(s, o, w, alive)
     local got_through = st ~= nil -- false: held back (429, Retry-After): retry sooner, state kept
     if st or not rep.current then rep.state(st or "error", detail) end
     st = rep.current
-    if st == "ready" then sched:succeeded() end
+    -- a repair counts once it sticks: a fall back seen before that is a failed repair
+    if st == "ready" then
+      sched:seen(true, s:now())
+    elseif got_through and repair.wanted(st, o.compete) then
+      sched:seen(false, s:now())
+    end
     -- Repair. Unauthenticated (and not-yet-connected) sessions are re-initialised when `init`;
     -- a competing session only with `compete = true`, because taking the brokerage session
     -- disconnects the user's other login (TWS, the mobile app): by default we report it and wait.
@@ -208,20 +206,20 @@ local function liveness(s)
 end
 
 function M.coroutine(s, opts)
-  local o = check(opts, false, 3)
+  local o = options(opts, false)
   local alive = liveness(s)
   local w = waiter.new("yield", alive, stopped_error)
   return coroutine.create(function() run(s, o, w, alive) end)
 end
 
 function M.loop(s, opts)
-  local o = check(opts, true, 3)
+  local o = options(opts, true)
   local alive = liveness(s)
   local w
   if o.sleep then
     w = waiter.new("host", alive, stopped_error, o.sleep, M.LOOP_SLICE)
   else
-    w = waiter.new("block", alive, stopped_error, function(secs) s._sleep(secs) end, M.LOOP_SLICE)
+    w = waiter.new("block", alive, stopped_error, function(secs) s:sleep(secs) end, M.LOOP_SLICE)
   end
   run(s, o, w, alive)
 end

@@ -5,6 +5,7 @@
 -- ibkr/call.lua drives it: needs_token -> token_request -> (POST) -> accept_token, then sign.
 
 local core = require("ibkr.core")
+local state = require("ibkr.state")
 
 local M = {}
 
@@ -257,11 +258,15 @@ function Signer:renew(exchange, clock)
 end
 
 -- The error of a failed token request: HTTP answers become kind "auth" (the server refused the
--- handshake); transport errors (connect, timeout, tls...) keep their kind.
+-- handshake), with IBKR's own reason in the message ("refused: HTTP 401: invalid consumer": the
+-- core's message of the answer); a 2xx body that is not JSON says what it was instead. Transport
+-- errors (connect, timeout, tls...) keep their kind.
 function Signer.token_error(_, err)
-  if err.kind == "http" or err.kind == "json" then
-    return auth_error(string.format("live session token request refused%s",
-      err.status and (": HTTP " .. err.status) or ""), err)
+  if err.kind == "http" then
+    return auth_error("live session token request refused: " .. tostring(err.message), err)
+  elseif err.kind == "json" then
+    return auth_error(string.format("live session token request answered HTTP %s with %s, not JSON",
+      tostring(err.status or "2xx"), state.body_text(err.body)), err)
   end
   return err
 end

@@ -24,8 +24,6 @@ M.RENEW_MARGIN = 60            -- seconds before expiry a token is renewed (at m
 M.MAX_ANSWER = 64 * 1024       -- bytes of a token or SSO answer (larger: kind "auth")
 M.MAX_TOKEN = 8192             -- bytes of a token
 M.MAX_LIFETIME = 366 * 86400   -- seconds: a longer expires_in counts as this
-M.BACKOFF_FIRST = 1            -- seconds the first refusal holds renewals back, doubling with each
-M.BACKOFF_MAX = 300            -- refusal in a row up to this
 M.INIT_PATH = "/iserver/auth/ssodh/init"
 M.LOGOUT_PATH = "/logout"
 
@@ -217,7 +215,6 @@ function M.new(cfg, opts, level)
     session = nil,    -- { header = "Bearer …", renew_at = session clock }
     generation = 0,   -- SSO sessions opened so far; a request signed under an older one says so
     fetching = nil,   -- deadline of the renewal in progress (ibkr/call.lua)
-    refusals = 0, hold_until = nil, held = nil, -- refused renewals in a row, the backoff
     init_body = nil,  -- the last ssodh/init body sent (re-sent after a new SSO session); nil after logout
   }, Signer)
 end
@@ -437,38 +434,16 @@ function Signer:open_session(exchange, clock)
   return true
 end
 
--- A refused renewal holds the next ones back: 1 s, 2 s, 4 s ... BACKOFF_MAX after the 1st, 2nd,
--- 3rd ... refusal in a row; meanwhile every renewal returns this error (held_error) unsent.
-function Signer:refused_renewal(err, now)
-  self.refusals = self.refusals + 1
-  self.hold_until = now + math.min(M.BACKOFF_FIRST * 2 ^ (self.refusals - 1), M.BACKOFF_MAX)
-  self.held = err
-end
-
-function Signer:held_error(now)
-  local e, left, n = self.held, self.hold_until - now, self.refusals
-  return core.error{
-    kind = "auth", method = e.method, path = e.path, status = e.status, data = e.data, hint = e.hint,
-    retry_after = left, refusals = n,
-    message = string.format("%s (not asked again for %.3g s after %d refusal%s in a row)", e.message, left, n,
-      n == 1 and "" or "s"),
-  }
-end
-
 -- The renewal of ibkr/call.lua's signer interface: an access token when needed, a new SSO session,
 -- and, when a brokerage session had been opened (ssodh/init sent, no logout since), ssodh/init
 -- again with the same body: a new SSO session starts without one. Its answer is not awaited
 -- beyond the exchange and not judged: the keep-alive and wait_ready confirm the state.
--- Returns true, or nil, err.
+-- Returns true, or nil, err. Refusals again and again are backed off by the caller (ibkr/call.lua,
+-- the registry's "token" refusals: ibkr/kinds.lua).
 function Signer:renew(exchange, clock)
-  if self.hold_until and clock() < self.hold_until then return nil, self:held_error(clock()) end
   local first = self.generation == 0
   local ok, err = self:open_session(exchange, clock)
-  if not ok then
-    if err.kind == "auth" then self:refused_renewal(err, clock()) end
-    return nil, err
-  end
-  self.refusals, self.hold_until, self.held = 0, nil, nil
+  if not ok then return nil, err end
   if not first and self.init_body then
     exchange("POST", M.INIT_PATH,
       { body = self.init_body, headers = { Authorization = self.session.header } })

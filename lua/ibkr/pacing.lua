@@ -37,14 +37,18 @@ function M.new(opts)
 end
 
 -- Holds back every request until `t` (a later hold extends it, an earlier one never shortens).
-function Pacer:hold(t)
-  if t == t and (not self.until_t or t > self.until_t) then self.until_t = t end
+-- `why` says what the hold is for (kept with the hold that ends last): "retry_after" (the
+-- gateway's Retry-After, the default) or "pacing" (a 429 without one: ibkr/kinds.lua's backoff).
+function Pacer:hold(t, why)
+  if t == t and (not self.until_t or t > self.until_t) then
+    self.until_t, self.why = t, why or "retry_after"
+  end
 end
 
--- Seconds left of the gateway's hold at `now`, or nil when there is none.
+-- Seconds left of the gateway's hold at `now` and what it is for, or nil when there is none.
 function Pacer:held(now)
   local u = self.until_t
-  if u and u > now then return u - now end
+  if u and u > now then return u - now, self.why end
   self.until_t = nil
   return nil
 end
@@ -89,13 +93,13 @@ end
 
 -- Books a send of `path` as early as the limits allow.
 -- Returns the seconds to wait before sending (0 = now), or nil plus the seconds after which the
--- call may be tried again when the wait would exceed MAX_WAIT (nothing is booked then) plus
--- "held" when the reason is the gateway's Retry-After (not the client's own limits): a hold is
--- never waited for here, however short — the caller decides (a retry may wait for it).
+-- call may be tried again when the wait would exceed MAX_WAIT (nothing is booked then) plus,
+-- when the reason is a hold (not the client's own limits), what the hold is for (hold()'s `why`):
+-- a hold is never waited for here, however short — the caller decides (a retry may wait for it).
 -- Bookings are made at once, so concurrent callers (coroutines) see each other's reservations.
 function Pacer:reserve(path, now)
-  local held = self:held(now)
-  if held then return nil, held, "held" end
+  local held, why = self:held(now)
+  if held then return nil, held, why end
   if not self.limits then return 0 end
   local t = self:earliest(path, now)
   local wait = t - now

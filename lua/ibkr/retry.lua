@@ -1,31 +1,19 @@
 -- Retry policy: which failures are retried and how long to wait before the next attempt.
 -- Pure functions (the random source is a parameter), so the arithmetic is testable.
 
+local kinds = require("ibkr.kinds")
+
 local M = {}
 
 M.BASE = 0.25          -- first backoff step, seconds
 M.CAP = 8              -- no backoff step grows beyond this
 
--- curl codes of a connection that ended before any response: 52 "Empty reply from server",
--- 55 send error, 56 receive error (reset). The engine reports these as kind "protocol" with
--- no_response = true; older cores give only the curl_code.
-local NO_RESPONSE = { [52] = true, [55] = true, [56] = true }
-
--- Whether err is a connection dropped or reset before any response arrived.
-function M.no_response(err)
-  if err.kind ~= "protocol" or err.status ~= nil then return false end
-  return err.no_response == true or NO_RESPONSE[err.curl_code] == true
-end
-
--- Whether the failure `err` may succeed when tried again: transport failures before or during
--- the exchange (connect, timeout, a connection dropped before any response) and the gateway's
--- "not now" answers (429, 503). Callers retry only requests that are safe to repeat.
-function M.retryable(err)
-  local kind = err.kind
-  if kind == "connect" or kind == "timeout" then return true end
-  if M.no_response(err) then return true end
-  return kind == "http" and (err.status == 429 or err.status == 503)
-end
+-- Which failures may succeed when tried again is the registry's (ibkr/kinds.lua): transport
+-- failures before or during the exchange (connect, timeout, a connection dropped before any
+-- response: no_response) and the gateway's "not now" answers (429, 503). Callers retry only
+-- requests that are safe to repeat.
+M.no_response = kinds.no_response
+M.retryable = kinds.retryable
 
 -- Seconds to wait before retry number `attempt` (1 = first retry): exponential backoff with
 -- "equal jitter" (half fixed, half random, so waits never collapse to zero), never shorter than

@@ -7,6 +7,7 @@
 -- Gateway facts: docs/gateway-facts.md §1.2–1.8 and "Field reports".
 
 local core = require("ibkr.core")
+local kinds = require("ibkr.kinds")
 
 local M = {}
 
@@ -20,6 +21,19 @@ function M.text(s)
   s = s:gsub("%s+", " "):match("^%s*(.-)%s*$")
   if s == "" then return nil end
   return core.printable(s, M.MAX_TEXT) -- the core's rules: other controls escaped, cut on a character
+end
+
+-- What a body that is not JSON is, as one bounded line for a message: "an empty body", "an HTML
+-- page titled \"…\"", "an HTML page", or "text: …" (its first words).
+function M.body_text(body)
+  if type(body) ~= "string" or body:match("^%s*$") then return "an empty body" end
+  if body:match("^%s*<") then
+    local title = body:match("<[Tt][Ii][Tt][Ll][Ee][^>]*>(.-)</[Tt][Ii][Tt][Ll][Ee]")
+      or body:match("<[Hh]1[^>]*>(.-)</[Hh]1")
+    title = title and M.text((title:gsub("<[^>]*>", "")))
+    return title and ("an HTML page titled \"" .. title .. "\"") or "an HTML page"
+  end
+  return "text: " .. (M.text(body) or "")
 end
 
 -- Whether v is a JSON object as decoded (a table that is not an array).
@@ -128,39 +142,14 @@ function M.of_status(st)
   return "error" -- neither key: not a status body (e.g. {"error":"failed to process request"})
 end
 
--- Whether an error is a redirect to the gateway's SSO login pages (/sso/Login, /sso/Dispatcher):
--- the SSO session is gone and only a browser login helps (field report ibeam #257).
-function M.is_login_redirect(err)
-  if err.kind ~= "http" or type(err.status) ~= "number" or err.status < 300 or err.status > 399 then
-    return false
-  end
-  local loc = err.location
-  if type(loc) ~= "string" and type(err.headers) == "table" then
-    loc = err.headers.location or err.headers.Location
-  end
-  if type(loc) ~= "string" then loc = err.body end -- the page links to its target
-  return type(loc) == "string" and (loc:find("/sso/Login", 1, true) ~= nil
-    or loc:find("/sso/Dispatcher", 1, true) ~= nil)
-end
-
--- Whether err is the gateway (or the session keeping its Retry-After) saying "not now": a 429,
--- a 503 with Retry-After, or a call refused without sending (kind "rate_limited"). Such an answer
--- says nothing about the session's state.
-function M.says_wait(err)
-  return err.kind == "rate_limited" or err.status == 429
-    or (err.status == 503 and err.retry_after ~= nil)
-end
-
--- State of a failed call's error object.
-function M.of_error(err)
-  local kind = err.kind
-  if kind == "connect" or kind == "timeout" then return "down" end
-  if kind == "tls" then return "tls" end
-  if kind == "http" and err.status == 401 then return "no_session" end
-  if M.is_login_redirect(err) then return "no_session" end
-  if type(err.data) == "table" and err.data.error == "no session" then return "no_session" end
-  return "error"
-end
+-- What a failed call's error means is the registry's (ibkr/kinds.lua): these are its answers.
+-- is_login_redirect(err): a redirect to the gateway's SSO login pages (only a browser login helps).
+-- says_wait(err): the gateway (or a Retry-After hold) saying "not now": a 429, a 503 with
+-- Retry-After, a call refused without sending. Such an answer says nothing about the state.
+-- of_error(err): the state of a failed call, as s:health() reports it.
+M.is_login_redirect = kinds.is_login_redirect
+M.says_wait = kinds.says_wait
+M.of_error = kinds.state
 
 -- refusal(method, path, body, why) -> error object for a 2xx answer that judge() refused:
 -- kind "http", status 200, `data` = the body when it is a table, message `why` (tostring(err)
@@ -191,8 +180,7 @@ end
 
 -- The CLI's exit code for a state (contract, "The CLI"): 0 ready, 2 unreachable (down, tls),
 -- 3 login required (no_session), 1 anything else the gateway answered.
-local EXIT = { ready = 0, down = 2, tls = 2, no_session = 3 }
-function M.exit_code(st) return EXIT[st] or 1 end
+M.exit_code = kinds.exit_code
 
 -- The status table carried by a tickle body, or nil (then ask /iserver/auth/status).
 function M.tickle_status(body)

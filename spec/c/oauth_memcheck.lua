@@ -163,11 +163,11 @@ for _, fault in ipairs({ { kind = "refused" }, { kind = "malformed" }, { kind = 
   m:oauth2({ expire = "all", fault = fault })
   local res, err = s:tickle()
   assert(res == nil and err.kind == "auth", tostring(err))
-  s._oauth.hold_until = nil -- the backoff is policy; this run wants the next renewal at once
+  s._call.streak.token, s._call.token_until = nil, nil -- the backoff is policy; the next renewal at once
 end
 m:oauth2({ echo = 1 })
 assert(select(2, s:tickle()).kind == "auth")
-s._oauth.hold_until = nil
+s._call.streak.token, s._call.token_until = nil, nil
 assert(s:tickle())
 m:oauth2({ expire = "sessions" })
 assert(s:tickle())

@@ -116,6 +116,9 @@ local function split_markdown(text)
         lines[n] = line
         local hashes, title = line:match("^(#+)%s+(.-)%s*#*%s*$")
         if hashes then headings[#headings + 1] = { level = #hashes, text = title, line = n } end
+        -- a paragraph's bold lead (**Retry-After holds.**) is a section too, without an anchor
+        local lead = (lines[n - 1] or "") == "" and line:match("^%*%*([^*]-)%.?%*%*")
+        if lead then headings[#headings + 1] = { level = 0, text = lead, line = n, run_in = true } end
       end
     end
   end
@@ -172,14 +175,16 @@ end
 function M.anchors(headings)
   local out, seen = {}, {}
   for _, h in ipairs(headings) do
-    local a = M.slug(h.text)
-    if seen[a] then
-      seen[a] = seen[a] + 1
-      a = a .. "-" .. seen[a]
-    else
-      seen[a] = 0
+    if not h.run_in then
+      local a = M.slug(h.text)
+      if seen[a] then
+        seen[a] = seen[a] + 1
+        a = a .. "-" .. seen[a]
+      else
+        seen[a] = 0
+      end
+      out[a] = h.line
     end
-    out[a] = h.line
   end
   return out
 end

@@ -129,6 +129,7 @@ void handle_gather(xfer *x, CURLcode code) {
   curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &x->nconnects);
   curl_easy_getinfo(x->easy, CURLINFO_HEADER_SIZE, &x->header_size);
   curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &x->retry_after);
+  curl_easy_getinfo(x->easy, CURLINFO_SSL_VERIFYRESULT, &x->verify_result);
   curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc);
   if (loc) x->location = buf_strndup(loc, strlen(loc));
   if (code == CURLE_OK && !x->hdr_done) {     /* closed inside the header block */
@@ -150,6 +151,7 @@ int handle_restart(xfer *x, double now) {
   x->errbuf[0] = '\0';
   x->status = x->nconnects = x->header_size = 0;
   x->retry_after = 0;
+  x->verify_result = 0;
   free(x->location);
   x->location = NULL;
   x->body.n = 0;

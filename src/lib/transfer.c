@@ -56,6 +56,7 @@ int transfer_open(xfer *x, xhome *h, const callspec *cs, const xopts *o) {
   x->callh = o->callh;
   x->repeatable = cs->repeatable;
   x->max_body = o->max_body;
+  x->ca_not_after = o->ca_not_after;
   if (x->url == NULL || (cs->nh && x->callh == NULL)) return 0;
   if (cs->has_body) {
     x->post = buf_strndup(cs->body, cs->blen);

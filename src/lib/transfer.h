@@ -16,6 +16,7 @@ typedef struct xopts {
   struct curl_slist *headers; /* the list to send: callh or one of the session's */
   long timeout_ms;
   size_t max_body;
+  long long ca_not_after;     /* copied into the exchange: TLS evidence (request.c) */
 } xopts;
 
 void transfer_init(xfer *x);

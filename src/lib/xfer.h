@@ -69,6 +69,8 @@ typedef struct xfer {
   char errbuf[CURL_ERROR_SIZE];
   /* facts gathered when the transfer ended, so results never need `easy` */
   long status, nconnects, header_size;
+  long verify_result;         /* CURLINFO_SSL_VERIFYRESULT: the certificate check's X509_V_* code */
+  long long ca_not_after;     /* the session's ca_file: earliest notAfter (epoch s), or 0 (TLS evidence) */
   curl_off_t retry_after;
   char *location;
 } xfer;

@@ -49,14 +49,14 @@ local function answered(name, res, line, code, extra, hint)
   return { code = code, doc = doc, line = line, hint = hint }
 end
 
--- Calls endpoint `ep` with fn, judges the answer; on success calls good(res).
+-- Calls endpoint `ep` with fn, judges the answer; on success calls good(res, o, ctx, s).
 local function judged(name, ep, fn, good)
   return function(s, o, ctx)
     local res, err = fn(s, o)
     if res == nil then return M.failed(name, err, ctx) end
     local ok, why = judge(ep, res)
     if not ok then return refused(name, res, why or "failed", ctx) end
-    return good(res, o, ctx)
+    return good(res, o, ctx, s)
   end
 end
 
@@ -100,11 +100,19 @@ end)
 -- init: ready -> 0; accepted but not yet authenticated -> 0 with "pending" (the gateway needs
 -- ~0.5-15 s), and so is still competing after --compete (the takeover is under way);
 -- competing without --compete (the other login kept the session), disconnected -> 1.
+-- "ready" only when auth/status says so: ssodh/init's own "authenticated" is no proof (some
+-- gateways drop the session again right after it); unconfirmed, it is "pending".
 M.init = judged("init", "init_brokerage",
   function(s, o) return s:init_brokerage{ compete = o.compete == true } end,
-  function(res, o, ctx)
-    local st = state.of_status(res)
-    local desc = report.describe_status(res)
+  function(res, o, ctx, s)
+    local st, shown = state.of_status(res), res
+    if st == "ready" then
+      local as = s:auth_status()
+      local ok = as ~= nil and judge("auth_status", as)
+      st = ok and state.of_status(as) or "unauthenticated"
+      if ok then shown = as end
+    end
+    local desc = report.describe_status(shown)
     if st == "unauthenticated" or (st == "competing" and o.compete) then
       local what = st == "competing" and "takes the brokerage session over from the other login"
         or "opens the brokerage session"
@@ -137,7 +145,7 @@ M.wait = function(s, o, ctx)
   local st = err.state or report.state_of_error(err)
   if st == "down" and cause then return M.failed("wait", cause, ctx) end
   local code = report.code_of_state(st)
-  local hint = cause and hints.for_error(cause, ctx) or hints.for_state(st, ctx)
+  local hint = hints.for_error(err, ctx) -- from what was seen: the last state, the repairs tried
   return {
     code = code, hint = hint,
     doc = { command = "wait", ok = false, exit = code, state = st, error = report.plain_error(err),
@@ -160,7 +168,10 @@ M.request = function(s, o, ctx)
   local ok, res, err, status = pcall(s.request, s, method, path, o.data and { body = o.data } or nil)
   if not ok then return refused_usage("request", res) end
   if res == nil then return M.failed("request", err, ctx) end
-  return answered("request", res, out.json(res), 0, { status = status, method = method, path = path })
+  local r = answered("request", res, out.json(res, true), 0,
+    { status = status, method = method, path = path })
+  r.whole = { result = true } -- the answer asked for, entire in --json too
+  return r
 end
 
 return M

@@ -3,7 +3,7 @@
 -- commands and the keep-alive.
 
 local ibkr = require("ibkr")
-local state = require("ibkr.state")
+local kinds = require("ibkr.kinds")
 local out = require("ibkr.cli.out")
 
 local M = {}
@@ -12,14 +12,13 @@ M.EXIT = { ok = 0, not_ready = 1, unreachable = 2, login = 3, usage = 64 }
 M.SIGNAL_EXIT = { INT = 130, TERM = 143, HUP = 129, QUIT = 131 }
 
 -- Exit code of a session state (s:health()'s names): 0 ready, 2 down/tls, 3 no_session, else 1.
-M.code_of_state = state.exit_code
+M.code_of_state = kinds.exit_code
 
 -- State of a failed call's error, as s:health() says.
-M.state_of_error = state.of_error
+M.state_of_error = kinds.state
 
-function M.code_of_error(err)
-  return M.code_of_state(M.state_of_error(err))
-end
+-- Exit code of a failed call.
+M.code_of_error = kinds.exit
 
 local function cut(s, max)
   s = tostring(s)

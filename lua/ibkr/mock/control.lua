@@ -15,7 +15,7 @@ local server_keys = {
 local gateway_keys = {
   pacing = "boolean", idle_timeout = "nonnegative", init_delay = "nonnegative",
   reauth_delay = "nonnegative", sso_window = "positive", log_limit = "positive",
-  connection_close = "boolean",
+  connection_close = "boolean", relapse = "nonnegative", relapse_requests = "nonnegative",
 }
 
 local function check(kind, v)
@@ -126,6 +126,7 @@ function control.state(m)
       rate_limited = g.counters.rate_limited,
       faults_applied = g.counters.faults_applied,
       idle_expiries = g.counters.idle_expiries,
+      relapses = g.counters.relapses,
       by_path = g.counters.by_path,
       connections = srv.stats.connections,
       active_connections = srv.stats.active,

@@ -25,6 +25,12 @@ gateway.defaults = {
   log_limit = 10000,    -- request log entries kept (oldest dropped)
   connection_close = false, -- every API answer says Connection: close and closes (like tickle on
                             -- some gateways, Voyz/ibeam issue #152)
+  -- A session that "drops again right after login" (Voyz/ibeam issues #130, #7): once a repair
+  -- (ssodh/init, reauthenticate) has made it ready, it falls back to unauthenticated after
+  -- `relapse` seconds, or at the `relapse_requests`-th API request after it became ready
+  -- (1: auth/status never confirms it), whichever comes first. 0 = off.
+  relapse = 0,
+  relapse_requests = 0,
 }
 
 local MAC = "02:42:AC:11:00:02"
@@ -76,7 +82,8 @@ function gateway:reset()
   self.faults:clear()
   self.pacing:reset()
   self.penalty = nil
-  self.counters = { requests = 0, rate_limited = 0, faults_applied = 0, idle_expiries = 0, by_path = {} }
+  self.counters = { requests = 0, rate_limited = 0, faults_applied = 0, idle_expiries = 0, relapses = 0,
+    by_path = {} }
   self:login(self.initial.state)
 end
 
@@ -85,6 +92,7 @@ function gateway:login(state)
   local now = self.clock()
   self.state = state or "ready"
   self.pending = nil
+  self.relapse = nil
   self.session = random_hex(32)
   self.auth_time = wall_ms()
   self.last_accessed = self.auth_time
@@ -95,6 +103,7 @@ end
 function gateway:set_state(state)
   self.state = state
   self.pending = nil
+  self.relapse = nil
   self.last_api = self.clock()
 end
 
@@ -136,18 +145,47 @@ function gateway:penalised(now)
   return response.error(429, "Too many requests", { { "Retry-After", tostring(p.retry_after) } })
 end
 
--- Schedules a transition to state after delay seconds (immediately when delay <= 0).
-function gateway:schedule(state, delay, now)
+-- A repair made the session ready at `at`: arms the configured relapse (or none).
+function gateway:repaired(at)
+  local c = self.config
+  self.relapse = nil
+  if (c.relapse or 0) > 0 or (c.relapse_requests or 0) > 0 then
+    self.relapse = { at = (c.relapse or 0) > 0 and at + c.relapse or nil,
+      left = (c.relapse_requests or 0) > 0 and math.floor(c.relapse_requests) or nil, seq = self.seq }
+  end
+end
+
+-- Schedules a transition to state after delay seconds (immediately when delay <= 0); `repair`:
+-- the transition is a repair's (ssodh/init, reauthenticate), which may relapse.
+function gateway:schedule(state, delay, now, repair)
   if not delay or delay <= 0 then
     self.state = state
     self.pending = nil
     self.last_api = now
+    if repair then self:repaired(now) end
   else
-    self.pending = { state = state, at = now + delay }
+    self.pending = { state = state, at = now + delay, repair = repair }
   end
 end
 
--- Applies due transitions: a pending ssodh/init or reauthenticate, then idle expiry.
+-- The relapse of a repaired session (config relapse, relapse_requests): due at its time, or
+-- (`request`: an API request is being answered) at the n-th API request after the one that saw
+-- the session ready first.
+function gateway:relapsing(now, request)
+  local r = self.relapse
+  if not r or self.state ~= "ready" then
+    self.relapse = nil
+    return
+  end
+  if request and r.left and self.seq > r.seq then r.left = r.left - 1 end
+  if (r.at and now >= r.at) or (r.left and r.left <= 0) then
+    self.state = "unauthenticated"
+    self.relapse = nil
+    self.counters.relapses = self.counters.relapses + 1
+  end
+end
+
+-- Applies due transitions: a pending ssodh/init or reauthenticate, a relapse, then idle expiry.
 function gateway:tick(now)
   local p = self.pending
   if p and now >= p.at then
@@ -156,7 +194,9 @@ function gateway:tick(now)
     if self.last_api < p.at then
       self.last_api = p.at
     end
+    if p.repair then self:repaired(p.at) end
   end
+  self:relapsing(now)
   local idle = self.config.idle_timeout
   if idle and idle > 0 and (self.state == "ready" or self.state == "competing")
       and now - self.last_api >= idle then
@@ -306,7 +346,7 @@ handlers["/iserver/reauthenticate"] = function(self, _, now)
     return no_session()
   end
   if self.state ~= "ready" then
-    self:schedule("ready", self.config.reauth_delay, now)
+    self:schedule("ready", self.config.reauth_delay, now, true)
   end
   return response.json(200, { message = "triggered" })
 end
@@ -330,7 +370,7 @@ handlers["/iserver/auth/ssodh/init"] = function(self, req, now)
   end
   local s = self.state
   if s == "unauthenticated" or s == "disconnected" or (s == "competing" and compete) then
-    self:schedule("ready", self.config.init_delay, now)
+    self:schedule("ready", self.config.init_delay, now, true)
   end
   return response.json(200, self:status_body())
 end
@@ -449,6 +489,7 @@ function gateway:handle(req)
   else
     local now = self.clock()
     self:tick(now)
+    self:relapsing(now, true)
     self.last_api = now
     self.last_accessed = wall_ms()
     local bp = self.counters.by_path
