@@ -47,6 +47,11 @@ local EXTERNAL_RECEIVERS = {
 }
 -- options written as a pattern of the form, not as an option
 local PLACEHOLDER_OPTIONS = { ["--name"] = "docs/cli.md: options may be written --name=value" }
+-- long options of other programs that the docs name on their own (in prose, not on a command line)
+local EXTERNAL_OPTIONS = { ["--deps-mode"] = "luarocks", ["--tree"] = "luarocks",
+  ["--lua-version"] = "luarocks" }
+-- words that stand for a name in a path (spec/FILE_spec.lua)
+local PATH_PLACEHOLDERS = { FILE = true, NAME = true, DIR = true, PATH = true }
 -- paths of a user's project in an example, not of this checkout
 local FOREIGN_PATHS = { ["spec/bot_spec.lua"] = "docs/testing.md: the user's own spec file" }
 
@@ -320,34 +325,51 @@ local function option_known(p, o)
   return CLI[p].known(o)
 end
 
+-- Who offers option o on a line for prog ("session", "mock" or "either"): "session", "mock",
+-- "external" (another program's, named in prose: EXTERNAL_OPTIONS) or nil (nobody).
+local function owner(prog, o)
+  if prog ~= "either" then return option_known(prog, o) and prog or nil end
+  if option_known("session", o) then return "session" end
+  if option_known("mock", o) then return "mock" end
+  return EXTERNAL_OPTIONS[o] and "external" or nil
+end
+
+local PROGRAM = { session = "ibkr-session", mock = "ibkr-mock-gateway",
+  either = "ibkr-session or ibkr-mock-gateway" }
+
+-- whether word i of a command line is ibkr-session's command: the first plain word that is not
+-- an option's value, on a line that names the program, or (elsewhere) a first word followed by
+-- an option (`wait --init`)
+local function command_word(m, i, prog)
+  return prog ~= "mock" and m.words[i]:match("^%l[%l%-]*$") ~= nil
+    and (m.explicit or (i == 1 and m.words[2] ~= nil and dn.option_of(m.words[2], false) ~= nil))
+end
+
 -- Walks one command line; returns the problems found.
 local function check_cmdline(m)
-  local problems, prog, command, opts = {}, m.prog, nil, {}
+  local problems, prog, command, given = {}, m.prog, nil, {}
   local i = 1
   while i <= #m.words do
     local w = m.words[i]
     local o = dn.option_of(w, m.explicit)
     if o then
-      local p = prog
-      if p == "either" then
-        p = option_known("session", o) and "session" or option_known("mock", o) and "mock" or nil
+      local p = owner(prog, o)
+      if not p then
+        problems[#problems + 1] = o .. " (no such option of " .. PROGRAM[prog] .. ")"
+      elseif p ~= "external" then
+        if p == "session" then given[#given + 1] = o end
+        if not o:find("*", 1, true) and not w:find("=", 1, true) and CLI[p].takes_value(o) then
+          i = i + 1 -- its value
+        end
       end
-      if not p or not option_known(p, o) then
-        problems[#problems + 1] = o .. " (no such option of " .. (p and ("ibkr-" .. (p == "mock"
-          and "mock-gateway" or "session")) or "ibkr-session or ibkr-mock-gateway") .. ")"
-      else
-        if p == "session" then opts[#opts + 1] = o end
-        if not o:find("*", 1, true) and not w:find("=", 1, true) and CLI[p].takes_value(o) then i = i + 1 end
-      end
-    elseif prog ~= "mock" and not command and w:match("^%l[%l%-]*$")
-        and (m.explicit or (i == 1 and m.words[2] and dn.option_of(m.words[2], false))) then
+    elseif not command and command_word(m, i, prog) then
       command, prog = w, "session"
       if not session_command(w) then problems[#problems + 1] = w .. " (no such ibkr-session command)" end
     end
     i = i + 1
   end
   if command and session_command(command) then
-    for _, o in ipairs(opts) do
+    for _, o in ipairs(given) do
       if not o:find("*", 1, true) and not PLACEHOLDER_OPTIONS[o] and not applies(command, o) then
         problems[#problems + 1] = o .. " (does not apply to ibkr-session " .. command .. ")"
       end
@@ -464,7 +486,8 @@ end
 function CHECK.method(m)
   local objs, kinds = objects_for(m.recv, m.file)
   if not objs then
-    if EXTERNAL_RECEIVERS[m.recv] then return nil end
+    -- a Lua block's own local variables are its business; prose and comments name our objects
+    if EXTERNAL_RECEIVERS[m.recv] or m.in_block then return nil end
     return "unknown receiver '" .. m.recv .. "': name its object in RECEIVERS (ours) or "
       .. "EXTERNAL_RECEIVERS (another library's) of spec/docs_names_spec.lua"
   end
@@ -512,6 +535,9 @@ end
 
 function CHECK.path(m)
   if FOREIGN_PATHS[m.name] then return nil end
+  for word in m.name:gmatch("%u+") do
+    if PATH_PLACEHOLDERS[word] then return nil end
+  end
   local p = m.name
   if p:match("^ibkr/") and not p:match("%.so$") then p = "lua/" .. p end
   if not exists(p) then return "no such file or directory" end
@@ -821,6 +847,31 @@ describe("names in the docs", function()
       finds("docs/ibkr.md", "`x:frobnicate()`", "unknown receiver 'x'")
       finds("docs/json.md", "by `message_explain` (src/message.c)", "not in src/message.c")
       finds("docs/ibkr.md", "(§9.9)", "no section 9.9")
+    end)
+  end)
+
+  -- ...and not what belongs to others or stands for a name
+  describe("the checker leaves alone", function()
+    local function clean(file, text)
+      local saved = DOCS[file]
+      DOCS[file] = nil
+      local f = check((dn.markdown(file, text, FILE_OPTS[file])))
+      DOCS[file] = saved
+      assert.same({}, f)
+    end
+
+    it("other programs, libraries and hosts", function()
+      clean("README.md", "talks to `https://api.ibkr.com/v1/api`; `luarocks make --deps-mode=none` "
+        .. "(`--deps-mode=none`, `--tree=DIR`); `cqueues.poll(req)`, `uv.new_poll`, `cq:loop()`")
+      clean("docs/hosts.md",
+        "```sh\nmkdir -p build && cc -o build/c_host x.c $(pkg-config --cflags lua5.4)\n```\n")
+      clean("docs/core.md", "core.c's mods[] and `src/core.c`; `openssl s_client -connect gw:5000 > gw.pem`")
+    end)
+
+    it("placeholders and a Lua block's own variables", function()
+      clean("docs/HACKING.md", "`spec/run --filter=... spec/FILE_spec.lua`; a method `req:<name>()`")
+      clean("docs/testing.md", "```lua\nlocal req = session_core:start(\"POST\", \"/tickle\")\n```\n")
+      clean("docs/cli.md", "Options may be written `--name=value`.")
     end)
   end)
 end)

@@ -11,7 +11,8 @@
 --   ibkr      name = "ibkr.a.b"                 a module, a field of require("ibkr"), or a metatable
 --   require   name = "ibkr.a"                   require("ibkr...") of a module
 --   core      name = "core.a.b"                 a field of require("ibkr.core")
---   method    recv, name                        recv:name(...) (recv as written: "s", "s._oauth")
+--   method    recv, name                        recv:name(...) (recv as written: "s", "s._oauth");
+--                                               in_block: in a fenced Lua block
 --   field     recv, name                        recv.name, for the receivers in DOT_RECEIVERS
 --   member    module, name                      alias.name (an alias of a module), or a name in a
 --                                               "function" table introduced by a module's name
@@ -586,8 +587,10 @@ function M.markdown(file, text, opts)
   for _, b in ipairs(blocks) do
     local bst = line_starts(b.text)
     if b.lang == "lua" or b.lang == "c" then
+      local first = #out + 1
       lua_names(b.text, { aliases = b.lang == "lua" and declared_aliases(b.text, opts.aliases) or nil },
         out, bst, b.line)
+      for k = first, #out do out[k].in_block = true end
     end
     if b.lang == "c" then
       local code = b.text:gsub("/%*.-%*/", function(c) return (c:gsub("[^\n]", " ")) end)
