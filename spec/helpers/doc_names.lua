@@ -40,7 +40,7 @@ M.EXTERNAL_COMMANDS = {}
 for w in ([[make luarocks lua lua5.4 busted curl openssl cc gcc clang mkdir export kill echo head
     for do done sleep seq valgrind pkg-config apt apt-get eval cd ls rm cp mv cat test [ docker
     systemctl git sh bash nginx exec taskset env timeout ulimit sed grep tar python3 start-bot
-    uv cq while if then fi]]):gmatch("%S+") do -- (not wait: ibkr-session's, as in `wait --init`)
+    while if then fi]]):gmatch("%S+") do -- (not wait: ibkr-session's, as in `wait --init`)
   M.EXTERNAL_COMMANDS[w] = true
 end
 
