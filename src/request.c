@@ -143,8 +143,9 @@ static int push_http_error(lua_State *L, const xfer *x, int methodidx, int pathi
 static int push_outcome(lua_State *L, request *r, int methodidx, int pathidx) {
   xfer *x = &r->x;
   if (x->aborted || r->closed)
-    return error_fail(L, KIND_CLOSED, r->closed ? "request is closed" : "session closed during the request",
-                     methodidx, pathidx);
+    return error_fail(L, KIND_CLOSED, r->closed ? "request is closed" : x->aborted == ABORT_FORK ?
+                      "request of the parent process: it ended here at fork()" :
+                      "session closed during the request", methodidx, pathidx);
   if (x->code != CURLE_OK) return push_transfer_error(L, x, methodidx, pathidx);
   if (x->status < 200 || x->status >= 300) return push_http_error(L, x, methodidx, pathidx);
   if (x->body.n == 0 || x->head) {

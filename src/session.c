@@ -43,6 +43,11 @@ typedef struct session {
   int closed;                 /* session.c */
 } session;
 
+/* the longest string libcurl takes for an option (CURL_MAX_INPUT_LENGTH in
+** its sources): a longer URL or user agent is refused, and would be sent
+** without */
+#define URL_MAX 8000000
+
 /* core.new options, read before anything is allocated */
 typedef struct newopts {
   const char *url, *ua, *ca, *proxy;
@@ -283,8 +288,9 @@ static void set_template(lua_State *L, session *s, const newopts *o, const char 
   if (e == NULL) luaL_error(L, "%s", err);
   if (!set_route(e, &s->home, o, host, port)) luaL_error(L, "cannot set the TLS or proxy options");
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, to_ms(o->ctimeout));
-  curl_easy_setopt(e, CURLOPT_USERAGENT, o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body);
+  if (curl_easy_setopt(e, CURLOPT_USERAGENT, o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION) != CURLE_OK)
+    luaL_error(L, "option 'user_agent' is longer than libcurl takes (%d bytes)", URL_MAX);
 }
 
 /*
@@ -337,7 +343,12 @@ static int core_new(lua_State *L) {
 */
 static void attach(lua_State *L, xfer *x, session *s, const callspec *cs) {
   const sconf *c = &s->conf;
-  xopts o = {
+  size_t len = c->baselen + cs->plen + (cs->qlen ? cs->qlen + 1 : 0);
+  xopts o;
+  if (len > URL_MAX)
+    luaL_error(L, "the URL would be %I bytes, more than libcurl takes (%d): shorten the path or the query",
+               (LUAI_UACINT)len, URL_MAX);
+  o = (xopts){
     .url = wire_url(c->base, c->baselen, cs),
     .headers = c->hl[cs->shape],
     .timeout_ms = cs->timeout > 0 ? to_ms(cs->timeout) : c->timeout_ms,
@@ -345,7 +356,8 @@ static void attach(lua_State *L, xfer *x, session *s, const callspec *cs) {
     .ca_not_after = c->ca_not_after,
   };
   if (o.url && cs->nh) o.headers = o.callh = wire_header_list(c->uh, c->nuh, cs->shape, cs->hv, cs->nh);
-  if (!transfer_open(x, &s->home, cs, &o)) luaL_error(L, "out of memory");
+  if (!transfer_open(x, &s->home, cs, &o))
+    luaL_error(L, "%s", x->code != CURLE_OK ? curl_easy_strerror(x->code) : "out of memory");
 }
 
 /* nil, err when the session cannot take a call (closed, or inherited
