@@ -45,6 +45,11 @@ typedef struct session {
   int own_busy;               /* session.c: `own` is running or its result is being built */
 } session;
 
+/* the longest string libcurl takes for an option (CURL_MAX_INPUT_LENGTH in
+** its sources): a longer URL or user agent is refused, and would be sent
+** without */
+#define URL_MAX 8000000
+
 /* core.new options, read before anything is allocated */
 typedef struct newopts {
   const char *url, *ua, *ca, *proxy;
@@ -290,8 +295,9 @@ static void set_template(lua_State *L, session *s, const newopts *o, const char 
   if (e == NULL) luaL_error(L, "%s", err);
   if (!set_route(e, &s->home, o, host, port)) luaL_error(L, "cannot set the TLS or proxy options");
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, to_ms(o->ctimeout));
-  curl_easy_setopt(e, CURLOPT_USERAGENT, o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body);
+  if (curl_easy_setopt(e, CURLOPT_USERAGENT, o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION) != CURLE_OK)
+    luaL_error(L, "option 'user_agent' is longer than libcurl takes (%d bytes)", URL_MAX);
 }
 
 /*
@@ -355,6 +361,19 @@ static int attach(xfer *x, session *s, const callspec *cs) {
   return transfer_open(x, &s->home, cs, &o);
 }
 
+/* why attach() failed: libcurl refused an option (x->code), or out of memory */
+static const char *attach_error(const xfer *x) {
+  return x->code != CURLE_OK ? curl_easy_strerror(x->code) : "out of memory";
+}
+
+/* raises when the URL of cs would be longer than libcurl takes */
+static void check_url(lua_State *L, const session *s, const callspec *cs) {
+  size_t len = s->conf.baselen + cs->plen + (cs->qlen ? cs->qlen + 1 : 0);
+  if (len > URL_MAX)
+    luaL_error(L, "the URL would be %I bytes, more than libcurl takes (%d): shorten the path or the query",
+               (LUAI_UACINT)len, URL_MAX);
+}
+
 /* nil, err when the session cannot take a call (closed, or inherited
 ** through fork()); 0 when it can */
 static int refuse(lua_State *L, session *s) {
@@ -373,7 +392,8 @@ static int refuse(lua_State *L, session *s) {
 static struct request *begin(lua_State *L, session *s, const callspec *cs) {
   struct request *r = request_push(L, 1, 2, 3);
   if (refuse(L, s)) return NULL;
-  if (!attach(request_xfer(r), s, cs)) luaL_error(L, "out of memory");   /* the request's __gc frees it */
+  check_url(L, s, cs);
+  if (!attach(request_xfer(r), s, cs)) luaL_error(L, "%s", attach_error(request_xfer(r)));   /* __gc frees it */
   return r;
 }
 
@@ -390,9 +410,10 @@ static int perform_own(lua_State *L, session *s, const callspec *cs) {
   transfer_init(x);
   s->own_busy = 1;
   if (!attach(x, s, cs)) {
+    const char *why = attach_error(x);
     transfer_close(x);
     s->own_busy = 0;
-    return luaL_error(L, "out of memory");
+    return luaL_error(L, "%s", why);
   }
   signal_mark(L, &mark);
   if (!transfer_perform(x, signal_asked, &mark)) {
@@ -419,6 +440,7 @@ static int session_perform(lua_State *L) {
   wire_read_call(L, 2, &cs);
   if (!s->own_busy) {
     if (refuse(L, s)) return 2;
+    check_url(L, s, &cs);
     return perform_own(L, s, &cs);
   }
   if ((r = begin(L, s, &cs)) == NULL) return 2;

@@ -4,7 +4,7 @@
 ** options each exchange sets, the write and header callbacks that fill the
 ** exchange (they touch nothing else: libcurl is on the C stack), and the
 ** facts read when it ended, so that a result never needs the handle.
-** Called by: lib/transfer.c, lib/lane.c, lib/engine.c.
+** Called by: lib/transfer.c, lib/lane.c.
 ** Calls: lib/conn.c, lib/buf.c.
 ** Lua-free, like every file in src/lib/.
 */
@@ -83,42 +83,46 @@ static int is(const callspec *cs, const char *m) {
 }
 
 /* the options of one exchange; every one is set each time, since a pooled
-** handle keeps what the previous exchange set */
-void handle_set(xfer *x, const callspec *cs, struct curl_slist *hl, long timeout_ms) {
+** handle keeps what the previous exchange set. Returns the first option
+** libcurl refused (out of memory), or CURLE_OK */
+CURLcode handle_set(xfer *x, const callspec *cs, struct curl_slist *hl, long timeout_ms) {
   CURL *e = x->easy;
+  CURLcode c = CURLE_OK;
   long fresh;
   x->head = is(cs, "HEAD");
-  curl_easy_setopt(e, CURLOPT_URL, x->url);
-  curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);                 /* wire.c refused dot segments; send as given */
-  curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
+#define SET(opt, val) if (c == CURLE_OK) c = curl_easy_setopt(e, opt, val)
+  SET(CURLOPT_URL, x->url);
+  SET(CURLOPT_PATH_AS_IS, 1L);                                 /* wire.c refused dot segments; send as given */
+  SET(CURLOPT_NOBODY, 0L);
   if (cs->shape == HL_NOBODY) {
-    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-    if (x->head) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    SET(CURLOPT_HTTPGET, 1L);
+    if (x->head) SET(CURLOPT_NOBODY, 1L);
   } else {
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->post ? x->post : "");
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->postlen);
+    SET(CURLOPT_POST, 1L);
+    SET(CURLOPT_POSTFIELDS, x->post ? x->post : "");
+    SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->postlen);
   }
-  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST,
-                   (is(cs, "GET") || is(cs, "POST") || x->head) ? NULL : cs->method);
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
+  SET(CURLOPT_CUSTOMREQUEST, (is(cs, "GET") || is(cs, "POST") || x->head) ? NULL : cs->method);
+  SET(CURLOPT_HTTPHEADER, hl);
   /* libcurl silently sends a request again when a reused connection turns
   ** out closed by the server before any answer byte, and the server may have
   ** acted on it. Only GET/HEAD/OPTIONS, and calls the caller marked
   ** repeatable, may take that chance: the rest go on a fresh connection,
   ** closed after the exchange (else every order would leave one more idle
-  ** connection in the engine's cache) */
+  ** connection in the session's cache) */
   fresh = !(x->repeatable || is(cs, "GET") || x->head || is(cs, "OPTIONS"));
   x->fresh = (int)fresh;
-  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, fresh);
-  curl_easy_setopt(e, CURLOPT_FORBID_REUSE, fresh);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-  curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)x);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)x);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, (void *)x);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)&x->cw);
-  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, NULL);
+  SET(CURLOPT_FRESH_CONNECT, fresh);
+  SET(CURLOPT_FORBID_REUSE, fresh);
+  SET(CURLOPT_TIMEOUT_MS, timeout_ms);
+  SET(CURLOPT_PRIVATE, (void *)x);
+  SET(CURLOPT_WRITEDATA, (void *)x);
+  SET(CURLOPT_HEADERDATA, (void *)x);
+  SET(CURLOPT_ERRORBUFFER, x->errbuf);
+  SET(CURLOPT_OPENSOCKETDATA, (void *)&x->cw);
+  SET(CURLOPT_CLOSESOCKETDATA, NULL);
+#undef SET
+  return c;
 }
 
 /* what the result needs, read while the transfer's owner still holds it */
