@@ -85,13 +85,17 @@ static int is(const callspec *cs, const char *m) {
 /* the options of one exchange; every one is set each time, since a pooled
 ** handle keeps what the previous exchange set. Returns the first option
 ** libcurl refused (out of memory), or CURLE_OK */
-CURLcode handle_set(xfer *x, const callspec *cs, struct curl_slist *hl, long timeout_ms) {
+CURLcode handle_set(xfer *x, const callspec *cs, const char *url, struct curl_slist *hl, long timeout_ms) {
   CURL *e = x->easy;
   CURLcode c = CURLE_OK;
   long fresh;
   x->head = is(cs, "HEAD");
 #define SET(opt, val) if (c == CURLE_OK) c = curl_easy_setopt(e, opt, val)
-  SET(CURLOPT_URL, x->url);
+  SET(CURLOPT_URL, url);
+  /* the URL parsed once by the session (x->uh), or NULL: libcurl parses url,
+  ** and rebuilds it, on every exchange. Either way url is set too: libcurl
+  ** keeps the text for what it shows (the effective URL) */
+  SET(CURLOPT_CURLU, x->uh);
   SET(CURLOPT_PATH_AS_IS, 1L);                                 /* wire.c refused dot segments; send as given */
   SET(CURLOPT_NOBODY, 0L);
   if (cs->shape == HL_NOBODY) {
