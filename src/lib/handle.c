@@ -60,6 +60,7 @@ CURL *handle_template(char *err, size_t errlen) {
   SET(CURLOPT_WRITEFUNCTION, on_write);
   SET(CURLOPT_HEADERFUNCTION, on_header);
   SET(CURLOPT_TCP_KEEPALIVE, 1L);
+  SET(CURLOPT_PATH_AS_IS, 1L);                 /* wire.c refused dot segments: send as given */
 #undef SET
   if (c == CURLE_OK && !conn_watch(e)) c = CURLE_UNKNOWN_OPTION;
   if (c != CURLE_OK) {
@@ -96,7 +97,6 @@ CURLcode handle_set(xfer *x, const callspec *cs, const char *url, struct curl_sl
   ** and rebuilds it, on every exchange. Either way url is set too: libcurl
   ** keeps the text for what it shows (the effective URL) */
   SET(CURLOPT_CURLU, x->uh);
-  SET(CURLOPT_PATH_AS_IS, 1L);                                 /* wire.c refused dot segments; send as given */
   SET(CURLOPT_NOBODY, 0L);
   if (cs->shape == HL_NOBODY) {
     SET(CURLOPT_HTTPGET, 1L);
@@ -135,10 +135,17 @@ void handle_gather(xfer *x, CURLcode code) {
   x->code = code;
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
   curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &x->nconnects);
-  curl_easy_getinfo(x->easy, CURLINFO_HEADER_SIZE, &x->header_size);
-  curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &x->retry_after);
-  curl_easy_getinfo(x->easy, CURLINFO_SSL_VERIFYRESULT, &x->verify_result);
-  curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc);
+  /* the rest only where request.c reads it: a transfer error, an answer
+  ** that is not a 2xx */
+  if (code != CURLE_OK) {
+    curl_easy_getinfo(x->easy, CURLINFO_HEADER_SIZE, &x->header_size);
+    if (code == CURLE_PEER_FAILED_VERIFICATION)
+      curl_easy_getinfo(x->easy, CURLINFO_SSL_VERIFYRESULT, &x->verify_result);
+  }
+  if (x->status < 200 || x->status >= 300) {
+    curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &x->retry_after);
+    curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc);
+  }
   if (loc) x->location = buf_strndup(loc, strlen(loc));
   if (code == CURLE_OK && !x->hdr_done) {     /* closed inside the header block */
     x->code = CURLE_WEIRD_SERVER_REPLY;
