@@ -121,22 +121,7 @@ local PRELUDE, q = raw.PRELUDE, raw.q
 -- Starts `script` (Lua source) as a server process; returns the pipe and the port it printed.
 local raw_server = raw.server
 
--- Builds spec/c/NAME.c and runs it with `arg` (and `more`, a string of shell words); returns whether
--- it succeeded and its output.
--- (cc and the program never run under a sanitizer preload: the program loads the normal module)
-local function c_program(src, arg, more)
-  local bin = os.tmpname()
-  local flags = "$(pkg-config --cflags --libs lua5.4 2>/dev/null || echo -I/usr/include/lua5.4 -llua5.4)"
-  local p = io.popen("env -u LD_PRELOAD cc -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -o "
-    .. q(bin) .. " " .. src .. " " .. flags .. " 2>&1")
-  local out = p:read("a")
-  if not p:close() then return false, out end
-  p = io.popen("env -u LD_PRELOAD " .. q(bin) .. " " .. q(arg) .. " " .. (more or "") .. " 2>&1")
-  out = p:read("a")
-  local ok = p:close()
-  os.remove(bin)
-  return ok, out
-end
+local c_program = raw.c_program
 
 -- Answers every request on a kept-alive connection with {"n":<count>}; after the first answer it
 -- writes an unsolicited complete response 0.3 s later, then says "stale". Ends after 3 answers.

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 
 #include "ibkr.h"
 #include "lib/clock.h"
@@ -23,6 +24,16 @@
 static int core_monotonic(lua_State *L) {
   lua_pushnumber(L, (lua_Number)clock_now());
   return 1;
+}
+
+/* poll(2) refused n descriptors: say why (EINVAL: more than the open-file limit) */
+static int poll_failed(lua_State *L, lua_Integer n) {
+  struct rlimit lim;
+  int err = errno;
+  if (err == EINVAL && getrlimit(RLIMIT_NOFILE, &lim) == 0)
+    return luaL_error(L, "core.poll: %I descriptors, more than the open-file limit (%I)", (LUAI_UACINT)n,
+                      (LUAI_UACINT)lim.rlim_cur);
+  return luaL_error(L, "core.poll: %s", strerror(err));
 }
 
 /* core.sleep(seconds): the whole time, unless a signal handler asks Lua to
@@ -45,7 +56,10 @@ static int core_sleep(lua_State *L) {
 ** descriptors in the array fds is ready (readable, or what events[i] says:
 ** "r", "w" or "rw"; closed or in error counts too), or timeout seconds
 ** passed (nil: no limit). Returns the positions in fds of those that are
-** ready (nothing on a timeout or a signal). What ibkr.run waits with.
+** ready (nothing on a timeout or a signal). What ibkr.run waits with. A
+** descriptor that is not an integer 0..INT_MAX, a timeout that is NaN or
+** negative, and a poll(2) that fails (more descriptors than the open-file
+** limit) raise: an answer of "nothing ready" would make a host loop spin.
 */
 static int core_poll(lua_State *L) {
   struct pollfd small[16], *p = small;
@@ -53,14 +67,17 @@ static int core_poll(lua_State *L) {
   double t = luaL_optnumber(L, 2, -1);
   int ms = -1, got, k = 0;
   luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_argcheck(L, lua_isnoneornil(L, 2) || t >= 0, 2, "timeout must be a number >= 0, or nil");
   n = luaL_len(L, 1);
   if (n < 0 || n > 100000) return luaL_argerror(L, 1, "too many descriptors");
   if (n > 16) p = lua_newuserdatauv(L, sizeof *p * (size_t)n, 0);
   for (lua_Integer i = 0; i < n; i++) {
     int isnum;
+    lua_Integer fd;
     lua_geti(L, 1, i + 1);
-    p[i].fd = (int)lua_tointegerx(L, -1, &isnum);
+    fd = lua_tointegerx(L, -1, &isnum);
     if (!isnum) return luaL_argerror(L, 1, "descriptors must be integers");
+    p[i].fd = ibkr_checkfd(L, 1, fd);
     p[i].events = POLLIN;
     p[i].revents = 0;
     lua_pop(L, 1);
@@ -74,6 +91,7 @@ static int core_poll(lua_State *L) {
   }
   if (t >= 0) ms = t > 2e6 ? 2000000000 : (int)ceil(t * 1000);
   got = poll(p, (nfds_t)n, ms);
+  if (got < 0 && errno != EINTR) return poll_failed(L, n);
   if (got > 0) luaL_checkstack(L, got, "too many ready descriptors");
   for (lua_Integer i = 0; got > 0 && i < n; i++)
     if (p[i].revents) {

@@ -18,6 +18,7 @@
 #ifndef IBKR_H
 #define IBKR_H
 
+#include <limits.h>
 #include <stddef.h>
 #include "lua.h"
 #include "lauxlib.h"
@@ -68,6 +69,14 @@ static inline void ibkr_createmeta(lua_State *L, const char *name, const luaL_Re
   luaL_setfuncs(L, meth, 0);
   lua_setfield(L, -2, "__index");               /* mt */
   lua_pop(L, 1);
+}
+
+/* v, given as a descriptor in argument arg: an integer 0..INT_MAX, or a raise (a larger one
+** would be cut to another descriptor: 2^31 to 0) */
+static inline int ibkr_checkfd(lua_State *L, int arg, lua_Integer v) {
+  if (v < 0 || v > INT_MAX)
+    luaL_argerror(L, arg, lua_pushfstring(L, "descriptor %I out of range (0 to %d)", (LUAI_UACINT)v, INT_MAX));
+  return (int)v;
 }
 
 /* ------------------------------------------------------------ error.c */

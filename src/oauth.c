@@ -711,11 +711,14 @@ static int prim_random(lua_State *L) {
   return 1;
 }
 
-/* modexp(b_hex, e_hex, m_hex) -> lowercase hex of b^e mod m, or nil on bad hex */
+/* modexp(b_hex, e_hex, m_hex) -> lowercase hex of b^e mod m, or nil on bad hex; each at most
+** 8192 bits (IBKR's Diffie-Hellman group has 2048) */
 static int prim_modexp(lua_State *L) {
   size_t bn, en, mn;
   const char *bs = luaL_checklstring(L, 1, &bn), *es = luaL_checklstring(L, 2, &en);
   const char *ms = luaL_checklstring(L, 3, &mn);
+  for (int i = 1; i <= 3; i++)                  /* a huge exponent would take minutes */
+    luaL_argcheck(L, (i == 1 ? bn : i == 2 ? en : mn) <= MAX_RSA_BYTES * 2, i, "more than 8192 bits");
   BIGNUM *b = hex_bn(bs, bn), *e = hex_bn(es, en), *m = hex_bn(ms, mn), *r = BN_new();
   BN_CTX *ctx = BN_CTX_new();
   int ok = b && e && m && r && ctx && !BN_is_zero(m) && BN_mod_exp(r, b, e, m, ctx);

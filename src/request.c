@@ -154,8 +154,9 @@ static void nil_between(lua_State *L) {
 ** built */
 static int outcome(lua_State *L, const xfer *x, int closed, long *status, int methodidx, int pathidx) {
   if (x->aborted || closed)
-    return error_fail(L, KIND_CLOSED, closed ? "request is closed" : "session closed during the request",
-                     methodidx, pathidx);
+    return error_fail(L, KIND_CLOSED, closed ? "request is closed" : x->aborted == ABORT_FORK ?
+                      "request of the parent process: it ended here at fork()" :
+                      "session closed during the request", methodidx, pathidx);
   if (x->code != CURLE_OK) return push_transfer_error(L, x, methodidx, pathidx);
   if (x->status < 200 || x->status >= 300) return push_http_error(L, x, methodidx, pathidx);
   if (x->body.n == 0 || x->head) {

@@ -35,15 +35,38 @@ typedef struct sconf {
   long long ca_not_after;     /* earliest notAfter (epoch s) of the ca_file's certificates, or 0 */
 } sconf;
 
+/*
+** The URLs of a session's recent calls, parsed once (CURLOPT_CURLU): given
+** a URL text, libcurl 7.88 parses it and builds it again in its printf on
+** every exchange, about 10k instructions, as much as a session call spends
+** in everything else of ours. A session's calls go to a few paths again and
+** again (the session endpoints); the parsed URL is kept for the next call,
+** up to URLS_MAX of them, the oldest replaced. The engine thread never reads
+** them (an exchange it may run gets a copy of its own).
+*/
+#define URLS_MAX 16
+typedef struct urlent {
+  char *url;                  /* base, path, query */
+  size_t len;
+  CURLU *uh;                  /* it, parsed */
+} urlent;
+
 /* The parts of a session, one owner each (all on the Lua thread: the engine
 ** thread only ever sees xfers, and a lane lent to it). */
 typedef struct session {
   sconf conf;                 /* session.c: set by core.new, read-only afterwards */
   xhome home;                 /* lib/transfer.c: handles, pool, live exchanges, counters */
   int closed;                 /* session.c */
+  urlent urls[URLS_MAX];      /* session.c: the parsed URLs of recent calls */
+  int nurls, urlnext;         /* entries in use; the next one replaced when all are */
   xfer own;                   /* session.c: the exchange of a blocking call, reused call after call */
   int own_busy;               /* session.c: `own` is running or its result is being built */
 } session;
+
+/* the longest string libcurl takes for an option (CURL_MAX_INPUT_LENGTH in
+** its sources): a longer URL or user agent is refused, and would be sent
+** without */
+#define URL_MAX 8000000
 
 /* core.new options, read before anything is allocated */
 typedef struct newopts {
@@ -70,6 +93,11 @@ static int ours(session *s) {
 static void session_free(session *s) {
   sconf *c = &s->conf;
   transfer_home_close(&s->home, !ours(s));
+  for (int i = 0; i < s->nurls; i++) {
+    free(s->urls[i].url);
+    curl_url_cleanup(s->urls[i].uh);          /* memory only: freed in a forked child too */
+  }
+  s->nurls = 0;
   for (int i = 0; i < HL_COUNT; i++) {
     curl_slist_free_all(c->hl[i]);
     c->hl[i] = NULL;
@@ -290,8 +318,9 @@ static void set_template(lua_State *L, session *s, const newopts *o, const char 
   if (e == NULL) luaL_error(L, "%s", err);
   if (!set_route(e, &s->home, o, host, port)) luaL_error(L, "cannot set the TLS or proxy options");
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, to_ms(o->ctimeout));
-  curl_easy_setopt(e, CURLOPT_USERAGENT, o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body);
+  if (curl_easy_setopt(e, CURLOPT_USERAGENT, o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION) != CURLE_OK)
+    luaL_error(L, "option 'user_agent' is longer than libcurl takes (%d bytes)", URL_MAX);
 }
 
 /*
@@ -335,24 +364,84 @@ static int core_new(lua_State *L) {
 
 /* ------------------------------------------------------------ calls */
 
+/* whether entry u holds the URL of cs (its base is the session's) */
+static int url_is(const urlent *u, size_t baselen, const callspec *cs) {
+  size_t len = baselen + cs->plen + (cs->qlen ? cs->qlen + 1 : 0);
+  const char *p = u->url + baselen;
+  if (u->len != len || memcmp(p, cs->path, cs->plen) != 0) return 0;
+  return cs->qlen == 0 || memcmp(p + cs->plen + 1, cs->query, cs->qlen) == 0;
+}
+
+/*
+** The parsed URL of cs from the session's cache, parsed and kept now when
+** it is not there; NULL when out of memory (the exchange then sets the URL
+** text). libcurl parses it with these flags itself: as given (the path was
+** checked by wire.c), any scheme (only http and https get this far).
+*/
+static const urlent *url_of(session *s, const callspec *cs) {
+  const sconf *c = &s->conf;
+  urlent *u;
+  char *url;
+  CURLU *uh;
+  for (int i = 0; i < s->nurls; i++)
+    if (url_is(&s->urls[i], c->baselen, cs)) return &s->urls[i];
+  if ((url = wire_url(c->base, c->baselen, cs)) == NULL) return NULL;
+  if ((uh = curl_url()) == NULL ||
+      curl_url_set(uh, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME | CURLU_PATH_AS_IS) != CURLUE_OK) {
+    curl_url_cleanup(uh);
+    free(url);
+    return NULL;
+  }
+  if (s->nurls < URLS_MAX) {
+    u = &s->urls[s->nurls++];
+  } else {                                     /* no exchange holds it: see xopts.lend_uh */
+    u = &s->urls[s->urlnext];
+    s->urlnext = (s->urlnext + 1) % URLS_MAX;
+    free(u->url);
+    curl_url_cleanup(u->uh);
+  }
+  *u = (urlent){ .url = url, .len = strlen(url), .uh = uh };
+  return u;
+}
+
 /*
 ** Make x the exchange cs of session s: its URL, its header list (the
 ** session's for the shape, or one with the per-call headers), its timeout
 ** (the call's or the session's), then an easy handle (lib/transfer.c).
+** blocking: x runs on this thread and is over before any Lua code runs, so
+** it may read the session's parsed URL as it is (xopts.lend_uh).
 ** Runs no Lua code: nothing can close the session in between. Returns 0
 ** when out of memory (x holds what it got: transfer_close frees it).
 */
-static int attach(xfer *x, session *s, const callspec *cs) {
+static int attach(xfer *x, session *s, const callspec *cs, int blocking) {
   const sconf *c = &s->conf;
+  const urlent *u = url_of(s, cs);
   xopts o = {
-    .url = wire_url(c->base, c->baselen, cs),
+    .url = u ? NULL : wire_url(c->base, c->baselen, cs),
+    .url_ref = u ? u->url : NULL,
+    .uh = u ? u->uh : NULL,
+    .lend_uh = blocking,
     .headers = c->hl[cs->shape],
     .timeout_ms = cs->timeout > 0 ? to_ms(cs->timeout) : c->timeout_ms,
     .max_body = c->max_body,
     .ca_not_after = c->ca_not_after,
   };
-  if (o.url && cs->nh) o.headers = o.callh = wire_header_list(c->uh, c->nuh, cs->shape, cs->hv, cs->nh);
+  if ((o.url || o.url_ref) && cs->nh)
+    o.headers = o.callh = wire_header_list(c->uh, c->nuh, cs->shape, cs->hv, cs->nh);
   return transfer_open(x, &s->home, cs, &o);
+}
+
+/* why attach() failed: libcurl refused an option (x->code), or out of memory */
+static const char *attach_error(const xfer *x) {
+  return x->code != CURLE_OK ? curl_easy_strerror(x->code) : "out of memory";
+}
+
+/* raises when the URL of cs would be longer than libcurl takes */
+static void check_url(lua_State *L, const session *s, const callspec *cs) {
+  size_t len = s->conf.baselen + cs->plen + (cs->qlen ? cs->qlen + 1 : 0);
+  if (len > URL_MAX)
+    luaL_error(L, "the URL would be %I bytes, more than libcurl takes (%d): shorten the path or the query",
+               (LUAI_UACINT)len, URL_MAX);
 }
 
 /* nil, err when the session cannot take a call (closed, or inherited
@@ -370,11 +459,12 @@ static int refuse(lua_State *L, session *s) {
 ** finalisers), the session is checked, and the request is attached to it.
 ** Returns the request, or NULL with nil, err pushed.
 */
-static struct request *begin(lua_State *L, session *s, const callspec *cs) {
+static struct request *begin(lua_State *L, session *s, const callspec *cs, int blocking) {
   struct request *r = request_push(L, 1, 2, 3);
   if (refuse(L, s)) return NULL;
-  if (!attach(request_xfer(r), s, cs)) luaL_error(L, "out of memory");   /* the request's __gc frees it */
-  return r;
+  check_url(L, s, cs);
+  if (!attach(request_xfer(r), s, cs, blocking)) luaL_error(L, "%s", attach_error(request_xfer(r)));
+  return r;                                   /* (on a raise, its __gc frees what it took) */
 }
 
 /*
@@ -389,10 +479,11 @@ static int perform_own(lua_State *L, session *s, const callspec *cs) {
   int n;
   transfer_init(x);
   s->own_busy = 1;
-  if (!attach(x, s, cs)) {
+  if (!attach(x, s, cs, 1)) {
+    const char *why = attach_error(x);
     transfer_close(x);
     s->own_busy = 0;
-    return luaL_error(L, "out of memory");
+    return luaL_error(L, "%s", why);
   }
   signal_mark(L, &mark);
   if (!transfer_perform(x, signal_asked, &mark)) {
@@ -419,9 +510,10 @@ static int session_perform(lua_State *L) {
   wire_read_call(L, 2, &cs);
   if (!s->own_busy) {
     if (refuse(L, s)) return 2;
+    check_url(L, s, &cs);
     return perform_own(L, s, &cs);
   }
-  if ((r = begin(L, s, &cs)) == NULL) return 2;
+  if ((r = begin(L, s, &cs, 1)) == NULL) return 2;
   signal_mark(L, &mark);
   if (!transfer_perform(request_xfer(r), signal_asked, &mark)) {
     request_collect(L, lua_gettop(L));                        /* frees the exchange */
@@ -437,7 +529,7 @@ static int session_start(lua_State *L) {
   struct request *r;
   callspec cs;
   wire_read_call(L, 2, &cs);
-  if ((r = begin(L, s, &cs)) == NULL) return 2;
+  if ((r = begin(L, s, &cs, 0)) == NULL) return 2;
   transfer_submit(request_xfer(r));
   return 1;
 }

@@ -77,10 +77,11 @@ static void make_pipe(void) {
 static int signal_catch(lua_State *L) {
   int signos[16], n = 0;
   luaL_checktype(L, 1, LUA_TTABLE);
-  for (lua_Integer i = 1; n < 16; i++) {
+  for (lua_Integer i = 1;; i++) {
     int j, signo = 0;
     const char *name;
     if (lua_geti(L, 1, i) == LUA_TNIL) { lua_pop(L, 1); break; }
+    if (n == 16) return luaL_argerror(L, 1, "at most 16 signal names");
     name = luaL_checkstring(L, -1);
     for (j = 0; signames[j].name; j++)
       if (strcmp(signames[j].name, name) == 0) signo = signames[j].signo;
@@ -145,7 +146,7 @@ int signal_asked(void *ud) {
 ** time is up (or a hook asks Lua to stop: see above) */
 static int signal_wait(lua_State *L) {
   double secs = luaL_checknumber(L, 1);
-  int fd = (int)luaL_optinteger(L, 2, -1);
+  int fd = lua_isnoneornil(L, 2) ? -1 : ibkr_checkfd(L, 2, luaL_checkinteger(L, 2));
   double end;
   sigmark mark;
   signal_mark(L, &mark);

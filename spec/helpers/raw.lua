@@ -79,4 +79,21 @@ local function read_request(c)
 end
 ]]
 
+-- Builds spec/c/NAME.c (a C program embedding Lua) and runs it with `arg` (and `more`, a string
+-- of shell words); returns whether it succeeded and its output. cc and the program never run under
+-- a sanitizer preload: the program loads the normal module.
+function M.c_program(src, arg, more)
+  local bin = os.tmpname()
+  local flags = "$(pkg-config --cflags --libs lua5.4 2>/dev/null || echo -I/usr/include/lua5.4 -llua5.4)"
+  local p = io.popen("env -u LD_PRELOAD cc -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -o "
+    .. q(bin) .. " " .. src .. " " .. flags .. " 2>&1")
+  local out = p:read("a")
+  if not p:close() then return false, out end
+  p = io.popen("env -u LD_PRELOAD " .. q(bin) .. " " .. q(arg) .. " " .. (more or "") .. " 2>&1")
+  out = p:read("a")
+  local ok = p:close()
+  os.remove(bin)
+  return ok, out
+end
+
 return M

@@ -17,5 +17,6 @@ typedef struct connwatch {
 
 int conn_watch(CURL *e);
 void conn_forked(void);
+void conn_replace(int fd, int by);
 
 #endif

@@ -1,28 +1,36 @@
 /*
-** engine.c -- the engine thread: one for the whole process, driving a
-** single libcurl multi handle for every non-blocking exchange that cannot
-** run in its session's warm lane on the caller's thread, and the lanes lent
-** to it; each exchange's completion descriptor is made readable when it
-** ends. Also the process-wide duties that come with a thread: libcurl's
-** global init, stopping the thread at exit(), and parking it around fork().
+** engine.c -- the engine thread: one for the whole process, driving the
+** lanes that hold exchanges for it -- a session's warm lane lent to it for
+** an exchange that needs a new connection, a session's far lane for every
+** other non-blocking exchange -- and making each exchange's completion
+** descriptor readable when it ends. Also the process-wide duties that come
+** with a thread: libcurl's global init, stopping the thread at exit(), and
+** parking it around fork(), after which the parent's exchanges have ended
+** in the child and every descriptor a waiter may watch is readable there.
 **
-** Why a thread: one curl_multi_perform can take milliseconds of CPU (a TLS
-** handshake under OpenSSL 3 costs 1-3 ms), and a host's resume must stay
-** under 1 ms. Why one: a thread per request or per session does not scale
-** to a thousand kept-alive sessions. The engine thread never touches a
-** lua_State or a session: only xfers, and the lanes lent to it.
+** Why a thread: one curl_multi_socket_action can take milliseconds of CPU
+** (a TLS handshake under OpenSSL 3 costs 1-3 ms), and a host's resume must
+** stay under 1 ms. Why one: a thread per request or per session does not
+** scale to a thousand kept-alive sessions. Why the sessions' own lanes and
+** not one multi handle of its own: a session's connections must close with
+** the session, and a multi handle's connection cache cannot close those of
+** one session alone. The engine thread never touches a lua_State or a
+** session: only xfers, and the lanes it drives.
 ** Called by: core.c, session.c, lib/transfer.c.
-** Calls: lib/lane.c, lib/handle.c, lib/conn.c.
+** Calls: lib/lane.c, lib/conn.c.
 ** Lua-free, like every file in src/lib/.
 */
 #define _GNU_SOURCE                  /* dladdr */
 #include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/eventfd.h>
@@ -31,61 +39,138 @@
 #include "clock.h"
 #include "conn.h"
 #include "engine.h"
-#include "handle.h"
 #include "lane.h"
 
 static struct engine {
-  pthread_mutex_t mu;         /* guards everything below up to `lanes`, and every submitted xfer's state */
+  pthread_mutex_t mu;         /* guards everything up to `watched`, and every submitted xfer's state */
   pthread_cond_t cv;          /* a cancel was handled; the engine parked or was let go */
-  CURLM *multi;               /* owned by the engine thread once it runs */
   pthread_t th;
   int running, stopping;
   int park, parked;           /* fork(): asked to wait outside libcurl; waiting so */
   xfer *addq, *cancelq;
   unsigned gen;               /* bumped in a forked child: older xfers are dead there */
-  xhome *lanes;               /* the lanes lent to the engine thread (its own list) */
-  /* the engine thread's alone: the lent lanes' descriptors as extra fds of
-  ** curl_multi_poll; waitlane[i] is the lane of waitfd[i], in the order of `lanes` */
-  struct curl_waitfd *waitfd;
-  xhome **waitlane;
+  int wake[2];                /* a write to wake[1] ends the engine's wait (the same eventfd on Linux) */
+  xfer *watched;              /* every xfer holding a descriptor a waiter may watch */
+  int ready;                  /* a descriptor always readable (made once) */
+  /* the engine thread's alone: the lanes it drives, and their sockets as it
+  ** polls them (waitfd[0] is wake[0]); waitlane[i] is the lane of waitfd[i] */
+  lane *lanes;
+  struct pollfd *waitfd;
+  lane **waitlane;
   int waitcap;
 } engine = {
   .mu = PTHREAD_MUTEX_INITIALIZER,
   .cv = PTHREAD_COND_INITIALIZER,
   .gen = 1,
+  .wake = { -1, -1 },
+  .ready = -1,
 };
+
+/* ------------------------------------------------------------ descriptors */
+
+/* a non-blocking, close-on-exec eventfd (a pipe elsewhere): fd[0] is read
+** (polled), fd[1] written; initially readable when `set` */
+static int make_event(int fd[2], int set) {
+#ifdef __linux__
+  fd[0] = fd[1] = eventfd(set ? 1 : 0, EFD_CLOEXEC | EFD_NONBLOCK);
+  return fd[0] >= 0;
+#else
+  if (pipe(fd) != 0) return 0;
+  for (int i = 0; i < 2; i++) {
+    fcntl(fd[i], F_SETFD, FD_CLOEXEC);
+    fcntl(fd[i], F_SETFL, O_NONBLOCK);
+  }
+  if (set && write(fd[1], "", 1) != 1) return 0;
+  return 1;
+#endif
+}
+
+/* makes an event's read end readable */
+static void signal_event(int rfd, int wfd) {
+  uint64_t one = 1;
+  ssize_t w = write(wfd, &one, wfd == rfd ? sizeof one : 1);
+  (void)w;
+}
+
+static void wake(void) {
+  if (engine.wake[1] >= 0) signal_event(engine.wake[0], engine.wake[1]);
+}
 
 /* under engine.mu: the xfer is finished; its completion fd becomes
 ** readable. Written before `state`, so the fd is still open when it is
 ** written. */
 static void mark_done(xfer *x) {
-  if (x->wfd >= 0) {
-    uint64_t one = 1;
-    ssize_t w = write(x->wfd, &one, x->wfd == x->efd ? sizeof one : 1);
-    (void)w;
-  }
+  if (x->wfd >= 0) signal_event(x->efd, x->wfd);
   x->state = X_DONE;
 }
 
-/* under engine.mu: x starts in its session's lane, which the engine now drives */
-static void lane_lend(xfer *x) {
-  xhome *h = x->home;
-  if (curl_multi_add_handle(h->lane, x->easy) != CURLM_OK) {
+/* an always-readable descriptor: what a waiter watches once its exchange
+** ended somewhere without a completion descriptor of its own */
+int engine_ready_fd(void) {
+  return engine.ready;
+}
+
+/* under engine.mu: x joins the list of exchanges holding a descriptor a
+** waiter may watch (efd made, or a lane socket's duplicate handed out):
+** after a fork(), the child makes each readable */
+static void watch(xfer *x) {
+  if (x->watched) return;
+  x->wprev = NULL;
+  x->wnext = engine.watched;
+  if (engine.watched) engine.watched->wprev = x;
+  engine.watched = x;
+  x->watched = 1;
+}
+
+void engine_watch(xfer *x) {
+  pthread_mutex_lock(&engine.mu);
+  watch(x);
+  pthread_mutex_unlock(&engine.mu);
+}
+
+void engine_unwatch(xfer *x) {
+  pthread_mutex_lock(&engine.mu);
+  if (x->watched) {
+    if (x->wprev) x->wprev->wnext = x->wnext;
+    else engine.watched = x->wnext;
+    if (x->wnext) x->wnext->wprev = x->wprev;
+    x->wprev = x->wnext = NULL;
+    x->watched = 0;
+  }
+  pthread_mutex_unlock(&engine.mu);
+}
+
+/* ------------------------------------------------------------ lanes */
+
+/* x's lane, while it runs on the engine */
+static lane *lane_of(xfer *x) {
+  return x->lane == LANE_LENT ? &x->home->warm : &x->home->far;
+}
+
+/* under engine.mu: x joins its lane, which the engine drives while it
+** holds an exchange */
+static void lane_join(xfer *x) {
+  lane *l = lane_of(x);
+  if (!lane_add(l, x, 0)) {
     x->code = CURLE_FAILED_INIT;
     mark_done(x);
     return;
   }
   x->state = X_RUNNING;
-  h->lnext = engine.lanes;
-  engine.lanes = h;
+  if (l->running++ == 0) {
+    l->next = engine.lanes;
+    engine.lanes = l;
+  }
 }
 
-/* under engine.mu: the engine stops driving h's lane */
-static void lane_return(xhome *h) {
-  xhome **p = &engine.lanes;
-  while (*p && *p != h) p = &(*p)->lnext;
-  if (*p) *p = h->lnext;
-  h->lnext = NULL;
+/* under engine.mu: an exchange of lane l is over; with none left the engine
+** lets the lane go (back to its session: a lent warm lane, an idle far lane) */
+static void lane_leave(lane *l) {
+  lane **p = &engine.lanes;
+  if (--l->running > 0) return;
+  while (*p && *p != l) p = &(*p)->next;
+  if (*p) *p = l->next;
+  l->next = NULL;
 }
 
 /* under engine.mu: attach the queued xfers, take back the cancelled ones */
@@ -94,26 +179,16 @@ static void engine_take(void) {
     xfer *x = engine.addq;
     engine.addq = x->qnext;
     x->qnext = NULL;
-    if (x->lane == LANE_LENT) {
-      lane_lend(x);
-    } else if (curl_multi_add_handle(engine.multi, x->easy) == CURLM_OK) {
-      x->state = X_RUNNING;
-    } else {
-      x->code = CURLE_FAILED_INIT;
-      mark_done(x);
-    }
+    lane_join(x);
   }
   while (engine.cancelq) {
     xfer *x = engine.cancelq;
     engine.cancelq = x->qnext;
     x->qnext = NULL;
     if (x->state == X_RUNNING) {
-      if (x->lane == LANE_LENT) {
-        lane_drop(x);
-        lane_return(x->home);
-      } else {
-        curl_multi_remove_handle(engine.multi, x->easy);
-      }
+      lane *l = lane_of(x);
+      lane_drop(l, x);
+      lane_leave(l);
       x->code = CURLE_ABORTED_BY_CALLBACK;
       mark_done(x);
     }
@@ -122,67 +197,58 @@ static void engine_take(void) {
   pthread_cond_broadcast(&engine.cv);
 }
 
-static void engine_collect(void) {
-  CURLMsg *m;
-  int left;
-  while ((m = curl_multi_info_read(engine.multi, &left)) != NULL) {
-    xfer *x = NULL;
-    CURLcode code = m->data.result;
-    CURL *e = m->easy_handle;
-    if (m->msg != CURLMSG_DONE) continue;
-    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&x);
-    curl_multi_remove_handle(engine.multi, e);
-    handle_gather(x, code);
-    pthread_mutex_lock(&engine.mu);
-    mark_done(x);
-    pthread_mutex_unlock(&engine.mu);
-  }
-}
-
-/* fills waitfd/waitlane with the lent lanes' sockets; returns how many;
-** lowers *ms to the earliest lane timer */
+/* the wake-up descriptor and every socket of the lanes driven, into waitfd
+** (waitlane says whose); returns how many; *ms lowered to the earliest timer */
 static int lanes_fds(int *ms) {
-  int n = 0;
+  int n = 1;
   double now = clock_now();
-  for (xhome *h = engine.lanes; h; h = h->lnext) {
-    int k;
-    if (n + LANE_SOCKS > engine.waitcap) {
-      int cap = engine.waitcap ? engine.waitcap * 2 : 64;
-      struct curl_waitfd *p = realloc(engine.waitfd, sizeof *p * (size_t)cap);
-      xhome **q = p ? realloc(engine.waitlane, sizeof *q * (size_t)cap) : NULL;
+  engine.waitfd[0] = (struct pollfd){ .fd = engine.wake[0], .events = POLLIN };
+  for (lane *l = engine.lanes; l; l = l->next) {
+    if (n + l->nsock > engine.waitcap) {
+      int cap = (n + l->nsock) * 2;
+      struct pollfd *p = realloc(engine.waitfd, sizeof *p * (size_t)cap);
+      lane **q = p ? realloc(engine.waitlane, sizeof *q * (size_t)cap) : NULL;
       if (p) engine.waitfd = p;
       if (q) engine.waitlane = q, engine.waitcap = cap;
-      if (q == NULL) {                        /* out of memory: libcurl looks itself, often */
+      if (q == NULL) {                        /* out of memory: look again soon */
         *ms = 1;
         break;
       }
     }
-    k = lane_waitfds(h, engine.waitfd + n, ms, now);
-    for (int i = 0; i < k; i++) engine.waitlane[n++] = h;
+    for (int k = lane_pollfds(l, engine.waitfd + n, l->nsock); k > 0; k--) engine.waitlane[n++] = l;
+    *ms = lane_ms(l, now, *ms);
   }
   return n;
 }
 
-/* after the poll: act in each lent lane; an exchange that ended there is
-** done, and the lane goes back to its session */
+/* after the wait: libcurl acts in each lane driven; the exchanges that
+** ended there are done (a lane left without one goes back to its session) */
 static void lanes_run(int n) {
-  int k = 0;
-  xhome *next;
-  for (xhome *h = engine.lanes; h; h = next) {
-    unsigned short re[LANE_SOCKS];
-    int m = 0;
-    xfer *x;
-    next = h->lnext;
-    while (k < n && engine.waitlane[k] == h && m < LANE_SOCKS) re[m++] = engine.waitfd[k++].revents;
-    lane_act(h, m == h->nlsock ? re : NULL);
-    if ((x = lane_collect(h)) != NULL) {
-      pthread_mutex_lock(&engine.mu);
-      lane_return(h);
-      mark_done(x);
-      pthread_mutex_unlock(&engine.mu);
+  int k = 1;
+  lane *next;
+  for (lane *l = engine.lanes; l; l = next) {
+    int first = k;
+    xfer *x, *ended = NULL;
+    next = l->next;
+    while (k < n && engine.waitlane[k] == l) k++;
+    lane_act(l, engine.waitfd + first, k - first);
+    while ((x = lane_collect(l)) != NULL) {
+      x->qnext = ended;
+      ended = x;
     }
+    if (ended == NULL) continue;
+    pthread_mutex_lock(&engine.mu);
+    for (; ended; ended = x) {
+      x = ended->qnext;
+      ended->qnext = NULL;
+      lane_leave(l);
+      mark_done(ended);                       /* the last touch of it, and of l when it left */
+    }
+    pthread_mutex_unlock(&engine.mu);
   }
 }
+
+/* ------------------------------------------------------------ the thread */
 
 /* under engine.mu: a fork() is under way; wait, outside libcurl and
 ** OpenSSL (whose locks the child would inherit held), until the parent
@@ -194,21 +260,28 @@ static void engine_park(void) {
   engine.parked = 0;
 }
 
+/* wait for the lanes' sockets, their timers or a wake-up */
+static int engine_wait(void) {
+  int ms = 1000, n = lanes_fds(&ms);
+  if (poll(engine.waitfd, (nfds_t)n, ms) > 0 && engine.waitfd[0].revents) {
+    uint64_t drain;
+    while (read(engine.wake[0], &drain, sizeof drain) > 0) {}
+  }
+  return n;
+}
+
 static void *engine_main(void *ud) {
   (void)ud;
   pthread_mutex_lock(&engine.mu);
   while (!engine.stopping) {
-    int running, n, ms = 1000;
+    int n;
     if (engine.park) {
       engine_park();
       continue;
     }
     engine_take();
     pthread_mutex_unlock(&engine.mu);
-    curl_multi_perform(engine.multi, &running);
-    engine_collect();
-    n = lanes_fds(&ms);
-    curl_multi_poll(engine.multi, n ? engine.waitfd : NULL, (unsigned)n, ms, NULL);
+    n = engine_wait();
     lanes_run(n);
     pthread_mutex_lock(&engine.mu);
   }
@@ -227,11 +300,12 @@ static int engine_start(void) {
   int rc;
   if (engine.running) return 1;
   if (engine.stopping) return 0;
-  if (engine.multi == NULL) {
-    engine.multi = curl_multi_init();
-    if (engine.multi == NULL) return 0;
-    /* every kept-alive session keeps its connection between tickles */
-    curl_multi_setopt(engine.multi, CURLMOPT_MAXCONNECTS, 100000L);
+  if (engine.wake[0] < 0 && !make_event(engine.wake, 0)) return 0;
+  if (engine.waitfd == NULL) {
+    engine.waitfd = malloc(sizeof *engine.waitfd * 64);
+    engine.waitlane = malloc(sizeof *engine.waitlane * 64);
+    if (engine.waitfd == NULL || engine.waitlane == NULL) return 0;
+    engine.waitcap = 64;
   }
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -246,6 +320,8 @@ static int engine_start(void) {
 ** Runs at exit() (and when the module is unloaded): stop the engine before
 ** libcrypto's own atexit handler frees what a live TLS transfer uses. It is
 ** registered after curl_global_init, so it runs before OpenSSL's handler.
+** Waiters on other threads are not woken: the process is ending, and a
+** waiter that went on would run libcurl while OpenSSL is torn down.
 */
 static void engine_atexit(void) {
   int joined;
@@ -254,7 +330,7 @@ static void engine_atexit(void) {
   joined = engine.running;
   pthread_mutex_unlock(&engine.mu);
   if (!joined) return;
-  curl_multi_wakeup(engine.multi);
+  wake();
   pthread_join(engine.th, NULL);
 }
 
@@ -269,7 +345,7 @@ static void fork_prepare(void) {
   if (!engine.running || pthread_equal(pthread_self(), engine.th)) return;
   engine.park = 1;
   pthread_mutex_unlock(&engine.mu);
-  curl_multi_wakeup(engine.multi);
+  wake();
   pthread_mutex_lock(&engine.mu);
   while (engine.running && !engine.parked) pthread_cond_wait(&engine.cv, &engine.mu);
 }
@@ -278,14 +354,23 @@ static void fork_parent(void) {
   pthread_cond_broadcast(&engine.cv);
   pthread_mutex_unlock(&engine.mu);
 }
+/* In the child every exchange of the parent has ended: each descriptor a
+** waiter may watch becomes the always-readable one (in the child's
+** descriptor table only), so a waiter wakes at once and finds it ended. */
 static void fork_child(void) {
   pthread_mutex_init(&engine.mu, NULL);
   pthread_cond_init(&engine.cv, NULL);
-  engine.multi = NULL;
   engine.running = engine.stopping = engine.park = engine.parked = 0;
   engine.addq = engine.cancelq = NULL;
   engine.lanes = NULL;
   engine.gen++;
+  for (xfer *x = engine.watched; x && engine.ready >= 0; x = x->wnext) {
+    if (x->efd >= 0) conn_replace(x->efd, engine.ready);
+    if (x->pfd >= 0) conn_replace(x->pfd, engine.ready);
+  }
+  if (engine.wake[0] >= 0) close(engine.wake[0]);           /* the parent's engine's */
+  if (engine.wake[1] >= 0 && engine.wake[1] != engine.wake[0]) close(engine.wake[1]);
+  engine.wake[0] = engine.wake[1] = -1;
   conn_forked();
 }
 
@@ -302,8 +387,13 @@ static void pin_module(void) {
 }
 
 static void global_init(void) {
+  int ready[2];
   init_code = curl_global_init(CURL_GLOBAL_DEFAULT);
   if (init_code != CURLE_OK) return;
+  if (make_event(ready, 1)) {
+    engine.ready = ready[0];
+    if (ready[1] != ready[0]) close(ready[1]);               /* a pipe stays readable: one byte in it */
+  }
   pin_module();
   atexit(engine_atexit);
   pthread_atfork(fork_prepare, fork_parent, fork_child);
@@ -324,30 +414,25 @@ unsigned engine_generation(void) {
   return g;
 }
 
-static int make_fd(xfer *x) {
-#ifdef __linux__
-  x->efd = x->wfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  return x->efd >= 0;
-#else
-  int p[2];
-  if (pipe(p) != 0) return 0;
-  for (int i = 0; i < 2; i++) {
-    fcntl(p[i], F_SETFD, FD_CLOEXEC);
-    fcntl(p[i], F_SETFL, O_NONBLOCK);
-  }
-  x->efd = p[0];
-  x->wfd = p[1];
-  return 1;
-#endif
+/* ------------------------------------------------------------ handing over */
+
+/* x ends without the engine: with `code` and `why` (errbuf), its completion
+** descriptor (if it has one) readable */
+static void end_here(xfer *x, CURLcode code, const char *why) {
+  x->code = code;
+  if (why) snprintf(x->errbuf, sizeof x->errbuf, "%s", why);
+  mark_done(x);
 }
 
-/* hand x to the engine thread (in its session's lane when x->lane is
-** LANE_LENT). Returns 0 when no completion fd or no engine thread could be
-** made (x is then done, with that error). */
+/* hand x to the engine thread, in its session's warm lane (x->lane is
+** LANE_LENT) or far lane (LANE_FAR). Returns 0 when no completion fd or no
+** engine thread could be made (x is then done, with that error). */
 int engine_queue(xfer *x) {
-  int ok = make_fd(x);
+  int fd[2], made = make_event(fd, 0), err = errno, ok;
+  if (made) x->efd = fd[0], x->wfd = fd[1];
   pthread_mutex_lock(&engine.mu);
-  ok = ok && engine_start();
+  if (made) watch(x);
+  ok = made && engine_start();
   if (ok) {
     xfer **q = &engine.addq;
     while (*q) q = &(*q)->qnext;
@@ -358,11 +443,12 @@ int engine_queue(xfer *x) {
   }
   pthread_mutex_unlock(&engine.mu);
   if (ok) {
-    curl_multi_wakeup(engine.multi);
+    wake();
   } else {
-    x->code = CURLE_FAILED_INIT;
-    snprintf(x->errbuf, sizeof x->errbuf, "cannot start the transfer engine");
-    x->state = X_DONE;
+    char why[CURL_ERROR_SIZE];
+    snprintf(why, sizeof why, "cannot start the transfer engine: %s",
+             made ? "no thread" : strerror(err));
+    end_here(x, CURLE_FAILED_INIT, why);
   }
   return ok;
 }
@@ -376,36 +462,43 @@ int engine_state(xfer *x) {
   if (st != X_DONE && x->gen != engine.gen) {
     x->state = st = X_DONE;
     x->code = CURLE_ABORTED_BY_CALLBACK;
-    x->aborted = 1;
+    x->aborted = ABORT_FORK;
   }
   pthread_mutex_unlock(&engine.mu);
   return st;
 }
 
-/* take x back from the engine, whatever it is doing; on return the engine
-** no longer touches x */
+/*
+** Take x back from the engine, whatever it is doing; on return the engine
+** no longer touches x, and x is done: its completion descriptor is
+** readable, so a waiter wakes at once (queued, running, or the engine
+** gone at exit).
+*/
 void engine_cancel(xfer *x) {
   pthread_mutex_lock(&engine.mu);
   if (x->gen == engine.gen && x->state == X_QUEUED) {
     xfer **q = &engine.addq;
     while (*q && *q != x) q = &(*q)->qnext;
     if (*q) *q = x->qnext;
-    x->code = CURLE_ABORTED_BY_CALLBACK;
-    x->state = X_DONE;
+    end_here(x, CURLE_ABORTED_BY_CALLBACK, NULL);
   } else if (x->gen == engine.gen && x->state == X_RUNNING && engine.running) {
     x->cancel = 1;
     x->qnext = engine.cancelq;
     engine.cancelq = x;
     pthread_mutex_unlock(&engine.mu);
-    curl_multi_wakeup(engine.multi);
+    wake();
     pthread_mutex_lock(&engine.mu);
     while (x->cancel) pthread_cond_wait(&engine.cv, &engine.mu);
   }
   if (x->state != X_DONE) {                  /* engine gone (exit, fork): x is ours again */
-    if (x->gen != engine.gen) x->easy = NULL;      /* the parent's handle: never touched */
-    else if (x->state == X_RUNNING && x->lane == LANE_LENT) curl_multi_remove_handle(x->home->lane, x->easy);
-    x->code = CURLE_ABORTED_BY_CALLBACK;
-    x->state = X_DONE;
+    if (x->gen != engine.gen) {
+      x->easy = NULL;                         /* the parent's handle: never touched */
+      x->code = CURLE_ABORTED_BY_CALLBACK;
+      x->state = X_DONE;                      /* its descriptor: made readable at the fork */
+    } else {
+      if (x->state == X_RUNNING) lane_drop(lane_of(x), x);
+      end_here(x, CURLE_ABORTED_BY_CALLBACK, NULL);
+    }
   }
   pthread_mutex_unlock(&engine.mu);
   x->submitted = 0;

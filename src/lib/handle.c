@@ -4,7 +4,7 @@
 ** options each exchange sets, the write and header callbacks that fill the
 ** exchange (they touch nothing else: libcurl is on the C stack), and the
 ** facts read when it ended, so that a result never needs the handle.
-** Called by: lib/transfer.c, lib/lane.c, lib/engine.c.
+** Called by: lib/transfer.c, lib/lane.c.
 ** Calls: lib/conn.c, lib/buf.c.
 ** Lua-free, like every file in src/lib/.
 */
@@ -61,6 +61,7 @@ CURL *handle_template(char *err, size_t errlen) {
   SET(CURLOPT_WRITEFUNCTION, on_write);
   SET(CURLOPT_HEADERFUNCTION, on_header);
   SET(CURLOPT_TCP_KEEPALIVE, 1L);
+  SET(CURLOPT_PATH_AS_IS, 1L);                 /* wire.c refused dot segments: send as given */
 #undef SET
   if (c == CURLE_OK && !conn_watch(e)) c = CURLE_UNKNOWN_OPTION;
   if (c != CURLE_OK) {
@@ -84,42 +85,49 @@ static int is(const callspec *cs, const char *m) {
 }
 
 /* the options of one exchange; every one is set each time, since a pooled
-** handle keeps what the previous exchange set */
-void handle_set(xfer *x, const callspec *cs, struct curl_slist *hl, long timeout_ms) {
+** handle keeps what the previous exchange set. Returns the first option
+** libcurl refused (out of memory), or CURLE_OK */
+CURLcode handle_set(xfer *x, const callspec *cs, const char *url, struct curl_slist *hl, long timeout_ms) {
   CURL *e = x->easy;
+  CURLcode c = CURLE_OK;
   long fresh;
   x->head = is(cs, "HEAD");
-  curl_easy_setopt(e, CURLOPT_URL, x->url);
-  curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);                 /* wire.c refused dot segments; send as given */
-  curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
+#define SET(opt, val) if (c == CURLE_OK) c = curl_easy_setopt(e, opt, val)
+  SET(CURLOPT_URL, url);
+  /* the URL parsed once by the session (x->uh), or NULL: libcurl parses url,
+  ** and rebuilds it, on every exchange. Either way url is set too: libcurl
+  ** keeps the text for what it shows (the effective URL) */
+  SET(CURLOPT_CURLU, x->uh);
+  SET(CURLOPT_NOBODY, 0L);
   if (cs->shape == HL_NOBODY) {
-    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-    if (x->head) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    SET(CURLOPT_HTTPGET, 1L);
+    if (x->head) SET(CURLOPT_NOBODY, 1L);
   } else {
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->post ? x->post : "");
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->postlen);
+    SET(CURLOPT_POST, 1L);
+    SET(CURLOPT_POSTFIELDS, x->post ? x->post : "");
+    SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->postlen);
   }
-  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST,
-                   (is(cs, "GET") || is(cs, "POST") || x->head) ? NULL : cs->method);
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
+  SET(CURLOPT_CUSTOMREQUEST, (is(cs, "GET") || is(cs, "POST") || x->head) ? NULL : cs->method);
+  SET(CURLOPT_HTTPHEADER, hl);
   /* libcurl silently sends a request again when a reused connection turns
   ** out closed by the server before any answer byte, and the server may have
   ** acted on it. Only GET/HEAD/OPTIONS, and calls the caller marked
   ** repeatable, may take that chance: the rest go on a fresh connection,
   ** closed after the exchange (else every order would leave one more idle
-  ** connection in the engine's cache) */
+  ** connection in the session's cache) */
   fresh = !(x->repeatable || is(cs, "GET") || x->head || is(cs, "OPTIONS"));
   x->fresh = (int)fresh;
-  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, fresh);
-  curl_easy_setopt(e, CURLOPT_FORBID_REUSE, fresh);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-  curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)x);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)x);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, (void *)x);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)&x->cw);
-  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, NULL);
+  SET(CURLOPT_FRESH_CONNECT, fresh);
+  SET(CURLOPT_FORBID_REUSE, fresh);
+  SET(CURLOPT_TIMEOUT_MS, timeout_ms);
+  SET(CURLOPT_PRIVATE, (void *)x);
+  SET(CURLOPT_WRITEDATA, (void *)x);
+  SET(CURLOPT_HEADERDATA, (void *)x);
+  SET(CURLOPT_ERRORBUFFER, x->errbuf);
+  SET(CURLOPT_OPENSOCKETDATA, (void *)&x->cw);
+  SET(CURLOPT_CLOSESOCKETDATA, NULL);
+#undef SET
+  return c;
 }
 
 /* what the result needs, read while the transfer's owner still holds it */
@@ -128,10 +136,17 @@ void handle_gather(xfer *x, CURLcode code) {
   x->code = code;
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
   curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &x->nconnects);
-  curl_easy_getinfo(x->easy, CURLINFO_HEADER_SIZE, &x->header_size);
-  curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &x->retry_after);
-  curl_easy_getinfo(x->easy, CURLINFO_SSL_VERIFYRESULT, &x->verify_result);
-  curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc);
+  /* the rest only where request.c reads it: a transfer error, an answer
+  ** that is not a 2xx */
+  if (code != CURLE_OK) {
+    curl_easy_getinfo(x->easy, CURLINFO_HEADER_SIZE, &x->header_size);
+    if (code == CURLE_PEER_FAILED_VERIFICATION)
+      curl_easy_getinfo(x->easy, CURLINFO_SSL_VERIFYRESULT, &x->verify_result);
+  }
+  if (x->status < 200 || x->status >= 300) {
+    curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &x->retry_after);
+    curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc);
+  }
   if (loc) x->location = buf_strndup(loc, strlen(loc));
   if (code == CURLE_OK && !x->hdr_done) {     /* closed inside the header block */
     x->code = CURLE_WEIRD_SERVER_REPLY;

@@ -3,27 +3,25 @@
 ** blocking one in place on the caller's thread (in the warm lane when it
 ** is free, else on the session's own multi handle); a non-blocking one in
 ** the warm lane on the caller's thread when the lane holds a kept
-** connection, else on the engine thread (the lane lent to it, or the
-** engine's own multi handle). Then stepping, waiting, the descriptor a
-** waiter watches, and closing an exchange or a whole session.
+** connection, else on the engine thread (the warm lane lent to it, or the
+** session's far lane). Then stepping, waiting, the descriptor a waiter
+** watches, and closing an exchange or a whole session. Every way an
+** exchange ends leaves that descriptor readable, so every waiter wakes.
 ** Why blocking calls stay in place: a hand-over to another thread costs
 ** more than the exchange on loopback.
 ** Called by: session.c, request.c.
-** Calls: lib/lane.c, lib/engine.c, lib/handle.c, lib/buf.c.
+** Calls: lib/lane.c, lib/engine.c, lib/handle.c, lib/conn.c, lib/buf.c.
 ** Lua-free, like every file in src/lib/.
 */
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#ifdef __linux__
-#include <sys/eventfd.h>
-#endif
 
 #include "clock.h"
+#include "conn.h"
 #include "engine.h"
 #include "handle.h"
 #include "lane.h"
@@ -41,7 +39,8 @@ void transfer_init(xfer *x) {
 CURL *transfer_home_open(xhome *h, char *err, size_t errlen) {
   h->gen = engine_generation();
   h->lane_keep = CURL_SOCKET_BAD;
-  h->lane_due = -1;
+  lane_init(&h->warm, h, 1);
+  lane_init(&h->far, h, 0);
   return h->tmpl = handle_template(err, errlen);
 }
 
@@ -49,15 +48,22 @@ CURL *transfer_home_open(xhome *h, char *err, size_t errlen) {
 ** Make x the exchange cs of home h: it keeps o's URL and per-call header
 ** list (even when this fails) and a copy of the body, gets an easy handle
 ** set for the exchange, and goes on h's list of live exchanges. Returns 0
-** when out of memory. Runs no Lua code.
+** when out of memory, or when libcurl refused an option (x->code says
+** which; x is then closed, never sent with what a pooled handle kept from
+** its previous exchange). Runs no Lua code.
 */
 int transfer_open(xfer *x, xhome *h, const callspec *cs, const xopts *o) {
+  const char *url = o->url ? o->url : o->url_ref;
   x->url = o->url;
   x->callh = o->callh;
   x->repeatable = cs->repeatable;
   x->max_body = o->max_body;
   x->ca_not_after = o->ca_not_after;
-  if (x->url == NULL || (cs->nh && x->callh == NULL)) return 0;
+  if (url == NULL || (cs->nh && x->callh == NULL)) return 0;
+  if (o->uh) {
+    x->uh_owned = !o->lend_uh;
+    if ((x->uh = o->lend_uh ? o->uh : curl_url_dup(o->uh)) == NULL) return 0;
+  }
   if (cs->has_body) {
     x->post = buf_strndup(cs->body, cs->blen);
     x->postlen = cs->blen;
@@ -71,11 +77,30 @@ int transfer_open(xfer *x, xhome *h, const callspec *cs, const xopts *o) {
   h->nlive++;
   h->exchanges++;
   x->deadline = clock_now() + (double)o->timeout_ms / 1000.0;
-  handle_set(x, cs, o->headers, o->timeout_ms);
-  return 1;
+  x->code = handle_set(x, cs, url, o->headers, o->timeout_ms);
+  if (x->code == CURLE_OK) return 1;
+  transfer_close(x);                          /* its handle is not pooled: the exchange did not run */
+  return 0;
 }
 
 /* ------------------------------------------------------------ running */
+
+/* x stops running in the warm lane here (it ended, went to the engine, or
+** was stopped): a waiter still watching the duplicate of the lane socket
+** wakes at once, and the duplicate no longer holds the connection open */
+static void leave_lane(xfer *x) {
+  if (x->pfd >= 0 && engine_ready_fd() >= 0) conn_replace(x->pfd, engine_ready_fd());
+}
+
+/* x, running in the warm lane here, is stopped (its connection is closed);
+** in a forked child the parent's handle is not touched */
+static void abandon(xfer *x, int forked) {
+  if (x->home && !forked) lane_drop(&x->home->warm, x);
+  if (forked) x->easy = NULL;
+  leave_lane(x);
+  x->code = CURLE_ABORTED_BY_CALLBACK;
+  x->state = X_DONE;
+}
 
 /* x given up in a blocking wait: `stop` said so (a signal asked Lua to stop) */
 static void stopped(xfer *x) {
@@ -89,14 +114,14 @@ static void stopped(xfer *x) {
 ** 1: x ran there; 2: given up (stop said so) */
 static int perform_in_lane(xfer *x, transfer_stopfn stop, void *ud) {
   if (!lane_take(x)) return 0;
-  if (!lane_add(x, 0)) {
+  if (!lane_add(&x->home->warm, x, 0)) {
     x->home->lane_x = NULL;
     return 0;
   }
   x->lane = LANE_INLINE;
   x->state = X_RUNNING;
   if (transfer_wait(x, -1, stop, ud)) return 1;
-  lane_abandon(x, 0);
+  abandon(x, 0);
   stopped(x);
   return 2;
 }
@@ -146,31 +171,42 @@ int transfer_perform(xfer *x, transfer_stopfn stop, void *ud) {
 ** opened here (nothing was answered on the old one, and x is repeatable) */
 static void step_in_lane(xfer *x) {
   xhome *h = x->home;
+  int step;
   if (h == NULL || h->gen != engine_generation()) {   /* a parent's exchange seen in a forked child */
     x->easy = h && h->gen != engine_generation() ? NULL : x->easy;
     x->code = CURLE_ABORTED_BY_CALLBACK;
-    x->aborted = 1;
+    x->aborted = ABORT_FORK;
     x->state = X_DONE;
     return;
   }
-  if (lane_step(x) != LANE_GONE || !handle_restart(x, clock_now())) return;
-  x->lane = LANE_LENT;
-  engine_queue(x);
+  if ((step = lane_step(x)) == LANE_RUNS) return;
+  leave_lane(x);
+  if (step == LANE_GONE && handle_restart(x, clock_now())) {
+    x->lane = LANE_LENT;
+    engine_queue(x);
+  }
 }
 
-/* non-blocking: x runs in its session's lane when it fits there (on this
-** thread when the lane has a kept connection, else lent to the engine),
-** else on the engine's own multi handle. Returns 0 when x could not start
-** (it is then done, with the error). */
+/* non-blocking: x runs in its session's warm lane when it fits there (on
+** this thread when the lane has a kept connection, else lent to the
+** engine), else in the session's far lane on the engine. Returns 0 when x
+** could not start (it is then done, with the error). */
 int transfer_submit(xfer *x) {
   xhome *h = x->home;
   if (x->postlen <= LANE_BODY_MAX && lane_take(x)) {
     x->lane = LANE_LENT;
-    if (h->lane_keep != CURL_SOCKET_BAD && lane_add(x, 1)) {
+    if (h->lane_keep != CURL_SOCKET_BAD && lane_add(&h->warm, x, 1)) {
       x->lane = LANE_INLINE;
       x->state = X_RUNNING;
       step_in_lane(x);
       return 1;
+    }
+  } else {
+    x->lane = LANE_FAR;
+    if (!lane_make(&h->far)) {
+      x->code = CURLE_OUT_OF_MEMORY;
+      x->state = X_DONE;
+      return 0;
     }
   }
   return engine_queue(x);
@@ -191,32 +227,29 @@ int transfer_done(xfer *x) {
   return st == X_DONE;
 }
 
-/* one descriptor always readable: the pollfd of an exchange that ended
-** in the lane, until it is collected */
-static int ready_fd = -1;
-static pthread_once_t ready_once = PTHREAD_ONCE_INIT;
-static void make_ready(void) {
-#ifdef __linux__
-  ready_fd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
-#else
-  int p[2];
-  if (pipe(p) != 0) return;
-  fcntl(p[0], F_SETFD, FD_CLOEXEC);
-  fcntl(p[1], F_SETFD, FD_CLOEXEC);
-  if (write(p[1], "", 1) != 1) return;
-  ready_fd = p[0];
-#endif
+/* x, running in the warm lane here: a duplicate of the socket libcurl
+** waits on, open until x is closed, so that a waiter never watches a
+** number libcurl closed (the session closed from elsewhere) and reused; the
+** socket itself when no duplicate can be made; -1 while libcurl waits only
+** for its timer */
+static int lane_pollfd(xfer *x, const char **events) {
+  curl_socket_t fd = lane_socket(&x->home->warm, events);
+  if (fd == CURL_SOCKET_BAD) return -1;
+  if (x->pfd < 0) {
+    if ((x->pfd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) return fd;
+    engine_watch(x);
+  }
+  return x->pfd;
 }
 
 /* the descriptor to wait on before looking at x again, and for what
-** (*events: "r", "w" or "rw"); -1: none (wait for transfer_timeout) */
+** (*events: "r", "w" or "rw"); -1: none (wait for transfer_timeout). Once x
+** ended it is readable: its completion descriptor (written on every way to
+** the end), or the always-readable one when it has none. */
 int transfer_pollfd(xfer *x, const char **events) {
   *events = "r";
   if (x->lane == LANE_INLINE && x->state == X_RUNNING) return lane_pollfd(x, events);
-  if (x->lane == LANE_INLINE && x->state == X_DONE && x->efd < 0) {
-    pthread_once(&ready_once, make_ready);
-    return ready_fd;
-  }
+  if (x->efd < 0 && x->state == X_DONE) return engine_ready_fd();
   return x->efd;
 }
 
@@ -226,9 +259,9 @@ int transfer_pollfd(xfer *x, const char **events) {
 double transfer_timeout(xfer *x) {
   double now = clock_now(), left = x->deadline - now + 0.1;
   if (left < 0.01) left = 0.01;
-  if (x->lane == LANE_INLINE && x->state == X_RUNNING && x->home && x->home->lane_due >= 0 &&
-      x->home->lane_due - now < left)
-    left = x->home->lane_due > now ? x->home->lane_due - now : 0;
+  if (x->lane == LANE_INLINE && x->state == X_RUNNING && x->home && x->home->warm.due >= 0 &&
+      x->home->warm.due - now < left)
+    left = x->home->warm.due > now ? x->home->warm.due - now : 0;
   return left;
 }
 
@@ -248,7 +281,7 @@ int transfer_wait(xfer *x, double timeout, transfer_stopfn stop, void *ud) {
     }
     if (x->lane == LANE_INLINE) {
       double t = transfer_timeout(x) * 1000;
-      n = lane_pollfds(x->home, p);
+      n = lane_pollfds(&x->home->warm, p, LANE_SOCKS);
       if (t < ms) ms = (int)t + (t > (int)t);
     } else {
       if (x->efd < 0) return 0;
@@ -276,11 +309,12 @@ static void unlink_live(xfer *x) {
 void transfer_close(xfer *x) {
   xhome *h = x->home;
   if (x->submitted) engine_cancel(x);
-  if (x->lane == LANE_INLINE && x->state == X_RUNNING) lane_abandon(x, h && h->gen != engine_generation());
+  if (x->lane == LANE_INLINE && x->state == X_RUNNING) abandon(x, h && h->gen != engine_generation());
   if (h && h->lane_x == x) h->lane_x = NULL;
   unlink_live(x);
   x->home = NULL;
   handle_give(x, h);
+  if (x->watched) engine_unwatch(x);
   if (x->efd >= 0) close(x->efd);
   if (x->wfd >= 0 && x->wfd != x->efd) close(x->wfd);
   if (x->pfd >= 0) close(x->pfd);
@@ -289,6 +323,9 @@ void transfer_close(xfer *x) {
   free(x->post);
   free(x->location);
   x->url = x->post = x->location = NULL;
+  if (x->uh_owned) curl_url_cleanup(x->uh);
+  x->uh = NULL;
+  x->uh_owned = 0;
   curl_slist_free_all(x->callh);
   x->callh = NULL;
   buf_free(&x->body);
@@ -304,10 +341,10 @@ void transfer_home_close(xhome *h, int forked) {
   while (h->live) {
     xfer *x = h->live;
     if (x->submitted) engine_cancel(x);
-    if (x->lane == LANE_INLINE && x->state == X_RUNNING) lane_abandon(x, forked);
+    if (x->lane == LANE_INLINE && x->state == X_RUNNING) abandon(x, forked);
     unlink_live(x);
     x->home = NULL;
-    x->aborted = 1;
+    x->aborted = ABORT_CLOSED;
     if (x->easy && !forked) curl_easy_cleanup(x->easy);
     x->easy = NULL;
   }
@@ -316,7 +353,9 @@ void transfer_home_close(xhome *h, int forked) {
     if (!forked) curl_easy_cleanup(e);
   }
   if (h->multi && !forked) curl_multi_cleanup(h->multi);
-  lane_close(h, forked);                      /* closes the kept connection */
+  lane_close(&h->warm, forked);               /* closes the kept connection */
+  lane_close(&h->far, forked);                /* and those the engine opened for the session */
+  h->lane_x = NULL;
   if (h->tmpl && !forked) curl_easy_cleanup(h->tmpl);
   curl_slist_free_all(h->resolve);
   h->multi = NULL;

@@ -43,15 +43,22 @@ struct xhome;
 typedef struct xfer {
   struct xhome *home;         /* Lua thread: the session's part, NULL once detached */
   struct xfer *prev, *next;   /* Lua thread: the session's list of live exchanges */
-  char *url, *post;           /* malloc'd copies */
+  struct xfer *wprev, *wnext; /* engine mutex: the process's list of exchanges holding a
+                              ** descriptor a waiter may watch (efd, pfd), for fork() */
+  int watched;                /* engine mutex: on that list */
+  char *url, *post;           /* malloc'd copies (url NULL when the session's cache lent it) */
+  CURLU *uh;                  /* the URL parsed (CURLOPT_CURLU), or NULL: lent by the session's
+                              ** cache to a blocking exchange, else a copy of its own (uh_owned) */
+  int uh_owned;
   size_t postlen;
   struct curl_slist *callh;   /* per-call header list, or NULL */
   double deadline;            /* monotonic seconds */
   int efd, wfd;               /* completion fd (readable when done) and its write end, or -1 */
-  int pfd;                    /* Lua thread: a duplicate of the lane socket handed to waiters, or -1 */
+  int pfd;                    /* Lua thread: a duplicate of the lane socket handed to waiters, or -1;
+                              ** once x leaves the lane, an always-readable descriptor */
   int cancel;                 /* a cancel is queued (engine mutex) */
   unsigned gen;               /* engine generation (fork) it was submitted in */
-  int aborted;                /* the session was closed under it */
+  int aborted;                /* ABORT_*: why it ended without an answer of its own */
   int submitted;              /* Lua thread: handed to the engine and not yet seen done */
   int state;                  /* X_*; guarded by the engine mutex while submitted */
   struct xfer *qnext;         /* engine queues */
@@ -77,14 +84,39 @@ typedef struct xfer {
 } xfer;
 
 enum { X_NEW, X_QUEUED, X_RUNNING, X_DONE };
-enum { LANE_NO, LANE_INLINE, LANE_LENT };
+/* where an exchange runs: blocking (LANE_NO), in the warm lane on the Lua thread (LANE_INLINE)
+** or lent with it to the engine (LANE_LENT), or in the session's far lane on the engine (LANE_FAR) */
+enum { LANE_NO, LANE_INLINE, LANE_LENT, LANE_FAR };
+/* why an exchange ended without an answer of its own */
+enum { ABORT_NONE, ABORT_CLOSED, ABORT_FORK };
 
-#define LANE_SOCKS 4
+#define LANE_SOCKS 4                /* sockets of one exchange: two families connecting, a resolver */
 #define LANE_BODY_MAX 16384         /* larger bodies go to the engine (a send may have to wait) */
 
+/*
+** A multi handle of a session driven through curl_multi_socket_action
+** (lane.c): what libcurl waits on -- its sockets and its timer -- is
+** recorded here by libcurl's callbacks, and whoever drives the lane waits
+** on that and lets libcurl act. A session has two (see xhome). The fields
+** belong to the lane's driver: the Lua thread, or the engine while the
+** lane is on its list.
+*/
+typedef struct lane {
+  CURLM *multi;               /* made on first use; closing it closes the lane's connections */
+  struct xhome *home;
+  struct lanesock { curl_socket_t fd; int what; } *sock;   /* malloc'd: nsock of capsock */
+  int nsock, capsock;
+  int lost;                   /* a socket could not be recorded (out of memory): drive it blind */
+  double due;                 /* monotonic seconds of libcurl's timer, < 0: none */
+  int running;                /* engine: its exchanges in the lane */
+  int warm;                   /* the warm lane: one connection kept, noted in home->lane_keep */
+  struct lane *next;          /* engine: its list of the lanes it drives */
+} lane;
+
 /* The session's part that the transfer files keep: the handle template, a
-** pool of easy handles, the multi handle of blocking calls, live exchanges.
-** Owned by the Lua thread of the session. */
+** pool of easy handles, the multi handle of blocking calls, its two lanes,
+** live exchanges. Owned by the Lua thread of the session, but for a lane
+** while the engine drives it. */
 #define XPOOL_MAX 4
 typedef struct xhome {
   CURL *tmpl;                 /* session-wide options; duplicated into the pool */
@@ -98,27 +130,31 @@ typedef struct xhome {
   long long connects, exchanges;
   long long lane_exchanges;   /* exchanges that ran in the lane on the Lua thread */
   /*
-  ** The warm lane (lane.c): a multi handle for the session's non-blocking
-  ** exchanges, one at a time, that may be repeated (kept-alive connections
-  ** allowed) and carry a small body. While it holds a kept connection, an
-  ** exchange runs there on the Lua thread, stepped through
-  ** curl_multi_socket_action (no hand-over to the engine: a send and a
-  ** receive). When it needs a new connection (DNS, connect, TLS handshake),
-  ** the lane is lent to the engine thread for that exchange. `lane_x` is
-  ** the Lua thread's; the fields after it belong to whoever drives the
-  ** lane: the engine from the moment the exchange is queued until it is
-  ** marked done (under the engine's mutex), the Lua thread otherwise.
+  ** The warm lane (lane.c): the session's non-blocking exchanges, one at a
+  ** time, that may be repeated (kept-alive connections allowed) and carry a
+  ** small body. While it holds a kept connection, an exchange runs there on
+  ** the Lua thread, stepped through curl_multi_socket_action (no hand-over
+  ** to the engine: a send and a receive). When it needs a new connection
+  ** (DNS, connect, TLS handshake), the lane is lent to the engine thread
+  ** for that exchange. `lane_x` is the Lua thread's; `warm` and `lane_keep`
+  ** belong to whoever drives the lane: the engine from the moment the
+  ** exchange is queued until it is marked done (under the engine's mutex),
+  ** the Lua thread otherwise.
   */
-  CURLM *lane;
+  lane warm;
   int inline_ok;              /* set by the session: certificates are not verified, so closing a
                               ** TLS connection frees no CA store (1-2 ms with the system bundle):
-                              ** cheap enough for the Lua thread. Else no lane: the engine runs all */
-  xfer *lane_x;               /* the exchange in the lane, or NULL */
-  curl_socket_t lane_keep;    /* socket of the kept connection, or CURL_SOCKET_BAD: cold */
-  struct lanesock { curl_socket_t fd; int what; } lsock[LANE_SOCKS];   /* what libcurl waits on */
-  int nlsock;
-  double lane_due;            /* monotonic seconds of libcurl's timer, < 0: none */
-  struct xhome *lnext;        /* engine: its list of the lanes lent to it */
+                              ** cheap enough for the Lua thread. Else no warm lane */
+  xfer *lane_x;               /* the exchange in the warm lane, or NULL */
+  curl_socket_t lane_keep;    /* socket of the warm lane's kept connection, or CURL_SOCKET_BAD */
+  /*
+  ** The far lane: every other non-blocking exchange of the session (a
+  ** second one while the warm lane is busy, one not repeatable, a large
+  ** body, all of a session that verifies), driven by the engine thread
+  ** while it holds one. Its connections are the session's own, so closing
+  ** the session closes them, whichever thread opened them.
+  */
+  lane far;
 } xhome;
 
 #endif
