@@ -28,6 +28,9 @@ end
 ---------------------------------------------------------------------------------------------
 -- The page's entries
 
+-- The page's short names of modules (`local state = require("ibkr.state")`)
+local ALIASES = { state = "ibkr.state", kinds = "ibkr.kinds" }
+
 -- Entries of a markdown text: { name =, line =, pending =, table = the header's first cell }.
 -- A heading "### `sig`" gives one; a table row gives one per backticked name in its first cell.
 local function entries_of(text)
@@ -58,8 +61,14 @@ local function entries_of(text)
     end
   end
   for _, e in ipairs(list) do
-    -- the name: `ibkr.new(opts)` -> ibkr.new, `s:tickle{...}` -> s:tickle, `--url` -> --url, `0` -> 0
-    e.name = e.sig:match("^([%a_][%w_.:]*)") or e.sig:match("^(%-%-?[%w%-]+)") or e.sig:match("^(%d+)$")
+    -- the name: `ibkr.new(opts)` -> ibkr.new, `s:tickle{...}` -> s:tickle, `--url` -> --url, `0` -> 0,
+    -- `require("ibkr.luv").drive(x)` -> ibkr.luv.drive, `state.judge(...)` -> ibkr.state.judge (the
+    -- page's `local state = require("ibkr.state")`, and kinds likewise)
+    local mod, member = e.sig:match('^require%("(ibkr[%w_.]*)"%)%.([%a_][%w_]*)')
+    e.name = mod and (mod .. "." .. member) or e.sig:match("^([%a_][%w_.:]*)")
+      or e.sig:match("^(%-%-?[%w%-]+)") or e.sig:match("^(%d+)$")
+    local alias, rest = (e.name or ""):match("^(%a+)%.([%w_]+)$")
+    if ALIASES[alias] then e.name = ALIASES[alias] .. "." .. rest end
   end
   return list
 end
@@ -222,15 +231,16 @@ local function check_page(text)
   compare("meta", meta_fields(), documented(entries, "^meta%.([%w_]+)$"), f, "meta.")
   compare("a trace event (lua/ibkr/trace.lua)", trace_fields(), documented(entries, "^ev%.([%w_]+)$"), f,
     "ev.")
-  compare("an error object (src/, lua/ibkr/)", error_fields(), documented(entries, "^err%.([%w_]+)$"), f,
-    "err.")
+  compare("an error object (src/, lua/ibkr/)", error_fields(),
+    documented(entries, "^([%l_]+)$", "error field"), f, "err.")
   compare("ibkr-session's commands", args.COMMANDS, documented(entries, "^([%l]+)$", "command"), f)
   compare("ibkr-session's options", args.OPTIONS, documented(entries, "^(%-%-?[%w%-]+)$", "option"), f)
   compare("ibkr-session's exit codes", exit_codes(), documented(entries, "^(%d+)$", "exit code"), f)
   -- every entry is one of the above
-  local kinds = { "^ibkr%.", "^s:", "^handle:", "^st:", "^meta%.", "^ev%.", "^err%." }
+  local kinds = { "^ibkr%.", "^s:", "^handle:", "^st:", "^meta%.", "^ev%." }
   for _, e in ipairs(entries) do
     local known = e.table == "command" or e.table == "option" or e.table == "exit code"
+      or e.table == "error field"
     for _, p in ipairs(kinds) do known = known or (e.name and e.name:match(p) ~= nil) end
     if not known then
       f[#f + 1] = string.format("%s:%d: `%s` is not a name this spec knows how to check", PAGE, e.line, e.sig)
@@ -271,9 +281,11 @@ describe("docs/reference.md", function()
       finds(page:gsub("\n### `ibkr%.null`", "\n### `ibkr.nul`"), "ibkr.null exists but has no entry")
       finds(page:gsub("| `meta%.status` |", "| `meta.code` |"), "meta.status exists but has no entry")
       finds(page:gsub("| `ev%.attempt` |", "| `ev.attempts` |"), "ev.attempt exists but has no entry")
-      finds(page:gsub("| `err%.curl_code` |", "| `err.curlcode` |"), "err.curl_code exists but has no entry")
-      finds(page:gsub("| `ibkr%.kinds%.retryable%(err%)`", "| `ibkr.kinds.retriable(err)`"),
+      finds(page:gsub("| `curl_code` |", "| `curlcode` |"), "err.curl_code exists but has no entry")
+      finds(page:gsub("| `kinds%.retryable%(err%)`", "| `kinds.retriable(err)`"),
         "ibkr.kinds.retryable exists but has no entry")
+      finds(page:gsub("### `require%(\"ibkr%.luv\"%)%.drive%(x%)`", "### `require(\"ibkr.luv\").run(x)`"),
+        "ibkr.luv.drive exists but has no entry")
     end)
 
     it("a CLI command, option or exit code", function()
