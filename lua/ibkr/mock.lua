@@ -198,6 +198,7 @@ function Mock:reset()
   end
   self.verbose = self.initial_verbose
   self.gateway:reset()
+  self.server:release() -- no answer stays held by a fault the reset removed
 end
 
 -- Serves what is ready, waiting at most max_wait seconds (default 1). Returns true while serving,

@@ -46,6 +46,23 @@ local c = srv:accept()
 print(c and "connection" or "done")
 ]]
 
+-- Stops process `pid` (SIGSTOP) and returns once the kernel shows it stopped: whatever reaches
+-- it from then on waits, for certain, until thaw(pid).
+function M.freeze(pid)
+  assert(os.execute("kill -STOP " .. pid))
+  while true do
+    local f = assert(io.open("/proc/" .. pid .. "/stat"))
+    local state = f:read("l"):match("^%d+ %b() (%a)")
+    f:close()
+    if state == "T" then return end
+    socket.sleep(0.001)
+  end
+end
+
+function M.thaw(pid)
+  assert(os.execute("kill -CONT " .. pid))
+end
+
 -- s as one single-quoted shell word
 function M.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 local q = M.q
