@@ -244,10 +244,60 @@ describe("oauth worked example (docs/oauth.md)", function()
   end)
 end)
 
+describe("the mock gateway's --oauth-dir", function()
+  -- the names docs/oauth.md's own example gives the user's key files
+  local USER = { ["private_signature.pem"] = "the user's own signature key\n",
+    ["private_encryption.pem"] = "the user's own encryption key\n", ["oauth.conf"] = "# the user's\n" }
+
+  local function start_in(d)
+    return mock.start{ pacing = false, args = { "--oauth", "--oauth-dir", d } }
+  end
+
+  it("never overwrites a key file or a config there: the mock refuses to start, naming it", function()
+    for name, text in pairs(USER) do
+      local d = tmp .. "/own-" .. name
+      assert(sh("mkdir -p " .. q(d)))
+      write(d .. "/" .. name, text)
+      local gw, err = start_in(d)
+      if gw then gw:stop() end
+      assert.is_nil(gw, "the mock started over " .. name)
+      assert.matches(name .. " exists", err, 1, true)
+      assert.are.equal(text, read(d .. "/" .. name))
+      assert.are.equal(name .. "\n", select(1, sh("ls -A " .. q(d))), "it left other files there")
+    end
+  end)
+
+  it("never writes through a symlink by those names, dangling or not", function()
+    local d = tmp .. "/links"
+    assert(sh("mkdir -p " .. q(d)))
+    write(tmp .. "/target.pem", "the user's key elsewhere\n")
+    assert(sh("ln -s " .. q(tmp .. "/target.pem") .. " " .. q(d .. "/private_signature.pem")))
+    assert(sh("ln -s " .. q(tmp .. "/nowhere.pem") .. " " .. q(d .. "/private_encryption.pem")))
+    local gw, err = start_in(d)
+    if gw then gw:stop() end
+    assert.is_nil(gw)
+    assert.matches("exists", err)
+    assert.are.equal("the user's key elsewhere\n", read(tmp .. "/target.pem"))
+    assert.is_nil(io.open(tmp .. "/nowhere.pem"))
+  end)
+
+  it("writes the consumer into a new or empty directory, keys readable by the owner only", function()
+    local d = tmp .. "/fresh/sub"
+    local gw = assert(start_in(d))
+    gw:stop()
+    for name in pairs(USER) do
+      assert.are.equal("-rw-------", (select(1, sh("stat -c %A " .. q(d .. "/" .. name))):gsub("\n", "")))
+    end
+    assert(oauth.read_config(d .. "/oauth.conf"))
+  end)
+end)
+
 describe("oauth against the mock gateway in OAuth mode", function()
   local m, dir, cfg
+  local runs = 0
   local function start(ttl)
-    dir = tmp .. "/mock" .. tostring(ttl)
+    runs = runs + 1 -- a new directory each time: the mock never overwrites its consumer files
+    dir = tmp .. "/mock" .. runs
     assert(sh("mkdir -p " .. q(dir)))
     m = assert(mock.start{ pacing = false, args = { "--oauth", "--oauth-dir", dir, "--oauth-lst-ttl", ttl } })
     local base_url

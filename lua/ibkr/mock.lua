@@ -40,7 +40,8 @@ Options:
                          request's signature checked (401 when bad); state starts unauthenticated.
                          Its config file (the CLI's --oauth-config) is named on stderr and by
                          GET /__mock/oauth
-  --oauth-dir DIR        where the test consumer's files go (default: a private temporary dir)
+  --oauth-dir DIR        where the test consumer's files go (default: a private temporary dir);
+                         never overwrites a file there: refuses to start instead
   --oauth-lst-ttl S      seconds a live session token lives (default 86400)
   -v, --verbose          log connections and requests to stderr
   -h, --help             this text

@@ -35,31 +35,74 @@ local function wall() return socket.gettime() end
 
 local function shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  assert(os.execute("chmod 600 " .. shell_quote(path)))
+-- True when something is at path (a file, a directory, a symlink even if it dangles).
+local function exists(path)
+  return os.execute("test -e " .. shell_quote(path) .. " || test -L " .. shell_quote(path)) == true
 end
 
--- The consumer files: keys (0600) and oauth.conf (the CLI's --oauth-config format) in dir.
+-- Creates the file `path` (mode 0600) holding text, and never replaces anything already there:
+-- it is written to a new temporary file beside it, then hard-linked to its name, which link(2)
+-- refuses when the name is taken. Returns true or nil, message.
+local function create_file(path, text)
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  local p = io.popen("umask 077 && mktemp " .. shell_quote(dir .. "/.ibkr-mock-XXXXXX") .. " 2>/dev/null")
+  local tmp = p and p:read("l")
+  if p then p:close() end
+  if not tmp or tmp == "" then return nil, "cannot write in " .. dir end
+  local f = io.open(tmp, "wb")
+  local ok = f ~= nil and f:write(text) ~= nil
+  if f then ok = f:close() and ok end
+  ok = ok and os.execute("ln " .. shell_quote(tmp) .. " " .. shell_quote(path) .. " 2>/dev/null")
+  os.remove(tmp)
+  if not ok then
+    return nil, exists(path) and path .. " exists" or "cannot write " .. path
+  end
+  return true
+end
+
+local CONSUMER_FILES = { "private_signature.pem", "private_encryption.pem", "oauth.conf" }
+
+-- The consumer files: keys (0600) and oauth.conf (the CLI's --oauth-config format) in dir. A
+-- file of the same name already there (the user's own key, say) is never overwritten: the
+-- consumer is refused, and the files written so far are removed. Returns true or nil, message.
+-- taken(dir): why dir cannot take them, or nil.
+local function taken(dir)
+  for _, name in ipairs(CONSUMER_FILES) do
+    if exists(dir .. "/" .. name) then
+      return dir .. "/" .. name .. " exists: the mock never overwrites a file (give it a new or "
+        .. "empty directory)"
+    end
+  end
+end
+
 local function write_consumer(self, dir)
+  local why = taken(dir)
+  if why then return nil, why end
   local c = self.consumer
-  write_file(dir .. "/private_signature.pem", c.signature_key)
-  write_file(dir .. "/private_encryption.pem", c.encryption_key)
-  write_file(dir .. "/oauth.conf", table.concat({
-    "# OAuth test consumer of ibkr-mock-gateway (not a real IBKR consumer)",
-    "consumer_key = " .. c.consumer_key,
-    "access_token = " .. c.access_token,
-    "access_token_secret = " .. c.access_token_secret,
-    "signature_key_file = private_signature.pem",
-    "encryption_key_file = private_encryption.pem",
-    "dh_prime = " .. c.dh_prime,
-    "dh_generator = " .. c.dh_generator,
-    "realm = " .. c.realm,
-    "",
-  }, "\n"))
+  local texts = {
+    c.signature_key, c.encryption_key,
+    table.concat({
+      "# OAuth test consumer of ibkr-mock-gateway (not a real IBKR consumer)",
+      "consumer_key = " .. c.consumer_key,
+      "access_token = " .. c.access_token,
+      "access_token_secret = " .. c.access_token_secret,
+      "signature_key_file = private_signature.pem",
+      "encryption_key_file = private_encryption.pem",
+      "dh_prime = " .. c.dh_prime,
+      "dh_generator = " .. c.dh_generator,
+      "realm = " .. c.realm,
+      "",
+    }, "\n"),
+  }
+  for i, name in ipairs(CONSUMER_FILES) do
+    local ok, err = create_file(dir .. "/" .. name, texts[i])
+    if not ok then
+      for k = 1, i - 1 do os.remove(dir .. "/" .. CONSUMER_FILES[k]) end
+      return nil, err .. ": the mock never overwrites a file"
+    end
+  end
   self.config_file = dir .. "/oauth.conf"
+  return true
 end
 
 local function upper_letters(n)
@@ -74,6 +117,8 @@ end
 -- by close), lst_ttl (seconds).
 function M.new(opts)
   opts = opts or {}
+  local why = opts.dir and taken(opts.dir)
+  if why then return nil, "--oauth-dir: " .. why end -- (before the seconds spent on keys)
   local self = setmetatable({ lst_ttl = opts.lst_ttl or M.LST_TTL }, M)
   local sig_priv, sig_pub = o.rsa_generate(2048)
   local enc_priv, enc_pub = o.rsa_generate(2048)
@@ -95,7 +140,7 @@ function M.new(opts)
   end
   if opts.dir then os.execute("umask 077 && mkdir -p " .. shell_quote(dir)) end
   self.dir = dir
-  local ok, err = pcall(write_consumer, self, dir)
+  local ok, err = write_consumer(self, dir)
   if not ok then return nil, "--oauth-dir: " .. tostring(err) end
   self:reset()
   return self
