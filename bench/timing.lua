@@ -3,9 +3,11 @@
 --   pacing      25 calls at the default pacing over HTTPS against the mock, which counts arrivals
 --               in any one-second window as the gateway does: how many it answered 429
 --   cli_timeout ibkr-session against a mock that never answers: how far past --timeout it ended
+--   mock_start  the mock gateway's start-up with TLS (a new certificate): the worst of five
 --   cli_signal  ibkr-session keepalive (asleep for its 60 s interval, or with its tickle hung):
 --               seconds from SIGTERM/SIGINT to its end
--- One line each, "pacing ...", "cli_timeout ...", "cli_signal ...", for bench/report.lua.
+-- One line each, "mock_start ...", "pacing ...", "cli_timeout ...", "cli_signal ...", for
+-- bench/report.lua.
 -- usage (from the checkout, the module built): lua5.4 bench/timing.lua
 local ibkr = require("ibkr")
 local core = ibkr.core
@@ -14,6 +16,17 @@ local testing = require("ibkr.mock.testing")
 testing.command = "lua5.4 bin/ibkr-mock-gateway"
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- the mock gateway's start-up over TLS (a fresh certificate each time), as specs start it
+do
+  local worst = 0
+  for _ = 1, 5 do
+    local gw = assert(testing.start{ tls = true })
+    worst = math.max(worst, gw.startup_time)
+    gw:stop()
+  end
+  io.write(string.format("mock_start proto=https runs=5 worst_ms=%.0f\n", worst * 1000))
+end
 
 -- the pacer against the gateway's own count
 do

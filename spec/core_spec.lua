@@ -421,9 +421,7 @@ end
 
 describe("ibkr.core transport failures", function()
   it("reports a refused connection as kind connect", function()
-    local srv = require("socket").bind("127.0.0.1", 0)
-    local _, port = srv:getsockname()
-    srv:close()
+    local port = require("spec.helpers.raw").spare_port() -- nobody listens there
     local s = core.new{ base_url = "http://127.0.0.1:" .. port .. "/v1/api" }
     local r, err = s:perform("POST", "/tickle")
     assert.is_nil(r)

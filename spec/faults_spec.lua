@@ -10,7 +10,6 @@
 local core = require("ibkr.core")
 local ibkr = require("ibkr")
 local mock = require("spec.helpers.mock")
-local socket = require("socket")
 
 local PATHS = { "perform", "step", "ibkr", "keepalive" }
 local TRANSPORTS = { "http", "https" }
@@ -52,13 +51,8 @@ local function print_matrix()
   io.stdout:write(table.concat(out, "\n"), "\n")
 end
 
--- a port with nothing listening (a listener's, freed)
-local function free_port()
-  local l = assert(socket.bind("127.0.0.1", 0))
-  local _, port = l:getsockname()
-  l:close()
-  return tonumber(port)
-end
+-- a port with nothing listening, that no other server takes meanwhile
+local free_port = require("spec.helpers.raw").spare_port
 
 -- Drives keep-alive coroutine `co` of session u until u made `n` more requests.
 local function drive(co, u, n)
@@ -142,10 +136,11 @@ end
 local FAULTS = {
   { name = "reset before the response", fault = { kind = "drop", when = "before" }, expect = "protocol" },
   { name = "reset mid-body", fault = { kind = "drop", when = "mid" }, expect = "protocol" },
-  { name = "slow headers past the timeout", fault = { kind = "delay", seconds = 2 }, opts = { timeout = 0.3 },
-    expect = "timeout" },
+  -- (the answers come 30 s late: 100 times the timeout, so the timeout always comes first)
+  { name = "slow headers past the timeout", fault = { kind = "delay", seconds = 30 },
+    opts = { timeout = 0.3 }, expect = "timeout" },
   { name = "slow body within the timeout", fault = { kind = "delay_body", seconds = 0.2 }, expect = "ok" },
-  { name = "slow body past the timeout", fault = { kind = "delay_body", seconds = 2 },
+  { name = "slow body past the timeout", fault = { kind = "delay_body", seconds = 30 },
     opts = { timeout = 0.3 },
     expect = "timeout" },
   { name = "HTML body (200)", fault = { kind = "html" }, expect = "json",
@@ -202,7 +197,7 @@ local GATEWAY = {
     opts = { retries = 2 }, call = { "GET", "/tickle" },
     expect = { "protocol", ibkr = "ok", keepalive = "ok" } }, -- retried where it is safe to repeat
   { name = "503 after the backend timeout (1 s)", fault = { kind = "backend_timeout", seconds = 1 },
-    opts = { timeout = 3 }, expect = "http", check = function(e) assert(e.status == 503) end },
+    opts = { timeout = 10 }, expect = "http", check = function(e) assert(e.status == 503) end },
 }
 for _, f in ipairs(GATEWAY) do FAULTS[#FAULTS + 1] = f end
 
@@ -271,7 +266,10 @@ describe("fault matrix", function()
         if m then m:stop() end
       end)
       after_each(function()
-        if m then m:clear_faults() end
+        if m then
+          m:clear_faults()
+          m:release() -- the answers held by a spec that ended
+        end
       end)
 
       for _, f in ipairs(FAULTS) do
@@ -382,10 +380,11 @@ describe("fault matrix", function()
         -- perform blocks the only Lua thread: nothing can close the session under it
         cell(name, t .. ":perform", "n/a")
         -- step
-        m:fault{ path = "/tickle", kind = "delay", seconds = 0.5 }
+        m:fault{ path = "/tickle", kind = "hold" } -- its answer only when released: never
         local s = core.new{ base_url = m.url }
         local req = assert(s:start("POST", "/tickle"))
         req:step()
+        assert.is_true(m:await_held(1)) -- the mock has it: it is in flight
         s:close()
         assert.is_true(req:step())
         local r, err = req:result()
@@ -395,13 +394,15 @@ describe("fault matrix", function()
         assert(core.new{ base_url = m.url }:perform("POST", "/tickle"))   -- the process goes on
         cell(name, t .. ":step", "ok closed")
         -- ibkr, cooperative call inside a coroutine
+        m:release() -- (to a connection closed: it goes nowhere)
         m:clear_faults()
-        m:fault{ path = "/tickle", kind = "delay", seconds = 0.5 }
+        m:fault{ path = "/tickle", kind = "hold" }
         u = ibkr.new{ base_url = m.url, cooperative = true, retries = 0, pacing = false }
         local co = coroutine.create(function() return u:tickle() end)
         assert(coroutine.resume(co))
         assert.are.equal("suspended", coroutine.status(co))
         assert.is_true(u:stats().in_flight > 0)
+        assert.is_true(m:await_held(1))
         u:close()
         local ok, r2, err2 = coroutine.resume(co)
         assert.is_true(ok)
@@ -410,12 +411,14 @@ describe("fault matrix", function()
         assert.are.equal("closed", select(2, u:tickle()).kind)
         cell(name, t .. ":ibkr", "ok closed")
         -- keep-alive: it ends (as documented) and frees its request
+        m:release()
         m:clear_faults()
-        m:fault{ path = "/tickle", kind = "delay", seconds = 0.5 }
+        m:fault{ path = "/tickle", kind = "hold" }
         u = ibkr.new{ base_url = m.url, retries = 0, pacing = false }
         local ka = u:keepalive{ interval = 0.01 }
         assert(coroutine.resume(ka))
         assert.is_true(u:stats().in_flight > 0)
+        assert.is_true(m:await_held(1))
         u:close()
         assert(coroutine.resume(ka))
         assert.are.equal("dead", coroutine.status(ka))
@@ -429,7 +432,7 @@ describe("fault matrix", function()
       it("the session garbage-collected with a request in flight", function()
         local name = "session GC'd with a request in flight"
         cell(name, t .. ":perform", "n/a")
-        m:fault{ path = "/tickle", kind = "delay", seconds = 0.5, count = 3 }
+        m:fault{ path = "/tickle", kind = "hold", count = 3 }
         do
           local s = core.new{ base_url = m.url }
           local req = s:start("POST", "/tickle")
@@ -465,7 +468,7 @@ describe("fault matrix", function()
       it("coroutine.close of the keep-alive mid-request", function()
         local name = "coroutine.close(keep-alive) mid-request"
         for _, p in ipairs{ "perform", "step", "ibkr" } do cell(name, t .. ":" .. p, "n/a") end
-        m:fault{ path = "/tickle", kind = "delay", seconds = 0.5 }
+        m:fault{ path = "/tickle", kind = "hold" }
         local u = ibkr.new{ base_url = m.url, retries = 0, pacing = false }
         local ka = u:keepalive{ interval = 0.01 }
         assert(coroutine.resume(ka))

@@ -186,7 +186,9 @@ describe("keep-alive", function()
   end)
 
   it("survives the gateway being killed and restarted on the same port", function()
-    local m2 = assert(mock.start{ tls = false, pacing = false })
+    -- (a spare port: no other spec's server takes it while this gateway is down)
+    local m2 = assert(mock.start{ tls = false, pacing = false,
+      args = { "--port", tostring(require("spec.helpers.raw").spare_port()) } })
     local s2 = ibkr.new{ base_url = m2.url, clock = ft.clock, sleep = ft.sleep }
     local k = start(s2, { interval = 60, retry_interval = 3 })
     turn(k.co, ft)
@@ -267,7 +269,7 @@ describe("keep-alive", function()
   end)
 
   it("ends at the next resume after s:stop() in the middle of a request, freeing it", function()
-    m:fault{ path = "/tickle", kind = "delay", seconds = 2 }
+    m:fault{ path = "/tickle", kind = "hold" } -- in flight until released: here, never
     local k = start(s, { interval = 60 })
     local _, wait = coroutine.resume(k.co)
     assert.is_true(wait <= STEP)
@@ -291,7 +293,7 @@ describe("keep-alive", function()
   end)
 
   it("ends after s:close(), even in the middle of a request", function()
-    m:fault{ path = "/tickle", kind = "delay", seconds = 2 }
+    m:fault{ path = "/tickle", kind = "hold" } -- in flight until released: here, never
     local k = start(s, { interval = 60 })
     local ok, wait = coroutine.resume(k.co)
     assert.is_true(ok)
@@ -303,7 +305,7 @@ describe("keep-alive", function()
   end)
 
   it("coroutine.close() frees the request in flight", function()
-    m:fault{ path = "/tickle", kind = "delay", seconds = 2 }
+    m:fault{ path = "/tickle", kind = "hold" } -- in flight until released: here, never
     local k = start(s, { interval = 60 })
     local _, wait = coroutine.resume(k.co)
     assert.is_true(wait <= STEP)

@@ -190,9 +190,7 @@ describe("the warm lane against raw servers", function()
   end)
 
   it("fails a cooperative call to a port nobody listens on as 'connect', at once", function()
-    local srv = require("socket").bind("127.0.0.1", 0)
-    local _, port = srv:getsockname()
-    srv:close()
+    local port = require("spec.helpers.raw").spare_port() -- nobody listens there
     local s = core.new{ base_url = "http://127.0.0.1:" .. port, timeout = 60 }
     local req = assert(s:start("GET", "/x"))
     assert.is_true(req:wait(10), "a refused connection waited for the 60 s timeout")

@@ -63,6 +63,22 @@ function M.thaw(pid)
   assert(os.execute("kill -CONT " .. pid))
 end
 
+-- A port on 127.0.0.1 that nothing listens on now, outside the kernel's ephemeral range
+-- (net.ipv4.ip_local_port_range, 32768-60999 by default): no server of a spec running next to
+-- this one gets it by asking for any free port, so it stays free (a refused connection) until
+-- this spec puts a server there, even one it stopped and starts again.
+function M.spare_port()
+  for _ = 1, 1000 do
+    local port = math.random(20000, 32000)
+    local l = socket.bind("127.0.0.1", port)
+    if l then
+      l:close()
+      return port
+    end
+  end
+  error("no spare port between 20000 and 32000")
+end
+
 -- s as one single-quoted shell word
 function M.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 local q = M.q
