@@ -228,7 +228,7 @@ describe("ibkr-session", function()
   end)
 
   it("init on an unauthenticated session: exit 0, the change is pending; wait waits for ready", function()
-    m:config{ init_delay = 1 }
+    m:config{ init_delay = 3 } -- (both inits below come before it: each is a process start)
     m:set_state("unauthenticated")
     local rc, out = run{ "--url", m.url, "init" }
     assert.equal(0, rc)
