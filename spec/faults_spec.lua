@@ -1,4 +1,4 @@
--- The fault matrix (issue 6): every fault against the mock gateway's /__mock/fault injection (or a
+-- The fault matrix: every fault against the mock gateway's /__mock/fault injection (or a
 -- real closed port, a real TLS mismatch), over HTTP and HTTPS, through four paths:
 --   perform    ibkr.core session:perform (blocking)
 --   step       ibkr.core session:start + request:step/result (non-blocking)
@@ -163,7 +163,7 @@ local FAULTS = {
     location = "http://gateway.example.invalid/v1/api/tickle" }, expect = "http",
     check = function(e) assert(e.status == 301 and e.location:find("example.invalid", 1, true)) end },
 }
--- Issue 13: what the real gateway sends (see spec/gateway_truth_spec.lua for the policy around it).
+-- What real gateways send (see spec/gateway_answers_spec.lua for the policy around it).
 local state = require("ibkr.state")
 local function no_session(e) assert(state.of_error(e) == "no_session", "state " .. state.of_error(e)) end
 local function connection_close(m, on) m:config{ connection_close = on } end

@@ -5,6 +5,7 @@ local ibkr = require("ibkr")
 local core = require("ibkr.core")
 local cjson = require("cjson")
 local mock = require("spec.helpers.mock")
+local gateway = require("spec.helpers.gateway")
 
 local fake_time = require("spec.helpers.clock").new
 local state_of = require("ibkr.state").of_status
@@ -14,18 +15,7 @@ local turn, start, STEP = ka.turn, ka.start, ka.STEP
 
 describe("keep-alive", function()
   local m, s, ft
-  setup(function()
-    m = assert(mock.start{ tls = false, pacing = false, init_delay = 0, reauth_delay = 0 })
-  end)
-  teardown(function() m:stop() end)
-  before_each(function()
-    m:reset()
-    m:clear_faults()
-    m:config{ init_delay = 0, reauth_delay = 0, pacing = false, idle_timeout = 300 }
-    ft = fake_time()
-    s = ibkr.new{ base_url = m.url, clock = ft.clock, sleep = ft.sleep }
-  end)
-  after_each(function() s:close() end)
+  gateway.each(function(f) m, s, ft = f.m, f.s, f.ft end, { session = true })
 
   it("reports the first state with old = nil, then tickles every interval", function()
     local k = start(s, { interval = 60 })

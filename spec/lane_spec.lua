@@ -1,4 +1,4 @@
--- The warm lane (issue 10): a non-blocking exchange of a session that holds a kept connection runs
+-- The warm lane: a non-blocking exchange of a session that holds a kept connection runs
 -- on the caller's thread, stepped through its socket; one that needs a connection is connected by
 -- the engine thread. These specs hold it to what a cooperative call promises: the answer wakes
 -- the pollable, a kept connection the gateway dropped is replaced without losing or doubling the

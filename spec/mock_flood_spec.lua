@@ -1,7 +1,9 @@
--- The mock gateway survives its clients (issue 9, kind 8): clients that send a request and vanish
--- without reading the answer (over TLS without close_notify, or with a reset), half-open and
--- never-finished connections, readers that stop reading. One client only ever costs its own
--- connection: the mock keeps answering others, never spins a core and still stops on SIGTERM.
+-- The mock gateway survives its clients and shares itself fairly between them: clients that send a
+-- request and vanish without reading the answer (over TLS without close_notify, or with a reset),
+-- half-open and never-finished connections, readers that stop reading, clients that pipeline
+-- without end, send unread bursts or read an endless answer as fast as it comes. One client only
+-- ever costs its own share: the mock keeps answering others (in turns), never spins a core while
+-- idle and still stops on SIGTERM.
 local socket = require("socket")
 local mock = require("spec.helpers.mock")
 local raw = require("spec.helpers.raw")

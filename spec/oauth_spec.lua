@@ -1,4 +1,4 @@
--- OAuth 1.0a (issue 12): config checks, the worked example of docs/oauth.md (values computed with
+-- OAuth 1.0a: config checks, the worked example of docs/oauth.md (values computed with
 -- Python, an implementation apart from ours), signatures checked with the openssl command line, and
 -- the whole flow against the mock gateway in OAuth mode (which verifies every signature).
 local ibkr = require("ibkr")
