@@ -294,18 +294,29 @@ end)
 
 describe("oauth against the mock gateway in OAuth mode", function()
   local m, dir, cfg
-  local runs = 0
+  -- one OAuth mock per token lifetime (its RSA keys take a while to make), put back to its
+  -- start-up state (gateway and OAuth: tokens, nonces, counters) each time a spec takes it
+  local mocks = {}
   local function start(ttl)
-    runs = runs + 1 -- a new directory each time: the mock never overwrites its consumer files
-    dir = tmp .. "/mock" .. runs
+    local got = mocks[ttl]
+    if got then
+      m, dir, cfg = got.m, got.dir, got.cfg
+      m:reset()
+      m:control("POST", "/__mock/oauth", { reset = true })
+      return
+    end
+    dir = tmp .. "/mock" .. ttl -- each mock its own directory: it never overwrites a file
     assert(sh("mkdir -p " .. q(dir)))
     m = assert(mock.start{ pacing = false, args = { "--oauth", "--oauth-dir", dir, "--oauth-lst-ttl", ttl } })
     local base_url
     cfg, base_url = assert(oauth.read_config(dir .. "/oauth.conf"))
     assert.is_nil(base_url)
+    mocks[ttl] = { m = m, dir = dir, cfg = cfg }
   end
   local function counters() return m:control("GET", "/__mock/oauth").counters end
-  after_each(function() if m then m:stop() end m = nil end)
+  teardown(function()
+    for _, got in pairs(mocks) do got.m:stop() end
+  end)
 
   it("opens a brokerage session, keeps it alive across token expiry, logs out", function()
     start(3)
