@@ -69,6 +69,6 @@ describe("make demo", function()
     local states = {}
     for st in out:gmatch("\n%d%d%d%d%-%d%d%-%d%dT[%d:]+Z ([%a_]+)") do states[#states + 1] = st end
     assert.same({ "ready", "disconnected", "ready", "unauthenticated", "ready", "competing", "ready",
-      "no_session", "ready", "down", "ready", "stopped" }, states) -- stopped by SIGTERM: the last line
+      "no_session", "ready", "down", "ready", "stopped" }, states, out) -- stopped by SIGTERM: the last line
   end)
 end)
