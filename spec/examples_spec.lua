@@ -63,7 +63,7 @@ describe("make demo", function()
     local p = assert(io.popen("DEMO_STEP=0 examples/demo.sh 2>/dev/null; echo \"rc=$?\""))
     local out = p:read("a")
     p:close()
-    assert.is_true(os.time() - t0 < 60)
+    assert.is_true(os.time() - t0 < 120) -- (17 s on an idle machine; a scene that hangs: minutes)
     assert.matches("rc=0\n$", out)
     assert.is_nil(out:find("\27", 1, true), "escape codes written to a pipe")
     local states = {}
