@@ -6,6 +6,10 @@ local mock = require("spec.helpers.mock")
 local cli = require("spec.helpers.cli")
 local run, q = cli.run, cli.q
 
+-- a --timeout for `wait` that must end on the state it saw, not on "no answer in time": long
+-- enough for a process start and a TLS handshake on a loaded machine (longer under ASan)
+local WAIT = tostring(3 * cli.SCALE)
+
 describe("ibkr-session", function()
   local m
   setup(function() m = assert(mock.start{ tls = true, pacing = false, init_delay = 0, reauth_delay = 0 }) end)
@@ -228,7 +232,7 @@ describe("ibkr-session", function()
   end)
 
   it("init on an unauthenticated session: exit 0, the change is pending; wait waits for ready", function()
-    m:config{ init_delay = 3 } -- (both inits below come before it: each is a process start)
+    m:config{ init_delay = 3600 } -- pending for as long as the two inits below take
     m:set_state("unauthenticated")
     local rc, out = run{ "--url", m.url, "init" }
     assert.equal(0, rc)
@@ -240,6 +244,10 @@ describe("ibkr-session", function()
     assert.is_true(doc.ok)
     assert.is_true(doc.pending)
     assert.equal("unauthenticated", doc.state)
+    m:config{ init_delay = 1 }
+    local again = assert(m:request("POST", "/v1/api/iserver/auth/ssodh/init", -- ready 1 s from now
+      { body = '{"publish":true}', headers = { ["Content-Type"] = "application/json" } }))
+    assert.equal(200, again.status)
     rc, out = run{ "--url", m.url, "wait", "--timeout", "20" }
     assert.equal(0, rc)
     assert.matches("^ready %(authenticated=true", out)
@@ -253,7 +261,8 @@ describe("ibkr-session", function()
   it("wait --init takes a competing session over only with --compete", function()
     m:set_state("competing")
     m:clear_log()
-    local rc, _, err = run{ "--url", m.url, "wait", "--init", "--timeout", "1.5" }
+    -- (the time left must see one answer: a process start and a TLS handshake on a loaded machine)
+    local rc, _, err = run{ "--url", m.url, "wait", "--init", "--timeout", WAIT }
     assert.equal(1, rc)
     assert.matches("state: competing", err)
     assert.equal(0, #m:api_log("/iserver/auth/ssodh/init"))
@@ -268,12 +277,12 @@ describe("ibkr-session", function()
 
   it("wait: the state's exit code when the time runs out", function()
     m:set_state("unauthenticated")
-    local rc, out, err = run{ "--url", m.url, "wait", "--timeout", "1.5" }
+    local rc, out, err = run{ "--url", m.url, "wait", "--timeout", WAIT }
     assert.equal(1, rc) -- without --init nothing opens the brokerage session
     assert.equal("", out)
-    assert.matches("wait: session not ready after 1%.5 s %(state: unauthenticated%)", err)
+    assert.matches("wait: session not ready after " .. WAIT .. " s %(state: unauthenticated%)", err)
     local js
-    rc, js = run{ "--url", m.url, "--json", "wait", "--timeout", "1" }
+    rc, js = run{ "--url", m.url, "--json", "wait", "--timeout", WAIT }
     assert.equal(1, rc)
     local doc = cjson.decode(js)
     assert.equal("unauthenticated", doc.state)

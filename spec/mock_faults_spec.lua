@@ -12,7 +12,8 @@ for _, tls in ipairs({ false, true }) do
     local m, c
 
     setup(function()
-      m = assert(mock.start({ tls = tls }))
+      -- (before_each's connection may wait long for its first request on a loaded machine)
+      m = assert(mock.start({ tls = tls, head_timeout = 60 }))
     end)
 
     teardown(function()
@@ -112,7 +113,7 @@ for _, tls in ipairs({ false, true }) do
     local m, c
 
     setup(function()
-      m = assert(mock.start({ tls = tls, pacing = false }))
+      m = assert(mock.start({ tls = tls, pacing = false, head_timeout = 60 }))
     end)
 
     teardown(function()

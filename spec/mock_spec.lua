@@ -25,7 +25,8 @@ for _, tls in ipairs({ false, true }) do
     local m, c
 
     setup(function()
-      m = assert(mock.start({ tls = tls, pacing = false }))
+      -- (before_each's connection may wait long for its first request on a loaded machine)
+      m = assert(mock.start({ tls = tls, pacing = false, head_timeout = 60 }))
     end)
 
     teardown(function()
