@@ -209,23 +209,23 @@ for _, tls in ipairs({ true, false }) do
     end)
 
     describe("shared fairly between its clients", function()
-      it("answers others while one client pipelines requests without end and reads every answer", function()
-        local g = greedy(m, "pipeline") -- 1,000 requests always in flight, for ever
+      -- five requests of another client answered while the greedy one keeps at it
+      local function others_answered(mode)
+        local g = greedy(m, mode)
         for _ = 1, 5 do
           answered(m)
         end
         assert.matches("^greedy ", g.next() or "", "the greedy client stopped")
         g.stop()
+      end
+
+      it("answers others while one client pipelines requests without end and reads every answer", function()
+        others_answered("pipeline") -- 1,000 requests always in flight, for ever
       end)
 
       it("answers others while one client reads an endless answer as fast as it comes", function()
         m:fault({ path = "/tickle", kind = "huge", bytes = 2 ^ 40 })
-        local g = greedy(m, "huge")
-        for _ = 1, 5 do
-          answered(m)
-        end
-        assert.matches("^greedy ", g.next() or "", "the greedy client stopped")
-        g.stop()
+        others_answered("huge")
       end)
 
       it("takes clients with unread bursts of pipelined requests in turns, others between them", function()
