@@ -9,8 +9,8 @@ ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(DEFS) $(CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
 LIBS       = -lcurl -lcrypto -pthread -lm
 SRCS       = src/core.c src/session.c src/request.c src/transfer.c src/conn.c src/wire.c src/buf.c \
-             src/json.c src/error.c src/signal.c src/oauth.c
-HDRS       = src/ibkr.h
+             src/json.c src/error.c src/signal.c src/oauth.c src/proc.c
+HDRS       = src/ibkr.h src/proc.h
 MODULE     = ibkr/core.so
 VERSION   := $(shell sed -n 's/^return "\(.*\)"$$/\1/p' lua/ibkr/version.lua)
 ROCKSPEC   = rockspec/ibkr-web-api-$(VERSION)-1.rockspec

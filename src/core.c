@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "ibkr.h"
+#include "proc.h"
 
 static int core_error(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -149,6 +150,7 @@ static const struct {
   {"error", error_open},
   {"session", session_open},
   {"request", request_open},
+  {"proc", proc_open},                        /* core.spawn (proc.c) */
   {NULL, NULL}
 };
 

@@ -13,6 +13,9 @@
 **   core.signal_wait(seconds [, fd])       sleep until the time passed, a caught
 **                                          signal arrived, or fd became readable;
 **                                          returns the caught signal's name or nil
+**   core.signal_fd()                       the self-pipe's read end (readable once a signal
+**                                          was caught), or nil before signal_catch: for
+**                                          waits on many descriptors (core.poll)
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -139,10 +142,17 @@ static int signal_wait(lua_State *L) {
   return push_caught(L);
 }
 
+static int signal_fd(lua_State *L) {
+  if (sigpipe_fd[0] < 0) return 0;
+  lua_pushinteger(L, sigpipe_fd[0]);
+  return 1;
+}
+
 static const luaL_Reg signal_funcs[] = {
   {"signal_catch", signal_catch},
   {"signal_caught", signal_caught},
   {"signal_wait", signal_wait},
+  {"signal_fd", signal_fd},
   {NULL, NULL}
 };
 
