@@ -6,6 +6,7 @@
 
 local core = require("ibkr.core")
 local retry = require("ibkr.retry")
+local stats = require("ibkr.stats")
 
 local M = {}
 
@@ -35,8 +36,9 @@ local function stepped(s, w, method, path, copts)
   end
 end
 
-local function count(s, res, err, status)
+local function count(s, res, err, status, path)
   local st = s._stats
+  stats.exchange(st, s._clock(), path, res, err) -- per endpoint and outcome, last success
   st.requests = st.requests + 1
   if res then
     st.last_status = status or st.last_status
@@ -169,7 +171,7 @@ local function attempt_once(s, w, method, path, copts, limit, last_err, raw, rep
     res, err, status = s._core:perform(method, path, xopts)
   end
   if s._closed then return nil, closed_error(method, path), nil, true end
-  count(s, res, err, status)
+  count(s, res, err, status, path)
   if res ~= nil then return res, nil, status end
   note_hold(s, err)
   if cut and err.kind == "timeout" and last_err then return nil, last_err, nil, true end

@@ -6,6 +6,7 @@ local core = require("ibkr.core")
 local call = require("ibkr.call")
 local pacing = require("ibkr.pacing")
 local state = require("ibkr.state")
+local stats = require("ibkr.stats")
 local waiter = require("ibkr.waiter")
 
 local M = {
@@ -136,7 +137,7 @@ function M.new(opts)
     _oauth = signer or nil, -- [oauth]
     _generation = 0, -- bumped by s:stop(); a keep-alive runs while it sees its own generation
     _observed = nil, -- { state, detail, time }: see s:state()
-    _stats = { requests = 0, failures = 0, retries = 0, rate_limited = 0, paced = 0 },
+    _stats = stats.new(), -- counters: ibkr/stats.lua
   }, Session)
   make_waiters(s)
   return s
@@ -190,6 +191,7 @@ function Session:endpoint(w, name, compete, deadline)
     copts = { body = compete and '{"publish":true,"compete":true}' or '{"publish":true,"compete":false}' }
   end
   local res, err, status = call.run(self, w, ep[1], ep[2], copts, true, deadline)
+  stats.answer(self._stats, self._clock(), name, res) -- SSO expiry, repair actions
   local st, detail = observed(name, res, err)
   if st then self:observe(st, detail) end
   if res == nil then return nil, err end
@@ -198,6 +200,7 @@ end
 
 function Session:observe(st, detail)
   self._observed = { st, detail, self._clock() }
+  stats.state(self._stats, self._observed[3], st)
 end
 
 function Session:liveness()
@@ -347,8 +350,7 @@ function Session:wait_ready(opts)
 end
 
 function Session:stats()
-  local t = {}
-  for k, v in pairs(self._stats) do t[k] = v end
+  local t = stats.snapshot(self._stats, self._clock())
   if not self._closed then
     local info = self._core:info()
     t.connects, t.exchanges, t.in_flight = info.connects, info.exchanges, info.in_flight
