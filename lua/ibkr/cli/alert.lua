@@ -30,14 +30,14 @@ M.SHELL = "/bin/sh"
 local Runner = {}
 Runner.__index = Runner
 
--- new{command=, url=, set=, say=function(event, fields), clock=, timeout=} -> runner, a watcher of
--- `set` (a drive.watchers() set) from now on.
+-- new{command=, url=, set=, say=function(event, fields), clock=, timeout=, grace=} -> runner, a
+-- watcher of `set` (a drive.watchers() set) from now on. timeout, grace: seconds (TIMEOUT, GRACE).
 -- say(event, fields) reports: "output" {stream, line}, "done" {outcome, exit|signal, seconds, state,
 -- previous}, "dropped" {state, previous, dropped}, "cut" {stream?, bytes}.
 function M.new(o)
   local r = setmetatable({
     command = o.command, url = out.text(o.url or "", 2000), set = o.set, say = o.say,
-    clock = o.clock or core.monotonic, limit = o.timeout or M.TIMEOUT,
+    clock = o.clock or core.monotonic, limit = o.timeout or M.TIMEOUT, grace = o.grace or M.GRACE,
     queue = {}, head = 1, tail = 0,
     counts = { ok = 0, failed = 0, killed = 0, error = 0, dropped = 0 },
   }, Runner)
@@ -153,12 +153,12 @@ function Runner:step()
     if how then return self:finish(how, code) end
     if now >= self.deadline then
       p:kill("TERM")
-      self.phase, self.deadline = "term", now + M.GRACE
+      self.phase, self.deadline = "term", now + self.grace
     end
   elseif self.phase == "term" then
     if p:wait(true) or now >= self.deadline then -- the shell is gone (a zombie still) or grace is over
       p:kill("KILL")
-      self.phase, self.deadline = "reap", now + M.GRACE
+      self.phase, self.deadline = "reap", now + self.grace
     end
   end
   if self.phase == "reap" then

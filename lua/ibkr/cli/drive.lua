@@ -103,7 +103,8 @@ end
 --   "signal", name       a caught signal arrived first ("INT", "TERM")
 -- opts: deadline (monotonic seconds), after (called after each resume of co), watchers (a set
 -- from M.watchers()), health (a table kept up to date: health.due = when co asked to be resumed
--- next, monotonic seconds), on_error (gets what a watcher's step raised).
+-- next; health.late = how late its last resume for its time came, at health.resumed; monotonic
+-- seconds), on_error (gets what a watcher's step raised).
 -- A coroutine that raises makes run raise that error.
 function M.run(co, opts)
   opts = opts or {}
@@ -114,6 +115,10 @@ function M.run(co, opts)
   while true do
     if set then step_watchers(set, ready, wake, clock, opts.on_error) end
     if co_ready or clock() >= due then
+      if health and health.due and not co_ready then -- resumed for its time: how late
+        local now = clock()
+        health.late, health.resumed = now - due, now
+      end
       local r = table.pack(coroutine.resume(co))
       if not r[1] then
         error(debug.traceback(co, tostring(r[2])), 0)

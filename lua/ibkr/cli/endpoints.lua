@@ -13,7 +13,8 @@ local report = require("ibkr.cli.report")
 
 local M = {}
 
-M.LATE = 2 -- seconds the keep-alive may be overdue before /livez says it is not on time
+M.LATE = 2       -- seconds the keep-alive may be overdue before /livez says it is not on time
+M.LATE_MEMORY = 10 -- seconds /livez goes on saying so after a resume that came that late
 
 local JSON = { "Content-Type", "application/json" }
 local TEXT = { "Content-Type", "text/plain; charset=utf-8" }
@@ -25,13 +26,19 @@ local function utc(epoch) return os.date("!%Y-%m-%dT%H:%M:%SZ", epoch) end
 
 local ROUTES = {}
 
--- The keep-alive is on time while the loop resumes it no later than LATE seconds after it asked.
+-- The keep-alive is on time while the loop resumes it no later than LATE seconds after it asked:
+-- not now overdue, and no resume that late in the last LATE_MEMORY seconds (a loop that stalled --
+-- a stopped process, a starved CPU -- says so for a while after it recovered).
 function ROUTES.livez(o)
-  local due = o.health.due
-  local late = due and o.clock() - due or 0
-  if late > M.LATE then
-    return json(503, { live = false, reason = string.format("the keep-alive is %.1f s overdue", late),
-      overdue = late })
+  local h, now = o.health, o.clock()
+  local overdue = h.due and now - h.due or 0
+  if overdue > M.LATE then
+    return json(503, { live = false, overdue = overdue,
+      reason = string.format("the keep-alive is %.1f s overdue", overdue) })
+  end
+  if h.late and h.late > M.LATE and now - h.resumed < M.LATE_MEMORY then
+    return json(503, { live = false, late = h.late, ago = now - h.resumed,
+      reason = string.format("the keep-alive was resumed %.1f s late %.1f s ago", h.late, now - h.resumed) })
   end
   return json(200, { live = true })
 end
