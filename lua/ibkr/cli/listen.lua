@@ -26,6 +26,8 @@ M.LIMITS = {
   read_chunk = 4096,    -- bytes read per step
 }
 
+M.ACCEPT_PAUSE = 0.1 -- seconds the listener rests after a failed accept (EMFILE...)
+
 -- "[HOST:]PORT", "[IPV6]:PORT" -> host, port; or nil, message. No host: 127.0.0.1.
 function M.parse_address(spec)
   if type(spec) ~= "string" or spec == "" then return nil, "--listen needs [HOST:]PORT" end
@@ -78,18 +80,21 @@ local function wait(c, want, deadline)
   return coroutine.yield()
 end
 
--- Reads one chunk into c.buf, waiting until `deadline`. Returns true, or nil, "timeout"|"closed".
+-- Reads one chunk into c.buf: what is there now, else once the socket is readable, until
+-- `deadline`. Returns true, or nil, "timeout"|"closed".
 local function fill(c, deadline)
   if c.eof then return nil, "closed" end
-  if not wait(c, "r", deadline) then return nil, "timeout" end
-  local data, err, partial = c.sock:receive(c.srv.limits.read_chunk)
-  data = data or partial
-  if data and #data > 0 then c.buf = c.buf .. data end
-  if err == "closed" or (err and err ~= "timeout") then
-    c.eof = true
-    if not data or #data == 0 then return nil, "closed" end
+  while true do
+    local data, err, partial = c.sock:receive(c.srv.limits.read_chunk)
+    data = data or partial
+    if data and #data > 0 then c.buf = c.buf .. data end
+    if err and err ~= "timeout" then
+      c.eof = true
+      if not data or #data == 0 then return nil, "closed" end
+    end
+    if data and #data > 0 then return true end
+    if not wait(c, "r", deadline) then return nil, "timeout" end
   end
-  return true
 end
 
 -- Writes all of s, waiting until `deadline`. Returns true, or nil.
@@ -203,9 +208,17 @@ function M.new(o)
   return l
 end
 
-function Listener:pollfd() return self.server and self.server:getfd() or nil end
+-- (while accept fails with no connection to close -- out of descriptors -- the listener rests
+-- ACCEPT_PAUSE seconds rather than wake the loop at once again and again)
+function Listener:pollfd()
+  if not self.server or (self.paused and self.paused > self.clock()) then return nil end
+  return self.server:getfd()
+end
 function Listener.events() return "r" end
-function Listener.timeout() return nil end
+function Listener:timeout()
+  if self.paused and self.paused > self.clock() then return self.paused - self.clock() end
+  return nil
+end
 
 function Listener:count_answer(status)
   local k = tostring(status)
@@ -223,37 +236,60 @@ function Listener:answer(req)
   return status, headers, body
 end
 
--- The connection that has waited longest for a request (idle, half a head, an unread answer).
+-- The connection that has waited longest for a request (idle, half a head, an unread answer),
+-- among those not accepted in this step (a burst of new clients never evicts itself).
 function Listener:oldest()
   local victim
   for c in pairs(self.conns) do
-    if not victim or c.since < victim.since then victim = c end
+    if c.turn ~= self.turn and (not victim or c.since < victim.since) then victim = c end
   end
   return victim
 end
 
 function Listener:step()
+  self.paused = nil
+  self.turn = (self.turn or 0) + 1
   for _ = 1, self.limits.accept_batch do
-    local sock = self.server and self.server:accept()
-    if not sock then return end
+    if not self.server then return end
+    local sock, err = self.server:accept()
+    if not sock then
+      if err == "timeout" then return end
+      -- out of descriptors (a limit below max_connections): the oldest connection makes room,
+      -- else rest a moment
+      self.counts.errors = self.counts.errors + 1
+      local victim = self:oldest()
+      if not victim then
+        self.paused = self.clock() + M.ACCEPT_PAUSE
+        return
+      end
+      self.counts.evicted = self.counts.evicted + 1
+      self:drop(victim)
+      goto continue
+    end
     sock:settimeout(0)
     if self.nconns >= self.limits.max_connections then
+      local victim = self:oldest()
+      if not victim then -- all of them new in this step: the rest waits in the backlog
+        sock:close()
+        return
+      end
       self.counts.evicted = self.counts.evicted + 1
-      self:drop(self:oldest())
+      self:drop(victim)
     end
     self.counts.connections = self.counts.connections + 1
     local c = setmetatable({ srv = self, sock = sock, fd = sock:getfd(), buf = "", since = self.clock(),
-      want = "run", deadline = 0 }, Conn)
+      want = "run", deadline = 0, turn = self.turn }, Conn)
     c.co = coroutine.create(serve)
     self.conns[c] = true
     self.nconns = self.nconns + 1
     self.set:add(c)
-    local ok, err = coroutine.resume(c.co, c)
+    local ok, cerr = coroutine.resume(c.co, c)
     if not ok then
       self:drop(c, "error")
-      error(err, 0)
+      error(cerr, 0)
     end
     if coroutine.status(c.co) == "dead" then self:drop(c) end
+    ::continue::
   end
 end
 
