@@ -103,24 +103,20 @@ function Runner:line(stream, s)
   if self.passed >= M.OUTPUT_MAX then self.say("cut", { bytes = M.OUTPUT_MAX }) end
 end
 
--- Splits new output of `stream` into lines; `final`: the rest too.
+-- Splits new output of `stream` into lines, a line longer than LINE_MAX in pieces of LINE_MAX (so
+-- that what is kept of a line with no end in sight stays bounded); `final`: the rest too.
 function Runner:feed(stream, data, final)
   local buf = self.partial[stream] .. data
   if self.passed >= M.OUTPUT_MAX then buf = "" end -- read and dropped
   local i = 1
   while true do
     local nl = buf:find("\n", i, true)
-    if not nl then break end
-    self:line(stream, buf:sub(i, math.min(nl - 1, i + M.LINE_MAX - 1)))
-    i = nl + 1
+    local stop = math.min(nl or math.huge, i + M.LINE_MAX)
+    if stop > #buf and not (final and i <= #buf) then break end
+    self:line(stream, buf:sub(i, stop - 1))
+    i = (stop == nl) and nl + 1 or stop
   end
-  buf = buf:sub(i)
-  while #buf > M.LINE_MAX do -- a line with no end in sight: passed in pieces
-    self:line(stream, buf:sub(1, M.LINE_MAX))
-    buf = buf:sub(M.LINE_MAX + 1)
-  end
-  if final and #buf > 0 then self:line(stream, buf) buf = "" end
-  self.partial[stream] = buf
+  self.partial[stream] = buf:sub(i)
 end
 
 function Runner:read(final)

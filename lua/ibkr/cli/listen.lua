@@ -1,8 +1,9 @@
 -- ibkr-session keepalive --listen: a small HTTP/1.1 server on the keep-alive's own loop
 -- (ibkr/cli/drive.lua steps it between the keep-alive's resumes). The listening socket and every
--- connection are watchers (pollables with :step): a step reads or writes at most one chunk
--- without blocking, and answers at most one request, so no client can hold the loop -- and the
--- keep-alive's tickles -- back. Each connection is a coroutine that yields what it waits for.
+-- connection are watchers (pollables with :step): a step reads what is there up to one request
+-- head (bounded), writes what the socket takes, never blocks, and answers at most one request, so
+-- no client can hold the loop -- and the keep-alive's tickles -- back. Each connection is a
+-- coroutine that yields what it waits for.
 --
 -- Bounds (M.LIMITS): at most max_connections open (a new client takes the place of the one that
 -- has waited longest for a request); a request head within max_head bytes (ibkr/cli/http.lua),
@@ -97,7 +98,7 @@ local function fill(c, deadline)
   end
 end
 
--- Writes all of s, waiting until `deadline`. Returns true, or nil.
+-- Writes all of s, waiting until `deadline`. Returns true, or nil, "timeout" | "closed".
 local function write_all(c, s, deadline)
   local i = 1
   while i <= #s do
@@ -106,9 +107,9 @@ local function write_all(c, s, deadline)
       i = n + 1
     elseif err == "timeout" then
       i = last + 1
-      if i <= #s and not wait(c, "w", deadline) then return nil end
+      if i <= #s and not wait(c, "w", deadline) then return nil, "timeout" end
     else
-      return nil
+      return nil, "closed"
     end
   end
   return true
@@ -144,8 +145,7 @@ local function next_request(c)
     local ok, why = fill(c, deadline)
     if not ok then
       if why == "timeout" and head_deadline then return nil, 408, "request head not complete in time" end
-      if why == "timeout" then c.srv.counts.idle = c.srv.counts.idle + 1 end
-      return nil
+      return nil -- gone, or idle for idle_timeout: closed without a word
     end
   end
 end
@@ -168,10 +168,10 @@ local function serve(c)
     served = served + 1
     local code, headers, body = srv:answer(req)
     local keep = req.keep_alive and served < srv.limits.max_requests and not c.eof
-    local ok = write_all(c, http.response(code, headers, body, req.method == "HEAD", keep),
+    local ok, werr = write_all(c, http.response(code, headers, body, req.method == "HEAD", keep),
       srv.clock() + srv.limits.write_timeout)
     if not ok then
-      srv.counts.timeouts = srv.counts.timeouts + 1
+      if werr == "timeout" then srv.counts.timeouts = srv.counts.timeouts + 1 end
       return
     end
     c.since = srv.clock()
@@ -202,7 +202,7 @@ function M.new(o)
   local l = setmetatable({
     server = server, set = o.set, answer_fn = o.answer, clock = o.clock or core.monotonic,
     limits = limits, conns = {}, nconns = 0, address = addr, port = math.tointeger(tonumber(port)),
-    counts = { connections = 0, evicted = 0, timeouts = 0, idle = 0, errors = 0, answers = {} },
+    counts = { connections = 0, evicted = 0, timeouts = 0, errors = 0, answers = {} },
   }, Listener)
   o.set:add(l)
   return l
@@ -328,6 +328,8 @@ function Listener:families(metrics)
       "Connections closed to make room for a new one (the limit was reached)"):add(c.evicted),
     metrics.family("ibkr_listener_timeouts_total", "counter",
       "Connections closed because a request head or an answer took too long"):add(c.timeouts),
+    metrics.family("ibkr_listener_errors_total", "counter",
+      "Failed accepts (out of descriptors) and faults of the endpoint's own code"):add(c.errors),
     f,
   }
 end
