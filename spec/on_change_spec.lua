@@ -9,6 +9,7 @@ local mock = require("spec.helpers.mock")
 local cli = require("spec.helpers.cli")
 local sidecar = require("spec.helpers.sidecar")
 local prom = require("spec.helpers.promparse")
+local pids = require("spec.helpers.pids")
 
 local function slurp(path)
   local f = io.open(path)
@@ -40,17 +41,6 @@ local function runner(command, opts)
     return t
   end
   return r
-end
-
-local function alive_same(pid, started)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return false end
-  local line = f:read("l")
-  f:close()
-  local st, rest = line:match("^%d+ %b() (%a) (.*)$")
-  local fields = {}
-  for x in rest:gmatch("%S+") do fields[#fields + 1] = x end
-  return st ~= "Z" and (started == nil or fields[19] == started), fields[19]
 end
 
 describe("the --on-change runner", function()
@@ -142,14 +132,12 @@ describe("the --on-change runner", function()
     r.run:change("down", "ready", "")
     r.pump(function() return #r.events("output") >= 1 end)
     local child = slurp(pidfile):match("%d+")
-    local _, started = alive_same(child)
+    local _, _, started = pids.stat(child)
     r.pump(function() return #r.events("done") >= 1 end)
     local d = r.events("done")[1]
     assert.same({ "killed", 9, 0.3 }, { d.outcome, d.signal, d.timeout })
     -- the group's other member: gone (or a zombie, or its pid taken by another process)
-    local stop = core.monotonic() + 10
-    while alive_same(child, started) and core.monotonic() < stop do core.poll({}, 0.01) end
-    assert.is_false(alive_same(child, started))
+    assert.is_true(pids.gone(child, started))
     assert.equal(1, r.run.counts.killed)
     -- the next change still runs (and is killed in its turn)
     r.pump(function() return #r.events("done") == 2 end)

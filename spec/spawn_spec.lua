@@ -1,6 +1,7 @@
 -- core.spawn: child processes watched without blocking (src/proc.c), with real processes.
 -- Every wait is on the process object's descriptor (core.poll), never a sleep.
 local core = require("ibkr.core")
+local pids = require("spec.helpers.pids")
 
 -- Reads everything the process prints until it has ended and both pipes are closed, waiting on
 -- its descriptor; returns stdout, stderr, how, code.
@@ -87,19 +88,7 @@ describe("core.spawn", function()
       seen = seen .. p:read()
     end
     local sleeper = pids_in(pidfile)[1]
-    -- /proc/PID/stat: its process group (field 5) and start time (field 22: tells it from a
-    -- later process that gets the same pid)
-    local function stat_of(pid)
-      local f = io.open("/proc/" .. pid .. "/stat")
-      if not f then return nil end
-      local line = f:read("l")
-      f:close()
-      local st, rest = line:match("^%d+ %b() (%a) (.*)$")
-      local fields = {}
-      for x in rest:gmatch("%S+") do fields[#fields + 1] = x end
-      return st, tonumber(fields[2]), fields[19] -- state, pgrp, starttime
-    end
-    local _, pgrp, started = stat_of(sleeper)
+    local _, pgrp, started = pids.stat(sleeper)
     assert.equal(p:pid(), pgrp)
     assert.is_true(p:kill("TERM")) -- ignored by both (SIG_IGN is inherited)
     assert.is_nil(p:wait(true))
@@ -107,17 +96,7 @@ describe("core.spawn", function()
     local _, _, how, code = collect(p)
     assert.same({ "signal", 9 }, { how, code })
     -- the group's other member got it too (gone, or a zombie; or its pid taken by another process)
-    -- (a process SIGKILL reached may take a moment to be torn down: look until it is)
-    local st, started2
-    local stop = core.monotonic() + 10
-    repeat
-      local _
-      st, _, started2 = stat_of(sleeper)
-      if st == nil or st == "Z" or started2 ~= started then break end
-      core.poll({}, 0.01)
-    until core.monotonic() > stop
-    assert.is_true(st == nil or st == "Z" or started2 ~= started,
-      "the group's sleep survived: " .. tostring(st))
+    assert.is_true(pids.gone(sleeper, started), "the group's sleep survived")
     os.remove(pidfile)
   end)
 
@@ -165,17 +144,8 @@ describe("core.spawn", function()
     local fd = p:pollfd()
     p:close()
     assert.is_nil(p:pollfd())
-    -- the kernel reaps nothing for us: the child is ours until waited; SIGKILL ended it
-    local stat
-    local stop = core.monotonic() + 10
-    repeat
-      local f = io.open("/proc/" .. pid .. "/stat")
-      stat = f and f:read("l"):match("^%d+ %b() (%a)")
-      if f then f:close() end
-      if stat == "Z" or stat == nil then break end
-      core.poll({}, 0.01)
-    until core.monotonic() > stop
-    assert.is_true(stat == "Z" or stat == nil)
+    -- SIGKILL ended it (a zombie until reaped, or reaped already by close)
+    assert.is_true(pids.gone(pid))
     assert.is_true(math.type(fd) == "integer")
   end)
 
