@@ -119,6 +119,9 @@ local function run(sc, gw)
   end
   local t1 = socket.gettime()
   local log = gw:api_log("/tickle")
+  local status = io.open("/proc/" .. cli_pid .. "/status")
+  local rss = status and status:read("a"):match("VmRSS:%s*(%d+)")
+  if status then status:close() end
   if hostile then
     os.execute("kill " .. hostile.pid)
     hostile.p:close()
@@ -139,9 +142,10 @@ local function run(sc, gw)
   table.sort(lat)
   local runs = sh("grep -c '\"event\":\"on_change\"' " .. out):match("%d+") or "0"
   io.write(string.format("%-14s tickles=%-3d worst_delay_ms=%-7.1f mean_delay_ms=%-6.1f "
-    .. "scrapes=%d failed=%d scrape_p50_ms=%.1f scrape_max_ms=%.1f on_change_runs=%s  %s\n",
+    .. "scrapes=%d failed=%d scrape_p50_ms=%.1f scrape_max_ms=%.1f on_change_runs=%s rss_kb=%s  %s\n",
     sc.name, #times, worst * 1000, gaps > 0 and sum / gaps * 1000 or 0, n, fails,
-    (lat[math.max(1, math.floor(#lat / 2))] or 0) * 1000, (lat[#lat] or 0) * 1000, runs, sc.what or ""))
+    (lat[math.max(1, math.floor(#lat / 2))] or 0) * 1000, (lat[#lat] or 0) * 1000, runs, rss or "?",
+    sc.what or ""))
   io.stdout:flush()
 end
 

@@ -179,6 +179,7 @@ end
 --   s:observe(state, detail)      records a state for s:state()
 --   s:liveness()                  -> function that is true until s:stop() or s:close()
 --   s:held(now)                   -> seconds left of the gateway's Retry-After hold, or nil
+--   s:note_push(connected)        the push channel opened (true) or was lost (false): s:stats()
 
 function Session:now() return self._clock() end
 
@@ -209,6 +210,8 @@ function Session:liveness()
 end
 
 function Session:held(now) return self._pacer:held(now or self._clock()) end
+
+function Session:note_push(connected) stats.push(self._stats, connected) end
 
 -- s:state() -> state, detail, age: the last state any call or keep-alive of this session
 -- observed (states as s:health()), the status table or error it came from, and the seconds

@@ -7,7 +7,8 @@
 --   M.exchange(t, now, path, res, err)   call.lua, after every exchange sent (attempts, not calls)
 --   M.answer(t, now, name, res)          init.lua, after every call of a session endpoint
 --   M.state(t, now, state)               init.lua, whenever a state is observed (s:state())
---   M.push(t, connected)                 the push channel (ibkr.stream), on every connect and loss
+--   M.push(t, connected)                 init.lua's s:note_push(connected): the push channel
+--                                        (ibkr.stream) calls it on every connect and loss
 
 local M = {}
 

@@ -111,7 +111,10 @@ function M.run(co, opts)
   local deadline, set, health = opts.deadline, opts.watchers, opts.health
   local clock = core.monotonic
   local due, co_fd, co_ev, co_ready = 0, nil, nil, false
-  local ready, wake = {}, {}
+  -- watcher -> its descriptor was ready at the last poll; -> when its timeout comes. Weak keys: a
+  -- watcher removed from the set (a closed connection) is not kept alive here.
+  local ready = setmetatable({}, { __mode = "k" })
+  local wake = setmetatable({}, { __mode = "k" })
   while true do
     if set then step_watchers(set, ready, wake, clock, opts.on_error) end
     if co_ready or clock() >= due then
