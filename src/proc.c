@@ -28,7 +28,7 @@
 ** Between fork and execve the child calls only async-signal-safe functions
 ** (the parent has other threads: libcurl's engine).
 */
-#define _GNU_SOURCE
+#define _GNU_SOURCE                   /* syscall(), NSIG: beyond plain POSIX */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -44,6 +44,10 @@
 #include "lauxlib.h"
 
 #include "proc.h"
+
+#ifndef NSIG
+#define NSIG 65                       /* Linux's; sigaction refuses what is beyond */
+#endif
 
 #define PROC_MT "ibkr.proc"
 #define PROC_READ_MAX 65536
@@ -207,7 +211,7 @@ static void proc_release(proc *p, int signo) {
 }
 
 
-static int watch(int ep, int fd) {
+static int proc_watch(int ep, int fd) {
   struct epoll_event ev;
   memset(&ev, 0, sizeof ev);
   ev.events = EPOLLIN;
@@ -231,14 +235,22 @@ static int parent_setup(proc *p, int out[2], int err[2]) {
   setpgid(p->pid, p->pid);                      /* the child does it too: no race with kill */
   if (fcntl(p->out, F_SETFL, O_NONBLOCK) != 0 || fcntl(p->err, F_SETFL, O_NONBLOCK) != 0) return 0;
   p->ep = epoll_create1(EPOLL_CLOEXEC);
-  if (p->ep < 0 || watch(p->ep, p->out) != 0 || watch(p->ep, p->err) != 0) return 0;
+  if (p->ep < 0 || proc_watch(p->ep, p->out) != 0 || proc_watch(p->ep, p->err) != 0) return 0;
 #ifdef SYS_pidfd_open
   p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
   if (p->pidfd >= 0) {
     fcntl(p->pidfd, F_SETFD, FD_CLOEXEC);
-    if (watch(p->ep, p->pidfd) != 0) close_fd(&p->pidfd);
+    if (proc_watch(p->ep, p->pidfd) != 0) close_fd(&p->pidfd);
   }
 #endif
+  return 1;
+}
+
+/* a pipe whose ends are closed on exec (pipe2 is GNU; the child closes all but 0-2 anyway) */
+static int cloexec_pipe(int fd[2]) {
+  if (pipe(fd) != 0) return 0;
+  fcntl(fd[0], F_SETFD, FD_CLOEXEC);
+  fcntl(fd[1], F_SETFD, FD_CLOEXEC);
   return 1;
 }
 
@@ -259,8 +271,8 @@ static int proc_spawn(lua_State *L) {
   memset(p, 0, sizeof *p);
   p->out = p->err = p->ep = p->pidfd = -1;
   luaL_setmetatable(L, PROC_MT);                /* argv, env, a, keep, e, proc */
-  if (pipe2(out, O_CLOEXEC) != 0) return fail_errno(L, "pipe");
-  if (pipe2(err, O_CLOEXEC) != 0) {
+  if (!cloexec_pipe(out)) return fail_errno(L, "pipe");
+  if (!cloexec_pipe(err)) {
     close_fd(&out[0]);
     close_fd(&out[1]);
     return fail_errno(L, "pipe");
@@ -344,7 +356,7 @@ static void forget_pidfd(proc *p) {
 }
 
 /* looks (waitid, not blocking) whether it ended; peek leaves it a zombie */
-static void look(proc *p, int peek) {
+static void proc_look(proc *p, int peek) {
   siginfo_t si;
   memset(&si, 0, sizeof si);
   if (waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG | (peek ? WNOWAIT : 0)) != 0) {
@@ -364,7 +376,7 @@ static int proc_wait(lua_State *L) {
   proc *p = toproc(L);
   int peek = lua_toboolean(L, 2);
   if (p->pid <= 0) return luaL_error(L, "wait: the process was never started");
-  if (!p->ended || (!peek && !p->reaped)) look(p, peek);
+  if (!p->ended || (!peek && !p->reaped)) proc_look(p, peek);
   if (!p->ended) return 0;
   if (p->unknown) {
     lua_pushliteral(L, "unknown");
