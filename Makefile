@@ -13,7 +13,7 @@ LIBS       = -lcurl -lcrypto -pthread -lm
 LIB_SRCS   = src/lib/transfer.c src/lib/lane.c src/lib/engine.c src/lib/handle.c src/lib/conn.c \
              src/lib/text.c src/lib/buf.c
 SRCS       = src/core.c src/session.c src/request.c src/message.c src/error.c src/json.c src/wire.c \
-             src/signal.c src/oauth.c $(LIB_SRCS)
+             src/signal.c src/oauth.c src/proc.c $(LIB_SRCS)
 HDRS       = src/ibkr.h $(wildcard src/lib/*.h)
 MODULE     = ibkr/core.so
 VERSION   := $(shell sed -n 's/^return "\(.*\)"$$/\1/p' lua/ibkr/version.lua)
@@ -32,6 +32,7 @@ LUA51      = env -u LUA_PATH -u LUA_CPATH -u LUA_INIT -u LUA_PATH_5_1 -u LUA_CPA
 DEPS       = gcc make pkg-config openssl lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson \
              luarocks libssl-dev lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
 DEPS      += lua-zlib        # the mock gateway's gzip fault
+DEPS      += python3-prometheus-client # the specs read /metrics with a real Prometheus parser
 DEPS_CHECK = valgrind clang libclang-rt-14-dev
 DEPS_BENCH = nginx-light
 
@@ -121,6 +122,7 @@ help:
 	@echo "make install  both rocks from those source rocks into ./lua_modules (TREE=...), offline"
 	@echo "make check    test + sanitizers + valgrind + fuzz smoke + threads"
 	@echo "make bench    benchmarks against raw libcurl and luasocket (nginx fake gateway)"
+	@echo "make bench-sidecar  the worst tickle delay of keepalive --listen under hostile clients"
 
 # ---- memory, fuzzing, threads (make check) ---------------------------------
 # check         test + check-memory + fuzz (smoke) + threads + longrun-short
@@ -223,10 +225,15 @@ longrun-short: $(MODULE)
 #        of BENCH_N (10000) calls; memory over BENCH_MEM_N (100000) calls; keep-alive stall
 #        against the mock. Figures only, never a gate. Table in bench/out/results.md; see
 #        bench/BENCHMARKS.md.
-.PHONY: bench
+.PHONY: bench bench-sidecar
 
 bench: deps-bench $(MODULE)
 	sh bench/run.sh
+
+# ibkr-session keepalive --listen/--on-change under hostile clients and commands: the worst delay of
+# a tickle under each (bench/sidecar.lua; SIDECAR_SECONDS per scenario, default 10)
+bench-sidecar: deps $(MODULE)
+	$(LUA) bench/sidecar.lua $(or $(SIDECAR_SECONDS),10)
 
 # ---- examples -----------------------------------------------------------------
 # The C host example outside the test suite (spec/examples_spec.lua builds and runs it too).

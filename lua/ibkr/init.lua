@@ -171,6 +171,7 @@ end
 --   s:backoff(now)                -> seconds the session's streak of 5xx answers asks repeated
 --                                    attempts (keep-alive, wait_ready) to wait still, or nil
 --   s:sleep(seconds)              blocks with the session's sleep (the `sleep` option)
+--   s:note_push(connected)        the push channel opened (true) or was lost (false): s:stats()
 
 function Session:now() return self._clock() end
 
@@ -183,6 +184,7 @@ function Session:endpoint(w, name, compete, deadline)
     copts = { body = compete and '{"publish":true,"compete":true}' or '{"publish":true,"compete":false}' }
   end
   local res, err, status = self._call:run(w, ep[1], ep[2], copts, true, deadline)
+  self._call:answered(name, res) -- SSO expiry, repair actions (s:stats())
   local st, detail = observed(name, res, err)
   if st then self:observe(st, detail) end
   if res == nil then return nil, err end
@@ -191,6 +193,7 @@ end
 
 function Session:observe(st, detail)
   self._observed = { st, detail, self._clock() }
+  self._call:observed(st)
 end
 
 function Session:liveness()
@@ -203,6 +206,8 @@ function Session:held(now) return self._call:held(now or self._clock()) end
 function Session:backoff(now) return self._call:backoff(now or self._clock()) end
 
 function Session:sleep(secs) self._sleep(secs) end
+
+function Session:note_push(connected) self._call:pushed(connected) end
 
 -- s:state() -> state, detail, age: the last state any call or keep-alive of this session
 -- observed (states as s:health()), the status table or error it came from, and the seconds
