@@ -59,6 +59,7 @@ local RECEIVERS = {
   s = { "session" }, req = { "request" }, pollable = { "request" }, gw = { "testing_mock" },
   m = { "inprocess_mock" }, o = { "oauth_crypto" }, k = { "jwt_key" }, handle = { "driver" },
   driver = { "driver" }, st = { "stream" }, ["s._oauth"] = { "oauth_signer", "oauth2_signer" },
+  p = { "proc" },
 }
 -- core.md's s is ibkr.core's session (it also names the ibkr session's s:request)
 local FILE_RECEIVERS = { ["docs/core.md"] = { s = { "core_session", "session" } } }
@@ -254,6 +255,7 @@ local function build_world()
     encryption_key_file = cfg.encryption_key_file, access_token_secret = cfg.access_token_secret,
     dh_prime = cfg.dh_prime, dh_generator = cfg.dh_generator }
   o.jwt_key = core.oauth.jwt_key{ private_key_file = W.oauth2:oauth2().client.private_key_file }
+  o.proc = assert(core.spawn{ "/bin/true" })
   local cqueues = require("cqueues")
   o.driver = require("ibkr.cqueues").drive(cqueues.new(), coroutine.create(function() end))
   o.oauth_session = ibkr.new{ base_url = W.oauth.url, oauth = cfg }
@@ -271,7 +273,7 @@ local function close_world()
   if o.driver then o.driver:stop() end
   if o.request then o.request:close() end
   for _, k in ipairs({ "core_session", "session", "oauth_session", "oauth2_session", "jwt_key",
-      "oauth_crypto", "inprocess_mock" }) do
+      "oauth_crypto", "inprocess_mock", "proc" }) do
     if o[k] then o[k]:close() end
   end
   for _, k in ipairs({ "plain", "oauth", "oauth2" }) do

@@ -140,5 +140,6 @@ typedef struct sigmark {
 void signal_mark(lua_State *L, sigmark *m);
 int signal_asked(void *m);
 int oauth_open(lua_State *L);       /* oauth.c: core.oauth, OAuth 1.0a crypto on libcrypto */
+int proc_open(lua_State *L);        /* proc.c: core.spawn, the ibkr.proc class */
 
 #endif

@@ -22,6 +22,7 @@ local kinds = require("ibkr.kinds")
 local meta = require("ibkr.meta")
 local retry = require("ibkr.retry")
 local pacing = require("ibkr.pacing")
+local stats = require("ibkr.stats")
 
 local M = {}
 
@@ -74,9 +75,10 @@ local function note_refusal(s, err)
 end
 
 -- The counters of an attempt's outcome, and the refusal streak (note_refusal).
-local function count(s, res, err, status)
+local function count(s, res, err, status, path)
   local st = s.counts
   st.requests = st.requests + 1
+  stats.exchange(st, s.clock(), path, res, err) -- per endpoint and outcome, last success
   if res then
     st.last_status = status or st.last_status
     s.streak.pacing = nil -- an answer ends a streak of refusals
@@ -278,7 +280,7 @@ local function attempt_once(s, w, method, path, copts, limit, xsecs, last_err, r
   if aborted and err.kind ~= "timeout" then return nil, err, true end -- closed or stopped
   if aborted then return nil, last_err or err, true end -- out of time: what the gateway said before
   if s.closed then return nil, closed_error(method, path), true end
-  count(s, res, err, status)
+  count(s, res, err, status, path)
   if res ~= nil then return res, m end
   note_hold(s, err)
   if cut and err.kind == "timeout" and last_err then return nil, last_err, true end
@@ -379,7 +381,7 @@ function M.new(o)
     core = o.core, clock = o.clock, timeout = o.timeout, deadline = o.deadline, extra = o.extra or 0,
     retries = o.retries, random = o.random or math.random, tracer = o.tracer,
     pacer = o.pacer or pacing.new(), oauth = o.oauth, closed = false, hint = o.hint or {},
-    counts = { requests = 0, failures = 0, retries = 0, rate_limited = 0, paced = 0 },
+    counts = stats.new(), -- the counters of s:stats() (ibkr/stats.lua)
     streak = {},        -- refusal class -> refusals (or failed calls) in a row (kinds.REFUSALS)
     server_until = nil, -- the streak of 5xx calls asks pollers to wait until then
     token_until = nil, token_err = nil, -- [signer] token requests wait until then; the last refusal
@@ -425,8 +427,7 @@ end
 
 -- The counters (docs/ibkr.md, s:stats()): a new table, with the core's while it is open.
 function Caller:stats()
-  local t = {}
-  for k, v in pairs(self.counts) do t[k] = v end
+  local t = stats.snapshot(self.counts, self.clock())
   if not self.closed then
     local info = self.core:info()
     t.connects, t.exchanges, t.in_flight = info.connects, info.exchanges, info.in_flight
@@ -436,6 +437,12 @@ function Caller:stats()
   t.trace_error = tracer and tracer.last_error or nil
   return t
 end
+
+-- What the session saw, for its counters (ibkr/stats.lua): an answer of the session endpoint
+-- `name`, a state observed, the push channel connected or lost.
+function Caller:answered(name, res) stats.answer(self.counts, self.clock(), name, res) end
+function Caller:observed(st) stats.state(self.counts, self.clock(), st) end
+function Caller:pushed(connected) stats.push(self.counts, connected) end
 
 -- Seconds left of a hold that keeps calls back (the gateway's Retry-After, a 429 without one,
 -- [oauth] the token requests after repeated refusals), or nil.

@@ -182,6 +182,7 @@ end
 --   s:backoff(now)                -> seconds the session's streak of 5xx answers asks repeated
 --                                    attempts (keep-alive, wait_ready) to wait still, or nil
 --   s:sleep(seconds)              blocks with the session's sleep (the `sleep` option)
+--   s:note_push(connected)        the push channel opened (true) or was lost (false): s:stats()
 
 function Session:now() return self._clock() end
 
@@ -199,6 +200,7 @@ local function endpoint(self, w, name, compete, cap, timeout, deadline)
   local limit, xsecs
   if cap or timeout or deadline then limit, xsecs = c:bounds(timeout, deadline, cap) end
   local res, second = c:run(w, ep[1], ep[2], copts, true, limit, xsecs)
+  c:answered(name, res) -- SSO expiry, repair actions (s:stats())
   local st, detail = observed(name, res, second)
   if st then observe(self, st, detail) end
   return res, second
@@ -207,6 +209,7 @@ Session.endpoint = endpoint
 
 function observe(self, st, detail)
   self._obs_state, self._obs_detail, self._obs_time = st, detail, self._clock()
+  self._call:observed(st)
 end
 Session.observe = observe
 
@@ -220,6 +223,8 @@ function Session:held(now) return self._call:held(now or self._clock()) end
 function Session:backoff(now) return self._call:backoff(now or self._clock()) end
 
 function Session:sleep(secs) self._sleep(secs) end
+
+function Session:note_push(connected) self._call:pushed(connected) end
 
 -- s:state() -> state, detail, age: the last state any call or keep-alive of this session
 -- observed (states as s:health()), the status table or error it came from, and the seconds

@@ -12,7 +12,7 @@ faults.__index = faults
 
 -- kind -> whether it wraps the normal response (state effects and pacing still apply)
 faults.kinds = {
-  delay = "wrap", delay_body = "wrap", drop = "wrap", chunked = "wrap", gzip = "wrap",
+  delay = "wrap", delay_body = "wrap", hold = "wrap", drop = "wrap", chunked = "wrap", gzip = "wrap",
   truncated = "wrap", status = "replace", malformed = "replace", html = "replace",
   empty = "replace", huge = "replace", redirect = "replace", deep = "replace",
   invalid_utf8 = "replace", error_body = "replace", backend_timeout = "replace",
@@ -24,7 +24,8 @@ local COMMON = {
   chunked = true, close = true, headers = true, id = true,
 }
 local PARAMS = {
-  delay = { seconds = true }, delay_body = { seconds = true }, drop = { when = true },
+  delay = { seconds = true }, delay_body = { seconds = true }, hold = { seconds = true },
+  drop = { when = true },
   status = { status = true, body = true, content_type = true }, huge = { bytes = true },
   redirect = { status = true, location = true }, deep = { depth = true },
   error_body = { error = true, status = true }, html = { status = true, title = true },
@@ -61,6 +62,7 @@ end
 local validators = {
   delay = function(f) return number_param(f, "seconds", 1, 0, 3600) end,
   delay_body = function(f) return number_param(f, "seconds", 1, 0, 3600) end,
+  hold = function(f) return number_param(f, "seconds", 600, 0, 3600) end,
   backend_timeout = function(f) return number_param(f, "seconds", 10, 0, 3600) end,
   drop = function(f)
     f.when = f.when or "before"
@@ -349,6 +351,7 @@ local replace = {
 local wrap = {
   delay = function(f, r) r.delay = f.seconds end,
   delay_body = function(f, r) r.pause_mid = f.seconds end,
+  hold = function(f, r) r.hold = { tag = f.id, seconds = f.seconds } end,
   drop = function(f, r) r.drop = f.when end,
   chunked = function(_, r) r.chunked = true end,
   gzip = function(_, r)
