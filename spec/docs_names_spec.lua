@@ -31,13 +31,15 @@ local FILE_OPTS = {
   ["docs/ibkr.md"] = { aliases = { repair = "ibkr.repair", kinds = "ibkr.kinds" } },
   -- the reference of the real gateway cites other projects' files and names: its links only
   ["docs/gateway-facts.md"] = { external = true },
-  -- reference.md names ibkr.state's and ibkr.kinds's functions as state.X, kinds.X
-  ["docs/reference.md"] = { aliases = { state = "ibkr.state", kinds = "ibkr.kinds" } },
+  -- reference.md names the functions of ibkr.state, ibkr.kinds, ibkr.metrics as state.X, kinds.X...
+  ["docs/reference.md"] = {
+    aliases = { state = "ibkr.state", kinds = "ibkr.kinds", metrics = "ibkr.metrics" },
+  },
 }
 
--- Lines of a document marked *pending* name what another branch is still building (reference.md's
--- push channel): spec/reference_spec.lua holds each to its mark (it fails once the name exists), so
--- they are not looked up here.
+-- Lines of a document marked *pending* name what another branch is still building (the push
+-- channel: reference.md's entries, a mention in ibkr.md and cli.md): spec/reference_spec.lua holds
+-- reference.md's to their mark (it fails once the name exists), so they are not looked up here.
 local PENDING = {} -- file -> { [line number] = true }
 local function pending(m)
   local marks = PENDING[m.file]

@@ -1,13 +1,13 @@
 -- docs/reference.md against what the library offers, both ways: every name the modules export (the
 -- module ibkr, a session's methods, ibkr.luv, ibkr.cqueues and their handle, ibkr.state,
--- ibkr.kinds), every field of meta, of a trace event and of an error object the sources write, and
--- every command, option and exit code of ibkr-session has an entry on the page; every entry names
--- something that exists. An entry is a `###` heading or the first cell of a table row that starts
--- with a name in backticks. Entries marked *pending* (the push channel, being built elsewhere) may
+-- ibkr.kinds, ibkr.metrics), every field of meta, of a trace event and of an error object the
+-- sources write, and every command, option and exit code of ibkr-session has an entry on the page;
+-- every entry names something that exists. An entry is a `###` heading or the first cell of a table
+-- row that starts with a name in backticks. Entries marked *pending* (the push channel, being built elsewhere) may
 -- name what does not exist yet, and must lose the mark once it does.
 --
--- (spec/docs_names_spec.lua, where it exists, checks the names every document mentions in its
--- prose; this one checks that the reference is complete and holds nothing else.)
+-- (spec/docs_names_spec.lua checks the names every document mentions in its prose, this page's
+-- too; this one checks that the reference is complete and holds nothing else.)
 local ibkr = require("ibkr")
 local args = require("ibkr.cli.args")
 
@@ -29,7 +29,7 @@ end
 -- The page's entries
 
 -- The page's short names of modules (`local state = require("ibkr.state")`)
-local ALIASES = { state = "ibkr.state", kinds = "ibkr.kinds" }
+local ALIASES = { state = "ibkr.state", kinds = "ibkr.kinds", metrics = "ibkr.metrics" }
 
 -- Entries of a markdown text: { name =, line =, pending =, table = the header's first cell }.
 -- A heading "### `sig`" gives one; a table row gives one per backticked name in its first cell.
@@ -211,8 +211,8 @@ local function check_page(text)
   compare("require(\"ibkr\")", public_keys(ibkr), documented(entries, "^ibkr%.([%a_][%w_]*)$"), f, "ibkr.")
   compare("a session's methods", public_keys(ibkr.Session, true), documented(entries, "^s:([%w_]+)$"), f,
     "s:")
-  for _, m in ipairs{ "luv", "cqueues", "state", "kinds" } do
-    compare("require(\"ibkr." .. m .. "\")", public_keys(require("ibkr." .. m)),
+  for _, m in ipairs{ "luv", "cqueues", "state", "kinds", "metrics" } do
+    compare("require(\"ibkr." .. m .. "\")", public_keys((require("ibkr." .. m))), -- (one value)
       documented(entries, "^ibkr%." .. m .. "%.([%w_]+)$"), f, "ibkr." .. m .. ".")
   end
   local handle = require("ibkr.cqueues").drive(require("cqueues").new(), coroutine.create(function() end))
