@@ -3,8 +3,8 @@
 -- ibkr.kinds, ibkr.metrics), every field of meta, of a trace event and of an error object the
 -- sources write, and every command, option and exit code of ibkr-session has an entry on the page;
 -- every entry names something that exists. An entry is a `###` heading or the first cell of a table
--- row that starts with a name in backticks. Entries marked *pending* (the push channel, being built elsewhere) may
--- name what does not exist yet, and must lose the mark once it does.
+-- row that starts with a name in backticks. Entries marked *pending* (the push channel, being built
+-- elsewhere) may name what does not exist yet, and must lose the mark once it does.
 --
 -- (spec/docs_names_spec.lua checks the names every document mentions in its prose, this page's
 -- too; this one checks that the reference is complete and holds nothing else.)
