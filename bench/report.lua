@@ -9,9 +9,11 @@ if not file then
   os.exit(64)
 end
 
-local PEERS = { "raw", "core", "ibkr", "coop-run", "step-busy", "step-sleep", "luasocket", "luasocket-close" }
+local PEERS = { "raw", "lcurl", "core", "ibkr", "coop-run", "step-busy", "step-sleep", "luasocket",
+  "luasocket-close" }
 local LABEL = {
   raw = "raw C (libcurl easy, no decoding)",
+  lcurl = "Lua-cURLv3 + lua-cjson (one easy handle)",
   core = "ours: ibkr.core perform",
   ibkr = "ours: ibkr (pacing=false)",
   ["coop-run"] = "ours: ibkr cooperative, driven by ibkr.run",
@@ -66,8 +68,21 @@ for _, scen in ipairs{ "auth", "mixed" } do
         p("| %s | %s | %s | %.1f | %s | %.1f | %s | %.1f | %s | %d |", scen == "auth" and "auth_status" or
           "mixed cycle", proto, LABEL[peer], w, ratio(w, bw), c, ratio(c, bc), r / 1024,
           br and string.format("%+.1f", (r - br) / 1024) or "–", #list)
+        local gen = runs[scen .. "/" .. proto .. "/lcurl"]
+        if peer == "ibkr" and gen then
+          local what = (scen == "auth" and "auth_status" or "mixed cycle") .. " over " .. proto
+          local gw, gc = median(gen, "wall_us"), median(gen, "cpu_us")
+          checks[#checks + 1] = { what .. ": time < Lua-cURLv3 + lua-cjson", w < gw,
+            string.format("%.1f µs against %.1f (%.2f×)", w, gw, w / gw) }
+          checks[#checks + 1] = { what .. ": client CPU < Lua-cURLv3 + lua-cjson", c < gc,
+            string.format("%.1f µs against %.1f (%.2f×)", c, gc, c / gc) }
+        end
         if peer == "ibkr" and bw then
           local what = (scen == "auth" and "auth_status" or "mixed cycle") .. " over " .. proto
+          if proto == "http" then
+            checks[#checks + 1] = { what .. ": time ≤ 1.15× raw", w / bw <= 1.15,
+              string.format("%.2f×", w / bw) }
+          end
           checks[#checks + 1] = { what .. ": time ≤ 1.10× raw", w / bw <= 1.10,
             string.format("%.2f×", w / bw) }
           checks[#checks + 1] = { what .. ": client CPU ≤ 1.15× raw", c / bc <= 1.15,

@@ -199,6 +199,30 @@ describe("ibkr.core against the mock: what callers ask and what their code does 
       end)
     end
 
+    it("a finaliser making a blocking call of the same session while a large answer is decoded: both "
+        .. "answers are right, and the session's own exchange is free again after", function()
+      local s = core.new{ base_url = m.url, max_body = 64 * 1024 * 1024 }
+      m:fault{ path = "/tickle", kind = "huge", bytes = 5 * 1024 * 1024 }
+      local inner, inner_err, during
+      local pause = collectgarbage("setpause", 10)
+      setmetatable({}, { __gc = function()
+        during = s:busy() -- the outer call's exchange is still open: this call gets a request of its own
+        inner, inner_err = s:perform("POST", "/iserver/auth/status", { repeatable = true })
+      end })
+      local r, err = s:perform("POST", "/tickle")
+      collectgarbage("setpause", pause)
+      collectgarbage()
+      assert(r, tostring(err))
+      assert.are.equal(5 * 1024 * 1024 - 11, #r.data)
+      assert(inner, tostring(inner_err))
+      assert.is_true(inner.authenticated)
+      assert.is_true(during)
+      local again = assert(s:perform("POST", "/iserver/auth/status", { repeatable = true }))
+      assert.is_true(again.authenticated)
+      assert.are.equal(0, s:info().in_flight)
+      s:close()
+    end)
+
     it("a query value whose __index changes the query table frees nothing in use", function()
       local s = core.new{ base_url = m.url }
       local qt = {}

@@ -31,7 +31,30 @@ local FILE_OPTS = {
   ["docs/ibkr.md"] = { aliases = { repair = "ibkr.repair", kinds = "ibkr.kinds" } },
   -- the reference of the real gateway cites other projects' files and names: its links only
   ["docs/gateway-facts.md"] = { external = true },
+  -- reference.md names the functions of ibkr.state, ibkr.kinds, ibkr.metrics as state.X, kinds.X...
+  ["docs/reference.md"] = {
+    aliases = { state = "ibkr.state", kinds = "ibkr.kinds", metrics = "ibkr.metrics" },
+  },
 }
+
+-- Lines of a document marked *pending* name what another branch is still building (the push
+-- channel: reference.md's entries, a mention in ibkr.md and cli.md): spec/reference_spec.lua holds
+-- reference.md's to their mark (it fails once the name exists), so they are not looked up here.
+local PENDING = {} -- file -> { [line number] = true }
+local function pending(m)
+  local marks = PENDING[m.file]
+  if not marks then
+    marks = {}
+    local ok, text = pcall(dn.read, m.file)
+    local n = 0
+    for line in ((ok and text or "") .. "\n"):gmatch("([^\n]*)\n") do
+      n = n + 1
+      if line:find("*pending*", 1, true) then marks[n] = true end
+    end
+    PENDING[m.file] = marks
+  end
+  return marks[m.line] == true
+end
 
 -- Receivers of recv:method() in the docs, and the objects they name (made below).
 local RECEIVERS = {
@@ -622,7 +645,7 @@ end
 local function check(mentions, kinds)
   local out = {}
   for _, m in ipairs(mentions) do
-    if not kinds or kinds[m.kind] then
+    if (not kinds or kinds[m.kind]) and not pending(m) then
       local why = CHECK[m.kind](m)
       if why then
         out[#out + 1] = string.format("%s:%d: %s: %s", m.file, m.line, describe_mention(m), why)

@@ -326,3 +326,65 @@ describe("credentials never reach an error", function()
     assert.is_true(#err.message <= 512 + 3)
   end)
 end)
+
+-- A server of kept-alive connections answering every request with {"line":"<method> <target>"}
+-- (its request line), `n` requests in all, then exiting.
+local function echo_server(n)
+  return raw.server("socket = require('socket')\n" .. raw.READ_REQUEST .. string.format([[
+local srv = assert(socket.bind("127.0.0.1", 0))
+local _, port = srv:getsockname(); print(port); io.stdout:flush()
+srv:settimeout(0)
+local conns, left = {}, %d
+while left > 0 do
+  local ready = socket.select({ srv, table.unpack(conns) }, nil, 20)
+  if #ready == 0 then break end
+  for _, c in ipairs(ready) do
+    if c == srv then
+      local nc = srv:accept()
+      if nc then conns[#conns + 1] = nc end
+    else
+      local method, target = read_request(c)
+      if method then
+        local body = '{"line":"' .. method .. " " .. target .. '"}'
+        c:send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " .. #body
+          .. "\r\n\r\n" .. body)
+        left = left - 1
+      else
+        c:close()
+        for i, o in ipairs(conns) do if o == c then table.remove(conns, i) break end end
+      end
+    end
+  end
+end
+]], n))
+end
+
+describe("URLs kept parsed", function()
+  it("a session calling more distinct URLs than it keeps parsed (16) sends each call to its own, "
+      .. "blocking or not, in any order", function()
+    local paths = {}
+    for i = 1, 20 do paths[i] = "/p" .. i .. (i % 3 == 0 and "?k=" .. i or "") end
+    local order = {}
+    for i = 1, 20 do order[#order + 1] = i end
+    for i = 20, 1, -1 do order[#order + 1] = i end
+    for i = 1, 20, 3 do order[#order + 1] = i end
+    local p, port = echo_server(2 * #order)
+    finally(function() p:close() end)
+    local s = core.new{ base_url = "http://127.0.0.1:" .. port .. "/v1/api" }
+    for at, i in ipairs(order) do
+      local path = paths[i]
+      local key = at % 2 == 0 and "n" or "m" -- the same path with queries of the same length
+      local copts = i % 2 == 0 and { query = { [key] = i } } or nil
+      local sep = path:find("?", 1, true) and "&" or "?"
+      local want = "/v1/api" .. path .. (copts and (sep .. key .. "=" .. i) or "")
+      local r = assert(s:perform("GET", path, copts))
+      assert.are.equal("GET " .. want, r.line)
+      local req = assert(s:start("GET", path, copts))
+      assert(req:wait(10))
+      r = assert(req:result())
+      assert.are.equal("GET " .. want, r.line)
+      req:close()
+    end
+    s:close()
+  end)
+end)
