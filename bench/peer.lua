@@ -8,11 +8,18 @@
 --   luasocket-close  socket.http.request / ssl.https.request (the documented one-call API: it always
 --                 sends "Connection: close", so a new TCP (+TLS) connection per call); cjson.
 --   ibkr          ours, the Lua layer: ibkr.new{base_url=, pacing=false} and s:auth_status() etc.
+--   ibkr-meta     the same, reading meta.headers["content-type"] of every answer (the header table
+--                 built from the header block: what meta costs when it is used)
+--   ibkr-trace    the same with ibkr.new{trace = fn}, fn counting the events (what tracing costs)
 --   core          ours, the C core directly: s:perform(method, path).
 --   step-busy     ours, the non-blocking request: s:start(), req:step() until true, req:result().
 --   step-sleep    the same, sleeping the wait that step() returns between steps (core.sleep).
 --   coop-run      ours, cooperative: ibkr.new{cooperative=true}, the calls made in a coroutine that
 --                 ibkr.run drives (it waits in poll(2) on each request's completion descriptor).
+--   lcurl         Lua-cURLv3 (require "cURL", a generic libcurl binding) + lua-cjson: one reused
+--                 easy handle with bench/raw.c's options and headers, a writefunction collecting
+--                 the body, cjson.decode of every body. Built for Lua 5.4 outside the repository
+--                 (bench/BENCHMARKS.md says how) and found in $BENCH_LCURL_DIR (lcurl.so, cURL.lua).
 -- Every call checks a field of the decoded response. Prints one line:
 --   peer=... scenario=... n=... wall_us=... cpu_us=... rss_kib=...
 -- (per call; cpu = os.clock(), user + system; rss_kib = peak RSS, VmHWM of /proc/self/status, the same
@@ -116,6 +123,73 @@ function makers.ibkr()
     if not c[4](r) then fail(c, "check failed") end
   end
   return one, ibkr.core.monotonic
+end
+
+makers["ibkr-meta"] = function()
+  local ibkr = require("ibkr")
+  local s = ibkr.new{ base_url = base, pacing = false }
+  local function one(c)
+    local r, meta = s[c[1]](s)
+    if r == nil then fail(c, meta) end
+    if not c[4](r) or meta.headers["content-type"] ~= "application/json" then fail(c, "check failed") end
+  end
+  return one, ibkr.core.monotonic
+end
+
+makers["ibkr-trace"] = function()
+  local ibkr = require("ibkr")
+  local events = 0
+  local s = ibkr.new{ base_url = base, pacing = false, trace = function() events = events + 1 end }
+  local function one(c)
+    local r, err = s[c[1]](s)
+    if r == nil then fail(c, err) end
+    if not c[4](r) then fail(c, "check failed") end
+  end
+  return one, ibkr.core.monotonic
+end
+
+-- Lua-cURLv3, the way its README uses it (cURL.easy, setopt_*, perform), set up as bench/raw.c:
+-- HTTP/1.1, NOSIGNAL, no verification, TLSv1.2+, Accept-Encoding offered, TCP keep-alive, the same
+-- Accept/User-Agent, a body-less POST with Content-Length: 0 and no Content-Type. The header list
+-- is set once ("Content-Type:" only removes libcurl's own, which a GET does not have).
+function makers.lcurl()
+  local dir = os.getenv("BENCH_LCURL_DIR")
+  if dir and dir ~= "" then
+    package.cpath = dir .. "/?.so;" .. package.cpath
+    package.path = dir .. "/?.lua;" .. package.path
+  end
+  local cURL = require("cURL")
+  local cjson = require("cjson")
+  local chunks, nchunks = {}, 0
+  local e = cURL.easy{
+    nosignal = true, http_version = cURL.HTTP_VERSION_1_1, sslversion = cURL.SSLVERSION_TLSv1_2,
+    ssl_verifypeer = false, ssl_verifyhost = 0, accept_encoding = "", tcp_keepalive = true,
+    followlocation = false, useragent = "lua-ibkr/0.1.0",
+    httpheader = { "Accept: application/json", "Content-Type:" },
+    writefunction = function(data)
+      nchunks = nchunks + 1
+      chunks[nchunks] = data
+    end,
+  }
+  local urls = {}
+  for _, c in ipairs(CYCLE) do urls[c] = base .. c[3] end
+  local function one(c)
+    nchunks = 0
+    e:setopt_url(urls[c])
+    if c[2] == "POST" then
+      e:setopt_post(true)
+      e:setopt_postfields("") -- also sets POSTFIELDSIZE: Content-Length: 0
+    else
+      e:setopt_httpget(true)
+    end
+    local ok, err = e:perform()
+    if not ok then fail(c, err) end
+    local code = e:getinfo_response_code()
+    if code ~= 200 then fail(c, code) end
+    local r = cjson.decode(nchunks == 1 and chunks[1] or table.concat(chunks, "", 1, nchunks))
+    if not c[4](r) then fail(c, "check failed") end
+  end
+  return one, require("socket").gettime
 end
 
 -- the session endpoints are safe to send twice: the core may keep their connection alive

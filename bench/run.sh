@@ -6,7 +6,9 @@
 # Environment: BENCH_N (calls per timed run, default 10000), BENCH_RUNS (runs per peer, default 5),
 # BENCH_MEM_N (calls of the memory run, default 100000), BENCH_PEERS (subset, space-separated),
 # BENCH_SESSIONS (sessions kept alive by one process, default 1000),
-# LUA (default lua5.4), CC (default cc).
+# BENCH_LCURL_DIR (where Lua-cURLv3 for Lua 5.4 was built, outside the repository: lcurl.so and
+# cURL.lua; without it the lcurl peer runs only when `require "cURL"` works as installed),
+# BENCH_PROF_N (calls of a profile run, default 2000), LUA (default lua5.4), CC (default cc).
 # Everything started here is stopped here, by pid.
 set -eu
 
@@ -18,7 +20,7 @@ MODE=${1:-bench}
 N=${BENCH_N:-10000}
 RUNS=${BENCH_RUNS:-5}
 MEM_N=${BENCH_MEM_N:-100000}
-PEERS=${BENCH_PEERS:-"raw core ibkr coop-run step-busy step-sleep luasocket luasocket-close"}
+PEERS=${BENCH_PEERS:-"raw lcurl core ibkr coop-run step-busy step-sleep luasocket luasocket-close"}
 SESSIONS=${BENCH_SESSIONS:-1000}
 OUT=$ROOT/bench/out
 export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;"
@@ -79,37 +81,97 @@ done
 
 HAVE_IBKR=yes
 "$LUA" -e 'require("ibkr")' 2>/dev/null || HAVE_IBKR=no
+# Lua-cURLv3 + lua-cjson, the generic-binding peer: built outside the repository (BENCHMARKS.md)
+export BENCH_LCURL_DIR=${BENCH_LCURL_DIR:-}
+HAVE_LCURL=yes
+if [ -n "$BENCH_LCURL_DIR" ]; then
+  lcurl_probe="package.cpath = os.getenv('BENCH_LCURL_DIR') .. '/?.so;' .. package.cpath
+    package.path = os.getenv('BENCH_LCURL_DIR') .. '/?.lua;' .. package.path"
+else
+  lcurl_probe=
+fi
+"$LUA" -e "$lcurl_probe; require('cURL'); require('cjson')" 2>/dev/null || HAVE_LCURL=no
+if [ $HAVE_LCURL = no ]; then
+  echo "bench: Lua-cURLv3 for Lua 5.4 not found (BENCH_LCURL_DIR='$BENCH_LCURL_DIR'): the lcurl peer is" \
+    "skipped; bench/BENCHMARKS.md says how to build it" >&2
+fi
+skip_peer() { # peer: whether this peer cannot run here
+  case $1 in
+    lcurl) [ $HAVE_LCURL = no ] ;;
+    raw) false ;;
+    luasocket*) false ;;
+    *) [ $HAVE_IBKR = no ] ;;
+  esac
+}
 
-# `sh bench/run.sh profile`: callgrind over the raw C floor and ibkr.core (and ibkr), BENCH_PROF_N
-# calls of auth_status and of the mixed cycle over HTTP and HTTPS; instruction totals per call and
-# the top functions (inclusive) go to bench/out/profile-*.txt.
+# `sh bench/run.sh profile`: per peer (raw C, Lua-cURLv3 + cjson, ibkr.core, ibkr, ibkr's Lua layer
+# alone (bench/layer.lua: no network, HTTP rows only), start/step), scenario
+# and transport, the MARGINAL cost of one call: two runs of 5 and BENCH_PROF_N + 5 timed calls (50
+# warm-up calls each), their difference divided by BENCH_PROF_N, so start-up and teardown cancel out.
+#   - callgrind: user-space instructions (Ir) per call, and per object (libcurl, libc, the Lua VM,
+#     ibkr/core.so, cjson...); the stable figure on a shared machine
+#   - perf stat (when the kernel lets it count): context switches per call
+#   - strace -c -f: system calls per call, by name
+# One line per case in bench/out/profile.md; callgrind_annotate listings (inclusive and self) in
+# bench/out/profile-*.txt.
 if [ "$MODE" = profile ]; then
   PN=${BENCH_PROF_N:-2000}
-  for proto in http https; do
-    if [ $proto = http ]; then url=$HTTP_URL; else url=$HTTPS_URL; fi
-    for scen in auth mixed; do
-      for peer in raw core ibkr; do
+  PPEERS=${BENCH_PEERS:-"raw lcurl core ibkr layer step-busy"}
+  command -v valgrind >/dev/null 2>&1 || { echo "bench: profile needs valgrind" >&2; exit 1; }
+  HAVE_PERF=no
+  perf stat -x, -e context-switches true >/dev/null 2>&1 && HAVE_PERF=yes
+  HAVE_STRACE=no
+  command -v strace >/dev/null 2>&1 && HAVE_STRACE=yes
+  PROF=$OUT/profile.md
+  {
+    echo "lua-ibkr profile, $(date -u '+%Y-%m-%d %H:%M UTC'), lua-ibkr $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo "marginal per call over $PN calls (runs of 5 and $((PN + 5)) timed calls); Ir = callgrind instructions"
+    echo
+    echo "| scenario | transport | peer | Ir/call | × raw | by object (Ir/call) | ctx switches/call | syscalls/call |"
+    echo "|---|---|---|---:|---:|---|---:|---|"
+  } > "$PROF"
+  for scen in auth mixed; do
+    for proto in http https; do
+      if [ $proto = http ]; then url=$HTTP_URL; else url=$HTTPS_URL; fi
+      raw_ir=
+      for peer in $PPEERS; do
+        if skip_peer $peer || { [ $peer = layer ] && [ $proto = https ]; }; then continue; fi
         cg=$OUT/callgrind.$peer.$scen.$proto
-        # two runs (5 and PN+5 timed calls): the difference is the marginal cost, start-up excluded
-        tot=
         for k in 5 $((PN + 5)); do
           case $peer in
             raw) set -- "$OUT/raw" "$url" $scen $k 50 ;;
+            layer) set -- "$LUA" bench/layer.lua $scen $k 50 ;;
             *) set -- "$LUA" bench/peer.lua $peer "$url" $scen $k 50 ;;
           esac
           taskset -c "$CLIENT_CPU" valgrind --tool=callgrind --callgrind-out-file="$cg.$k" "$@" >/dev/null 2>&1 \
             || echo "bench: callgrind $peer $scen $proto failed" >&2
-          tot="$tot $(callgrind_annotate "$cg.$k" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' \
-            | tr -d ,)"
+          if [ $HAVE_PERF = yes ]; then
+            taskset -c "$CLIENT_CPU" perf stat -x, -e context-switches -o "$TMP/perf.$k" "$@" >/dev/null 2>&1 \
+              || echo "bench: perf stat $peer $scen $proto failed" >&2
+          fi
+          if [ $HAVE_STRACE = yes ]; then
+            taskset -c "$CLIENT_CPU" strace -c -f -o "$TMP/strace.$k" "$@" >/dev/null 2>&1 \
+              || echo "bench: strace $peer $scen $proto failed" >&2
+          fi
         done
-        set -- $tot
-        echo "profile $peer $scen $proto: $((($2 - $1) / PN)) Ir/call (marginal over $PN calls)"
-        callgrind_annotate --inclusive=yes "$cg.$((PN + 5))" 2>/dev/null | head -n 60 \
+        ir=$("$LUA" bench/profile.lua ir "$cg.5" "$cg.$((PN + 5))" $PN)
+        objs=$("$LUA" bench/profile.lua objects "$cg.5" "$cg.$((PN + 5))" $PN)
+        cs=–; sys=–
+        if [ $HAVE_PERF = yes ]; then cs=$("$LUA" bench/profile.lua perf "$TMP/perf.5" "$TMP/perf.$((PN + 5))" $PN); fi
+        if [ $HAVE_STRACE = yes ]; then sys=$("$LUA" bench/profile.lua strace "$TMP/strace.5" "$TMP/strace.$((PN + 5))" $PN); fi
+        [ $peer = raw ] && raw_ir=$ir
+        ratio=–
+        [ -n "$raw_ir" ] && ratio=$("$LUA" -e "print(string.format('%.2f', $ir / $raw_ir))")
+        echo "| $scen | $proto | $peer | $ir | $ratio | $objs | $cs | $sys |" >> "$PROF"
+        echo "profile $peer $scen $proto: $ir Ir/call ($objs); $cs context switches/call; syscalls/call: $sys" >&2
+        callgrind_annotate --inclusive=yes "$cg.$((PN + 5))" 2>/dev/null | head -n 80 \
           > "$OUT/profile-$peer-$scen-$proto.txt"
-        callgrind_annotate "$cg.$((PN + 5))" 2>/dev/null | head -n 60 > "$OUT/profile-self-$peer-$scen-$proto.txt"
+        callgrind_annotate "$cg.$((PN + 5))" 2>/dev/null | head -n 80 > "$OUT/profile-self-$peer-$scen-$proto.txt"
+        rm -f "$cg.5"
       done
     done
   done
+  cat "$PROF"
   exit 0
 fi
 
@@ -145,7 +207,7 @@ while [ $r -le "$RUNS" ]; do
     for proto in http https; do
       if [ $proto = http ]; then url=$HTTP_URL; else url=$HTTPS_URL; fi
       for peer in $PEERS; do
-        if [ $peer = ibkr ] && [ $HAVE_IBKR = no ]; then continue; fi
+        if skip_peer $peer; then continue; fi
         run_peer $proto "$url" $peer $scen
       done
     done
@@ -192,6 +254,11 @@ if [ $HAVE_IBKR = yes ]; then
   else
     echo "bench: bin/ibkr-mock-gateway missing: no keep-alive stall figure" >&2
   fi
+
+  # timings the specs leave to the bench: the pacer against the mock's count, ibkr-session's
+  # --timeout and signal bounds (bench/timing.lua starts its own mock gateways)
+  echo "bench: pacing and ibkr-session timings against the mock" >&2
+  taskset -c "$CLIENT_CPU" "$LUA" bench/timing.lua >> "$RESULTS" || echo "bench: timing run failed" >&2
 
   # many sessions kept alive by one process (each tickles nginx once a second), and the decoder's
   # cost for a large answer (it runs inside one resume)

@@ -31,7 +31,7 @@ build = {
   modules = {
     ["ibkr.core"] = {
       sources = { "src/core.c", "src/session.c", "src/request.c", "src/message.c", "src/error.c", "src/json.c",
-                  "src/wire.c", "src/signal.c", "src/oauth.c", "src/websocket.c",
+                  "src/wire.c", "src/signal.c", "src/oauth.c", "src/proc.c", "src/websocket.c",
                   -- the Lua-free part: engine thread, lanes, transfers, connections, websocket
                   -- connections, error kinds, text, buffers
                   "src/lib/transfer.c", "src/lib/lane.c", "src/lib/engine.c", "src/lib/handle.c",
@@ -45,11 +45,15 @@ build = {
     ["ibkr.callback"] = "lua/ibkr/callback.lua",
     ["ibkr.check"] = "lua/ibkr/check.lua",
     ["ibkr.cli"] = "lua/ibkr/cli.lua",
+    ["ibkr.cli.alert"] = "lua/ibkr/cli/alert.lua",
     ["ibkr.cli.args"] = "lua/ibkr/cli/args.lua",
     ["ibkr.cli.commands"] = "lua/ibkr/cli/commands.lua",
     ["ibkr.cli.drive"] = "lua/ibkr/cli/drive.lua",
+    ["ibkr.cli.endpoints"] = "lua/ibkr/cli/endpoints.lua",
     ["ibkr.cli.hints"] = "lua/ibkr/cli/hints.lua",
+    ["ibkr.cli.http"] = "lua/ibkr/cli/http.lua",
     ["ibkr.cli.keepalive"] = "lua/ibkr/cli/keepalive.lua",
+    ["ibkr.cli.listen"] = "lua/ibkr/cli/listen.lua",
     ["ibkr.cli.out"] = "lua/ibkr/cli/out.lua",
     ["ibkr.cli.report"] = "lua/ibkr/cli/report.lua",
     ["ibkr.cli.watch"] = "lua/ibkr/cli/watch.lua",
@@ -60,6 +64,8 @@ build = {
     ["ibkr.keepalive"] = "lua/ibkr/keepalive.lua",
     ["ibkr.kinds"] = "lua/ibkr/kinds.lua",
     ["ibkr.luv"] = "lua/ibkr/luv.lua",
+    ["ibkr.meta"] = "lua/ibkr/meta.lua",
+    ["ibkr.metrics"] = "lua/ibkr/metrics.lua",
     ["ibkr.oauth"] = "lua/ibkr/oauth.lua",
     ["ibkr.oauth2"] = "lua/ibkr/oauth2.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
@@ -68,7 +74,9 @@ build = {
     ["ibkr.retry"] = "lua/ibkr/retry.lua",
     ["ibkr.run"] = "lua/ibkr/run.lua",
     ["ibkr.state"] = "lua/ibkr/state.lua",
+    ["ibkr.stats"] = "lua/ibkr/stats.lua",
     ["ibkr.stream"] = "lua/ibkr/stream.lua",
+    ["ibkr.trace"] = "lua/ibkr/trace.lua",
     ["ibkr.waiter"] = "lua/ibkr/waiter.lua",
     ["ibkr.version"] = "lua/ibkr/version.lua",
   },

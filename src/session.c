@@ -36,12 +36,32 @@ typedef struct sconf {
   char *ua;                   /* the User-Agent sent (a websocket's upgrade is written by websocket.c) */
 } sconf;
 
+/*
+** The URLs of a session's recent calls, parsed once (CURLOPT_CURLU): given
+** a URL text, libcurl 7.88 parses it and builds it again in its printf on
+** every exchange, about 10k instructions, as much as a session call spends
+** in everything else of ours. A session's calls go to a few paths again and
+** again (the session endpoints); the parsed URL is kept for the next call,
+** up to URLS_MAX of them, the oldest replaced. The engine thread never reads
+** them (an exchange it may run gets a copy of its own).
+*/
+#define URLS_MAX 16
+typedef struct urlent {
+  char *url;                  /* base, path, query */
+  size_t len;
+  CURLU *uh;                  /* it, parsed */
+} urlent;
+
 /* The parts of a session, one owner each (all on the Lua thread: the engine
 ** thread only ever sees xfers, and a lane lent to it). */
 typedef struct session {
   sconf conf;                 /* session.c: set by core.new, read-only afterwards */
   xhome home;                 /* lib/transfer.c: handles, pool, live exchanges, counters */
   int closed;                 /* session.c */
+  urlent urls[URLS_MAX];      /* session.c: the parsed URLs of recent calls */
+  int nurls, urlnext;         /* entries in use; the next one replaced when all are */
+  xfer own;                   /* session.c: the exchange of a blocking call, reused call after call */
+  int own_busy;               /* session.c: `own` is running or its result is being built */
 } session;
 
 /* the longest string libcurl takes for an option (CURL_MAX_INPUT_LENGTH in
@@ -74,6 +94,11 @@ static int ours(session *s) {
 static void session_free(session *s) {
   sconf *c = &s->conf;
   transfer_home_close(&s->home, !ours(s));
+  for (int i = 0; i < s->nurls; i++) {
+    free(s->urls[i].url);
+    curl_url_cleanup(s->urls[i].uh);          /* memory only: freed in a forked child too */
+  }
+  s->nurls = 0;
   for (int i = 0; i < HL_COUNT; i++) {
     curl_slist_free_all(c->hl[i]);
     c->hl[i] = NULL;
@@ -237,6 +262,11 @@ static int set_route(CURL *e, xhome *h, const newopts *o, const char *host, long
   }
   if (c == CURLE_OK && o->proxy) c = curl_easy_setopt(e, CURLOPT_PROXY, o->proxy);
   else if (c == CURLE_OK && loop) c = curl_easy_setopt(e, CURLOPT_PROXY, "");
+  /* a loopback host is an address, or localhost pinned above: nothing a
+  ** resolver could change, so its one DNS cache entry never expires, and
+  ** libcurl skips the sweep of the whole cache (71 slots of the multi
+  ** handle's) it otherwise makes after every exchange */
+  if (c == CURLE_OK && loop && !o->proxy) c = curl_easy_setopt(e, CURLOPT_DNS_CACHE_TIMEOUT, -1L);
   if (c == CURLE_OK) c = curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)verify);
   if (c == CURLE_OK) c = curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
   if (c == CURLE_OK && o->ca) c = curl_easy_setopt(e, CURLOPT_CAINFO, o->ca);
@@ -338,30 +368,84 @@ static int core_new(lua_State *L) {
 
 /* ------------------------------------------------------------ calls */
 
+/* whether entry u holds the URL of cs (its base is the session's) */
+static int url_is(const urlent *u, size_t baselen, const callspec *cs) {
+  size_t len = baselen + cs->plen + (cs->qlen ? cs->qlen + 1 : 0);
+  const char *p = u->url + baselen;
+  if (u->len != len || memcmp(p, cs->path, cs->plen) != 0) return 0;
+  return cs->qlen == 0 || memcmp(p + cs->plen + 1, cs->query, cs->qlen) == 0;
+}
+
+/*
+** The parsed URL of cs from the session's cache, parsed and kept now when
+** it is not there; NULL when out of memory (the exchange then sets the URL
+** text). libcurl parses it with these flags itself: as given (the path was
+** checked by wire.c), any scheme (only http and https get this far).
+*/
+static const urlent *url_of(session *s, const callspec *cs) {
+  const sconf *c = &s->conf;
+  urlent *u;
+  char *url;
+  CURLU *uh;
+  for (int i = 0; i < s->nurls; i++)
+    if (url_is(&s->urls[i], c->baselen, cs)) return &s->urls[i];
+  if ((url = wire_url(c->base, c->baselen, cs)) == NULL) return NULL;
+  if ((uh = curl_url()) == NULL ||
+      curl_url_set(uh, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME | CURLU_PATH_AS_IS) != CURLUE_OK) {
+    curl_url_cleanup(uh);
+    free(url);
+    return NULL;
+  }
+  if (s->nurls < URLS_MAX) {
+    u = &s->urls[s->nurls++];
+  } else {                                     /* no exchange holds it: see xopts.lend_uh */
+    u = &s->urls[s->urlnext];
+    s->urlnext = (s->urlnext + 1) % URLS_MAX;
+    free(u->url);
+    curl_url_cleanup(u->uh);
+  }
+  *u = (urlent){ .url = url, .len = strlen(url), .uh = uh };
+  return u;
+}
+
 /*
 ** Make x the exchange cs of session s: its URL, its header list (the
 ** session's for the shape, or one with the per-call headers), its timeout
 ** (the call's or the session's), then an easy handle (lib/transfer.c).
-** Runs no Lua code: nothing can close the session in between. Raises only
-** when out of memory, leaving x for its request's __gc to free.
+** blocking: x runs on this thread and is over before any Lua code runs, so
+** it may read the session's parsed URL as it is (xopts.lend_uh).
+** Runs no Lua code: nothing can close the session in between. Returns 0
+** when out of memory (x holds what it got: transfer_close frees it).
 */
-static void attach(lua_State *L, xfer *x, session *s, const callspec *cs) {
+static int attach(xfer *x, session *s, const callspec *cs, int blocking) {
   const sconf *c = &s->conf;
-  size_t len = c->baselen + cs->plen + (cs->qlen ? cs->qlen + 1 : 0);
-  xopts o;
-  if (len > URL_MAX)
-    luaL_error(L, "the URL would be %I bytes, more than libcurl takes (%d): shorten the path or the query",
-               (LUAI_UACINT)len, URL_MAX);
-  o = (xopts){
-    .url = wire_url(c->base, c->baselen, cs),
+  const urlent *u = url_of(s, cs);
+  xopts o = {
+    .url = u ? NULL : wire_url(c->base, c->baselen, cs),
+    .url_ref = u ? u->url : NULL,
+    .uh = u ? u->uh : NULL,
+    .lend_uh = blocking,
     .headers = c->hl[cs->shape],
     .timeout_ms = cs->timeout > 0 ? to_ms(cs->timeout) : c->timeout_ms,
     .max_body = c->max_body,
     .ca_not_after = c->ca_not_after,
   };
-  if (o.url && cs->nh) o.headers = o.callh = wire_header_list(c->uh, c->nuh, cs->shape, cs->hv, cs->nh);
-  if (!transfer_open(x, &s->home, cs, &o))
-    luaL_error(L, "%s", x->code != CURLE_OK ? curl_easy_strerror(x->code) : "out of memory");
+  if ((o.url || o.url_ref) && cs->nh)
+    o.headers = o.callh = wire_header_list(c->uh, c->nuh, cs->shape, cs->hv, cs->nh);
+  return transfer_open(x, &s->home, cs, &o);
+}
+
+/* why attach() failed: libcurl refused an option (x->code), or out of memory */
+static const char *attach_error(const xfer *x) {
+  return x->code != CURLE_OK ? curl_easy_strerror(x->code) : "out of memory";
+}
+
+/* raises when the URL of cs would be longer than libcurl takes */
+static void check_url(lua_State *L, const session *s, const callspec *cs) {
+  size_t len = s->conf.baselen + cs->plen + (cs->qlen ? cs->qlen + 1 : 0);
+  if (len > URL_MAX)
+    luaL_error(L, "the URL would be %I bytes, more than libcurl takes (%d): shorten the path or the query",
+               (LUAI_UACINT)len, URL_MAX);
 }
 
 /* nil, err when the session cannot take a call (closed, or inherited
@@ -373,19 +457,47 @@ static int refuse(lua_State *L, session *s) {
 }
 
 /*
-** The common start of s:perform and s:start: everything is read from the
-** caller's values first (user code may run then, even close the session);
-** then the session is checked, and the request (pushed on the stack) is
-** attached to it. Returns the request, or NULL with nil, err pushed.
+** The start of s:start (and of a s:perform that gets a request): the call
+** was read from the caller's values first (user code may run then, even
+** close the session); then the request is pushed (its allocation may run
+** finalisers), the session is checked, and the request is attached to it.
+** Returns the request, or NULL with nil, err pushed.
 */
-static struct request *begin(lua_State *L, session *s) {
-  callspec cs;
-  struct request *r;
-  wire_read_call(L, 2, &cs);
-  r = request_push(L, 1, 2, 3);
+static struct request *begin(lua_State *L, session *s, const callspec *cs, int blocking) {
+  struct request *r = request_push(L, 1, 2, 3);
   if (refuse(L, s)) return NULL;
-  attach(L, request_xfer(r), s, &cs);
-  return r;
+  check_url(L, s, cs);
+  if (!attach(request_xfer(r), s, cs, blocking)) luaL_error(L, "%s", attach_error(request_xfer(r)));
+  return r;                                   /* (on a raise, its __gc frees what it took) */
+}
+
+/*
+** A blocking call on the session's own exchange: no request object (no
+** userdata, no finaliser, nothing for the collector), since nothing of it
+** outlives the call. Everything that can raise either runs before x takes
+** anything or finds x closed (request_outcome), so a raise leaves nothing.
+*/
+static int perform_own(lua_State *L, session *s, const callspec *cs) {
+  xfer *x = &s->own;
+  sigmark mark;
+  int n;
+  transfer_init(x);
+  s->own_busy = 1;
+  if (!attach(x, s, cs, 1)) {
+    const char *why = attach_error(x);
+    transfer_close(x);
+    s->own_busy = 0;
+    return luaL_error(L, "%s", why);
+  }
+  signal_mark(L, &mark);
+  if (!transfer_perform(x, signal_asked, &mark)) {
+    transfer_close(x);
+    s->own_busy = 0;
+    return error_fail(L, KIND_CLOSED, "interrupted by a signal during the request", 2, 3);
+  }
+  n = request_outcome(L, x, 2, 3);
+  s->own_busy = 0;
+  return n < 0 ? lua_error(L) : n;
 }
 
 /*
@@ -410,11 +522,21 @@ int session_parts(lua_State *L, int idx, sparts *p) {
 /* s:perform(method, path [, opts]) -- the blocking exchange, in place on
 ** the caller's thread, without running Lua code until it is over. A signal
 ** handler that asks Lua to stop meanwhile (lua5.4's SIGINT) ends it: kind
-** "closed", and the interpreter's hook acts on the return. */
+** "closed", and the interpreter's hook acts on the return. The session's
+** own exchange runs it; a call made while that one is busy (from a
+** finaliser that runs while its result is built) gets a request of its own. */
 static int session_perform(lua_State *L) {
-  struct request *r = begin(L, tosession(L));
+  session *s = tosession(L);
+  struct request *r;
+  callspec cs;
   sigmark mark;
-  if (r == NULL) return 2;
+  wire_read_call(L, 2, &cs);
+  if (!s->own_busy) {
+    if (refuse(L, s)) return 2;
+    check_url(L, s, &cs);
+    return perform_own(L, s, &cs);
+  }
+  if ((r = begin(L, s, &cs, 1)) == NULL) return 2;
   signal_mark(L, &mark);
   if (!transfer_perform(request_xfer(r), signal_asked, &mark)) {
     request_collect(L, lua_gettop(L));                        /* frees the exchange */
@@ -426,8 +548,11 @@ static int session_perform(lua_State *L) {
 /* s:start(method, path [, opts]) -- the same exchange without blocking (in
 ** the warm lane or on the engine thread); returns the request at once */
 static int session_start(lua_State *L) {
-  struct request *r = begin(L, tosession(L));
-  if (r == NULL) return 2;
+  session *s = tosession(L);
+  struct request *r;
+  callspec cs;
+  wire_read_call(L, 2, &cs);
+  if ((r = begin(L, s, &cs, 0)) == NULL) return 2;
   transfer_submit(request_xfer(r));
   return 1;
 }

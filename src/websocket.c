@@ -289,12 +289,15 @@ static int ws_timeout(lua_State *L) {
 **   received and not yet read } */
 static int ws_info(lua_State *L) {
   wsconn *c = &tows(L)->c;
+  const struct { const char *k; long long v; } counts[] = {
+    {"received", c->rx_bytes}, {"sent", c->tx_bytes}, {"messages", c->rx_msgs},
+    {"sent_messages", c->tx_msgs}, {"queued", (long long)c->inbox},
+  };
   lua_createtable(L, 0, 6);
-  error_seti(L, "received", (lua_Integer)c->rx_bytes);
-  error_seti(L, "sent", (lua_Integer)c->tx_bytes);
-  error_seti(L, "messages", (lua_Integer)c->rx_msgs);
-  error_seti(L, "sent_messages", (lua_Integer)c->tx_msgs);
-  error_seti(L, "queued", (lua_Integer)c->inbox);
+  for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+    lua_pushinteger(L, (lua_Integer)counts[i].v);
+    lua_setfield(L, -2, counts[i].k);
+  }
   if (c->last_rx > 0) {
     lua_pushnumber(L, clock_now() - c->last_rx);
     lua_setfield(L, -2, "idle");

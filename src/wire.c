@@ -5,7 +5,8 @@
 ** call reads from the caller's values is read here, before the session is
 ** touched (user code can run inside any of these reads: metamethods, and
 ** finalisers on allocation).
-** Adds to the module: core.check_path, core.check_headers.
+** Adds to the module: core.check_path, core.check_headers, core.parse_headers
+** (a response's header block as a table: the Lua layer's meta.headers).
 ** Called by: core.c, session.c, websocket.c.
 ** Calls: json.c, lib/text.c, lib/buf.c.
 */
@@ -384,15 +385,46 @@ static void read_headers(lua_State *L, int h, callspec *cs) {
   }
 }
 
-static void check_opt_keys(lua_State *L, int t) {
+/* the options of a call, in the order they are read */
+enum { OPT_QUERY, OPT_BODY, OPT_TIMEOUT, OPT_REPEATABLE, OPT_HEADERS, OPT_COUNT };
+static const char *const OPT_NAMES[OPT_COUNT] = { "query", "body", "timeout", "repeatable", "headers" };
+
+/* which option the key at idx names, or raises (an unknown key) */
+static int opt_of(lua_State *L, int idx) {
+  size_t n;
+  const char *k = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &n) : NULL;
+  for (int i = 0; k && i < OPT_COUNT; i++)
+    if (strlen(OPT_NAMES[i]) == n && memcmp(k, OPT_NAMES[i], n) == 0) return i;
+  return luaL_error(L, "unknown request option '%s'", k ? k : "?");
+}
+
+/*
+** The options table at t, read into the OPT_COUNT slots from `slots` on
+** (nil when absent). A table without a metatable is read in one pass of
+** lua_next: what lua_getfield would find, with no user code to run. One
+** with a metatable is checked for unknown keys, then each slot is filled
+** by lua_getfield just before it is used (get_opt), so its __index runs
+** in the order it always did.
+*/
+static int gather_opts(lua_State *L, int t, int slots) {
+  int raw = !lua_getmetatable(L, t);
+  if (!raw) lua_pop(L, 1);
   lua_pushnil(L);
   while (lua_next(L, t)) {
-    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-    if (strcmp(k, "query") && strcmp(k, "headers") && strcmp(k, "body") && strcmp(k, "timeout") &&
-        strcmp(k, "repeatable"))
-      luaL_error(L, "unknown request option '%s'", lua_type(L, -2) == LUA_TSTRING ? k : "?");
-    lua_pop(L, 1);
+    int i = opt_of(L, -2);
+    if (raw) lua_replace(L, slots + i);
+    else lua_pop(L, 1);
   }
+  return raw;
+}
+
+/* option i into its slot (raw: gathered already); returns its type */
+static int get_opt(lua_State *L, int t, int slots, int raw, int i) {
+  if (!raw) {
+    lua_getfield(L, t, OPT_NAMES[i]);
+    lua_replace(L, slots + i);
+  }
+  return lua_type(L, slots + i);
 }
 
 static void read_body(lua_State *L, int idx, callspec *cs) {
@@ -449,40 +481,38 @@ char *wire_url(const char *base, size_t baselen, const callspec *cs) {
 
 /*
 ** Read method, path and options (at first, first+1, first+2) into cs. The
-** stack is set to first+2 and gets: query string (or nil), body (or nil),
-** header anchors, header pointers. Raises on a programmer error, before
-** anything of the session is touched.
+** stack is set to first+2 and gets the option slots (query string or nil,
+** body or nil, timeout, repeatable, headers), then header anchors and
+** header pointers. Raises on a programmer error, before anything of the
+** session is touched.
 */
 void wire_read_call(lua_State *L, int first, callspec *cs) {
-  int o = first + 2, base;
+  int o = first + 2, slots = o + 1, raw = 1;
   memset(cs, 0, sizeof *cs);
   cs->method = read_method(L, first, &cs->mlen);
   cs->path = read_path(L, first + 1, &cs->plen);
   if (!lua_isnoneornil(L, o)) luaL_checktype(L, o, LUA_TTABLE);
   lua_settop(L, o);
-  base = o;
-  if (lua_isnil(L, o)) {
-    lua_pushnil(L);
-    lua_pushnil(L);
-  } else {
-    check_opt_keys(L, o);
-    lua_getfield(L, o, "query");                              /* base+1 */
-    if (lua_type(L, base + 1) == LUA_TTABLE) push_query(L, base + 1), lua_replace(L, base + 1);
-    else if (!lua_isnil(L, base + 1)) luaL_error(L, "query must be a table");
-    lua_getfield(L, o, "body");                               /* base+2 */
-    read_body(L, base + 2, cs);
-    lua_getfield(L, o, "timeout");
-    cs->timeout = read_timeout(L, -1);
-    lua_pop(L, 1);
-    lua_getfield(L, o, "repeatable");
-    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+  for (int i = 0; i < OPT_COUNT; i++) lua_pushnil(L);
+  if (!lua_isnil(L, o)) {
+    raw = gather_opts(L, o, slots);
+    if (get_opt(L, o, slots, raw, OPT_QUERY) == LUA_TTABLE) {
+      push_query(L, slots + OPT_QUERY);
+      lua_replace(L, slots + OPT_QUERY);
+    } else if (!lua_isnil(L, slots + OPT_QUERY)) {
+      luaL_error(L, "query must be a table");
+    }
+    get_opt(L, o, slots, raw, OPT_BODY);
+    read_body(L, slots + OPT_BODY, cs);
+    get_opt(L, o, slots, raw, OPT_TIMEOUT);
+    cs->timeout = read_timeout(L, slots + OPT_TIMEOUT);
+    if (get_opt(L, o, slots, raw, OPT_REPEATABLE) != LUA_TNIL && !lua_isboolean(L, slots + OPT_REPEATABLE))
       luaL_error(L, "request option 'repeatable' must be a boolean");
-    cs->repeatable = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (lua_getfield(L, o, "headers") == LUA_TTABLE) read_headers(L, lua_gettop(L), cs);
-    else if (!lua_isnil(L, -1)) luaL_error(L, "headers must be a table");
+    cs->repeatable = lua_toboolean(L, slots + OPT_REPEATABLE);
+    if (get_opt(L, o, slots, raw, OPT_HEADERS) == LUA_TTABLE) read_headers(L, slots + OPT_HEADERS, cs);
+    else if (!lua_isnil(L, slots + OPT_HEADERS)) luaL_error(L, "headers must be a table");
   }
-  if (lua_type(L, base + 1) == LUA_TSTRING) cs->query = lua_tolstring(L, base + 1, &cs->qlen);
+  if (lua_type(L, slots + OPT_QUERY) == LUA_TSTRING) cs->query = lua_tolstring(L, slots + OPT_QUERY, &cs->qlen);
   if (cs->has_body && ((cs->mlen == 3 && memcmp(cs->method, "GET", 3) == 0) ||
                        (cs->mlen == 4 && memcmp(cs->method, "HEAD", 4) == 0)))
     luaL_error(L, "a %s request cannot carry a body (send it with POST, PUT or PATCH)", cs->method);
@@ -509,13 +539,128 @@ static int core_check_headers(lua_State *L) {
   return 1;
 }
 
+/* ------------------------------------------------------------ response headers */
+
+#define NAME_MAX_LEN 256            /* a longer field name is skipped */
+
+/* s[0..n) without the spaces and tabs around it: the new length, *s moved */
+static size_t trim_ows(const char **s, size_t n) {
+  while (n > 0 && (**s == ' ' || **s == '\t')) (*s)++, n--;
+  while (n > 0 && ((*s)[n - 1] == ' ' || (*s)[n - 1] == '\t')) n--;
+  return n;
+}
+
+/*
+** The value v[0..vn) of the field named at `name` into the table at t: the
+** first, or after the one it has, joined with sep; set-cookie (list) gets a
+** list of its values instead, and a continued line (sep " ") joins its last.
+*/
+static void field_add(lua_State *L, int t, int name, const char *v, size_t vn, const char *sep, int list) {
+  lua_pushvalue(L, name);
+  if (list) {
+    lua_Integer n;
+    if (lua_rawget(L, t) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushvalue(L, name);
+      lua_pushvalue(L, -2);
+      lua_rawset(L, t);
+    }
+    n = (lua_Integer)lua_rawlen(L, -1);
+    if (*sep == ' ' && n > 0) {                               /* a continued line joins the last */
+      lua_rawgeti(L, -1, n);
+      lua_pushstring(L, sep);
+      lua_pushlstring(L, v, vn);
+      lua_concat(L, 3);
+      lua_rawseti(L, -2, n);
+    } else {
+      lua_pushlstring(L, v, vn);
+      lua_rawseti(L, -2, n + 1);
+    }
+    lua_pop(L, 1);
+    return;
+  }
+  if (lua_rawget(L, t) == LUA_TSTRING) {
+    lua_pushstring(L, sep);
+    lua_pushlstring(L, v, vn);
+    lua_concat(L, 3);
+  } else {
+    lua_pop(L, 1);
+    lua_pushlstring(L, v, vn);
+  }
+  lua_pushvalue(L, name);
+  lua_insert(L, -2);
+  lua_rawset(L, t);
+}
+
+/* the field name line[0..nl), lower-cased, pushed; 0 (nothing pushed) when
+** it is empty, too long, or has a byte no field name may have */
+static int push_name(lua_State *L, const char *line, size_t nl) {
+  char low[NAME_MAX_LEN];
+  if (nl == 0 || nl > sizeof low) return 0;
+  for (size_t i = 0; i < nl; i++) {
+    unsigned char c = (unsigned char)line[i];
+    if (c <= 0x20 || c >= 0x7f) return 0;
+    low[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+  }
+  lua_pushlstring(L, low, nl);
+  return 1;
+}
+
+/*
+** core.parse_headers(block) -> table: a response's header block (its
+** status line, then "Name: value" lines, as libcurl hands them over: the
+** second value's meta.headers of an ibkr call). Names are lower-cased,
+** values lose the spaces around them; a line starting with a space or tab
+** continues the previous value (obs-fold, RFC 9112 section 5.2: joined with
+** one space); a repeated field is joined with ", " (RFC 9110 section 5.3),
+** but set-cookie is always a list of its values (RFC 9110 section 5.3 and
+** RFC 6265 section 3: they cannot be joined). A status line, a line without
+** a colon or with a bad name is skipped; an empty line ends the block.
+*/
+static int core_parse_headers(lua_State *L) {
+  size_t n;
+  const char *p = luaL_checklstring(L, 1, &n), *end = p + n;
+  int cookie = 0, lines = 0;
+  for (const char *q = p; (q = memchr(q, '\n', (size_t)(end - q))) != NULL; q++) lines++;
+  lua_settop(L, 1);
+  lua_createtable(L, 0, lines > 1 ? lines - 1 : 0);           /* 2: the headers, at their size */
+  lua_pushnil(L);                                             /* 3: the last field's name */
+  while (p < end) {
+    const char *line = p, *eol = memchr(p, '\n', (size_t)(end - p)), *v, *colon;
+    size_t len = (size_t)((eol ? eol : end) - p);
+    p = eol ? eol + 1 : end;
+    if (len > 0 && line[len - 1] == '\r') len--;
+    if (len == 0) break;
+    if (line[0] == ' ' || line[0] == '\t') {                 /* obs-fold */
+      v = line;
+      if (!lua_isnil(L, 3)) field_add(L, 2, 3, v, trim_ows(&v, len), " ", cookie);
+      continue;
+    }
+    colon = memchr(line, ':', len);
+    if (!colon || (len >= 5 && memcmp(line, "HTTP/", 5) == 0) || !push_name(L, line, (size_t)(colon - line))) {
+      lua_pushnil(L);
+      lua_replace(L, 3);
+      continue;
+    }
+    lua_replace(L, 3);
+    cookie = colon - line == 10 && strncasecmp(line, "set-cookie", 10) == 0;
+    v = colon + 1;
+    field_add(L, 2, 3, v, trim_ows(&v, (size_t)(line + len - v)), ", ", cookie);
+  }
+  lua_settop(L, 2);
+  return 1;
+}
+
 static const luaL_Reg wire_funcs[] = {
   {"check_path", core_check_path},
   {"check_headers", core_check_headers},
+  {"parse_headers", core_parse_headers},
   {NULL, NULL}
 };
 
-/* adds core.check_path and core.check_headers to the module at the top */
+/* adds core.check_path, core.check_headers and core.parse_headers to the
+** module at the top */
 int wire_open(lua_State *L) {
   luaL_setfuncs(L, wire_funcs, 0);
   return 0;

@@ -94,7 +94,7 @@ struct wait {
   short events;     /* POLLIN and/or POLLOUT */
 };
 
-/* req:name() on L, the request at index req; leaves the result (or the error) on the top */
+/* req:<name>() on L, the request at index req; leaves the result (or the error) on the top */
 static int call_method(lua_State *L, int req, const char *name) {
   lua_getfield(L, req, name);
   lua_pushvalue(L, req);

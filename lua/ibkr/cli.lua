@@ -185,7 +185,12 @@ function M.main(argv, io_)
   if not embedded then core.signal_catch{ "INT", "TERM" } end
   local code
   if o.command == "keepalive" then
-    code = require("ibkr.cli.keepalive").run(s, o, io_)
+    local kerr
+    code, kerr = require("ibkr.cli.keepalive").run(s, o, io_)
+    if not code then
+      s:close()
+      return usage_error(io_, kerr, json) -- --listen: luasocket missing, the address refused
+    end
   elseif o.command == "watch" then
     code = require("ibkr.cli.watch").run(s, o, io_)
   else

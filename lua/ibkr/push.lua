@@ -151,11 +151,15 @@ function Push:pushed(new, detail)
 end
 
 -- The channel's own events: a loss makes the keep-alive look at the gateway at once (within PROBE
--- seconds when the channel fell silent: then the gateway may well be hung).
+-- seconds when the channel fell silent: then the gateway may well be hung). The session's stats
+-- follow the channel: open at each greeting, lost at each loss.
 function Push:message(msg)
   if msg.topic == "ibkr" and msg.event == "lost" then
     self.interrupt = true
     if type(msg.error) == "table" and msg.error.kind == "timeout" then self.silent = true end
+    self.s:note_push(false) -- s:stats(): push_connected, push_reconnects (keepalive --listen's metrics)
+  elseif msg.topic == "system" and msg.success ~= nil then
+    self.s:note_push(true)
   end
 end
 

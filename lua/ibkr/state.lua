@@ -13,6 +13,9 @@ local M = {}
 
 M.MAX_TEXT = 200 -- bytes of a gateway text kept in a reason
 
+-- Every state a session can be in, best first (what s:health() and the keep-alive report).
+M.STATES = { "ready", "competing", "unauthenticated", "disconnected", "no_session", "down", "tls", "error" }
+
 -- A gateway text made one bounded, printable line: runs of white space (CR and LF included)
 -- become one space; the rest is core.printable's (other control bytes escaped, long texts cut
 -- on a character boundary with "…").
@@ -37,10 +40,10 @@ function M.body_text(body)
 end
 
 -- Whether v is a JSON object as decoded (a table that is not an array).
+local ARRAY_MT = rawget(core, "array_mt")
 local function is_object(v)
   if type(v) ~= "table" then return false end
-  local amt = rawget(core, "array_mt")
-  if amt ~= nil and getmetatable(v) == amt then return false end
+  if ARRAY_MT ~= nil and getmetatable(v) == ARRAY_MT then return false end
   return v[1] == nil
 end
 
@@ -59,24 +62,18 @@ function M.said(body)
   return M.text(body.error) or M.text(body.fail) or M.text(body.message)
 end
 
--- The top-level `error` of a body as a reason, or nil. `error: false`/`""` are no error.
-local function error_of(body)
-  local e = body.error
-  if e == nil or e == false or e == "" then return nil end
-  return M.text(e) or "an error in the answer"
-end
-
 -- A brokerage status (auth/status, ssodh/init) must carry `authenticated` (the gateway always
 -- sends it, even logged out: facts §1.2); `fail` carries the reason of a failure (field report
 -- ibeam #73).
 local function judge_status(body, with_fail)
-  if type(body.authenticated) ~= "boolean" then return false, "no authenticated in the answer" end
+  local a = body.authenticated -- a boolean (true or false: no type() call on every answer)
+  if a ~= true and a ~= false then return false, "no authenticated in the answer" end
   if with_fail and M.text(body.fail) then return false, M.text(body.fail) end
   return true
 end
 
 local JUDGES = {
-  auth_status = function(body) return judge_status(body, false) end,
+  auth_status = judge_status, -- with_fail nil
   init_brokerage = function(body) return judge_status(body, true) end,
   -- tickle: {"error": ...} is the failed tickle of IBKR's OpenAPI spec; an object without it is
   -- a tickle the gateway took (its iserver.authStatus, when present, gives the state).
@@ -118,13 +115,19 @@ M.ENDPOINTS = { "auth_status", "tickle", "sso_validate", "logout", "reauthentica
 --   logout          `status` is true (or the legacy `confirmed` is true)
 --   reauthenticate  `message` is "triggered"
 -- Raises for an unknown endpoint name (a programmer error).
+-- judge() once the endpoint's rules j are known; also of_answer's first step. The top-level
+-- `error` of a body is a reason (`error: false`/`""` are no error).
+local function judged(j, body)
+  if not is_object(body) then return false, "answer is " .. shape(body) .. ", not a JSON object" end
+  local e = body.error
+  if e ~= nil and e ~= false and e ~= "" then return false, M.text(e) or "an error in the answer" end
+  return j(body)
+end
+
 function M.judge(endpoint, body)
   local j = JUDGES[endpoint]
   if not j then error("state.judge: unknown endpoint '" .. tostring(endpoint) .. "'", 2) end
-  if not is_object(body) then return false, "answer is " .. shape(body) .. ", not a JSON object" end
-  local e = error_of(body)
-  if e then return false, e end
-  return j(body)
+  return judged(j, body)
 end
 
 -- State of a brokerage status table (the body of /iserver/auth/status, ssodh/init, or the
@@ -132,8 +135,8 @@ end
 -- does: no session, not connected, competing, then authentication. Authenticated but not yet
 -- `established` counts as unauthenticated: the brokerage session cannot serve requests yet.
 -- Any other JSON value (null, a number, an array...) is "error".
-function M.of_status(st)
-  if not is_object(st) then return "error" end
+-- of_status of a table known to be an object
+local function status_of(st)
   if st.error == "no session" then return "no_session" end
   if st.connected == false then return "disconnected" end
   if st.competing == true then return "competing" end
@@ -142,9 +145,19 @@ function M.of_status(st)
   return "error" -- neither key: not a status body (e.g. {"error":"failed to process request"})
 end
 
--- How far from ready the states of a reachable gateway are: a competing login, then lost
--- authentication, then a lost backend connection, then no session at all.
-local DEPTH = { ready = 0, competing = 1, unauthenticated = 2, disconnected = 3, no_session = 4 }
+function M.of_status(st)
+  if not is_object(st) then return "error" end
+  return status_of(st)
+end
+
+-- How far from ready the states of a reachable gateway are: their places in M.STATES (best first:
+-- a competing login, then lost authentication, a lost backend connection, no session at all);
+-- down, tls and error are off that ladder.
+local DEPTH = {}
+for i, st in ipairs(M.STATES) do
+  DEPTH[st] = i
+  if st == "no_session" then break end
+end
 
 -- Whether `new` is worse news than `old` about a reachable gateway: deeper on that ladder, or
 -- `old` unknown or off it (down, tls, error). The push channel tells drops only (IBKR never
@@ -178,11 +191,13 @@ end
 -- (auth_status, init_brokerage, a tickle carrying iserver.authStatus) its of_status(); nil when a
 -- good answer carries no status (a tickle without authStatus, validate, logout, reauthenticate).
 function M.of_answer(endpoint, body)
-  local ok, why = M.judge(endpoint, body)
+  local j = JUDGES[endpoint]
+  if not j then error("state.of_answer: unknown endpoint '" .. tostring(endpoint) .. "'", 2) end
+  local ok, why = judged(j, body)
   if not ok then
     return (is_object(body) and body.error == "no session") and "no_session" or "error", why
   end
-  if endpoint == "auth_status" or endpoint == "init_brokerage" then return M.of_status(body) end
+  if endpoint == "auth_status" or endpoint == "init_brokerage" then return status_of(body) end
   if endpoint == "tickle" then
     local st = M.tickle_status(body)
     if st then return M.of_status(st) end

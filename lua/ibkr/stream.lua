@@ -76,11 +76,9 @@ local function resolve(opts)
   }, topics
 end
 
--- An error object of this file (method/path say where: the channel); `fields` more of its fields.
-local function channel_error(kind, message, fields)
-  local t = { kind = kind, method = "GET", path = "/ws", message = message }
-  for k, v in pairs(fields or {}) do t[k] = v end
-  return core.error(t)
+-- An error object of this file (method/path say where: the channel).
+local function channel_error(kind, message)
+  return core.error{ kind = kind, method = "GET", path = "/ws", message = message }
 end
 
 -- The unsubscribe message IBKR expects for a subscription topic: "smd+265598+{...}" ->
@@ -241,8 +239,8 @@ local function session_id(st, w)
   if res == nil then return nil, err, WAIT_FOR_REPAIR[state.of_error(err)] == true end
   local now_state = s:state()
   if WAIT_FOR_REPAIR[now_state] then
-    return nil, channel_error("not_ready", "the session is " .. now_state
-      .. ": the channel waits for a repair", { state = now_state }), true
+    return nil, core.error{ kind = "not_ready", method = "GET", path = "/ws", state = now_state,
+      message = "the session is " .. now_state .. ": the channel waits for a repair" }, true
   end
   sid = s:push_session()
   if not sid then return nil, channel_error("protocol", "the /tickle answer carries no usable session id") end
@@ -317,8 +315,9 @@ end
 
 -- The error of a channel silent for heartbeat_timeout seconds.
 local function silence(st, o)
-  return channel_error("timeout", string.format("nothing from the gateway for %g s%s", o.heartbeat_timeout,
-    st._state == "open" and "" or " (no greeting)"), { silent = o.heartbeat_timeout })
+  return core.error{ kind = "timeout", method = "GET", path = "/ws", silent = o.heartbeat_timeout,
+    message = string.format("nothing from the gateway for %g s%s", o.heartbeat_timeout,
+      st._state == "open" and "" or " (no greeting)") }
 end
 
 -- One connection, from connect to loss. Returns the error that lost it, or nil when the stream

@@ -62,6 +62,7 @@
 #include "../../src/oauth.c"  /* [oauth] core.c registers it */
 #include "../../src/websocket.c"
 #include "../../src/core.c"
+#include "../../src/proc.c"   /* core.spawn: core.c registers it */
 
 static lua_State *L;
 

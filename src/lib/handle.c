@@ -31,16 +31,17 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
   return len;
 }
 
-/* Tracks whether the final response's header block ended (its empty
-** line): libcurl reports success for a response cut off inside it. A new
-** status line (after a 1xx, or a proxy's CONNECT answer) starts a block. */
+/* Keeps the final response's header block (the caller's meta.headers) and
+** tracks whether it ended (its empty line): libcurl reports success for a
+** response cut off inside it. A new status line (after a 1xx, or a proxy's
+** CONNECT answer) starts a block. Out of memory fails the exchange. */
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
   xfer *x = ud;
   size_t len = size * nmemb;
-  if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) x->hdr_done = 0;
+  if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) x->hdr_done = 0, x->hdr.n = 0;
   else if ((len == 2 && data[0] == '\r' && data[1] == '\n') || (len == 1 && data[0] == '\n'))
     x->hdr_done = 1;
-  return len;
+  return buf_add(&x->hdr, data, len) ? len : 0;
 }
 
 /* A session's template: options every exchange shares. The session adds
@@ -60,6 +61,7 @@ CURL *handle_template(char *err, size_t errlen) {
   SET(CURLOPT_WRITEFUNCTION, on_write);
   SET(CURLOPT_HEADERFUNCTION, on_header);
   SET(CURLOPT_TCP_KEEPALIVE, 1L);
+  SET(CURLOPT_PATH_AS_IS, 1L);                 /* wire.c refused dot segments: send as given */
 #undef SET
   if (c == CURLE_OK && !conn_watch(e)) c = CURLE_UNKNOWN_OPTION;
   if (c != CURLE_OK) {
@@ -85,14 +87,17 @@ static int is(const callspec *cs, const char *m) {
 /* the options of one exchange; every one is set each time, since a pooled
 ** handle keeps what the previous exchange set. Returns the first option
 ** libcurl refused (out of memory), or CURLE_OK */
-CURLcode handle_set(xfer *x, const callspec *cs, struct curl_slist *hl, long timeout_ms) {
+CURLcode handle_set(xfer *x, const callspec *cs, const char *url, struct curl_slist *hl, long timeout_ms) {
   CURL *e = x->easy;
   CURLcode c = CURLE_OK;
   long fresh;
   x->head = is(cs, "HEAD");
 #define SET(opt, val) if (c == CURLE_OK) c = curl_easy_setopt(e, opt, val)
-  SET(CURLOPT_URL, x->url);
-  SET(CURLOPT_PATH_AS_IS, 1L);                                 /* wire.c refused dot segments; send as given */
+  SET(CURLOPT_URL, url);
+  /* the URL parsed once by the session (x->uh), or NULL: libcurl parses url,
+  ** and rebuilds it, on every exchange. Either way url is set too: libcurl
+  ** keeps the text for what it shows (the effective URL) */
+  SET(CURLOPT_CURLU, x->uh);
   SET(CURLOPT_NOBODY, 0L);
   if (cs->shape == HL_NOBODY) {
     SET(CURLOPT_HTTPGET, 1L);
@@ -142,10 +147,17 @@ void handle_gather(xfer *x, CURLcode code) {
   x->code = code;
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
   curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &x->nconnects);
-  curl_easy_getinfo(x->easy, CURLINFO_HEADER_SIZE, &x->header_size);
-  curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &x->retry_after);
-  curl_easy_getinfo(x->easy, CURLINFO_SSL_VERIFYRESULT, &x->verify_result);
-  curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc);
+  /* the rest only where request.c reads it: a transfer error, an answer
+  ** that is not a 2xx */
+  if (code != CURLE_OK) {
+    curl_easy_getinfo(x->easy, CURLINFO_HEADER_SIZE, &x->header_size);
+    if (code == CURLE_PEER_FAILED_VERIFICATION)
+      curl_easy_getinfo(x->easy, CURLINFO_SSL_VERIFYRESULT, &x->verify_result);
+  }
+  if (x->status < 200 || x->status >= 300) {
+    curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &x->retry_after);
+    curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc);
+  }
   if (loc) x->location = buf_strndup(loc, strlen(loc));
   if (code == CURLE_OK && !x->hdr_done) {     /* closed inside the header block */
     x->code = CURLE_WEIRD_SERVER_REPLY;
@@ -169,7 +181,7 @@ int handle_restart(xfer *x, double now) {
   x->verify_result = 0;
   free(x->location);
   x->location = NULL;
-  x->body.n = 0;
+  x->body.n = x->hdr.n = 0;
   x->overflow = x->hdr_done = 0;
   x->cw.refuse = x->cw.refused = 0;
   if (left <= 0.001) {

@@ -157,9 +157,12 @@ xfer *lane_collect(lane *l) {
     if (m->msg != CURLMSG_DONE) continue;
     curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
     handle_gather(x, code);
-    if (l->warm) {
-      l->home->lane_keep = CURL_SOCKET_BAD;
-      if (x->code == CURLE_OK) curl_easy_getinfo(x->easy, CURLINFO_ACTIVESOCKET, &l->home->lane_keep);
+    if (l->warm) {                            /* the kept connection's socket, or cold */
+      xhome *h = l->home;
+      if (x->code != CURLE_OK)
+        h->lane_keep = CURL_SOCKET_BAD;
+      else if (x->nconnects > 0 || h->lane_keep == CURL_SOCKET_BAD)  /* else it is the one kept */
+        curl_easy_getinfo(x->easy, CURLINFO_ACTIVESOCKET, &h->lane_keep);   /* (a walk of the cache) */
     }
     /* a CONNECT_ONLY handle stays: removing it would close its connection */
     if (!(x->connect_only && x->code == CURLE_OK)) curl_multi_remove_handle(l->multi, x->easy);

@@ -67,12 +67,17 @@ static void link_live(xfer *x, xhome *h) {
 ** its previous exchange). Runs no Lua code.
 */
 int transfer_open(xfer *x, xhome *h, const callspec *cs, const xopts *o) {
+  const char *url = o->url ? o->url : o->url_ref;
   x->url = o->url;
   x->callh = o->callh;
   x->repeatable = cs->repeatable;
   x->max_body = o->max_body;
   x->ca_not_after = o->ca_not_after;
-  if (x->url == NULL || (cs->nh && x->callh == NULL)) return 0;
+  if (url == NULL || (cs->nh && x->callh == NULL)) return 0;
+  if (o->uh) {
+    x->uh_owned = !o->lend_uh;
+    if ((x->uh = o->lend_uh ? o->uh : curl_url_dup(o->uh)) == NULL) return 0;
+  }
   if (cs->has_body) {
     x->post = buf_strndup(cs->body, cs->blen);
     x->postlen = cs->blen;
@@ -82,7 +87,7 @@ int transfer_open(xfer *x, xhome *h, const callspec *cs, const xopts *o) {
   link_live(x, h);
   h->exchanges++;
   x->deadline = clock_now() + (double)o->timeout_ms / 1000.0;
-  x->code = handle_set(x, cs, o->headers, o->timeout_ms);
+  x->code = handle_set(x, cs, url, o->headers, o->timeout_ms);
   if (x->code == CURLE_OK) return 1;
   transfer_close(x);                          /* its handle is not pooled: the exchange did not run */
   return 0;
@@ -389,9 +394,13 @@ void transfer_close(xfer *x) {
   free(x->post);
   free(x->location);
   x->url = x->post = x->location = NULL;
+  if (x->uh_owned) curl_url_cleanup(x->uh);
+  x->uh = NULL;
+  x->uh_owned = 0;
   curl_slist_free_all(x->callh);
   x->callh = NULL;
   buf_free(&x->body);
+  buf_free(&x->hdr);
 }
 
 /*

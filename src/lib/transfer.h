@@ -12,6 +12,11 @@
 /* what transfer_open takes besides the callspec */
 typedef struct xopts {
   char *url;                  /* malloc'd; the exchange keeps it (freed by transfer_close) */
+  const char *url_ref;        /* or the URL lent by the session (url NULL): libcurl copies it */
+  CURLU *uh;                  /* the URL parsed, from the session's cache, or NULL (libcurl parses
+                              ** url itself, ~10k instructions every exchange) */
+  int lend_uh;                /* a blocking exchange (never on the engine thread: the cache cannot
+                              ** change while libcurl reads uh) takes uh as it is; others a copy */
   struct curl_slist *callh;   /* per-call header list or NULL; kept likewise */
   struct curl_slist *headers; /* the list to send: callh or one of the session's */
   long timeout_ms;

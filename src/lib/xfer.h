@@ -46,7 +46,10 @@ typedef struct xfer {
   struct xfer *wprev, *wnext; /* engine mutex: the process's list of exchanges holding a
                               ** descriptor a waiter may watch (efd, pfd), for fork() */
   int watched;                /* engine mutex: on that list */
-  char *url, *post;           /* malloc'd copies */
+  char *url, *post;           /* malloc'd copies (url NULL when the session's cache lent it) */
+  CURLU *uh;                  /* the URL parsed (CURLOPT_CURLU), or NULL: lent by the session's
+                              ** cache to a blocking exchange, else a copy of its own (uh_owned) */
+  int uh_owned;
   size_t postlen;
   struct curl_slist *callh;   /* per-call header list, or NULL */
   double deadline;            /* monotonic seconds */
@@ -62,6 +65,7 @@ typedef struct xfer {
   /* owned by whoever runs the transfer */
   CURL *easy;
   ibuf body;
+  ibuf hdr;                   /* the final response's header block, as it came (status line first) */
   size_t max_body;
   int overflow, head;
   int hdr_done;               /* the final response's header block ended */
