@@ -2,6 +2,8 @@
 -- lines, exit codes, signals.
 local cli = require("spec.helpers.cli")
 local mock = require("spec.helpers.mock")
+local sidecar = require("spec.helpers.sidecar")
+local prom = require("spec.helpers.promparse")
 
 describe("ibkr-session watch", function()
   local gw
@@ -77,5 +79,25 @@ describe("ibkr-session keepalive --push", function()
     p:finish()
     -- the detail is the pushed sts (competing=true alone), not a REST status
     assert.matches("competing %(was ready%): competing=true$", line)
+  end)
+
+  it("exports the channel with --listen: ibkr_push_connected, ibkr_push_reconnects_total", function()
+    local gw <close> = assert(mock.start{ pacing = false, ws_greeting_delay = 0 })
+    local sc = sidecar.start(gw, { "--push" })
+    local function metric(name)
+      local status, _, body = sidecar.get(sc.port, "/metrics")
+      assert.equal(200, status)
+      local fam = prom.parse(body)[name]
+      return fam and fam.samples[1] and fam.samples[1].value
+    end
+    gw:ws_wait(function(w) return w.counters.greeted == 1 end)
+    gw:ws_drop()
+    -- each event line is written in the resume that noted it, before the endpoint can answer
+    sc:event("push", function(d) return d.push == "lost" end)
+    assert.equal(0, metric("ibkr_push_connected"))
+    sc:event("push", function(d) return d.push == "reconnected" end)
+    assert.equal(1, metric("ibkr_push_connected"))
+    assert.equal(1, metric("ibkr_push_reconnects"))
+    sc:stop()
   end)
 end)
