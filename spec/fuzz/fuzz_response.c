@@ -221,8 +221,16 @@ static int l_plug(lua_State *LL) {
 
 /* url(request) -> the URL handed to libcurl for the request's exchange;
 ** hdrs(request) -> its per-call header lines */
+/* the URL the exchange sends: its own copy, or (the session's URL cache lent
+** the text) the parsed URL it holds */
 static int l_url(lua_State *LL) {
   request *r = luaL_checkudata(LL, 1, REQUEST_MT);
+  char *u = NULL;
+  if (r->x.url == NULL && r->x.uh && curl_url_get(r->x.uh, CURLUPART_URL, &u, 0) == CURLUE_OK) {
+    lua_pushstring(LL, u);
+    curl_free(u);
+    return 1;
+  }
   lua_pushstring(LL, r->x.url ? r->x.url : "");
   return 1;
 }
