@@ -336,7 +336,9 @@ static const luaL_Reg ws_meth[] = {
 static const luaL_Reg ws_metameth[] = {
   {"__index", NULL},
   {"__gc", ws_gc},
+#if LUA_VERSION_NUM >= 504
   {"__close", ws_gc},
+#endif
   {"__tostring", ws_tostring},
   {NULL, NULL}
 };
