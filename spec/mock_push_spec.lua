@@ -252,6 +252,21 @@ describe("mock gateway websocket", function()
       assert.same({}, sts_args(c:drain(gw)))
     end)
 
+    it("is pushed when a repaired session relapses (the setting relapse), at its time", function()
+      local c = box.c
+      gw:config({ relapse = 0.2 })
+      gw:set_state("unauthenticated")
+      assert.same({ { authenticated = false } }, sts_args(c:drain(gw)))
+      local init = gw:request("POST", "/v1/api/iserver/auth/ssodh/init", {
+        body = '{"publish":true,"compete":false}', headers = { ["Content-Type"] = "application/json" } })
+      assert.equals(200, init.status)
+      -- 0.2 s later, without a request (heartbeats every 10 s): the relapse, pushed
+      local m = c:until_(function(x) return x.topic == "sts" end)
+      assert.same({ authenticated = false }, m.args)
+      assert.equals("unauthenticated", gw:state().state)
+      assert.equals(1, gw:state().counters.relapses)
+    end)
+
     it("pushes the recovery too with ws_push_recovery", function()
       local c = box.c
       gw:config({ ws_push_recovery = true })
