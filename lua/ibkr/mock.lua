@@ -32,7 +32,7 @@ Options:
                          unauthenticated (default 300; 0 = never)
   --init-delay S         seconds from ssodh/init to ready (default 0.5)
   --reauth-delay S       seconds from reauthenticate to ready (default 0.5)
-  --no-pacing            never answer 429
+  --pacing | --no-pacing answer 429 past IBKR's request rates (default), or never
   --head-timeout S       seconds to complete a request head (default 5)
   --keepalive-timeout S  idle keep-alive connections are closed after S seconds (default 120)
   --parent-pid PID       exit when process PID is gone (for test harnesses)
@@ -53,6 +53,7 @@ Options:
   --oauth2-session-ttl S seconds an SSO session's bearer token lives (default 86400)
   --oauth2-key-bits N    the test client's RSA key size (default 3072)
   -v, --verbose          log connections and requests to stderr
+  -q, --quiet            do not (the default; undoes an earlier -v)
   -h, --help             this text
   --version              print the version
 ]]
