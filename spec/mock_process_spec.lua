@@ -51,6 +51,16 @@ describe("ibkr-mock-gateway command", function()
     assert.equals(0, code)
     assert.matches("Usage: ibkr%-mock%-gateway", out)
     assert.matches("--idle-timeout", out, 1, true)
+    -- every option the command line takes (its tables in lua/ibkr/mock.lua) is in the usage text
+    local f = assert(io.open("lua/ibkr/mock.lua"))
+    local src = f:read("a")
+    f:close()
+    local n = 0
+    for name in src:gmatch('%["(%-%-?[%w-]+)"%] = function') do
+      n = n + 1
+      assert.is_truthy(out:find("%f[%w-]" .. name:gsub("%-", "%%-") .. "%f[^%w-]"), name .. " missing from --help")
+    end
+    assert.is_true(n > 20)
     code, out = run({ "--version" })
     assert.equals(0, code)
     assert.matches("^ibkr%-mock%-gateway %d+%.%d+%.%d+\n$", out)

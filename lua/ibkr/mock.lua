@@ -33,7 +33,7 @@ Options:
                          unauthenticated (default 300; 0 = never)
   --init-delay S         seconds from ssodh/init to ready (default 0.5)
   --reauth-delay S       seconds from reauthenticate to ready (default 0.5)
-  --no-pacing            never answer 429
+  --pacing | --no-pacing answer 429 past IBKR's request rates (default), or never
   --ws-heartbeat S       seconds between the websocket's heartbeats (default 10)
   --ws-greeting-delay S  seconds from a websocket's session to its greeting (default 0.25)
   --ws-max-message N     bytes of a websocket message from a client (default 65536)
@@ -57,6 +57,7 @@ Options:
   --oauth2-session-ttl S seconds an SSO session's bearer token lives (default 86400)
   --oauth2-key-bits N    the test client's RSA key size (default 3072)
   -v, --verbose          log connections and requests to stderr
+  -q, --quiet            do not (the default; undoes an earlier -v)
   -h, --help             this text
   --version              print the version
 ]]
