@@ -44,6 +44,16 @@ describe("ibkr-session's command line", function()
       assert.matches("keepalive", out)
       assert.matches("\n  3   login required", out)
       assert.matches("\n  64  usage error", out)
+      -- every option the parser takes (lua/ibkr/cli/args.lua's table) is in the usage text
+      local f = assert(io.open("lua/ibkr/cli/args.lua"))
+      local n = 0
+      for name in f:read("a"):gmatch('%["(%-%-?[%w-]+)"%] = {') do
+        n = n + 1
+        local word = "%f[%w-]" .. name:gsub("%-", "%%-") .. "%f[^%w-]"
+        assert.is_truthy(out:find(word), name .. " missing from --help")
+      end
+      f:close()
+      assert.is_true(n > 15)
     end
     local rc, out = run{ "--version" }
     assert.equal(0, rc)

@@ -58,7 +58,8 @@ describe("ibkr-mock-gateway command", function()
     local n = 0
     for name in src:gmatch('%["(%-%-?[%w-]+)"%] = function') do
       n = n + 1
-      assert.is_truthy(out:find("%f[%w-]" .. name:gsub("%-", "%%-") .. "%f[^%w-]"), name .. " missing from --help")
+      local word = "%f[%w-]" .. name:gsub("%-", "%%-") .. "%f[^%w-]"
+      assert.is_truthy(out:find(word), name .. " missing from --help")
     end
     assert.is_true(n > 20)
     code, out = run({ "--version" })
