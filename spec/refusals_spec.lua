@@ -145,9 +145,15 @@ describe("a gateway that keeps refusing", function()
     assert.matches("hint: the gateway refuses for pacing %(429, no Retry%-After%): every call of this "
       .. "session waits %d+ s", err)
     assert.equal(1, #m:log()) -- was 3 in 0.5 s
-    rc = cli.run{ "--url", m.url, "--json", "tickle" }
+    local js
+    rc, js = cli.run{ "--url", m.url, "--json", "tickle" }
     assert.equal(1, rc)
     assert.equal(2, #m:log())
+    -- the hold, for a shell loop around the command (it lives in that process only)
+    local e = require("cjson").decode(js).error
+    local base = kinds.REFUSALS.pacing.base
+    assert.is_true(e.hold >= base and e.hold <= base * JIT, e.hold)
+    assert.equal(1, e.refusals)
   end)
 end)
 

@@ -29,7 +29,8 @@ end
 -- The error as a plain table for a JSON line (message bounded).
 function M.plain_error(err)
   local t = {}
-  for _, k in ipairs{ "kind", "status", "method", "path", "retry_after", "curl_code", "data", "state" } do
+  for _, k in ipairs{ "kind", "status", "method", "path", "retry_after", "hold", "refusals", "held",
+                    "curl_code", "data", "state" } do
     t[k] = err[k]
   end
   t.message = err.message ~= nil and cut(err.message, out.MAX_TEXT) or nil
