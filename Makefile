@@ -7,13 +7,14 @@ DEFS       = -D_POSIX_C_SOURCE=200809L
 WARN       = -Wall -Wextra -Werror
 ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(DEFS) $(CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
-LIBS       = -lcurl -lcrypto -pthread -lm
+LIBS       = -lcurl -lcrypto -lwslay -pthread -lm
 # src/*.c face Lua (each registers itself from core.c's mods[]); src/lib/*.c never touch the
-# Lua API (make lint checks it): the engine, the warm lane, transfers, connections, text, buffers
+# Lua API (make lint checks it): the engine, the lanes, transfers, connections, websocket
+# connections, error kinds, text, buffers
 LIB_SRCS   = src/lib/transfer.c src/lib/lane.c src/lib/engine.c src/lib/handle.c src/lib/conn.c \
-             src/lib/text.c src/lib/buf.c
+             src/lib/wsconn.c src/lib/kind.c src/lib/text.c src/lib/buf.c
 SRCS       = src/core.c src/session.c src/request.c src/message.c src/error.c src/json.c src/wire.c \
-             src/signal.c src/oauth.c src/proc.c $(LIB_SRCS)
+             src/signal.c src/oauth.c src/proc.c src/websocket.c $(LIB_SRCS)
 HDRS       = src/ibkr.h $(wildcard src/lib/*.h)
 MODULE     = ibkr/core.so
 VERSION   := $(shell sed -n 's/^return "\(.*\)"$$/\1/p' lua/ibkr/version.lua)
@@ -30,8 +31,10 @@ LUA51      = env -u LUA_PATH -u LUA_CPATH -u LUA_INIT -u LUA_PATH_5_1 -u LUA_CPA
 
 # Debian 12 packages: what the tests need, and what checks/benchmarks add.
 DEPS       = gcc make pkg-config openssl lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson \
-             luarocks libssl-dev lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
+             luarocks libssl-dev libwslay-dev lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
 DEPS      += lua-zlib        # the mock gateway's gzip fault
+DEPS      += lua-luaossl     # the mock gateway's websocket handshake (SHA-1)
+DEPS      += python3-websocket # a second, independent websocket client in the mock's specs
 DEPS      += python3-prometheus-client # the specs read /metrics with a real Prometheus parser
 DEPS_CHECK = valgrind clang libclang-rt-14-dev
 DEPS_BENCH = nginx-light
@@ -129,7 +132,8 @@ help:
 # check-memory  the whole busted suite under ASan+UBSan (module in build/asan, only libasan
 #               preloaded, the mock never), then valgrind memcheck over spec/c/memcheck.lua
 #               (MEMCHECK_CALLS calls covering every error kind; definite/indirect leaks fail)
-#               and over spec/c/oauth_memcheck.lua (OAUTH_ROUNDS rounds of the OAuth crypto)
+#               and over spec/c/oauth_memcheck.lua (OAUTH_ROUNDS rounds of the OAuth crypto) and
+#               spec/c/push_memcheck.lua (PUSH_ROUNDS rounds of the push channel's paths)
 # fuzz          libFuzzer over response handling for FUZZ_TIME seconds (default 30; 600 for a
 #               long run); new inputs go to build/fuzz/new, `make fuzz-merge` minimizes them
 #               into spec/fuzz/corpus
@@ -146,6 +150,7 @@ FUZZER         = build/fuzz/fuzz_response
 FUZZ_TIME     ?= 30
 MEMCHECK_CALLS ?= 10000
 OAUTH_ROUNDS   ?= 20
+PUSH_ROUNDS    ?= 2
 LONGRUN_TICKS ?= 100000
 LUA_CFLAGS     = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LIBASAN        = $(shell gcc -print-file-name=libasan.so)
@@ -161,11 +166,11 @@ LUAENV         = env -u LUA_INIT -u LUA_INIT_5_4 -u LUA_PATH_5_4 -u LUA_CPATH_5_
 VALGRIND       = valgrind -q --fair-sched=yes --leak-check=full --show-leak-kinds=definite,indirect \
                  --errors-for-leak-kinds=definite,indirect --error-exitcode=3 --keep-debuginfo=yes
 
-.PHONY: check check-memory asan valgrind valgrind-oauth fuzz fuzz-merge threads longrun longrun-short
+.PHONY: check check-memory asan valgrind valgrind-oauth valgrind-push fuzz fuzz-merge threads longrun longrun-short
 
 check: test check-memory fuzz threads longrun-short
 
-check-memory: asan valgrind valgrind-oauth
+check-memory: asan valgrind valgrind-oauth valgrind-push
 
 $(ASAN_MODULE): $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
@@ -181,6 +186,10 @@ asan: deps-check $(ASAN_MODULE) $(MODULE)
 valgrind: deps-check $(MODULE)
 	$(LUAENV) LUA_CPATH="./?.so;;" $(VALGRIND) $(LUA) spec/c/memcheck.lua $(MEMCHECK_CALLS)
 
+# the push channel's every path (streams, keep-alive push, the hostile server): PUSH_ROUNDS rounds
+valgrind-push: deps-check $(MODULE)
+	$(LUAENV) LUA_CPATH="./?.so;;" $(VALGRIND) $(LUA) spec/c/push_memcheck.lua $(PUSH_ROUNDS)
+
 # [oauth] every path of src/oauth.c (keys, handshake, signing, refusals) and an OAuth session
 valgrind-oauth: deps-check $(MODULE)
 	$(LUAENV) LUA_CPATH="./?.so;;" $(VALGRIND) $(LUA) spec/c/oauth_memcheck.lua $(OAUTH_ROUNDS)
@@ -188,7 +197,7 @@ valgrind-oauth: deps-check $(MODULE)
 $(FUZZER): spec/fuzz/fuzz_response.c $(SRCS) $(HDRS)
 	@mkdir -p $(dir $@)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(WARN) $(DEFS) \
-	  -D_DEFAULT_SOURCE $(LUA_CFLAGS) -o $@ spec/fuzz/fuzz_response.c -llua5.4 -lcurl -lcrypto -lm -pthread
+	  -D_DEFAULT_SOURCE $(LUA_CFLAGS) -o $@ spec/fuzz/fuzz_response.c -llua5.4 -lcurl -lcrypto -lwslay -lm -pthread
 
 fuzz: deps-check $(FUZZER)
 	@mkdir -p build/fuzz/new build/fuzz/seeds

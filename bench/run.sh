@@ -289,3 +289,23 @@ if [ "$HAVE_IBKR" = yes ] && [ -x bin/ibkr-mock-gateway ]; then
   echo
   taskset -c "$CLIENT_CPU" "$LUA" bench/oauth.lua | tee -a "$OUT/results.md" || echo "bench: oauth figures failed" >&2
 fi
+
+# The push channel (bench/push.lua): pushed state to on_state, the gateway's death to the state
+# change, messages/s and CPU per message, resume times, 100 sessions each with a channel
+if [ "$HAVE_IBKR" = yes ] && [ -x bin/ibkr-mock-gateway ]; then
+  echo
+  (ulimit -n 8192 2>/dev/null || true
+   taskset -c "$CLIENT_CPU" "$LUA" bench/push.lua "${BENCH_PUSH_N:-30}") | tee -a "$OUT/results.md" \
+    || echo "bench: push channel figures failed" >&2
+fi
+# ... and ibind's IbkrWsClient against the same server, when a checkout of it is given (IBIND_DIR;
+# Debian's python3-websocket and python3-requests)
+if [ -n "${IBIND_DIR:-}" ] && [ -x /usr/bin/python3 ]; then
+  M=${BENCH_PUSH_M:-50000}
+  "$LUA" bench/push_server.lua "$M" 200 > "$TMP/push_server.out" &
+  PS_PID=$!
+  i=0; until [ -s "$TMP/push_server.out" ] || [ $i -gt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  taskset -c "$CLIENT_CPU" /usr/bin/python3 bench/ibind_ws.py "http://127.0.0.1:$(head -n 1 "$TMP/push_server.out")/v1/api" \
+    "$M" | tee -a "$OUT/results.md" || echo "bench: ibind figure failed" >&2
+  kill "$PS_PID" 2>/dev/null || true; wait "$PS_PID" 2>/dev/null || true
+fi

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make demo: the keep-alive against the bundled mock gateway (HTTPS, self-signed like the real
 # one). The mock loses the backend connection, expires an idle session, goes competing, logs out,
-# and is killed and restarted; `ibkr-session keepalive` notices each change (one line each on
-# stdout; repairs and errors on stderr) and repairs what can be repaired. Ends by itself (< 1 min).
+# and is killed and restarted; `ibkr-session keepalive --push` notices each change (one line each
+# on stdout; repairs and errors on stderr) the moment the gateway pushes it on its websocket (a
+# drop: "competing=true" is the pushed word, no tickle was needed), confirms it over REST and
+# repairs what can be repaired. Ends by itself (< 1 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # this checkout's modules first, whatever the shell's Lua variables hold (as spec/run does)
@@ -18,15 +20,19 @@ fi
 say() { printf '\n%s── %s%s\n' "$bold" "$*" "$off"; }
 ctl() { "$LUA" examples/mockctl.lua "$ROOT" "$@"; }
 
-# Waits until the keep-alive has printed N state lines in all (it notices each change on its next
-# tickle, every second), then lingers STEP seconds for the watcher. Gives up after 30 s.
+# Waits until the keep-alive's latest state line, a new one, shows STATE (it notices each drop the
+# moment the gateway pushes it -- or at its next tickle, every second, if that comes first -- and
+# each recovery at its next tickle), then lingers STEP seconds for the watcher. Gives up after 30 s.
 seen=0
 expect() {
-  seen=$((seen + $1))
+  local n last
   for _ in $(seq 300); do
-    [ "$(grep -c 'T[0-9:]*Z ' "$tmp/ka.out" 2>/dev/null || true)" -ge "$seen" ] && break
+    n=$(grep -c 'T[0-9:]*Z ' "$tmp/ka.out" 2>/dev/null || true)
+    last=$(grep 'T[0-9:]*Z ' "$tmp/ka.out" 2>/dev/null | tail -n 1 | sed 's/^[^ ]*Z \([a-z_]*\).*/\1/' || true)
+    if [ "$n" -gt "$seen" ] && [ "$last" = "$1" ]; then break; fi
     sleep 0.1
   done
+  seen=$n
   sleep "$STEP"
 }
 
@@ -65,39 +71,39 @@ PORT=$("$LUA" -e 'local socket = require("socket")
   os.exit(1)')
 start_mock --port "$PORT"
 say "A mock IBKR gateway listens on $URL (HTTPS, self-signed certificate)"
-echo "${dim}ibkr-session --url $URL keepalive --interval 1 --compete${off}"
-bin/ibkr-session --url "$URL" keepalive --interval 1 --compete --duration 55 > "$tmp/ka.out" &
+echo "${dim}ibkr-session --url $URL keepalive --interval 1 --compete --push${off}"
+bin/ibkr-session --url "$URL" keepalive --interval 1 --compete --push --duration 55 > "$tmp/ka.out" &
 ka_pid=$!
 tail -n +1 -s 0.1 -f "$tmp/ka.out" --pid "$ka_pid" &   # what the watcher sees
 tail_pid=$!
-expect 1                                     # ready
+expect ready
 
-say "1/5 The gateway loses its connection to IBKR (disconnected): the keep-alive re-initialises it"
+say "1/5 The gateway loses its connection to IBKR (disconnected): pushed at once, then repaired"
 ctl POST /__mock/state '{"state":"disconnected"}'
-expect 2                                     # disconnected, ready
+expect ready                                 # (unauthenticated, disconnected: pushed), ready
 
 say "2/5 The host sleeps 5 s (SIGSTOP): nobody tickles, the gateway expires the idle session"
 kill -STOP "$ka_pid"
 sleep 5
 kill -CONT "$ka_pid"
-expect 2                                     # unauthenticated, ready
+expect ready                                 # unauthenticated (pushed while it slept), ready
 
-say "3/5 The same user logs in elsewhere (competing): with --compete the keep-alive takes it back"
+say "3/5 The same user logs in elsewhere (competing): pushed at once; --compete takes it back"
 ctl POST /__mock/state '{"state":"competing"}'
-expect 2                                     # competing, ready
+expect ready                                 # competing (pushed: competing=true), ready
 
 say "4/5 Logout: no session left — only a browser login helps, so the keep-alive reports and waits"
 ctl POST /v1/api/logout
-expect 1                                     # no_session
+expect no_session                            # (unauthenticated: pushed), no_session (REST: 401)
 say "    ... the user logs in again in the browser"
 ctl POST /__mock/login '{"state":"ready"}'
-expect 1                                     # ready
+expect ready
 
 say "5/5 The gateway process is killed, then restarted on the same port"
 kill -KILL "$mock_pid"; wait "$mock_pid" 2>/dev/null || true
-expect 1                                     # down (retries ride out shorter outages: ~3 s)
+expect down                                  # the channel lost: REST asked at once
 start_mock --port "$PORT"
-expect 1                                     # ready
+expect ready
 
 say "Done: every change was noticed, the repairable ones repaired. Stopping."
 kill "$ka_pid" 2>/dev/null || true

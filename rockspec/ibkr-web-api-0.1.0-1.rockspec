@@ -24,22 +24,25 @@ dependencies = {
 external_dependencies = {
   CURL = { library = "curl" },
   OPENSSL = { library = "crypto" },  -- OAuth 1.0a and 2.0 (src/oauth.c); Debian: libssl-dev
+  WSLAY = { header = "wslay/wslay.h", library = "wslay" }, -- the push channel's framing; Debian: libwslay-dev
 }
 build = {
   type = "builtin",
   modules = {
     ["ibkr.core"] = {
       sources = { "src/core.c", "src/session.c", "src/request.c", "src/message.c", "src/error.c", "src/json.c",
-                  "src/wire.c", "src/signal.c", "src/oauth.c", "src/proc.c",
-                  -- the Lua-free part: engine thread, warm lane, transfers, connections, text, buffers
+                  "src/wire.c", "src/signal.c", "src/oauth.c", "src/proc.c", "src/websocket.c",
+                  -- the Lua-free part: engine thread, lanes, transfers, connections, websocket
+                  -- connections, error kinds, text, buffers
                   "src/lib/transfer.c", "src/lib/lane.c", "src/lib/engine.c", "src/lib/handle.c",
-                  "src/lib/conn.c", "src/lib/text.c", "src/lib/buf.c" },
-      libraries = { "curl", "crypto", "pthread", "m" },
+                  "src/lib/conn.c", "src/lib/wsconn.c", "src/lib/kind.c", "src/lib/text.c", "src/lib/buf.c" },
+      libraries = { "curl", "crypto", "wslay", "pthread", "m" },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(WSLAY_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(WSLAY_LIBDIR)" },
     },
     ["ibkr.call"] = "lua/ibkr/call.lua",
+    ["ibkr.callback"] = "lua/ibkr/callback.lua",
     ["ibkr.check"] = "lua/ibkr/check.lua",
     ["ibkr.cli"] = "lua/ibkr/cli.lua",
     ["ibkr.cli.alert"] = "lua/ibkr/cli/alert.lua",
@@ -53,6 +56,7 @@ build = {
     ["ibkr.cli.listen"] = "lua/ibkr/cli/listen.lua",
     ["ibkr.cli.out"] = "lua/ibkr/cli/out.lua",
     ["ibkr.cli.report"] = "lua/ibkr/cli/report.lua",
+    ["ibkr.cli.watch"] = "lua/ibkr/cli/watch.lua",
     ["ibkr.config_file"] = "lua/ibkr/config_file.lua",
     ["ibkr"] = "lua/ibkr/init.lua",
     ["ibkr.cqueues"] = "lua/ibkr/cqueues.lua",
@@ -65,11 +69,13 @@ build = {
     ["ibkr.oauth"] = "lua/ibkr/oauth.lua",
     ["ibkr.oauth2"] = "lua/ibkr/oauth2.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
+    ["ibkr.push"] = "lua/ibkr/push.lua",
     ["ibkr.repair"] = "lua/ibkr/repair.lua",
     ["ibkr.retry"] = "lua/ibkr/retry.lua",
     ["ibkr.run"] = "lua/ibkr/run.lua",
     ["ibkr.state"] = "lua/ibkr/state.lua",
     ["ibkr.stats"] = "lua/ibkr/stats.lua",
+    ["ibkr.stream"] = "lua/ibkr/stream.lua",
     ["ibkr.trace"] = "lua/ibkr/trace.lua",
     ["ibkr.waiter"] = "lua/ibkr/waiter.lua",
     ["ibkr.version"] = "lua/ibkr/version.lua",

@@ -23,6 +23,7 @@ dependencies = {
   "luasocket >= 3.0",      -- the server and the test helper's client
   "luasec >= 1.0",         -- HTTPS
   "lua-zlib >= 1.1",       -- the gzip fault
+  "luaossl >= 20161208",   -- SHA-1 of the websocket handshake (Debian: lua-luaossl)
 }
 build = {
   type = "builtin",
@@ -37,11 +38,14 @@ build = {
     ["ibkr.mock.oauth2"] = "lua/ibkr/mock/oauth2.lua",
     ["ibkr.mock.pacing"] = "lua/ibkr/mock/pacing.lua",
     ["ibkr.mock.proc"] = "lua/ibkr/mock/proc.lua",
+    ["ibkr.mock.push"] = "lua/ibkr/mock/push.lua",
     ["ibkr.mock.response"] = "lua/ibkr/mock/response.lua",
     ["ibkr.mock.testing"] = "lua/ibkr/mock/testing.lua",
+    ["ibkr.mock.topics"] = "lua/ibkr/mock/topics.lua",
     ["ibkr.mock.net.http"] = "lua/ibkr/mock/net/http.lua",
     ["ibkr.mock.net.server"] = "lua/ibkr/mock/net/server.lua",
     ["ibkr.mock.net.tls"] = "lua/ibkr/mock/net/tls.lua",
+    ["ibkr.mock.net.ws"] = "lua/ibkr/mock/net/ws.lua",
   },
   install = {
     bin = {

@@ -165,7 +165,7 @@ describe("the C module's layout", function()
     assert.are.same(core.kinds, listed)
     assert.are.equal(#core.kinds, #sorted_keys(set(core.kinds)))
     for _, kind in ipairs(core.kinds) do
-      assert.truthy(slurp("src/ibkr.h"):find('X%(%u[%u_]*, "' .. kind .. '"%)'), kind)
+      assert.truthy(slurp("src/lib/kind.h"):find('X%(%u[%u_]*, "' .. kind .. '"%)'), kind)
     end
   end)
 end)

@@ -61,7 +61,7 @@ local RECEIVERS = {
   s = { "session" }, req = { "request" }, pollable = { "request" }, gw = { "testing_mock" },
   m = { "inprocess_mock" }, o = { "oauth_crypto" }, k = { "jwt_key" }, handle = { "driver" },
   driver = { "driver" }, st = { "stream" }, ["s._oauth"] = { "oauth_signer", "oauth2_signer" },
-  p = { "proc" },
+  p = { "proc" }, ws = { "websocket" }, cs = { "core_session" },
 }
 -- core.md's s is ibkr.core's session (it also names the ibkr session's s:request)
 local FILE_RECEIVERS = { ["docs/core.md"] = { s = { "core_session", "session" } } }
@@ -264,6 +264,7 @@ local function build_world()
   o.oauth2_session = W.oauth2:oauth2_session{}
   o.oauth_signer, o.oauth2_signer = o.oauth_session._oauth, o.oauth2_session._oauth
   o.stream = has_method(o.session, "stream") and o.session:stream{ topics = {} } or nil
+  o.websocket = has_method(o.core_session, "websocket") and o.core_session:websocket("/ws") or nil
   W.objects = o
   W.sessions = { o.session, o.oauth_session, o.oauth2_session }
   W.error_fields = provoke_errors(W.plain, W.oauth2)
@@ -272,6 +273,7 @@ end
 local function close_world()
   local o = W.objects or {}
   if o.stream then o.stream:close() end
+  if o.websocket then o.websocket:close() end
   if o.driver then o.driver:stop() end
   if o.request then o.request:close() end
   for _, k in ipairs({ "core_session", "session", "oauth_session", "oauth2_session", "jwt_key",

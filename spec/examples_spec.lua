@@ -107,6 +107,13 @@ describe("make demo", function()
     assert.is_nil(out:find("\27", 1, true), "escape codes written to a pipe")
     local states = {}
     for st in out:gmatch("\n%d%d%d%d%-%d%d%-%d%dT[%d:]+Z ([%a_]+)") do states[#states + 1] = st end
+    -- --push: a drop is told by the gateway's push, then confirmed over REST; when the second-by-
+    -- second tickle happens to tell first, the push's shallower "unauthenticated" (the first of
+    -- its one-field messages) is stale and not reported: it may be missing before these
+    local deeper = { disconnected = true, no_session = true }
+    for i = #states - 1, 1, -1 do
+      if states[i] == "unauthenticated" and deeper[states[i + 1]] then table.remove(states, i) end
+    end
     assert.same({ "ready", "disconnected", "ready", "unauthenticated", "ready", "competing", "ready",
       "no_session", "ready", "down", "ready", "stopped" }, states, out) -- stopped by SIGTERM: the last line
   end)

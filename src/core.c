@@ -7,7 +7,7 @@
 ** mods[] below. A C function implementing `core.name` is named core_name,
 ** in whichever file it lives.
 ** Called by: Lua (require "ibkr.core").
-** Calls: error.c, json.c, wire.c, session.c, request.c, signal.c, oauth.c, proc.c, lib/engine.c.
+** Calls: error.c, json.c, wire.c, session.c, request.c, websocket.c, signal.c, oauth.c, proc.c, lib/engine.c.
 */
 #include <errno.h>
 #include <math.h>
@@ -130,6 +130,7 @@ static const luaL_Reg mods[] = {
   {"wire", wire_open},          /* check_path, check_headers */
   {"session", session_open},    /* new; the ibkr.session class */
   {"request", request_open},    /* the ibkr.request class */
+  {"websocket", websocket_open}, /* s:websocket (after session: it adds to that class); ibkr.websocket */
   {"signal", signal_open},      /* signal_catch, signal_caught, signal_wait */
   {"oauth", oauth_open},        /* oauth (a table); the ibkr.oauth class */
   {"proc", proc_open},          /* spawn; the ibkr.proc class */

@@ -9,7 +9,7 @@
 ** applies it again to each field it prints, so an error a user modified
 ** still prints one line.
 ** Adds to the module: core.error, core.is_error, core.printable, core.kinds.
-** Called by: core.c, request.c, session.c, message.c, json.c.
+** Called by: core.c, request.c, session.c, message.c, json.c, websocket.c.
 ** Calls: lib/text.c.
 */
 #include <string.h>

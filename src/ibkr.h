@@ -23,6 +23,7 @@
 #include "lua.h"
 #include "lauxlib.h"
 
+#include "lib/kind.h"
 #include "lib/transfer.h"
 
 #define IBKR_VERSION "0.1.0"
@@ -32,33 +33,12 @@
 #define SESSION_MT "ibkr.session"
 #define REQUEST_MT "ibkr.request"
 #define ERROR_MT   "ibkr.error"
+#define WEBSOCKET_MT "ibkr.websocket"
 
 #define IBKR_BODY_CUT 4096          /* error objects keep this much of a body */
 #define IBKR_MAX_DEPTH 256          /* JSON nesting accepted by the decoder and the encoder */
 #define IBKR_MSG_MAX 512            /* bytes of an error message before it is cut */
 
-/*
-** The kinds of error the core itself reports, one list (core.kinds; the
-** table in docs/core.md and the Lua layer's registry are checked against
-** it). The Lua layer adds kinds of its own on top.
-*/
-#define IBKR_KINDS(X) \
-  X(CONNECT, "connect")       /* no connection: refused, unreachable, DNS, proxy */ \
-  X(TIMEOUT, "timeout")       /* the exchange's time budget ran out */ \
-  X(TLS, "tls")               /* handshake or certificate */ \
-  X(TOO_LARGE, "too_large")   /* the answer is larger than max_body */ \
-  X(PROTOCOL, "protocol")     /* anything else below HTTP: reset, cut off, garbage */ \
-  X(HTTP, "http")             /* an answer that is not a 2xx */ \
-  X(JSON, "json")             /* a 2xx whose body is not JSON; core.decode */ \
-  X(CLOSED, "closed")         /* the session or the request was closed (or forked) */ \
-  X(BUSY, "busy")             /* req:result() before the end */
-
-enum {
-#define IBKR_KIND_ENUM(id, name) KIND_##id,
-  IBKR_KINDS(IBKR_KIND_ENUM)
-#undef IBKR_KIND_ENUM
-  KIND_COUNT
-};
 
 /* metatable `name` with metamethods and an __index table of methods */
 static inline void ibkr_createmeta(lua_State *L, const char *name, const luaL_Reg *meth,
@@ -127,6 +107,18 @@ int request_outcome(lua_State *L, xfer *x, int methodidx, int pathidx);
 /* ------------------------------------------------------------ the rest */
 
 int session_open(lua_State *L);     /* session.c: core.new and the session class */
+/* session.c: what a part that opens a connection of its own with the session's rules needs */
+typedef struct sparts {
+  const char *base;           /* the base URL, without a trailing '/' */
+  char **uh;                  /* the session's headers, "Name: value" */
+  int nuh;
+  const char *ua;             /* the User-Agent its requests carry */
+  long timeout_ms;
+  CURL *tmpl;                 /* its handle template: TLS, proxy and loopback rules */
+  struct curl_slist *resolve; /* its localhost pins */
+} sparts;
+int session_parts(lua_State *L, int idx, sparts *p);
+int websocket_open(lua_State *L);   /* websocket.c: s:websocket and the websocket class */
 int signal_open(lua_State *L);      /* signal.c: signal_catch, signal_caught, signal_wait */
 
 /* signal.c: whether a signal handler asked the Lua state to stop during a

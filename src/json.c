@@ -20,7 +20,7 @@
 ** It raises (luaL_error) on bad input, so it only runs under lua_pcall.
 ** (Why not cjson's encode: see the encoding half.)
 ** Adds to the module: core.decode, core.encode, core.null, core.empty_array, core.array_mt.
-** Called by: core.c, request.c, wire.c.
+** Called by: core.c, request.c, wire.c, websocket.c.
 ** Calls: error.c, lib/buf.c, lib/text.c.
 */
 #include <float.h>

@@ -8,7 +8,7 @@
 ** gathered (the body, the decoded data, the Location) before any Lua
 ** policy sees the error. It is text extraction, not policy: the states a
 ** status maps to are the Lua layer's.
-** Called by: request.c.
+** Called by: request.c, websocket.c.
 ** Calls: error.c, lib/text.c.
 */
 #include <stdlib.h>

@@ -6,7 +6,7 @@
 ** an error object here, once, then is cached.
 ** Adds to the module: the "ibkr.request" class.
 ** Called by: core.c, session.c.
-** Calls: message.c, json.c, error.c, signal.c, lib/transfer.c.
+** Calls: message.c, json.c, error.c, signal.c, lib/transfer.c, lib/kind.c.
 */
 #include <sched.h>
 #include <string.h>
@@ -56,27 +56,6 @@ struct request *request_push(lua_State *L, int sessidx, int methodidx, int pathi
 
 /* ------------------------------------------------------------ outcomes */
 
-static int kind_of(CURLcode c, int overflow) {
-  switch (c) {
-    case CURLE_COULDNT_RESOLVE_PROXY: case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_CONNECT:
-      return KIND_CONNECT;
-    case CURLE_OPERATION_TIMEDOUT:
-      return KIND_TIMEOUT;
-    case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_ENGINE_NOTFOUND:
-    case CURLE_SSL_ENGINE_SETFAILED: case CURLE_SSL_ENGINE_INITFAILED: case CURLE_SSL_CRL_BADFILE:
-    case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
-    case CURLE_SSL_INVALIDCERTSTATUS: case CURLE_SSL_SHUTDOWN_FAILED: case CURLE_USE_SSL_FAILED:
-      return KIND_TLS;
-    case CURLE_FILESIZE_EXCEEDED:
-      return KIND_TOO_LARGE;
-    case CURLE_WRITE_ERROR:
-      return overflow ? KIND_TOO_LARGE : KIND_PROTOCOL;
-    default:
-      return KIND_PROTOCOL;
-  }
-}
-
 /* the body cut for error objects, plus the decoded body when it is JSON */
 static void add_body(lua_State *L, const xfer *x) {
   size_t n = x->body.n;
@@ -108,7 +87,7 @@ static void add_tls_evidence(lua_State *L, const xfer *x) {
 ** reset before any response byte is marked no_response: nothing of the
 ** request can have been answered, the policy layer may send it again. */
 static int push_transfer_error(lua_State *L, const xfer *x, int methodidx, int pathidx) {
-  int kind = kind_of(x->code, x->overflow);
+  int kind = kind_of_code(x->code, x->overflow);
   char msg[CURL_ERROR_SIZE + 64];
   if (kind == KIND_TOO_LARGE)
     snprintf(msg, sizeof msg, "response body larger than max_body (%lu bytes)", (unsigned long)x->max_body);

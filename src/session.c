@@ -5,7 +5,7 @@
 ** handle (pooled), so calls never wait for each other here. The session
 ** makes each exchange from its configuration (URL, header lists, timeout).
 ** Adds to the module: core.new, the "ibkr.session" class.
-** Called by: core.c.
+** Called by: core.c, websocket.c (session_parts).
 ** Calls: request.c, wire.c, error.c, signal.c, lib/transfer.c, lib/engine.c, lib/buf.c.
 */
 #include <math.h>
@@ -33,6 +33,7 @@ typedef struct sconf {
   long timeout_ms;
   size_t max_body;
   long long ca_not_after;     /* earliest notAfter (epoch s) of the ca_file's certificates, or 0 */
+  char *ua;                   /* the User-Agent sent (a websocket's upgrade is written by websocket.c) */
 } sconf;
 
 /*
@@ -106,9 +107,10 @@ static void session_free(session *s) {
   free(c->uh);
   free(c->base);
   free(c->shown);
+  free(c->ua);
   c->uh = NULL;
   c->nuh = 0;
-  c->base = c->shown = NULL;
+  c->base = c->shown = c->ua = NULL;
   s->closed = 1;
 }
 
@@ -319,8 +321,10 @@ static void set_template(lua_State *L, session *s, const newopts *o, const char 
   if (!set_route(e, &s->home, o, host, port)) luaL_error(L, "cannot set the TLS or proxy options");
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, to_ms(o->ctimeout));
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body);
-  if (curl_easy_setopt(e, CURLOPT_USERAGENT, o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION) != CURLE_OK)
+  const char *ua = o->ua ? o->ua : "lua-ibkr/" IBKR_VERSION;
+  if (curl_easy_setopt(e, CURLOPT_USERAGENT, ua) != CURLE_OK)
     luaL_error(L, "option 'user_agent' is longer than libcurl takes (%d bytes)", URL_MAX);
+  if ((s->conf.ua = buf_strndup(ua, strlen(ua))) == NULL) luaL_error(L, "out of memory");
 }
 
 /*
@@ -494,6 +498,25 @@ static int perform_own(lua_State *L, session *s, const callspec *cs) {
   n = request_outcome(L, x, 2, 3);
   s->own_busy = 0;
   return n < 0 ? lua_error(L) : n;
+}
+
+/*
+** For a part that opens a connection of its own with the session's rules
+** (websocket.c): what it needs of the open session at idx, filled into p
+** (pointers into the session: copy what must outlive it). Returns 1; or 0
+** with nil, err pushed (closed, or opened before fork()). Raises when idx
+** is not a session.
+*/
+int session_parts(lua_State *L, int idx, sparts *p) {
+  session *s = (session *)luaL_checkudata(L, idx, SESSION_MT);
+  if (s->closed || !ours(s)) {
+    error_fail(L, KIND_CLOSED, s->closed ? "session is closed" : "session was opened before fork(): open a new one",
+               0, 0);
+    return 0;
+  }
+  *p = (sparts){ .base = s->conf.base, .uh = s->conf.uh, .nuh = s->conf.nuh, .ua = s->conf.ua,
+                 .timeout_ms = s->conf.timeout_ms, .tmpl = s->home.tmpl, .resolve = s->home.resolve };
+  return 1;
 }
 
 /* s:perform(method, path [, opts]) -- the blocking exchange, in place on

@@ -7,7 +7,7 @@
 ** finalisers on allocation).
 ** Adds to the module: core.check_path, core.check_headers, core.parse_headers
 ** (a response's header block as a table: the Lua layer's meta.headers).
-** Called by: core.c, session.c.
+** Called by: core.c, session.c, websocket.c.
 ** Calls: json.c, lib/text.c, lib/buf.c.
 */
 #include <arpa/inet.h>

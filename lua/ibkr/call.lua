@@ -12,6 +12,7 @@
 --   c:hinted(err) -> err, with its hint
 --   c:stats() -> a new table of counters      c:held(now) -> seconds of a hold left, or nil
 --   c:backoff(now) -> seconds the streak of 5xx calls asks pollers to wait still, or nil
+--   c:websocket(path, sid, max_message) -> the push channel's core websocket, or nil, err
 --   c:close()                                 closes the core session and the signer
 -- How a call waits is decided by a "waiter" (ibkr/waiter.lua).
 -- The C core does every exchange; this file never parses HTTP or JSON.
@@ -216,6 +217,8 @@ end
 --   sign(method, path, copts)           -> copts of this attempt
 --   refused(err, sent)                  -> whether err (to copts `sent`) refused the token: the
 --                                          call then renews and tries once more
+--   websocket_auth()                    -> { query =, headers = } the push channel's upgrade
+--                                          carries, or nil when there is no token to give
 -- One renewal at a time per session: other callers wait for it, each within its own deadline
 -- `limit`. The renewal's exchanges are calls of their own (unsigned: `raw`) bounded by the same
 -- deadline, so each gets the call's timeout or what is left of the deadline, whichever is less.
@@ -459,6 +462,31 @@ function Caller:backoff(now)
   local left = self.server_until and self.server_until - (now or self.clock())
   if left and left > 0 then return left end
   return nil
+end
+
+-- The push channel's websocket to `path` (ibkr/stream.lua, through s:push_socket), authenticated
+-- with the session id `sid` (the /tickle answer's session): with the gateway the cookie
+-- api={"session":"<sid>"} (ibind, bezant); with a signer the cookie api=<sid> and the signer's
+-- credential, which IBKR takes in the upgrade's query (a socket cannot be signed per message:
+-- OAuth 1.0a's oauth_token, OAuth 2.0's bearer_token; ibkrdotnet's StreamingCredential). The
+-- connect and TLS handshake get the session's timeout. Returns the core websocket, or nil, err
+-- (kind "auth": the signer's token is due for renewal, which only a call does).
+function Caller:websocket(path, sid, max_message)
+  if self.closed then return nil, closed_error("GET", path) end
+  local opts = { timeout = self.timeout, max_message = max_message }
+  local o = self.oauth
+  if o then -- [signer]
+    local auth = not o:needs_token(self.clock()) and o:websocket_auth()
+    if not auth then
+      return nil, self:hinted(core.error{ kind = "auth", method = "GET", path = path,
+        message = "no token for the websocket now: the next call renews it" })
+    end
+    opts.query, opts.headers = auth.query, { Cookie = "api=" .. sid }
+    for k, v in pairs(auth.headers or {}) do opts.headers[k] = v end
+  else
+    opts.headers = { Cookie = 'api={"session":"' .. sid .. '"}' }
+  end
+  return self.core:websocket(path, opts)
 end
 
 -- Closes the core session and wipes the signer (its keys and token); idempotent.

@@ -1,6 +1,7 @@
 -- ibkr-session: the command-line client (bin/ibkr-session is a thin launcher of main()).
 -- The reference is docs/cli.md. Files: cli/args.lua (usage, parsing), cli/commands.lua (the
--- one-shot commands), cli/keepalive.lua, cli/drive.lua (runs the work until done, the deadline
+-- one-shot commands), cli/keepalive.lua, cli/watch.lua (the websocket's messages),
+-- cli/drive.lua (runs the work until done, the deadline
 -- or a signal), cli/report.lua (exit codes, descriptions), cli/hints.lua (what to do),
 -- cli/out.lua (printable lines, JSON lines).
 --
@@ -60,7 +61,7 @@ local function session_options(o)
   -- included, and bounds each exchange; `wait`: each exchange at most --timeout (wait_ready's
   -- own timeout is the deadline); keepalive: --timeout bounds each exchange.
   local per = ibkr.DEFAULT_TIMEOUT or 15
-  if o.command == "keepalive" then
+  if o.command == "keepalive" or o.command == "watch" then
     per = o.timeout
   elseif o.command == "wait" then
     per = math.min(o.timeout or M.DEFAULT_WAIT, per)
@@ -190,6 +191,8 @@ function M.main(argv, io_)
       s:close()
       return usage_error(io_, kerr, json) -- --listen: luasocket missing, the address refused
     end
+  elseif o.command == "watch" then
+    code = require("ibkr.cli.watch").run(s, o, io_)
   else
     local r = run_command(s, o, ctx)
     print_report(r, o, io_)

@@ -130,6 +130,9 @@ function M.new(opts)
     -- see s:state(): the last state observed, its detail and when (three fields, not a table: they
     -- change on every session call)
     _obs_state = nil, _obs_detail = nil, _obs_time = nil,
+    _own_sleep = o.sleep ~= nil, -- a sleep of the host's (or a test's): it cannot watch a descriptor
+    _streams = setmetatable({}, { __mode = "k" }), -- stream -> its hooks (s:push_register)
+    _push_sid = nil, -- the latest /tickle answer's session id: the websocket's credential
   }, Session)
   make_waiters(s)
   return s
@@ -182,6 +185,11 @@ end
 --   s:backoff(now)                -> seconds the session's streak of 5xx answers asks repeated
 --                                    attempts (keep-alive, wait_ready) to wait still, or nil
 --   s:sleep(seconds)              blocks with the session's sleep (the `sleep` option)
+--   s:wait_fd(fd, events, seconds) blocks until descriptor fd is ready for events ("r", "rw") or
+--                                    seconds passed, in poll(2); a session with a `sleep` of its
+--                                    own (which cannot watch a descriptor) sleeps with it instead,
+--                                    at most `slice` seconds (its 4th argument) at a time
+--   s:hinted(err)                 -> err with err.hint (the registry's, in the Lua API's words)
 --   s:note_push(connected)        the push channel opened (true) or was lost (false): s:stats()
 
 function Session:now() return self._clock() end
@@ -201,6 +209,7 @@ local function endpoint(self, w, name, compete, cap, timeout, deadline)
   if cap or timeout or deadline then limit, xsecs = c:bounds(timeout, deadline, cap) end
   local res, second = c:run(w, ep[1], ep[2], copts, true, limit, xsecs)
   c:answered(name, res) -- SSO expiry, repair actions (s:stats())
+  if name == "tickle" and type(res) == "table" then self:push_note(res.session) end
   local st, detail = observed(name, res, second)
   if st then observe(self, st, detail) end
   return res, second
@@ -223,6 +232,16 @@ function Session:held(now) return self._call:held(now or self._clock()) end
 function Session:backoff(now) return self._call:backoff(now or self._clock()) end
 
 function Session:sleep(secs) self._sleep(secs) end
+
+function Session:wait_fd(fd, events, secs, slice)
+  if self._own_sleep or fd < 0 then
+    self._sleep(slice and slice < secs and slice or secs)
+  else
+    core.poll({ fd }, secs, { events })
+  end
+end
+
+function Session:hinted(err) return self._call:hinted(err) end
 
 function Session:note_push(connected) self._call:pushed(connected) end
 
@@ -428,6 +447,7 @@ end
 function Session:close()
   if not self._closed then
     self._closed = true
+    for _, hooks in pairs(self._streams) do hooks.close() end -- its push channels first
     self._call:close() -- the core session, and the signer's keys and token [oauth]
   end
 end
@@ -439,6 +459,41 @@ Session.__gc = Session.close
 -- Shows the URL as the core shows it: without the userinfo (credentials) of base_url.
 function Session:__tostring()
   return "ibkr.session (" .. self._shown .. (self._closed and ", closed)" or ")")
+end
+
+------------------------------------------------------------------------------------------------
+-- The push channel (ibkr/stream.lua, docs/push.md) and its interface, used by ibkr/stream.lua and
+-- ibkr/push.lua only (internal but stable; the keep-alive's interface above serves them too):
+--   s:push_note(sid)          records the session id of a /tickle answer (a string the gateway
+--                             sent: kept only when it is a plain token); s:endpoint does for tickles
+--   s:push_session()          -> that id, or nil;  s:push_forget() drops it (a refused upgrade)
+--   s:push_socket(sid, max)   -> a core websocket to base_url .. "/ws" authenticated with session id
+--                                sid as IBKR documents, or nil, err (docs/push.md: "What goes on
+--                                the wire"); max: the websocket's max_message, or nil
+--   s:push_register(st, hooks) st is a stream of the session: hooks.close() when the session
+--                                closes, hooks.announce(msg) for push_announce
+--   s:push_announce(msg)      hands msg to every stream of the session (a keep-alive's
+--                             "authenticated"), which also makes a waiting stream try at once
+
+function Session:stream(opts)
+  local st = require("ibkr.stream").new(self, opts) -- (not a tail call: errors name the caller's line)
+  return st
+end
+
+function Session:push_note(sid)
+  if type(sid) == "string" and #sid <= 256 and sid:match("^[%w%-%._:+/=]+$") then self._push_sid = sid end
+end
+function Session:push_session() return self._push_sid end
+function Session:push_forget() self._push_sid = nil end
+function Session:push_register(st, hooks) self._streams[st] = hooks end
+
+function Session:push_announce(msg)
+  for _, hooks in pairs(self._streams) do hooks.announce(msg) end
+end
+
+function Session:push_socket(sid, max_message)
+  if self._closed then return nil, call.closed_error("GET", "/ws") end
+  return self._call:websocket("/ws", sid, max_message)
 end
 
 function Session:keepalive(opts) return require("ibkr.keepalive").coroutine(self, opts) end

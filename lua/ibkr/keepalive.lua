@@ -17,14 +17,22 @@ local waiter = require("ibkr.waiter")
 local M = {}
 
 local repair = require("ibkr.repair")
+local callback = require("ibkr.callback")
 
 M.MIN_VALIDATE_INTERVAL = 60 -- the gateway allows one /sso/validate per minute
 M.LOOP_SLICE = 1             -- keepalive_loop notices stop()/close() within this many seconds
 
+-- push: true, or the channel's options as s:stream takes them (checked by ibkr/stream.lua, whose
+-- errors point at the caller's line too)
+local function push_option(v)
+  if type(v) == "table" then return require("ibkr.stream").check(v, "s:keepalive: option 'push'") end
+  if type(v) ~= "boolean" then return "a boolean or a table of s:stream's options" end
+end
+
 local OPTS = {
   interval = "number>0", retry_interval = "number>0", init = "boolean", compete = "boolean",
   validate_interval = "number>0", on_state = "function", on_error = "function",
-  on_repair = "function",
+  on_repair = "function", push = push_option,
 }
 local LOOP_OPTS = { sleep = "function" } -- keepalive_loop takes these too
 for k, v in pairs(OPTS) do LOOP_OPTS[k] = v end
@@ -40,7 +48,7 @@ local function options(opts, loop)
     compete = opts.compete == true,
     validate_interval = opts.validate_interval,
     on_state = opts.on_state, on_error = opts.on_error, on_repair = opts.on_repair,
-    sleep = opts.sleep,
+    sleep = opts.sleep, push = opts.push or nil,
   }
   if o.validate_interval and o.validate_interval < M.MIN_VALIDATE_INTERVAL then
     o.validate_interval = M.MIN_VALIDATE_INTERVAL
@@ -49,13 +57,7 @@ local function options(opts, loop)
 end
 
 -- Callbacks: on_state(new, old, detail, why), on_error(err), on_repair(action, status, err).
--- An error raised in a callback is passed to on_error as an error object of kind "callback"
--- (field `callback` = the callback's name, `cause` = what was raised); one raised in on_error
--- itself has nowhere to go and is dropped. Never raises.
--- What a callback raised, as text (check.text): a value whose __tostring raises, yields or
--- returns no string must not make the keep-alive raise.
-local raised_text = check.text
-
+-- What one raises goes to on_error (ibkr/callback.lua). Never raises.
 local function reporter(s, o)
   local r = { current = nil }
   function r.error(err)
@@ -63,14 +65,11 @@ local function reporter(s, o)
   end
   function r.callback(name, ...)
     local f = o[name]
-    if not f then return end
-    local ok, e = pcall(f, ...)
-    if not ok then
-      r.error(core.error{ kind = "callback", callback = name, cause = e,
-        message = "error in " .. name .. ": " .. raised_text(e) })
-    end
+    if f then callback.call(f, name, r.error, ...) end
   end
-  -- `why`: what the gateway said (status fail/message, error message), one line, or nil
+  -- `why`: what the gateway said (status fail/message, error message), one line, or nil.
+  -- A recovery to "ready" (confirmed over REST) is announced on the session's push channels:
+  -- IBKR pushes a drop of authentication, never its recovery.
   function r.state(new, detail)
     s:observe(new, detail)
     if new ~= r.current then
@@ -78,22 +77,27 @@ local function reporter(s, o)
       r.current = new
       local why = core.is_error(detail) and detail.message or state.said(detail)
       r.callback("on_state", new, old, detail, why)
+      if new == "ready" and old ~= nil then
+        s:push_announce{ topic = "ibkr", event = "authenticated", state = new, previous = old,
+          detail = detail }
+      end
     end
   end
   return r
 end
 
--- The state after one tickle: (state, detail), or nil when the answer says nothing new (held
--- back). A tickle answer that carries no status, or that judge() refuses without saying "no
--- session", is followed by /iserver/auth/status.
-local function observe(s, w, rep, alive)
-  local res, err = s:endpoint(w, "tickle")
+-- The state after one tickle (within `deadline`, the session's clock, when given): (state,
+-- detail), or nil when the answer says nothing new (held back). A tickle answer that carries no
+-- status, or that judge() refuses without saying "no session", is followed by
+-- /iserver/auth/status.
+local function observe(s, w, rep, alive, deadline)
+  local res, err = s:endpoint(w, "tickle", nil, deadline)
   if not alive() then return end
   if res ~= nil then
     local st, why = state.of_answer("tickle", res)
     if why then rep.error(state.refusal("POST", "/tickle", res, why)) end
     if st and st ~= "error" then return st, state.tickle_status(res) or res end
-    res, err = s:endpoint(w, "auth_status")
+    res, err = s:endpoint(w, "auth_status", nil, deadline)
     if not alive() then return end
     if res ~= nil then
       st, why = state.of_answer("auth_status", res)
@@ -145,15 +149,17 @@ end
 
 -- Sleeps `pause` seconds, or until the session's hold ends (the gateway's Retry-After, a 429
 -- without one, refused OAuth tokens) or its backoff after 5xx answers, when that is later.
+-- A push channel's news (ibkr/push.lua: w.interrupted) ends the pause at once.
 local function pause_for(s, w, pause, alive)
   local held, backoff = s:held(), s:backoff()
   if held and held > pause then pause = held end
   if backoff and backoff > pause then pause = backoff end
+  local cut = w.interrupted or function() return false end
   if w.chunk then
     -- Inline loop: the host's sleep cannot be interrupted, so sleep in slices and look at
     -- stop()/close() between them (a coroutine just is not resumed again, or closed).
     local wake = s:now() + pause
-    while alive() do
+    while alive() and not cut() do
       local left = wake - s:now()
       if left <= 0 then break end
       w.wait(left < w.chunk and left or w.chunk)
@@ -161,18 +167,21 @@ local function pause_for(s, w, pause, alive)
   else
     w.wait(pause)
   end
+  if w.clear then w.clear() end
 end
 
 -- The loop body. `w` is the waiter (ibkr/call.lua); `alive()` is false once it must end.
-local function run(s, o, w, alive)
+-- `px`: the push channel (ibkr/push.lua), or nil.
+local function run(s, o, w, alive, px)
   local rep = reporter(s, o)
   local sched = repair.new(o.retry_interval)
   local next_validate = o.validate_interval and s:now() + o.validate_interval
   while alive() do
-    local st, detail = observe(s, w, rep, alive)
+    local st, detail = observe(s, w, rep, alive, px and px:probe_deadline())
     if not alive() then return end
     local got_through = st ~= nil -- false: held back (429, Retry-After): retry sooner, state kept
     if st or not rep.current then rep.state(st or "error", detail) end
+    if px then px:start(rep) end -- the channel starts after the first observation (its session id)
     st = rep.current
     -- a repair counts once it sticks: a fall back seen before that is a failed repair
     if st == "ready" then
@@ -201,11 +210,19 @@ local function liveness(s)
   return s:liveness() -- taken now: a stop() before the first resume ends this keep-alive too
 end
 
+-- With push, the loop runs with the channel's waiter; the channel ends with the loop however it
+-- ends (stop, close, coroutine.close: a to-be-closed variable).
+local function run_with(s, o, w, alive, mode)
+  if not o.push then return run(s, o, w, alive) end
+  local px <close> = require("ibkr.push").new(s, w, mode, type(o.push) == "table" and o.push or nil)
+  run(s, o, px.w, alive, px)
+end
+
 function M.coroutine(s, opts)
   local o = options(opts, false)
   local alive = liveness(s)
   local w = waiter.new("yield", alive, stopped_error)
-  return coroutine.create(function() run(s, o, w, alive) end)
+  return coroutine.create(function() run_with(s, o, w, alive, "yield") end)
 end
 
 function M.loop(s, opts)
@@ -217,7 +234,7 @@ function M.loop(s, opts)
   else
     w = waiter.new("block", alive, stopped_error, function(secs) s:sleep(secs) end, M.LOOP_SLICE)
   end
-  run(s, o, w, alive)
+  run_with(s, o, w, alive, o.sleep and "host" or "block")
 end
 
 return M

@@ -101,11 +101,14 @@ end
 --           504): the keep-alive's and wait_ready's next attempts wait (own calls are not held)
 --   token   OAuth: the live session token refused (kind auth): from the second refusal in a row,
 --           token requests are held back (the calls needing one fail at once with kind auth)
+--   push    the push channel lost (closed, refused, silent): the stream's next connect waits
+--           (ibkr/stream.lua; the attempts since the channel was last open)
 M.JITTER = 0.1
 M.REFUSALS = {
   pacing = { base = 60, cap = 600, first = 1, what = "429 without Retry-After" },
   server = { base = 5, cap = 120, first = 1, what = "5xx without Retry-After" },
   token = { base = 30, cap = 600, first = 2, what = "OAuth token refused" },
+  push = { base = 1, cap = 60, first = 1, what = "push channel lost" },
 }
 
 -- The refusal class of an error (a key of M.REFUSALS), or nil.
@@ -300,6 +303,10 @@ local function timeout_hint(err, ctx)
     return state_hint(st, ctx)
   end
   if err.late then return nil end
+  if err.silent then
+    return string.format("nothing came on the gateway's websocket for %g s (it beats every ~10 s): the "
+      .. "gateway may be hung or restarting, or something between drops idle connections", err.silent)
+  end
   return "the gateway did not answer in time: it may be hung or restarting (" .. words(ctx).timeout
     .. " lets the gateway's own answer through)"
 end
@@ -336,6 +343,24 @@ local function auth_hint(err, ctx)
   return nil
 end
 
+-- The gateway ended its websocket (kind hangup): what its close code says (RFC 6455 7.4.1), or
+-- nil when it says nothing clear.
+local function hangup_hint(err)
+  local code = err.close_code
+  if code == 1008 then
+    return "the gateway refused the websocket's session (close 1008): the session id was stale or the "
+      .. "session is gone; the stream tickles for a new one before it reconnects"
+  elseif code == 1001 then
+    return "the gateway is going away (close 1001): it is shutting down or restarting"
+  elseif code == 1000 then
+    return "the gateway ended the websocket (close 1000): a logout, a new login or an expired session "
+      .. "ends it; the stream reconnects"
+  elseif code == nil then
+    return "the connection ended without a close frame: the gateway, or a proxy between, dropped it"
+  end
+  return nil
+end
+
 ------------------------------------------------------------------------------------------------
 -- The kinds
 
@@ -357,7 +382,8 @@ M.KINDS = {
     hint_doc = "nothing answers at the host (or the proxy)",
   },
   timeout = {
-    what = "no answer within the time (the exchange's `timeout`, the call's `deadline`)",
+    what = "no answer within the time (the exchange's `timeout`, the call's `deadline`); a push "
+      .. "channel silent for `heartbeat_timeout` (`silent`)",
     retried = "yes", retryable = always,
     state = function(err)
       if err.state then return err.state end -- a session not ready in time: the last state seen
@@ -367,7 +393,8 @@ M.KINDS = {
     state_doc = "`down`; `err.state` when the session did not become ready in time; none when `late`",
     exit_doc = "2 / per state",
     hint = timeout_hint,
-    hint_doc = "no answer in time; a session that stayed not ready after a repair; none when `late`",
+    hint_doc = "no answer in time; a session that stayed not ready after a repair; a silent websocket; "
+      .. "none when `late`",
   },
   tls = {
     what = "the TLS handshake or the certificate check failed (`verify_result`, `not_after`)",
@@ -409,7 +436,7 @@ M.KINDS = {
     hint_doc = "a web page: the URL is not the API's",
   },
   too_large = {
-    what = "an answer larger than `max_body`",
+    what = "an answer larger than `max_body`; a websocket message larger than `max_message`",
     retried = "no", retryable = never, state = "error", hint_doc = "none",
   },
   rate_limited = {
@@ -423,7 +450,8 @@ M.KINDS = {
     hint_doc = "when to try again",
   },
   closed = {
-    what = "the session was closed (also in the middle of a call), or the keep-alive stopped",
+    what = "the session was closed (also in the middle of a call), the keep-alive stopped, a stream or "
+      .. "a websocket closed here",
     retried = "no", retryable = never, state = nil, hint_doc = "none",
   },
   auth = {
@@ -440,8 +468,21 @@ M.KINDS = {
     retried = "no", retryable = never, state = nil, hint_doc = "none",
   },
   callback = {
-    what = "keep-alive `on_error` only: a callback raised",
+    what = "`on_error` of a keep-alive or a stream only: a callback raised",
     retried = "no", retryable = never, state = nil, hint_doc = "none",
+  },
+  hangup = {
+    what = "push channel: the gateway ended the websocket (its close frame: `close_code`, or the "
+      .. "connection's end without one)",
+    retried = "the stream reconnects (backoff)", retryable = never, state = nil, hint = hangup_hint,
+    hint_doc = "close 1008 (a stale session id), 1001 (going away), 1000 (session ended), no close frame",
+  },
+  not_ready = {
+    what = "push channel: the session is not authenticated (`state`): the stream waits for a repair",
+    retried = "the stream, once the session is ready", retryable = never,
+    state = function(err) return err.state end, state_doc = "`state`", exit_doc = "per state",
+    hint = function(err, ctx) return state_hint(err.state, ctx) end,
+    hint_doc = "as for the state",
   },
 }
 
@@ -486,7 +527,7 @@ end
 -- The docs' table of kinds
 
 M.ORDER = { "connect", "timeout", "tls", "protocol", "http", "json", "too_large", "rate_limited",
-  "closed", "auth", "busy", "callback" }
+  "closed", "auth", "busy", "callback", "hangup", "not_ready" }
 
 -- The rows of docs/ibkr.md's table of kinds, as they must appear there.
 function M.doc_rows()

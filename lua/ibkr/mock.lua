@@ -8,6 +8,7 @@
 -- lua-zlib; luv, when installed, is used only to catch SIGTERM/SIGINT for a graceful exit.
 local server_mod = require("ibkr.mock.net.server")
 local gateway_mod = require("ibkr.mock.gateway")
+local push_mod = require("ibkr.mock.push")
 local control = require("ibkr.mock.control")
 local tls_mod = require("ibkr.mock.net.tls")
 local json = require("ibkr.mock.json")
@@ -33,6 +34,9 @@ Options:
   --init-delay S         seconds from ssodh/init to ready (default 0.5)
   --reauth-delay S       seconds from reauthenticate to ready (default 0.5)
   --pacing | --no-pacing answer 429 past IBKR's request rates (default), or never
+  --ws-heartbeat S       seconds between the websocket's heartbeats (default 10)
+  --ws-greeting-delay S  seconds from a websocket's session to its greeting (default 0.25)
+  --ws-max-message N     bytes of a websocket message from a client (default 65536)
   --head-timeout S       seconds to complete a request head (default 5)
   --keepalive-timeout S  idle keep-alive connections are closed after S seconds (default 120)
   --parent-pid PID       exit when process PID is gone (for test harnesses)
@@ -83,7 +87,8 @@ local OPTIONS = {
   on_ready = "function", oauth = "table", oauth2 = "table",
 }
 
--- Checks opts (raising on a programmer mistake) and returns the server and gateway settings.
+-- Checks opts (raising on a programmer mistake) and returns the gateway, server and websocket
+-- settings.
 local function check_options(opts)
   if type(opts) ~= "table" then
     error("ibkr.mock.new: options must be a table", 3)
@@ -141,7 +146,7 @@ end
 -- it cannot start (port taken, bad certificate). Raises on unknown or ill-typed options.
 function mock.new(opts)
   opts = opts or {}
-  local gconfig, sconfig = check_options(opts)
+  local gconfig, sconfig, pconfig = check_options(opts)
   local m = setmetatable({ tls = opts.tls ~= false, verbose = opts.verbose or false }, Mock)
   local ctx, err = tls_context(opts)
   if m.tls and not ctx then
@@ -167,8 +172,11 @@ function mock.new(opts)
       return control.handle(m, req)
     end
     sopts.log("conn %d: %s %s", req.conn_id, req.method, req.target)
-    -- a bad OAuth signature or bearer: 401; OAuth 2.0's token endpoints answer themselves
-    local refused = m.oauth and m.oauth:handle(req, m.tls) or m.oauth2 and m.oauth2:handle(req)
+    -- a bad OAuth signature or bearer: 401; OAuth 2.0's token endpoints answer themselves. The
+    -- websocket's upgrade is neither signed nor carries the header: ibkr.mock.push checks its
+    -- credential (?oauth_token=, ?bearer_token=) itself
+    local ws = push_mod.PATHS[req.path]
+    local refused = not ws and (m.oauth and m.oauth:handle(req, m.tls) or m.oauth2 and m.oauth2:handle(req))
     return refused or m.gateway:handle(req)
   end
   local srv
@@ -183,6 +191,7 @@ function mock.new(opts)
   m.pid = read_pid()
   m.gateway = gateway_mod.new({ state = opts.state or "ready", config = gconfig, clock = srv.clock,
     root = m.root })
+  m.push = push_mod.new({ gateway = m.gateway, clock = srv.clock, config = pconfig })
   -- OAuth 1.0a and 2.0 modes (ibkr.mock.oauth, ibkr.mock.oauth2; docs/oauth.md)
   for _, mode in ipairs({ "oauth", "oauth2" }) do
     if opts[mode] then
@@ -197,6 +206,7 @@ function mock.new(opts)
       end
     end
   end
+  m.push:authenticate_with(m.oauth, m.oauth2) -- the websocket's ?oauth_token= or ?bearer_token=
   m.initial_server = {}
   for k in pairs(server_mod.defaults) do
     m.initial_server[k] = srv[k]
@@ -215,6 +225,7 @@ function Mock:reset()
     self.server[k] = v
   end
   self.verbose = self.initial_verbose
+  self.push:reset() -- first: every websocket connection ends at once, counters from zero
   self.gateway:reset()
   self.server:release() -- no answer stays held by a fault the reset removed
 end
@@ -342,6 +353,9 @@ local VALUED = {
   ["--idle-timeout"] = function(o, v, name) o.config.idle_timeout = number(name, v) end,
   ["--init-delay"] = function(o, v, name) o.config.init_delay = number(name, v) end,
   ["--reauth-delay"] = function(o, v, name) o.config.reauth_delay = number(name, v) end,
+  ["--ws-heartbeat"] = function(o, v, name) o.config.ws_heartbeat = number(name, v) end,
+  ["--ws-greeting-delay"] = function(o, v, name) o.config.ws_greeting_delay = number(name, v) end,
+  ["--ws-max-message"] = function(o, v, name) o.config.ws_max_message = number(name, v, true) end,
   ["--head-timeout"] = function(o, v, name) o.server.head_timeout = number(name, v) end,
   ["--keepalive-timeout"] = function(o, v, name) o.server.keepalive_timeout = number(name, v) end,
   ["--parent-pid"] = function(o, v, name) o.parent_pid = number(name, v, true) end,
@@ -401,8 +415,8 @@ function mock.parse_args(argv)
   if opts.oauth and opts.oauth2 then
     return nil, "--oauth and --oauth2 exclude each other"
   end
-  for _, k in ipairs({ "head_timeout", "keepalive_timeout" }) do
-    if opts.server[k] == 0 then
+  for _, k in ipairs({ "head_timeout", "keepalive_timeout", "ws_heartbeat", "ws_max_message" }) do
+    if (opts.server[k] or opts.config[k]) == 0 then
       return nil, "--" .. k:gsub("_", "-") .. " must be positive"
     end
   end

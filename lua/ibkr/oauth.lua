@@ -297,6 +297,14 @@ function Signer:refused(err, sent)
   return false
 end
 
+-- What authenticates the push channel (the gateway's websocket) under OAuth 1.0a: IBKR takes the
+-- access token in the upgrade's query (`oauth_token`), with the User-Agent its own OAuth client
+-- sends (ibind; ibkr-conduit's IbkrWebSocketClient; ibkrdotnet's StreamingCredential). The
+-- session's `api` cookie (the /tickle answer's session) is the push channel's own business.
+function Signer:websocket_auth()
+  return { query = { oauth_token = self.access_token }, headers = { ["User-Agent"] = "ClientPortalGW/1" } }
+end
+
 function Signer:close() self._c:close() end
 function Signer:closed() return self._c:closed() end
 function Signer:__tostring() return "ibkr.oauth signer (" .. self.realm .. ")" end

@@ -150,6 +150,23 @@ function M.of_status(st)
   return status_of(st)
 end
 
+-- How far from ready the states of a reachable gateway are: their places in M.STATES (best first:
+-- a competing login, then lost authentication, a lost backend connection, no session at all);
+-- down, tls and error are off that ladder.
+local DEPTH = {}
+for i, st in ipairs(M.STATES) do
+  DEPTH[st] = i
+  if st == "no_session" then break end
+end
+
+-- Whether `new` is worse news than `old` about a reachable gateway: deeper on that ladder, or
+-- `old` unknown or off it (down, tls, error). The push channel tells drops only (IBKR never
+-- pushes a recovery), so a pushed state that is not worse than what REST said is stale.
+function M.worse(new, old)
+  local n, o = DEPTH[new], DEPTH[old]
+  return n ~= nil and (o == nil or n > o)
+end
+
 -- What a failed call's error means is the registry's (ibkr/kinds.lua): these are its answers.
 -- is_login_redirect(err): a redirect to the gateway's SSO login pages (only a browser login helps).
 -- says_wait(err): the gateway (or a Retry-After hold) saying "not now": a 429, a 503 with

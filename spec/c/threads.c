@@ -9,8 +9,10 @@
 **    CALLS calls (tickle / auth_status / sso_validate blocking, and tickle as a cooperative call,
 **    whose transfer runs on the module's worker thread), one error call, requests aborted while
 **    their worker runs (request closed, session closed, keep-alive closed), the same in a
-**    session's warm lane (the exchange on the thread itself), and closes. Every call must succeed. Run it under TSan (module built with -fsanitize=thread)
-**    or helgrind.
+**    session's warm lane (the exchange on the thread itself), a push stream (connected by the
+**    worker thread, then read and written on its own thread; one closed while it connects, one
+**    collected), and closes. Every call must succeed. Run it under TSan (module built with
+**    -fsanitize=thread) or helgrind.
 ** Exit 0 when every call of every thread succeeded.
 ** LUA_PATH / LUA_CPATH as usual select the Lua layer and the module build.
 */
@@ -97,6 +99,18 @@ static const char thread_chunk[] =
   "local rw2 = w:start('POST', '/tickle', {repeatable = true}); rw2:close()\n"
   "local rw3 = w:start('POST', '/tickle', {repeatable = true}); w:close()\n"
   "assert(rw3:step() and select(2, rw3:result()).kind == 'closed')\n"
+  /* the push channel: a websocket connected by the engine thread, then read and written on this
+  ** one; one closed while the engine connects it; one dropped to the GC */
+  "local got = {}\n"
+  "local st = c:stream{ topics = { 'sor+{}' }, tic_interval = 0.01, on_message = function(m) got[#got + 1] = m.topic end }\n"
+  "local stopper = coroutine.create(function()\n"
+  "  local seen = {}\n"
+  "  while not (seen.sor and seen.tic) do for _, t in ipairs(got) do seen[t] = true end; coroutine.yield(0.001) end\n"
+  "  st:close()\n"
+  "end)\n"
+  "assert(ibkr.run({ st, stopper }, { duration = 60 }), 'the stream never got its answers')\n"
+  "local st2 = c:stream{}; coroutine.resume(st2:coroutine()); coroutine.resume(st2:coroutine()); st2:close()\n"
+  "local ws = core.new{ base_url = url }:websocket('/ws'); ws:step(); ws = nil; collectgarbage()\n"
   "local ka = c:keepalive{ interval = 0.01 }\n"
   "local _, _, inflight = assert(coroutine.resume(ka)); assert(coroutine.close(ka))\n"
   "assert(inflight == nil or (inflight:done() and inflight:pollfd() == -1))\n"

@@ -27,6 +27,12 @@
 **           name, header value, query key, query value; s:start must either
 **           raise a programmer error or build a URL and header lines without
 **           CR, LF, NUL, space or control characters
+**   mode 5  (byte 0 >= 0xF0) websocket frames: the server answers the
+**           upgrade with a correct 101, then sends data as it is (frames, or
+**           anything) and ends the connection; a websocket (max_message 64 bytes
+**           or 1 MiB, by param) is stepped until closed: every message read
+**           must be a table, the close reason an error object of a documented
+**           kind, nothing left in flight, within 5 s
 */
 #define _GNU_SOURCE                  /* dladdr, in lib/engine.c */
 #include <stdint.h>
@@ -44,6 +50,8 @@
 #include "../../src/lib/lane.c"
 #include "../../src/lib/engine.c"
 #include "../../src/lib/transfer.c"
+#include "../../src/lib/kind.c"
+#include "../../src/lib/wsconn.c"
 #include "../../src/error.c"
 #include "../../src/message.c"
 #include "../../src/json.c"
@@ -52,6 +60,7 @@
 #include "../../src/session.c"
 #include "../../src/signal.c"
 #include "../../src/oauth.c"  /* [oauth] core.c registers it */
+#include "../../src/websocket.c"
 #include "../../src/core.c"
 #include "../../src/proc.c"   /* core.spawn: core.c registers it */
 
@@ -72,6 +81,7 @@ static pthread_mutex_t pay_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint8_t *pay;
 static size_t pay_n;
 static int pay_keep;                   /* mode 4: parts served one per request head */
+static int pay_ws;                     /* mode 5: a 101 to the upgrade, then the payload */
 static size_t part_off[5];             /* mode 4: part i is pay[part_off[i] .. part_off[i+1]-1] */
 static int nparts, next_part;
 
@@ -92,6 +102,28 @@ static void send_all(int c, const uint8_t *p, size_t n) {
     if (w <= 0) break;
     off += (size_t)w;
   }
+}
+
+/* mode 5 on connection c: reads the upgrade, answers 101 with the accept of
+** its key, then sends the payload as it is */
+static void serve_ws(int c, const uint8_t *p, size_t n) {
+  char head[4096], resp[256], cat[128], acc[64];
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned mdlen = 0;
+  size_t got = 0;
+  const char *k, *e;
+  while (got < sizeof head - 1 && recv(c, head + got, 1, 0) == 1)
+    if (++got >= 4 && memcmp(head + got - 4, "\r\n\r\n", 4) == 0) break;
+  head[got] = '\0';
+  if ((k = strstr(head, "Sec-WebSocket-Key: ")) == NULL || (e = strstr(k, "\r\n")) == NULL) return;
+  k += 19;
+  snprintf(cat, sizeof cat, "%.*s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", (int)(e - k), k);
+  EVP_Digest(cat, strlen(cat), md, &mdlen, EVP_sha1(), NULL);
+  EVP_EncodeBlock((unsigned char *)acc, md, (int)mdlen);
+  snprintf(resp, sizeof resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", acc);
+  send_all(c, (const uint8_t *)resp, strlen(resp));
+  send_all(c, p, n);
 }
 
 /* mode 4 on connection c: a part per request head while parts are left */
@@ -121,11 +153,23 @@ static void *serve(void *ud) {
   static uint8_t out[1 << 17];
   for (;;) {
     size_t n;
-    int c = accept(lfd, NULL, NULL), keep;
+    int c = accept(lfd, NULL, NULL), keep, ws;
     if (c < 0) continue;
     pthread_mutex_lock(&pay_mu);
     keep = pay_keep;
+    ws = pay_ws;
     pthread_mutex_unlock(&pay_mu);
+    if (ws) {
+      pthread_mutex_lock(&pay_mu);
+      n = pay ? (pay_n < sizeof out ? pay_n : sizeof out) : 0;
+      if (n) memcpy(out, pay, n);
+      pthread_mutex_unlock(&pay_mu);
+      serve_ws(c, out, n);
+      shutdown(c, SHUT_WR);
+      while (recv(c, sink, sizeof sink, 0) > 0) {}
+      close(c);
+      continue;
+    }
     if (keep) {
       serve_keep(c);
       shutdown(c, SHUT_WR);
@@ -282,6 +326,36 @@ static const char driver[] =
   "  assert(not s:busy(), 'a request left in flight')\n"
   "  s:close()\n"
   "end\n"
+  "function M.ws(max)\n"
+  "  local s = core.new{ base_url = 'http://127.0.0.1:9/v1/api', timeout = 5 }\n"
+  "  plug(s)\n"
+  "  local ws = s:websocket('/ws', { max_message = max })\n"
+  "  local limit = core.monotonic() + 5\n"
+  "  while true do\n"
+  "    local more = ws:step()\n"
+  "    while true do\n"
+  "      local m = ws:read()\n"
+  "      if m == nil then break end\n"
+  "      assert(type(m) == 'table', 'a message that is not a table')\n"
+  "      walk(m, 0)\n"
+  "    end\n"
+  "    local st, err = ws:state()\n"
+  "    if st == 'closed' then\n"
+  "      assert(core.is_error(err), 'closed without a reason')\n"
+  "      assert(KINDS[err.kind] or err.kind == 'closed', 'undocumented kind ' .. tostring(err.kind))\n"
+  "      assert(type(err.message) == 'string' and type(tostring(err)) == 'string')\n"
+  "      break\n"
+  "    end\n"
+  "    assert(core.monotonic() < limit, 'the websocket never ended')\n"
+  "    if not more then\n"
+  "      local fd = ws:pollfd()\n"
+  "      if fd >= 0 then core.poll({ fd }, 0.05, { ws:events() }) else core.sleep(0.001) end\n"
+  "    end\n"
+  "  end\n"
+  "  assert(ws:info().queued == 0, 'messages left unread')\n"
+  "  ws:close()\n"
+  "  s:close()\n"
+  "end\n"
   "local s_build = core.new{ base_url = 'http://127.0.0.1:9/v1/api' }\n"
   "function M.build(path, hn, hv, qk, qv)\n"
   "  local ok, req = pcall(s_build.start, s_build, 'GET', path,\n"
@@ -402,6 +476,21 @@ static void mode_keep(unsigned param, const uint8_t *d, size_t n) {
   pthread_mutex_unlock(&pay_mu);
 }
 
+static void mode_ws(unsigned param, const uint8_t *d, size_t n) {
+  pthread_mutex_lock(&pay_mu);
+  pay = (uint8_t *)d;
+  pay_n = n;
+  pay_ws = 1;
+  pthread_mutex_unlock(&pay_mu);
+  lua_pushinteger(L, (param & 1) ? 64 : 1 << 20);
+  call("ws", 1);
+  pthread_mutex_lock(&pay_mu);
+  pay = NULL;
+  pay_n = 0;
+  pay_ws = 0;
+  pthread_mutex_unlock(&pay_mu);
+}
+
 static void mode_build(const uint8_t *d, size_t n) {
   const uint8_t *p = d, *end = d + n;
   for (int i = 0; i < 5; i++) {
@@ -416,7 +505,7 @@ static void mode_build(const uint8_t *d, size_t n) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   unsigned mode, param;
   if (size < 2) return 0;
-  mode = data[0] % 5;
+  mode = data[0] >= 0xF0 ? 5 : data[0] % 5;
   param = data[1];
   data += 2;
   size -= 2;
@@ -429,6 +518,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 2: mode_exchange(param, data, size); break;
     case 3: mode_build(data, size); break;
     case 4: mode_keep(param, data, size); break;
+    case 5: mode_ws(param, data, size); break;
   }
   lua_settop(L, 0);
   return 0;

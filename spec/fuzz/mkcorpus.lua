@@ -124,4 +124,28 @@ for i, parts in ipairs{
 } do
   seed(4, i * 7, table.concat(parts, "\xfe"))
 end
+-- mode 5 (byte 0 >= 0xF0): what a gateway sends on its websocket after the 101
+local function frame(op, payload, fin, len)
+  len = len or #payload
+  local b1 = (fin == false and 0 or 0x80) | op
+  if len < 126 then return string.char(b1, len) .. payload end
+  if len < 65536 then return string.pack(">BBI2", b1, 126, len) .. payload end
+  return string.pack(">BBI8", b1, 127, len) .. payload
+end
+local greeting = '{"topic":"system","success":"user1","isFT":false,"isPaper":true}'
+for i, w in ipairs{
+  frame(1, greeting) .. frame(1, '{"topic":"sts","args":{"authenticated":false}}'),
+  frame(2, '{"topic":"act","args":{"accounts":["U1"]}}') .. frame(1, "not json") .. frame(1, "[1,null]"),
+  frame(1, '{"topic":"smd",', false) .. frame(9, "ping") .. frame(0, '"31":"1.5"}'),
+  frame(1, "a", false) .. frame(1, "b"),                    -- a new message inside one
+  frame(8, string.pack(">I2", 4000) .. "bye"),
+  frame(8, "\3"),
+  frame(1, "x", true, 100 * 1024 * 1024),
+  string.char(0x81, 0x84, 1, 2, 3, 4) .. "abcd",            -- masked
+  frame(1, "\xff\xfe"),
+  frame(9, string.rep("p", 126)),
+  frame(1, string.rep("z", 70000)):sub(1, 3000),
+} do
+  seed(0xF0, i % 2, w)
+end
 print(n .. " seeds in " .. dir)

@@ -1,7 +1,7 @@
 /*
 ** buf.c -- byte buffers owned by C (buf.h). libcurl's callbacks fill them
 ** while no Lua code may run, so they are never luaL_Buffers.
-** Called by: session.c, json.c, wire.c, lib/transfer.c, lib/handle.c.
+** Called by: session.c, json.c, wire.c, websocket.c, lib/transfer.c, lib/handle.c, lib/wsconn.c.
 ** Calls: nothing of ours.
 ** Lua-free, like every file in src/lib/.
 */

@@ -19,7 +19,7 @@
 ** Two more duties ride on the same callbacks: an exchange may forbid new
 ** sockets (the warm lane's, on the Lua thread: no connect, no handshake
 ** there), and a lane learns when its kept connection's socket is closed.
-** Called by: lib/handle.c, lib/engine.c, lib/transfer.c; then libcurl, on any thread.
+** Called by: lib/handle.c, lib/engine.c, lib/transfer.c, lib/wsconn.c; then libcurl, on any thread.
 ** Calls: nothing of ours.
 ** Lua-free, like every file in src/lib/.
 */

@@ -2,8 +2,12 @@
 ** engine.c -- the engine thread: one for the whole process, driving the
 ** lanes that hold exchanges for it -- a session's warm lane lent to it for
 ** an exchange that needs a new connection, a session's far lane for every
-** other non-blocking exchange -- and making each exchange's completion
-** descriptor readable when it ends. Also the process-wide duties that come
+** other non-blocking exchange, a websocket's own far lane for its connect
+** -- and making each exchange's completion descriptor readable when it
+** ends; and ending the connections handed over to it (a closed websocket's:
+** it waits a little for the peer to end them, then frees them here, where
+** the 1-2 ms of a verified TLS connection's close hold up no host). Also
+** the process-wide duties that come
 ** with a thread: libcurl's global init, stopping the thread at exit(), and
 ** parking it around fork(), after which the parent's exchanges have ended
 ** in the child and every descriptor a waiter may watch is readable there.
@@ -15,8 +19,9 @@
 ** not one multi handle of its own: a session's connections must close with
 ** the session, and a multi handle's connection cache cannot close those of
 ** one session alone. The engine thread never touches a lua_State or a
-** session: only xfers, and the lanes it drives.
-** Called by: core.c, session.c, lib/transfer.c.
+** session: only xfers, the lanes it drives, and the connections handed
+** over to it.
+** Called by: core.c, session.c, lib/transfer.c, lib/wsconn.c.
 ** Calls: lib/lane.c, lib/conn.c.
 ** Lua-free, like every file in src/lib/.
 */
@@ -41,6 +46,18 @@
 #include "engine.h"
 #include "lane.h"
 
+/* a connection handed over to be ended here (engine_retire): its handle,
+** the multi handle it lives in, its socket (watched until the peer ends the
+** connection) and when to stop waiting for that */
+typedef struct retired {
+  struct retired *next;
+  CURL *easy;
+  CURLM *multi;
+  curl_socket_t fd;
+  double until;
+  int slot;                   /* its place in waitfd during the engine's wait, or 0: not watched */
+} retired;
+
 static struct engine {
   pthread_mutex_t mu;         /* guards everything up to `watched`, and every submitted xfer's state */
   pthread_cond_t cv;          /* a cancel was handled; the engine parked or was let go */
@@ -48,6 +65,7 @@ static struct engine {
   int running, stopping;
   int park, parked;           /* fork(): asked to wait outside libcurl; waiting so */
   xfer *addq, *cancelq;
+  retired *retireq;           /* handed over, not yet taken */
   unsigned gen;               /* bumped in a forked child: older xfers are dead there */
   int wake[2];                /* a write to wake[1] ends the engine's wait (the same eventfd on Linux) */
   xfer *watched;              /* every xfer holding a descriptor a waiter may watch */
@@ -55,6 +73,7 @@ static struct engine {
   /* the engine thread's alone: the lanes it drives, and their sockets as it
   ** polls them (waitfd[0] is wake[0]); waitlane[i] is the lane of waitfd[i] */
   lane *lanes;
+  retired *lingering;         /* connections waiting for their peer to end them */
   struct pollfd *waitfd;
   lane **waitlane;
   int waitcap;
@@ -194,29 +213,50 @@ static void engine_take(void) {
     }
     x->cancel = 0;
   }
+  while (engine.retireq) {
+    retired *r = engine.retireq;
+    engine.retireq = r->next;
+    r->next = engine.lingering;
+    engine.lingering = r;
+  }
   pthread_cond_broadcast(&engine.cv);
 }
 
-/* the wake-up descriptor and every socket of the lanes driven, into waitfd
-** (waitlane says whose); returns how many; *ms lowered to the earliest timer */
+/* room for `need` entries in waitfd and waitlane; 0 when out of memory */
+static int wait_room(int need) {
+  if (need <= engine.waitcap) return 1;
+  int cap = need * 2;
+  struct pollfd *p = realloc(engine.waitfd, sizeof *p * (size_t)cap);
+  lane **q = p ? realloc(engine.waitlane, sizeof *q * (size_t)cap) : NULL;
+  if (p) engine.waitfd = p;
+  if (q) engine.waitlane = q, engine.waitcap = cap;
+  return q != NULL;
+}
+
+/* the wake-up descriptor, every socket of the lanes driven and of the
+** lingering connections, into waitfd (waitlane says whose: NULL for a
+** lingering one); returns how many; *ms lowered to the earliest timer */
 static int lanes_fds(int *ms) {
   int n = 1;
   double now = clock_now();
   engine.waitfd[0] = (struct pollfd){ .fd = engine.wake[0], .events = POLLIN };
   for (lane *l = engine.lanes; l; l = l->next) {
-    if (n + l->nsock > engine.waitcap) {
-      int cap = (n + l->nsock) * 2;
-      struct pollfd *p = realloc(engine.waitfd, sizeof *p * (size_t)cap);
-      lane **q = p ? realloc(engine.waitlane, sizeof *q * (size_t)cap) : NULL;
-      if (p) engine.waitfd = p;
-      if (q) engine.waitlane = q, engine.waitcap = cap;
-      if (q == NULL) {                        /* out of memory: look again soon */
-        *ms = 1;
-        break;
-      }
+    if (!wait_room(n + l->nsock)) {           /* out of memory: look again soon */
+      *ms = 1;
+      break;
     }
     for (int k = lane_pollfds(l, engine.waitfd + n, l->nsock); k > 0; k--) engine.waitlane[n++] = l;
     *ms = lane_ms(l, now, *ms);
+  }
+  for (retired *r = engine.lingering; r; r = r->next) {
+    double left = (r->until - now) * 1000;
+    r->slot = 0;
+    if (r->fd != CURL_SOCKET_BAD && wait_room(n + 1)) {
+      engine.waitfd[n] = (struct pollfd){ .fd = r->fd, .events = POLLIN };
+      engine.waitlane[n] = NULL;
+      r->slot = n++;
+    }
+    if (left < *ms) *ms = left <= 0 ? 0 : (int)left + 1;
   }
   return n;
 }
@@ -245,6 +285,38 @@ static void lanes_run(int n) {
       mark_done(ended);                       /* the last touch of it, and of l when it left */
     }
     pthread_mutex_unlock(&engine.mu);
+  }
+}
+
+/* whether r's peer ended the connection: what arrived is read and dropped
+** (a close frame's echo), until the end of the stream or an error; a peer
+** that keeps sending is cut off at the deadline */
+static int peer_ended(retired *r) {
+  char buf[16384];
+  for (int i = 0; i < 16; i++) {
+    size_t got = 0;
+    CURLcode rc = curl_easy_recv(r->easy, buf, sizeof buf, &got);
+    if (rc == CURLE_AGAIN) return 0;
+    if (rc != CURLE_OK || got == 0) return 1;
+  }
+  return 0;
+}
+
+/* after the wait: each lingering connection whose peer ended it, or whose
+** time is up, is freed (its TLS state, a verified one's CA store) */
+static void linger_run(int n) {
+  double now = clock_now();
+  for (retired **p = &engine.lingering; *p;) {
+    retired *r = *p;
+    int seen = r->slot > 0 && r->slot < n && engine.waitfd[r->slot].revents;
+    if ((seen && peer_ended(r)) || now >= r->until || r->fd == CURL_SOCKET_BAD) {
+      *p = r->next;
+      curl_easy_cleanup(r->easy);
+      if (r->multi) curl_multi_cleanup(r->multi);
+      free(r);
+    } else {
+      p = &r->next;
+    }
   }
 }
 
@@ -283,6 +355,7 @@ static void *engine_main(void *ud) {
     pthread_mutex_unlock(&engine.mu);
     n = engine_wait();
     lanes_run(n);
+    linger_run(n);
     pthread_mutex_lock(&engine.mu);
   }
   engine.running = 0;
@@ -363,6 +436,7 @@ static void fork_child(void) {
   engine.running = engine.stopping = engine.park = engine.parked = 0;
   engine.addq = engine.cancelq = NULL;
   engine.lanes = NULL;
+  engine.retireq = engine.lingering = NULL;   /* the parent's connections: never touched here */
   engine.gen++;
   for (xfer *x = engine.watched; x && engine.ready >= 0; x = x->wnext) {
     if (x->efd >= 0) conn_replace(x->efd, engine.ready);
@@ -502,4 +576,31 @@ void engine_cancel(xfer *x) {
   }
   pthread_mutex_unlock(&engine.mu);
   x->submitted = 0;
+}
+
+/*
+** Hand a connection over to be ended on the engine thread: easy handle e,
+** the multi handle m it lives in (callbacks unset: lane_release), its
+** socket fd. The engine waits up to `linger` seconds for the peer to end
+** the connection, then frees e and m. Returns 0 when it cannot take them
+** (out of memory, no thread): the caller frees them.
+*/
+int engine_retire(CURL *e, CURLM *m, curl_socket_t fd, double linger) {
+  retired *r = malloc(sizeof *r);
+  int ok;
+  if (r == NULL) return 0;
+  *r = (retired){ .easy = e, .multi = m, .fd = fd, .until = clock_now() + linger };
+  pthread_mutex_lock(&engine.mu);
+  ok = engine_start();
+  if (ok) {
+    r->next = engine.retireq;
+    engine.retireq = r;
+  }
+  pthread_mutex_unlock(&engine.mu);
+  if (!ok) {
+    free(r);
+    return 0;
+  }
+  wake();
+  return 1;
 }

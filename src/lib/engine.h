@@ -17,5 +17,6 @@ int engine_state(xfer *x);
 void engine_cancel(xfer *x);
 void engine_watch(xfer *x);
 void engine_unwatch(xfer *x);
+int engine_retire(CURL *e, CURLM *m, curl_socket_t fd, double linger);
 
 #endif

@@ -119,6 +119,17 @@ CURLcode handle_set(xfer *x, const callspec *cs, const char *url, struct curl_sl
   x->fresh = (int)fresh;
   SET(CURLOPT_FRESH_CONNECT, fresh);
   SET(CURLOPT_FORBID_REUSE, fresh);
+#undef SET
+  return c == CURLE_OK ? handle_bind(x, timeout_ms) : c;
+}
+
+/* x's handle reports to x (its callbacks' data, the error buffer, the
+** sockets it opens) and gets timeout_ms; the first option libcurl refused,
+** or CURLE_OK */
+CURLcode handle_bind(xfer *x, long timeout_ms) {
+  CURL *e = x->easy;
+  CURLcode c = CURLE_OK;
+#define SET(opt, val) if (c == CURLE_OK) c = curl_easy_setopt(e, opt, val)
   SET(CURLOPT_TIMEOUT_MS, timeout_ms);
   SET(CURLOPT_PRIVATE, (void *)x);
   SET(CURLOPT_WRITEDATA, (void *)x);

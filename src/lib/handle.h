@@ -11,6 +11,7 @@
 CURL *handle_template(char *err, size_t errlen);
 int handle_take(xfer *x, xhome *h);
 CURLcode handle_set(xfer *x, const callspec *cs, const char *url, struct curl_slist *hl, long timeout_ms);
+CURLcode handle_bind(xfer *x, long timeout_ms);
 void handle_gather(xfer *x, CURLcode code);
 int handle_restart(xfer *x, double now);
 void handle_give(xfer *x, xhome *h);

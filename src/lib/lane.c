@@ -164,7 +164,8 @@ xfer *lane_collect(lane *l) {
       else if (x->nconnects > 0 || h->lane_keep == CURL_SOCKET_BAD)  /* else it is the one kept */
         curl_easy_getinfo(x->easy, CURLINFO_ACTIVESOCKET, &h->lane_keep);   /* (a walk of the cache) */
     }
-    curl_multi_remove_handle(l->multi, x->easy);
+    /* a CONNECT_ONLY handle stays: removing it would close its connection */
+    if (!(x->connect_only && x->code == CURLE_OK)) curl_multi_remove_handle(l->multi, x->easy);
     return x;
   }
   return NULL;
@@ -219,6 +220,23 @@ curl_socket_t lane_socket(const lane *l, const char **events) {
 void lane_drop(lane *l, xfer *x) {
   curl_multi_remove_handle(l->multi, x->easy);
   if (l->warm) l->home->lane_keep = CURL_SOCKET_BAD;
+}
+
+/* l's multi handle, taken out of l (which is empty again) with its
+** callbacks gone, so it can be freed on another thread after l is; NULL
+** when l has none */
+CURLM *lane_release(lane *l) {
+  CURLM *m = l->multi;
+  if (m) {
+    curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, NULL);
+    curl_multi_setopt(m, CURLMOPT_SOCKETDATA, NULL);
+    curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, NULL);
+    curl_multi_setopt(m, CURLMOPT_TIMERDATA, NULL);
+  }
+  l->multi = NULL;
+  free(l->sock);
+  lane_init(l, l->home, l->warm);
+  return m;
 }
 
 /* the session closes: the lane and its connections go (in a forked child

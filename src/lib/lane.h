@@ -26,6 +26,7 @@ int lane_pollfds(const lane *l, struct pollfd *p, int room);
 int lane_ms(const lane *l, double now, int ms);
 curl_socket_t lane_socket(const lane *l, const char **events);
 void lane_drop(lane *l, xfer *x);
+CURLM *lane_release(lane *l);
 void lane_close(lane *l, int forked);
 
 #endif

@@ -9,7 +9,7 @@
 ** exchange ends leaves that descriptor readable, so every waiter wakes.
 ** Why blocking calls stay in place: a hand-over to another thread costs
 ** more than the exchange on loopback.
-** Called by: session.c, request.c.
+** Called by: session.c, request.c, lib/wsconn.c.
 ** Calls: lib/lane.c, lib/engine.c, lib/handle.c, lib/conn.c, lib/buf.c.
 ** Lua-free, like every file in src/lib/.
 */
@@ -34,14 +34,28 @@ void transfer_init(xfer *x) {
   x->state = X_NEW;
 }
 
-/* h starts: no lane yet, and a template for its handles (NULL, with the
-** reason in err, when libcurl refuses an option); the session adds its own */
-CURL *transfer_home_open(xhome *h, char *err, size_t errlen) {
+/* h starts empty: no lane yet, no template (a websocket's own part) */
+void transfer_home_init(xhome *h) {
   h->gen = engine_generation();
   h->lane_keep = CURL_SOCKET_BAD;
   lane_init(&h->warm, h, 1);
   lane_init(&h->far, h, 0);
+}
+
+/* h starts: no lane yet, and a template for its handles (NULL, with the
+** reason in err, when libcurl refuses an option); the session adds its own */
+CURL *transfer_home_open(xhome *h, char *err, size_t errlen) {
+  transfer_home_init(h);
   return h->tmpl = handle_template(err, errlen);
+}
+
+/* x joins h's list of live exchanges */
+static void link_live(xfer *x, xhome *h) {
+  x->home = h;
+  x->next = h->live;
+  if (h->live) h->live->prev = x;
+  h->live = x;
+  h->nlive++;
 }
 
 /*
@@ -70,11 +84,7 @@ int transfer_open(xfer *x, xhome *h, const callspec *cs, const xopts *o) {
     if (x->post == NULL) return 0;
   }
   if (!handle_take(x, h)) return 0;
-  x->home = h;
-  x->next = h->live;
-  if (h->live) h->live->prev = x;
-  h->live = x;
-  h->nlive++;
+  link_live(x, h);
   h->exchanges++;
   x->deadline = clock_now() + (double)o->timeout_ms / 1000.0;
   x->code = handle_set(x, cs, url, o->headers, o->timeout_ms);
@@ -187,6 +197,18 @@ static void step_in_lane(xfer *x) {
   }
 }
 
+/* x goes to its home's far lane on the engine thread; 0 when it could not
+** start (it is then done, with the error) */
+static int to_far(xfer *x) {
+  x->lane = LANE_FAR;
+  if (!lane_make(&x->home->far)) {
+    x->code = CURLE_OUT_OF_MEMORY;
+    x->state = X_DONE;
+    return 0;
+  }
+  return engine_queue(x);
+}
+
 /* non-blocking: x runs in its session's warm lane when it fits there (on
 ** this thread when the lane has a kept connection, else lent to the
 ** engine), else in the session's far lane on the engine. Returns 0 when x
@@ -201,15 +223,64 @@ int transfer_submit(xfer *x) {
       step_in_lane(x);
       return 1;
     }
-  } else {
-    x->lane = LANE_FAR;
-    if (!lane_make(&h->far)) {
-      x->code = CURLE_OUT_OF_MEMORY;
-      x->state = X_DONE;
-      return 0;
+    return engine_queue(x);
+  }
+  return to_far(x);
+}
+
+/*
+** A connection of its own for x (a websocket's, lib/wsconn.c): e, a
+** duplicate of a session's template the caller set CONNECT_ONLY, is
+** connected in h's far lane on the engine thread -- DNS, connect, a proxy
+** tunnel and the TLS handshake never run on the caller's thread, and follow
+** the session's rules. Once made, e stays in the lane's multi handle (lane.c:
+** removing a CONNECT_ONLY handle would close its connection), where
+** curl_easy_send and curl_easy_recv find its connection; the lane is the
+** caller's again, driven by nobody. h is the caller's own part
+** (transfer_home_init), for nothing else. Returns 0 when it could not start
+** (x is then done, with the error).
+*/
+int transfer_connect(xfer *x, xhome *h, CURL *e, long timeout_ms) {
+  x->easy = e;
+  x->connect_only = 1;
+  x->hdr_done = 1;                            /* no response headers, unless a proxy answers */
+  link_live(x, h);
+  x->deadline = clock_now() + (double)timeout_ms / 1000.0;
+  if ((x->code = handle_bind(x, timeout_ms)) != CURLE_OK) {
+    x->state = X_DONE;
+    return 0;
+  }
+  return to_far(x);
+}
+
+/*
+** The connection transfer_connect made in h (its handle e, or NULL) goes,
+** and h's lanes with it. e and the lane's multi handle are handed to the
+** engine thread, which waits up to `linger` seconds for the peer to end the
+** connection (a websocket's gateway answers a close frame and then closes
+** TCP, RFC 6455 7.1.1) and frees them there: the caller never waits, and
+** never pays for the close of a verified TLS connection (its CA store: 1-2
+** ms with the system bundle), as a session's exchanges never do on the
+** engine either. Freed here when the engine cannot take them. In a forked
+** child the parent's handles are left alone.
+*/
+void transfer_connect_close(xhome *h, CURL *e, double linger, int forked) {
+  if (e && !forked) {
+    curl_socket_t fd = CURL_SOCKET_BAD;
+    CURLM *m;
+    curl_easy_getinfo(e, CURLINFO_ACTIVESOCKET, &fd);
+    /* nothing of the caller's may be touched once it is the engine's */
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, NULL);
+    curl_easy_setopt(e, CURLOPT_RESOLVE, NULL);
+    m = lane_release(&h->far);
+    if (!engine_retire(e, m, fd, linger)) {
+      curl_easy_cleanup(e);
+      if (m) curl_multi_cleanup(m);
     }
   }
-  return engine_queue(x);
+  transfer_home_close(h, forked);
 }
 
 /* whether x has ended (a step of it, when it runs in the lane here); an

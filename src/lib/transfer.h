@@ -25,8 +25,11 @@ typedef struct xopts {
 } xopts;
 
 void transfer_init(xfer *x);
+void transfer_home_init(xhome *h);
 CURL *transfer_home_open(xhome *h, char *err, size_t errlen);
 void transfer_home_close(xhome *h, int forked);
+int transfer_connect(xfer *x, xhome *h, CURL *e, long timeout_ms);
+void transfer_connect_close(xhome *h, CURL *e, double linger, int forked);
 int transfer_open(xfer *x, xhome *h, const callspec *cs, const xopts *o);
 /* asked between the sleeps of a blocking wait: nonzero ends the wait */
 typedef int (*transfer_stopfn)(void *ud);

@@ -72,6 +72,7 @@ typedef struct xfer {
   int repeatable;             /* sending it twice is harmless: kept-alive connections allowed */
   int fresh;                  /* needs a connection of its own (not repeatable) */
   int lane;                   /* LANE_*: where it runs (see xhome) */
+  int connect_only;           /* transfer_connect's: its handle stays in the lane once connected */
   connwatch cw;
   CURLcode code;
   char errbuf[CURL_ERROR_SIZE];

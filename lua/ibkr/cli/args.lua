@@ -23,17 +23,23 @@ commands:
                           any call: PATH below the base URL (e.g. /iserver/accounts); prints
                           the JSON answer
   keepalive [--interval S] [--retry-interval S] [--validate-interval S] [--no-init]
-            [--compete] [--duration S] [--listen [HOST:]PORT] [--on-change CMD]
+            [--compete] [--push] [--duration S] [--listen [HOST:]PORT] [--on-change CMD]
             [--on-change-timeout S]
                           keep the session alive: tickle every --interval (60 s), repair when
                           not ready (every --retry-interval, 5 s); one line per state change;
                           runs until SIGINT/SIGTERM or --duration. --no-init: tickle only, never
                           ssodh/init (accounts that keep only the SSO session); --compete: take
                           a competing session over; --validate-interval: GET /sso/validate too;
+                          --push: hold the gateway's websocket too, so a dropped or competing
+                          session is known the moment the gateway pushes it;
                           --listen: serve /livez, /readyz and /metrics (127.0.0.1 unless HOST);
                           --on-change: run `/bin/sh -c CMD` on every state change (IBKR_STATE,
                           IBKR_PREVIOUS_STATE, IBKR_DETAIL, IBKR_URL), killed after
                           --on-change-timeout (30 s)
+  watch [--topic T]... [--duration S]
+                          print every message the gateway pushes on its websocket (one line
+                          each), subscribing to each --topic (e.g. 'sor+{}'); tickles keep the
+                          session alive meanwhile; runs until SIGINT/SIGTERM or --duration
 options:
   --url URL         gateway base URL (default: $IBKR_BASE_URL, else https://localhost:5000/v1/api)
   -k, --insecure    do not verify the TLS certificate
@@ -59,13 +65,14 @@ exit codes:
 
 M.COMMANDS = {
   status = true, tickle = true, validate = true, init = true, wait = true, reauthenticate = true,
-  logout = true, request = true, keepalive = true,
+  logout = true, request = true, keepalive = true, watch = true,
 }
 
 -- option -> { value = takes a value?, only = commands it applies to (nil: every command),
 -- key = name in the parsed table (default: the long name without dashes, "-" -> "_") }
 -- A new global option is one line here plus its use in ibkr/cli.lua (session_options).
 local KEEPALIVE = { keepalive = true }
+local RUNNING = { keepalive = true, watch = true }
 M.OPTIONS = {
   ["--url"] = { value = true }, ["--cacert"] = { value = true },
   ["--timeout"] = { value = true }, ["--retries"] = { value = true },
@@ -80,7 +87,9 @@ M.OPTIONS = {
   ["--retry-interval"] = { value = true, only = KEEPALIVE },
   ["--validate-interval"] = { value = true, only = KEEPALIVE },
   ["--no-init"] = { only = KEEPALIVE },
-  ["--duration"] = { value = true, only = KEEPALIVE },
+  ["--duration"] = { value = true, only = RUNNING },
+  ["--push"] = { only = KEEPALIVE },
+  ["--topic"] = { value = true, many = true, only = { watch = true } }, -- repeatable: a list
   ["--listen"] = { value = true, only = KEEPALIVE },
   ["--on-change"] = { value = true, only = KEEPALIVE },
   ["--on-change-timeout"] = { value = true, only = KEEPALIVE },
@@ -113,7 +122,13 @@ local function take_option(argv, i, o)
   elseif inline then
     return nil, "option " .. name .. " takes no value"
   end
-  o[key_of(name, spec)] = v
+  local key = key_of(name, spec)
+  if spec.many then
+    o[key] = o[key] or {}
+    table.insert(o[key], v)
+  else
+    o[key] = v
+  end
   o._seen[#o._seen + 1] = name
   return i + 1
 end
@@ -145,6 +160,9 @@ local function check_combination(o)
     end
   end
   if o.insecure and o.cacert then return nil, "--insecure and --cacert exclude each other" end
+  for _, t in ipairs(o.topic or {}) do
+    if t == "" then return nil, "--topic needs a subscription message, e.g. 'sor+{}'" end
+  end
   if o.command == "request" then
     if #o.args ~= 2 then return nil, "request needs METHOD and PATH (e.g. request GET /iserver/accounts)" end
     if not o.args[1]:match("^%a+$") then return nil, "request: METHOD must be a name such as GET" end

@@ -8,6 +8,7 @@
 --   {"event":"state", "old":..., "seconds":S in the old state, "detail":{...} | "error":{...}}
 --   {"event":"error", "error":{...}}
 --   {"event":"repair", "action":..., "ok":bool, "result":{...} | "error":{...}}
+--   {"event":"push", "push":"lost"|"reconnected"|"authenticated", "error":{...}}  (--push)
 --   {"event":"listening", "url":..., "address":..., "port":N}
 --   {"event":"on_change", "outcome":"ok"|"failed"|"killed"|"error", "exit":N | "signal":N,
 --    "seconds":S, "for_state":..., "previous":..., "runs":{...}}
@@ -70,6 +71,16 @@ local function printers(o, io_, cur)
     local how = (res ~= nil and err == nil) and "ok: ready"
       or ("failed: " .. (err ~= nil and report.describe(err) or "the session is still not ready"))
     say(stderr, "repair: ", out.text(tostring(action), 64), " ", how)
+  end
+  -- --push: the channel's own events (lost, reconnected, authenticated), on stderr
+  function p.push(msg)
+    if msg.topic ~= "ibkr" then return end
+    local ev = out.text(tostring(msg.event), 64)
+    if o.json then
+      return emit{ event = "push", push = ev, down = msg.down, attempts = msg.attempts,
+        error = ibkr.is_error(msg.error) and report.plain_error(msg.error) or nil }
+    end
+    say(stderr, "push: ", ev, msg.error and (": " .. report.describe(msg.error)) or "")
   end
   function p.stopped(reason, sig, last, code)
     if o.json then
@@ -202,6 +213,7 @@ function M.run(s, o, io_)
     init = not o.no_init,
     compete = o.compete == true,
     on_state = ka.on_state, on_error = ka.on_error, on_repair = ka.on_repair,
+    push = o.push and { on_message = p.push } or nil,
   }
   local how, sig = drive.run(co, { deadline = o.duration and core.monotonic() + o.duration,
     after = ka.flush, watchers = side.set, health = side.health, on_error = p.internal })

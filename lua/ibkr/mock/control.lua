@@ -4,6 +4,7 @@ local json = require("ibkr.mock.json")
 local response = require("ibkr.mock.response")
 local gateway_mod = require("ibkr.mock.gateway")
 local faults_mod = require("ibkr.mock.faults")
+local ws = require("ibkr.mock.net.ws")
 
 local control = {}
 
@@ -16,6 +17,11 @@ local gateway_keys = {
   pacing = "boolean", idle_timeout = "nonnegative", init_delay = "nonnegative",
   reauth_delay = "nonnegative", sso_window = "positive", log_limit = "positive",
   connection_close = "boolean", relapse = "nonnegative", relapse_requests = "nonnegative",
+}
+local push_keys = { -- the websocket (ibkr.mock.push)
+  ws_heartbeat = "positive", ws_greeting_delay = "nonnegative", ws_max_message = "positive",
+  ws_max_queue = "positive", ws_session_timeout = "positive", ws_max_clients = "positive",
+  ws_push_recovery = "boolean", ws_quiet_expiry = "boolean", ws_log_limit = "positive",
 }
 
 local function check(kind, v)
@@ -39,13 +45,16 @@ function control.config(m)
   for k in pairs(server_keys) do
     c[k] = m.server[k]
   end
+  for k in pairs(push_keys) do
+    c[k] = m.push.config[k]
+  end
   c.verbose = m.verbose and true or false
   return c
 end
 
 -- The kind of a setting ("boolean", "positive", "nonnegative"), nil for an unknown name.
 function control.setting_kind(k)
-  return gateway_keys[k] or server_keys[k] or (k == "verbose" and "boolean") or nil
+  return gateway_keys[k] or server_keys[k] or push_keys[k] or (k == "verbose" and "boolean") or nil
 end
 
 -- Checks a table of settings. Returns true or nil, message.
@@ -65,17 +74,19 @@ function control.check_config(t)
   return true
 end
 
--- Splits checked settings into the gateway's and the server's.
+-- Splits checked settings into the gateway's, the server's and the websocket's.
 function control.split_config(t)
-  local g, srv = {}, {}
+  local g, srv, p = {}, {}, {}
   for k, v in pairs(t) do
     if gateway_keys[k] then
       g[k] = v
     elseif server_keys[k] then
       srv[k] = v
+    elseif push_keys[k] then
+      p[k] = v
     end
   end
-  return g, srv
+  return g, srv, p
 end
 
 -- Applies a config table. Returns true or nil, message (nothing applied on error).
@@ -89,10 +100,13 @@ function control.apply_config(m, t)
       m.gateway.config[k] = v
     elseif server_keys[k] then
       m.server[k] = v
+    elseif push_keys[k] then
+      m.push.config[k] = v
     else
       m:set_verbose(v)
     end
   end
+  m.push:wake_all() -- websocket connections plan with the new heartbeat, idle timeout...
   return true
 end
 
@@ -132,6 +146,7 @@ function control.state(m)
       active_connections = srv.stats.active,
       http_requests = srv.stats.requests,
       connection_errors = srv.stats.errors,
+      ws_clients = m.push.nclients,
     },
     faults = #g.faults.queue,
     penalty = control.penalty(g, now),
@@ -196,12 +211,17 @@ routes["POST /__mock/config"] = function(m, t)
   return response.json(200, control.config(m))
 end
 
-routes["GET /__mock/log"] = function(m)
+-- A 200 answer { [key] = entries } with entries as a JSON array (an empty one too).
+local function listing(key, entries)
   local list = json.array()
-  for i, e in ipairs(m.gateway.log) do
+  for i, e in ipairs(entries) do
     list[i] = e
   end
-  return response.json(200, { requests = list })
+  return response.json(200, { [key] = list })
+end
+
+routes["GET /__mock/log"] = function(m)
+  return listing("requests", m.gateway.log)
 end
 
 local function clear_log(m)
@@ -308,6 +328,134 @@ routes["POST /__mock/login"] = function(m, t)
   end
   m.gateway:login(s)
   return response.json(200, control.state(m))
+end
+
+---------------------------------------------------------------------------------------------
+-- The websocket (ibkr.mock.push)
+
+-- Checks the keys of a body: allowed is a set of names. Returns nil or the refusal.
+local function only(t, allowed)
+  for k in pairs(t) do
+    if not allowed[k] then
+      return bad("unknown key: " .. tostring(k))
+    end
+  end
+end
+
+-- A whole number from JSON (lua-cjson gives floats), or nil.
+local function whole(v)
+  return type(v) == "number" and math.tointeger(v) or nil
+end
+
+local function conn_of(t)
+  if t.conn == nil then
+    return false
+  end
+  return whole(t.conn), "conn must be an integer (a connection number from GET /__mock/ws)"
+end
+
+routes["GET /__mock/ws"] = function(m)
+  return response.json(200, m.push:view())
+end
+
+routes["POST /__mock/ws/drop"] = function(m, t)
+  local refused = only(t, { code = true, reason = true, conn = true })
+  if refused then
+    return refused
+  end
+  local code = whole(t.code)
+  if t.code ~= nil and not ws.valid_close_code(code) then
+    return bad("code must be a close code a server may send (1000-1003, 1007-1014, 3000-4999)")
+  end
+  if t.reason ~= nil and (type(t.reason) ~= "string" or #t.reason > 123 or not utf8.len(t.reason)) then
+    return bad("reason must be a UTF-8 string of at most 123 bytes")
+  end
+  if t.reason and not t.code then
+    return bad("a reason needs a code")
+  end
+  local conn, err = conn_of(t)
+  if conn == nil then
+    return bad(err)
+  end
+  return response.json(200, { dropped = m.push:drop(code, t.reason, conn or nil) })
+end
+
+local function switch(key, set, answer)
+  return function(m, t)
+    local refused = only(t, { [key] = true })
+    if refused then
+      return refused
+    end
+    if type(t[key]) ~= "boolean" then
+      return bad(key .. " must be true or false")
+    end
+    set(m.push, t[key])
+    return response.json(200, { [answer] = t[key] })
+  end
+end
+routes["POST /__mock/ws/heartbeats"] = switch("enabled", function(p, v) p:set_heartbeats(v) end, "heartbeats")
+routes["POST /__mock/ws/freeze"] = switch("frozen", function(p, v) p:freeze(v) end, "frozen")
+
+-- What POST /__mock/ws/push sends: { text = } | { raw = } | { ping = }, or nil and why.
+local function push_what(t)
+  local n = 0
+  for _, k in ipairs({ "message", "text", "raw_hex", "ping" }) do
+    if t[k] ~= nil then
+      n = n + 1
+    end
+  end
+  if n ~= 1 then
+    return nil, "give exactly one of message (any JSON value), text, raw_hex, ping"
+  end
+  local what
+  if t.message ~= nil then
+    what = { text = json.encode(t.message) }
+  elseif t.text ~= nil then
+    what = type(t.text) == "string" and utf8.len(t.text) and { text = t.text }
+  elseif t.raw_hex ~= nil then
+    local hex = type(t.raw_hex) == "string" and #t.raw_hex % 2 == 0 and t.raw_hex:find("^%x*$") and t.raw_hex
+    what = hex and { raw = hex:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end) }
+  else
+    what = type(t.ping) == "string" and #t.ping <= 125 and { ping = t.ping }
+  end
+  if not what then
+    return nil, "text must be UTF-8, raw_hex an even number of hex digits, ping at most 125 bytes"
+  end
+  return what
+end
+
+routes["POST /__mock/ws/push"] = function(m, t)
+  local refused = only(t, { message = true, text = true, raw_hex = true, ping = true, conn = true,
+    ["repeat"] = true })
+  if refused then
+    return refused
+  end
+  local what, err = push_what(t)
+  local conn, cerr = conn_of(t)
+  local times = whole(t["repeat"] or 1)
+  if not times or times < 1 or times > 100000 then
+    err = err or "repeat must be an integer in [1, 100000]"
+  end
+  if not what or conn == nil or err then
+    return bad(err or cerr)
+  end
+  local sent = 0
+  for _ = 1, times do
+    sent = sent + m.push:inject(what, conn or nil)
+  end
+  return response.json(200, { sent = sent })
+end
+
+routes["POST /__mock/ws/greet"] = function(m)
+  return response.json(200, { greeted = m.push:greet_now() })
+end
+
+routes["GET /__mock/ws/messages"] = function(m)
+  return listing("messages", m.push.log)
+end
+
+routes["DELETE /__mock/ws/messages"] = function(m)
+  return response.json(200, { cleared = m.push:clear_log() })
 end
 
 routes["POST /__mock/shutdown"] = function(m)

@@ -37,11 +37,14 @@ local MAC = "02:42:AC:11:00:02"
 local SERVER_INFO = { serverName = "JifN19053", serverVersion = "Build 10.25.0m, Nov 17, 2023 11:29:27 AM" }
 local USER_ID = 87654321
 local USER_NAME = "mockuser1"
+gateway.USER_NAME = USER_NAME
 local ACCOUNT = "DU1234567"
 
+-- The wall clock in milliseconds (IBKR's timestamps), and a shallow copy: for the mock's modules.
 local function wall_ms()
   return math.floor(socket.gettime() * 1000)
 end
+gateway.wall_ms = wall_ms
 
 local function copy(t)
   local c = {}
@@ -50,6 +53,7 @@ local function copy(t)
   end
   return c
 end
+gateway.copy = copy
 
 local function random_hex(n)
   local out = {}
@@ -71,6 +75,8 @@ function gateway.new(opts)
   self.initial = { state = opts.state or "ready", config = config }
   self.pacing = pacing_mod.new()
   self.faults = faults_mod.new()
+  self.watchers = {}
+  self.mounted = {}
   self:reset()
   return self
 end
@@ -84,13 +90,53 @@ function gateway:reset()
   self.penalty = nil
   self.counters = { requests = 0, rate_limited = 0, faults_applied = 0, idle_expiries = 0, relapses = 0,
     by_path = {} }
-  self:login(self.initial.state)
+  self:login(self.initial.state, "reset")
+end
+
+-- fn(old, new, why) is called after every change of state, and after every login (a new
+-- session, even in the same state). why: "login", "reset", "control", "idle", "logout", "init",
+-- "reauth", "relapse"; and with old == new and why "schedule" when a transition is scheduled for
+-- later. The websocket (ibkr.mock.push) pushes what changed.
+function gateway:watch(fn)
+  self.watchers[#self.watchers + 1] = fn
+end
+
+function gateway:change(state, why)
+  local old = self.state
+  self.state = state
+  if old ~= state or why == "login" or why == "reset" then
+    for _, fn in ipairs(self.watchers) do
+      fn(old, state, why)
+    end
+  end
+end
+
+-- Another module's endpoint under /v1/api (the websocket's /ws): fn(req, now) -> response. It is
+-- logged and takes faults and the penalty box like any endpoint, but is not paced and is no API
+-- activity (it does not hold the session against the idle timeout).
+function gateway:mount(api, fn)
+  self.mounted[api] = fn
+end
+
+-- When the state machine changes next by itself (a pending transition, a relapse due at its
+-- time, the idle expiry), on the gateway's clock; nil when nothing is due.
+function gateway:next_event()
+  local t = self.pending and self.pending.at
+  local r = self.relapse and self.state == "ready" and self.relapse.at
+  if r then
+    t = t and math.min(t, r) or r
+  end
+  local idle = self.config.idle_timeout
+  if idle and idle > 0 and (self.state == "ready" or self.state == "competing") then
+    local expiry = self.last_api + idle
+    t = t and math.min(t, expiry) or expiry
+  end
+  return t
 end
 
 -- A (browser) login: a new SSO session in the given state.
-function gateway:login(state)
+function gateway:login(state, why)
   local now = self.clock()
-  self.state = state or "ready"
   self.pending = nil
   self.relapse = nil
   self.session = random_hex(32)
@@ -98,13 +144,14 @@ function gateway:login(state)
   self.last_accessed = self.auth_time
   self.sso_start = now
   self.last_api = now
+  self:change(state or "ready", why or "login")
 end
 
 function gateway:set_state(state)
-  self.state = state
   self.pending = nil
   self.relapse = nil
   self.last_api = self.clock()
+  self:change(state, "control")
 end
 
 -- The gateway's penalty box: every API request answers 429 {"error":"Too many requests"} with
@@ -145,6 +192,9 @@ function gateway:penalised(now)
   return response.error(429, "Too many requests", { { "Retry-After", tostring(p.retry_after) } })
 end
 
+-- The transitions of a repair (gateway:schedule's why): the session may relapse after them.
+local REPAIRS = { init = true, reauth = true }
+
 -- A repair made the session ready at `at`: arms the configured relapse (or none).
 function gateway:repaired(at)
   local c = self.config
@@ -155,16 +205,19 @@ function gateway:repaired(at)
   end
 end
 
--- Schedules a transition to state after delay seconds (immediately when delay <= 0); `repair`:
--- the transition is a repair's (ssodh/init, reauthenticate), which may relapse.
-function gateway:schedule(state, delay, now, repair)
+-- Schedules a transition to state after delay seconds (immediately when delay <= 0); why as
+-- for gateway:watch ("init", "reauth": a repair's, which may relapse).
+function gateway:schedule(state, delay, now, why)
   if not delay or delay <= 0 then
-    self.state = state
     self.pending = nil
     self.last_api = now
-    if repair then self:repaired(now) end
+    if REPAIRS[why] then self:repaired(now) end
+    self:change(state, why)
   else
-    self.pending = { state = state, at = now + delay, repair = repair }
+    self.pending = { state = state, at = now + delay, why = why }
+    for _, fn in ipairs(self.watchers) do
+      fn(self.state, self.state, "schedule") -- the state changes later: watchers plan for it
+    end
   end
 end
 
@@ -179,9 +232,9 @@ function gateway:relapsing(now, request)
   end
   if request and r.left and self.seq > r.seq then r.left = r.left - 1 end
   if (r.at and now >= r.at) or (r.left and r.left <= 0) then
-    self.state = "unauthenticated"
     self.relapse = nil
     self.counters.relapses = self.counters.relapses + 1
+    self:change("unauthenticated", "relapse")
   end
 end
 
@@ -189,19 +242,19 @@ end
 function gateway:tick(now)
   local p = self.pending
   if p and now >= p.at then
-    self.state = p.state
     self.pending = nil
     if self.last_api < p.at then
       self.last_api = p.at
     end
-    if p.repair then self:repaired(p.at) end
+    if REPAIRS[p.why] then self:repaired(p.at) end
+    self:change(p.state, p.why)
   end
   self:relapsing(now)
   local idle = self.config.idle_timeout
   if idle and idle > 0 and (self.state == "ready" or self.state == "competing")
       and now - self.last_api >= idle then
-    self.state = "unauthenticated"
     self.counters.idle_expiries = self.counters.idle_expiries + 1
+    self:change("unauthenticated", "idle")
   end
 end
 
@@ -272,7 +325,7 @@ function gateway:validate_body(now, req)
   }
 end
 
-local function accounts_body(self)
+function gateway:accounts_body()
   return {
     accounts = json.array({ ACCOUNT }),
     acctProps = {
@@ -336,8 +389,8 @@ handlers["/logout"] = function(self)
   if self.state == "no_session" then
     return no_session()
   end
-  self.state = "no_session"
   self.pending = nil
+  self:change("no_session", "logout")
   return response.json(200, { status = true })
 end
 
@@ -346,7 +399,7 @@ handlers["/iserver/reauthenticate"] = function(self, _, now)
     return no_session()
   end
   if self.state ~= "ready" then
-    self:schedule("ready", self.config.reauth_delay, now, true)
+    self:schedule("ready", self.config.reauth_delay, now, "reauth")
   end
   return response.json(200, { message = "triggered" })
 end
@@ -370,7 +423,7 @@ handlers["/iserver/auth/ssodh/init"] = function(self, req, now)
   end
   local s = self.state
   if s == "unauthenticated" or s == "disconnected" or (s == "competing" and compete) then
-    self:schedule("ready", self.config.init_delay, now, true)
+    self:schedule("ready", self.config.init_delay, now, "init")
   end
   return response.json(200, self:status_body())
 end
@@ -383,7 +436,7 @@ handlers["/iserver/accounts"] = function(self)
   if s ~= "ready" and s ~= "competing" then
     return response.json(400, { error = "Init session first", statusCode = 400 })
   end
-  return response.json(200, accounts_body(self))
+  return response.json(200, self:accounts_body())
 end
 
 handlers["/portfolio/accounts"] = function(self)
@@ -435,6 +488,9 @@ end
 
 -- The regular answer to an API request (no faults).
 function gateway:api(req, api, now)
+  if self.mounted[api] then
+    return self.mounted[api](req, now)
+  end
   local h = handlers[api]
   if not h then
     return response.error(404, "Not Found: " .. req.path)
@@ -456,18 +512,22 @@ function gateway:api(req, api, now)
   return h(self, req, now)
 end
 
+-- Appends entry to a log of at most limit entries (the oldest go first). Returns entry.
+function gateway.append(log, entry, limit)
+  log[#log + 1] = entry
+  if #log > limit then
+    table.remove(log, 1)
+  end
+  return entry
+end
+
 function gateway:record(req, api)
   self.seq = self.seq + 1
   local entry = gateway.describe_request(req)
   entry.seq = self.seq
   entry.api = api
   entry.time = socket.gettime()
-  local log = self.log
-  log[#log + 1] = entry
-  if #log > self.config.log_limit then
-    table.remove(log, 1)
-  end
-  return entry
+  return gateway.append(self.log, entry, self.config.log_limit)
 end
 
 local LOGIN_PAGE = "<!DOCTYPE html><html><head><title>Client Portal Gateway</title></head><body>"
@@ -489,9 +549,11 @@ function gateway:handle(req)
   else
     local now = self.clock()
     self:tick(now)
-    self:relapsing(now, true)
-    self.last_api = now
-    self.last_accessed = wall_ms()
+    if not self.mounted[api] then -- (the websocket's upgrade is no API activity)
+      self:relapsing(now, true)
+      self.last_api = now
+      self.last_accessed = wall_ms()
+    end
     local bp = self.counters.by_path
     bp[api] = (bp[api] or 0) + 1
     local fault

@@ -304,6 +304,19 @@ function M:verify(req)
     { error = "OAuth 2.0: bearer token missing, unknown or expired", statusCode = 401 })
 end
 
+-- The websocket's upgrade (ibkr.mock.push): its `bearer_token` query parameter must be a live SSO
+-- session's bearer token (IBKR takes it there: a socket cannot be signed per message). Counted as
+-- verified or rejected like any other request's bearer.
+function M:websocket_bearer(tok)
+  if live(self.sessions, tok) then
+    self.counters.verified = self.counters.verified + 1
+    return true
+  end
+  self.counters.rejected = self.counters.rejected + 1
+  self.last_rejection = "websocket bearer_token missing, unknown or expired"
+  return false
+end
+
 ------------------------------------------------------------------------------------------------
 -- Control
 

@@ -12,6 +12,9 @@
 --   gw:log(), gw:api_log(api), gw:clear_log(), gw:reset(), gw:login(state)
 --   gw:stop()              -- also on garbage collection and at the end of a <close> scope
 --   gw:request(method, path, opts), gw:connect(opts) -> raw client
+--   gw.ws_url; gw:ws(), gw:ws_wait(pred, timeout), gw:ws_drop{code=, reason=}, gw:ws_heartbeats(on),
+--   gw:ws_freeze(on), gw:ws_push(msg), gw:ws_push_raw(bytes), gw:ws_ping(data), gw:ws_greet(),
+--   gw:ws_messages(), gw:ws_clear_messages()   -- the websocket /v1/api/ws
 --   gw:oauth2([settings]), gw:oauth2_fault{...}, gw:oauth2_session{...}  (start{oauth2 = {}})
 -- The reference is docs/testing.md.
 local socket = require("socket")
@@ -268,7 +271,8 @@ end
 local START_OPTIONS = {
   tls = "boolean", state = "string", pacing = "boolean", idle_timeout = "number", init_delay = "number",
   reauth_delay = "number", head_timeout = "number", keepalive_timeout = "number", verbose = "boolean",
-  args = "table", parent_pid = "boolean", config = "table", oauth2 = "table",
+  args = "table", parent_pid = "boolean", config = "table", ws_heartbeat = "number",
+  ws_greeting_delay = "number", oauth2 = "table",
 }
 
 local function check_start_options(opts)
@@ -295,7 +299,8 @@ local function start_args(opts)
   if opts.pacing == false then
     add_arg(args, "--no-pacing")
   end
-  for _, k in ipairs({ "idle_timeout", "init_delay", "reauth_delay", "head_timeout", "keepalive_timeout" }) do
+  for _, k in ipairs({ "idle_timeout", "init_delay", "reauth_delay", "head_timeout", "keepalive_timeout",
+      "ws_heartbeat", "ws_greeting_delay" }) do
     if opts[k] then
       add_arg(args, "--" .. k:gsub("_", "-"), tostring(opts[k]))
     end
@@ -322,11 +327,11 @@ local function start_args(opts)
 end
 
 -- Starts a mock gateway process on a free port. opts: tls (default true), state ("ready"),
--- pacing (true), idle_timeout, init_delay, reauth_delay, head_timeout, keepalive_timeout
--- (seconds), verbose, config (any other run-time settings, as POST /__mock/config), oauth2 (OAuth
--- 2.0 mode: { dir, token_ttl, session_ttl, key_bits }, see --oauth2-*), args (extra command-line
--- arguments), parent_pid (false: may outlive this process). Returns the mock, or nil, err when it
--- does not start; raises on an unknown or ill-typed option.
+-- pacing (true), idle_timeout, init_delay, reauth_delay, head_timeout, keepalive_timeout,
+-- ws_heartbeat, ws_greeting_delay (seconds), verbose, config (any other run-time settings, as
+-- POST /__mock/config), oauth2 (OAuth 2.0 mode: { dir, token_ttl, session_ttl, key_bits }, see
+-- --oauth2-*), args (extra command-line arguments), parent_pid (false: may outlive this process).
+-- Returns the mock, or nil, err when it does not start; raises on an unknown or ill-typed option.
 function helper.start(opts)
   opts = opts or {}
   check_start_options(opts)
@@ -357,6 +362,8 @@ function helper.start(opts)
   self.tls = url:sub(1, 6) == "https:"
   self.host, self.port = self.root:match("^https?://([^:/]+):(%d+)$")
   self.port = tonumber(self.port)
+  self.ws_url = (self.tls and "wss" or "ws") .. self.root:match("^https?(.*)$")
+    .. "/v1/api/ws"
   if opts.config then
     local ok, err = pcall(self.config, self, opts.config)
     if not ok then
@@ -540,6 +547,87 @@ end
 
 function proc:login(state)
   return self:control("POST", "/__mock/login", state and { state = state } or nil)
+end
+
+---------------------------------------------------------------------------------------------
+-- The websocket /v1/api/ws (docs/testing.md, "The websocket")
+
+-- The websocket's state: clients, heartbeats, frozen, counters, connections, closed.
+function proc:ws()
+  return self:control("GET", "/__mock/ws")
+end
+
+-- Waits until pred(gw:ws()) is true, asking the mock every 10 ms: for events such as a client
+-- connected, a message received, a connection closed. Returns that state; raises after timeout
+-- seconds (default 5) with the last state seen.
+function proc:ws_wait(pred, timeout)
+  local deadline = socket.gettime() + (timeout or 5)
+  while true do
+    local st = self:ws()
+    if pred(st) then
+      return st
+    end
+    if socket.gettime() > deadline then
+      error("mock websocket: condition not met within " .. tostring(timeout or 5) .. " s; state: "
+        .. cjson.encode(st), 2)
+    end
+    socket.sleep(0.01)
+  end
+end
+
+-- Ends the websocket connections: with a close frame when t.code is given (t.reason, t.conn: only
+-- that connection), at once (no close frame) without. Returns how many.
+function proc:ws_drop(t)
+  return self:control("POST", "/__mock/ws/drop", t or {}).dropped
+end
+
+function proc:ws_heartbeats(on)
+  return self:control("POST", "/__mock/ws/heartbeats", { enabled = on ~= false }).heartbeats
+end
+
+-- Frozen: the websocket connections neither read nor write (a hung gateway); false thaws them.
+function proc:ws_freeze(on)
+  return self:control("POST", "/__mock/ws/freeze", { frozen = on ~= false }).frozen
+end
+
+local function push_body(key, value, opts)
+  local t = { [key] = value }
+  for k, v in pairs(opts or {}) do
+    t[k] = v
+  end
+  return t
+end
+
+-- Pushes a message to every websocket client: a table is sent as JSON, a string as a text frame.
+-- opts: conn (only that connection), ["repeat"] (n times). Returns how many frames were queued.
+function proc:ws_push(msg, opts)
+  local key = type(msg) == "string" and "text" or "message"
+  return self:control("POST", "/__mock/ws/push", push_body(key, msg, opts)).sent
+end
+
+-- Writes bytes as they are (no framing: hostile frames) to every websocket client.
+function proc:ws_push_raw(bytes, opts)
+  local hex = bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end)
+  return self:control("POST", "/__mock/ws/push", push_body("raw_hex", hex, opts)).sent
+end
+
+function proc:ws_ping(data, opts)
+  return self:control("POST", "/__mock/ws/push", push_body("ping", data or "", opts)).sent
+end
+
+-- Greets now every connection that knows its session and waits for its greeting.
+function proc:ws_greet()
+  return self:control("POST", "/__mock/ws/greet").greeted
+end
+
+-- The messages the websocket clients sent (oldest first): seq, conn, time, opcode, bytes, text,
+-- kind, dropped (before the greeting).
+function proc:ws_messages()
+  return self:control("GET", "/__mock/ws/messages").messages
+end
+
+function proc:ws_clear_messages()
+  return self:control("DELETE", "/__mock/ws/messages")
 end
 
 -- What the mock wrote to stderr so far.

@@ -565,10 +565,41 @@ local function serve_connection(self, conn)
     self.stats.requests = self.stats.requests + 1
     local keep = http.wants_keepalive(req)
     local resp = self.handler(req, conn)
+    if resp.upgrade then -- a protocol switch (101, the websocket): the connection is resp.upgrade's
+      if write_response(self, conn, req, resp, true) then
+        resp.upgrade(self:handover(conn))
+      end
+      return
+    end
     if not write_response(self, conn, req, resp, keep) then
       return
     end
     spend(self, conn, "requests", 1)
+  end
+end
+
+-- What a protocol that takes over a connection (resp.upgrade) gets: the socket, the bytes read
+-- after the request, and the loop's waiting (inside the connection's coroutine), waking and
+-- closing (abrupt: no TLS close_notify either).
+function server:handover(conn)
+  return {
+    sock = conn.sock, tls = conn.tls, id = conn.id, peer = conn.peer, buf = conn.buf,
+    clock = self.clock, write_timeout = self.write_timeout, wait = wait,
+    wake = function() self:wake(conn) end,
+    stopping = function() return self.stopping end,
+    close = function(abrupt)
+      if abrupt and not conn.broken then
+        conn.broken = "dropped"
+      end
+      self:close_conn(conn)
+    end,
+  }
+end
+
+-- Has a waiting connection's coroutine resumed (with "timeout") at the next turn of the loop.
+function server:wake(conn)
+  if not conn.closed then
+    conn.deadline = self.clock()
   end
 end
 
