@@ -108,10 +108,10 @@ local function late(method, path, budget)
     message = string.format("no time left of the call's %g s deadline", budget) }
 end
 
--- Pacing before an attempt: waits when the pacer says so and the wait fits before `limit`.
+-- Pacing before an attempt (when the pacer is not idle: its limits on, or a hold set): waits when
+-- the pacer says so and the wait fits before `limit`.
 -- Returns true, or nil plus the error to return (a retry keeps its real error `last_err`).
 local function admit(s, w, method, path, last_err, limit)
-  if s.pacer:idle() then return true end
   local now = s.clock()
   local wait, again, why = s.pacer:reserve(path, now)
   if wait and wait > 0 and now + wait >= limit then wait, again = nil, wait end
@@ -167,7 +167,7 @@ local function bounded(w, secs)
   }
 end
 
-local run -- defined below: the token request is a call of its own
+local attempts -- defined below: the token request is a call of its own
 
 -- [signer] A token refused again and again (kinds.REFUSALS.token; OAuth 1.0a's live session
 -- token, OAuth 2.0's access token or SSO session): from the second refusal in a row, renewals wait
@@ -225,7 +225,7 @@ local function signed_copts(s, w, method, path, copts, limit)
     local held = token_held(s)
     if held then return nil, held end
     local busy <close> = o:fetching_until(limit) -- luacheck: ignore busy
-    local ok, err = o:renew(function(m, p, c) return run(s, w, m, p, c, false, limit, true) end, s.clock)
+    local ok, err = o:renew(function(m, p, c) return attempts(s, w, m, p, c, false, limit, true) end, s.clock)
     if not ok then return nil, note_token(s, err) end
     s.streak.token, s.token_until = nil, nil
   end
@@ -274,7 +274,7 @@ end
 -- gateway said is worth more than "timeout").
 -- raw: [signer] true for the token requests themselves (not signed, no renewal).
 -- Returns result, nil, status on success, or nil, err.
-local function attempts(s, w, method, path, copts, allow_retry, deadline, raw)
+function attempts(s, w, method, path, copts, allow_retry, deadline, raw)
   if s.closed then return nil, closed_error(method, path) end
   local limit = s.clock() + s.deadline
   if deadline and deadline < limit then limit = deadline end
@@ -282,8 +282,10 @@ local function attempts(s, w, method, path, copts, allow_retry, deadline, raw)
   local last_err
   local renewed -- [signer] the token was renewed once after a refusal
   while true do
-    local ok, perr = admit(s, w, method, path, last_err, limit)
-    if not ok then return nil, perr end
+    if not s.pacer:idle() then -- a booking, maybe a wait (admit)
+      local ok, perr = admit(s, w, method, path, last_err, limit)
+      if not ok then return nil, perr end
+    end
     local res, err, status, final, sent =
       attempt_once(s, w, method, path, copts, limit, last_err, raw, allow_retry)
     if res ~= nil then return res, nil, status end
@@ -306,23 +308,19 @@ local function attempts(s, w, method, path, copts, allow_retry, deadline, raw)
   end
 end
 
--- A call's outcome for the streak of failed calls (kinds.REFUSALS.server): a call that ended in a
--- 5xx without Retry-After makes the next attempts of pollers (the keep-alive, wait_ready) wait
--- kinds.backoff("server", n) (Caller:backoff); any other answer ends the streak.
-local function note_call(s, res, err)
-  if res == nil and kinds.refusal(err) == "server" then
+-- A failed call's outcome for the streak of failed calls (kinds.REFUSALS.server): a call that
+-- ended in a 5xx without Retry-After makes the next attempts of pollers (the keep-alive,
+-- wait_ready) wait kinds.backoff("server", n) (Caller:backoff); any other answer ends the streak
+-- (a success ends it in Caller:run). The token requests of a signer (attempts' `raw`) count for
+-- nothing here.
+local function note_call(s, err)
+  if kinds.refusal(err) == "server" then
     local n = (s.streak.server or 0) + 1
     s.streak.server = n
     s.server_until = s.clock() + kinds.backoff("server", n, s.random)
-  elseif res ~= nil or err.status then
+  elseif err.status then
     s.streak.server, s.server_until = nil, nil
   end
-end
-
-function run(s, w, method, path, copts, allow_retry, deadline, raw)
-  local res, err, status = attempts(s, w, method, path, copts, allow_retry, deadline, raw)
-  if not raw then note_call(s, res, err) end
-  return res, err, status
 end
 
 -- new{ core = the core session, clock = function, timeout = seconds of one exchange,
@@ -349,11 +347,16 @@ function Caller:hinted(err)
   return err
 end
 
--- The error a call returns carries err.hint.
+-- One call (attempts), its outcome noted for the streak of failed calls (note_call); the error a
+-- call returns carries err.hint.
 function Caller:run(w, method, path, copts, allow_retry, deadline)
-  local res, err, status = run(self, w, method, path, copts, allow_retry, deadline)
-  if res == nil then self:hinted(err) end
-  return res, err, status
+  local res, err, status = attempts(self, w, method, path, copts, allow_retry, deadline)
+  if res ~= nil then
+    self.streak.server, self.server_until = nil, nil -- an answer ends the streak of failed calls
+    return res, nil, status
+  end
+  note_call(self, err)
+  return nil, self:hinted(err)
 end
 
 -- The counters (docs/ibkr.md, s:stats()): a new table, with the core's while it is open.
