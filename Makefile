@@ -13,13 +13,16 @@ LIBS       = -lcurl -lcrypto -pthread -lm
 LIB_SRCS   = src/lib/transfer.c src/lib/lane.c src/lib/engine.c src/lib/handle.c src/lib/conn.c \
              src/lib/text.c src/lib/buf.c
 SRCS       = src/core.c src/session.c src/request.c src/message.c src/error.c src/json.c src/wire.c \
-             src/signal.c src/oauth.c $(LIB_SRCS)
+             src/signal.c src/oauth.c src/proc.c $(LIB_SRCS)
 HDRS       = src/ibkr.h $(wildcard src/lib/*.h)
 MODULE     = ibkr/core.so
 VERSION   := $(shell sed -n 's/^return "\(.*\)"$$/\1/p' lua/ibkr/version.lua)
 ROCKSPEC   = rockspec/ibkr-web-api-$(VERSION)-1.rockspec
 ROCKSPEC_MOCK = rockspec/ibkr-web-api-mock-$(VERSION)-1.rockspec
 TREE      ?= lua_modules
+DIST      ?= dist
+LUAROCKS_VARS ?=          # e.g. CURL_INCDIR=... CURL_LIBDIR=... for luarocks, off Debian
+DIST_NAME  = lua-ibkr-$(VERSION)
 
 # Debian's luacheck and luarocks run on Lua 5.1: keep a Lua 5.4 profile (eval "$(luarocks
 # --lua-version=5.4 path)") or a LUA_INIT out of them. spec/run does the same for the 5.4 side.
@@ -29,10 +32,11 @@ LUA51      = env -u LUA_PATH -u LUA_CPATH -u LUA_INIT -u LUA_PATH_5_1 -u LUA_CPA
 DEPS       = gcc make pkg-config openssl lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson \
              luarocks libssl-dev lua-busted lua-check lua-socket lua-sec lua-luv lua-cqueues
 DEPS      += lua-zlib        # the mock gateway's gzip fault
+DEPS      += python3-prometheus-client # the specs read /metrics with a real Prometheus parser
 DEPS_CHECK = valgrind clang libclang-rt-14-dev
 DEPS_BENCH = nginx-light
 
-.PHONY: all deps deps-check deps-bench demo test lint lint-lib install scm-rockspecs clean help
+.PHONY: all deps deps-check deps-bench demo test lint lint-lib dist install scm-rockspecs clean help
 
 all: $(MODULE)
 
@@ -70,11 +74,33 @@ lint-lib:
 test: deps $(MODULE) lint
 	spec/run
 
-# luarocks make of both rocks (the client, then the mock gateway) into $(TREE) (default
-# ./lua_modules), offline: Debian provides their dependencies.
-install: deps
-	$(LUA51) luarocks --lua-version=5.4 --tree=$(TREE) make --deps-mode=none $(ROCKSPEC)
-	$(LUA51) luarocks --lua-version=5.4 --tree=$(TREE) make --deps-mode=none $(ROCKSPEC_MOCK)
+# Source rocks of both rockspecs, until the rocks are published: $(DIST)/ibkr-web-api-V-1.src.rock
+# and $(DIST)/ibkr-web-api-mock-V-1.src.rock, each its rockspec (its source: the archive beside it)
+# and lua-ibkr-V.tar.gz, the tree's files (git's view of it: tracked and not ignored).
+# `luarocks --lua-version=5.4 install ./FILE.src.rock --deps-mode=none` builds one offline.
+dist:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	if git rev-parse --git-dir >/dev/null 2>&1; then git ls-files -z --cached --others --exclude-standard; \
+	else find . -path ./.git -prune -o -path './$(DIST)' -prune -o -path ./build -prune \
+	  -o -path ./lua_modules -prune -o -path ./ibkr -prune -o -type f -printf '%P\0'; fi \
+	  | tar --null -T - --ignore-failed-read --transform 's,^,$(DIST_NAME)/,' -czf "$$tmp/$(DIST_NAME).tar.gz"; \
+	mkdir -p $(DIST); \
+	for r in $(ROCKSPEC) $(ROCKSPEC_MOCK); do \
+	  b=$$(basename $$r .rockspec); \
+	  sed -e 's|^  url = .*|  url = "$(DIST_NAME).tar.gz", -- the archive inside this source rock|' \
+	      -e 's|^  tag = .*|  dir = "$(DIST_NAME)",|' $$r > "$$tmp/$$b.rockspec"; \
+	  (cd "$$tmp" && zip -q $$b.src.rock $$b.rockspec $(DIST_NAME).tar.gz); \
+	  mv -f "$$tmp/$$b.src.rock" $(DIST)/; echo "$(DIST)/$$b.src.rock"; \
+	done
+
+# Both rocks (the client, then the mock gateway) into $(TREE) (default ./lua_modules), from the
+# source rocks of `make dist`, offline (Debian provides their dependencies). luarocks builds them in
+# a directory of its own: nothing of the checkout's build (./ibkr/core.so) is touched.
+install: deps dist
+	$(LUA51) luarocks --lua-version=5.4 --tree=$(TREE) install --deps-mode=none \
+	  $(DIST)/$(notdir $(ROCKSPEC:.rockspec=.src.rock)) $(LUAROCKS_VARS)
+	$(LUA51) luarocks --lua-version=5.4 --tree=$(TREE) install --deps-mode=none \
+	  $(DIST)/$(notdir $(ROCKSPEC_MOCK:.rockspec=.src.rock)) $(LUAROCKS_VARS)
 
 # The scm rockspecs are the release ones built from the main branch: regenerate them after
 # changing a release rockspec (spec/package_spec.lua checks that they agree).
@@ -86,15 +112,17 @@ scm-rockspecs:
 	done
 
 clean:
-	rm -rf ibkr lua_modules build src/*.o src/lib/*.o
+	rm -rf ibkr lua_modules build dist src/*.o src/lib/*.o
 
 help:
 	@echo "make          build ibkr/core.so in the tree"
 	@echo "make demo     run the keep-alive against the bundled mock gateway (watch it repair the session)"
 	@echo "make test     install missing packages (as root), build, luacheck, run the busted suite"
-	@echo "make install  luarocks make of ibkr-web-api and ibkr-web-api-mock into ./lua_modules (TREE=...)"
+	@echo "make dist     source rocks of ibkr-web-api and ibkr-web-api-mock in ./dist (DIST=...)"
+	@echo "make install  both rocks from those source rocks into ./lua_modules (TREE=...), offline"
 	@echo "make check    test + sanitizers + valgrind + fuzz smoke + threads"
 	@echo "make bench    benchmarks against raw libcurl and luasocket (nginx fake gateway)"
+	@echo "make bench-sidecar  the worst tickle delay of keepalive --listen under hostile clients"
 
 # ---- memory, fuzzing, threads (make check) ---------------------------------
 # check         test + check-memory + fuzz (smoke) + threads + longrun-short
@@ -122,8 +150,12 @@ LONGRUN_TICKS ?= 100000
 LUA_CFLAGS     = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LIBASAN        = $(shell gcc -print-file-name=libasan.so)
 # package_spec, examples_spec and docs_spec run other programs (cp, luarocks, cc, the demo's processes with
-# the normal module): they would inherit the preload and fail on their own leaks
-ASAN_SPECS     = $(filter-out spec/package_spec.lua spec/examples_spec.lua spec/docs_spec.lua,$(wildcard spec/*_spec.lua))
+# the normal module): they would inherit the preload and fail on their own leaks. The specs of the
+# mock gateway itself test the mock, which runs without the sanitizer and without ibkr.core.
+MOCK_SPECS     = spec/mock_spec.lua spec/mock_http_spec.lua spec/mock_faults_spec.lua \
+                 spec/mock_flood_spec.lua spec/mock_process_spec.lua
+ASAN_SPECS     = $(filter-out spec/package_spec.lua spec/examples_spec.lua spec/docs_spec.lua $(MOCK_SPECS),\
+                   $(wildcard spec/*_spec.lua))
 LUAENV         = env -u LUA_INIT -u LUA_INIT_5_4 -u LUA_PATH_5_4 -u LUA_CPATH_5_4 \
                  LUA_PATH="lua/?.lua;lua/?/init.lua;./?.lua;;"
 VALGRIND       = valgrind -q --fair-sched=yes --leak-check=full --show-leak-kinds=definite,indirect \
@@ -193,10 +225,15 @@ longrun-short: $(MODULE)
 #        of BENCH_N (10000) calls; memory over BENCH_MEM_N (100000) calls; keep-alive stall
 #        against the mock. Figures only, never a gate. Table in bench/out/results.md; see
 #        bench/BENCHMARKS.md.
-.PHONY: bench
+.PHONY: bench bench-sidecar
 
 bench: deps-bench $(MODULE)
 	sh bench/run.sh
+
+# ibkr-session keepalive --listen/--on-change under hostile clients and commands: the worst delay of
+# a tickle under each (bench/sidecar.lua; SIDECAR_SECONDS per scenario, default 10)
+bench-sidecar: deps $(MODULE)
+	$(LUA) bench/sidecar.lua $(or $(SIDECAR_SECONDS),10)
 
 # ---- examples -----------------------------------------------------------------
 # The C host example outside the test suite (spec/examples_spec.lua builds and runs it too).

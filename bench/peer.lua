@@ -8,6 +8,9 @@
 --   luasocket-close  socket.http.request / ssl.https.request (the documented one-call API: it always
 --                 sends "Connection: close", so a new TCP (+TLS) connection per call); cjson.
 --   ibkr          ours, the Lua layer: ibkr.new{base_url=, pacing=false} and s:auth_status() etc.
+--   ibkr-meta     the same, reading meta.headers["content-type"] of every answer (the header table
+--                 built from the header block: what meta costs when it is used)
+--   ibkr-trace    the same with ibkr.new{trace = fn}, fn counting the events (what tracing costs)
 --   core          ours, the C core directly: s:perform(method, path).
 --   step-busy     ours, the non-blocking request: s:start(), req:step() until true, req:result().
 --   step-sleep    the same, sleeping the wait that step() returns between steps (core.sleep).
@@ -114,6 +117,29 @@ end
 function makers.ibkr()
   local ibkr = require("ibkr")
   local s = ibkr.new{ base_url = base, pacing = false }
+  local function one(c)
+    local r, err = s[c[1]](s)
+    if r == nil then fail(c, err) end
+    if not c[4](r) then fail(c, "check failed") end
+  end
+  return one, ibkr.core.monotonic
+end
+
+makers["ibkr-meta"] = function()
+  local ibkr = require("ibkr")
+  local s = ibkr.new{ base_url = base, pacing = false }
+  local function one(c)
+    local r, meta = s[c[1]](s)
+    if r == nil then fail(c, meta) end
+    if not c[4](r) or meta.headers["content-type"] ~= "application/json" then fail(c, "check failed") end
+  end
+  return one, ibkr.core.monotonic
+end
+
+makers["ibkr-trace"] = function()
+  local ibkr = require("ibkr")
+  local events = 0
+  local s = ibkr.new{ base_url = base, pacing = false, trace = function() events = events + 1 end }
   local function one(c)
     local r, err = s[c[1]](s)
     if r == nil then fail(c, err) end

@@ -32,7 +32,8 @@ for line in io.lines(file) do
     runs[key] = runs[key] or {}
     table.insert(runs[key], r)
   elseif line:match("^mem ") or line:match("^stall ") or line:match("^thousand ")
-      or line:match("^large ") or line:match("^hosts ") then
+      or line:match("^large ") or line:match("^hosts ") or line:match("^pacing ") or line:match("^cli_")
+      or line:match("^mock_start ") then
     others[#others + 1] = line
   end
 end
@@ -131,6 +132,19 @@ for _, line in ipairs(others) do
       .. "kept time while tickles take 1 s (" .. kv.proto .. ")", kv.longest_us <= 1000,
       string.format("%.0f µs; timer's longest gap %.1f ms, %d of %d ticks during requests; %d resumes for %d "
         .. "tickles", kv.longest_us, kv.gap_ms, kv.beats_in_flight, kv.beats, kv.resumes, kv.tickles) }
+  elseif line:match("^pacing ") then
+    checks[#checks + 1] = { kv.calls .. " calls at the default pacing: none answered 429 by the mock's "
+      .. "count (" .. kv.proto .. ")", kv.rate_limited == 0 and kv.arrivals == kv.calls,
+      string.format("%d answered 429, %d arrivals", kv.rate_limited, kv.arrivals) }
+  elseif line:match("^mock_start ") then
+    checks[#checks + 1] = { "the mock gateway starts with TLS well under a second", kv.worst_ms < 1000,
+      string.format("worst %d ms of %d", kv.worst_ms, kv.runs) }
+  elseif line:match("^cli_timeout ") then
+    checks[#checks + 1] = { "ibkr-session ends within --timeout + 0.5 s against a hung gateway",
+      kv.worst_over_ms <= 500, string.format("worst +%d ms over %d runs", kv.worst_over_ms, kv.runs) }
+  elseif line:match("^cli_signal ") then
+    checks[#checks + 1] = { "ibkr-session keepalive ends within 1 s of SIGTERM/SIGINT",
+      kv.worst_ms <= 1000, string.format("worst %d ms over %d runs", kv.worst_ms, kv.runs) }
   end
 end
 

@@ -255,6 +255,11 @@ if [ $HAVE_IBKR = yes ]; then
     echo "bench: bin/ibkr-mock-gateway missing: no keep-alive stall figure" >&2
   fi
 
+  # timings the specs leave to the bench: the pacer against the mock's count, ibkr-session's
+  # --timeout and signal bounds (bench/timing.lua starts its own mock gateways)
+  echo "bench: pacing and ibkr-session timings against the mock" >&2
+  taskset -c "$CLIENT_CPU" "$LUA" bench/timing.lua >> "$RESULTS" || echo "bench: timing run failed" >&2
+
   # many sessions kept alive by one process (each tickles nginx once a second), and the decoder's
   # cost for a large answer (it runs inside one resume)
   for proto in http https; do

@@ -54,8 +54,16 @@ start_mock() {
   ROOT=${URL%/v1/api}
 }
 
-start_mock
-PORT=${ROOT##*:}
+# a free port outside the kernel's ephemeral range (32768-60999), so that no other program asking
+# for any free port takes it while the gateway is down in scene 5
+PORT=$("$LUA" -e 'local socket = require("socket")
+  for _ = 1, 1000 do
+    local port = math.random(20000, 32000)
+    local l = socket.bind("127.0.0.1", port)
+    if l then l:close() print(port) return end
+  end
+  os.exit(1)')
+start_mock --port "$PORT"
 say "A mock IBKR gateway listens on $URL (HTTPS, self-signed certificate)"
 echo "${dim}ibkr-session --url $URL keepalive --interval 1 --compete${off}"
 bin/ibkr-session --url "$URL" keepalive --interval 1 --compete --duration 55 > "$tmp/ka.out" &

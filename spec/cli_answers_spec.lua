@@ -4,7 +4,7 @@
 -- terminal as a control byte. Real processes against the mock gateway.
 local cjson = require("cjson")
 local core = require("ibkr.core")
-local mock = require("spec.helpers.mock")
+local gateway = require("spec.helpers.gateway")
 local cli = require("spec.helpers.cli")
 local run = cli.run
 
@@ -22,14 +22,7 @@ end
 
 describe("ibkr-session judges answers", function()
   local m
-  setup(function()
-    m = assert(mock.start{ tls = false, pacing = false, init_delay = 0, reauth_delay = 0 })
-  end)
-  teardown(function() m:stop() end)
-  before_each(function()
-    m:reset()
-    m:clear_faults()
-  end)
+  gateway.each(function(f) m = f.m end)
 
   local FAILED = '{"error":"failed to process request"}'
 

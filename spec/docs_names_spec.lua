@@ -31,13 +31,37 @@ local FILE_OPTS = {
   ["docs/ibkr.md"] = { aliases = { repair = "ibkr.repair", kinds = "ibkr.kinds" } },
   -- the reference of the real gateway cites other projects' files and names: its links only
   ["docs/gateway-facts.md"] = { external = true },
+  -- reference.md names the functions of ibkr.state, ibkr.kinds, ibkr.metrics as state.X, kinds.X...
+  ["docs/reference.md"] = {
+    aliases = { state = "ibkr.state", kinds = "ibkr.kinds", metrics = "ibkr.metrics" },
+  },
 }
+
+-- Lines of a document marked *pending* name what another branch is still building (the push
+-- channel: reference.md's entries, a mention in ibkr.md and cli.md): spec/reference_spec.lua holds
+-- reference.md's to their mark (it fails once the name exists), so they are not looked up here.
+local PENDING = {} -- file -> { [line number] = true }
+local function pending(m)
+  local marks = PENDING[m.file]
+  if not marks then
+    marks = {}
+    local ok, text = pcall(dn.read, m.file)
+    local n = 0
+    for line in ((ok and text or "") .. "\n"):gmatch("([^\n]*)\n") do
+      n = n + 1
+      if line:find("*pending*", 1, true) then marks[n] = true end
+    end
+    PENDING[m.file] = marks
+  end
+  return marks[m.line] == true
+end
 
 -- Receivers of recv:method() in the docs, and the objects they name (made below).
 local RECEIVERS = {
   s = { "session" }, req = { "request" }, pollable = { "request" }, gw = { "testing_mock" },
   m = { "inprocess_mock" }, o = { "oauth_crypto" }, k = { "jwt_key" }, handle = { "driver" },
   driver = { "driver" }, st = { "stream" }, ["s._oauth"] = { "oauth_signer", "oauth2_signer" },
+  p = { "proc" },
 }
 -- core.md's s is ibkr.core's session (it also names the ibkr session's s:request)
 local FILE_RECEIVERS = { ["docs/core.md"] = { s = { "core_session", "session" } } }
@@ -233,6 +257,7 @@ local function build_world()
     encryption_key_file = cfg.encryption_key_file, access_token_secret = cfg.access_token_secret,
     dh_prime = cfg.dh_prime, dh_generator = cfg.dh_generator }
   o.jwt_key = core.oauth.jwt_key{ private_key_file = W.oauth2:oauth2().client.private_key_file }
+  o.proc = assert(core.spawn{ "/bin/true" })
   local cqueues = require("cqueues")
   o.driver = require("ibkr.cqueues").drive(cqueues.new(), coroutine.create(function() end))
   o.oauth_session = ibkr.new{ base_url = W.oauth.url, oauth = cfg }
@@ -250,7 +275,7 @@ local function close_world()
   if o.driver then o.driver:stop() end
   if o.request then o.request:close() end
   for _, k in ipairs({ "core_session", "session", "oauth_session", "oauth2_session", "jwt_key",
-      "oauth_crypto", "inprocess_mock" }) do
+      "oauth_crypto", "inprocess_mock", "proc" }) do
     if o[k] then o[k]:close() end
   end
   for _, k in ipairs({ "plain", "oauth", "oauth2" }) do
@@ -620,7 +645,7 @@ end
 local function check(mentions, kinds)
   local out = {}
   for _, m in ipairs(mentions) do
-    if not kinds or kinds[m.kind] then
+    if (not kinds or kinds[m.kind]) and not pending(m) then
       local why = CHECK[m.kind](m)
       if why then
         out[#out + 1] = string.format("%s:%d: %s: %s", m.file, m.line, describe_mention(m), why)

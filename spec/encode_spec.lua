@@ -2,7 +2,7 @@
 -- ibkr's s:request): exact numbers, the array/object rules, escapes, errors, no user code.
 -- Bodies on the wire are read back from the mock gateway's echo endpoint. Debian's lua-cjson
 -- 2.1.0 is the oracle for reading texts back (its decoder uses strtod, so it is exact); it is
--- not used to encode (it writes at most 14 significant digits, issue 9 kind 9).
+-- not used to encode (it writes at most 14 significant digits).
 local core = require("ibkr.core")
 local ibkr = require("ibkr")
 local cjson = require("cjson").new()
@@ -24,7 +24,7 @@ end
 
 describe("the JSON encoder", function()
   describe("numbers", function()
-    it("writes 0.1 + 0.2 and 123456789012345678 exactly (issue 9 examples)", function()
+    it("writes 0.1 + 0.2 and 123456789012345678 exactly", function()
       assert.are.equal("0.30000000000000004", core.encode(0.1 + 0.2))
       assert.are.equal("123456789012345678", core.encode(123456789012345678))
       -- the same value as a float: the exact digits of the double (it reads back bit-identical)

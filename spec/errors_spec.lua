@@ -1,6 +1,6 @@
--- Error objects: every message is one bounded, printable line (issue 9 kind 5), tostring prints
--- only kind, method, path and message, and the message of a non-2xx answer says what the gateway
--- said: its JSON error text, a redirect target, an HTML page's title (issue 13 kind 6). Real
+-- Error objects: every message is one bounded, printable line, tostring prints only kind, method,
+-- path and message, and the message of a non-2xx answer says what the gateway said: its JSON error
+-- text, a redirect target, an HTML page's title. Real
 -- answers come from the mock gateway's faults and, where the raw bytes matter, from a plain TCP
 -- listener (luasocket) playing the gateway.
 local core = require("ibkr.core")
@@ -149,7 +149,7 @@ describe("error messages", function()
       if m then m:stop() end
     end)
 
-    it("a gateway error text with CR/LF cannot forge a second line (issue 9 example)", function()
+    it("a gateway error text with CR/LF cannot forge a second line", function()
       local forged = "failed to process request\r\nibkr: http: POST /tickle: HTTP 200: authenticated"
       m:fault{ path = "/tickle", kind = "status", status = 500, body = { error = forged } }
       local _, err = s:perform("POST", "/tickle")
@@ -206,7 +206,7 @@ describe("error messages", function()
       assert.are.equal("HTTP 503", select(2, s:perform("POST", "/tickle")).message)
     end)
 
-    it("summarises an HTML error page by its title (issue 13: 403 Access Denied, HTML 404)", function()
+    it("summarises an HTML error page by its title (the CDN's 403 Access Denied, an HTML 404)", function()
       local denied = "<HTML><HEAD>\n<TITLE>Access Denied</TITLE>\n</HEAD><BODY>\n<H1>Access Denied</H1>\n" ..
         "You don't have permission to access this server.<P>\nReference&#32;&#35;18&#46;1</BODY>\n</HTML>\n"
       m:fault{ path = "/tickle", kind = "status", status = 403, content_type = "text/html", body = denied }

@@ -26,7 +26,8 @@ describe("examples", function()
     local rc, out = sh("lua5.4 examples/luv_host.lua " .. q(m.url) .. " 1.5")
     assert.equal(0, rc, out)
     assert.matches("^session %(start%) %-> ready\nheartbeats: (%d+)\n$", out)
-    assert.is_true(tonumber(out:match("heartbeats: (%d+)")) >= 10)
+    -- (a beat every 100 ms: 15 on an idle machine; how many a loaded one fits is not the point)
+    assert.is_true(tonumber(out:match("heartbeats: (%d+)")) >= 2)
   end)
 
   it("cqueues host: ends when told, not at the next tickle", function()
@@ -101,12 +102,12 @@ describe("make demo", function()
     local p = assert(io.popen("DEMO_STEP=0 examples/demo.sh 2>/dev/null; echo \"rc=$?\""))
     local out = p:read("a")
     p:close()
-    assert.is_true(os.time() - t0 < 60)
+    assert.is_true(os.time() - t0 < 120) -- (17 s on an idle machine; a scene that hangs: minutes)
     assert.matches("rc=0\n$", out)
     assert.is_nil(out:find("\27", 1, true), "escape codes written to a pipe")
     local states = {}
     for st in out:gmatch("\n%d%d%d%d%-%d%d%-%d%dT[%d:]+Z ([%a_]+)") do states[#states + 1] = st end
     assert.same({ "ready", "disconnected", "ready", "unauthenticated", "ready", "competing", "ready",
-      "no_session", "ready", "down", "ready", "stopped" }, states) -- stopped by SIGTERM: the last line
+      "no_session", "ready", "down", "ready", "stopped" }, states, out) -- stopped by SIGTERM: the last line
   end)
 end)

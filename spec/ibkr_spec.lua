@@ -3,8 +3,8 @@
 local ibkr = require("ibkr")
 local pacing = require("ibkr.pacing")
 local mock = require("spec.helpers.mock")
+local gateway = require("spec.helpers.gateway")
 
-local fake_time = require("spec.helpers.clock").new
 
 describe("session calls over HTTPS", function()
   local m, s
@@ -61,18 +61,7 @@ end)
 
 describe("session calls over HTTP", function()
   local m, s, ft
-  setup(function()
-    m = assert(mock.start{ tls = false, pacing = false, init_delay = 0, reauth_delay = 0 })
-  end)
-  teardown(function() m:stop() end)
-  before_each(function()
-    m:reset()
-    m:clear_faults()
-    m:config{ init_delay = 0, reauth_delay = 0, pacing = false }
-    ft = fake_time()
-    s = ibkr.new{ base_url = m.url, clock = ft.clock, sleep = ft.sleep }
-  end)
-  after_each(function() s:close() end)
+  gateway.each(function(f) m, s, ft = f.m, f.s, f.ft end, { session = true })
 
   it("sends body-less POSTs with Content-Length: 0, JSON bodies with their Content-Type", function()
     assert(s:tickle())

@@ -5,6 +5,7 @@ local ibkr = require("ibkr")
 local core = require("ibkr.core")
 local cjson = require("cjson")
 local mock = require("spec.helpers.mock")
+local gateway = require("spec.helpers.gateway")
 
 local fake_time = require("spec.helpers.clock").new
 local state_of = require("ibkr.state").of_status
@@ -14,18 +15,7 @@ local turn, start, STEP = ka.turn, ka.start, ka.STEP
 
 describe("keep-alive", function()
   local m, s, ft
-  setup(function()
-    m = assert(mock.start{ tls = false, pacing = false, init_delay = 0, reauth_delay = 0 })
-  end)
-  teardown(function() m:stop() end)
-  before_each(function()
-    m:reset()
-    m:clear_faults()
-    m:config{ init_delay = 0, reauth_delay = 0, pacing = false, idle_timeout = 300 }
-    ft = fake_time()
-    s = ibkr.new{ base_url = m.url, clock = ft.clock, sleep = ft.sleep }
-  end)
-  after_each(function() s:close() end)
+  gateway.each(function(f) m, s, ft = f.m, f.s, f.ft end, { session = true })
 
   it("reports the first state with old = nil, then tickles every interval", function()
     local k = start(s, { interval = 60 })
@@ -190,7 +180,9 @@ describe("keep-alive", function()
   end)
 
   it("survives the gateway being killed and restarted on the same port", function()
-    local m2 = assert(mock.start{ tls = false, pacing = false })
+    -- (a spare port: no other spec's server takes it while this gateway is down)
+    local m2 = assert(mock.start{ tls = false, pacing = false,
+      args = { "--port", tostring(require("spec.helpers.raw").spare_port()) } })
     local s2 = ibkr.new{ base_url = m2.url, clock = ft.clock, sleep = ft.sleep }
     local k = start(s2, { interval = 60, retry_interval = 3 })
     turn(k.co, ft)
@@ -271,7 +263,7 @@ describe("keep-alive", function()
   end)
 
   it("ends at the next resume after s:stop() in the middle of a request, freeing it", function()
-    m:fault{ path = "/tickle", kind = "delay", seconds = 2 }
+    m:fault{ path = "/tickle", kind = "hold" } -- in flight until released: here, never
     local k = start(s, { interval = 60 })
     local _, wait = coroutine.resume(k.co)
     assert.is_true(wait <= STEP)
@@ -295,7 +287,7 @@ describe("keep-alive", function()
   end)
 
   it("ends after s:close(), even in the middle of a request", function()
-    m:fault{ path = "/tickle", kind = "delay", seconds = 2 }
+    m:fault{ path = "/tickle", kind = "hold" } -- in flight until released: here, never
     local k = start(s, { interval = 60 })
     local ok, wait = coroutine.resume(k.co)
     assert.is_true(ok)
@@ -307,7 +299,7 @@ describe("keep-alive", function()
   end)
 
   it("coroutine.close() frees the request in flight", function()
-    m:fault{ path = "/tickle", kind = "delay", seconds = 2 }
+    m:fault{ path = "/tickle", kind = "hold" } -- in flight until released: here, never
     local k = start(s, { interval = 60 })
     local _, wait = coroutine.resume(k.co)
     assert.is_true(wait <= STEP)

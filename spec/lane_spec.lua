@@ -1,4 +1,4 @@
--- The warm lane (issue 10): a non-blocking exchange of a session that holds a kept connection runs
+-- The warm lane: a non-blocking exchange of a session that holds a kept connection runs
 -- on the caller's thread, stepped through its socket; one that needs a connection is connected by
 -- the engine thread. These specs hold it to what a cooperative call promises: the answer wakes
 -- the pollable, a kept connection the gateway dropped is replaced without losing or doubling the
@@ -53,13 +53,21 @@ while true do
 end
 ]]
 
--- A session of mock m whose lane keeps a connection, and a /tickle started in that lane, which the
--- mock holds `secs` seconds: returns the session and the request.
-local function slow_in_lane(m, secs)
+-- A session of mock m whose lane keeps a connection, and a /tickle started in that lane whose
+-- answer the mock holds back until m:release(): returns the session and the request, stepped
+-- until the mock has it (an exchange in the lane moves only when stepped).
+local function slow_in_lane(m)
   local s = core.new{ base_url = m.url }
   assert(finish(assert(s:start("POST", "/tickle", REPEATABLE))))
-  m:fault{ path = "/tickle", kind = "delay", seconds = secs * SCALE }
-  return s, assert(s:start("POST", "/tickle", REPEATABLE))
+  m:fault{ path = "/tickle", kind = "hold" }
+  local req = assert(s:start("POST", "/tickle", REPEATABLE))
+  local limit = core.monotonic() + 10 * SCALE
+  while #m:held() == 0 do
+    assert(core.monotonic() < limit, "the mock never got the request")
+    assert.is_false(req:step())
+    core.sleep(0.001)
+  end
+  return s, req
 end
 
 for _, tls in ipairs{ false, true } do
@@ -94,16 +102,17 @@ for _, tls in ipairs{ false, true } do
     end)
 
     it("a slow exchange in the lane does not hold up the next one", function()
-      local s, slow = slow_in_lane(m, 0.5)
+      local s, slow = slow_in_lane(m)
       local quick = assert(s:start("POST", "/iserver/auth/status", REPEATABLE))
       assert.is_true(assert(finish(quick)).authenticated)
       assert.is_false(slow:done())
+      m:release()
       assert(finish(slow))
       s:close()
     end)
 
     it("closing the request mid-exchange frees it; the next call connects again", function()
-      local s, req = slow_in_lane(m, 1)
+      local s, req = slow_in_lane(m)
       assert.is_false(req:step())
       req:close()
       assert.are.equal("closed", select(2, req:result()).kind)
@@ -114,7 +123,7 @@ for _, tls in ipairs{ false, true } do
     end)
 
     it("closing the session mid-exchange makes the call report closed", function()
-      local s, req = slow_in_lane(m, 1)
+      local s, req = slow_in_lane(m)
       assert.is_false(req:step())
       s:close()
       assert.is_true(req:step())
@@ -124,7 +133,7 @@ for _, tls in ipairs{ false, true } do
 
     it("a session closed while a waiter watches the descriptor wakes it; the descriptor stays the request's",
       function()
-        local s, req = slow_in_lane(m, 2)
+        local s, req = slow_in_lane(m)
         local fd = req:pollfd()
         assert.is_true(fd >= 0)
         assert.is_true(is_open(fd))
@@ -141,7 +150,7 @@ for _, tls in ipairs{ false, true } do
       local s
       do
         local req
-        s, req = slow_in_lane(m, 1)
+        s, req = slow_in_lane(m)
         req:step()
       end
       collectgarbage()
@@ -190,9 +199,7 @@ describe("the warm lane against raw servers", function()
   end)
 
   it("fails a cooperative call to a port nobody listens on as 'connect', at once", function()
-    local srv = require("socket").bind("127.0.0.1", 0)
-    local _, port = srv:getsockname()
-    srv:close()
+    local port = require("spec.helpers.raw").spare_port() -- nobody listens there
     local s = core.new{ base_url = "http://127.0.0.1:" .. port, timeout = 60 }
     local req = assert(s:start("GET", "/x"))
     assert.is_true(req:wait(10), "a refused connection waited for the 60 s timeout")
@@ -264,13 +271,15 @@ describe("core.poll events", function()
   it("waits for writability when asked, and refuses unknown events", function()
     local m = assert(mock.start{ tls = false, pacing = false })
     local s = core.new{ base_url = m.url }
-    m:fault{ path = "/tickle", kind = "delay", seconds = 0.5 * SCALE }
+    m:fault{ path = "/tickle", kind = "hold" }
     local req = assert(s:start("POST", "/tickle"))
     local fd = req:pollfd()
     assert.are.equal(0, select("#", core.poll({ fd }, 0, { "r" })))   -- not readable yet
     assert.are.same({ 1 }, { core.poll({ fd }, 0, { "w" }) })           -- a descriptor is writable
     assert.has_error(function() core.poll({ fd }, 0, { "x" }) end)
     assert.has_error(function() core.poll({ fd }, 0, { "" }) end)
+    assert.is_true(m:await_held(1))
+    m:release()
     assert(finish(req))
     s:close()
     m:stop()

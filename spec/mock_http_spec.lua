@@ -12,7 +12,7 @@ for _, tls in ipairs({ false, true }) do
     local m
 
     setup(function()
-      m = assert(mock.start({ tls = tls, pacing = false, head_timeout = 0.5 }))
+      m = assert(mock.start({ tls = tls, pacing = false }))
     end)
 
     teardown(function()
@@ -74,30 +74,28 @@ for _, tls in ipairs({ false, true }) do
       c:close()
     end)
 
-    it("serves other connections while one request is delayed", function()
-      m:fault({ path = "/tickle", kind = "delay", seconds = 1 })
+    it("serves other connections while one answer is held back", function()
+      m:fault({ path = "/tickle", kind = "hold" })
       local slow = assert(m:connect())
-      local t0 = socket.gettime()
       assert(slow:send("POST /v1/api/tickle HTTP/1.1\r\nHost: x\r\n\r\n"))
+      assert.is_true(m:await_held(1))
       for _ = 1, 5 do
         local fast = assert(m:connect())
         assert.equals(200, assert(fast:request("POST", "/v1/api/iserver/auth/status")).status)
         fast:close()
       end
-      assert.is_true(socket.gettime() - t0 < 0.8, "other connections waited for the slow one")
+      assert.equals(1, #m:held()) -- all of that while the first answer was still held
+      assert.equals(1, m:release())
       local r = assert(slow:read_response())
       assert.equals(200, r.status)
-      assert.is_true(socket.gettime() - t0 >= 1)
       slow:close()
     end)
 
     it("handles many concurrent connections", function()
       local conns = {}
-      for i = 1, 50 do
-        conns[i] = assert(m:connect())
-      end
-      for i, c in ipairs(conns) do
-        assert(c:send("GET /v1/api/__mock/echo?i=" .. i .. " HTTP/1.1\r\nHost: x\r\n\r\n"))
+      for i = 1, 50 do -- each sends its request at once (a connection idle past the head timeout
+        conns[i] = assert(m:connect()) -- is closed), and reads its answer only once all are open
+        assert(conns[i]:send("GET /v1/api/__mock/echo?i=" .. i .. " HTTP/1.1\r\nHost: x\r\n\r\n"))
       end
       for i = 50, 1, -1 do
         local r = assert(conns[i]:read_response())
@@ -273,22 +271,24 @@ for _, tls in ipairs({ false, true }) do
       end)
 
       it("closes a slowloris connection after the head timeout with 408", function()
+        m:config({ head_timeout = 0.5 }) -- (before_each's reset restores it)
         local c = assert(m:connect())
         local t0 = socket.gettime()
         assert(c:send("GET /v1/api/tickle HTTP/1.1\r\nHost: x\r\n"))
-        local r = assert(c:read_response())
+        local r = assert(c:read_response()) -- (the client gives up after 5 s)
         local waited = socket.gettime() - t0
         assert.equals(408, r.status)
-        assert.is_true(waited >= 0.4 and waited < 3, "closed after " .. waited)
+        assert.is_true(waited >= 0.4, "closed after " .. waited)
         assert.is_true(c:is_closed())
         c:close()
       end)
 
       it("closes a connection that never sends anything after the head timeout", function()
+        m:config({ head_timeout = 0.5 })
         local c = assert(m:connect())
         local t0 = socket.gettime()
         assert.is_true(c:is_closed(5))
-        assert.is_true(socket.gettime() - t0 < 3)
+        assert.is_true(socket.gettime() - t0 >= 0.4)
         c:close()
       end)
 

@@ -1,4 +1,4 @@
--- OAuth 1.0a (issue 12): config checks, the worked example of docs/oauth.md (values computed with
+-- OAuth 1.0a: config checks, the worked example of docs/oauth.md (values computed with
 -- Python, an implementation apart from ours), signatures checked with the openssl command line, and
 -- the whole flow against the mock gateway in OAuth mode (which verifies every signature).
 local ibkr = require("ibkr")
@@ -244,18 +244,79 @@ describe("oauth worked example (docs/oauth.md)", function()
   end)
 end)
 
+describe("the mock gateway's --oauth-dir", function()
+  -- the names docs/oauth.md's own example gives the user's key files
+  local USER = { ["private_signature.pem"] = "the user's own signature key\n",
+    ["private_encryption.pem"] = "the user's own encryption key\n", ["oauth.conf"] = "# the user's\n" }
+
+  local function start_in(d)
+    return mock.start{ pacing = false, args = { "--oauth", "--oauth-dir", d } }
+  end
+
+  it("never overwrites a key file or a config there: the mock refuses to start, naming it", function()
+    for name, text in pairs(USER) do
+      local d = tmp .. "/own-" .. name
+      assert(sh("mkdir -p " .. q(d)))
+      write(d .. "/" .. name, text)
+      local gw, err = start_in(d)
+      if gw then gw:stop() end
+      assert.is_nil(gw, "the mock started over " .. name)
+      assert.matches(name .. " exists", err, 1, true)
+      assert.are.equal(text, read(d .. "/" .. name))
+      assert.are.equal(name .. "\n", select(1, sh("ls -A " .. q(d))), "it left other files there")
+    end
+  end)
+
+  it("never writes through a symlink by those names, dangling or not", function()
+    local d = tmp .. "/links"
+    assert(sh("mkdir -p " .. q(d)))
+    write(tmp .. "/target.pem", "the user's key elsewhere\n")
+    assert(sh("ln -s " .. q(tmp .. "/target.pem") .. " " .. q(d .. "/private_signature.pem")))
+    assert(sh("ln -s " .. q(tmp .. "/nowhere.pem") .. " " .. q(d .. "/private_encryption.pem")))
+    local gw, err = start_in(d)
+    if gw then gw:stop() end
+    assert.is_nil(gw)
+    assert.matches("exists", err)
+    assert.are.equal("the user's key elsewhere\n", read(tmp .. "/target.pem"))
+    assert.is_nil(io.open(tmp .. "/nowhere.pem"))
+  end)
+
+  it("writes the consumer into a new or empty directory, keys readable by the owner only", function()
+    local d = tmp .. "/fresh/sub"
+    local gw = assert(start_in(d))
+    gw:stop()
+    for name in pairs(USER) do
+      assert.are.equal("-rw-------", (select(1, sh("stat -c %A " .. q(d .. "/" .. name))):gsub("\n", "")))
+    end
+    assert(oauth.read_config(d .. "/oauth.conf"))
+  end)
+end)
+
 describe("oauth against the mock gateway in OAuth mode", function()
   local m, dir, cfg
+  -- one OAuth mock per token lifetime (its RSA keys take a while to make), put back to its
+  -- start-up state (gateway and OAuth: tokens, nonces, counters) each time a spec takes it
+  local mocks = {}
   local function start(ttl)
-    dir = tmp .. "/mock" .. tostring(ttl)
+    local got = mocks[ttl]
+    if got then
+      m, dir, cfg = got.m, got.dir, got.cfg
+      m:reset()
+      m:control("POST", "/__mock/oauth", { reset = true })
+      return
+    end
+    dir = tmp .. "/mock" .. ttl -- each mock its own directory: it never overwrites a file
     assert(sh("mkdir -p " .. q(dir)))
     m = assert(mock.start{ pacing = false, args = { "--oauth", "--oauth-dir", dir, "--oauth-lst-ttl", ttl } })
     local base_url
     cfg, base_url = assert(oauth.read_config(dir .. "/oauth.conf"))
     assert.is_nil(base_url)
+    mocks[ttl] = { m = m, dir = dir, cfg = cfg }
   end
   local function counters() return m:control("GET", "/__mock/oauth").counters end
-  after_each(function() if m then m:stop() end m = nil end)
+  teardown(function()
+    for _, got in pairs(mocks) do got.m:stop() end
+  end)
 
   it("opens a brokerage session, keeps it alive across token expiry, logs out", function()
     start(3)

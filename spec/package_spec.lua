@@ -1,8 +1,9 @@
 -- The rocks: ibkr-web-api (the client) and ibkr-web-api-mock (the mock gateway and the test helper)
 -- name every module, script and C source of the tree between them; their scm rockspecs build the
--- same; every mention of the version agrees with lua/ibkr/version.lua; `luarocks make` installs
--- both offline into a fresh tree from which `require "ibkr"` and the scripts work; and the README's
--- commands test the checkout whatever the shell's Lua variables hold.
+-- same; every mention of the version agrees with lua/ibkr/version.lua; `make dist`'s source rocks
+-- install offline into a fresh tree from which `require "ibkr"` and the scripts work (against the
+-- mock); `make install` builds outside the checkout; and the README's commands test the checkout
+-- whatever the shell's Lua variables hold.
 local core = require("ibkr.core")
 
 local VERSION = dofile("lua/ibkr/version.lua")
@@ -132,47 +133,73 @@ describe("the version", function()
     local mentions = lines("git ls-files -z | xargs -0 grep -IhoE 'lua-ibkr/[0-9]+\\.[0-9]+\\.[0-9]+' "
       .. "2>/dev/null | sort -u")
     for _, m in ipairs(mentions) do assert.are.equal("lua-ibkr/" .. VERSION, m) end
+    -- the source rocks of make dist, as the README and docs name them
+    local rocks = lines("git ls-files -z | xargs -0 grep -IhoE "
+      .. "'ibkr-web-api(-mock)?-[0-9]+\\.[0-9]+\\.[0-9]+-1\\.src' 2>/dev/null | sort -u")
+    assert.is_true(#rocks > 0)
+    for _, r in ipairs(rocks) do assert.matches("%-" .. VERSION:gsub("%.", "%%.") .. "%-1%.src$", r) end
   end)
 end)
 
-describe("luarocks make", function()
-  local tree, copy
+describe("make dist and make install", function()
+  local tmp, m
 
   setup(function()
-    tree = os.tmpname()
-    os.remove(tree)
-    -- build from a copy: luarocks writes objects and ibkr/core.so next to the sources
-    copy = os.tmpname()
-    os.remove(copy)
-    local cp = "mkdir -p '" .. copy .. "' && cp -r src lua bin rockspec '" .. copy .. "'"
-    assert(os.execute(cp))
+    tmp = os.tmpname()
+    os.remove(tmp)
+    assert(os.execute("mkdir -p '" .. tmp .. "/dist' '" .. tmp .. "/tree' '" .. tmp .. "/no-server'"))
+    m = assert(require("spec.helpers.mock").start{ tls = true, pacing = false })
   end)
   teardown(function()
-    if tree then os.execute("rm -rf '" .. tree .. "' '" .. copy .. "'") end
+    if m then m:stop() end
+    if tmp then os.execute("rm -rf '" .. tmp .. "'") end
   end)
 
-  it("installs both rocks offline into a fresh tree, where require 'ibkr' and the scripts work", function()
+  it("make dist: two source rocks that install offline into a fresh tree, from anywhere, and work", function()
+    local so = lines("stat -c '%i %Y' ibkr/core.so")[1]
+    local ok, out = sh("make -s dist DIST='" .. tmp .. "/dist'")
+    assert.is_true(ok, out)
+    -- what a user does with them: from another directory, no rock server (an empty one), no
+    -- dependency look-up (Debian provides them), the README's command
     for _, rock in ipairs(ROCKS) do
-      local ok, out = sh("cd '" .. copy .. "' && env -u LUA_PATH -u LUA_CPATH -u LUA_INIT luarocks"
-        .. " --lua-version=5.4 --tree='" .. tree .. "' make --deps-mode=none "
-        .. rockspec_file(rock, VERSION) .. " CFLAGS='-O2 -fPIC -Wall -Wextra -Werror'")
-      assert.is_true(ok, out)
+      local file = tmp .. "/dist/" .. rock .. "-" .. VERSION .. "-1.src.rock"
+      assert.matches(file, out, 1, true)
+      local ok2, out2 = sh("cd / && env -u LUA_PATH -u LUA_CPATH -u LUA_INIT luarocks --lua-version=5.4"
+        .. " --tree='" .. tmp .. "/tree' --only-server='" .. tmp .. "/no-server' install '" .. file
+        .. "' --deps-mode=none CFLAGS='-O2 -fPIC -Wall -Wextra -Werror'")
+      assert.is_true(ok2, out2)
     end
-    -- the in-tree build must not be what gets loaded: run from / with only the tree's paths
+    assert.are.equal(so, lines("stat -c '%i %Y' ibkr/core.so")[1], "the checkout's module was rebuilt")
+    -- the installed copy is what runs: from / with only the tree's paths
+    local tree = tmp .. "/tree"
     local env = "cd / && unset LUA_PATH_5_4 LUA_CPATH_5_4 && "
       .. "eval \"$(luarocks --lua-version=5.4 --tree='" .. tree .. "' path)\" && "
-    local ok2, v = sh(env .. "lua5.4 -e 'local i = require(\"ibkr\"); "
+    local ok3, v = sh(env .. "lua5.4 -e 'local i = require(\"ibkr\"); "
       .. "io.write(i._VERSION, \" \", package.searchpath(\"ibkr.core\", package.cpath), \" \", "
       .. "package.searchpath(\"ibkr.mock.testing\", package.path))'")
-    assert.is_true(ok2, v)
+    assert.is_true(ok3, v)
     assert.are.equal(VERSION .. " " .. tree .. "/lib/lua/5.4/ibkr/core.so " .. tree
       .. "/share/lua/5.4/ibkr/mock/testing.lua", v)
-    local ok3, usage, code = sh(env .. "'" .. tree .. "/bin/ibkr-session' --no-such-option")
-    assert.is_nil(ok3)
-    assert.are.equal(64, code, usage)
-    local ok4, mock_usage, code4 = sh(env .. "'" .. tree .. "/bin/ibkr-mock-gateway' --state nonsense")
-    assert.is_nil(ok4)
-    assert.are.equal(64, code4, mock_usage)
+    -- the installed ibkr-session against a mock gateway; the installed mock gateway itself
+    local ok4, status = sh(env .. "'" .. tree .. "/bin/ibkr-session' --url '" .. m.url .. "' status")
+    assert.is_true(ok4, status)
+    assert.matches("^ready", status)
+    local ok5, mock_usage, code5 = sh(env .. "'" .. tree .. "/bin/ibkr-mock-gateway' --state nonsense")
+    assert.is_nil(ok5)
+    assert.are.equal(64, code5, mock_usage)
+    local ok6, version = sh(env .. "'" .. tree .. "/bin/ibkr-mock-gateway' --version")
+    assert.is_true(ok6, version)
+    assert.are.equal("ibkr-mock-gateway " .. VERSION .. "\n", version)
+  end)
+
+  it("make install installs those source rocks: luarocks builds them elsewhere, not here", function()
+    local ok, out = sh("make -s -n install TREE=/t DIST=/d")
+    assert.is_true(ok, out)
+    for _, rock in ipairs(ROCKS) do
+      assert.matches("luarocks %-%-lua%-version=5%.4 %-%-tree=/t install %-%-deps%-mode=none[%s\\]+/d/"
+        .. rock:gsub("%-", "%%-") .. "%-" .. VERSION:gsub("%.", "%%.") .. "%-1%.src%.rock", out)
+    end
+    assert.is_nil(out:find("luarocks[^\n]* make", 1), "luarocks make builds in the current directory")
   end)
 end)
 

@@ -1,6 +1,7 @@
 -- What goes on the wire and what comes back are never guessed: a request the caller did not mark
--- repeatable is never sent twice, and a response cut off inside its header block is never a
--- success. Raw servers run as separate processes (lua5.4 with luasocket) that print what they saw.
+-- repeatable is never sent twice, a stale response left on a kept connection is never the next
+-- request's answer, and a response cut off inside its header block is never a success. Raw servers
+-- run as separate processes (lua5.4 with luasocket) that print what they saw.
 local core = require("ibkr.core")
 local ibkr = require("ibkr")
 local mock = require("spec.helpers.mock")
@@ -156,7 +157,75 @@ describe("a request not marked repeatable is sent once", function()
         assert.are.equal(2, s:stats().connects)
         s:close()
       end)
+
+    it("a request with a body is sent once when its reused connection drops before the answer", function()
+      -- libcurl re-sends a request whose reused connection died before any response byte; for a
+      -- POST with a body (an order) that sends it twice, which the contract forbids (no retry of
+      -- non-GET/HEAD requests without retry = true)
+      local s = core.new{ base_url = m.url }
+      assert(s:perform("POST", "/tickle"))               -- the connection is now pooled
+      m:clear_log()
+      m:fault{ path = "/iserver/account/U1/orders", kind = "drop", when = "before" }
+      local r, err = s:perform("POST", "/iserver/account/U1/orders", { body = { orders = {} } })
+      local sent = 0
+      for _, e in ipairs(m:log()) do
+        if e.path == "/v1/api/iserver/account/U1/orders" then sent = sent + 1 end
+      end
+      s:close()
+      assert.is_nil(r)
+      assert.are.equal("protocol", err.kind)
+      assert.are.equal(1, sent)
+    end)
   end)
+end)
+
+-- Answers every request on a kept-alive connection with {"n":<count>}; after the first answer it
+-- writes an unsolicited complete response 0.3 s later, then says "stale". Ends after 3 answers.
+local STALE_SERVER = [[
+local socket = require("socket")
+local srv = assert(socket.bind("127.0.0.1", 0))
+local _, port = srv:getsockname(); print(port); io.stdout:flush()
+srv:settimeout(10)
+local n = 0
+local function answer(c, body)
+  c:send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " .. #body
+    .. "\r\n\r\n" .. body)
+end
+while true do
+  local c = srv:accept()
+  if not c then break end
+  c:settimeout(10)
+  while true do
+    local line = c:receive("*l")
+    if not line then break end
+    while line and line ~= "" do line = c:receive("*l") end
+    n = n + 1
+    answer(c, '{"n":' .. n .. '}')
+    if n == 3 then os.exit(0) end
+    if n == 1 then
+      socket.sleep(0.3)
+      answer(c, '{"n":"stale"}')
+      print("stale"); io.stdout:flush()
+    end
+  end
+  c:close()
+end
+]]
+
+describe("a response is never attributed to the wrong request", function()
+  for _, how in ipairs{ "perform", "start" } do
+    it("a stale unsolicited response on a kept-alive connection is not the next answer (" .. how .. ")",
+      function()
+        local p, port = raw_server(STALE_SERVER)
+        local s = core.new{ base_url = "http://127.0.0.1:" .. port }
+        assert.are.equal(1, assert(call(s, how, "GET", "/x")).n)
+        assert.are.equal("stale", p:read("l"))
+        assert.are.equal(2, assert(call(s, how, "GET", "/x")).n)
+        assert.are.equal(3, assert(call(s, how, "GET", "/x")).n)
+        s:close()
+        p:close()
+      end)
+  end
 end)
 
 describe("a response cut off inside its header block", function()

@@ -7,7 +7,7 @@
 ** mods[] below. A C function implementing `core.name` is named core_name,
 ** in whichever file it lives.
 ** Called by: Lua (require "ibkr.core").
-** Calls: error.c, json.c, wire.c, session.c, request.c, signal.c, oauth.c, lib/engine.c.
+** Calls: error.c, json.c, wire.c, session.c, request.c, signal.c, oauth.c, proc.c, lib/engine.c.
 */
 #include <errno.h>
 #include <math.h>
@@ -132,6 +132,7 @@ static const luaL_Reg mods[] = {
   {"request", request_open},    /* the ibkr.request class */
   {"signal", signal_open},      /* signal_catch, signal_caught, signal_wait */
   {"oauth", oauth_open},        /* oauth (a table); the ibkr.oauth class */
+  {"proc", proc_open},          /* spawn; the ibkr.proc class */
   {NULL, NULL}
 };
 

@@ -98,6 +98,7 @@ void message_describe(lua_State *L, int idx);
 
 int json_open(lua_State *L);
 int json_decode(lua_State *L, const char *s, size_t len);
+int json_decode_and(lua_State *L, const char *s, size_t len, const char *tail, size_t tlen);
 int json_encode(lua_State *L, int validx);
 #define JSON_NUMTEXT 32             /* room for json_number_text's text and its NUL */
 size_t json_number_text(lua_State *L, int idx, char *out);
@@ -139,5 +140,6 @@ typedef struct sigmark {
 void signal_mark(lua_State *L, sigmark *m);
 int signal_asked(void *m);
 int oauth_open(lua_State *L);       /* oauth.c: core.oauth, OAuth 1.0a crypto on libcrypto */
+int proc_open(lua_State *L);        /* proc.c: core.spawn, the ibkr.proc class */
 
 #endif

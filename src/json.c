@@ -330,20 +330,24 @@ static void value(parser *ps, int depth) {
   }
 }
 
-/* protected part of json_decode: (text) -> value */
+/* protected part of json_decode_and: (text, len, tail, tlen) -> value [, tail] */
 static int decode_p(lua_State *L) {
   parser ps;
-  size_t len;
+  size_t len, tlen;
+  const char *tail = lua_touserdata(L, 3);
   ps.L = L;
   ps.start = ps.p = lua_touserdata(L, 1);
   len = (size_t)lua_tointeger(L, 2);
+  tlen = (size_t)lua_tointeger(L, 4);
   ps.end = ps.p + len;
   lua_settop(L, 0);
   skip_ws(&ps);
   value(&ps, 0);
   skip_ws(&ps);
   if (ps.p != ps.end) fail(&ps, "trailing characters");
-  return 1;
+  if (tail == NULL) return 1;
+  lua_pushlstring(L, tail, tlen);
+  return 2;
 }
 
 /*
@@ -353,10 +357,19 @@ static int decode_p(lua_State *L) {
 ** C buffer, or a Lua string the caller keeps on its stack).
 */
 int json_decode(lua_State *L, const char *s, size_t len) {
+  return json_decode_and(L, s, len, NULL, 0);
+}
+
+/* json_decode, then tail[0..tlen) pushed as a string above the value, under
+** the same protection (the header block of an answer: request.c). Pushes
+** value and tail and returns 1, or pushes the message and returns 0. */
+int json_decode_and(lua_State *L, const char *s, size_t len, const char *tail, size_t tlen) {
   lua_pushcfunction(L, decode_p);
   lua_pushlightuserdata(L, (void *)s);
   lua_pushinteger(L, (lua_Integer)len);
-  return lua_pcall(L, 2, 1, 0) == LUA_OK;
+  lua_pushlightuserdata(L, (void *)tail);
+  lua_pushinteger(L, (lua_Integer)tlen);
+  return lua_pcall(L, 4, tail ? 2 : 1, 0) == LUA_OK;
 }
 
 /* --------------------------------------------------------------- encoding */

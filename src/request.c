@@ -22,10 +22,11 @@ typedef struct request {
   int collected;              /* result() built and cached in the user values */
   int closed;                 /* req:close() before the result was built */
   long status;                /* of a successful result */
+  size_t bytes;               /* of a successful result: its body's length */
 } request;
 
 /* user values of a request userdata */
-enum { RUV_SESSION = 1, RUV_METHOD, RUV_PATH, RUV_RESULT, RUV_ERROR, RUV_COUNT = RUV_ERROR };
+enum { RUV_SESSION = 1, RUV_METHOD, RUV_PATH, RUV_RESULT, RUV_ERROR, RUV_HEAD, RUV_COUNT = RUV_HEAD };
 
 static request *torequest(lua_State *L, int idx) {
   return (request *)luaL_checkudata(L, idx, REQUEST_MT);
@@ -139,8 +140,18 @@ static int push_http_error(lua_State *L, const xfer *x, int methodidx, int pathi
   return 2;
 }
 
-/* result, nil (and the status in *status) or nil, err: two values pushed;
-** closed: the request was closed before its result was built */
+/* the final response's header block, as it came ("" when there was none) */
+static const char *head_of(const xfer *x) { return x->hdr.p ? x->hdr.p : ""; }
+
+/* [value, head] on the stack (json_decode_and) -> [value, nil, head] */
+static void nil_between(lua_State *L) {
+  lua_pushnil(L);
+  lua_rotate(L, -2, 1);
+}
+
+/* result, nil, head (the status in *status) or nil, err: their number
+** returned (3 or 2); closed: the request was closed before its result was
+** built */
 static int outcome(lua_State *L, const xfer *x, int closed, long *status, int methodidx, int pathidx) {
   if (x->aborted || closed)
     return error_fail(L, KIND_CLOSED, closed ? "request is closed" : x->aborted == ABORT_FORK ?
@@ -150,7 +161,8 @@ static int outcome(lua_State *L, const xfer *x, int closed, long *status, int me
   if (x->status < 200 || x->status >= 300) return push_http_error(L, x, methodidx, pathidx);
   if (x->body.n == 0 || x->head) {
     lua_newtable(L);
-  } else if (!json_decode(L, x->body.p, x->body.n)) {
+    lua_pushlstring(L, head_of(x), x->hdr.n);
+  } else if (!json_decode_and(L, x->body.p, x->body.n, head_of(x), x->hdr.n)) {
     lua_pushfstring(L, "response is not JSON: %s", lua_tostring(L, -1));   /* why, msg */
     lua_remove(L, -2);
     lua_pushnil(L);
@@ -161,43 +173,54 @@ static int outcome(lua_State *L, const xfer *x, int closed, long *status, int me
     return 2;
   }
   *status = x->status;
-  lua_pushnil(L);
-  return 2;
+  nil_between(L);
+  return 3;
 }
 
 static int push_outcome(lua_State *L, request *r, int methodidx, int pathidx) {
+  r->bytes = r->x.body.n;
   return outcome(L, &r->x, r->closed, &r->status, methodidx, pathidx);
 }
 
-/* outcome() under lua_pcall: (x, &status, method, path) -> res, err */
+/* outcome() under lua_pcall: (x, &status, method, path) -> res, err [, head] */
 static int outcome_p(lua_State *L) {
   return outcome(L, lua_touserdata(L, 1), 0, lua_touserdata(L, 2), 3, 4);
 }
 
+/* [res, nil, head] -> [res, nil, status, head, bytes]: a success's five
+** values (integers: nothing here can raise) */
+static int success(lua_State *L, long status, size_t bytes) {
+  lua_pushinteger(L, status);
+  lua_rotate(L, -2, 1);
+  lua_pushinteger(L, (lua_Integer)bytes);
+  return 5;
+}
+
 /*
 ** The outcome of the blocking exchange x that no request holds (a
-** session's own, s:perform): result, nil, status or nil, err pushed, their
-** number returned; x is closed by then. A raise while it is built (out of
-** memory) must not leave x open, so nothing that can raise runs on x
-** unprotected: the common answer (a 2xx JSON body) is decoded under
-** json_decode's own protection, x is closed, and only nil and the status
-** are pushed after; every other outcome is built under lua_pcall. Returns
-** -1 with the error on top when that raised (x closed): the caller raises
-** it. A finaliser that closes the session while the result is built makes
-** it kind "closed", as for a request.
+** session's own, s:perform): result, nil, status, head, bytes or nil, err
+** pushed, their number returned; x is closed by then. A raise while it is
+** built (out of memory) must not leave x open, so nothing that can raise
+** runs on x unprotected: the common answer (a 2xx JSON body) is decoded,
+** and its header block pushed, under json_decode_and's own protection, x
+** is closed, and only nil and integers are pushed after; every other
+** outcome is built under lua_pcall. Returns -1 with the error on top when
+** that raised (x closed): the caller raises it. A finaliser that closes
+** the session while the result is built makes it kind "closed", as for a
+** request.
 */
 int request_outcome(lua_State *L, xfer *x, int methodidx, int pathidx) {
   long status = 0;
+  size_t bytes = x->body.n;
   int top = lua_gettop(L), rc;
   if (!x->aborted && x->code == CURLE_OK && x->status >= 200 && x->status < 300 && x->body.n > 0 &&
       !x->head) {
-    if (json_decode(L, x->body.p, x->body.n) && !x->aborted) {
+    if (json_decode_and(L, x->body.p, x->body.n, head_of(x), x->hdr.n) && !x->aborted) {
       status = x->status;
       if (x->home) x->home->connects += x->nconnects;
       transfer_close(x);
-      lua_pushnil(L);
-      lua_pushinteger(L, status);
-      return 3;
+      nil_between(L);
+      return success(L, status, bytes);
     }
     lua_settop(L, top);
   }
@@ -210,22 +233,21 @@ int request_outcome(lua_State *L, xfer *x, int methodidx, int pathidx) {
     lua_pushvalue(L, methodidx);
     lua_pushvalue(L, pathidx);
     status = 0;
-    rc = lua_pcall(L, 4, 2, 0);
+    rc = lua_pcall(L, 4, LUA_MULTRET, 0);
     if (rc != LUA_OK || was || !x->aborted) break;
   }
   if (x->home) x->home->connects += x->nconnects;
   transfer_close(x);
   if (rc != LUA_OK) return -1;
   if (status == 0) return 2;
-  lua_pushinteger(L, status);
-  return 3;
+  return success(L, status, bytes);
 }
 
 /*
-** The outcome of the finished request at ridx: result, nil, status or
-** nil, err. Built once (user code can run while it is built, a finaliser
-** closing the session among it: the exchange's buffers are its own, and a
-** close during the call makes it report "closed"), then cached.
+** The outcome of the finished request at ridx: result, nil, status, head,
+** bytes or nil, err. Built once (user code can run while it is built, a
+** finaliser closing the session among it: the exchange's buffers are its
+** own, and a close during the call makes it report "closed"), then cached.
 */
 int request_collect(lua_State *L, int ridx) {
   request *r = torequest(L, ridx);
@@ -236,13 +258,14 @@ int request_collect(lua_State *L, int ridx) {
     lua_getiuservalue(L, ridx, RUV_PATH);                     /* top+2 */
     if (!r->closed && !transfer_done(&r->x))
       return error_fail(L, KIND_BUSY, "request not finished: step() it until it returns true", top + 1, top + 2);
-    push_outcome(L, r, top + 1, top + 2);                    /* res, err */
+    push_outcome(L, r, top + 1, top + 2);                    /* res, err [, head] */
     if (r->x.aborted) {                                       /* closed while it was built */
       lua_settop(L, top + 2);
       r->status = 0;
       push_outcome(L, r, top + 1, top + 2);
     }
     if (r->x.home) r->x.home->connects += r->x.nconnects;
+    if (r->status != 0) lua_setiuservalue(L, ridx, RUV_HEAD);
     lua_setiuservalue(L, ridx, RUV_ERROR);
     lua_setiuservalue(L, ridx, RUV_RESULT);
     lua_settop(L, top);
@@ -253,7 +276,9 @@ int request_collect(lua_State *L, int ridx) {
   lua_getiuservalue(L, ridx, RUV_ERROR);
   if (r->status == 0) return 2;
   lua_pushinteger(L, r->status);
-  return 3;
+  lua_getiuservalue(L, ridx, RUV_HEAD);
+  lua_pushinteger(L, (lua_Integer)r->bytes);
+  return 5;
 }
 
 /* ------------------------------------------------------------ methods */

@@ -13,6 +13,9 @@
 **   core.signal_wait(seconds [, fd])       sleep until the time passed, a caught
 **                                          signal arrived, or fd became readable;
 **                                          returns the caught signal's name or nil
+**   core.signal_fd()                       the self-pipe's read end (readable once a signal
+**                                          was caught), or nil before signal_catch: for
+**                                          waits on many descriptors (core.poll)
 **
 ** And, for every wait of the module (core.sleep, core.signal_wait, blocking
 ** exchanges, req:wait): whether a signal handler of someone else asked the
@@ -21,7 +24,8 @@
 ** "interrupted!" at the next Lua instruction; a wait in C must return to Lua
 ** for it to act, so it ends early when the signal interrupted it and a hook
 ** appeared (any other signal leaves it waiting).
-** Adds to the module: core.signal_catch, core.signal_caught, core.signal_wait.
+** Adds to the module: core.signal_catch, core.signal_caught, core.signal_wait,
+** core.signal_fd.
 ** Called by: core.c, session.c, request.c.
 ** Calls: nothing of ours.
 */
@@ -173,10 +177,17 @@ static int signal_wait(lua_State *L) {
   return push_caught(L);
 }
 
+static int signal_fd(lua_State *L) {
+  if (sigpipe_fd[0] < 0) return 0;
+  lua_pushinteger(L, sigpipe_fd[0]);
+  return 1;
+}
+
 static const luaL_Reg signal_funcs[] = {
   {"signal_catch", signal_catch},
   {"signal_caught", signal_caught},
   {"signal_wait", signal_wait},
+  {"signal_fd", signal_fd},
   {NULL, NULL}
 };
 

@@ -5,7 +5,8 @@
 ** call reads from the caller's values is read here, before the session is
 ** touched (user code can run inside any of these reads: metamethods, and
 ** finalisers on allocation).
-** Adds to the module: core.check_path, core.check_headers.
+** Adds to the module: core.check_path, core.check_headers, core.parse_headers
+** (a response's header block as a table: the Lua layer's meta.headers).
 ** Called by: core.c, session.c.
 ** Calls: json.c, lib/text.c, lib/buf.c.
 */
@@ -538,13 +539,128 @@ static int core_check_headers(lua_State *L) {
   return 1;
 }
 
+/* ------------------------------------------------------------ response headers */
+
+#define NAME_MAX_LEN 256            /* a longer field name is skipped */
+
+/* s[0..n) without the spaces and tabs around it: the new length, *s moved */
+static size_t trim_ows(const char **s, size_t n) {
+  while (n > 0 && (**s == ' ' || **s == '\t')) (*s)++, n--;
+  while (n > 0 && ((*s)[n - 1] == ' ' || (*s)[n - 1] == '\t')) n--;
+  return n;
+}
+
+/*
+** The value v[0..vn) of the field named at `name` into the table at t: the
+** first, or after the one it has, joined with sep; set-cookie (list) gets a
+** list of its values instead, and a continued line (sep " ") joins its last.
+*/
+static void field_add(lua_State *L, int t, int name, const char *v, size_t vn, const char *sep, int list) {
+  lua_pushvalue(L, name);
+  if (list) {
+    lua_Integer n;
+    if (lua_rawget(L, t) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushvalue(L, name);
+      lua_pushvalue(L, -2);
+      lua_rawset(L, t);
+    }
+    n = (lua_Integer)lua_rawlen(L, -1);
+    if (*sep == ' ' && n > 0) {                               /* a continued line joins the last */
+      lua_rawgeti(L, -1, n);
+      lua_pushstring(L, sep);
+      lua_pushlstring(L, v, vn);
+      lua_concat(L, 3);
+      lua_rawseti(L, -2, n);
+    } else {
+      lua_pushlstring(L, v, vn);
+      lua_rawseti(L, -2, n + 1);
+    }
+    lua_pop(L, 1);
+    return;
+  }
+  if (lua_rawget(L, t) == LUA_TSTRING) {
+    lua_pushstring(L, sep);
+    lua_pushlstring(L, v, vn);
+    lua_concat(L, 3);
+  } else {
+    lua_pop(L, 1);
+    lua_pushlstring(L, v, vn);
+  }
+  lua_pushvalue(L, name);
+  lua_insert(L, -2);
+  lua_rawset(L, t);
+}
+
+/* the field name line[0..nl), lower-cased, pushed; 0 (nothing pushed) when
+** it is empty, too long, or has a byte no field name may have */
+static int push_name(lua_State *L, const char *line, size_t nl) {
+  char low[NAME_MAX_LEN];
+  if (nl == 0 || nl > sizeof low) return 0;
+  for (size_t i = 0; i < nl; i++) {
+    unsigned char c = (unsigned char)line[i];
+    if (c <= 0x20 || c >= 0x7f) return 0;
+    low[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+  }
+  lua_pushlstring(L, low, nl);
+  return 1;
+}
+
+/*
+** core.parse_headers(block) -> table: a response's header block (its
+** status line, then "Name: value" lines, as libcurl hands them over: the
+** second value's meta.headers of an ibkr call). Names are lower-cased,
+** values lose the spaces around them; a line starting with a space or tab
+** continues the previous value (obs-fold, RFC 9112 section 5.2: joined with
+** one space); a repeated field is joined with ", " (RFC 9110 section 5.3),
+** but set-cookie is always a list of its values (RFC 9110 section 5.3 and
+** RFC 6265 section 3: they cannot be joined). A status line, a line without
+** a colon or with a bad name is skipped; an empty line ends the block.
+*/
+static int core_parse_headers(lua_State *L) {
+  size_t n;
+  const char *p = luaL_checklstring(L, 1, &n), *end = p + n;
+  int cookie = 0, lines = 0;
+  for (const char *q = p; (q = memchr(q, '\n', (size_t)(end - q))) != NULL; q++) lines++;
+  lua_settop(L, 1);
+  lua_createtable(L, 0, lines > 1 ? lines - 1 : 0);           /* 2: the headers, at their size */
+  lua_pushnil(L);                                             /* 3: the last field's name */
+  while (p < end) {
+    const char *line = p, *eol = memchr(p, '\n', (size_t)(end - p)), *v, *colon;
+    size_t len = (size_t)((eol ? eol : end) - p);
+    p = eol ? eol + 1 : end;
+    if (len > 0 && line[len - 1] == '\r') len--;
+    if (len == 0) break;
+    if (line[0] == ' ' || line[0] == '\t') {                 /* obs-fold */
+      v = line;
+      if (!lua_isnil(L, 3)) field_add(L, 2, 3, v, trim_ows(&v, len), " ", cookie);
+      continue;
+    }
+    colon = memchr(line, ':', len);
+    if (!colon || (len >= 5 && memcmp(line, "HTTP/", 5) == 0) || !push_name(L, line, (size_t)(colon - line))) {
+      lua_pushnil(L);
+      lua_replace(L, 3);
+      continue;
+    }
+    lua_replace(L, 3);
+    cookie = colon - line == 10 && strncasecmp(line, "set-cookie", 10) == 0;
+    v = colon + 1;
+    field_add(L, 2, 3, v, trim_ows(&v, (size_t)(line + len - v)), ", ", cookie);
+  }
+  lua_settop(L, 2);
+  return 1;
+}
+
 static const luaL_Reg wire_funcs[] = {
   {"check_path", core_check_path},
   {"check_headers", core_check_headers},
+  {"parse_headers", core_parse_headers},
   {NULL, NULL}
 };
 
-/* adds core.check_path and core.check_headers to the module at the top */
+/* adds core.check_path, core.check_headers and core.parse_headers to the
+** module at the top */
 int wire_open(lua_State *L) {
   luaL_setfuncs(L, wire_funcs, 0);
   return 0;

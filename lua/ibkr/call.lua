@@ -1,11 +1,14 @@
 -- One call of a session: pacing, the HTTP exchange (blocking or step by step), retries, the
--- call's deadline, stats.
+-- call's deadline, its meta, its trace events, stats.
 --
 -- The session (ibkr/init.lua) owns one caller, made by call.new; the caller owns what calls
--- share — the core session, the pacer, the counters, the OAuth signer in use — and nothing
--- else touches them: the session asks through the methods below.
---   call.new{ core =, clock =, timeout =, deadline =, retries =, pacer =, oauth =, random = }
---   c:run(w, method, path, copts, allow_retry, deadline) -> res, nil, status | nil, err (err.hint)
+-- share — the core session, the pacer, the counters, the OAuth signer in use, the tracer — and
+-- nothing else touches them: the session asks through the methods below.
+--   call.new{ core =, clock =, timeout =, deadline =, extra =, retries =, pacer =, oauth =,
+--             random =, hint =, tracer = }
+--   c:bounds(timeout, deadline, cap) -> limit, timeout: a call's absolute deadline and the
+--                                       seconds of each of its exchanges
+--   c:run(w, method, path, copts, allow_retry, limit, timeout) -> res, meta | nil, err (err.hint)
 --   c:hinted(err) -> err, with its hint
 --   c:stats() -> a new table of counters      c:held(now) -> seconds of a hold left, or nil
 --   c:backoff(now) -> seconds the streak of 5xx calls asks pollers to wait still, or nil
@@ -14,9 +17,12 @@
 -- The C core does every exchange; this file never parses HTTP or JSON.
 
 local core = require("ibkr.core")
+local check = require("ibkr.check")
 local kinds = require("ibkr.kinds")
+local meta = require("ibkr.meta")
 local retry = require("ibkr.retry")
 local pacing = require("ibkr.pacing")
+local stats = require("ibkr.stats")
 
 local M = {}
 
@@ -31,21 +37,22 @@ end
 M.closed_error = closed_error
 
 -- Runs one exchange with start/step, waiting with w.wait(seconds, request) between steps: the
--- request is a pollable whose descriptor becomes readable when the answer is there. A 4th result
--- `true` says the work was abandoned (w.live() turned false) before the exchange finished.
+-- request is a pollable whose descriptor becomes readable when the answer is there. Returns
+-- aborted, then what the core's s:perform returns; aborted is true when the work was abandoned
+-- (w.live() turned false) before the exchange finished.
 -- Requests of one session run side by side (the core never says "busy" to start()).
 -- The request is held in a to-be-closed variable: that is what frees it when the coroutine is
 -- closed while suspended here (coroutine.close runs pending to-be-closed variables), when the
 -- keep-alive is stopped, or when a host's sleep raises.
 local function stepped(cs, w, method, path, copts)
   local req, err = cs:start(method, path, copts)
-  if not req then return nil, err end
+  if not req then return false, nil, err end
   local inflight <close> = req -- luacheck: ignore inflight
   while true do
     local done, secs = req:step()
-    if done then return req:result() end
+    if done then return false, req:result() end
     w.wait(secs, req)
-    if not w.live() then return nil, w.gone(method, path), nil, true end
+    if not w.live() then return true, nil, w.gone(method, path) end
   end
 end
 
@@ -68,9 +75,10 @@ local function note_refusal(s, err)
 end
 
 -- The counters of an attempt's outcome, and the refusal streak (note_refusal).
-local function count(s, res, err, status)
+local function count(s, res, err, status, path)
   local st = s.counts
   st.requests = st.requests + 1
+  stats.exchange(st, s.clock(), path, res, err) -- per endpoint and outcome, last success
   if res then
     st.last_status = status or st.last_status
     s.streak.pacing = nil -- an answer ends a streak of refusals
@@ -103,24 +111,25 @@ local function refused(s, method, path, again, why)
 end
 
 -- The call's deadline passed before an attempt could be made (late: nothing was waited for).
-local function late(method, path, budget)
+local function late(method, path)
   return core.error{ kind = "timeout", method = method, path = path, late = true,
-    message = string.format("no time left of the call's %g s deadline", budget) }
+    message = "no time left of the call's deadline" }
 end
 
--- Pacing before an attempt (when the pacer is not idle: its limits on, or a hold set): waits when
--- the pacer says so and the wait fits before `limit`.
+-- Pacing before an attempt: waits when the pacer says so and the wait fits before `limit`.
 -- Returns true, or nil plus the error to return (a retry keeps its real error `last_err`).
-local function admit(s, w, method, path, last_err, limit)
+-- x: the attempt's trace record (nil when not tracing): `paced`, the seconds waited.
+local function admit(s, w, method, path, last_err, limit, x)
+  if s.pacer:idle() then return true end
   local now = s.clock()
-  local wait, again, why = s.pacer:reserve(path, now)
-  if wait and wait > 0 and now + wait >= limit then wait, again = nil, wait end
+  local wait, again, why = s.pacer:reserve(path, now, limit - now) -- a wait past limit books nothing
   if not wait then
     if last_err then return nil, last_err end
     return nil, refused(s, method, path, again, why)
   end
   if wait > 0 then
     s.counts.paced = s.counts.paced + 1
+    if x then x.paced = wait end
     w.wait(wait)
     if not w.live() then return nil, w.gone(method, path) end
   end
@@ -135,12 +144,12 @@ local function note_hold(s, err)
   end
 end
 
--- The options of one exchange: the caller's, plus the time it may take (the session's timeout,
+-- The options of one exchange: the caller's, plus the time it may take (the call's timeout,
 -- or what is left of the call's deadline when that is less). repeatable: sending it twice is
 -- harmless (a retryable call), so the core may send it on a kept-alive connection.
--- Without options of its own and with the whole timeout, an exchange needs no table made for it
--- (attempt_once passes REPEATABLE or nil): the core session's own timeout is the caller's
--- (ibkr.new gives both the same).
+-- Without options of its own and with the session's whole timeout (no cut, no per-call timeout),
+-- an exchange needs no table made for it (attempt_once passes REPEATABLE or nil): the core
+-- session's own timeout is the caller's (ibkr.new gives both the same).
 local REPEATABLE = { repeatable = true }
 local function exchange_opts(copts, secs, repeatable)
   local x = { timeout = secs, repeatable = repeatable or nil }
@@ -167,7 +176,7 @@ local function bounded(w, secs)
   }
 end
 
-local attempts -- defined below: the token request is a call of its own
+local run -- defined below: the token request is a call of its own
 
 -- [signer] A token refused again and again (kinds.REFUSALS.token; OAuth 1.0a's live session
 -- token, OAuth 2.0's access token or SSO session): from the second refusal in a row, renewals wait
@@ -209,12 +218,12 @@ end
 --                                          call then renews and tries once more
 -- One renewal at a time per session: other callers wait for it, each within its own deadline
 -- `limit`. The renewal's exchanges are calls of their own (unsigned: `raw`) bounded by the same
--- deadline, so each gets the session's timeout or what is left of the deadline, whichever is less.
-local function signed_copts(s, w, method, path, copts, limit)
+-- deadline, so each gets the call's timeout or what is left of the deadline, whichever is less.
+local function signed_copts(s, w, method, path, copts, limit, xsecs)
   local o = s.oauth
   local seq = s.token_seq
   while o.fetching and s.clock() < o.fetching do
-    if s.clock() >= limit then return nil, late(method, path, s.deadline) end
+    if s.clock() >= limit then return nil, late(method, path) end
     w.wait(BUSY_POLL)
     if not w.live() then return nil, w.gone(method, path) end
   end
@@ -225,81 +234,116 @@ local function signed_copts(s, w, method, path, copts, limit)
     local held = token_held(s)
     if held then return nil, held end
     local busy <close> = o:fetching_until(limit) -- luacheck: ignore busy
-    local ok, err = o:renew(function(m, p, c) return attempts(s, w, m, p, c, false, limit, true) end, s.clock)
+    local ok, err = o:renew(function(m, p, c) return run(s, w, m, p, c, false, limit, xsecs, true) end,
+      s.clock)
     if not ok then return nil, note_token(s, err) end
     s.streak.token, s.token_until = nil, nil
   end
   return o:sign(method, path, copts)
 end
 
--- One attempt of `method path` within the call's deadline `limit` (signed first on an OAuth
--- session unless `raw`). Returns res, nil, status; or nil, err; or nil, err, nil, true when the
--- call must end with err now (closed or stopped mid-request, out of time); a failure the
--- exchange answered also returns, 5th, the copts it was sent with. A failed token renewal is
--- the attempt's error: the caller's retry rules apply to it as to any other.
-local function attempt_once(s, w, method, path, copts, limit, last_err, raw, repeatable)
+-- The trace record of one exchange (x, when tracing) gets what the exchange gave: seconds, bytes,
+-- and its own outcome (res and meta, or nil and its error), whatever the call returns.
+local function traced(x, t0, res, second, bytes)
+  x.seconds, x.bytes, x.res, x.second = core.monotonic() - t0, bytes, res, second
+  if x.via then x.base = x.via:info().base_url end
+end
+
+-- One attempt of `method path` within the call's deadline `limit`, each exchange given `xsecs`
+-- seconds at most (signed first on an OAuth session unless `raw`). Returns res, meta; or nil,
+-- err; or nil, err, true when the call must end with err now (closed or stopped mid-request, out
+-- of time); a failure the exchange answered also returns, 4th, the copts it was sent with. A
+-- failed token renewal is the attempt's error: the caller's retry rules apply to it as to any
+-- other. x: the trace record (nil when not tracing).
+local function attempt_once(s, w, method, path, copts, limit, xsecs, last_err, raw, repeatable, x)
   if s.oauth and not raw then -- [signer]
     local err
-    copts, err = signed_copts(s, w, method, path, copts, limit)
+    copts, err = signed_copts(s, w, method, path, copts, limit, xsecs)
     if not copts then return nil, err end
   end
   local cs = copts and copts.via or s.core -- [signer] a token endpoint's own session
   local left = limit - s.clock()
-  if left <= 0 then return nil, last_err or late(method, path, s.deadline), nil, true end
-  local cut = left < s.timeout
-  local xopts = (copts or cut) and exchange_opts(copts, cut and left or s.timeout, repeatable)
-    or repeatable and REPEATABLE or nil
-  local res, err, status, aborted
+  if left <= 0 then return nil, last_err or late(method, path), true end
+  local cut = left < xsecs
+  local xopts = (copts or cut or xsecs ~= s.timeout)
+    and exchange_opts(copts, cut and left or xsecs, repeatable) or repeatable and REPEATABLE or nil
   local xw = cut and bounded(w, left) or w
+  local t0 = x and core.monotonic()
+  local aborted, res, err, status, head, bytes
   if xw.step then
-    res, err, status, aborted = stepped(cs, xw, method, path, xopts)
-    if aborted and err.kind ~= "timeout" then return nil, err, nil, true end -- closed or stopped
-    if aborted then return nil, last_err or err, nil, true end -- out of time: what the gateway said before
+    aborted, res, err, status, head, bytes = stepped(cs, xw, method, path, xopts)
   else
-    res, err, status = cs:perform(method, path, xopts)
+    res, err, status, head, bytes = cs:perform(method, path, xopts)
   end
-  if s.closed then return nil, closed_error(method, path), nil, true end
-  count(s, res, err, status)
-  if res ~= nil then return res, nil, status end
+  local m = res ~= nil and meta.new(status, head) or nil
+  if x then x.via = copts and copts.via; traced(x, t0, res, m or err, bytes) end
+  if aborted and err.kind ~= "timeout" then return nil, err, true end -- closed or stopped
+  if aborted then return nil, last_err or err, true end -- out of time: what the gateway said before
+  if s.closed then return nil, closed_error(method, path), true end
+  count(s, res, err, status, path)
+  if res ~= nil then return res, m end
   note_hold(s, err)
-  if cut and err.kind == "timeout" and last_err then return nil, last_err, nil, true end
-  return nil, err, nil, nil, copts
+  if cut and err.kind == "timeout" and last_err then return nil, last_err, true end
+  return nil, err, nil, copts
+end
+
+-- The trace event of an exchange (x: its record, or nil when not tracing; retry: seconds until
+-- the call tries again).
+local function trace_exchange(s, method, path, copts, n, x, retry_in)
+  if x and x.seconds then
+    x.retry = retry_in
+    s.tracer:exchange(method, path, copts, n, x.res, x.second, x)
+  end
 end
 
 -- Performs `method path` for caller `s` with waiter `w`.
 -- allow_retry: whether retryable failures are tried again (s.retries times at most).
--- deadline: optional absolute time (the session's clock) by which the call must end; the call's
--- own bound is s.deadline seconds from now: all attempts, backoff and pacing waits included.
+-- limit: the absolute time (the session's clock) by which the call must end: all attempts,
+-- backoff and pacing waits included; xsecs: the seconds one exchange may take (c:bounds).
 -- When the deadline cuts an attempt short, the previous attempt's answer is returned (what the
 -- gateway said is worth more than "timeout").
 -- raw: [signer] true for the token requests themselves (not signed, no renewal).
--- Returns result, nil, status on success, or nil, err.
-function attempts(s, w, method, path, copts, allow_retry, deadline, raw)
+-- Returns result, meta on success, or nil, err. Each exchange is traced (s.tracer).
+local function attempts(s, w, method, path, copts, allow_retry, limit, xsecs, raw)
   if s.closed then return nil, closed_error(method, path) end
-  local limit = s.clock() + s.deadline
-  if deadline and deadline < limit then limit = deadline end
-  local attempt = 0
+  local attempt, n = 0, 0 -- failed attempts (for the retry rules), exchanges (for the trace)
   local last_err
   local renewed -- [signer] the token was renewed once after a refusal
+  local tracer = s.tracer
+  local x = tracer and { token = raw or nil } -- the trace record of the current attempt
   while true do
-    if not s.pacer:idle() then -- a booking, maybe a wait (admit)
-      local ok, perr = admit(s, w, method, path, last_err, limit)
-      if not ok then return nil, perr end
+    if x then x.seconds, x.bytes, x.retry, x.paced, x.res, x.second = nil, nil, nil, nil, nil, nil end
+    n = n + 1
+    local ok, perr = admit(s, w, method, path, last_err, limit, x)
+    if not ok then
+      if x and perr ~= last_err then tracer:held(method, path, copts, n, perr, x) end
+      return nil, perr
     end
-    local res, err, status, final, sent =
-      attempt_once(s, w, method, path, copts, limit, last_err, raw, allow_retry)
-    if res ~= nil then return res, nil, status end
-    if final then return nil, err end
+    local res, err, final, sent =
+      attempt_once(s, w, method, path, copts, limit, xsecs, last_err, raw, allow_retry, x)
+    if res ~= nil then
+      if x then trace_exchange(s, method, path, copts, n, x) end
+      return res, err
+    end
+    if final then
+      if x then trace_exchange(s, method, path, copts, n, x) end
+      return nil, err
+    end
     if s.oauth and not raw and not renewed and s.oauth:refused(err, sent) then -- [signer] new token, once
       renewed = true
       last_err = err
+      trace_exchange(s, method, path, copts, n, x, 0)
     else
       attempt = attempt + 1
       local delay = allow_retry and attempt <= s.retries and retry.retryable(err)
         and retry.delay(attempt, err.retry_after, s.random)
       local held = delay and s.pacer:held(s.clock()) -- a hold the answer set: no retry before it ends
       if held and held > delay then delay = held end
-      if not delay or s.clock() + delay >= limit then return nil, err end
+      if not delay or s.clock() + delay >= limit then
+        trace_exchange(s, method, path, copts, n, x)
+        return nil, err
+      end
+      trace_exchange(s, method, path, copts, n, x, delay)
       s.counts.retries = s.counts.retries + 1
       last_err = err
       w.wait(delay)
@@ -308,31 +352,36 @@ function attempts(s, w, method, path, copts, allow_retry, deadline, raw)
   end
 end
 
--- A failed call's outcome for the streak of failed calls (kinds.REFUSALS.server): a call that
--- ended in a 5xx without Retry-After makes the next attempts of pollers (the keep-alive,
--- wait_ready) wait kinds.backoff("server", n) (Caller:backoff); any other answer ends the streak
--- (a success ends it in Caller:run). The token requests of a signer (attempts' `raw`) count for
--- nothing here.
-local function note_call(s, err)
-  if kinds.refusal(err) == "server" then
+-- A call's outcome for the streak of failed calls (kinds.REFUSALS.server): a call that ended in a
+-- 5xx without Retry-After makes the next attempts of pollers (the keep-alive, wait_ready) wait
+-- kinds.backoff("server", n) (Caller:backoff); any other answer ends the streak.
+local function note_call(s, res, err)
+  if res == nil and kinds.refusal(err) == "server" then
     local n = (s.streak.server or 0) + 1
     s.streak.server = n
     s.server_until = s.clock() + kinds.backoff("server", n, s.random)
-  elseif err.status then
+  elseif res ~= nil or err.status then
     s.streak.server, s.server_until = nil, nil
   end
 end
 
+function run(s, w, method, path, copts, allow_retry, limit, xsecs, raw)
+  local res, second = attempts(s, w, method, path, copts, allow_retry, limit, xsecs, raw)
+  if not raw then note_call(s, res, second) end
+  return res, second
+end
+
 -- new{ core = the core session, clock = function, timeout = seconds of one exchange,
---      deadline = seconds of one call, retries = n, pacer = ibkr.pacing object (a new one with
---      the gateway's limits when nil), oauth = signer or nil, random = math.random-like,
---      hint = the context of err.hint: { url =, cacert =, proxy = } (ibkr/kinds.lua) }
+--      deadline = seconds of one call (nil: a call's timeout + `extra`), extra = seconds,
+--      retries = n, pacer = ibkr.pacing object (a new one with the gateway's limits when nil),
+--      oauth = signer or nil, random = math.random-like, hint = the context of err.hint:
+--      { url =, cacert =, proxy = } (ibkr/kinds.lua), tracer = ibkr/trace.lua's or nil }
 function M.new(o)
   return setmetatable({
-    core = o.core, clock = o.clock, timeout = o.timeout, deadline = o.deadline,
-    retries = o.retries, random = o.random or math.random,
+    core = o.core, clock = o.clock, timeout = o.timeout, deadline = o.deadline, extra = o.extra or 0,
+    retries = o.retries, random = o.random or math.random, tracer = o.tracer,
     pacer = o.pacer or pacing.new(), oauth = o.oauth, closed = false, hint = o.hint or {},
-    counts = { requests = 0, failures = 0, retries = 0, rate_limited = 0, paced = 0 },
+    counts = stats.new(), -- the counters of s:stats() (ibkr/stats.lua)
     streak = {},        -- refusal class -> refusals (or failed calls) in a row (kinds.REFUSALS)
     server_until = nil, -- the streak of 5xx calls asks pollers to wait until then
     token_until = nil, token_err = nil, -- [signer] token requests wait until then; the last refusal
@@ -347,28 +396,53 @@ function Caller:hinted(err)
   return err
 end
 
--- One call (attempts), its outcome noted for the streak of failed calls (note_call); the error a
--- call returns carries err.hint.
-function Caller:run(w, method, path, copts, allow_retry, deadline)
-  local res, err, status = attempts(self, w, method, path, copts, allow_retry, deadline)
-  if res ~= nil then
-    self.streak.server, self.server_until = nil, nil -- an answer ends the streak of failed calls
-    return res, nil, status
+-- The bounds of a call that starts now: its absolute deadline on the session's clock, and the
+-- seconds each of its exchanges may take. `timeout`, `deadline`: the call's own (seconds), or
+-- nil for the session's; a session created without a deadline gives each call its timeout +
+-- `extra`, as ibkr.new does. `cap`: an absolute time the call must end by anyway (the
+-- keep-alive's, wait_ready's), or nil.
+function Caller:bounds(timeout, deadline, cap)
+  timeout = timeout or self.timeout
+  local limit = self.clock() + (deadline or self.deadline or timeout + self.extra)
+  if cap and cap < limit then limit = cap end
+  return limit, timeout
+end
+
+-- The error a call returns carries err.hint. `limit` and `timeout` as c:bounds() gives them
+-- (nil: the session's). A call made from the session's own trace function raises.
+function Caller:run(w, method, path, copts, allow_retry, limit, timeout)
+  local tracer = self.tracer
+  if tracer and tracer.busy then
+    check.raise(string.format("ibkr: %s %s called from the session's own trace function (a trace "
+      .. "function runs between exchanges and must not call its session)", method, path), 2)
   end
-  note_call(self, err)
-  return nil, self:hinted(err)
+  if limit == nil then -- the session's bounds (c:bounds without its call: the common case)
+    timeout = timeout or self.timeout
+    limit = self.clock() + (self.deadline or timeout + self.extra)
+  end
+  local res, second = run(self, w, method, path, copts, allow_retry, limit, timeout or self.timeout)
+  if res == nil then self:hinted(second) end
+  return res, second
 end
 
 -- The counters (docs/ibkr.md, s:stats()): a new table, with the core's while it is open.
 function Caller:stats()
-  local t = {}
-  for k, v in pairs(self.counts) do t[k] = v end
+  local t = stats.snapshot(self.counts, self.clock())
   if not self.closed then
     local info = self.core:info()
     t.connects, t.exchanges, t.in_flight = info.connects, info.exchanges, info.in_flight
   end
+  local tracer = self.tracer
+  t.trace_errors = tracer and tracer.errors or 0
+  t.trace_error = tracer and tracer.last_error or nil
   return t
 end
+
+-- What the session saw, for its counters (ibkr/stats.lua): an answer of the session endpoint
+-- `name`, a state observed, the push channel connected or lost.
+function Caller:answered(name, res) stats.answer(self.counts, self.clock(), name, res) end
+function Caller:observed(st) stats.state(self.counts, self.clock(), st) end
+function Caller:pushed(connected) stats.push(self.counts, connected) end
 
 -- Seconds left of a hold that keeps calls back (the gateway's Retry-After, a 429 without one,
 -- [oauth] the token requests after repeated refusals), or nil.

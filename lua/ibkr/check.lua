@@ -10,10 +10,14 @@
 --   fname   the name the caller knows the function by ("ibkr.new", "s:keepalive")
 --   level   as error()'s level, counted from the function calling check.options (default 2:
 --           its caller)
--- check.raise(msg, level) -> error(msg) at `level`, or past it: the first frame from `level` up
---   whose source is not a file of this library. Library functions that tail-call or wrap each
---   other (a tail call removes a frame) cannot shift the position onto a line of ours.
+-- check.raise(msg, level) -> error(msg) at the first frame, from the function calling raise up,
+--   whose source is not a file of this library: the caller's line. `level` (where the caller
+--   expects that frame) is not needed for it: library functions that tail-call or wrap each other
+--   (a tail call removes a frame) can shift neither the position onto a line of ours nor past the
+--   caller.
 -- check.method(self, mt, name) -> raises "call it as s:name(...)" unless self has metatable mt.
+-- check.text(v) -> what a value a user's function raised says, as text: never raises, even for a
+--   value whose __tostring raises, yields or returns no string.
 --
 -- Messages: "<fname>: unknown option 'intervall' (did you mean 'interval'?)",
 -- "<fname>: option 'timeout' must be a finite number > 0 (got -1)",
@@ -29,8 +33,10 @@ local function ours(info)
   return info.source:sub(1, #LIB + 1) == "@" .. LIB
 end
 
-function M.raise(msg, level)
-  local l = (level or 1) + 1 -- in this function's numbering (1 = raise itself)
+function M.raise(msg, level) -- luacheck: ignore level
+  -- From the raising function up, whatever `level` says: a tail call in the library (a method
+  -- wrapper, a helper) removes a frame, and a level counted past it would land above the caller.
+  local l = 2 -- in this function's numbering (1 = raise itself)
   while true do
     local info = debug.getinfo(l, "S")
     if not info or not ours(info) then break end
@@ -114,6 +120,15 @@ function M.options(spec, value, fname, level)
     end
   end
   return value
+end
+
+function M.text(v)
+  if type(v) == "string" then return v end
+  local co = coroutine.create(tostring) -- a coroutine of its own: a yield stays in it
+  local ok, msg = coroutine.resume(co, v)
+  if ok and coroutine.status(co) == "dead" and type(msg) == "string" then return msg end
+  coroutine.close(co)
+  return "a " .. type(v) .. " value that cannot be shown"
 end
 
 function M.method(self, mt, name)

@@ -184,7 +184,12 @@ function M.main(argv, io_)
   if not embedded then core.signal_catch{ "INT", "TERM" } end
   local code
   if o.command == "keepalive" then
-    code = require("ibkr.cli.keepalive").run(s, o, io_)
+    local kerr
+    code, kerr = require("ibkr.cli.keepalive").run(s, o, io_)
+    if not code then
+      s:close()
+      return usage_error(io_, kerr, json) -- --listen: luasocket missing, the address refused
+    end
   else
     local r = run_command(s, o, ctx)
     print_report(r, o, io_)

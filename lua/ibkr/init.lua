@@ -8,6 +8,7 @@ local check = require("ibkr.check")
 local kinds = require("ibkr.kinds")
 local pacing = require("ibkr.pacing")
 local state = require("ibkr.state")
+local trace = require("ibkr.trace")
 local waiter = require("ibkr.waiter")
 
 local M = {
@@ -40,6 +41,7 @@ local OPTIONS = {
   pacing = "boolean", max_body = "integer>0", cooperative = "boolean", deadline = "number>0",
   proxy = "string",
   clock = "function", sleep = "function",  -- injectable time (tests, hosts with their own clock)
+  trace = "function", trace_body = "boolean", -- ibkr/trace.lua
   oauth = "table", -- [oauth] headless OAuth 1.0a, checked by ibkr/oauth.lua
   oauth2 = "table", -- [oauth2] headless OAuth 2.0, checked by ibkr/oauth2.lua
 }
@@ -104,14 +106,16 @@ function M.new(opts)
       base_url = o.base_url, verify = o.verify, ca_file = o.ca_file, proxy = o.proxy, timeout = timeout,
       connect_timeout = o.connect_timeout, user_agent = o.user_agent }, 2)
   local clock = o.clock or core.monotonic
+  local shown = cs:info().base_url or "?" -- base_url without credentials
   local s = setmetatable({
     base_url = o.base_url,
-    _shown = cs:info().base_url or "?", -- base_url without credentials, for tostring
-    -- the caller (ibkr/call.lua) owns the core session, pacer, counters and signer
+    _shown = shown, -- for tostring
+    -- the caller (ibkr/call.lua) owns the core session, pacer, counters, signer and tracer
     _call = call.new{
       core = cs, clock = clock, timeout = timeout,
-      deadline = o.deadline or (timeout + M.DEADLINE_EXTRA),
+      deadline = o.deadline, extra = M.DEADLINE_EXTRA, -- no deadline: a call's timeout + extra
       retries = o.retries and math.tointeger(o.retries) or 2,
+      tracer = trace.new{ fn = o.trace, env = os.getenv("IBKR_TRACE"), body = o.trace_body, base = shown },
       -- always a pacer: pacing = false turns off the client's limits, not the gateway's Retry-After
       pacer = pacing.new{ limits = o.pacing ~= false },
       oauth = signer or nil, -- [oauth]
@@ -164,11 +168,13 @@ end
 -- ibkr/repair.lua use a session (never its fields: the session's `_` fields are this file's,
 -- and what calls share is the caller's, ibkr/call.lua). Internal but stable; not for user code.
 --   s:now()                       -> seconds on the session's clock (the `clock` option)
---   s:endpoint(w, name, compete, deadline) -> res, nil, status | nil, err
+--   s:endpoint(w, name, compete, cap [, timeout, deadline]) -> res, meta | nil, err
 --                                    calls the session endpoint `name` (the names of the session
---                                    calls: "tickle", "auth_status", ...) with waiter w; `deadline`
---                                    an optional absolute time on s:now()'s clock; records what
---                                    the answer says about the state (s:state())
+--                                    calls: "tickle", "auth_status", ...) with waiter w; `cap`
+--                                    an optional absolute time on s:now()'s clock by which it
+--                                    ends; `timeout`, `deadline` the call's own (seconds, nil:
+--                                    the session's); records what the answer says about the
+--                                    state (s:state())
 --   s:observe(state, detail)      records a state for s:state()
 --   s:liveness()                  -> function that is true until s:stop() or s:close()
 --   s:held(now)                   -> seconds left of a hold that keeps calls back (the gateway's
@@ -176,12 +182,13 @@ end
 --   s:backoff(now)                -> seconds the session's streak of 5xx answers asks repeated
 --                                    attempts (keep-alive, wait_ready) to wait still, or nil
 --   s:sleep(seconds)              blocks with the session's sleep (the `sleep` option)
+--   s:note_push(connected)        the push channel opened (true) or was lost (false): s:stats()
 
 function Session:now() return self._clock() end
 
 local observe
 
-local function endpoint(self, w, name, compete, deadline)
+local function endpoint(self, w, name, compete, cap, timeout, deadline)
   local ep = ENDPOINTS[name]
   if not ep then check.raise("endpoint: unknown session endpoint '" .. tostring(name) .. "'", 2) end
   local copts
@@ -189,16 +196,20 @@ local function endpoint(self, w, name, compete, deadline)
   if name == "init_brokerage" then
     copts = { body = compete and '{"publish":true,"compete":true}' or '{"publish":true,"compete":false}' }
   end
-  local res, err, status = self._call:run(w, ep[1], ep[2], copts, true, deadline)
-  local st, detail = observed(name, res, err)
+  local c = self._call
+  local limit, xsecs
+  if cap or timeout or deadline then limit, xsecs = c:bounds(timeout, deadline, cap) end
+  local res, second = c:run(w, ep[1], ep[2], copts, true, limit, xsecs)
+  c:answered(name, res) -- SSO expiry, repair actions (s:stats())
+  local st, detail = observed(name, res, second)
   if st then observe(self, st, detail) end
-  if res == nil then return nil, err end
-  return res, nil, status
+  return res, second
 end
 Session.endpoint = endpoint
 
 function observe(self, st, detail)
   self._obs_state, self._obs_detail, self._obs_time = st, detail, self._clock()
+  self._call:observed(st)
 end
 Session.observe = observe
 
@@ -213,6 +224,8 @@ function Session:backoff(now) return self._call:backoff(now or self._clock()) en
 
 function Session:sleep(secs) self._sleep(secs) end
 
+function Session:note_push(connected) self._call:pushed(connected) end
+
 -- s:state() -> state, detail, age: the last state any call or keep-alive of this session
 -- observed (states as s:health()), the status table or error it came from, and the seconds
 -- since. No request. nil before anything was observed.
@@ -223,13 +236,26 @@ function Session:state()
   return st, self._obs_detail, age > 0 and age or 0
 end
 
+-- Every session call takes these (docs/ibkr.md, "Time bounds"): the call's own bounds, in
+-- seconds, in place of the session's.
+local CALL_OPTS = { timeout = "number>0", deadline = "number>0" }
+
+-- The session endpoint `name` called by the user, with the call's options (checked: an error
+-- points at the caller's line) -> res, meta | nil, err.
+local function user_call(self, name, opts)
+  check.options(CALL_OPTS, opts, "s:" .. name, 3)
+  return endpoint(self, waiter_of(self), name, nil, nil, opts.timeout, opts.deadline)
+end
+
 -- The session calls scripts make most, s:auth_status() ... s:tickle(): each checks for a call made
--- with a dot itself, so the loop at the end leaves them unwrapped (one call less each).
+-- with a dot itself, so the loop at the end leaves them unwrapped (one call less each), and a call
+-- without options costs no call of user_call.
 local SELF_CHECKED = {}
 local function endpoint_call(name)
-  local f = function(self)
+  local f = function(self, opts)
     if getmetatable(self) ~= Session then check.method(self, Session, name) end
-    return endpoint(self, waiter_of(self), name)
+    if opts == nil then return endpoint(self, waiter_of(self), name) end
+    return user_call(self, name, opts)
   end
   SELF_CHECKED[f] = true
   return f
@@ -241,16 +267,17 @@ Session.sso_validate = endpoint_call("sso_validate")
 Session.validate = Session.sso_validate
 Session.tickle = endpoint_call("tickle")
 
-local INIT_OPTS = { compete = "boolean" }
+local INIT_OPTS = { compete = "boolean", timeout = CALL_OPTS.timeout, deadline = CALL_OPTS.deadline }
 
 function Session:init_brokerage(opts)
   opts = check.options(INIT_OPTS, opts, "s:init_brokerage")
-  return endpoint(self, waiter_of(self), "init_brokerage", opts.compete)
+  return endpoint(self, waiter_of(self), "init_brokerage", opts.compete, nil, opts.timeout, opts.deadline)
 end
 
 local SAFE = { GET = true, HEAD = true }
 local REQUEST_OPTS = {
   query = "table", headers = "table", retry = "boolean",
+  timeout = CALL_OPTS.timeout, deadline = CALL_OPTS.deadline,
   body = function(v)
     if type(v) ~= "table" and type(v) ~= "string" and v ~= core.empty_array then
       return "a table, a string or ibkr.empty_array"
@@ -275,42 +302,60 @@ function Session:request(method, path, opts)
   end
   local allow = opts and opts.retry
   if allow == nil then allow = SAFE[method] == true end
-  local res, err, status = self._call:run(waiter_of(self), method, path, copts, allow)
+  local c = self._call
+  local limit, xsecs
+  if opts and (opts.timeout or opts.deadline) then limit, xsecs = c:bounds(opts.timeout, opts.deadline) end
+  local res, second = c:run(waiter_of(self), method, path, copts, allow, limit, xsecs)
   if res == nil then
     -- any call tells when the gateway is unreachable or the session is gone
-    local st = state.of_error(err)
-    if st == "down" or st == "tls" or st == "no_session" then observe(self, st, err) end
+    local st = state.of_error(second)
+    if st == "down" or st == "tls" or st == "no_session" then observe(self, st, second) end
   end
-  return res, err, status
+  return res, second
 end
 
 ------------------------------------------------------------------------------------------------
 -- Helpers
 
--- State and detail from /iserver/auth/status, with waiter w (by `deadline`, absolute, if given).
+-- State and detail from /iserver/auth/status, with waiter w (by `cap`, absolute, if given;
+-- `timeout`, `deadline`: the call's own bounds, or nil).
 -- A 2xx answer that judge() refuses gives "error" (or "no_session") and an error object; an
 -- error that says nothing about the session (held back, the deadline spent) gives nil, err.
-local function health(s, w, deadline)
-  local res, err = endpoint(s, w, "auth_status", nil, deadline)
+local function health(s, w, cap, timeout, deadline)
+  local res, err = endpoint(s, w, "auth_status", nil, cap, timeout, deadline)
   if res == nil then return kinds.observed(err), err end
   local st, why = state.of_answer("auth_status", res)
   if why then return st, state.refusal("POST", "/iserver/auth/status", res, why) end
   return st, res
 end
 
-function Session:health()
-  local st, detail = health(self, waiter_of(self))
+-- s:health(opts), s:is_ready(opts): one auth/status call, with the call's options.
+local function health_call(self, opts, fname)
+  local timeout, deadline
+  if opts ~= nil then
+    check.options(CALL_OPTS, opts, fname, 3)
+    timeout, deadline = opts.timeout, opts.deadline
+  end
+  local st, detail = health(self, waiter_of(self), nil, timeout, deadline)
   return st or "error", detail
 end
 
-function Session:is_ready() return (self:health()) == "ready" end
+function Session:health(opts) return health_call(self, opts, "s:health") end
+
+function Session:is_ready(opts) return (health_call(self, opts, "s:is_ready")) == "ready" end
 
 local POLL = 1           -- seconds between status polls in wait_ready
-local WAIT_READY_OPTS = { timeout = "number>=0", init = "boolean", compete = "boolean" }
+local WAIT_READY_OPTS = {
+  timeout = "number>=0", deadline = "number>0", init = "boolean", compete = "boolean",
+}
 
+-- -> the seconds the whole wait may take, init, compete. `timeout` (older than the per-call
+-- options) and `deadline` both bound the whole wait: the smaller wins; 60 s when neither is given.
 local function wait_ready_opts(opts)
   opts = check.options(WAIT_READY_OPTS, opts, "s:wait_ready", 3)
-  return opts.timeout or 60, opts.init ~= false, opts.compete == true
+  local budget = opts.timeout or opts.deadline or 60
+  if opts.deadline and opts.deadline < budget then budget = opts.deadline end
+  return budget, opts.init ~= false, opts.compete == true
 end
 
 -- The error of a wait_ready that ran out of time in state st (detail: last status or error;
@@ -332,8 +377,9 @@ local function poll_pause(s, left)
   return math.min(math.max(POLL, s:held() or 0, s:backoff() or 0), left)
 end
 
--- wait_ready{timeout=60, init=true, compete=false}: `timeout` is a deadline for everything it
--- does (polls, repairs, their retries and waits). Ready only when auth/status says so. Repairs
+-- wait_ready{timeout=60, init=true, compete=false}: `timeout` (or `deadline`) is a deadline for
+-- everything it does (polls, repairs, their retries and waits); each exchange gets the session's
+-- timeout, or what is left. Ready only when auth/status says so. Repairs
 -- as the keep-alive's (ibkr/repair.lua), backing off from POLL * 5 seconds. The state it reports
 -- when time runs out is the last one an answer showed (a poll that the deadline or a hold kept
 -- from being sent shows none).

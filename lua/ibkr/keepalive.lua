@@ -52,13 +52,9 @@ end
 -- An error raised in a callback is passed to on_error as an error object of kind "callback"
 -- (field `callback` = the callback's name, `cause` = what was raised); one raised in on_error
 -- itself has nowhere to go and is dropped. Never raises.
--- What a callback raised, as text: a value whose __tostring raises, yields or returns no string
--- must not make the keep-alive raise.
-local function raised_text(e)
-  local ok, msg = pcall(tostring, e)
-  if ok and type(msg) == "string" then return msg end
-  return "a " .. type(e) .. " value that cannot be shown"
-end
+-- What a callback raised, as text (check.text): a value whose __tostring raises, yields or
+-- returns no string must not make the keep-alive raise.
+local raised_text = check.text
 
 local function reporter(s, o)
   local r = { current = nil }

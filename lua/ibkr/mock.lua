@@ -40,7 +40,8 @@ Options:
                          request's signature checked (401 when bad); state starts unauthenticated.
                          Its config file (the CLI's --oauth-config) is named on stderr and by
                          GET /__mock/oauth
-  --oauth-dir DIR        where the test consumer's files go (default: a private temporary dir)
+  --oauth-dir DIR        where the test consumer's files go (default: a private temporary dir);
+                         never overwrites a file there: refuses to start instead
   --oauth-lst-ttl S      seconds a live session token lives (default 86400)
   --oauth2               OAuth 2.0 mode (docs/oauth.md): a generated test client, the token and
                          SSO session endpoints, every API request's bearer checked (401 when
@@ -214,6 +215,7 @@ function Mock:reset()
   end
   self.verbose = self.initial_verbose
   self.gateway:reset()
+  self.server:release() -- no answer stays held by a fault the reset removed
 end
 
 -- Serves what is ready, waiting at most max_wait seconds (default 1). Returns true while serving,

@@ -385,13 +385,13 @@ end
 -- POST token_url with a fresh client assertion -> self.access. Returns true, or nil, err.
 function Signer:fetch_access(exchange, clock)
   local assertion = self:client_assertion()
-  local res, err, status = exchange("POST", self.token_path, {
+  local res, got = exchange("POST", self.token_path, { -- got: the meta, or the error
     via = self.token_core, body = M.token_form(assertion),
     headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
   })
-  if not res then return nil, self:failure("token", err, assertion) end
+  if not res then return nil, self:failure("token", got, assertion) end
   local tok, life = check_answer(res, "token")
-  if not tok then return nil, self:unusable("token", life, status) end
+  if not tok then return nil, self:unusable("token", life, got.status) end
   self.access = { header = "Bearer " .. tok, usable_until = life and renew_time(clock(), life) or false }
   return true
 end
@@ -399,11 +399,12 @@ end
 -- POST sso_url with a fresh session JWT and the access token -> res, nil, status, jwt | nil, err.
 function Signer:post_session(exchange)
   local jwt = self:session_jwt()
-  local res, err, status = exchange("POST", self.sso_path, {
+  local res, got = exchange("POST", self.sso_path, { -- got: the meta, or the error
     via = self.sso_core, body = jwt,
     headers = { Authorization = self.access.header, ["Content-Type"] = "application/jwt" },
   })
-  return res, err, status, jwt
+  if res == nil then return nil, got, nil, jwt end
+  return res, nil, got.status, jwt
 end
 
 -- An access token (a kept one while usable), then a new SSO session. A kept access token that

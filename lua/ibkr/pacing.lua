@@ -99,11 +99,12 @@ end
 
 -- Books a send of `path` as early as the limits allow.
 -- Returns the seconds to wait before sending (0 = now), or nil plus the seconds after which the
--- call may be tried again when the wait would exceed MAX_WAIT (nothing is booked then) plus,
+-- call may be tried again when the wait would exceed MAX_WAIT, or reach `within` (the seconds the
+-- caller has left, optional: a call's deadline) when it is not 0 (nothing is booked then) plus,
 -- when the reason is a hold (not the client's own limits), what the hold is for (hold()'s `why`):
 -- a hold is never waited for here, however short — the caller decides (a retry may wait for it).
 -- Bookings are made at once, so concurrent callers (coroutines) see each other's reservations.
-function Pacer:reserve(path, now)
+function Pacer:reserve(path, now, within)
   if self.until_t then -- (held() clears a hold that ended)
     local held, why = self:held(now)
     if held then return nil, held, why end
@@ -111,7 +112,7 @@ function Pacer:reserve(path, now)
   if not self.limits then return 0 end
   local t = self:earliest(path, now)
   local wait = t - now
-  if wait > M.MAX_WAIT then return nil, wait end
+  if wait > M.MAX_WAIT or (within and wait > 0 and wait >= within) then return nil, wait end
   local booked, i = self.booked, #self.booked + 1
   while i > 1 and booked[i - 1] > t do i = i - 1 end
   table.insert(booked, i, t)

@@ -13,6 +13,9 @@ local M = {}
 
 M.MAX_TEXT = 200 -- bytes of a gateway text kept in a reason
 
+-- Every state a session can be in, best first (what s:health() and the keep-alive report).
+M.STATES = { "ready", "competing", "unauthenticated", "disconnected", "no_session", "down", "tls", "error" }
+
 -- A gateway text made one bounded, printable line: runs of white space (CR and LF included)
 -- become one space; the rest is core.printable's (other control bytes escaped, long texts cut
 -- on a character boundary with "…").

@@ -1,15 +1,20 @@
 /*
-** fork.c BASE_URL [handshake DELAY] -- fork() with sessions open and requests in flight.
+** fork.c URL MOCK_PID OWN_URL -- fork() with sessions open and a request in flight.
+** fork.c URL handshake DELAY  -- fork() while the engine thread runs the first TLS handshakes.
 **
-** The parent opens two sessions (HTTP keep-alive connection made, one request in flight on the
-** engine thread), then forks. The child must refuse work on the parent's sessions (kind
-** "closed"), see their request in flight end as "closed", free them without touching their
-** connections, and work with a session of its own (a new engine thread). The parent then finishes
-** its request and keeps using its connection, which the child never wrote to. Exit 0 when all held.
+** The parent opens a session to the mock gateway at URL (its keep-alive connection made), stops
+** that mock (SIGSTOP, MOCK_PID, and waits until the kernel shows it stopped), starts a request on
+** the session -- which is then in flight on the engine thread for certain: nobody can answer it --
+** and forks. The child must refuse work on the parent's session (kind "closed"), see its request
+** in flight end as "closed", free it without touching its connection, and work with sessions of
+** its own (a new engine thread) against the other mock at OWN_URL. Then the parent resumes the
+** mock (SIGCONT), finishes its request and keeps using its connection, which the child never
+** wrote to. Exit 0 when all held.
 ** Mode "handshake": a fresh process starts six requests (over HTTPS: its first TLS handshakes, on
 ** the engine thread), sleeps DELAY seconds and forks: the engine parks outside libcurl and OpenSSL
 ** first, else the child inherits their locks held and its own new session hangs for ever (the
 ** child runs under alarm(): a hang ends it with SIGALRM). The parent's six requests must succeed.
+** Every DELAY must pass: it only varies what the engine is doing at fork().
 **   cc -o build/fork spec/c/fork.c $(pkg-config --cflags --libs lua5.4)
 */
 #include <stdio.h>
@@ -23,14 +28,23 @@
 #include "lualib.h"
 
 static const char before[] =
-  "local url = ...\n"
+  "local url, pid, own = ...\n"
   "package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path\n"
   "package.cpath = './?.so;' .. package.cpath\n"
   "local core = require('ibkr.core')\n"
   "S = core.new{ base_url = url }\n"
   "assert(S:perform('POST', '/tickle', {repeatable = true}))\n"
+  "MOCK = pid\n"
+  "local function state()\n"
+  "  local f = assert(io.open('/proc/' .. pid .. '/stat'))\n"
+  "  local st = f:read('l'):match('^%d+ %b() (%a)')\n"
+  "  f:close()\n"
+  "  return st\n"
+  "end\n"
+  "assert(os.execute('kill -STOP ' .. pid))\n"
+  "while state() ~= 'T' do core.sleep(0.001) end\n"
   "REQ = assert(S:start('POST', '/iserver/auth/status', {repeatable = true}))\n"
-  "URL = url\n";
+  "URL = own\n";
 
 /* mode "handshake": the process's first TLS work runs on the engine thread when fork() comes */
 static const char hs_before[] =
@@ -76,6 +90,7 @@ static const char hs_child[] =
   "own:close()\n";
 
 static const char after[] =
+  "assert(os.execute('kill -CONT ' .. MOCK))\n"
   "assert(REQ:wait(5)); assert(REQ:result())\n"
   "local before = S:info().connects\n"
   "for _ = 1, 3 do assert(S:perform('POST', '/tickle', {repeatable = true})) end\n"
@@ -97,12 +112,12 @@ fail:
 int main(int argc, char **argv) {
   lua_State *L = luaL_newstate();
   pid_t pid;
-  int st = 0, hs = argc > 3 && strcmp(argv[2], "handshake") == 0;
-  if (argc < 2) return 64;
+  int st = 0, i, hs = argc > 3 && strcmp(argv[2], "handshake") == 0;
+  if (argc < 4) return 64;
   luaL_openlibs(L);
   lua_pushstring(L, argv[1]);
-  if (hs) lua_pushstring(L, argv[3]);
-  if (!run(L, hs ? hs_before : before, "=before", hs ? 2 : 1)) return 1;
+  for (i = hs ? 3 : 2; i < 4; i++) lua_pushstring(L, argv[i]);
+  if (!run(L, hs ? hs_before : before, "=before", hs ? 2 : 3)) return 1;
   fflush(NULL);
   pid = fork();
   if (pid < 0) return 1;

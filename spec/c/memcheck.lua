@@ -133,10 +133,12 @@ local scenarios = {
   end,
   function(m, s)
     -- requests side by side on one session; "busy" only from a result asked for too early
-    m:fault{ path = "/tickle", kind = "delay", seconds = 0.05 }
+    m:fault{ path = "/tickle", kind = "hold" } -- its answer held until released: still in flight below
     local req = assert(s:start("POST", "/tickle"))
+    m:await_held()
     expect("ok", s:perform("POST", "/iserver/auth/status"))
     expect("busy", req:result())
+    m:release()
     req:wait(5)
     expect("ok", req:result())
     req:close()

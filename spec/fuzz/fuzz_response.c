@@ -53,6 +53,7 @@
 #include "../../src/signal.c"
 #include "../../src/oauth.c"  /* [oauth] core.c registers it */
 #include "../../src/core.c"
+#include "../../src/proc.c"   /* core.spawn: core.c registers it */
 
 static lua_State *L;
 

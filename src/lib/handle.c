@@ -31,16 +31,17 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
   return len;
 }
 
-/* Tracks whether the final response's header block ended (its empty
-** line): libcurl reports success for a response cut off inside it. A new
-** status line (after a 1xx, or a proxy's CONNECT answer) starts a block. */
+/* Keeps the final response's header block (the caller's meta.headers) and
+** tracks whether it ended (its empty line): libcurl reports success for a
+** response cut off inside it. A new status line (after a 1xx, or a proxy's
+** CONNECT answer) starts a block. Out of memory fails the exchange. */
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
   xfer *x = ud;
   size_t len = size * nmemb;
-  if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) x->hdr_done = 0;
+  if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) x->hdr_done = 0, x->hdr.n = 0;
   else if ((len == 2 && data[0] == '\r' && data[1] == '\n') || (len == 1 && data[0] == '\n'))
     x->hdr_done = 1;
-  return len;
+  return buf_add(&x->hdr, data, len) ? len : 0;
 }
 
 /* A session's template: options every exchange shares. The session adds
@@ -169,7 +170,7 @@ int handle_restart(xfer *x, double now) {
   x->verify_result = 0;
   free(x->location);
   x->location = NULL;
-  x->body.n = 0;
+  x->body.n = x->hdr.n = 0;
   x->overflow = x->hdr_done = 0;
   x->cw.refuse = x->cw.refused = 0;
   if (left <= 0.001) {

@@ -329,6 +329,7 @@ void transfer_close(xfer *x) {
   curl_slist_free_all(x->callh);
   x->callh = NULL;
   buf_free(&x->body);
+  buf_free(&x->hdr);
 }
 
 /*

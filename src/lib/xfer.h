@@ -65,6 +65,7 @@ typedef struct xfer {
   /* owned by whoever runs the transfer */
   CURL *easy;
   ibuf body;
+  ibuf hdr;                   /* the final response's header block, as it came (status line first) */
   size_t max_body;
   int overflow, head;
   int hdr_done;               /* the final response's header block ended */

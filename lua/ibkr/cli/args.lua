@@ -23,12 +23,17 @@ commands:
                           any call: PATH below the base URL (e.g. /iserver/accounts); prints
                           the JSON answer
   keepalive [--interval S] [--retry-interval S] [--validate-interval S] [--no-init]
-            [--compete] [--duration S]
+            [--compete] [--duration S] [--listen [HOST:]PORT] [--on-change CMD]
+            [--on-change-timeout S]
                           keep the session alive: tickle every --interval (60 s), repair when
                           not ready (every --retry-interval, 5 s); one line per state change;
                           runs until SIGINT/SIGTERM or --duration. --no-init: tickle only, never
                           ssodh/init (accounts that keep only the SSO session); --compete: take
-                          a competing session over; --validate-interval: GET /sso/validate too
+                          a competing session over; --validate-interval: GET /sso/validate too;
+                          --listen: serve /livez, /readyz and /metrics (127.0.0.1 unless HOST);
+                          --on-change: run `/bin/sh -c CMD` on every state change (IBKR_STATE,
+                          IBKR_PREVIOUS_STATE, IBKR_DETAIL, IBKR_URL), killed after
+                          --on-change-timeout (30 s)
 options:
   --url URL         gateway base URL (default: $IBKR_BASE_URL, else https://localhost:5000/v1/api)
   -k, --insecure    do not verify the TLS certificate
@@ -76,9 +81,14 @@ M.OPTIONS = {
   ["--validate-interval"] = { value = true, only = KEEPALIVE },
   ["--no-init"] = { only = KEEPALIVE },
   ["--duration"] = { value = true, only = KEEPALIVE },
+  ["--listen"] = { value = true, only = KEEPALIVE },
+  ["--on-change"] = { value = true, only = KEEPALIVE },
+  ["--on-change-timeout"] = { value = true, only = KEEPALIVE },
 }
 
-local SECONDS = { "timeout", "interval", "retry_interval", "validate_interval", "duration" }
+local SECONDS = {
+  "timeout", "interval", "retry_interval", "validate_interval", "duration", "on_change_timeout",
+}
 
 local function key_of(name, spec)
   return spec.key or name:gsub("^%-+", ""):gsub("-", "_")
@@ -145,6 +155,15 @@ local function check_combination(o)
     end
   elseif #o.args > 0 then
     return nil, "unexpected argument " .. o.args[1]
+  end
+  if o.listen ~= nil then
+    local host, port = require("ibkr.cli.listen").parse_address(o.listen)
+    if not host then return nil, port end
+    o.listen = { host = host, port = port, spec = o.listen }
+  end
+  if o.on_change == "" then return nil, "--on-change needs a command" end
+  if o.on_change_timeout ~= nil and o.on_change == nil then
+    return nil, "--on-change-timeout goes with --on-change"
   end
   return check_numbers(o)
 end

@@ -165,11 +165,11 @@ end
 
 M.request = function(s, o, ctx)
   local method, path = o.args[1]:upper(), o.args[2]
-  local ok, res, err, status = pcall(s.request, s, method, path, o.data and { body = o.data } or nil)
+  local ok, res, got = pcall(s.request, s, method, path, o.data and { body = o.data } or nil)
   if not ok then return refused_usage("request", res) end
-  if res == nil then return M.failed("request", err, ctx) end
+  if res == nil then return M.failed("request", got, ctx) end -- got: the error, else the meta
   local r = answered("request", res, out.json(res, true), 0,
-    { status = status, method = method, path = path })
+    { status = got.status, method = method, path = path })
   r.whole = { result = true } -- the answer asked for, entire in --json too
   return r
 end

@@ -243,6 +243,29 @@ end
 routes["DELETE /__mock/fault"] = clear_faults
 routes["POST /__mock/fault/clear"] = clear_faults
 
+-- Answers held by faults of kind "hold": GET lists them (the id of the fault holding each),
+-- POST releases them (those of fault `id`, or all).
+routes["GET /__mock/held"] = function(m)
+  local ids = json.array()
+  for i, tag in ipairs(m.server:held()) do
+    ids[i] = tag
+  end
+  return response.json(200, { held = ids })
+end
+
+routes["POST /__mock/release"] = function(m, t)
+  for k in pairs(t) do
+    if k ~= "id" then
+      return bad("unknown key for a release: " .. tostring(k))
+    end
+  end
+  local id = type(t.id) == "number" and math.tointeger(t.id) or nil
+  if t.id ~= nil and not id then
+    return bad("id must be the id of a fault")
+  end
+  return response.json(200, { released = m.server:release(id) })
+end
+
 routes["POST /__mock/reset"] = function(m)
   m:reset()
   return response.json(200, control.state(m))

@@ -12,7 +12,7 @@ faults.__index = faults
 
 -- kind -> whether it wraps the normal response (state effects and pacing still apply)
 faults.kinds = {
-  delay = "wrap", delay_body = "wrap", drop = "wrap", chunked = "wrap", gzip = "wrap",
+  delay = "wrap", delay_body = "wrap", hold = "wrap", drop = "wrap", chunked = "wrap", gzip = "wrap",
   truncated = "wrap", status = "replace", malformed = "replace", html = "replace",
   empty = "replace", huge = "replace", redirect = "replace", deep = "replace",
   invalid_utf8 = "replace", error_body = "replace", backend_timeout = "replace",
@@ -24,7 +24,8 @@ local COMMON = {
   chunked = true, close = true, headers = true, id = true,
 }
 local PARAMS = {
-  delay = { seconds = true }, delay_body = { seconds = true }, drop = { when = true },
+  delay = { seconds = true }, delay_body = { seconds = true }, hold = { seconds = true },
+  drop = { when = true },
   status = { status = true, body = true, content_type = true }, huge = { bytes = true },
   redirect = { status = true, location = true }, deep = { depth = true },
   error_body = { error = true, status = true }, html = { status = true, title = true },
@@ -61,6 +62,7 @@ end
 local validators = {
   delay = function(f) return number_param(f, "seconds", 1, 0, 3600) end,
   delay_body = function(f) return number_param(f, "seconds", 1, 0, 3600) end,
+  hold = function(f) return number_param(f, "seconds", 600, 0, 3600) end,
   backend_timeout = function(f) return number_param(f, "seconds", 10, 0, 3600) end,
   drop = function(f)
     f.when = f.when or "before"
@@ -132,9 +134,18 @@ local function check_headers(h)
   if type(h) ~= "table" or (next(h) ~= nil and h[1] ~= nil) then
     return nil, "headers must be an object"
   end
+  local function bad_value(v)
+    return type(v) == "table" or tostring(v):find("[\r\n%z]") ~= nil
+  end
   for k, v in pairs(h) do
-    if type(k) ~= "string" or not http.is_token(k) or type(v) == "table"
-        or tostring(v):find("[\r\n%z]") then
+    -- a list of values: one header line each (Set-Cookie twice, a repeated Vary...)
+    local list = type(v) == "table" and next(v) ~= nil and #v > 0 and v or nil
+    if list then
+      for i, x in pairs(list) do
+        if math.type(i) ~= "integer" or i < 1 or i > #list or bad_value(x) then list = nil; break end
+      end
+    end
+    if type(k) ~= "string" or not http.is_token(k) or (not list and bad_value(v)) then
       return nil, "bad header " .. tostring(k)
     end
   end
@@ -340,6 +351,7 @@ local replace = {
 local wrap = {
   delay = function(f, r) r.delay = f.seconds end,
   delay_body = function(f, r) r.pause_mid = f.seconds end,
+  hold = function(f, r) r.hold = { tag = f.id, seconds = f.seconds } end,
   drop = function(f, r) r.drop = f.when end,
   chunked = function(_, r) r.chunked = true end,
   gzip = function(_, r)
@@ -367,17 +379,27 @@ local function modify(f, r)
     names[#names + 1] = k
   end
   table.sort(names)
+  local function text(v)
+    return math.type(v) == "float" and v % 1 == 0 and string.format("%d", v) or tostring(v)
+  end
   for _, k in ipairs(names) do
     local v = f.headers[k]
-    v = math.type(v) == "float" and v % 1 == 0 and string.format("%d", v) or tostring(v)
-    local replaced = false
-    for _, hv in ipairs(r.headers) do
-      if hv[1]:lower() == k:lower() then
-        hv[2], replaced = v, true
+    if type(v) == "table" then -- a list: replaces the answer's own lines of that name, one line each
+      for i = #r.headers, 1, -1 do
+        if r.headers[i][1]:lower() == k:lower() then table.remove(r.headers, i) end
       end
-    end
-    if not replaced then
-      r.headers[#r.headers + 1] = { k, v }
+      for _, x in ipairs(v) do r.headers[#r.headers + 1] = { k, text(x) } end
+    else
+      v = text(v)
+      local replaced = false
+      for _, hv in ipairs(r.headers) do
+        if hv[1]:lower() == k:lower() then
+          hv[2], replaced = v, true
+        end
+      end
+      if not replaced then
+        r.headers[#r.headers + 1] = { k, v }
+      end
     end
   end
   return r

@@ -22,6 +22,18 @@ function M.open_dir(dir, prefix)
   return dir, true
 end
 
+-- Why dir cannot take the files `names` (one is there already: a file, a directory, a symlink even
+-- if it dangles), or nil. Asked before the work of making them; write_new checks again, atomically.
+function M.taken(dir, names)
+  for _, name in ipairs(names) do
+    local path = dir .. "/" .. name
+    if os.execute("test -e " .. shell_quote(path) .. " || test -L " .. shell_quote(path)) == true then
+      return path .. " exists: the mock never overwrites a file (give it a new or empty directory)"
+    end
+  end
+  return nil
+end
+
 function M.remove(dir)
   os.execute("rm -rf " .. shell_quote(dir))
 end

@@ -11,10 +11,10 @@
 -- Control: GET /__mock/oauth -> the consumer (config file path, keys, secret...) and counters;
 -- POST /__mock/oauth {lst_ttl = S, expire = true, bad_lst_signature = N, reset = true}.
 local core = require("ibkr.core")
+local files = require("ibkr.mock.files")
 local socket = require("socket")
 local json = require("ibkr.mock.json")
 local response = require("ibkr.mock.response")
-local files = require("ibkr.mock.files")
 
 local M = {}
 M.__index = M
@@ -34,33 +34,35 @@ local o = core.oauth
 
 local function wall() return socket.gettime() end
 
-local function shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local CONSUMER_FILES = { "private_signature.pem", "private_encryption.pem", "oauth.conf" }
 
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  assert(os.execute("chmod 600 " .. shell_quote(path)))
-end
-
--- The consumer files: keys (0600) and oauth.conf (the CLI's --oauth-config format) in dir.
+-- The consumer files: keys and oauth.conf (the CLI's --oauth-config format) in dir, each a new file
+-- of mode 0600 (ibkr.mock.files): a file of the same name already there (the user's own key, say)
+-- is never overwritten: the consumer is refused, and the files written so far are removed.
+-- Returns true or nil, message.
 local function write_consumer(self, dir)
   local c = self.consumer
-  write_file(dir .. "/private_signature.pem", c.signature_key)
-  write_file(dir .. "/private_encryption.pem", c.encryption_key)
-  write_file(dir .. "/oauth.conf", table.concat({
-    "# OAuth test consumer of ibkr-mock-gateway (not a real IBKR consumer)",
-    "consumer_key = " .. c.consumer_key,
-    "access_token = " .. c.access_token,
-    "access_token_secret = " .. c.access_token_secret,
-    "signature_key_file = private_signature.pem",
-    "encryption_key_file = private_encryption.pem",
-    "dh_prime = " .. c.dh_prime,
-    "dh_generator = " .. c.dh_generator,
-    "realm = " .. c.realm,
-    "",
-  }, "\n"))
+  local texts = {
+    c.signature_key, c.encryption_key,
+    table.concat({
+      "# OAuth test consumer of ibkr-mock-gateway (not a real IBKR consumer)",
+      "consumer_key = " .. c.consumer_key,
+      "access_token = " .. c.access_token,
+      "access_token_secret = " .. c.access_token_secret,
+      "signature_key_file = private_signature.pem",
+      "encryption_key_file = private_encryption.pem",
+      "dh_prime = " .. c.dh_prime,
+      "dh_generator = " .. c.dh_generator,
+      "realm = " .. c.realm,
+      "",
+    }, "\n"),
+  }
+  local list = {}
+  for i, name in ipairs(CONSUMER_FILES) do list[i] = { name, texts[i] } end
+  local ok, err = files.write_new(dir, list)
+  if not ok then return nil, err end
   self.config_file = dir .. "/oauth.conf"
+  return true
 end
 
 local function upper_letters(n)
@@ -75,6 +77,8 @@ end
 -- by close), lst_ttl (seconds).
 function M.new(opts)
   opts = opts or {}
+  local why = opts.dir and files.taken(opts.dir, CONSUMER_FILES)
+  if why then return nil, "--oauth-dir: " .. why end -- (before the seconds spent on keys)
   local self = setmetatable({ lst_ttl = opts.lst_ttl or M.LST_TTL }, M)
   local sig_priv, sig_pub = o.rsa_generate(2048)
   local enc_priv, enc_pub = o.rsa_generate(2048)
@@ -89,7 +93,7 @@ function M.new(opts)
   local dir, owned = files.open_dir(opts.dir, "ibkr-mock-oauth")
   if not dir then return nil, owned end
   self.dir, self.owned_dir = dir, owned and dir or nil
-  local ok, err = pcall(write_consumer, self, dir)
+  local ok, err = write_consumer(self, dir)
   if not ok then return nil, "--oauth-dir: " .. tostring(err) end
   self:reset()
   return self

@@ -440,6 +440,29 @@ function proc:clear_faults()
   return self:control("DELETE", "/__mock/fault")
 end
 
+-- Answers held back by faults of kind "hold": the ids of the faults holding them, one per answer.
+function proc:held()
+  return self:control("GET", "/__mock/held").held
+end
+
+-- Waits until the mock holds at least n answers (default 1), polling its control API every
+-- 5 ms; true, or false after timeout seconds (default 10).
+function proc:await_held(n, timeout)
+  local deadline = socket.gettime() + (timeout or 10)
+  while #self:held() < (n or 1) do
+    if socket.gettime() > deadline then
+      return false
+    end
+    socket.sleep(0.005)
+  end
+  return true
+end
+
+-- Sends the held answers (those of fault id, or all). Returns how many.
+function proc:release(id)
+  return self:control("POST", "/__mock/release", id and { id = id } or nil).released
+end
+
 function proc:log()
   return self:control("GET", "/__mock/log").requests
 end

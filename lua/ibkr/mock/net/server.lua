@@ -1,7 +1,11 @@
 -- The mock gateway's HTTP/1.1 server: one socket.select loop, one coroutine per connection.
--- A connection coroutine yields ("read"|"write"|"sleep", deadline) and is resumed with "ready" or
--- "timeout"; nothing ever blocks the loop, so a slow or hostile client only costs its own
--- connection. An error inside a connection closes that connection only.
+-- A connection coroutine yields ("read"|"write"|"sleep"|"turn", deadline) and is resumed with
+-- "ready" or "timeout"; nothing ever blocks the loop, so a slow or hostile client only costs its
+-- own connection. Each connection does a bounded share of work per turn of the loop (a few
+-- requests, so many bytes read and written), then yields "turn" and waits for every other ready
+-- connection to have its share: a client that pipelines without end, or reads a huge answer as
+-- fast as it comes, cannot keep the others waiting. An error inside a connection closes that
+-- connection only.
 local socket = require("socket")
 local http = require("ibkr.mock.net.http")
 
@@ -25,6 +29,8 @@ server.defaults = {
   max_headers = 100,
   max_body = 1024 * 1024,
   max_connections = 512,
+  turn_requests = 4,       -- requests a connection may serve per turn of the loop
+  turn_bytes = 256 * 1024, -- bytes it may read, and bytes it may write, per turn
 }
 
 -- opts: host, port, ssl_context (or nil), handler(req, conn) -> response, log(fmt, ...),
@@ -77,6 +83,61 @@ function server:sleep(seconds)
   end
 end
 
+-- Counts work done by conn in this turn of the loop ("requests" or "read"/"written" bytes);
+-- once it had its share, waits for the next turn (the others go first).
+local function spend(self, conn, what, n)
+  local used = conn.work[what] + n
+  conn.work[what] = used
+  local limit = what == "requests" and self.turn_requests or self.turn_bytes
+  if used >= limit then
+    wait("turn")
+  end
+end
+
+-- Holds conn's answer back until server:release(tag) (or until `seconds` passed, or the server
+-- stops). Returns true when released.
+function server:hold(conn, tag, seconds)
+  conn.held = tag
+  local deadline = self.clock() + seconds
+  while conn.held ~= nil and not self.stopping do
+    if wait("sleep", deadline) == "timeout" and self.clock() >= deadline then
+      break
+    end
+  end
+  local released = conn.held == nil
+  conn.held = nil
+  return released
+end
+
+-- Releases the answers held with `tag` (every held answer when tag is nil): they go out in this
+-- turn of the loop. Returns how many.
+function server:release(tag)
+  local n = 0
+  for conn in pairs(self.conns) do
+    if conn.held ~= nil and (tag == nil or conn.held == tag) then
+      conn.held = nil
+      conn.deadline = self.clock()
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- The tags of the answers held now, one per held answer, in connection order.
+function server:held()
+  local list = {}
+  for conn in pairs(self.conns) do
+    if conn.held ~= nil then
+      list[#list + 1] = conn
+    end
+  end
+  table.sort(list, function(a, b) return a.id < b.id end)
+  for i, conn in ipairs(list) do
+    list[i] = conn.held
+  end
+  return list
+end
+
 -- Waits for the socket to become ready for kind ("read" | "write") until deadline. Returns true,
 -- or nil, "timeout" | "stalled". A socket that select reports ready this many times in a row
 -- while the TLS layer makes no progress is a dead peer: give up on it instead of spinning.
@@ -118,6 +179,7 @@ local function fill(self, conn, deadline)
     if got and #got > 0 then
       conn.buf = conn.buf .. got
       conn.idle_wakeups = 0
+      spend(self, conn, "read", #got)
       return true
     end
     local ok, werr
@@ -146,17 +208,15 @@ local function send_all(self, conn, data)
     if conn.broken then
       return nil, conn.broken
     end
-    local last, err, partial = conn.sock:send(data, i)
+    local last, err, partial = conn.sock:send(data, i, math.min(n, i + self.turn_bytes - 1))
     local ok, werr = true, nil
-    if last then
-      i = last + 1
+    local sent = (last or partial or i - 1) + 1
+    if sent > i then
       conn.idle_wakeups = 0
-    else
-      local sent = (partial or i - 1) + 1
-      if sent > i then
-        conn.idle_wakeups = 0
-      end
-      i = sent
+      spend(self, conn, "written", sent - i)
+    end
+    i = sent
+    if not last then
       if err == "timeout" or err == "wantwrite" then
         ok, werr = wait_ready(conn, "write", deadline)
       elseif err == "wantread" then
@@ -390,6 +450,9 @@ local function response_head(req, resp, keep)
 end
 
 local function write_response(self, conn, req, resp, keep)
+  if resp.hold then
+    self:hold(conn, resp.hold.tag, resp.hold.seconds)
+  end
   if resp.delay and resp.delay > 0 then
     self:sleep(resp.delay)
   end
@@ -505,6 +568,7 @@ local function serve_connection(self, conn)
     if not write_response(self, conn, req, resp, keep) then
       return
     end
+    spend(self, conn, "requests", 1)
   end
 end
 
@@ -544,6 +608,7 @@ function server:close_conn(conn)
 end
 
 local function resume(self, conn, ...)
+  conn.work.requests, conn.work.read, conn.work.written = 0, 0, 0 -- a new turn: a new share
   local ok, kind, deadline = coroutine.resume(conn.co, ...)
   if not ok then
     self.stats.errors = self.stats.errors + 1
@@ -564,7 +629,8 @@ local function open_conn(self, c)
   c:settimeout(0)
   c:setoption("tcp-nodelay", true)
   self.next_id = self.next_id + 1
-  local conn = { id = self.next_id, buf = "", tls = self.ssl_context ~= nil, idle_since = self.clock() }
+  local conn = { id = self.next_id, buf = "", tls = self.ssl_context ~= nil, idle_since = self.clock(),
+    work = { requests = 0, read = 0, written = 0 } }
   conn.peer = c:getpeername()
   if conn.tls then
     local s, err = require("ssl").wrap(c, self.ssl_context)
@@ -629,11 +695,15 @@ function server:step(max_wait)
   end
   local now = self.clock()
   local earliest = now + (max_wait or 1)
+  local turns = {} -- connections that had their share last turn and want more
   for conn in pairs(self.conns) do
     if conn.kind == "read" then
       recvt[#recvt + 1] = conn.sock
     elseif conn.kind == "write" then
       sendt[#sendt + 1] = conn.sock
+    elseif conn.kind == "turn" then
+      turns[#turns + 1] = conn
+      earliest = now
     end
     if conn.deadline and conn.deadline < earliest then
       earliest = conn.deadline
@@ -659,10 +729,13 @@ function server:step(max_wait)
       end
     end
   end
-  for _, conn in ipairs(ready) do
-    if not conn.closed then
-      conn.resumed = true
-      resume(self, conn, "ready")
+  table.sort(turns, function(a, b) return a.id < b.id end)
+  for _, list in ipairs({ ready, turns }) do
+    for _, conn in ipairs(list) do
+      if not conn.closed and not conn.resumed then
+        conn.resumed = true
+        resume(self, conn, "ready")
+      end
     end
   end
   now = self.clock()

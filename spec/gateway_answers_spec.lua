@@ -1,10 +1,12 @@
--- Issue 13 ("gateway truth") and issue 9 kinds 6 and 9, issue 10's s:state(): every example as a
--- regression spec against the mock gateway (a real subprocess). Long waits (a 600 s penalty box,
--- 15 s for reauthenticate) run on an injected fake clock; the wire is real.
+-- The ibkr layer against what real gateways answer (public reports, replayed by the mock gateway,
+-- a real subprocess): a 2xx that carries an error, repairs that fail or take time, Retry-After and
+-- the penalty box, one transport blip, the gateway's own 503, the login page, texts that must reach
+-- the user, init = false, any JSON value where an object is expected, options that must mean what
+-- they say, and s:state(). Long waits (a 600 s penalty box, 15 s for reauthenticate) run on an
+-- injected fake clock; the wire is real.
 local ibkr = require("ibkr")
 local core = require("ibkr.core")
-local mock = require("spec.helpers.mock")
-local fake_time = require("spec.helpers.clock").new
+local gateway = require("spec.helpers.gateway")
 
 
 local ka = require("spec.helpers.keepalive")
@@ -16,22 +18,11 @@ local function messages(errs)
   return table.concat(t, "\n")
 end
 
-describe("gateway truth", function()
+describe("the ibkr layer against what gateways answer", function()
   local m, s, ft
-  setup(function()
-    m = assert(mock.start{ tls = false, pacing = false, init_delay = 0, reauth_delay = 0 })
-  end)
-  teardown(function() m:stop() end)
-  before_each(function()
-    m:reset()
-    m:control("DELETE", "/__mock/penalty")
-    m:config{ init_delay = 0, reauth_delay = 0, pacing = false, idle_timeout = 300, connection_close = false }
-    ft = fake_time()
-    s = ibkr.new{ base_url = m.url, clock = ft.clock, sleep = ft.sleep }
-  end)
-  after_each(function() s:close() end)
+  gateway.each(function(f) m, s, ft = f.m, f.s, f.ft end, { session = true })
 
-  describe("kind 1: a 2xx answer carrying an error is no success", function()
+  describe("a 2xx answer carrying an error is no success", function()
     it("a failed tickle is reported and the state comes from auth/status", function()
       m:fault{ path = "/tickle", kind = "error_body", count = 5 }
       local k = start(s, { interval = 60 })
@@ -57,7 +48,7 @@ describe("gateway truth", function()
       assert.equal("no_session", (s:health()))
     end)
 
-    it("a validate that says RESULT false, during the keep-alive, is reported (kind 7)", function()
+    it("a validate that says RESULT false, during the keep-alive, is reported", function()
       m:fault{ path = "/sso/validate", kind = "status", status = 200, body = '{"RESULT":false}' }
       local k = start(s, { interval = 60, validate_interval = 60 })
       turn(k.co, ft)
@@ -68,14 +59,18 @@ describe("gateway truth", function()
     end)
   end)
 
-  describe("kind 2: repairs escalate and back off", function()
+  describe("repairs escalate and back off", function()
     it("ssodh/init answering 503 falls back to reauthenticate, which is given time", function()
       m:config{ reauth_delay = 1.5 }
       m:set_state("unauthenticated")
       m:fault{ path = "/iserver/auth/ssodh/init", kind = "status", status = 503, body = "", count = 1000 }
       local rs = ibkr.new{ base_url = m.url } -- real time: the mock's 1.5 s are real
       local k = start(rs, { interval = 60, retry_interval = 5 })
-      ibkr.run(k.co, { duration = 4 })
+      local give_up = core.monotonic() + 60
+      while #k.repairs < 2 do -- until the reauthenticate is reported (then it sleeps 60 s)
+        assert.is_true(core.monotonic() < give_up, "no repair reported")
+        ibkr.run(k.co, { duration = 0.25 })
+      end
       rs:close()
       assert.same({ "unauthenticated", "ready" }, k.names())
       assert.equal("init_brokerage", k.repairs[1][1])
@@ -109,10 +104,12 @@ describe("gateway truth", function()
       local k = start(s, { interval = 60, retry_interval = 5 })
       local t0 = ft.t
       local starts = {}
+      -- (the mock's counters, not its log: the log grows by thousands of polls here)
+      local function reauths() return m:state().counters.by_path["/iserver/reauthenticate"] or 0 end
       for _ = 1, 400 do
-        local before = #m:api_log("/iserver/reauthenticate")
+        local before = reauths()
         turn(k.co, ft, 5)
-        if #m:api_log("/iserver/reauthenticate") > before then starts[#starts + 1] = ft.t - t0 end
+        if reauths() > before then starts[#starts + 1] = ft.t - t0 end
         if ft.t - t0 > 3000 then break end
       end
       for _, r in ipairs(k.repairs) do assert.is_nil(r[2]) end
@@ -128,7 +125,7 @@ describe("gateway truth", function()
     end)
   end)
 
-  describe("kind 3: the gateway's Retry-After is obeyed", function()
+  describe("the gateway's Retry-After is obeyed", function()
     it("the penalty box: 429 Retry-After 600 holds back every call and the keep-alive sleeps", function()
       m:control("POST", "/__mock/penalty", { seconds = 600 })
       local k = start(s, { interval = 5, retry_interval = 5 })
@@ -169,7 +166,7 @@ describe("gateway truth", function()
     end)
   end)
 
-  describe("kind 4: one transport blip does not flip the state", function()
+  describe("one transport blip does not flip the state", function()
     it("Connection: close answers, the third connection dropped with no response", function()
       m:config{ connection_close = true }
       m:fault{ path = "/tickle", kind = "drop", after = 2 }
@@ -191,18 +188,15 @@ describe("gateway truth", function()
     end)
   end)
 
-  describe("kind 5: what the gateway said arrives within a bounded time", function()
+  describe("what the gateway said arrives within a bounded time", function()
     it("the gateway's own 503 (backend silent) reaches the user, not our timeout", function()
-      -- scaled down: the gateway waits 1 s, the exchange may take 1.5, the call 2.5 in all
+      -- scaled down: the gateway waits 1 s, the exchange may take 5, the call 8 in all
       m:fault{ path = "/tickle", kind = "backend_timeout", seconds = 1, count = 10 }
-      local u = ibkr.new{ base_url = m.url, timeout = 1.5, deadline = 2.5 }
-      local t0 = core.monotonic()
+      local u = ibkr.new{ base_url = m.url, timeout = 5, deadline = 8 }
       local r, err = u:tickle()
-      local took = core.monotonic() - t0
       u:close()
       assert.is_nil(r)
       assert.equal(503, err.status)
-      assert.is_true(took < 2.5 + 1, "took " .. took)
     end)
 
     it("the defaults outlast the gateway's 10 s and bound the call", function()
@@ -211,20 +205,17 @@ describe("gateway truth", function()
     end)
 
     it("wait_ready{timeout = 0.5} is a deadline against a gateway that does not answer", function()
-      m:fault{ kind = "delay", seconds = 10, count = 100 }
+      m:fault{ kind = "hold", seconds = 30, count = 100 } -- an answer only after 30 s
       local u = ibkr.new{ base_url = m.url }
-      local t0 = core.monotonic()
       local r, err = u:wait_ready{ timeout = 0.5 }
-      local took = core.monotonic() - t0
       u:close()
-      m:clear_faults()
       assert.is_nil(r)
-      assert.equal("timeout", err.kind)
-      assert.is_true(took < 1.5, "took " .. took)
+      assert.equal("timeout", err.kind) -- the deadline ended it, not an answer
+      assert.equal(1, #m:held())
     end)
   end)
 
-  describe("kind 6: being sent to the login page means the session is gone", function()
+  describe("being sent to the login page means the session is gone", function()
     it("302 to /sso/Login or /sso/Dispatcher is no_session, in health() and the keep-alive", function()
       for _, loc in ipairs{ false, "/sso/Dispatcher" } do
         m:fault{ kind = "redirect", location = loc or nil, count = 2 }
@@ -246,7 +237,7 @@ describe("gateway truth", function()
     end)
   end)
 
-  describe("kind 7: what the gateway says reaches the user", function()
+  describe("what the gateway says reaches the user", function()
     it("the status body's fail text is in on_state's detail and why", function()
       local fail = "Force compete capability must be used together with compete flag"
       m:fault{ path = "/tickle", kind = "status", status = 200, body = string.format(
@@ -269,7 +260,7 @@ describe("gateway truth", function()
     end)
   end)
 
-  describe("kind 8: init = false keeps only the SSO session", function()
+  describe("init = false keeps only the SSO session", function()
     it("tickles, never ssodh/init nor reauthenticate", function()
       m:set_state("unauthenticated")
       local k = start(s, { interval = 60, retry_interval = 5, init = false })
@@ -281,7 +272,7 @@ describe("gateway truth", function()
     end)
   end)
 
-  describe("issue 9 kind 6: any JSON value where an object is expected", function()
+  describe("any JSON value where an object is expected", function()
     it("ssodh/init answering null, 5, true: the keep-alive and ibkr.run go on", function()
       for _, body in ipairs{ "null", "5", "true", "[]", '"x"' } do
         m:reset()
@@ -302,7 +293,7 @@ describe("gateway truth", function()
     end)
   end)
 
-  describe("issue 9 kind 9: options mean what they say", function()
+  describe("options mean what they say", function()
     it("wait_ready raises on unknown options, NaN, negative and infinite timeouts", function()
       assert.has_error(function() s:wait_ready{ timeuot = 1 } end)
       assert.has_error(function() s:wait_ready{ timeout = 0 / 0 } end)
@@ -327,7 +318,7 @@ describe("gateway truth", function()
     end)
   end)
 
-  describe("issue 10: s:state()", function()
+  describe("s:state()", function()
     it("is nil before anything was observed, then the last state any call saw, with its age", function()
       assert.is_nil(s:state())
       assert(s:tickle())
@@ -353,22 +344,5 @@ describe("gateway truth", function()
       turn(k.co, ft)
       assert.equal("competing", (s:state()))
     end)
-  end)
-end)
-
-describe("the client's pacing against the gateway's own count (real clock, HTTPS)", function()
-  it("a burst of calls at the default pacing is never answered 429", function()
-    -- the mock counts arrivals in any one-second window, as the gateway does; the first request
-    -- of a connection arrives later than booked (the TLS handshake): without a margin the 11th
-    -- arrived inside the first one's second and got a 429 with a 1 s hold
-    local m = assert(mock.start{ tls = true })
-    local s = ibkr.new{ base_url = m.url }
-    for i = 1, 25 do assert(s:request("GET", "/portfolio/accounts"), "call " .. i) end
-    local st = s:stats()
-    assert.are.equal(0, st.rate_limited)
-    assert.are.equal(0, st.retries)
-    assert.are.equal(25, #m:api_log("/portfolio/accounts")) -- each call arrived once: none sent again
-    s:close()
-    m:stop()
   end)
 end)
