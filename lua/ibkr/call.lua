@@ -440,8 +440,11 @@ end
 
 -- What the session saw, for its counters (ibkr/stats.lua): an answer of the session endpoint
 -- `name`, a state observed, the push channel connected or lost.
-function Caller:answered(name, res) stats.answer(self.counts, self.clock(), name, res) end
-function Caller:observed(st) stats.state(self.counts, self.clock(), st) end
+-- (`now`: the session's clock, when the caller has just read it)
+function Caller:answered(name, res)
+  if stats.READS[name] then stats.answer(self.counts, self.clock(), name, res) end
+end
+function Caller:observed(st, now) stats.state(self.counts, now or self.clock(), st) end
 function Caller:pushed(connected) stats.push(self.counts, connected) end
 
 -- Seconds left of a hold that keeps calls back (the gateway's Retry-After, a 429 without one,

@@ -208,8 +208,9 @@ end
 Session.endpoint = endpoint
 
 function observe(self, st, detail)
-  self._obs_state, self._obs_detail, self._obs_time = st, detail, self._clock()
-  self._call:observed(st)
+  local now = self._clock()
+  if st ~= self._obs_state then self._call:observed(st, now) end -- its counters count changes
+  self._obs_state, self._obs_detail, self._obs_time = st, detail, now
 end
 Session.observe = observe
 
