@@ -5,8 +5,8 @@
 --
 -- Hooks (each one line where it happens):
 --   M.exchange(t, now, path, res, err)   call.lua, after every exchange sent (attempts, not calls)
---   M.answer(t, now, name, res)          init.lua, after every call of a session endpoint
---   M.state(t, now, state)               init.lua, whenever a state is observed (s:state())
+--   M.answer(t, now, name, res)          init.lua, after a call of a session endpoint in M.READS
+--   M.state(t, now, state)               init.lua, whenever the state observed (s:state()) changes
 --   M.push(t, connected)                 init.lua's s:note_push(connected): the push channel
 --                                        (ibkr.stream) calls it on every connect and loss
 
