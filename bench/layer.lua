@@ -27,14 +27,18 @@ local ANSWERS = {
   ["/tickle"] = '{"collission":false,"iserver":{"authStatus":' .. AUTH
     .. '},"session":"ce109cbeb462a76dc3f6f4182c830cc1"}',
 }
-local decoded = {}
-for path, body in pairs(ANSWERS) do decoded[path] = assert(core.decode(body)) end
+local decoded, sizes = {}, {}
+for path, body in pairs(ANSWERS) do decoded[path], sizes[path] = assert(core.decode(body)), #body end
+-- what the core hands over besides: the final response's header block (meta.headers is built from
+-- it when read) and the body's length
+local HEAD = "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 07 Dec 2026 20:00:00 GMT\r\n"
+  .. "Content-Type: application/json\r\nContent-Length: 269\r\nConnection: keep-alive\r\n\r\n"
 
 local s = ibkr.new{ base_url = "http://127.0.0.1:9/v1/api", pacing = false }
 local caller = assert(s._call, "bench/layer.lua: the session has no caller (_call)")
 local real = caller.core
 caller.core = {
-  perform = function(_, _, path) return decoded[path], nil, 200 end,
+  perform = function(_, _, path) return decoded[path], nil, 200, HEAD, sizes[path] end,
   info = function() return real:info() end,
   close = function() real:close() end,
 }

@@ -9,6 +9,7 @@
 # BENCH_LCURL_DIR (where Lua-cURLv3 for Lua 5.4 was built, outside the repository: lcurl.so and
 # cURL.lua; without it the lcurl peer runs only when `require "cURL"` works as installed),
 # BENCH_PROF_N (calls of a profile run, default 2000), LUA (default lua5.4), CC (default cc).
+# `sh bench/run.sh table`: the peers' table alone (no memory, stall, timing, sessions, large runs).
 # Everything started here is stopped here, by pid.
 set -eu
 
@@ -215,7 +216,7 @@ while [ $r -le "$RUNS" ]; do
   r=$((r + 1))
 done
 
-if [ $HAVE_IBKR = yes ]; then
+if [ $HAVE_IBKR = yes ] && [ "$MODE" != table ]; then
   echo "bench: memory over $MEM_N calls" >&2
   for proto in http https; do
     if [ $proto = http ]; then url=$HTTP_URL; else url=$HTTPS_URL; fi
@@ -285,7 +286,7 @@ cp "$RESULTS" "$OUT/results.txt"
 cat "$OUT/results.md"
 
 # [oauth] OAuth 1.0a costs (bench/oauth.lua): one handshake (ms), per-request signing (µs, x an unsigned call)
-if [ "$HAVE_IBKR" = yes ] && [ -x bin/ibkr-mock-gateway ]; then
+if [ "$HAVE_IBKR" = yes ] && [ "$MODE" != table ] && [ -x bin/ibkr-mock-gateway ]; then
   echo
   taskset -c "$CLIENT_CPU" "$LUA" bench/oauth.lua | tee -a "$OUT/results.md" || echo "bench: oauth figures failed" >&2
 fi

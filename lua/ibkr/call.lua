@@ -117,11 +117,11 @@ local function late(method, path)
     message = "no time left of the call's deadline" }
 end
 
--- Pacing before an attempt: waits when the pacer says so and the wait fits before `limit`.
+-- Pacing before an attempt (when the pacer is not idle: its limits on, or a hold set): waits when
+-- the pacer says so and the wait fits before `limit`.
 -- Returns true, or nil plus the error to return (a retry keeps its real error `last_err`).
 -- x: the attempt's trace record (nil when not tracing): `paced`, the seconds waited.
 local function admit(s, w, method, path, last_err, limit, x)
-  if s.pacer:idle() then return true end
   local now = s.clock()
   local wait, again, why = s.pacer:reserve(path, now, limit - now) -- a wait past limit books nothing
   if not wait then
@@ -177,7 +177,7 @@ local function bounded(w, secs)
   }
 end
 
-local run -- defined below: the token request is a call of its own
+local attempts -- defined below: the token request is a call of its own
 
 -- [signer] A token refused again and again (kinds.REFUSALS.token; OAuth 1.0a's live session
 -- token, OAuth 2.0's access token or SSO session): from the second refusal in a row, renewals wait
@@ -237,7 +237,7 @@ local function signed_copts(s, w, method, path, copts, limit, xsecs)
     local held = token_held(s)
     if held then return nil, held end
     local busy <close> = o:fetching_until(limit) -- luacheck: ignore busy
-    local ok, err = o:renew(function(m, p, c) return run(s, w, m, p, c, false, limit, xsecs, true) end,
+    local ok, err = o:renew(function(m, p, c) return attempts(s, w, m, p, c, false, limit, xsecs, true) end,
       s.clock)
     if not ok then return nil, note_token(s, err) end
     s.streak.token, s.token_until = nil, nil
@@ -307,7 +307,7 @@ end
 -- gateway said is worth more than "timeout").
 -- raw: [signer] true for the token requests themselves (not signed, no renewal).
 -- Returns result, meta on success, or nil, err. Each exchange is traced (s.tracer).
-local function attempts(s, w, method, path, copts, allow_retry, limit, xsecs, raw)
+function attempts(s, w, method, path, copts, allow_retry, limit, xsecs, raw)
   if s.closed then return nil, closed_error(method, path) end
   local attempt, n = 0, 0 -- failed attempts (for the retry rules), exchanges (for the trace)
   local last_err
@@ -317,10 +317,12 @@ local function attempts(s, w, method, path, copts, allow_retry, limit, xsecs, ra
   while true do
     if x then x.seconds, x.bytes, x.retry, x.paced, x.res, x.second = nil, nil, nil, nil, nil, nil end
     n = n + 1
-    local ok, perr = admit(s, w, method, path, last_err, limit, x)
-    if not ok then
-      if x and perr ~= last_err then tracer:held(method, path, copts, n, perr, x) end
-      return nil, perr
+    if not s.pacer:idle() then -- a booking, maybe a wait (admit)
+      local ok, perr = admit(s, w, method, path, last_err, limit, x)
+      if not ok then
+        if x and perr ~= last_err then tracer:held(method, path, copts, n, perr, x) end
+        return nil, perr
+      end
     end
     local res, err, final, sent =
       attempt_once(s, w, method, path, copts, limit, xsecs, last_err, raw, allow_retry, x)
@@ -355,23 +357,19 @@ local function attempts(s, w, method, path, copts, allow_retry, limit, xsecs, ra
   end
 end
 
--- A call's outcome for the streak of failed calls (kinds.REFUSALS.server): a call that ended in a
--- 5xx without Retry-After makes the next attempts of pollers (the keep-alive, wait_ready) wait
--- kinds.backoff("server", n) (Caller:backoff); any other answer ends the streak.
-local function note_call(s, res, err)
-  if res == nil and kinds.refusal(err) == "server" then
+-- A failed call's outcome for the streak of failed calls (kinds.REFUSALS.server): a call that
+-- ended in a 5xx without Retry-After makes the next attempts of pollers (the keep-alive,
+-- wait_ready) wait kinds.backoff("server", n) (Caller:backoff); any other answer ends the streak
+-- (a success ends it in Caller:run). The token requests of a signer (attempts' `raw`) count for
+-- nothing here.
+local function note_call(s, err)
+  if kinds.refusal(err) == "server" then
     local n = (s.streak.server or 0) + 1
     s.streak.server = n
     s.server_until = s.clock() + kinds.backoff("server", n, s.random)
-  elseif res ~= nil or err.status then
+  elseif err.status then
     s.streak.server, s.server_until = nil, nil
   end
-end
-
-function run(s, w, method, path, copts, allow_retry, limit, xsecs, raw)
-  local res, second = attempts(s, w, method, path, copts, allow_retry, limit, xsecs, raw)
-  if not raw then note_call(s, res, second) end
-  return res, second
 end
 
 -- new{ core = the core session, clock = function, timeout = seconds of one exchange,
@@ -423,9 +421,13 @@ function Caller:run(w, method, path, copts, allow_retry, limit, timeout)
     timeout = timeout or self.timeout
     limit = self.clock() + (self.deadline or timeout + self.extra)
   end
-  local res, second = run(self, w, method, path, copts, allow_retry, limit, timeout or self.timeout)
-  if res == nil then self:hinted(second) end
-  return res, second
+  local res, second = attempts(self, w, method, path, copts, allow_retry, limit, timeout or self.timeout)
+  if res ~= nil then
+    self.streak.server, self.server_until = nil, nil -- an answer ends the streak of failed calls
+    return res, second
+  end
+  note_call(self, second)
+  return nil, self:hinted(second)
 end
 
 -- The counters (docs/ibkr.md, s:stats()): a new table, with the core's while it is open.
@@ -443,8 +445,11 @@ end
 
 -- What the session saw, for its counters (ibkr/stats.lua): an answer of the session endpoint
 -- `name`, a state observed, the push channel connected or lost.
-function Caller:answered(name, res) stats.answer(self.counts, self.clock(), name, res) end
-function Caller:observed(st) stats.state(self.counts, self.clock(), st) end
+-- (`now`: the session's clock, when the caller has just read it)
+function Caller:answered(name, res)
+  if stats.READS[name] then stats.answer(self.counts, self.clock(), name, res) end
+end
+function Caller:observed(st, now) stats.state(self.counts, now or self.clock(), st) end
 function Caller:pushed(connected) stats.push(self.counts, connected) end
 
 -- Seconds left of a hold that keeps calls back (the gateway's Retry-After, a 429 without one,

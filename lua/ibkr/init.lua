@@ -156,10 +156,10 @@ local ENDPOINTS = {
 -- Returns state, detail (the status table or the error).
 local function observed(name, res, err)
   if res ~= nil then
-    local st = state.of_answer(name, res)
+    local st, _, status = state.of_answer(name, res)
     -- ssodh/init's own "authenticated" is no proof: only auth/status (or a tickle) says ready
     if name == "init_brokerage" and st == "ready" then return nil end
-    return st, name == "tickle" and state.tickle_status(res) or res
+    return st, name == "tickle" and (status or state.tickle_status(res)) or res
   end
   local st = kinds.observed(err) -- nil: a "not now", a close: nothing about the state
   if st == nil then return nil end
@@ -217,8 +217,9 @@ end
 Session.endpoint = endpoint
 
 function observe(self, st, detail)
-  self._obs_state, self._obs_detail, self._obs_time = st, detail, self._clock()
-  self._call:observed(st)
+  local now = self._clock()
+  if st ~= self._obs_state then self._call:observed(st, now) end -- its counters count changes
+  self._obs_state, self._obs_detail, self._obs_time = st, detail, now
 end
 Session.observe = observe
 

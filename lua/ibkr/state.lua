@@ -94,7 +94,10 @@ local JUDGES = {
   end,
   -- {"message":"triggered"}: the request was taken; it takes effect later (facts §1.6).
   reauthenticate = function(body)
-    if type(body.message) == "string" and body.message:lower() == "triggered" then return true end
+    local msg = body.message -- "triggered" as it comes; another case without making a lower-case copy
+    if msg == "triggered" or (type(msg) == "string" and #msg == 9 and msg:lower() == "triggered") then
+      return true
+    end
     local m = M.text(body.message)
     return false, m and ("message is \"" .. m .. "\", not \"triggered\"") or "no message in the answer"
   end,
@@ -185,11 +188,12 @@ function M.refusal(method, path, body, why)
     message = why }
 end
 
--- of_answer(endpoint, body) -> state or nil, why
+-- of_answer(endpoint, body) -> state or nil, why, status
 -- What a 2xx answer of a session endpoint says about the session: for a body judge() refuses,
 -- "no_session" ({"error":"no session"}) or "error", with judge's reason; for a good status body
--- (auth_status, init_brokerage, a tickle carrying iserver.authStatus) its of_status(); nil when a
--- good answer carries no status (a tickle without authStatus, validate, logout, reauthenticate).
+-- (auth_status, init_brokerage, a tickle carrying iserver.authStatus) its of_status(), and the
+-- status table it read (the body, or the tickle's authStatus); nil when a good answer carries no
+-- status (a tickle without authStatus, validate, logout, reauthenticate).
 function M.of_answer(endpoint, body)
   local j = JUDGES[endpoint]
   if not j then error("state.of_answer: unknown endpoint '" .. tostring(endpoint) .. "'", 2) end
@@ -197,10 +201,10 @@ function M.of_answer(endpoint, body)
   if not ok then
     return (is_object(body) and body.error == "no session") and "no_session" or "error", why
   end
-  if endpoint == "auth_status" or endpoint == "init_brokerage" then return status_of(body) end
+  if endpoint == "auth_status" or endpoint == "init_brokerage" then return status_of(body), nil, body end
   if endpoint == "tickle" then
     local st = M.tickle_status(body)
-    if st then return M.of_status(st) end
+    if st then return status_of(st), nil, st end -- (tickle_status gives objects only)
   end
   return nil
 end

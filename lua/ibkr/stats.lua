@@ -5,8 +5,8 @@
 --
 -- Hooks (each one line where it happens):
 --   M.exchange(t, now, path, res, err)   call.lua, after every exchange sent (attempts, not calls)
---   M.answer(t, now, name, res)          init.lua, after every call of a session endpoint
---   M.state(t, now, state)               init.lua, whenever a state is observed (s:state())
+--   M.answer(t, now, name, res)          init.lua, after a call of a session endpoint in M.READS
+--   M.state(t, now, state)               init.lua, whenever the state observed (s:state()) changes
 --   M.push(t, connected)                 init.lua's s:note_push(connected): the push channel
 --                                        (ibkr.stream) calls it on every connect and loss
 
@@ -22,6 +22,10 @@ M.ENDPOINTS = {
 
 -- The repair actions (the names of the session calls, as on_repair reports them).
 M.REPAIRS = { init_brokerage = true, reauthenticate = true }
+
+-- The session calls whose answers answer() reads (the repairs, and the two that tell the SSO
+-- session's remaining time): a caller need not call it for the others.
+M.READS = { init_brokerage = true, reauthenticate = true, tickle = true, sso_validate = true }
 
 function M.new()
   return {
@@ -41,14 +45,17 @@ function M.outcome(res, err)
 end
 
 function M.exchange(t, now, path, res, err)
-  local ep = type(path) == "string" and M.ENDPOINTS[path:match("^[^?]*")] and path:match("^[^?]*")
-    or "other"
+  local ep = M.ENDPOINTS[path] and path -- a session endpoint as the session sends it: no query
+  if not ep then
+    local p = type(path) == "string" and path:match("^[^?]*")
+    ep = p and M.ENDPOINTS[p] and p or "other"
+  end
   local by = t.by_endpoint[ep]
   if not by then
     by = {}
     t.by_endpoint[ep] = by
   end
-  local oc = M.outcome(res, err)
+  local oc = res ~= nil and "ok" or M.outcome(res, err)
   by[oc] = (by[oc] or 0) + 1
   if res ~= nil then t.last_success = now end
 end
