@@ -89,7 +89,12 @@ describe("examples", function()
     it("runs for SECONDS when given (the documented run line)", function()
       local rc, out = sh("IBKR_ROOT=. " .. q(bin) .. " " .. q(m.url) .. " 0.5")
       assert.equal(0, rc, out)
-      assert.matches("^session %(start%) %-> ready\nframes: %d+, resumes: %d+, ", out)
+      -- ended by itself after its SECONDS with its summary; the first tickle's answer may come
+      -- later than 0.5 s on a loaded machine (reaching ready is the spec above's), so the state
+      -- line, when there, is the one to ready
+      local states, summary = out:match("^(.-)(frames: %d+, resumes: %d+, [^\n]*\n)$")
+      assert.is_string(summary, out)
+      assert.is_truthy(states == "" or states == "session (start) -> ready\n", out)
     end)
   end)
 end)
