@@ -20,6 +20,24 @@ describe("pacer", function()
     assert.equal(0, p:reserve("/tickle", 13.5))
   end)
 
+  it("counts a path's limit from its answer when that came after the booked send", function()
+    local p = pacing.new()
+    assert.equal(0, p:reserve("/tickle", 10))
+    p:answered("/tickle", 10.4)                                 -- a connection's first request: late
+    assert.near(0.9 + GAP, p:reserve("/tickle", 10.5), 1e-9)    -- at 11.4 + GAP, not 11.0 + GAP
+    p:answered("/tickle", 11.46)
+    assert.near(0.46 + GAP, p:reserve("/tickle", 12.0), 1e-9)   -- at 12.46 + GAP
+    assert.equal(0, p:reserve("/tickle", 14))
+    p:answered("/tickle", 13.9)                                 -- an earlier answer: the booking stays
+    assert.near(0.8 + GAP, p:reserve("/tickle", 14.2), 1e-9)    -- at 15.0 + GAP
+    p:answered("/iserver/auth/status", 20)                      -- no limit of its own: nothing
+    assert.equal(0, p:reserve("/iserver/auth/status", 15.5))
+    p:answered("/sso/validate?x=1", 5)                          -- the query ignored
+    local wait, again = p:reserve("/sso/validate", 6)
+    assert.is_nil(wait)
+    assert.near(59 + GAP, again, 1e-9)
+  end)
+
   it("refuses a tickle whose wait would exceed 1.5 s, booking nothing", function()
     local p = pacing.new()
     p:reserve("/tickle", 0)

@@ -23,6 +23,7 @@ local kinds = require("ibkr.kinds")
 local meta = require("ibkr.meta")
 local retry = require("ibkr.retry")
 local pacing = require("ibkr.pacing")
+local PACED = pacing.PATH_INTERVAL -- the paths with a limit of their own (pacer:answered)
 local stats = require("ibkr.stats")
 
 local M = {}
@@ -284,6 +285,7 @@ local function attempt_once(s, w, method, path, copts, limit, xsecs, last_err, r
   if aborted then return nil, last_err or err, true end -- out of time: what the gateway said before
   if s.closed then return nil, closed_error(method, path), true end
   count(s, res, err, status, path)
+  if s.pacer.limits and (PACED[path] or path:find("?", 1, true)) then s.pacer:answered(path, s.clock()) end
   if res ~= nil then return res, m end
   note_hold(s, err)
   if cut and err.kind == "timeout" and last_err then return nil, last_err, true end

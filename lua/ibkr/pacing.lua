@@ -97,6 +97,19 @@ function Pacer:idle()
   return not self.limits and not self.until_t
 end
 
+-- The answer to a request of `path` came at `t`, so the request reached the gateway no later: the
+-- path's own limit counts from `t` when that is after its latest booking. A request reaches the
+-- gateway after its booked send, the first of a connection much later (the connect, the TLS
+-- handshake: tens of ms on a loaded machine, more over a network), and MARGIN alone does not cover
+-- that: the next tickle, booked a second after the first one's send, arrived less than a second
+-- after it (a 429, and a hold). (The window of all requests keeps its bookings: ten a second.)
+function Pacer:answered(path, t)
+  local key = key_of(path)
+  if not M.PATH_INTERVAL[key] then return end
+  local last = self.last[key]
+  if not last or t > last then self.last[key] = t end
+end
+
 -- Books a send of `path` as early as the limits allow.
 -- Returns the seconds to wait before sending (0 = now), or nil plus the seconds after which the
 -- call may be tried again when the wait would exceed MAX_WAIT, or reach `within` (the seconds the
