@@ -174,6 +174,30 @@ for _, tls in ipairs({ false, true }) do
   end)
 end
 
+describe("the keep-alive with push, against a gateway that paces", function()
+  it("sends no tickle before its slot when the channel's news comes during the pacing wait", function()
+    local gw <close> = assert(mock.start{ ws_heartbeat = 0.05, ws_greeting_delay = 0 })
+    local s <close> = gw:session()
+    local seen = {}
+    local ka = s:keepalive{ push = true, interval = 1, compete = true,
+      on_state = function(new) seen[#seen + 1] = new end }
+    drive({ ka }, function() return gw:ws().counters.greeted == 1 end)
+    -- a logout, then a login: the channel is lost, comes back and says so while the keep-alive
+    -- probes over REST a second after its last tickle
+    assert(s:logout())
+    drive({ ka }, function() return seen[#seen] == "no_session" end, 20)
+    gw:login()
+    drive({ ka }, function() return seen[#seen] == "ready" and gw:ws().counters.greeted >= 2 end, 20)
+    local n = 0
+    for _, e in ipairs(gw:api_log("/tickle")) do
+      n = n + 1
+      assert.are_not.equal(429, e.status, "a tickle before its slot")
+    end
+    assert.is_true(n >= 3)
+    s:stop()
+  end)
+end)
+
 describe("keepalive_loop with push", function()
   for _, how in ipairs({ "blocking", "a host's sleep" }) do
     it("hears a pushed change while it waits (" .. how .. ")", function()

@@ -118,6 +118,22 @@ local function late(method, path)
     message = "no time left of the call's deadline" }
 end
 
+-- Waits until `at` on the session's clock. A waiter may come back early — a host that resumes a
+-- coroutine before its seconds, a keep-alive whose push channel had news — and a pacing slot or a
+-- backoff must still be kept: it waits again for what is left (a clock that did not move at all
+-- ends it: a test's frozen clock). Returns false when the work must stop meanwhile.
+local function wait_until(s, w, at)
+  local now = s.clock()
+  while now < at do
+    w.wait(at - now)
+    if not w.live() then return false end
+    local was = now
+    now = s.clock()
+    if now == was then break end
+  end
+  return true
+end
+
 -- Pacing before an attempt (when the pacer is not idle: its limits on, or a hold set): waits when
 -- the pacer says so and the wait fits before `limit`.
 -- Returns true, or nil plus the error to return (a retry keeps its real error `last_err`).
@@ -132,8 +148,7 @@ local function admit(s, w, method, path, last_err, limit, x)
   if wait > 0 then
     s.counts.paced = s.counts.paced + 1
     if x then x.paced = wait end
-    w.wait(wait)
-    if not w.live() then return nil, w.gone(method, path) end
+    if not wait_until(s, w, now + wait) then return nil, w.gone(method, path) end
   end
   return true
 end
@@ -353,8 +368,7 @@ function attempts(s, w, method, path, copts, allow_retry, limit, xsecs, raw)
       trace_exchange(s, method, path, copts, n, x, delay)
       s.counts.retries = s.counts.retries + 1
       last_err = err
-      w.wait(delay)
-      if not w.live() then return nil, w.gone(method, path) end
+      if not wait_until(s, w, s.clock() + delay) then return nil, w.gone(method, path) end
     end
   end
 end

@@ -162,10 +162,10 @@ local function pause_for(s, w, pause, alive)
     while alive() and not cut() do
       local left = wake - s:now()
       if left <= 0 then break end
-      w.wait(left < w.chunk and left or w.chunk)
+      w.wait(left < w.chunk and left or w.chunk, nil, true)
     end
   else
-    w.wait(pause)
+    w.wait(pause, nil, true) -- (only this wait is cut by the channel's news: ibkr/push.lua)
   end
   if w.clear then w.clear() end
 end

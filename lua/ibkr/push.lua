@@ -65,13 +65,16 @@ function Push:service()
   return type(secs) == "number" and secs >= 0 and secs or 0
 end
 
--- The waiter's wait in a coroutine: yields with the combined pollable.
+-- The waiter's wait in a coroutine: yields with the combined pollable. `cut`: the channel's news
+-- ends the wait (the keep-alive's pause between tickles, and only it: a call's pacing wait, its
+-- backoff before a retry, a repair's poll must last their time, or the next request goes out
+-- before its slot — a tickle 0.26 s after the last one, a 429 from the gateway).
 local function yield_wait(px)
-  return function(secs, req)
+  return function(secs, req, cut)
     local stop = px.s:now() + secs
     repeat
       local chan = px:service()
-      if px.interrupt and not req then return end
+      if cut and px.interrupt then return end
       local now = px.s:now()
       if req then
         px.target, px.until_ = req, now + math.min(chan, M.PUSH_CAP)
@@ -89,11 +92,11 @@ end
 
 -- The waiter's wait in an inline loop: the host's sleep in slices, or poll(2) on the channel.
 local function loop_wait(px, base, mode)
-  return function(secs, req)
+  return function(secs, req, cut)
     local stop = px.s:now() + secs
     repeat
       local chan = px:service()
-      if px.interrupt and not req then return end
+      if cut and px.interrupt then return end
       local left = stop - px.s:now()
       if left <= 0 then return end
       local t = math.min(left, chan)
