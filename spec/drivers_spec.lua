@@ -291,3 +291,122 @@ describe("host drivers without their host library", function()
     end)
   end
 end)
+
+-- coroutine.close(co) from elsewhere while co waits on a request closes the request, and with it
+-- the descriptor the driver handed to the host's poller: the driver must stop watching it first.
+-- Each case closes the coroutine with its request held by the mock (a "hold" fault): on a new
+-- connection (the engine's completion descriptor) or a kept one (the warm lane's duplicate of the
+-- socket); in the loop turn that armed the watch (before libuv or cqueues has even registered
+-- the descriptor with epoll) or a later one. Then the loop must carry on and the driver end at
+-- once (not at the request's timeout: a watchdog would stop it, and says so).
+describe("coroutine.close(co) of a driven coroutine with a request in flight", function()
+  local m
+  setup(function() m = assert(mock.start{ tls = false, pacing = false }) end)
+  teardown(function() m:stop() end)
+  before_each(function() m:reset() end)
+
+  -- the worker: on a kept connection, one answered tickle first; `armed()` right before the
+  -- tickle the mock holds
+  local WORKER = [[
+    local function worker(s, kept, armed)
+      return coroutine.create(function()
+        if kept then assert(s:tickle()) end
+        armed()
+        s:tickle()
+        error("not reached: the held tickle answered")
+      end)
+    end
+  ]]
+
+  local function hold(kept)
+    m:fault{ path = "/tickle", kind = "hold", after = kept and 1 or 0, count = 1 }
+  end
+
+  for _, kept in ipairs{ false, true } do
+    for _, when in ipairs{ "same turn", "later turn" } do
+      local what = (kept and "a kept connection" or "a new connection") .. ", " .. when
+
+      it("ibkr.luv: " .. what .. ": the loop goes on, the driver ends at once", function()
+        hold(kept)
+        -- luv aborts the process when epoll is handed a closed descriptor: in a child. The close
+        -- runs in the same turn from a check handle (after the I/O callback that armed the watch
+        -- on a kept connection) or a timer started with the first resume's (a new connection);
+        -- in a later turn from a timer started then.
+        local p = assert(io.popen("MOCK_URL=" .. raw.q(m.url) .. " KEPT=" .. (kept and "kept" or "new")
+          .. " WHEN=" .. (when == "same turn" and "same" or "later") .. " lua5.4 -e "
+          .. raw.q(raw.PRELUDE .. WORKER .. [[
+          local uv, ibkr, http = require("luv"), require("ibkr"), require("socket.http")
+          local url = os.getenv("MOCK_URL")
+          local kept, same = os.getenv("KEPT") == "kept", os.getenv("WHEN") == "same"
+          local function await_held()
+            repeat local body = http.request(url:gsub("/v1/api$", "") .. "/__mock/held")
+            until body and body:find('"held":%[%d')
+          end
+          local s = ibkr.new{ base_url = url, cooperative = true, timeout = 600 }
+          local co, h
+          local function close_it()
+            await_held()
+            print("closed", coroutine.close(co))
+          end
+          local check, first = uv.new_check(), uv.new_timer()
+          local armed = false
+          co = worker(s, kept, function() armed = true end)
+          h = require("ibkr.luv").drive(co)
+          local function on_armed()
+            if same then return close_it() end
+            local t = uv.new_timer()
+            t:start(0, 0, function() t:close(); close_it() end)
+          end
+          if kept then
+            check:start(function() if armed then check:close(); on_armed() end end)
+          else
+            check:close()
+            first:start(0, 0, on_armed) -- after the driver's first resume, in its turn
+          end
+          local watchdog = uv.new_timer()
+          watchdog:start(30000, 0, function() print("watchdog"); h.stop(); watchdog:close() end)
+          watchdog:unref()
+          uv.run() -- returns once nothing but the (unreferenced) watchdog is left
+          print("ended", coroutine.status(co))
+          if not watchdog:is_closing() then watchdog:close() end
+          if not first:is_closing() then first:close() end
+          uv.run()
+          s:close()]]) .. " 2>&1"))
+        local out = p:read("a")
+        local ok = p:close()
+        assert.is_true(ok, out)
+        assert.equal("closed\ttrue\nended\tdead\n", out)
+        assert.equal(1, #m:held()) -- still held: it was the driver that ended, not the answer
+      end)
+
+      it("ibkr.cqueues: " .. what .. ": the controller goes on, the driver ends at once", function()
+        hold(kept)
+        local cqueues = require("cqueues")
+        local condition = require("cqueues.condition")
+        local cq = cqueues.new()
+        local s = ibkr.new{ base_url = m.url, cooperative = true, timeout = 600 }
+        local armed = condition.new()
+        local co = load(WORKER .. " return worker(...)")(s, kept, function() armed:signal() end)
+        local h = require("ibkr.cqueues").drive(cq, co)
+        local closed
+        cq:wrap(function()
+          cqueues.poll(armed)
+          if when == "later turn" then cqueues.sleep(0) end
+          assert(m:await_held())
+          closed = { coroutine.close(co) }
+        end)
+        local give_up = clock() + WATCHDOG
+        while cq:count() > 0 and clock() < give_up do
+          local ok, err = cq:step(1)
+          assert(ok, err)
+        end
+        assert.equal(0, cq:count(), "the driver's thread did not end")
+        assert.same({ true }, closed)
+        assert.equal("dead", coroutine.status(co))
+        assert.equal(1, #m:held())
+        h:stop()
+        s:close()
+      end)
+    end
+  end
+end)
