@@ -175,11 +175,20 @@ static int l_plug(lua_State *LL) {
   return 0;
 }
 
-/* url(request) -> the URL handed to libcurl for the request's exchange;
+/* url(request) -> the URL handed to libcurl for the request's exchange (its
+** text, or the parsed URL the session's cache gave it);
 ** hdrs(request) -> its per-call header lines */
 static int l_url(lua_State *LL) {
   request *r = luaL_checkudata(LL, 1, REQUEST_MT);
-  lua_pushstring(LL, r->x.url ? r->x.url : "");
+  char *u = NULL;
+  if (r->x.url) {                      /* its own text */
+    lua_pushstring(LL, r->x.url);
+  } else if (r->x.uh && curl_url_get(r->x.uh, CURLUPART_URL, &u, 0) == CURLUE_OK) {
+    lua_pushstring(LL, u);             /* the parsed URL from the session's cache, as libcurl sends it */
+    curl_free(u);
+  } else {
+    lua_pushstring(LL, "");
+  }
   return 1;
 }
 
