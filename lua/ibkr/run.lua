@@ -49,7 +49,7 @@ end
 function M.run(cos, opts)
   local list
   list, opts = check(cos, opts)
-  local claim <close> = claimed(list)
+  local claim <close> = claimed(list) -- luacheck: ignore claim
   local clock, sleep = opts.clock or core.monotonic, opts.sleep
   local with_fds = sleep == nil
   local deadline = opts.duration and clock() + opts.duration
