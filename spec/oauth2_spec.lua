@@ -591,6 +591,61 @@ describe("oauth2 refusals and hostile answers", function()
     local json_line = require("ibkr.cli.out").json(require("ibkr.cli.report").plain_error(err))
     assert_clean(line .. err.message .. json_line, { assertion, assertion:match("%.([^.]+)$") })
   end)
+
+  -- the bearer and the body of the last request to `path` (the mock's log)
+  local function sent_to(path)
+    local log = m:log()
+    for i = #log, 1, -1 do
+      if log[i].path:find(path, 1, true) then
+        return (log[i].headers.authorization or ""):match("^Bearer (%S+)$"), log[i].body
+      end
+    end
+  end
+
+  -- every string in v (keys too), tostring of tables with a __tostring (errors)
+  local function strings(v, out, seen)
+    out, seen = out or {}, seen or {}
+    if type(v) == "string" then out[#out + 1] = v
+    elseif type(v) == "table" and not seen[v] then
+      seen[v] = true
+      local mt = getmetatable(v)
+      if mt and mt.__tostring then out[#out + 1] = tostring(v) end
+      for k, x in pairs(v) do strings(k, out, seen); strings(x, out, seen) end
+    end
+    return out
+  end
+
+  -- the SSO endpoint refuses (401) quoting the access token: the signer drops that token, and it
+  -- is redacted still
+  it("keeps the access token and the session JWT out of an SSO refusal that echoes them", function()
+    m:oauth2({ echo = 1, echo_at = "sso" })
+    local s <close> = session()
+    local err, line = refused(s, "sso")
+    local access, jwt = sent_to("/gw/api/v1/sso-sessions")
+    assert.truthy(access)
+    assert.truthy(jwt)
+    assert.matches("the request was: Authorization: Bearer [redacted]", line, 1, true)
+    local json_line = require("ibkr.cli.out").json(require("ibkr.cli.report").plain_error(err))
+    assert_clean(table.concat(strings(err), "\n") .. json_line,
+      { access, jwt, jwt:match("%.([^.]+)$") })
+  end)
+
+  it("keeps the SSO session's bearer out of an API error that echoes it: errors and trace events", function()
+    local events = {}
+    local s <close> = session({ trace = function(ev) events[#events + 1] = ev end, trace_body = true })
+    assert.truthy(s:tickle()) -- an SSO session
+    m:oauth2({ echo = 1, echo_at = "api" })
+    local res, err = s:request("GET", "/iserver/accounts")
+    assert.is_nil(res)
+    assert.equal(400, err.status)
+    local bearer = sent_to("/iserver/accounts")
+    assert.truthy(bearer)
+    assert.matches("Authorization: Bearer [redacted]", tostring(err), 1, true)
+    local json_line = require("ibkr.cli.out").json(require("ibkr.cli.report").plain_error(err))
+    assert_clean(table.concat(strings(err), "\n") .. json_line .. table.concat(strings(events), "\n"),
+      { bearer })
+    assert.equal(400, events[#events].status) -- the event of the echo was traced
+  end)
 end)
 
 ------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ local kinds = require("ibkr.kinds")
 local meta = require("ibkr.meta")
 local retry = require("ibkr.retry")
 local pacing = require("ibkr.pacing")
+local redact = require("ibkr.redact")
 local stats = require("ibkr.stats")
 
 local M = {}
@@ -291,6 +292,11 @@ end
 -- the call tries again).
 local function trace_exchange(s, method, path, copts, n, x, retry_in)
   if x and x.seconds then
+    if s.oauth then -- [signer] nothing it holds in an event, whatever the endpoint echoed
+      local secrets = s.oauth:secrets()
+      if x.res == nil then redact.error(x.second, secrets)
+      elseif s.tracer.body then x.res = redact.value(x.res, secrets) end
+    end
     x.retry = retry_in
     s.tracer:exchange(method, path, copts, n, x.res, x.second, x)
   end
@@ -316,7 +322,10 @@ local function attempts(s, w, method, path, copts, allow_retry, limit, xsecs, ra
     n = n + 1
     local ok, perr = admit(s, w, method, path, last_err, limit, x)
     if not ok then
-      if x and perr ~= last_err then tracer:held(method, path, copts, n, perr, x) end
+      if x and perr ~= last_err then
+        if s.oauth then redact.error(perr, s.oauth:secrets()) end -- [signer]
+        tracer:held(method, path, copts, n, perr, x)
+      end
       return nil, perr
     end
     local res, err, final, sent =
@@ -368,6 +377,9 @@ end
 function run(s, w, method, path, copts, allow_retry, limit, xsecs, raw)
   local res, second = attempts(s, w, method, path, copts, allow_retry, limit, xsecs, raw)
   if not raw then note_call(s, res, second) end
+  -- [signer] the one place every error of a signed session passes: nothing the signer holds in
+  -- it, whatever the endpoint echoed (ibkr/redact.lua)
+  if res == nil and s.oauth then redact.error(second, s.oauth:secrets()) end
   return res, second
 end
 
