@@ -510,6 +510,37 @@ describe("oauth2 refusals and hostile answers", function()
     assert.matches("'ip'", select(2, s:tickle()).hint)
   end)
 
+  -- OAuth 2.0 refusals get OAuth 2.0 hints (ibkr/kinds.lua), never OAuth 1.0a's (live session
+  -- token, consumer key, access_token_secret), whatever IBKR's words: also a refusal no rule knows
+  -- and the hold after refusals in a row
+  it("hints at OAuth 2.0 causes, never at OAuth 1.0a's", function()
+    local oauth1 = { "live session token", "consumer", "access_token_secret", "dh_prime" }
+    local function clean(hint)
+      assert.truthy(hint)
+      for _, w in ipairs(oauth1) do assert.is_nil(hint:find(w, 1, true), hint) end
+    end
+    for _, endpoint in ipairs({ "token", "sso" }) do
+      for _, code in ipairs({ "invalid_request", "invalid_client", "invalid_grant", "access_denied" }) do
+        m:oauth2({ reset = true })
+        m:oauth2_fault{ endpoint = endpoint, kind = "refused", error = code, description = "no", count = 1 }
+        local s <close> = session()
+        local err = refused(s, endpoint)
+        clean(err.hint)
+        assert.matches(code == "invalid_client" and "midnight reset" or "OAuth 2.0", err.hint)
+      end
+    end
+    local clk = fake_clock.new()
+    m:oauth2({ reset = true })
+    m:oauth2_fault{ kind = "refused", error = "invalid_request", description = "no", count = 2 }
+    local s <close> = session({ clock = clk.clock, sleep = clk.sleep })
+    refused(s)
+    refused(s)
+    local held = refused(s)
+    assert.truthy(held.hold)
+    clean(held.hint)
+    assert.matches("OAuth 2.0 access token request 2 times in a row", held.hint, 1, true)
+  end)
+
   it("refuses hostile token answers with clear kind auth errors", function()
     local cases = {
       { { kind = "malformed" }, "not JSON" },

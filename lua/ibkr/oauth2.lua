@@ -269,31 +269,6 @@ local function check_answer(res, what)
   return tok, math.min(life, M.MAX_LIFETIME)
 end
 
--- What to do about a refusal, when its words say (nil otherwise).
-local function hint_for(what, code, desc)
-  local text = ((code or "") .. " " .. (desc or "")):lower()
-  if text:find("%f[%a]ip%f[%A]") or text:find("address", 1, true) then
-    return "IBKR checks the 'ip' field against the address its requests come from: set oauth2.ip to this "
-      .. "host's public (egress) address, as IBKR sees it through any NAT or proxy"
-  end
-  if text:find("expire", 1, true) or text:find("%f[%a]iat%f[%A]") or text:find("%f[%a]exp%f[%A]")
-      or text:find("clock", 1, true) or text:find("not yet valid", 1, true) then
-    return "check this host's clock (NTP): a client assertion is valid from 10 s before to 20 s after "
-      .. "it is made"
-  end
-  if code == "invalid_client" or text:find("%f[%a]kid%f[%A]") or text:find("key", 1, true) then
-    return "check client_id, key_id and the private key against IBKR's registration; a newly registered "
-      .. "key works only after IBKR's next midnight reset"
-  end
-  if code == "invalid_scope" or code == "unauthorized_client" then
-    return "this client may not open SSO sessions (scope " .. M.SCOPE .. "): ask IBKR to enable it"
-  end
-  if what == "sso" and text:find("credential", 1, true) then
-    return "check 'credential': the IBKR username the session is for, as registered for this client"
-  end
-  return nil
-end
-
 -- Every secret this signer holds or sent lately (access and SSO session tokens, client
 -- assertions, session JWTs: the last M.REMEMBERED of them), newest first, then `extra`: an
 -- endpoint may echo a token the signer has dropped since (ibkr/redact.lua; ibkr/call.lua redacts
@@ -314,7 +289,8 @@ function Signer:auth_error(what, message, t)
   t = t or {}
   return core.error{
     kind = "auth", method = "POST", path = what == "token" and self.token_path or self.sso_path,
-    message = message, status = t.status, data = t.data, hint = t.hint, cause = t.cause,
+    message = message, status = t.status, data = t.data, cause = t.cause,
+    oauth_endpoint = what, -- the OAuth 2.0 endpoint that refused (ibkr/kinds.lua: its hints)
     retry_after = t.retry_after,
   }
 end
@@ -352,8 +328,7 @@ function Signer:failure(what, err, secret)
   end
   if k == "timeout" then
     return self:auth_error(what, "OAuth 2.0 " .. name .. " request: no answer in time", {
-      cause = core.error{ kind = "timeout", message = err.message, method = "POST", path = err.path },
-      hint = "the endpoint is slow or unreachable behind a proxy; a longer timeout lets its answer through" })
+      cause = core.error{ kind = "timeout", message = err.message, method = "POST", path = err.path } })
   end
   if k == "too_large" then
     return self:auth_error(what,
@@ -366,7 +341,7 @@ function Signer:failure(what, err, secret)
   local data = (code or desc) and { error = code, error_description = desc } or nil
   return self:auth_error(what, string.format("OAuth 2.0 %s request refused: HTTP %s%s", name,
     tostring(err.status or "?"), words and (": " .. words) or ""), {
-    status = err.status, data = data, retry_after = err.retry_after, hint = hint_for(what, code, desc) })
+    status = err.status, data = data, retry_after = err.retry_after })
 end
 
 -- An answer that came (2xx) but cannot be used.
