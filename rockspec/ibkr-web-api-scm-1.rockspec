@@ -68,6 +68,7 @@ build = {
     ["ibkr.metrics"] = "lua/ibkr/metrics.lua",
     ["ibkr.oauth"] = "lua/ibkr/oauth.lua",
     ["ibkr.oauth2"] = "lua/ibkr/oauth2.lua",
+    ["ibkr.redact"] = "lua/ibkr/redact.lua",
     ["ibkr.pacing"] = "lua/ibkr/pacing.lua",
     ["ibkr.push"] = "lua/ibkr/push.lua",
     ["ibkr.repair"] = "lua/ibkr/repair.lua",

@@ -291,3 +291,168 @@ describe("host drivers without their host library", function()
     end)
   end
 end)
+
+-- coroutine.close(co) from elsewhere while co waits on a request closes the request, and with it
+-- the descriptor the driver handed to the host's poller: the driver must stop watching it first.
+-- Each case closes the coroutine while its request cannot be answered (the mock holds it): on a
+-- new connection (the engine's completion descriptor) or a kept one (the warm lane's duplicate of
+-- the socket); in the loop turn that armed the watch (before libuv or cqueues has even handed the
+-- descriptor to epoll) or a later one. Then the loop must carry
+-- on and the driver end at once (not at the request's timeout: a watchdog would stop it, and says
+-- so).
+describe("coroutine.close(co) of a driven coroutine with a request in flight", function()
+  local m
+  setup(function() m = assert(mock.start{ tls = false, pacing = false }) end)
+  teardown(function() m:stop() end)
+  before_each(function() m:reset() end)
+
+  -- the worker: on a kept connection, one answered tickle first; `armed()` right before the
+  -- tickle the mock holds
+  local WORKER = [[
+    local function worker(s, kept, armed)
+      return coroutine.create(function()
+        if kept then assert(s:tickle()) end
+        armed()
+        s:tickle()
+        error("not reached: the held tickle answered")
+      end)
+    end
+  ]]
+
+  local function hold(kept)
+    m:fault{ path = "/tickle", kind = "hold", after = kept and 1 or 0, count = 1 }
+  end
+
+  for _, kept in ipairs{ false, true } do
+    for _, when in ipairs{ "same turn", "later turn" } do
+      local what = (kept and "a kept connection" or "a new connection") .. ", " .. when
+
+      it("ibkr.luv: " .. what .. ": the loop goes on, the driver ends at once", function()
+        hold(kept)
+        -- luv aborts the process when epoll is handed a closed descriptor: in a child. The close
+        -- runs from a prepare handle, right after the callback whose resume armed the watch and
+        -- before the loop hands the descriptor to epoll; or a turn later, from a timer that
+        -- prepare handle started (the loop's poll in between has the descriptor).
+        local p = assert(io.popen("MOCK_URL=" .. raw.q(m.url) .. " KEPT=" .. (kept and "kept" or "new")
+          .. " WHEN=" .. (when == "same turn" and "same" or "later") .. " lua5.4 -e "
+          .. raw.q(raw.PRELUDE .. WORKER .. [[
+          local uv, ibkr = require("luv"), require("ibkr")
+          local kept, same = os.getenv("KEPT") == "kept", os.getenv("WHEN") == "same"
+          local s = ibkr.new{ base_url = os.getenv("MOCK_URL"), cooperative = true, timeout = 600,
+            pacing = false }
+          local co, h
+          local function close_it() print("closed", coroutine.close(co)) end
+          local armed = false
+          co = worker(s, kept, function() armed = true end)
+          h = require("ibkr.luv").drive(co)
+          local prepare = uv.new_prepare()
+          prepare:start(function()
+            if not armed then return end
+            prepare:close()
+            if same then return close_it() end
+            local t = uv.new_timer()
+            t:start(0, 0, function() t:close(); close_it() end)
+          end)
+          local watchdog = uv.new_timer()
+          watchdog:start(30000, 0, function() print("watchdog"); h.stop(); watchdog:close() end)
+          watchdog:unref()
+          uv.run() -- returns once nothing but the (unreferenced) watchdog is left
+          print("ended", coroutine.status(co))
+          if not watchdog:is_closing() then watchdog:close() end
+          uv.run()
+          s:close()]]) .. " 2>&1"))
+        local out = p:read("a")
+        local ok = p:close()
+        assert.is_true(ok, out)
+        assert.equal("closed\ttrue\nended\tdead\n", out)
+      end)
+
+      it("ibkr.cqueues: " .. what .. ": the controller goes on, the driver ends at once", function()
+        hold(kept)
+        local cqueues = require("cqueues")
+        local condition = require("cqueues.condition")
+        local cq = cqueues.new()
+        local s = ibkr.new{ base_url = m.url, cooperative = true, timeout = 600, pacing = false }
+        -- (a flag beside the condition: a signal before the closer polls would be lost)
+        local armed, is_armed = condition.new(), false
+        local co = load(WORKER .. " return worker(...)")(s, kept, function()
+          is_armed = true
+          armed:signal()
+        end)
+        local h = require("ibkr.cqueues").drive(cq, co)
+        local closed
+        cq:wrap(function()
+          while not is_armed do cqueues.poll(armed) end
+          if when == "later turn" then
+            repeat cqueues.sleep(0) until #m:held() > 0 -- each look lets the controller step
+          end
+          closed = { coroutine.close(co) }
+        end)
+        local give_up = clock() + WATCHDOG
+        while cq:count() > 0 and clock() < give_up do
+          local ok, err = cq:step(1)
+          assert(ok, err)
+        end
+        assert.equal(0, cq:count(), "the driver's thread did not end")
+        assert.same({ true }, closed)
+        assert.equal("dead", coroutine.status(co))
+        h:stop()
+        s:close()
+      end)
+    end
+  end
+
+  it("ibkr.run: a coroutine closed by another in the same pass is not polled", function()
+    hold(false)
+    local s = ibkr.new{ base_url = m.url, cooperative = true, timeout = 600, pacing = false }
+    local co = load(WORKER .. " return worker(...)")(s, false, function() end)
+    local closer = coroutine.create(function()
+      coroutine.yield(0)
+      repeat coroutine.yield(0) until #m:held() > 0
+      assert(coroutine.close(co))
+      coroutine.yield(0)
+    end)
+    assert.is_true(ibkr.run({ co, closer }, { duration = WATCHDOG }))
+    s:close()
+  end)
+end)
+
+-- One driver at a time per coroutine, whichever drivers: a second raises at its caller's line
+-- naming the one that drives it, until the first stops (or the coroutine ends).
+describe("two drivers of one coroutine", function()
+  local luv_drive, cq_drive = require("ibkr.luv").drive, require("ibkr.cqueues").drive
+  local cq = require("cqueues").new()
+  local DRIVERS = {
+    ["ibkr.luv.drive"] = function(co) return luv_drive(co) end,
+    ["ibkr.cqueues.drive"] = function(co) return cq_drive(cq, co) end,
+    ["ibkr.run"] = function(co)
+      -- run holds it while it runs: the second driver is asked from inside it
+      return { run = function(second) return ibkr.run({ co, coroutine.create(second) }) end }
+    end,
+  }
+  for first, drive1 in pairs(DRIVERS) do
+    for second, drive2 in pairs(DRIVERS) do
+      if second ~= "ibkr.run" then
+        it(second .. " raises on a coroutine " .. first .. " drives", function()
+          local co = coroutine.create(function() coroutine.yield(0.001) end)
+          local h = drive1(co)
+          local ok, err
+          local function try()
+            local LINE = debug.getinfo(1, "l").currentline + 1
+            ok, err = pcall(function() local x = drive2(co); return x end)
+            assert.is_false(ok)
+            assert.matches("drivers_spec.lua:" .. LINE .. ": " .. second:gsub("%.", "%%.")
+              .. ": coroutine 1 is already being driven %(by " .. first:gsub("%.", "%%.") .. "%)", err)
+          end
+          if h.run then
+            h.run(try)
+          else
+            try()
+            h:stop()
+            drive2(co):stop() -- free again after stop()
+          end
+        end)
+      end
+    end
+  end
+end)

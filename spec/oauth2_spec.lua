@@ -510,6 +510,37 @@ describe("oauth2 refusals and hostile answers", function()
     assert.matches("'ip'", select(2, s:tickle()).hint)
   end)
 
+  -- OAuth 2.0 refusals get OAuth 2.0 hints (ibkr/kinds.lua), never OAuth 1.0a's (live session
+  -- token, consumer key, access_token_secret), whatever IBKR's words: also a refusal no rule knows
+  -- and the hold after refusals in a row
+  it("hints at OAuth 2.0 causes, never at OAuth 1.0a's", function()
+    local oauth1 = { "live session token", "consumer", "access_token_secret", "dh_prime" }
+    local function clean(hint)
+      assert.truthy(hint)
+      for _, w in ipairs(oauth1) do assert.is_nil(hint:find(w, 1, true), hint) end
+    end
+    for _, endpoint in ipairs({ "token", "sso" }) do
+      for _, code in ipairs({ "invalid_request", "invalid_client", "invalid_grant", "access_denied" }) do
+        m:oauth2({ reset = true })
+        m:oauth2_fault{ endpoint = endpoint, kind = "refused", error = code, description = "no", count = 1 }
+        local s <close> = session()
+        local err = refused(s, endpoint)
+        clean(err.hint)
+        assert.matches(code == "invalid_client" and "midnight reset" or "OAuth 2.0", err.hint)
+      end
+    end
+    local clk = fake_clock.new()
+    m:oauth2({ reset = true })
+    m:oauth2_fault{ kind = "refused", error = "invalid_request", description = "no", count = 2 }
+    local s <close> = session({ clock = clk.clock, sleep = clk.sleep })
+    refused(s)
+    refused(s)
+    local held = refused(s)
+    assert.truthy(held.hold)
+    clean(held.hint)
+    assert.matches("OAuth 2.0 access token request 2 times in a row", held.hint, 1, true)
+  end)
+
   it("refuses hostile token answers with clear kind auth errors", function()
     local cases = {
       { { kind = "malformed" }, "not JSON" },
@@ -590,6 +621,61 @@ describe("oauth2 refusals and hostile answers", function()
     assert.matches("[redacted]", line, 1, true)
     local json_line = require("ibkr.cli.out").json(require("ibkr.cli.report").plain_error(err))
     assert_clean(line .. err.message .. json_line, { assertion, assertion:match("%.([^.]+)$") })
+  end)
+
+  -- the bearer and the body of the last request to `path` (the mock's log)
+  local function sent_to(path)
+    local log = m:log()
+    for i = #log, 1, -1 do
+      if log[i].path:find(path, 1, true) then
+        return (log[i].headers.authorization or ""):match("^Bearer (%S+)$"), log[i].body
+      end
+    end
+  end
+
+  -- every string in v (keys too), tostring of tables with a __tostring (errors)
+  local function strings(v, out, seen)
+    out, seen = out or {}, seen or {}
+    if type(v) == "string" then out[#out + 1] = v
+    elseif type(v) == "table" and not seen[v] then
+      seen[v] = true
+      local mt = getmetatable(v)
+      if mt and mt.__tostring then out[#out + 1] = tostring(v) end
+      for k, x in pairs(v) do strings(k, out, seen); strings(x, out, seen) end
+    end
+    return out
+  end
+
+  -- the SSO endpoint refuses (401) quoting the access token: the signer drops that token, and it
+  -- is redacted still
+  it("keeps the access token and the session JWT out of an SSO refusal that echoes them", function()
+    m:oauth2({ echo = 1, echo_at = "sso" })
+    local s <close> = session()
+    local err, line = refused(s, "sso")
+    local access, jwt = sent_to("/gw/api/v1/sso-sessions")
+    assert.truthy(access)
+    assert.truthy(jwt)
+    assert.matches("the request was: Authorization: Bearer [redacted]", line, 1, true)
+    local json_line = require("ibkr.cli.out").json(require("ibkr.cli.report").plain_error(err))
+    assert_clean(table.concat(strings(err), "\n") .. json_line,
+      { access, jwt, jwt:match("%.([^.]+)$") })
+  end)
+
+  it("keeps the SSO session's bearer out of an API error that echoes it: errors and trace events", function()
+    local events = {}
+    local s <close> = session({ trace = function(ev) events[#events + 1] = ev end, trace_body = true })
+    assert.truthy(s:tickle()) -- an SSO session
+    m:oauth2({ echo = 1, echo_at = "api" })
+    local res, err = s:request("GET", "/iserver/accounts")
+    assert.is_nil(res)
+    assert.equal(400, err.status)
+    local bearer = sent_to("/iserver/accounts")
+    assert.truthy(bearer)
+    assert.matches("Authorization: Bearer [redacted]", tostring(err), 1, true)
+    local json_line = require("ibkr.cli.out").json(require("ibkr.cli.report").plain_error(err))
+    assert_clean(table.concat(strings(err), "\n") .. json_line .. table.concat(strings(events), "\n"),
+      { bearer })
+    assert.equal(400, events[#events].status) -- the event of the echo was traced
   end)
 end)
 

@@ -198,3 +198,46 @@ describe("ibkr-session keepalive --listen", function()
     assert.equal(143, select(2, p:finish()))
   end)
 end)
+
+-- A full listener makes room for a new client by closing the connection that has waited longest
+-- for a request — never one whose request has arrived and is not read yet: that one is answered
+-- first. The listener on its own (no loop), raw clients on 127.0.0.1; each step is taken once
+-- the kernel says its bytes or connection are there.
+describe("the --listen endpoint when full", function()
+  local core = require("ibkr.core")
+  local listen = require("ibkr.cli.listen")
+
+  local function readable(fd)
+    assert.same({ 1 }, { core.poll({ fd }, 10, { "r" }) }, "nothing arrived")
+  end
+
+  it("answers a client whose request arrived, and evicts an idle one instead", function()
+    local set = require("ibkr.cli.drive").watchers()
+    local l = assert(listen.new{ host = "127.0.0.1", port = 0, set = set,
+      answer = function() return 200, { { "Content-Type", "text/plain" } }, "ok\n" end,
+      limits = { max_connections = 2 } })
+    local function connect()
+      local c = assert(socket.connect("127.0.0.1", l.port))
+      readable(l:pollfd())
+      l:step()
+      return c
+    end
+    local first = connect()
+    local idle = connect()
+    assert.equal(2, l.nconns)
+    -- the first client's request arrives; the listener has not read it when the third connects
+    assert(first:send("GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"))
+    local conn_of_first
+    for c in pairs(l.conns) do if c.turn == 1 then conn_of_first = c end end -- accepted first
+    readable(conn_of_first.fd)
+    local third = connect()
+    first:settimeout(10)
+    assert.equal("HTTP/1.1 200 OK", first:receive("*l"))
+    idle:settimeout(10)
+    assert.equal("closed", select(2, idle:receive("*l"))) -- the one that waited for nothing
+    assert.equal(1, l.counts.evicted)
+    assert.equal(2, l.nconns)
+    first:close(); idle:close(); third:close()
+    l:close()
+  end)
+end)

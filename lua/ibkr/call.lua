@@ -24,6 +24,7 @@ local meta = require("ibkr.meta")
 local retry = require("ibkr.retry")
 local pacing = require("ibkr.pacing")
 local PACED = pacing.PATH_INTERVAL -- the paths with a limit of their own (pacer:answered)
+local redact = require("ibkr.redact")
 local stats = require("ibkr.stats")
 
 local M = {}
@@ -311,6 +312,11 @@ end
 -- the call tries again).
 local function trace_exchange(s, method, path, copts, n, x, retry_in)
   if x and x.seconds then
+    if s.oauth then -- [signer] nothing it holds in an event, whatever the endpoint echoed
+      local secrets = s.oauth:secrets()
+      if x.res == nil then redact.error(x.second, secrets)
+      elseif s.tracer.body then x.res = redact.value(x.res, secrets) end
+    end
     x.retry = retry_in
     s.tracer:exchange(method, path, copts, n, x.res, x.second, x)
   end
@@ -337,7 +343,10 @@ function attempts(s, w, method, path, copts, allow_retry, limit, xsecs, raw)
     if not s.pacer:idle() then -- a booking, maybe a wait (admit)
       local ok, perr = admit(s, w, method, path, last_err, limit, x)
       if not ok then
-        if x and perr ~= last_err then tracer:held(method, path, copts, n, perr, x) end
+        if x and perr ~= last_err then
+          if s.oauth then redact.error(perr, s.oauth:secrets()) end -- [signer]
+          tracer:held(method, path, copts, n, perr, x)
+        end
         return nil, perr
       end
     end
@@ -443,7 +452,11 @@ function Caller:run(w, method, path, copts, allow_retry, limit, timeout)
     return res, second
   end
   note_call(self, second)
-  return nil, self:hinted(second)
+  local err = self:hinted(second)
+  -- [signer] the one place every error of a signed session passes: nothing the signer holds in
+  -- it, whatever the endpoint echoed (ibkr/redact.lua)
+  if self.oauth then redact.error(err, self.oauth:secrets()) end
+  return nil, err
 end
 
 -- The counters (docs/ibkr.md, s:stats()): a new table, with the core's while it is open.

@@ -322,9 +322,63 @@ local function json_hint(err, ctx)
   return nil
 end
 
--- OAuth: the live session token (docs/oauth.md).
+-- OAuth 2.0 (docs/oauth.md "OAuth 2.0"; gateway facts §11): a refusal of the token endpoint
+-- (`what` "token") or the SSO endpoint ("sso"), by its OAuth error code and description (RFC 6749
+-- §5.2), a slow endpoint, or the hold after refusals in a row.
+local OAUTH2_WHAT = { token = "access token", sso = "SSO session" }
+local function oauth2_hint(err, what, ctx)
+  if err.hold then
+    return string.format("IBKR refused the OAuth 2.0 %s request %d times in a row: the next request waits "
+      .. "%.0f s (see the error's cause for IBKR's reason)", OAUTH2_WHAT[what], err.refusals or 0, err.hold)
+  end
+  if err.cause and err.cause.kind == "timeout" then
+    return "the endpoint is slow or unreachable behind a proxy; a longer timeout lets its answer through"
+  end
+  local data = type(err.data) == "table" and err.data or {}
+  local code = type(data.error) == "string" and data.error or nil
+  local text = ((code or "") .. " " .. (type(data.error_description) == "string" and data.error_description
+    or "")):lower()
+  if text:find("%f[%a]ip%f[%A]") or text:find("address", 1, true) then
+    return "IBKR checks the 'ip' field against the address its requests come from: set oauth2.ip to this "
+      .. "host's public (egress) address, as IBKR sees it through any NAT or proxy"
+  end
+  if text:find("expire", 1, true) or text:find("%f[%a]iat%f[%A]") or text:find("%f[%a]exp%f[%A]")
+      or text:find("clock", 1, true) or text:find("not yet valid", 1, true) then
+    return "check this host's clock (NTP): a client assertion is valid from 10 s before to 20 s after "
+      .. "it is made"
+  end
+  if code == "invalid_client" or text:find("%f[%a]kid%f[%A]") or text:find("key", 1, true) then
+    return "check client_id, key_id and the private key against IBKR's registration; a newly registered "
+      .. "key works only after IBKR's next midnight reset"
+  end
+  if code == "invalid_scope" or code == "unauthorized_client" then
+    return "this client may not open SSO sessions (scope sso-sessions.write): ask IBKR to enable it"
+  end
+  if what == "sso" and text:find("credential", 1, true) then
+    return "check 'credential': the IBKR username the session is for, as registered for this client"
+  end
+  if err.status == 401 or err.status == 400 then
+    return "IBKR refused the OAuth 2.0 " .. OAUTH2_WHAT[what] .. " request: check client_id, key_id, the "
+      .. "private key" .. (what == "sso" and ", credential and ip" or "") .. " against IBKR's registration "
+      .. "(docs/oauth.md)"
+  end
+  if err.cause and err.cause.kind == "json" then return json_hint(err.cause, ctx) end
+  return nil
+end
+
+-- The OAuth 2.0 endpoint an error (or the refusal it holds back for) came from, or nil.
+local function oauth2_of(err)
+  local what = rawget(err, "oauth_endpoint")
+  if OAUTH2_WHAT[what] then return what end
+  local c = err.hold and type(err.cause) == "table" and rawget(err.cause, "oauth_endpoint")
+  return OAUTH2_WHAT[c] and c or nil
+end
+
+-- OAuth 1.0a: the live session token (docs/oauth.md); OAuth 2.0: above.
 local function auth_hint(err, ctx)
-  if type(err.hint) == "string" then return err.hint end -- OAuth 2.0: the signer's diagnosis
+  if type(err.hint) == "string" then return err.hint end
+  local o2 = oauth2_of(err)
+  if o2 then return oauth2_hint(err, o2, ctx) end
   local data = type(err.data) == "table" and err.data or {}
   local text = said(err) or (type(data.error) == "string" and data.error) or ""
   if err.hold then

@@ -31,8 +31,6 @@ end
 
 -- libuv takes one poll handle per descriptor: the descriptors watched now, by any drive()
 local watched = {}
--- the coroutines being driven now, by any drive() (one driver at a time)
-local driving = setmetatable({}, { __mode = "k" })
 
 local function ms(seconds)
   if seconds <= 0 then return 0 end
@@ -63,25 +61,39 @@ end
 -- One coroutine: its timer, its poll handle (while it waits on a descriptor), its schedule.
 local function new_slot(co, on_stop)
   local d = { co = co, timer = uv.new_timer() }
+  local step
 
   local function unwatch()
     if d.poll then
       close(d.poll) -- libuv forgets the descriptor now, before the resume may close it
+      driven.unwatch(d.p, d.closing)
       watched[d.fd] = nil
-      d.poll, d.fd = nil, nil
+      d.poll, d.fd, d.p = nil, nil, nil
     end
     d.timer:stop()
+  end
+
+  -- the pollable watched is about to be closed (the coroutine is closed from elsewhere, inside or
+  -- outside uv.run): stop watching its descriptor now, and resume at the loop's next turn (a dead
+  -- coroutine: its handles are closed then)
+  function d.closing()
+    if d.done then return end
+    unwatch()
+    d.timer:start(0, 0, step)
   end
 
   function d.finish()
     unwatch()
     close(d.timer)
-    if driving[co] == d then driving[co] = nil end
-    on_stop(d)
+    if not d.done then
+      d.done = true
+      driven.release(co)
+      on_stop(d)
+    end
   end
 
   local arm
-  local function step()
+  function step()
     if pending[1] then close_pending() end
     unwatch()
     if status(co) ~= "suspended" then return d.finish() end
@@ -113,8 +125,9 @@ local function new_slot(co, on_stop)
     if e.fd then
       local p = not watched[e.fd] and uv.new_poll(e.fd)
       if p and p:start(e.events, step) then
-        d.poll, d.fd = p, e.fd
+        d.poll, d.fd, d.p = p, e.fd, e.p
         watched[e.fd] = true
+        driven.watch(e.p, d.closing)
       else
         close(p)
         wait = e.hint -- a descriptor libuv cannot watch: resume after the seconds yielded
@@ -139,18 +152,13 @@ end
 function M.drive(x)
   local list = driven.coroutines(x, "ibkr.luv.drive", 2)
   luv(2)
-  for i, co in ipairs(list) do
-    if driving[co] then error("ibkr.luv.drive: coroutine " .. i .. " is already being driven", 2) end
-  end
   local slots = {}
   local handle = {}
   local function on_stop(d) slots[d] = nil end
-  for _, co in ipairs(list) do
-    if status(co) == "suspended" and not driving[co] then
-      local d = new_slot(co, on_stop)
-      driving[co], slots[d] = d, true
-      d.start()
-    end
+  for _, co in ipairs(driven.claim(list, "ibkr.luv.drive", 2)) do
+    local d = new_slot(co, on_stop)
+    slots[d] = true
+    d.start()
   end
   function handle.stop()
     for d in pairs(slots) do d.finish() end

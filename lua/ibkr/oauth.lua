@@ -305,6 +305,13 @@ function Signer:websocket_auth()
   return { query = { oauth_token = self.access_token }, headers = { ["User-Agent"] = "ClientPortalGW/1" } }
 end
 
+-- The secrets of this signer that go on the wire and an endpoint may echo (the consumer key, the
+-- access token), for ibkr/redact.lua; the live session token and the access token secret never
+-- leave C and are never sent.
+function Signer:secrets()
+  return { self.consumer_key, self.access_token }
+end
+
 function Signer:close() self._c:close() end
 function Signer:closed() return self._c:closed() end
 function Signer:__tostring() return "ibkr.oauth signer (" .. self.realm .. ")" end

@@ -8,6 +8,7 @@
 
 local core = require("ibkr.core")
 local oauth = require("ibkr.oauth")
+local redact = require("ibkr.redact")
 
 local M = {}
 
@@ -24,6 +25,7 @@ M.RENEW_MARGIN = 60            -- seconds before expiry a token is renewed (at m
 M.MAX_ANSWER = 64 * 1024       -- bytes of a token or SSO answer (larger: kind "auth")
 M.MAX_TOKEN = 8192             -- bytes of a token
 M.MAX_LIFETIME = 366 * 86400   -- seconds: a longer expires_in counts as this
+M.REMEMBERED = 8               -- secrets kept for redaction after they are dropped (Signer:secrets)
 M.INIT_PATH = "/iserver/auth/ssodh/init"
 M.LOGOUT_PATH = "/logout"
 
@@ -216,6 +218,7 @@ function M.new(cfg, opts, level)
     generation = 0,   -- SSO sessions opened so far; a request signed under an older one says so
     fetching = nil,   -- deadline of the renewal in progress (ibkr/call.lua)
     init_body = nil,  -- the last ssodh/init body sent (re-sent after a new SSO session); nil after logout
+    seen = {},        -- the secrets held or sent lately, newest first (Signer:secrets)
   }, Signer)
 end
 
@@ -266,60 +269,28 @@ local function check_answer(res, what)
   return tok, math.min(life, M.MAX_LIFETIME)
 end
 
--- text with every secret of `secrets` (strings) and anything shaped like a JWT replaced
-local function redact(text, secrets)
-  text = tostring(text)
-  for _, s in ipairs(secrets) do
-    if #s >= 8 then
-      local i = text:find(s, 1, true)
-      while i do
-        text = text:sub(1, i - 1) .. "[redacted]" .. text:sub(i + #s)
-        i = text:find(s, i + 10, true)
-      end
-    end
-  end
-  return (text:gsub("[%w%-_]+%.[%w%-_]+%.[%w%-_]+", function(m)
-    return #m >= 40 and "[redacted]" or m
-  end))
-end
-
--- What to do about a refusal, when its words say (nil otherwise).
-local function hint_for(what, code, desc)
-  local text = ((code or "") .. " " .. (desc or "")):lower()
-  if text:find("%f[%a]ip%f[%A]") or text:find("address", 1, true) then
-    return "IBKR checks the 'ip' field against the address its requests come from: set oauth2.ip to this "
-      .. "host's public (egress) address, as IBKR sees it through any NAT or proxy"
-  end
-  if text:find("expire", 1, true) or text:find("%f[%a]iat%f[%A]") or text:find("%f[%a]exp%f[%A]")
-      or text:find("clock", 1, true) or text:find("not yet valid", 1, true) then
-    return "check this host's clock (NTP): a client assertion is valid from 10 s before to 20 s after "
-      .. "it is made"
-  end
-  if code == "invalid_client" or text:find("%f[%a]kid%f[%A]") or text:find("key", 1, true) then
-    return "check client_id, key_id and the private key against IBKR's registration; a newly registered "
-      .. "key works only after IBKR's next midnight reset"
-  end
-  if code == "invalid_scope" or code == "unauthorized_client" then
-    return "this client may not open SSO sessions (scope " .. M.SCOPE .. "): ask IBKR to enable it"
-  end
-  if what == "sso" and text:find("credential", 1, true) then
-    return "check 'credential': the IBKR username the session is for, as registered for this client"
-  end
-  return nil
-end
-
+-- Every secret this signer holds or sent lately (access and SSO session tokens, client
+-- assertions, session JWTs: the last M.REMEMBERED of them), newest first, then `extra`: an
+-- endpoint may echo a token the signer has dropped since (ibkr/redact.lua; ibkr/call.lua redacts
+-- every error and trace event of the session with them).
 function Signer:secrets(extra)
-  local list = { extra }
-  if self.access then list[#list + 1] = self.access.header:sub(8) end
-  if self.session then list[#list + 1] = self.session.header:sub(8) end
+  local list = {}
+  for i, v in ipairs(self.seen) do list[i] = v end
+  list[#list + 1] = extra
   return list
+end
+
+function Signer:remember(secret)
+  table.insert(self.seen, 1, secret)
+  self.seen[M.REMEMBERED + 1] = nil
 end
 
 function Signer:auth_error(what, message, t)
   t = t or {}
   return core.error{
     kind = "auth", method = "POST", path = what == "token" and self.token_path or self.sso_path,
-    message = message, status = t.status, data = t.data, hint = t.hint, cause = t.cause,
+    message = message, status = t.status, data = t.data, cause = t.cause,
+    oauth_endpoint = what, -- the OAuth 2.0 endpoint that refused (ibkr/kinds.lua: its hints)
     retry_after = t.retry_after,
   }
 end
@@ -335,11 +306,11 @@ function Signer:refusal_words(err, secret)
     end
   end
   local secrets = self:secrets(secret)
-  code = code and core.printable(redact(code, secrets), 100)
-  desc = desc and core.printable(redact(desc, secrets), 300)
+  code = code and core.printable(redact.text(code, secrets), 100)
+  desc = desc and core.printable(redact.text(desc, secrets), 300)
   local words = code and desc and (code .. ": " .. desc) or code or desc
   if not data and err.message then -- the core's words for a page or a text ("HTTP 502: <title>")
-    words = core.printable(redact(tostring(err.message):gsub("^HTTP %d*:? *", ""), secrets), 300)
+    words = core.printable(redact.text(tostring(err.message):gsub("^HTTP %d*:? *", ""), secrets), 300)
     if words == "" then words = nil end
   end
   return words, code, desc
@@ -357,8 +328,7 @@ function Signer:failure(what, err, secret)
   end
   if k == "timeout" then
     return self:auth_error(what, "OAuth 2.0 " .. name .. " request: no answer in time", {
-      cause = core.error{ kind = "timeout", message = err.message, method = "POST", path = err.path },
-      hint = "the endpoint is slow or unreachable behind a proxy; a longer timeout lets its answer through" })
+      cause = core.error{ kind = "timeout", message = err.message, method = "POST", path = err.path } })
   end
   if k == "too_large" then
     return self:auth_error(what,
@@ -371,7 +341,7 @@ function Signer:failure(what, err, secret)
   local data = (code or desc) and { error = code, error_description = desc } or nil
   return self:auth_error(what, string.format("OAuth 2.0 %s request refused: HTTP %s%s", name,
     tostring(err.status or "?"), words and (": " .. words) or ""), {
-    status = err.status, data = data, retry_after = err.retry_after, hint = hint_for(what, code, desc) })
+    status = err.status, data = data, retry_after = err.retry_after })
 end
 
 -- An answer that came (2xx) but cannot be used.
@@ -385,6 +355,7 @@ end
 -- POST token_url with a fresh client assertion -> self.access. Returns true, or nil, err.
 function Signer:fetch_access(exchange, clock)
   local assertion = self:client_assertion()
+  self:remember(assertion)
   local res, got = exchange("POST", self.token_path, { -- got: the meta, or the error
     via = self.token_core, body = M.token_form(assertion),
     headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
@@ -392,6 +363,7 @@ function Signer:fetch_access(exchange, clock)
   if not res then return nil, self:failure("token", got, assertion) end
   local tok, life = check_answer(res, "token")
   if not tok then return nil, self:unusable("token", life, got.status) end
+  self:remember(tok)
   self.access = { header = "Bearer " .. tok, usable_until = life and renew_time(clock(), life) or false }
   return true
 end
@@ -399,6 +371,7 @@ end
 -- POST sso_url with a fresh session JWT and the access token -> res, nil, status, jwt | nil, err.
 function Signer:post_session(exchange)
   local jwt = self:session_jwt()
+  self:remember(jwt)
   local res, got = exchange("POST", self.sso_path, { -- got: the meta, or the error
     via = self.sso_core, body = jwt,
     headers = { Authorization = self.access.header, ["Content-Type"] = "application/jwt" },
@@ -430,6 +403,7 @@ function Signer:open_session(exchange, clock)
   local tok, life = check_answer(res, "sso")
   if not tok then return nil, self:unusable("sso", life, status) end
   life = life or M.SESSION_LIFETIME -- no expires_in: what the session JWT asked for
+  self:remember(tok)
   self.session = { header = "Bearer " .. tok, renew_at = renew_time(clock(), life) }
   self.generation = self.generation + 1
   return true
@@ -494,7 +468,7 @@ end
 
 -- Drops every token and frees the key (wiped in C) and the endpoints' connections; idempotent.
 function Signer:close()
-  self.access, self.session, self.held, self.init_body = nil, nil, nil, nil
+  self.access, self.session, self.held, self.init_body, self.seen = nil, nil, nil, nil, {}
   if not self._key:closed() then
     self._key:close()
     self.token_core:close()

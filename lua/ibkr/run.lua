@@ -32,6 +32,14 @@ end
 
 local status, huge = coroutine.status, math.huge
 
+-- One driver at a time per coroutine (ibkr/driven.lua): run claims the coroutines it drives
+-- (raising at the caller's line when another driver drives one of them) until it returns or
+-- raises.
+local Claim = { __close = function(c) for i = 1, #c do driven.release(c[i]) end end }
+local function claimed(list)
+  return setmetatable(driven.claim(list, "ibkr.run", 3), Claim)
+end
+
 -- run(x, {duration = s, clock = fn, sleep = fn}) -> true when all ended, false when the duration
 -- passed first (those still alive stay alive and can be driven again, on their schedule).
 -- x: a coroutine, an object with :coroutine() (a stream), or a list of them.
@@ -41,6 +49,7 @@ local status, huge = coroutine.status, math.huge
 function M.run(cos, opts)
   local list
   list, opts = check(cos, opts)
+  local claim <close> = claimed(list) -- luacheck: ignore claim
   local clock, sleep = opts.clock or core.monotonic, opts.sleep
   local with_fds = sleep == nil
   local deadline = opts.duration and clock() + opts.duration

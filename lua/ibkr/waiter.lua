@@ -19,11 +19,18 @@
 --   "host"   wait with sleep(seconds), a host's own sleep (cqueues.sleep, copas.pause...);
 --            exchanges run on the engine thread
 local core = require("ibkr.core")
+local driven = require("ibkr.driven")
 
 local M = {}
 
+-- A coroutine closed while suspended here closes the request it waits on (the caller's
+-- to-be-closed variable, ibkr/call.lua): the guard, closed first, makes the drivers that watch
+-- the request's descriptor stop watching it before it is closed (ibkr/driven.lua).
 local function yield(secs, pollable)
-  if pollable then coroutine.yield(secs, pollable) else coroutine.yield(secs) end
+  if not pollable then return coroutine.yield(secs) end
+  local guard <close> = driven.guard(pollable)
+  coroutine.yield(secs, pollable)
+  guard[1] = nil -- resumed: no driver watches it now
 end
 
 function M.new(mode, live, gone, sleep, chunk)

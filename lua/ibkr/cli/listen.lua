@@ -6,10 +6,11 @@
 -- coroutine that yields what it waits for.
 --
 -- Bounds (M.LIMITS): at most max_connections open (a new client takes the place of the one that
--- has waited longest for a request); a request head within max_head bytes (ibkr/cli/http.lua),
--- complete head_timeout seconds after its first byte; an idle connection closed after
--- idle_timeout; an answer the client does not read within write_timeout dropped; at most
--- max_requests per connection. luasocket is loaded here, only when --listen is given.
+-- has waited longest for a request, once those whose request has arrived are answered); a
+-- request head within max_head bytes (ibkr/cli/http.lua), complete head_timeout seconds after its
+-- first byte; an idle connection closed after idle_timeout; an answer the client does not read
+-- within write_timeout dropped; at most max_requests per connection. luasocket is loaded here,
+-- only when --listen is given.
 
 local http = require("ibkr.cli.http")
 local core = require("ibkr.core")
@@ -236,8 +237,26 @@ function Listener:answer(req)
   return status, headers, body
 end
 
+-- Before one connection makes room for another: every connection waiting to read whose socket
+-- has bytes now (a request that arrived, not read yet) is stepped, and a complete request
+-- answered, so no client whose request is here is dropped for one that came later. Returns
+-- whether that freed a place (a connection closed after its answer).
+function Listener:serve_arrived()
+  local list, fds, evs = {}, {}, {}
+  for c in pairs(self.conns) do
+    if c.turn ~= self.turn and c.want == "r" then
+      list[#list + 1], fds[#fds + 1], evs[#evs + 1] = c, c.fd, "r"
+    end
+  end
+  if #list == 0 then return false end
+  local n = self.nconns
+  for _, i in ipairs({ core.poll(fds, 0, evs) }) do list[i]:step(true) end
+  return self.nconns < n
+end
+
 -- The connection that has waited longest for a request (idle, half a head, an unread answer),
--- among those not accepted in this step (a burst of new clients never evicts itself).
+-- among those not accepted in this step (a burst of new clients never evicts itself), once
+-- those whose request has arrived are served (Listener:serve_arrived).
 function Listener:oldest()
   local victim
   for c in pairs(self.conns) do
@@ -257,6 +276,7 @@ function Listener:step()
       -- out of descriptors (a limit below max_connections): the oldest connection makes room,
       -- else rest a moment
       self.counts.errors = self.counts.errors + 1
+      if self:serve_arrived() then goto continue end
       local victim = self:oldest()
       if not victim then
         self.paused = self.clock() + M.ACCEPT_PAUSE
@@ -267,6 +287,7 @@ function Listener:step()
       goto continue
     end
     sock:settimeout(0)
+    if self.nconns >= self.limits.max_connections then self:serve_arrived() end
     if self.nconns >= self.limits.max_connections then
       local victim = self:oldest()
       if not victim then -- all of them new in this step: the rest waits in the backlog

@@ -13,7 +13,8 @@
 -- (core.oauth: RSA verification and generation, base64url, random bytes, private files).
 --
 -- Control: GET /__mock/oauth2 -> the client, settings, counters, faults; POST /__mock/oauth2
--- {token_ttl, session_ttl, sso_expires_in, ip, expire, fault, faults, echo, clear_faults, reset}
+-- {token_ttl, session_ttl, sso_expires_in, ip, expire, fault, faults, echo, echo_at, clear_faults,
+-- reset}
 -- (docs/oauth.md "The mock gateway in OAuth 2.0 mode").
 local core = require("ibkr.core")
 local socket = require("socket")
@@ -113,7 +114,7 @@ function M:reset()
   self.sessions = {}      -- bearer token -> wall expiry
   self.seen = {}          -- jti or signature -> wall time until which it is remembered
   self.faults = faults_mod.new()
-  self.echo = 0
+  self.echo, self.echo_at = 0, nil
   self.expected_ip = nil  -- nil: the request's source address
   self.sso_expires_in = true
   self.counters = { token_requests = 0, tokens_issued = 0, sso_requests = 0, sessions_issued = 0,
@@ -205,6 +206,21 @@ end
 ------------------------------------------------------------------------------------------------
 -- The endpoints
 
+-- A hostile server's quote of what it was sent: the Authorization header and the body.
+local function quoted(req)
+  return "Authorization: " .. (req.headers.authorization or "") .. "; body: " .. (req.body or "")
+end
+
+-- Whether the request (at `where`: "token", "sso" or "api") is answered with the quote of what
+-- was sent (control echo = n, echo_at = where: the next n requests there; without echo_at the
+-- next n to either token endpoint).
+function M:echoes(where)
+  if self.echo <= 0 then return false end
+  if self.echo_at ~= where and not (self.echo_at == nil and where ~= "api") then return false end
+  self.echo = self.echo - 1
+  return true
+end
+
 -- POST /oauth2/api/v1/token
 function M:token_answer(req)
   local c = self.client
@@ -272,9 +288,10 @@ function M:endpoint(req, answer, counter)
   local resp
   if req.method ~= "POST" then
     resp = response.error(405, "Method Not Allowed", { { "Allow", "POST" } })
-  elseif self.echo > 0 then
-    self.echo = self.echo - 1
-    resp = refuse(self, 400, "invalid_request", "the request was: " .. (req.body or ""))
+  elseif self:echoes(counter == "token_requests" and "token" or "sso") then -- the SSO endpoint: 401
+    local at_token = counter == "token_requests"
+    resp = refuse(self, at_token and 400 or 401, at_token and "invalid_request" or "invalid_token",
+      "the request was: " .. quoted(req))
   else
     local f = self.faults:take(req.method, req.path)
     local function normal() return answer(self, req) end
@@ -290,8 +307,14 @@ function M:endpoint(req, answer, counter)
 end
 
 -- Any other request: a live bearer token of an SSO session. nil when it passes; a refusal is
--- logged with the gateway's requests (status 401, refused = "bearer").
+-- logged with the gateway's requests (status 401, refused = "bearer"). A hostile gateway
+-- (echo_at = "api") answers 400 quoting the request.
 function M:verify(req)
+  if self:echoes("api") then
+    local entry = self.gateway:record(req, req.path:match("^/v1/api(/.*)$"))
+    entry.status, entry.refused = 400, "echo"
+    return response.json(400, { error = "bad request: " .. quoted(req), statusCode = 400 })
+  end
   if live(self.sessions, bearer(req)) then
     self.counters.verified = self.counters.verified + 1
     return nil
@@ -331,7 +354,7 @@ function M:describe()
   return { client = c, token_ttl = self.token_ttl, session_ttl = self.session_ttl,
     sso_expires_in = self.sso_expires_in, ip = self.expected_ip, counters = self.counters,
     last_rejection = self.last_rejection, tokens = n, sessions = s, faults = self.faults:list(),
-    echo = self.echo }
+    echo = self.echo, echo_at = self.echo_at }
 end
 
 -- A fault of the token endpoints: F.endpoint "token" (default) or "sso", and a kind of the mock's
@@ -383,6 +406,12 @@ local function apply_settings(self, t)
   if t.sso_expires_in ~= nil then self.sso_expires_in = t.sso_expires_in == true end
   if t.ip ~= nil then self.expected_ip = type(t.ip) == "string" and t.ip or nil end
   if t.echo ~= nil then self.echo = math.floor(tonumber(t.echo) or 0) end
+  if t.echo_at ~= nil then
+    if t.echo_at ~= "token" and t.echo_at ~= "sso" and t.echo_at ~= "api" and t.echo_at ~= false then
+      return nil, "echo_at must be \"token\", \"sso\" or \"api\""
+    end
+    self.echo_at = t.echo_at or nil
+  end
   if t.expire == "tokens" or t.expire == true or t.expire == "all" then self.tokens = {} end
   if t.expire == "sessions" or t.expire == true or t.expire == "all" then self.sessions = {} end
   local list = t.faults or (t.fault and { t.fault }) or {}

@@ -511,7 +511,7 @@ end
 
 -- OAuth 2.0 mode (start{oauth2 = {}}): the mode's state (GET /__mock/oauth2: client, settings,
 -- counters), or with a table its settings changed first (POST: token_ttl, session_ttl, expire,
--- ip, sso_expires_in, fault(s), echo, clear_faults, reset; docs/oauth.md).
+-- ip, sso_expires_in, fault(s), echo, echo_at, clear_faults, reset; docs/oauth.md).
 function proc:oauth2(settings)
   if settings == nil then
     return self:control("GET", "/__mock/oauth2")
