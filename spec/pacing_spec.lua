@@ -30,12 +30,22 @@ describe("pacer", function()
     assert.equal(0, p:reserve("/tickle", 14))
     p:answered("/tickle", 13.9)                                 -- an earlier answer: the booking stays
     assert.near(0.8 + GAP, p:reserve("/tickle", 14.2), 1e-9)    -- at 15.0 + GAP
+    assert.near(14.9 + GAP, p:floor("/tickle"), 1e-9)          -- the latest answer (13.9) + the limit
     p:answered("/iserver/auth/status", 20)                      -- no limit of its own: nothing
+    assert.is_nil(p:floor("/iserver/auth/status"))
     assert.equal(0, p:reserve("/iserver/auth/status", 15.5))
     p:answered("/sso/validate?x=1", 5)                          -- the query ignored
     local wait, again = p:reserve("/sso/validate", 6)
     assert.is_nil(wait)
     assert.near(59 + GAP, again, 1e-9)
+  end)
+
+  it("gives a request booked while an earlier one was in flight the floor of that one's answer", function()
+    local p = pacing.new()
+    assert.equal(0, p:reserve("/tickle", 0))                -- A: sent at 0
+    assert.near(0.9 + GAP, p:reserve("/tickle", 0.1), 1e-9) -- B: booked from A's send, at 1.0 + GAP
+    p:answered("/tickle", 0.5)                              -- A arrived late: answered at 0.5
+    assert.near(1.5 + GAP, p:floor("/tickle"), 1e-9)        -- B goes at 1.5 + GAP (call.lua's admit)
   end)
 
   it("refuses a tickle whose wait would exceed 1.5 s, booking nothing", function()

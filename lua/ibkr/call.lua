@@ -151,6 +151,12 @@ local function admit(s, w, method, path, last_err, limit, x)
     if x then x.paced = wait end
     if not wait_until(s, w, now + wait) then return nil, w.gone(method, path) end
   end
+  -- booked while an earlier request of the path was in flight: not before its answer + the limit
+  local floor = PACED[path] and s.pacer:floor(path)
+  if floor and floor > s.clock() then
+    if floor >= limit then return nil, last_err or refused(s, method, path, floor - s.clock()) end
+    if not wait_until(s, w, floor) then return nil, w.gone(method, path) end
+  end
   return true
 end
 

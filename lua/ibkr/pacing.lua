@@ -33,7 +33,7 @@ function M.new(opts)
   -- booked: sorted send times booked by recent calls (all paths); last: path -> last booked time
   -- until: no request before this time (the gateway's Retry-After), or nil
   local limits = not (opts and opts.limits == false)
-  return setmetatable({ booked = {}, last = {}, limits = limits, until_t = nil }, Pacer)
+  return setmetatable({ booked = {}, last = {}, answered_at = {}, limits = limits, until_t = nil }, Pacer)
 end
 
 -- Holds back every request until `t` (a later hold extends it, an earlier one never shortens).
@@ -103,11 +103,24 @@ end
 -- handshake: tens of ms on a loaded machine, more over a network), and MARGIN alone does not cover
 -- that: the next tickle, booked a second after the first one's send, arrived less than a second
 -- after it (a 429, and a hold). (The window of all requests keeps its bookings: ten a second.)
+-- A request booked while an earlier one of its path was still in flight was booked from that
+-- one's send: not before `floor(path)` either (see below).
 function Pacer:answered(path, t)
   local key = key_of(path)
   if not M.PATH_INTERVAL[key] then return end
   local last = self.last[key]
   if not last or t > last then self.last[key] = t end
+  local a = self.answered_at[key]
+  if not a or t > a then self.answered_at[key] = t end
+end
+
+-- The earliest send of `path` that keeps its own limit from the latest answer to a request of
+-- that path (answered()), or nil: what a request booked before that answer came asks right
+-- before it is sent (two callers of one session: a keep-alive and its push channel's tickle).
+function Pacer:floor(path)
+  local key = key_of(path)
+  local a = self.answered_at[key]
+  return a and a + M.PATH_INTERVAL[key] + M.MARGIN
 end
 
 -- Books a send of `path` as early as the limits allow.
