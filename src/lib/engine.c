@@ -273,14 +273,14 @@ static void lanes_run(int n) {
     while (k < n && engine.waitlane[k] == l) k++;
     lane_act(l, engine.waitfd + first, k - first);
     while ((x = lane_collect(l)) != NULL) {
-      x->qnext = ended;
+      x->dnext = ended;
       ended = x;
     }
     if (ended == NULL) continue;
     pthread_mutex_lock(&engine.mu);
     for (; ended; ended = x) {
-      x = ended->qnext;
-      ended->qnext = NULL;
+      x = ended->dnext;
+      ended->dnext = NULL;
       lane_leave(l);
       mark_done(ended);                       /* the last touch of it, and of l when it left */
     }

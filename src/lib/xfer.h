@@ -61,7 +61,9 @@ typedef struct xfer {
   int aborted;                /* ABORT_*: why it ended without an answer of its own */
   int submitted;              /* Lua thread: handed to the engine and not yet seen done */
   int state;                  /* X_*; guarded by the engine mutex while submitted */
-  struct xfer *qnext;         /* engine queues */
+  struct xfer *qnext;         /* engine queues (addq, cancelq: under engine.mu) */
+  struct xfer *dnext;         /* the engine thread's own list of exchanges a lane ended (lanes_run):
+                              ** never qnext, which a cancel on another thread may be setting */
   /* owned by whoever runs the transfer */
   CURL *easy;
   ibuf body;
