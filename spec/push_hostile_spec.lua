@@ -184,6 +184,48 @@ describe("push channel, hostile frames", function()
     assert.matches("nothing from the gateway for 5 s %(no greeting%)", lost.error.message)
   end)
 
+  -- a first connection upgraded, then sent `text` whenever the session's clock moved on a second
+  -- or more, never the greeting; later ones honest. Returns the "lost" event and the upgrade count.
+  local function talks_but_never_greets(text)
+    local srv = wsserver.new()
+    local ft = clock.new()
+    local s = ibkr.new{ base_url = srv.url, clock = ft.clock }
+    local got = {}
+    local st = s:stream{ heartbeat_timeout = 5, on_message = function(m) got[#got + 1] = m end }
+    local first, beat
+    srv.on_upgrade = function(conn)
+      if srv.upgrades == 1 then first, beat = conn, ft.t; conn:accept() else conn:accept{ greet = true } end
+    end
+    local sent = 0
+    wsserver.drive(st:coroutine(), srv, ft, function()
+      if first and not first.gone and ft.t >= beat + 1 then
+        first:text(text)
+        sent, beat = sent + 1, ft.t
+      end
+      return #only(got, "ibkr", "reconnected") == 1
+    end, 20)
+    assert.equal("open", (st:state()))
+    local lost = only(got, "ibkr", "lost")
+    assert.equal(1, #lost)
+    assert.is_true(sent >= 1, "the server never spoke before the loss")
+    st:close()
+    srv:close()
+    s:close()
+    return lost[1]
+  end
+
+  for _, case in ipairs{ { "heartbeats", '{"topic":"system","hb":1}' },
+    { "\"waiting for session\"", '{"message":"waiting for session"}' },
+    { "other topics", '{"topic":"act","args":{}}' } } do
+    it("takes a server that sends " .. case[1] .. " but never the greeting as lost after heartbeat_timeout",
+      function()
+        local lost = talks_but_never_greets(case[2])
+        assert.equal("timeout", lost.error.kind)
+        assert.matches("no greeting within 5 s of the upgrade", lost.error.message)
+        assert.equal(5, lost.error.greeting)
+      end)
+  end
+
   it("takes a greeting then silence as lost after heartbeat_timeout", function()
     local lost = lost_then_back(function(c) c:accept{ greet = true } end, { heartbeat_timeout = 5 })
     assert.equal("timeout", lost.error.kind)
