@@ -179,6 +179,18 @@ describe("push channel, hostile frames", function()
     assert.is_nil(lost.error.close_code)
   end)
 
+  it("takes a TCP reset in the middle of a frame as a hang-up, not a protocol error", function()
+    local lost = lost_then_back(function(c)
+      c:accept{ greet = true }
+      c:raw(wsserver.frame(1, string.rep("z", 1000)):sub(1, 500))
+      assert(c.sock:setoption("linger", { on = true, timeout = 0 })) -- close(2) sends a reset
+      c:hangup()
+    end)
+    assert.equal("hangup", lost.error.kind)
+    assert.matches("the connection was cut without a websocket close %(receiving: .*reset", lost.error.message)
+    assert.is_nil(lost.error.close_code)
+  end)
+
   it("takes a server that never greets as lost after heartbeat_timeout", function()
     local lost = lost_then_back(function(c) c:accept() end, { heartbeat_timeout = 5 })
     assert.equal("timeout", lost.error.kind)

@@ -229,6 +229,14 @@ static int check_answer(wsconn *c) {
   return 1;
 }
 
+/* the kind of a failed curl_easy_recv/curl_easy_send on the open
+** connection: one cut under it (reset, broken pipe, nothing more) is a
+** hang-up, as an end without a close frame is; else as for a transfer */
+static int link_kind(CURLcode rc) {
+  if (rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR || rc == CURLE_GOT_NOTHING) return KIND_HANGUP;
+  return kind_of_code(rc, 0);
+}
+
 /* reads into c->in (empty) at most what is left of the step's budget;
 ** returns bytes read, 0 for "nothing now" (*eof set at the end of the
 ** stream), -1 after an error (noted; the caller drops c) */
@@ -241,7 +249,8 @@ static ssize_t read_some(wsconn *c, int *eof) {
   rc = curl_easy_recv(c->easy, c->in, WS_READ_SIZE, &n);
   if (rc == CURLE_AGAIN) return 0;
   if (rc != CURLE_OK) {
-    note(c, KIND_PROTOCOL, "receiving: %s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
+    note(c, link_kind(rc), "the connection was cut without a websocket close (receiving: %s)",
+         c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
     return -1;
   }
   if (n == 0) {
@@ -263,7 +272,8 @@ static int upgrade(wsconn *c) {
     CURLcode rc = curl_easy_send(c->easy, c->req + c->reqoff, c->reqlen - c->reqoff, &n);
     c->want_write = rc == CURLE_AGAIN;
     if (rc == CURLE_AGAIN) return 0;
-    if (rc != CURLE_OK) return give_up(c, KIND_PROTOCOL, "sending the upgrade: %s", curl_easy_strerror(rc)), 0;
+    if (rc != CURLE_OK)
+      return give_up(c, link_kind(rc), "the connection was cut sending the upgrade: %s", curl_easy_strerror(rc)), 0;
     c->reqoff += n;
     c->tx_bytes += (long long)n;
   }
@@ -335,7 +345,8 @@ static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
     return -1;
   }
   if (rc != CURLE_OK) {
-    note(c, KIND_PROTOCOL, "sending: %s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
+    note(c, link_kind(rc), "the connection was cut without a websocket close (sending: %s)",
+         c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
   }
