@@ -187,7 +187,8 @@ describe("push channel, hostile frames", function()
       c:hangup()
     end)
     assert.equal("hangup", lost.error.kind)
-    assert.matches("the connection was cut without a websocket close %(receiving: .*reset", lost.error.message)
+    assert.matches("the connection was cut without a websocket close %(receiving: .*reset",
+      lost.error.message)
     assert.is_nil(lost.error.close_code)
   end)
 
