@@ -283,7 +283,8 @@ local function greeted(st, ws, msg, outage)
 end
 
 -- One message from the gateway: the greeting and "waiting for session" are acted on, sts is
--- noted; every message goes to on_message.
+-- noted; every message goes to on_message (not once the stream was closed: by on_message
+-- itself, in the "reconnected" a greeting brings).
 local function handle(st, ws, msg, ctx)
   if st._state ~= "open" then
     if msg.topic == "system" and msg.success ~= nil then
@@ -293,6 +294,7 @@ local function handle(st, ws, msg, ctx)
       ws:send(core.encode{ session = ctx.sid })
     end
   end
+  if not st:_alive() then return end
   if msg.topic == "sts" then on_sts(st, msg) end
   st:_deliver(msg)
 end
