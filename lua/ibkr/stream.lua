@@ -141,7 +141,7 @@ function Stream:send(text)
   if self._state == "open" and self._ws then
     local ok, err = self._ws:send(text)
     if ok then return true end
-    return nil, err
+    return nil, self._s:hinted(err)
   end
   if #self._queue >= M.MAX_QUEUE then
     return nil, channel_error("too_large", "the stream's send queue is full (" .. M.MAX_QUEUE
