@@ -56,6 +56,20 @@ describe("ibkr-session watch", function()
     assert.matches("Z ibkr reconnected %(down [%d.]+ s, 1 attempt%)", seen[2])
   end)
 
+  it("exits 1 after --duration when the session is ready but the channel never opened", function()
+    gw:stop()
+    gw = assert(mock.start{ pacing = false, ws_heartbeat = 0.2, ws_greeting_delay = 1000 })
+    local rc, out = cli.run{ "--url", gw.url, "--json", "watch", "--duration", "1" }
+    assert.equal(1, rc)
+    local docs = cli.json_lines(out)
+    local last = docs[#docs]
+    assert.same({ "stopped", "duration", false, 1 }, { last.event, last.reason, last.open, last.exit })
+    gw:ws_wait(function(w) return w.counters.connections >= 1 and w.counters.greeted == 0 end)
+    rc, out = cli.run{ "--url", gw.url, "watch", "--duration", "1" }
+    assert.equal(1, rc)
+    assert.matches("stopped after %-%-duration %(channel not open, exit 1%)", out)
+  end)
+
   it("exits 2 when the gateway cannot be reached, and 64 on usage errors", function()
     gw:stop()
     local rc = cli.run{ "--url", gw.url, "watch", "--duration", "1" }

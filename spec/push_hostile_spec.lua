@@ -3,6 +3,7 @@
 -- Each ends in a clear error and a reconnect (or is handled as the RFC says): nothing raised into
 -- the host, no crash, memory bounded.
 local ibkr = require("ibkr")
+local core = require("ibkr.core")
 local clock = require("spec.helpers.clock")
 local wsserver = require("spec.helpers.wsserver")
 
@@ -178,11 +179,66 @@ describe("push channel, hostile frames", function()
     assert.is_nil(lost.error.close_code)
   end)
 
+  it("takes a TCP reset in the middle of a frame as a hang-up, not a protocol error", function()
+    local lost = lost_then_back(function(c)
+      c:accept{ greet = true }
+      c:raw(wsserver.frame(1, string.rep("z", 1000)):sub(1, 500))
+      assert(c.sock:setoption("linger", { on = true, timeout = 0 })) -- close(2) sends a reset
+      c:hangup()
+    end)
+    assert.equal("hangup", lost.error.kind)
+    assert.matches("the connection was cut without a websocket close %(receiving: .*reset",
+      lost.error.message)
+    assert.is_nil(lost.error.close_code)
+  end)
+
   it("takes a server that never greets as lost after heartbeat_timeout", function()
     local lost = lost_then_back(function(c) c:accept() end, { heartbeat_timeout = 5 })
     assert.equal("timeout", lost.error.kind)
     assert.matches("nothing from the gateway for 5 s %(no greeting%)", lost.error.message)
   end)
+
+  -- a first connection upgraded, then sent `text` whenever the session's clock moved on a second
+  -- or more, never the greeting; later ones honest. Returns the "lost" event and the upgrade count.
+  local function talks_but_never_greets(text)
+    local srv = wsserver.new()
+    local ft = clock.new()
+    local s = ibkr.new{ base_url = srv.url, clock = ft.clock }
+    local got = {}
+    local st = s:stream{ heartbeat_timeout = 5, on_message = function(m) got[#got + 1] = m end }
+    local first, beat
+    srv.on_upgrade = function(conn)
+      if srv.upgrades == 1 then first, beat = conn, ft.t; conn:accept() else conn:accept{ greet = true } end
+    end
+    local sent = 0
+    wsserver.drive(st:coroutine(), srv, ft, function()
+      if first and not first.gone and ft.t >= beat + 1 then
+        first:text(text)
+        sent, beat = sent + 1, ft.t
+      end
+      return #only(got, "ibkr", "reconnected") == 1
+    end, 20)
+    assert.equal("open", (st:state()))
+    local lost = only(got, "ibkr", "lost")
+    assert.equal(1, #lost)
+    assert.is_true(sent >= 1, "the server never spoke before the loss")
+    st:close()
+    srv:close()
+    s:close()
+    return lost[1]
+  end
+
+  for _, case in ipairs{ { "heartbeats", '{"topic":"system","hb":1}' },
+    { "\"waiting for session\"", '{"message":"waiting for session"}' },
+    { "other topics", '{"topic":"act","args":{}}' } } do
+    it("takes a server that sends " .. case[1] .. " but never the greeting as lost after heartbeat_timeout",
+      function()
+        local lost = talks_but_never_greets(case[2])
+        assert.equal("timeout", lost.error.kind)
+        assert.matches("no greeting within 5 s of the upgrade", lost.error.message)
+        assert.equal(5, lost.error.greeting)
+      end)
+  end
 
   it("takes a greeting then silence as lost after heartbeat_timeout", function()
     local lost = lost_then_back(function(c) c:accept{ greet = true } end, { heartbeat_timeout = 5 })
@@ -260,13 +316,38 @@ describe("push channel, odd but lawful frames", function()
     s:close()
   end)
 
+  it("answers a ping flood a bounded number of pings per resume, each resume short", function()
+    local srv, _, s, st, got, conn = open()
+    local co, ws = st:coroutine(), rawget(st, "_ws")
+    local ping = string.rep("p", 125)
+    local pong = 2 + 4 + #ping -- a masked client frame of 125 bytes
+    for _ = 1, 2000 do conn:ping(ping) end
+    conn:text('{"topic":"after"}')
+    local most, limit = 0, core.monotonic() + 30 * wsserver.SCALE
+    while #conn.frames < 2000 or got[#got].topic ~= "after" do
+      assert(core.monotonic() < limit, "the pongs never all came")
+      srv:step()
+      local before = ws:info().sent
+      assert(coroutine.resume(co))
+      most = math.max(most, ws:info().sent - before)
+    end
+    assert.is_true(most <= 32 * pong, "one resume sent " .. most // pong .. " pongs")
+    assert.equal(ping, conn.frames[2000].payload)
+    assert.equal("open", (st:state()))
+    st:close()
+    srv:close()
+    s:close()
+  end)
+
   it("drops a gateway that floods pings and never reads the pongs", function()
     local srv, ft, s, st, got, conn = open()
     conn.paused = true
     local n = 0
     wsserver.drive(st:coroutine(), srv, ft, function()
       if #only(got, "ibkr", "lost") > 0 then return true end
-      for _ = 1, 200 do n = n + 1; conn:ping(string.rep("p", 125)) end
+      if #conn.out < 400 then -- (a flood the server side can keep up: no backlog of its own)
+        for _ = 1, 200 do n = n + 1; conn:ping(string.rep("p", 125)) end
+      end
       return false
     end, 120)
     local lost = only(got, "ibkr", "lost")[1]

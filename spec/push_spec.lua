@@ -263,6 +263,28 @@ describe("the push channel's routes and credentials", function()
     os.execute("rm -rf " .. dir)
   end)
 
+  it("redacts the bearer token from a refused upgrade that echoes it (OAuth 2.0)", function()
+    local gw <close> = assert(mock.start{ pacing = false, ws_greeting_delay = 0, state = "ready",
+      oauth2 = { key_bits = 2048 } })
+    local s <close> = gw:oauth2_session{ pacing = false }
+    assert(s:tickle())
+    gw:oauth2{ echo = 1, echo_at = "ws" }
+    local got = {}
+    local st = s:stream{ on_message = function(m) got[#got + 1] = m end }
+    drive({ st }, function() return #only(got, "ibkr", "reconnected") == 1 end)
+    local err = only(got, "ibkr", "lost")[1].error
+    assert.equal("http", err.kind)
+    assert.equal(401, err.status)
+    local text = require("ibkr.core").encode{ message = err.message, body = err.body, data = err.data,
+      hint = err.hint }
+    assert.matches("Authorization: Bearer %[redacted%]", text)
+    assert.matches("bearer_token=%[redacted%]", text)
+    for _, secret in ipairs(s._call.oauth:secrets()) do
+      assert.is_nil(text:find(secret, 1, true), "a secret shows in the error")
+    end
+    st:close()
+  end)
+
   it("authenticates as IBKR takes it for OAuth 2.0, and renews the bearer the upgrade was refused", function()
     local wsc = require("spec.helpers.ws")
     local gw <close> = assert(mock.start{ pacing = false, ws_greeting_delay = 0, state = "ready",

@@ -276,6 +276,28 @@ describe("s:stream ends", function()
     srv:close()
   end)
 
+  it("hands over nothing more once on_message closed the stream in its 'reconnected' event", function()
+    local got, st = {}, nil
+    local srv, ft, s, stream = setup{ heartbeat_timeout = 5, on_message = function(m)
+      got[#got + 1] = m
+      if m.topic == "ibkr" and m.event == "reconnected" then st:close() end
+    end }
+    st = stream
+    local co = st:coroutine()
+    srv.on_upgrade = function(conn)
+      conn:accept{ greet = true }
+      conn:text('{"topic":"sts","args":{"authenticated":true}}')
+    end
+    wsserver.drive(co, srv, ft, function() return coroutine.status(co) == "dead" end, 20)
+    assert.equal("closed", (st:state()))
+    local last = got[#got]
+    assert.same({ "ibkr", "reconnected" }, { last.topic, last.event })
+    assert.equal(1, #only(got, "system"))
+    assert.equal(1, #only(got, "sts"))
+    srv:close()
+    s:close()
+  end)
+
   it("never raises: an on_message that raises goes to on_error", function()
     local errors = {}
     local srv, ft, s, st = setup{ on_message = function() error("boom") end,

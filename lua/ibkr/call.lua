@@ -9,7 +9,7 @@
 --   c:bounds(timeout, deadline, cap) -> limit, timeout: a call's absolute deadline and the
 --                                       seconds of each of its exchanges
 --   c:run(w, method, path, copts, allow_retry, limit, timeout) -> res, meta | nil, err (err.hint)
---   c:hinted(err) -> err, with its hint
+--   c:hinted(err) -> err, with its hint (and for a signed session redacted: ibkr/redact.lua)
 --   c:stats() -> a new table of counters      c:held(now) -> seconds of a hold left, or nil
 --   c:backoff(now) -> seconds the streak of 5xx calls asks pollers to wait still, or nil
 --   c:websocket(path, sid, max_message) -> the push channel's core websocket, or nil, err
@@ -425,6 +425,9 @@ end
 -- returns err.
 function Caller:hinted(err)
   if err.hint == nil then err.hint = kinds.hint(err, self.hint) end
+  -- [signer] the one place every error of a signed session passes (its calls', its push
+  -- channel's): nothing the signer holds in it, whatever the endpoint echoed (ibkr/redact.lua)
+  if self.oauth then redact.error(err, self.oauth:secrets()) end
   return err
 end
 
@@ -458,11 +461,7 @@ function Caller:run(w, method, path, copts, allow_retry, limit, timeout)
     return res, second
   end
   note_call(self, second)
-  local err = self:hinted(second)
-  -- [signer] the one place every error of a signed session passes: nothing the signer holds in
-  -- it, whatever the endpoint echoed (ibkr/redact.lua)
-  if self.oauth then redact.error(err, self.oauth:secrets()) end
-  return nil, err
+  return nil, self:hinted(second) -- (redacted there)
 end
 
 -- The counters (docs/ibkr.md, s:stats()): a new table, with the core's while it is open.

@@ -141,7 +141,7 @@ function Stream:send(text)
   if self._state == "open" and self._ws then
     local ok, err = self._ws:send(text)
     if ok then return true end
-    return nil, err
+    return nil, self._s:hinted(err)
   end
   if #self._queue >= M.MAX_QUEUE then
     return nil, channel_error("too_large", "the stream's send queue is full (" .. M.MAX_QUEUE
@@ -283,7 +283,8 @@ local function greeted(st, ws, msg, outage)
 end
 
 -- One message from the gateway: the greeting and "waiting for session" are acted on, sts is
--- noted; every message goes to on_message.
+-- noted; every message goes to on_message (not once the stream was closed: by on_message
+-- itself, in the "reconnected" a greeting brings).
 local function handle(st, ws, msg, ctx)
   if st._state ~= "open" then
     if msg.topic == "system" and msg.success ~= nil then
@@ -293,6 +294,7 @@ local function handle(st, ws, msg, ctx)
       ws:send(core.encode{ session = ctx.sid })
     end
   end
+  if not st:_alive() then return end
   if msg.topic == "sts" then on_sts(st, msg) end
   st:_deliver(msg)
 end
@@ -320,11 +322,32 @@ local function silence(st, o)
       st._state == "open" and "" or " (no greeting)") }
 end
 
+-- The error of a channel that heard something after the upgrade, but not the greeting, within
+-- heartbeat_timeout seconds of it (heartbeats, "waiting for session"...: none of it counts).
+local function no_greeting(o)
+  return core.error{ kind = "timeout", method = "GET", path = "/ws", greeting = o.heartbeat_timeout,
+    message = string.format("no greeting within %g s of the upgrade (the gateway sent other messages)",
+      o.heartbeat_timeout) }
+end
+
+-- Why the connection is lost at `now`, or nil: silence for heartbeat_timeout, or no greeting
+-- within heartbeat_timeout of the upgrade (`upgraded`: when; any byte resets only the silence).
+-- Also the time it would be lost at, if nothing arrives.
+local function deadline(st, o, now, heard, upgraded)
+  if not upgraded then return nil, math.huge end
+  if now - heard >= o.heartbeat_timeout then return silence(st, o) end
+  if st._state ~= "open" then
+    if now - upgraded >= o.heartbeat_timeout then return no_greeting(o) end
+    return nil, upgraded + o.heartbeat_timeout -- (heard is never earlier)
+  end
+  return nil, heard + o.heartbeat_timeout
+end
+
 -- One connection, from connect to loss. Returns the error that lost it, or nil when the stream
 -- (or the session) was closed.
 local function hold(st, ws, ctx)
   local s, o = st._s, st._o
-  local heard, rx, upgraded = s:now(), 0, false
+  local heard, rx, upgraded = s:now(), 0, nil -- upgraded: when the upgrade was answered
   st._told = nil -- what this connection's sts messages said
   while st:_alive() do
     local t0, more = core.monotonic(), true
@@ -338,12 +361,12 @@ local function hold(st, ws, ctx)
     local now, got = s:now(), ws:received()
     if got ~= rx then rx, heard = got, now end
     local wst, err = ws:state()
-    if not upgraded and wst ~= "connecting" then upgraded, heard = true, now end
+    if not upgraded and wst ~= "connecting" then upgraded, heard = now, now end
     if wst == "closed" and not ws:pending() then
       return err or channel_error("closed", "the websocket closed")
     end
-    if upgraded and now - heard >= o.heartbeat_timeout then return silence(st, o) end
-    local due = upgraded and heard + o.heartbeat_timeout or math.huge
+    local late, due = deadline(st, o, now, heard, upgraded)
+    if late then return late end
     if st._state == "open" then
       if now >= st._next_tic then
         ws:send(M.TIC)

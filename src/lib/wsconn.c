@@ -17,7 +17,9 @@
 ** Bounds: one step reads at most WS_STEP_BYTES (then it says "more"), reads
 ** in WS_READ_SIZE pieces (a whole TLS record: nothing decrypted is left in
 ** OpenSSL's buffer where a poll(2) would not see it), never reads while
-** WS_INBOX_MAX of received messages wait to be read, and refuses a message
+** WS_INBOX_MAX of received messages wait to be read, stops reading once
+** WS_STEP_CONTROLS pings and pongs came in a step (each ping's pong is a
+** send of its own: a ping flood keeps each step short), refuses a message
 ** longer than max_message as soon as a frame header announces it (close
 ** 1009, before anything is allocated). A peer that does not read what it
 ** is sent (pongs of a ping flood) is dropped once 4 * WS_INBOX_MAX plus
@@ -227,6 +229,14 @@ static int check_answer(wsconn *c) {
   return 1;
 }
 
+/* the kind of a failed curl_easy_recv/curl_easy_send on the open
+** connection: one cut under it (reset, broken pipe, nothing more) is a
+** hang-up, as an end without a close frame is; else as for a transfer */
+static int link_kind(CURLcode rc) {
+  if (rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR || rc == CURLE_GOT_NOTHING) return KIND_HANGUP;
+  return kind_of_code(rc, 0);
+}
+
 /* reads into c->in (empty) at most what is left of the step's budget;
 ** returns bytes read, 0 for "nothing now" (*eof set at the end of the
 ** stream), -1 after an error (noted; the caller drops c) */
@@ -239,7 +249,8 @@ static ssize_t read_some(wsconn *c, int *eof) {
   rc = curl_easy_recv(c->easy, c->in, WS_READ_SIZE, &n);
   if (rc == CURLE_AGAIN) return 0;
   if (rc != CURLE_OK) {
-    note(c, KIND_PROTOCOL, "receiving: %s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
+    note(c, link_kind(rc), "the connection was cut without a websocket close (receiving: %s)",
+         c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
     return -1;
   }
   if (n == 0) {
@@ -261,7 +272,8 @@ static int upgrade(wsconn *c) {
     CURLcode rc = curl_easy_send(c->easy, c->req + c->reqoff, c->reqlen - c->reqoff, &n);
     c->want_write = rc == CURLE_AGAIN;
     if (rc == CURLE_AGAIN) return 0;
-    if (rc != CURLE_OK) return give_up(c, KIND_PROTOCOL, "sending the upgrade: %s", curl_easy_strerror(rc)), 0;
+    if (rc != CURLE_OK)
+      return give_up(c, link_kind(rc), "the connection was cut sending the upgrade: %s", curl_easy_strerror(rc)), 0;
     c->reqoff += n;
     c->tx_bytes += (long long)n;
   }
@@ -296,6 +308,10 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
   wsconn *c = ud;
   size_t n;
   (void)flags;
+  if (c->controls >= WS_STEP_CONTROLS) {        /* the rest next step (wslay's buffer is parsed) */
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
   if (c->inoff == c->inlen) {
     int eof;
     ssize_t got = c->state == WS_OPEN ? read_some(c, &eof) : -1;
@@ -305,6 +321,7 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
       return -1;
     }
   }
+  if (len > WS_RECV_CHUNK) len = WS_RECV_CHUNK;  /* (parsed before the next call: controls counted) */
   n = c->inlen - c->inoff < len ? c->inlen - c->inoff : len;
   memcpy(buf, c->in + c->inoff, n);
   c->inoff += n;
@@ -328,7 +345,8 @@ static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
     return -1;
   }
   if (rc != CURLE_OK) {
-    note(c, KIND_PROTOCOL, "sending: %s", c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
+    note(c, link_kind(rc), "the connection was cut without a websocket close (sending: %s)",
+         c->x.errbuf[0] ? c->x.errbuf : curl_easy_strerror(rc));
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
   }
@@ -350,6 +368,7 @@ static int on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_r
   wsconn *c = ud;
   wsmsg *m;
   (void)ctx;
+  if (a->opcode == WSLAY_PING || a->opcode == WSLAY_PONG) c->controls++;
   if (a->opcode == WSLAY_CONNECTION_CLOSE) {
     size_t rl = a->msg_length > 2 ? a->msg_length - 2 : 0;
     c->close_code = a->status_code;
@@ -420,7 +439,7 @@ static int exchange(wsconn *c) {
   if (queued > qmax)
     return give_up(c, KIND_PROTOCOL, "the gateway does not read what is sent to it (%lu bytes waiting)",
                 (unsigned long)queued), 0;
-  return c->inoff < c->inlen || c->budget == 0 || c->first != NULL;
+  return c->inoff < c->inlen || c->budget == 0 || c->first != NULL || c->controls >= WS_STEP_CONTROLS;
 }
 
 /* ------------------------------------------------------------ the interface */
@@ -487,6 +506,7 @@ int wsconn_step(wsconn *c) {
   if (c->state == WS_CLOSED) return 0;
   if (forked(c)) return give_up(c, KIND_CLOSED, "the websocket was opened before fork()"), 0;
   c->budget = WS_STEP_BYTES;
+  c->controls = 0;
   if (c->state == WS_CONNECTING && !connected(c)) return 0;
   if (c->state == WS_UPGRADING && !upgrade(c)) return 0;
   return exchange(c);

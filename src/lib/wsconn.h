@@ -15,6 +15,8 @@
 
 #define WS_READ_SIZE 16384          /* one TLS record: a read never leaves decrypted bytes behind */
 #define WS_STEP_BYTES 16384         /* bytes one step reads at most (then it says: more) */
+#define WS_STEP_CONTROLS 16         /* pings (each answered) and pongs one step takes, about (then: more) */
+#define WS_RECV_CHUNK 1024          /* bytes handed to wslay at a time */
 #define WS_INBOX_MAX 65536          /* no reading while this much was received and not read */
 #define WS_HEAD_MAX 16384           /* the upgrade answer's status line and headers */
 #define WS_MAX_MESSAGE (1024 * 1024) /* default bound of one received message */
@@ -56,6 +58,7 @@ typedef struct wsconn {
   unsigned char *in;          /* bytes read, not yet framed (WS_READ_SIZE) */
   size_t inoff, inlen;
   size_t budget;              /* bytes this step may still read */
+  int controls;               /* pings and pongs this step took */
   wslay_event_context_ptr ws;
   wsmsg *first, *last;        /* received messages, oldest first */
   size_t inbox;               /* their bytes */

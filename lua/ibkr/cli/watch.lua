@@ -63,6 +63,8 @@ function M.run(s, o, io_)
     local err = seen.err or s:stats().last_error
     code = s:state() and not seen.err and report.code_of_state((s:state()))
       or err and report.code_of_error(err) or 1
+    -- a ready session whose channel never opened (upgraded, never greeted...) is no success
+    if code == 0 then code = 1 end
   end
   local reason = how == "signal" and "signal" or "duration"
   if o.json then

@@ -211,12 +211,14 @@ local function quoted(req)
   return "Authorization: " .. (req.headers.authorization or "") .. "; body: " .. (req.body or "")
 end
 
--- Whether the request (at `where`: "token", "sso" or "api") is answered with the quote of what
+-- Whether the request (at `where`: "token", "sso", "api" or "ws") is answered with the quote of what
 -- was sent (control echo = n, echo_at = where: the next n requests there; without echo_at the
 -- next n to either token endpoint).
 function M:echoes(where)
   if self.echo <= 0 then return false end
-  if self.echo_at ~= where and not (self.echo_at == nil and where ~= "api") then return false end
+  if self.echo_at ~= where and not (self.echo_at == nil and (where == "token" or where == "sso")) then
+    return false
+  end
   self.echo = self.echo - 1
   return true
 end
@@ -304,6 +306,13 @@ function M:endpoint(req, answer, counter)
   end
   entry.status = resp.status
   return resp
+end
+
+-- The refusal of a websocket upgrade by a hostile gateway (echo_at = "ws"): 401 quoting the
+-- request (its Authorization header and query), or nil.
+function M:websocket_echo(req)
+  if not self:echoes("ws") then return nil end
+  return "bad upgrade: " .. quoted(req) .. "; query: " .. (req.query or "")
 end
 
 -- Any other request: a live bearer token of an SSO session. nil when it passes; a refusal is
@@ -407,8 +416,9 @@ local function apply_settings(self, t)
   if t.ip ~= nil then self.expected_ip = type(t.ip) == "string" and t.ip or nil end
   if t.echo ~= nil then self.echo = math.floor(tonumber(t.echo) or 0) end
   if t.echo_at ~= nil then
-    if t.echo_at ~= "token" and t.echo_at ~= "sso" and t.echo_at ~= "api" and t.echo_at ~= false then
-      return nil, "echo_at must be \"token\", \"sso\" or \"api\""
+    local at = t.echo_at
+    if at ~= "token" and at ~= "sso" and at ~= "api" and at ~= "ws" and at ~= false then
+      return nil, "echo_at must be \"token\", \"sso\", \"api\" or \"ws\""
     end
     self.echo_at = t.echo_at or nil
   end

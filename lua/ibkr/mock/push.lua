@@ -135,7 +135,7 @@ function push:handshake(req)
   if g.state == "no_session" then
     return self:refuse(401, "no session")
   end
-  local refused = self.credential and self.credential(http.parse_query(req.query))
+  local refused = self.credential and self.credential(http.parse_query(req.query), req)
   if refused then
     return self:refuse(401, refused)
   end
@@ -165,7 +165,9 @@ function push:authenticate_with(oauth, oauth2)
       if q.oauth_token ~= token then return "OAuth: invalid token" end
     end
   elseif oauth2 then
-    self.credential = function(q)
+    self.credential = function(q, req)
+      local echo = oauth2:websocket_echo(req)
+      if echo then return echo end
       if not oauth2:websocket_bearer(q.bearer_token) then
         return "OAuth 2.0: bearer_token missing, unknown or expired"
       end
