@@ -91,6 +91,7 @@ static int core_poll(lua_State *L) {
   }
   if (t >= 0) ms = t > 2e6 ? 2000000000 : (int)ceil(t * 1000);
   got = poll(p, (nfds_t)n, ms);
+  proc_reap_pending();                          /* children released before they ended */
   if (got < 0 && errno != EINTR) return poll_failed(L, n);
   if (got > 0) luaL_checkstack(L, got, "too many ready descriptors");
   for (lua_Integer i = 0; got > 0 && i < n; i++)
