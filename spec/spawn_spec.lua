@@ -87,6 +87,16 @@ describe("core.spawn", function()
     assert.matches("cannot execute /nonexistent/program: no such file", err, 1, true)
   end)
 
+  it("a program whose arguments or environment are too long (E2BIG) says so on its stderr", function()
+    local huge = string.rep("x", 200000)        -- one string beyond the kernel's 128 KiB
+    for _, args in ipairs{ { { "/bin/true", huge } }, { { "/bin/true" }, { IBKR_HUGE = huge } } } do
+      local p = assert(core.spawn(table.unpack(args)))
+      local out, err, how, code = collect(p)
+      assert.same({ "", "exit", 127 }, { out, how, code })
+      assert.matches("cannot execute /bin/true: the arguments and environment are too long", err, 1, true)
+    end
+  end)
+
   it("reports a death by signal", function()
     local p = assert(core.spawn({ "/bin/sh", "-c", "kill -KILL $$" }))
     local _, _, how, code = collect(p)
