@@ -181,15 +181,30 @@ end
 local X509_NOT_YET_VALID, X509_EXPIRED = 9, 10
 local X509_UNTRUSTED = { [2] = true, [18] = true, [19] = true, [20] = true, [21] = true }
 
+-- The host of a URL without its port (and an IPv6 address without its brackets), or nil.
+local function host_of(url)
+  local _, hostport = split_url(url)
+  if not hostport then return nil end
+  return hostport:match("^%[([^%]]*)%]") or hostport:match("^[^:]*")
+end
+
+-- A certificate that does not name the host: the host (not its port) and, only when libcurl's
+-- message says it ("certificate subject name 'localhost' does not match ..."), the name it has.
+local function name_hint(msg, ctx, w)
+  local host = host_of(ctx.url) or msg:match("target host name '([^']*)'") or "in the URL"
+  local has = msg:match("subject name '([^']*)' does not match")
+  return "TLS: the gateway's certificate does not name the host " .. core.printable(host, 200)
+    .. (has and (" (it names " .. core.printable(has, 200) .. ")") or "")
+    .. ": reach it by a name its certificate lists, give it a certificate for this name ("
+    .. w.cacert .. " then trusts it), or " .. w.insecure
+end
+
 local function tls_hint(err, ctx)
   local w = words(ctx)
   local msg = tostring(err.message or "")
   local v = err.verify_result
   if msg:find("subject name", 1, true) or msg:find("does not match target host", 1, true) then
-    local _, hostport = split_url(ctx.url)
-    return "TLS: the gateway's certificate does not name the host " .. tostring(hostport)
-      .. " (the Client Portal Gateway's own names only localhost): reach it by a name its certificate"
-      .. " lists, give it a certificate for this name (" .. w.cacert .. " then trusts it), or " .. w.insecure
+    return name_hint(msg, ctx, w)
   end
   if err.curl_code == 77 or msg:find("certificate file", 1, true) or msg:find("CA ?file") then
     return "TLS: cannot use the CA file " .. tostring(ctx.cacert) .. ": pass " .. w.cacert_flag
