@@ -268,6 +268,14 @@ local function pacing_hint(err)
     .. "10 minutes and every request extends it"
 end
 
+-- A 429 or 503 with Retry-After (err.retry_after: seconds): when to call again.
+local function retry_after_hint(err)
+  local what = err.path and ("call " .. core.printable(err.path, 200)) or "call it"
+  return string.format("the gateway asks to wait %.0f s (Retry-After, HTTP %d) before you %s again",
+    err.retry_after, err.status, what) .. (err.status == 429 and "; IBKR paces some endpoints on their own (/sso/validate: 1 "
+    .. "per 60 s)" or "")
+end
+
 local function http_hint(err, ctx)
   local w = words(ctx)
   local text = said(err) or ""
@@ -293,6 +301,9 @@ local function http_hint(err, ctx)
       .. "and IBKR's edge refuses requests without a User-Agent"
   end
   if err.status == 429 and not err.retry_after then return pacing_hint(err) end
+  if (err.status == 429 or err.status == 503) and type(err.retry_after) == "number" then
+    return retry_after_hint(err)
+  end
   if err.status and err.status >= 500 and err.status <= 599 then
     return "the gateway (or IBKR behind it) is failing (HTTP " .. err.status .. "): around IBKR's nightly "
       .. "maintenance this lasts minutes; repeated attempts back off"
@@ -496,7 +507,8 @@ M.KINDS = {
     exit_doc = "3 / 1",
     hint = http_hint,
     hint_doc = "login required; ssodh/init refused; no /v1/api in the URL; brokerage session not open "
-      .. "(400 `Init session first`, `no bridge`); access denied; pacing; a failing gateway; HTTPS "
+      .. "(400 `Init session first`, `no bridge`); access denied; pacing; the wait Retry-After asks; a "
+      .. "failing gateway; HTTPS "
       .. "(only when the answer says so)",
   },
   json = {
