@@ -271,9 +271,9 @@ end
 -- A 429 or 503 with Retry-After (err.retry_after: seconds): when to call again.
 local function retry_after_hint(err)
   local what = err.path and ("call " .. core.printable(err.path, 200)) or "call it"
+  local paced = err.status == 429 and "; IBKR paces some endpoints on their own (/sso/validate: 1 per 60 s)"
   return string.format("the gateway asks to wait %.0f s (Retry-After, HTTP %d) before you %s again",
-    err.retry_after, err.status, what) .. (err.status == 429 and "; IBKR paces some endpoints on their own (/sso/validate: 1 "
-    .. "per 60 s)" or "")
+    err.retry_after, err.status, what) .. (paced or "")
 end
 
 local function http_hint(err, ctx)
