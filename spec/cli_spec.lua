@@ -156,9 +156,36 @@ describe("ibkr-session", function()
     assert.equal(2, rc)
     assert.matches("^tls ", out)
     assert.matches("hint: TLS: the gateway's certificate does not name the host " .. name:gsub("%p", "%%%0")
-      .. ":%d+ .*%-k/%-%-insecure", err)
+      .. ": .*%-k/%-%-insecure", err)
     assert.not_matches("not signed by", err)
     assert.equal(0, rc_ok) -- the same CA file is right for a name the certificate lists
+  end)
+
+  it("TLS: the wrong-name hint names the host without its port, and what the certificate names only "
+    .. "when libcurl says it", function()
+    local d = os.tmpname()
+    os.remove(d)
+    finally(function() os.execute("rm -rf " .. q(d)) end)
+    -- gw.example by subjectAltName (libcurl then names no subject), or by its subject alone
+    local certs = { san = "-addext subjectAltName=DNS:gw.example", cn = "" }
+    local said = {}
+    for kind, ext in pairs(certs) do
+      local dir = d .. "/" .. kind
+      assert(os.execute("mkdir -p " .. q(dir) .. " && openssl req -x509 -newkey ec -pkeyopt "
+        .. "ec_paramgen_curve:prime256v1 -nodes -keyout " .. q(dir .. "/key.pem") .. " -out "
+        .. q(dir .. "/cert.pem") .. " -days 2 -subj /CN=gw.example " .. ext .. " >/dev/null 2>&1"))
+      local gw = assert(mock.start{ tls = true, pacing = false,
+        args = { "--cert", dir .. "/cert.pem", "--key", dir .. "/key.pem" } })
+      local rc, _, err = run{ "--url", gw.url, "--cacert", dir .. "/cert.pem", "status" }
+      gw:stop()
+      assert.equal(2, rc)
+      said[kind] = err
+      assert.matches("hint: TLS: the gateway's certificate does not name the host 127%.0%.0%.1[: ]", err)
+      assert.not_matches("127%.0%.0%.1:%d", err:match("hint: [^\n]*"))
+      assert.not_matches("localhost", err:match("hint: [^\n]*"))
+    end
+    assert.not_matches("it names", said.san:match("hint: [^\n]*"))
+    assert.matches("host 127%.0%.0%.1 %(it names gw%.example%): reach it by a name", said.cn)
   end)
 
   it("hints: a URL without /v1/api, http against an https gateway, https against an http one", function()

@@ -38,6 +38,30 @@ describe("core.poll", function()
     assert.has_error(function() core.poll({ 0.5 }, 0) end)
   end)
 
+  it("raises for events it does not know instead of waiting for something else", function()
+    local socket = require("socket")
+    local server = assert(socket.bind("127.0.0.1", 0))
+    local c = assert(socket.tcp())
+    assert(c:connect(server:getsockname()))
+    local fd = math.tointeger(c:getfd())
+    -- what it knows: a connected socket is writable, not readable yet
+    for _, ev in ipairs{ "w", "rw", "wr" } do assert.same({ 1 }, { core.poll({ fd }, 5, { ev }) }) end
+    assert.same({}, { core.poll({ fd }, 0, { "r" }) })
+    for _, bad in ipairs{ "x", "", "rrw", "ww", "R", "W", "r ", "read", 1, true, {} } do
+      local ok, err = pcall(core.poll, { fd }, 0, { bad })
+      assert.is_false(ok, tostring(bad))
+      assert.matches("bad argument #3 .*events must be \"r\", \"w\" or \"rw\"", err)
+    end
+    -- events as one string (not a table by position) was read as none given
+    for _, bad in ipairs{ "w", "rw", 1, true } do
+      local ok, err = pcall(core.poll, { fd }, 0, bad)
+      assert.is_false(ok, tostring(bad))
+      assert.matches("bad argument #3 .*events must be a table", err)
+    end
+    c:close()
+    server:close()
+  end)
+
   it("raises for a timeout that is NaN or negative", function()
     assert.has_error(function() core.poll({ 0 }, 0 / 0) end)
     assert.has_error(function() core.poll({ 0 }, -1) end)

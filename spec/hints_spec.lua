@@ -53,6 +53,26 @@ describe("hints from evidence", function()
     plain:reset()
   end)
 
+  it("a 429 with Retry-After (an endpoint's own pacing: /sso/validate 1 per 60 s) says how long to wait",
+    function()
+    local paced = assert(mock.start{ tls = true, pacing = true })
+    finally(function() paced:stop() end)
+    local args = { "--url", paced.url, "--retries", "0", "request", "GET", "/sso/validate" }
+    assert.equal(0, (cli.run(args)))
+    local rc, _, err = cli.run(args)                    -- a second process: no client pacing known
+    assert.equal(1, rc)
+    assert.matches("429", err)
+    local wait = tonumber(err:match("hint: the gateway asks to wait (%d+) s %(Retry%-After, HTTP 429%) "
+      .. "before you call /sso/validate again"))
+    assert.is_true(wait ~= nil and wait >= 1 and wait <= 60, err)
+    -- the Lua API's err.hint is the same
+    local s <close> = ibkr.new{ base_url = paced.url, retries = 0 }
+    local res, e = s:request("GET", "/sso/validate")
+    assert.is_nil(res)
+    assert.equal(429, e.status)
+    assert.matches("^the gateway asks to wait %d+ s %(Retry%-After, HTTP 429%)", e.hint)
+  end)
+
   it("a 400 answered over http:// is no sign of HTTPS: 'Init session first', 'no bridge'", function()
     local rc, _, err = cli.run{ "--url", plain.url, "request", "GET", "/iserver/accounts" }
     assert.equal(1, rc)

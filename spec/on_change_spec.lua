@@ -61,11 +61,43 @@ describe("the --on-change runner", function()
       lines[1])
     assert.matches("^ready>competing|line one line two\\x1B%[31m|", lines[2])
     local detail = lines[3]:match("^competing>down|([^|]*)|")
-    assert.is_true(#detail <= alert.DETAIL_MAX + 3, #detail) -- cut, with "…"
+    assert.is_true(#detail <= alert.DETAIL_MAX, #detail) -- cut, with "…"
     for _, d in ipairs(r.events("done")) do assert.equal("ok", d.outcome) end
     assert.same({ "ready", "competing", "down" },
       { r.events("done")[1].state, r.events("done")[2].state, r.events("done")[3].state })
     os.remove(file)
+  end)
+
+  it("IBKR_DETAIL is one printable line of at most DETAIL_MAX bytes, cut between characters and escapes",
+    function()
+    local file = os.tmpname()
+    local r = runner('printf "%s\\n" "$IBKR_DETAIL" >> ' .. file)
+    -- multi-byte characters, escapes and a line break at every offset around the cut
+    local tails = { "\u{20AC}\u{20AC}\u{20AC}\u{20AC}", "\1\2\3\27[31m\127", "\xff\xfe\xc3",
+      "\u{1F600}\u{1F600}\u{202E}\u{2028}x", "\u{e9}\n\u{e9}\r\t\u{e9}" }
+    local sent = {}
+    for _, tail in ipairs(tails) do
+      for pad = alert.DETAIL_MAX - 24, alert.DETAIL_MAX + 2 do
+        sent[#sent + 1] = ("d"):rep(pad) .. tail .. ("z"):rep(50)
+      end
+    end
+    for i, d in ipairs(sent) do                -- one at a time: the queue keeps QUEUE_MAX
+      r.run:change(i % 2 == 0 and "ready" or "down", nil, d)
+      r.pump(function() return #r.events("done") == i end)
+    end
+    local lines = {}
+    for l in slurp(file):gmatch("[^\n]*\n") do lines[#lines + 1] = l:sub(1, -2) end
+    os.remove(file)
+    assert.equal(#sent, #lines)
+    for i, l in ipairs(lines) do
+      assert.is_true(#l <= alert.DETAIL_MAX, i .. ": " .. #l .. " bytes")
+      assert.truthy(utf8.len(l), i)                           -- whole UTF-8 characters
+      assert.is_nil(l:find("[%z\1-\31\127]"), i)             -- no control byte: one line
+      assert.matches("\u{2026}$", l)                          -- every one was cut
+      local kept = l:sub(1, -1 - #"\u{2026}")
+      assert.is_nil(kept:find("\\x?%x?$"), i)                 -- no escape cut short at the end
+      assert.is_nil(kept:find("\\u{%x*$"), i)
+    end
   end)
 
   it("keeps at most QUEUE_MAX changes waiting: the oldest are dropped and counted", function()

@@ -89,6 +89,27 @@ describe("ibkr-session keepalive --listen", function()
     sc:stop()
   end)
 
+  it("/readyz's since is the time of the state's line, the same at every scrape", function()
+    local sc = sidecar.start(gw)
+    local function scrape_for(state, stamp)
+      -- scrapes for 1.2 s of the clock: a second boundary passes, as between two real scrapes
+      local stop, n = socket.gettime() + 1.2, 0
+      repeat
+        local status, _, body = get(sc.port, "/readyz")
+        local doc = cjson.decode(body)
+        assert.same({ state, stamp }, { doc.state, doc.since })
+        assert.equal(state == "ready" and 200 or 503, status)
+        n = n + 1
+      until socket.gettime() > stop
+      assert.is_true(n > 1)
+    end
+    scrape_for("ready", sc.first.time)
+    gw:set_state("competing")
+    local ev = sc:event("state", function(d) return d.state == "competing" end)
+    scrape_for("competing", ev.time)
+    sc:stop()
+  end)
+
   it("counts repairs and never lets a counter go down between scrapes", function()
     local sc = sidecar.start(gw)
     local before = metrics_of(sc.port)

@@ -27,6 +27,36 @@ local function pids_in(path)
   return t
 end
 
+-- The pids of this process's children that are zombies (state Z, ppid = ours), among `of`.
+local function zombies(of)
+  local f = assert(io.open("/proc/self/stat"))
+  local me = f:read("l"):match("^(%d+)")
+  f:close()
+  local z = {}
+  for _, pid in ipairs(of) do
+    local sf = io.open("/proc/" .. pid .. "/stat")
+    local line = sf and sf:read("l") or ""
+    if sf then sf:close() end
+    local st, ppid = line:match("^%d+ %b() (%a) (%d+)")
+    if st == "Z" and ppid == me then z[#z + 1] = pid end
+  end
+  return z
+end
+
+-- Waits (bounded: 10 s) until none of the pids is in /proc any more: ended and reaped. Each
+-- turn is a core.poll, which reaps the released children that ended meanwhile.
+local function reaped(of)
+  local stop = core.monotonic() + 10
+  local function there()
+    for _, pid in ipairs(of) do
+      if pids.stat(pid) then return true end
+    end
+    return false
+  end
+  while there() and core.monotonic() < stop do core.poll({}, 0.01) end
+  return zombies(of)
+end
+
 local function alive(pid) return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end
 
 describe("core.spawn", function()
@@ -55,6 +85,16 @@ describe("core.spawn", function()
     local out, err, how, code = collect(p)
     assert.same({ "", "exit", 127 }, { out, how, code })
     assert.matches("cannot execute /nonexistent/program: no such file", err, 1, true)
+  end)
+
+  it("a program whose arguments or environment are too long (E2BIG) says so on its stderr", function()
+    local huge = string.rep("x", 200000)        -- one string beyond the kernel's 128 KiB
+    for _, args in ipairs{ { { "/bin/true", huge } }, { { "/bin/true" }, { IBKR_HUGE = huge } } } do
+      local p = assert(core.spawn(table.unpack(args)))
+      local out, err, how, code = collect(p)
+      assert.same({ "", "exit", 127 }, { out, how, code })
+      assert.matches("cannot execute /bin/true: the arguments and environment are too long", err, 1, true)
+    end
   end)
 
   it("reports a death by signal", function()
@@ -147,6 +187,27 @@ describe("core.spawn", function()
     -- SIGKILL ended it (a zombie until reaped, or reaped already by close)
     assert.is_true(pids.gone(pid))
     assert.is_true(math.type(fd) == "integer")
+  end)
+
+  it("a process collected or closed before it was waited leaves no zombie, without blocking", function()
+    local started = {}
+    local function spawn_sleep()
+      local p = assert(core.spawn({ "/bin/sleep", "60" }))
+      started[#started + 1] = p:pid()
+      return p
+    end
+    do
+      for _ = 1, 3 do spawn_sleep() end         -- dropped at once
+      local closed = spawn_sleep()
+      closed:close()
+      local termed = spawn_sleep()
+      termed:close("TERM")
+    end
+    collectgarbage()
+    collectgarbage()
+    -- every child was signalled: it ends, and is reaped by this process's next calls
+    assert.same({}, reaped(started))
+    for _, pid in ipairs(started) do assert.is_nil(pids.stat(pid)) end
   end)
 
   it("raises for bad arguments (a programmer's mistake)", function()

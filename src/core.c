@@ -51,6 +51,17 @@ static int core_sleep(lua_State *L) {
   return 0;
 }
 
+/* poll(2)'s events for the events string on the top of the stack: "r", "w", "rw" (or "wr") */
+static short poll_events(lua_State *L) {
+  const char *ev = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+  if (strcmp(ev, "r") == 0) return POLLIN;
+  if (strcmp(ev, "w") == 0) return POLLOUT;
+  if (strcmp(ev, "rw") == 0 || strcmp(ev, "wr") == 0) return POLLIN | POLLOUT;
+  luaL_argerror(L, 3, lua_pushfstring(L, "events must be \"r\", \"w\" or \"rw\", not %s",
+                                      lua_type(L, -1) == LUA_TSTRING ? ev : luaL_typename(L, -1)));
+  return 0;
+}
+
 /*
 ** core.poll(fds [, timeout [, events]]) -> i, ...: wait until one of the
 ** descriptors in the array fds is ready (readable, or what events[i] says:
@@ -68,6 +79,8 @@ static int core_poll(lua_State *L) {
   int ms = -1, got, k = 0;
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_argcheck(L, lua_isnoneornil(L, 2) || t >= 0, 2, "timeout must be a number >= 0, or nil");
+  luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_type(L, 3) == LUA_TTABLE, 3,
+                "events must be a table of \"r\", \"w\" or \"rw\" by position, or nil");
   n = luaL_len(L, 1);
   if (n < 0 || n > 100000) return luaL_argerror(L, 1, "too many descriptors");
   if (n > 16) p = lua_newuserdatauv(L, sizeof *p * (size_t)n, 0);
@@ -81,16 +94,12 @@ static int core_poll(lua_State *L) {
     p[i].events = POLLIN;
     p[i].revents = 0;
     lua_pop(L, 1);
-    if (lua_type(L, 3) == LUA_TTABLE && lua_geti(L, 3, i + 1) != LUA_TNIL) {
-      const char *ev = lua_tostring(L, -1);
-      if (ev == NULL || ev[0] == '\0' || ev[strspn(ev, "rw")] != '\0')
-        return luaL_argerror(L, 3, "events must be \"r\", \"w\" or \"rw\"");
-      p[i].events = (short)((strchr(ev, 'r') ? POLLIN : 0) | (strchr(ev, 'w') ? POLLOUT : 0));
-    }
+    if (lua_type(L, 3) == LUA_TTABLE && lua_geti(L, 3, i + 1) != LUA_TNIL) p[i].events = poll_events(L);
     lua_pop(L, lua_type(L, 3) == LUA_TTABLE ? 1 : 0);
   }
   if (t >= 0) ms = t > 2e6 ? 2000000000 : (int)ceil(t * 1000);
   got = poll(p, (nfds_t)n, ms);
+  proc_reap_pending();                          /* children released before they ended */
   if (got < 0 && errno != EINTR) return poll_failed(L, n);
   if (got > 0) luaL_checkstack(L, got, "too many ready descriptors");
   for (lua_Integer i = 0; got > 0 && i < n; i++)

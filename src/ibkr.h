@@ -133,5 +133,6 @@ void signal_mark(lua_State *L, sigmark *m);
 int signal_asked(void *m);
 int oauth_open(lua_State *L);       /* oauth.c: core.oauth, OAuth 1.0a crypto on libcrypto */
 int proc_open(lua_State *L);        /* proc.c: core.spawn, the ibkr.proc class */
+void proc_reap_pending(void);       /* proc.c: reaps released children that ended since */
 
 #endif

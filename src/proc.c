@@ -21,19 +21,21 @@
 **                          whole process group; refused once the process is reaped
 **   proc:pollfd(), proc:events() ("r"), proc:timeout() (seconds or nil)
 **   proc:close([name])  closes the descriptors; a process not reaped yet gets SIGKILL (or the
-**                          signal named) sent to its group, and is reaped when already gone;
-**                          also __gc and __close (SIGKILL)
+**                          signal named) sent to its group, and is reaped when already gone,
+**                          else by the next spawn, wait, close, collection or core.poll after
+**                          it ended (never a zombie left); also __gc and __close (SIGKILL)
 ** A failed execve shows as exit code 127 with a line on the process's stderr,
 ** as a shell does: the parent never waits for the child to reach execve.
 ** Between fork and execve the child calls only async-signal-safe functions
 ** (the parent has other threads: libcurl's engine).
 ** Adds to the module: core.spawn, the "ibkr.proc" class.
-** Called by: core.c.
+** Called by: core.c (luaopen; core.poll reaps released children).
 ** Calls: nothing of ours.
 */
 #define _GNU_SOURCE                   /* syscall(), NSIG: beyond plain POSIX */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +87,22 @@ static void child_say(const char *a, const char *b, const char *c) {
   (void)r;
 }
 
+/* why execve failed, in words (strerror is not async-signal-safe) */
+static const char *child_why(int e) {
+  switch (e) {
+    case ENOENT: return ": no such file\n";
+    case EACCES: return ": permission denied\n";
+    case ENOEXEC: return ": not an executable\n";
+    case E2BIG: return ": the arguments and environment are too long (E2BIG)\n";
+    case ENAMETOOLONG: return ": the path is too long\n";
+    case ENOTDIR: return ": a component of the path is not a directory\n";
+    case ELOOP: return ": too many symbolic links in the path\n";
+    case ETXTBSY: return ": the file is open for writing\n";
+    case ENOMEM: return ": out of memory\n";
+    default: return ": execve failed\n";
+  }
+}
+
 /* every descriptor from 3 up is closed: the child keeps none of ours (listening sockets...) */
 static void child_close_from(int maxfd) {
 #ifdef SYS_close_range
@@ -114,8 +132,7 @@ static void child_exec(char **argv, char **envp, int devnull, int out, int err, 
   child_close_from(maxfd);
   execve(argv[0], argv, envp);
   e = errno;
-  child_say("ibkr: cannot execute ", argv[0], e == ENOENT ? ": no such file\n"
-    : e == EACCES ? ": permission denied\n" : e == ENOEXEC ? ": not an executable\n" : ": execve failed\n");
+  child_say("ibkr: cannot execute ", argv[0], child_why(e));
   _exit(127);
 }
 
@@ -197,6 +214,55 @@ static char **build_envp(lua_State *L) {
   return a;
 }
 
+/* ------------------------------------------------------------ reaping later */
+
+/* children released (closed or collected) before they ended: they were sent a signal, and each
+** is reaped (waitpid WNOHANG) by every later spawn, wait, close or collection, so none stays a
+** zombie and nothing waits for it to die. Process-wide (pids are), so guarded by a mutex. */
+static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t *pending;
+static size_t pending_n, pending_cap;
+
+/* reaps the pending children that ended (or that someone else reaped); also core.poll's */
+void proc_reap_pending(void) {
+  size_t k = 0;
+  pthread_mutex_lock(&pending_lock);
+  if (pending_n == 0) {
+    pthread_mutex_unlock(&pending_lock);
+    return;
+  }
+  for (size_t i = 0; i < pending_n; i++) {
+    int status;
+    pid_t r = waitpid(pending[i], &status, WNOHANG);
+    if (r == 0 || (r < 0 && errno == EINTR)) pending[k++] = pending[i];    /* still running */
+  }
+  pending_n = k;
+  if (k == 0 && pending_cap > 0) {              /* nothing pending: nothing held */
+    free(pending);
+    pending = NULL;
+    pending_cap = 0;
+  }
+  pthread_mutex_unlock(&pending_lock);
+}
+
+/* hands a child that still runs to the later reaping; 0 when there is no memory for it */
+static int proc_defer(pid_t pid) {
+  int ok = 1;
+  pthread_mutex_lock(&pending_lock);
+  if (pending_n == pending_cap) {
+    size_t cap = pending_cap ? pending_cap * 2 : 16;
+    pid_t *grown = realloc(pending, cap * sizeof *grown);
+    if (grown) {
+      pending = grown;
+      pending_cap = cap;
+    }
+  }
+  if (pending_n < pending_cap) pending[pending_n++] = pid;
+  else ok = 0;
+  pthread_mutex_unlock(&pending_lock);
+  return ok;
+}
+
 /* ------------------------------------------------------------ spawning */
 
 /* closes the descriptors; a process not reaped gets signo (its group) and is reaped if gone */
@@ -207,10 +273,15 @@ static void proc_release(proc *p, int signo) {
   close_fd(&p->ep);
   if (p->pid > 0 && !p->reaped) {
     int status;
+    pid_t r;
     kill(-p->pid, signo);
-    waitpid(p->pid, &status, WNOHANG);
+    r = waitpid(p->pid, &status, WNOHANG);
+    /* still running (the signal takes a moment, or it ignores TERM): reaped later; without
+    ** memory for that, only a KILL is waited for (it ends at once) */
+    if (r == 0 && !proc_defer(p->pid) && signo == SIGKILL) waitpid(p->pid, &status, 0);
     p->reaped = 1;                              /* not ours to signal again either way */
   }
+  proc_reap_pending();
 }
 
 
@@ -268,6 +339,7 @@ static int proc_spawn(lua_State *L) {
   int out[2] = { -1, -1 }, err[2] = { -1, -1 }, devnull, maxfd = max_fd();
   proc *p;
   lua_settop(L, 2);                             /* argv, env (or nil) */
+  proc_reap_pending();
   argv = build_argv(L);                         /* argv, env, a */
   envp = build_envp(L);                         /* argv, env, a, keep, e */
   p = lua_newuserdatauv(L, sizeof(proc), 0);
@@ -379,6 +451,7 @@ static int proc_wait(lua_State *L) {
   proc *p = toproc(L);
   int peek = lua_toboolean(L, 2);
   if (p->pid <= 0) return luaL_error(L, "wait: the process was never started");
+  proc_reap_pending();
   if (!p->ended || (!peek && !p->reaped)) proc_look(p, peek);
   if (!p->ended) return 0;
   if (p->unknown) {

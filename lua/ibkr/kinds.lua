@@ -181,15 +181,30 @@ end
 local X509_NOT_YET_VALID, X509_EXPIRED = 9, 10
 local X509_UNTRUSTED = { [2] = true, [18] = true, [19] = true, [20] = true, [21] = true }
 
+-- The host of a URL without its port (and an IPv6 address without its brackets), or nil.
+local function host_of(url)
+  local _, hostport = split_url(url)
+  if not hostport then return nil end
+  return hostport:match("^%[([^%]]*)%]") or hostport:match("^[^:]*")
+end
+
+-- A certificate that does not name the host: the host (not its port) and, only when libcurl's
+-- message says it ("certificate subject name 'localhost' does not match ..."), the name it has.
+local function name_hint(msg, ctx, w)
+  local host = host_of(ctx.url) or msg:match("target host name '([^']*)'") or "in the URL"
+  local has = msg:match("subject name '([^']*)' does not match")
+  return "TLS: the gateway's certificate does not name the host " .. core.printable(host, 200)
+    .. (has and (" (it names " .. core.printable(has, 200) .. ")") or "")
+    .. ": reach it by a name its certificate lists, give it a certificate for this name ("
+    .. w.cacert .. " then trusts it), or " .. w.insecure
+end
+
 local function tls_hint(err, ctx)
   local w = words(ctx)
   local msg = tostring(err.message or "")
   local v = err.verify_result
   if msg:find("subject name", 1, true) or msg:find("does not match target host", 1, true) then
-    local _, hostport = split_url(ctx.url)
-    return "TLS: the gateway's certificate does not name the host " .. tostring(hostport)
-      .. " (the Client Portal Gateway's own names only localhost): reach it by a name its certificate"
-      .. " lists, give it a certificate for this name (" .. w.cacert .. " then trusts it), or " .. w.insecure
+    return name_hint(msg, ctx, w)
   end
   if err.curl_code == 77 or msg:find("certificate file", 1, true) or msg:find("CA ?file") then
     return "TLS: cannot use the CA file " .. tostring(ctx.cacert) .. ": pass " .. w.cacert_flag
@@ -253,6 +268,14 @@ local function pacing_hint(err)
     .. "10 minutes and every request extends it"
 end
 
+-- A 429 or 503 with Retry-After (err.retry_after: seconds): when to call again.
+local function retry_after_hint(err)
+  local what = err.path and ("call " .. core.printable(err.path, 200)) or "call it"
+  local paced = err.status == 429 and "; IBKR paces some endpoints on their own (/sso/validate: 1 per 60 s)"
+  return string.format("the gateway asks to wait %.0f s (Retry-After, HTTP %d) before you %s again",
+    err.retry_after, err.status, what) .. (paced or "")
+end
+
 local function http_hint(err, ctx)
   local w = words(ctx)
   local text = said(err) or ""
@@ -278,6 +301,9 @@ local function http_hint(err, ctx)
       .. "and IBKR's edge refuses requests without a User-Agent"
   end
   if err.status == 429 and not err.retry_after then return pacing_hint(err) end
+  if (err.status == 429 or err.status == 503) and type(err.retry_after) == "number" then
+    return retry_after_hint(err)
+  end
   if err.status and err.status >= 500 and err.status <= 599 then
     return "the gateway (or IBKR behind it) is failing (HTTP " .. err.status .. "): around IBKR's nightly "
       .. "maintenance this lasts minutes; repeated attempts back off"
@@ -481,7 +507,8 @@ M.KINDS = {
     exit_doc = "3 / 1",
     hint = http_hint,
     hint_doc = "login required; ssodh/init refused; no /v1/api in the URL; brokerage session not open "
-      .. "(400 `Init session first`, `no bridge`); access denied; pacing; a failing gateway; HTTPS "
+      .. "(400 `Init session first`, `no bridge`); access denied; pacing; the wait Retry-After asks; a "
+      .. "failing gateway; HTTPS "
       .. "(only when the answer says so)",
   },
   json = {

@@ -49,9 +49,18 @@ function Runner:queued() return self.tail - self.head + 1 end
 
 -- A state change (the keep-alive's on_state): queued; the runner's next step starts it when
 -- nothing runs (so the keep-alive's resume never waits for a fork).
+-- IBKR_DETAIL: one printable line of at most DETAIL_MAX bytes, the "…" of a cut included; cut
+-- between characters and escapes (out.text), never inside one.
+local function detail_line(detail)
+  local s = (tostring(detail or "")):gsub("[\r\n]+", " ")
+  local line = out.text(s, M.DETAIL_MAX)
+  if #line > M.DETAIL_MAX then line = out.text(s, M.DETAIL_MAX - #"\u{2026}") end
+  return line
+end
+
 function Runner:change(new, old, detail)
   local item = { state = new, previous = old or "", time = os.date("!%Y-%m-%dT%H:%M:%SZ"),
-    detail = out.text((tostring(detail or "")):gsub("[\r\n]+", " "), M.DETAIL_MAX) }
+    detail = detail_line(detail) }
   if self:queued() >= M.QUEUE_MAX then
     local gone = self.queue[self.head]
     self.queue[self.head] = nil

@@ -22,7 +22,7 @@ local NO_STORE = { "Cache-Control", "no-store" }
 
 local function json(status, doc) return status, { JSON, NO_STORE }, out.json(doc) .. "\n" end
 
-local function utc(epoch) return os.date("!%Y-%m-%dT%H:%M:%SZ", epoch) end
+local function utc(epoch) return os.date("!%Y-%m-%dT%H:%M:%SZ", epoch) end -- as the log lines
 
 local ROUTES = {}
 
@@ -43,10 +43,26 @@ function ROUTES.livez(o)
   return json(200, { live = true })
 end
 
+-- When the session entered its state, as the log lines say it: the time o.entered() gives for this
+-- state (the keep-alive's state line), else one worked out once from the state's age when the
+-- state is first seen here (and again only when it changes), never again per scrape: a wall
+-- clock second minus a rounded age would move by a second from one scrape to the next.
+local function since(o, st)
+  local state, stamp = o.entered()
+  if state == st and stamp then return stamp end
+  local age = o.session:stats().state_age
+  if not age then return nil end
+  local seen = o.seen
+  if seen.state ~= st or age < seen.age then
+    seen.state, seen.stamp = st, utc(os.time() - math.floor(age + 0.5))
+  end
+  seen.age = age
+  return seen.stamp
+end
+
 function ROUTES.readyz(o)
   local st, detail = o.session:state()
-  local age = o.session:stats().state_age
-  local doc = { state = st or out.null, since = age and utc(os.time() - math.floor(age + 0.5)) or out.null,
+  local doc = { state = st or out.null, since = st and since(o, st) or out.null,
     detail = st and report.describe(detail) or "no answer from the gateway yet" }
   return json(st == "ready" and 200 or 503, doc)
 end
@@ -59,10 +75,13 @@ end
 
 local PATHS = { ["/livez"] = ROUTES.livez, ["/readyz"] = ROUTES.readyz, ["/metrics"] = ROUTES.metrics }
 
--- handler{session=, health=, families=function() -> extra families, push=, clock=} ->
+-- handler{session=, health=, families=function() -> extra families, push=, clock=,
+-- entered=function() -> state, "YYYY-MM-DDTHH:MM:SSZ" it was entered at (the log line's time)} ->
 -- function(req) -> status, headers, body (for ibkr/cli/listen.lua)
 function M.handler(o)
   o.clock = o.clock or core.monotonic
+  o.entered = o.entered or function() return nil end
+  o.seen = {}
   return function(req)
     local route = PATHS[req.path]
     if not route then

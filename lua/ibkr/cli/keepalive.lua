@@ -32,31 +32,34 @@ local function timestamp()
 end
 
 -- The printers of events, for human or JSON output. `cur.state` is the current state (JSON
--- lines carry it), `cur.since` when it began (monotonic).
+-- lines carry it), `cur.since` when it began (monotonic), `cur.entered` its state line's time
+-- (what /readyz says as "since").
 local function printers(o, io_, cur)
   local stdout, stderr = io_.stdout, io_.stderr
   local function emit(doc)
-    doc.time = timestamp()
+    doc.time = doc.time or timestamp()
     if doc.state == nil then doc.state = cur.state or out.null end
     stdout:write(out.json(doc), "\n")
     stdout:flush()
   end
-  local function say(f, ...)
-    f:write(timestamp(), " ", ...)
+  local function say_at(stamp, f, ...)
+    f:write(stamp, " ", ...)
     f:write("\n")
     f:flush()
   end
+  local function say(f, ...) return say_at(timestamp(), f, ...) end
   local p = {}
   function p.state(new, old, detail)
     local now = core.monotonic()
     local was = cur.since and now - cur.since
-    cur.state, cur.since = new, now
+    local stamp = timestamp()
+    cur.state, cur.since, cur.entered = new, now, stamp
     if o.json then
-      local doc = { event = "state", state = new, old = old, seconds = was }
+      local doc = { event = "state", state = new, old = old, seconds = was, time = stamp }
       if ibkr.is_error(detail) then doc.error = report.plain_error(detail) else doc.detail = detail end
       return emit(doc)
     end
-    say(stdout, new, old and (" (was " .. old .. ")") or "", ": ", report.describe(detail))
+    say_at(stamp, stdout, new, old and (" (was " .. old .. ")") or "", ": ", report.describe(detail))
   end
   function p.error(err)
     if o.json then return emit{ event = "error", error = report.plain_error(err) } end
@@ -173,7 +176,7 @@ end
 
 -- The operators' side of the loop: the --listen endpoint and the --on-change runner, as watchers
 -- of drive.run. Returns {set, health, listener, runner}, or nil, message (a usage error).
-local function sidecar(s, o, p)
+local function sidecar(s, o, p, cur)
   local side = { set = drive.watchers(), health = {} }
   if o.on_change then
     side.runner = require("ibkr.cli.alert").new{ command = o.on_change, url = s.base_url, set = side.set,
@@ -181,6 +184,7 @@ local function sidecar(s, o, p)
   end
   if o.listen then
     local handler = require("ibkr.cli.endpoints").handler{ session = s, health = side.health, push = o.push,
+      entered = function() return cur.state, cur.entered end,
       families = function()
         local fams = side.listener:families(metrics)
         for _, f in ipairs(side.runner and side.runner:families(metrics) or {}) do fams[#fams + 1] = f end
@@ -201,7 +205,7 @@ end
 function M.run(s, o, io_)
   local cur = {}
   local p = printers(o, io_, cur)
-  local side, serr = sidecar(s, o, p)
+  local side, serr = sidecar(s, o, p, cur)
   if not side then return nil, serr end
   local ka = {}
   callbacks(p, ka, side.runner)
