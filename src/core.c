@@ -52,7 +52,7 @@ static int core_sleep(lua_State *L) {
 }
 
 /* poll(2)'s events for the events string on the top of the stack: "r", "w", "rw" (or "wr") */
-static short poll_events(lua_State *L) {
+static short poll_arg_events(lua_State *L) {
   const char *ev = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
   if (strcmp(ev, "r") == 0) return POLLIN;
   if (strcmp(ev, "w") == 0) return POLLOUT;
@@ -94,7 +94,7 @@ static int core_poll(lua_State *L) {
     p[i].events = POLLIN;
     p[i].revents = 0;
     lua_pop(L, 1);
-    if (lua_type(L, 3) == LUA_TTABLE && lua_geti(L, 3, i + 1) != LUA_TNIL) p[i].events = poll_events(L);
+    if (lua_type(L, 3) == LUA_TTABLE && lua_geti(L, 3, i + 1) != LUA_TNIL) p[i].events = poll_arg_events(L);
     lua_pop(L, lua_type(L, 3) == LUA_TTABLE ? 1 : 0);
   }
   if (t >= 0) ms = t > 2e6 ? 2000000000 : (int)ceil(t * 1000);
