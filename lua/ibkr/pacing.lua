@@ -31,6 +31,7 @@ Pacer.__index = Pacer
 -- new{limits = true}: limits = false keeps only the gateway's holds (Retry-After).
 function M.new(opts)
   -- booked: sorted send times booked by recent calls (all paths); last: path -> last booked time
+  -- (or a later answer); answered_at: path -> the latest answer (answered(), floor())
   -- until: no request before this time (the gateway's Retry-After), or nil
   local limits = not (opts and opts.limits == false)
   return setmetatable({ booked = {}, last = {}, answered_at = {}, limits = limits, until_t = nil }, Pacer)
